@@ -1,0 +1,201 @@
+//! Types shared by o3's kernel programs (`o3-ebpf`) and its user side (`o3-user`).
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields so both sides agree on the byte
+//! layout; flags are `u32`, never `bool`. The user side gets `aya::Pod` impls through the `user`
+//! feature.
+#![no_std]
+
+/// Kernel RSS counter kinds, numbered as `kmem:rss_stat`'s `member` field (MM_FILEPAGES,
+/// MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES).
+pub const RSS_FILE: usize = 0;
+pub const RSS_ANON: usize = 1;
+pub const RSS_SWAP: usize = 2;
+pub const RSS_SHMEM: usize = 3;
+pub const NR_RSS: usize = 4;
+
+/// Capacity of the tracked-process and per-mm maps.
+pub const MAX_TRACKED: u32 = 16384;
+/// Capacity of the map holding counters of mms not yet attributed to a process.
+pub const MAX_PENDING: u32 = 8192;
+/// Ring buffer size for ordered events (bytes, power of two).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// `clone_flags` bit that marks a new thread (not a new process).
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+/// `sched_switch.prev_state` bits of a task that will never run again (X, Z).
+pub const TASK_STATE_DEAD_MASK: i64 = 0x10 | 0x20;
+
+/// Marks an absent tracepoint field in [`Offsets`].
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Byte offsets of the tracepoint fields the programs read, taken from tracefs `format` files
+/// at start-up so the programs do not depend on one kernel's record layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// task:task_newtask
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// sched:sched_process_exec (`filename` is a `__data_loc`)
+    pub exec_filename: u32,
+    pub exec_old_pid: u32,
+    /// sched:sched_process_exit (`group_dead` exists since 6.16; NO_FIELD before)
+    pub exit_group_dead: u32,
+    /// sched:sched_switch
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    /// kmem:rss_stat
+    pub rss_mm_id: u32,
+    pub rss_curr: u32,
+    pub rss_member: u32,
+    pub rss_size: u32,
+    pub _pad: u32,
+    /// A new-peak event is emitted when the tree peak grew by at least this many bytes since the
+    /// last one (the exact peak and its time are always in [`Tree`]).
+    pub peak_event_step_bytes: u64,
+}
+
+/// Value of the tracked-process map, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// tgid of the process that created it (0 for roots inserted by user space).
+    pub parent: u32,
+    /// `TRACK_*` bits.
+    pub flags: u32,
+    /// tid of the thread whose exit ended the thread group; its last context switch removes
+    /// the entry (so its final slice of CPU time is still counted).
+    pub dead_tid: u32,
+    pub _pad: u32,
+}
+
+/// Memory of this process is counted only after its next exec (set for the child o3 spawns,
+/// whose pre-exec address space is a copy of o3's own).
+pub const TRACK_WAIT_EXEC: u32 = 1;
+/// Inserted by user space (the root of the tree, or a process found at attach).
+pub const TRACK_ROOT: u32 = 2;
+
+/// Current RSS counters of one tracked mm, keyed by the tracepoint's `mm_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmState {
+    /// tgid the mm belongs to (the first tracked process seen using it).
+    pub owner: u32,
+    pub _pad: u32,
+    /// Bytes per RSS kind, indexed by `RSS_*`.
+    pub cur: [i64; NR_RSS],
+}
+
+/// Counters seen for an mm before it could be attributed (fork copies, exec argument pages),
+/// or seeded by user space for a process that existed before attach. `mask` has bit `1 << kind`
+/// set for each kind present in `cur`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub mask: u32,
+    /// For seeds: 1 if the kernel must add `cur` to the tree totals when the mm is attributed
+    /// (user space had not counted it already).
+    pub add_to_tree: u32,
+    /// CLOCK_MONOTONIC ns of the values: pending counters older than a seed are ignored.
+    pub t_ns: u64,
+    pub cur: [i64; NR_RSS],
+}
+
+/// Peak of one process (over all the mms it used, e.g. before and after exec), keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcPeak {
+    /// Highest file + anon + shmem bytes of one of its mms.
+    pub rss_peak: i64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of that peak.
+    pub rss_peak_ns: u64,
+}
+
+/// Tree-wide totals (single entry of an array map), updated with atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Sum over tracked mms, per RSS kind (bytes).
+    pub cur: [i64; NR_RSS],
+    /// file + anon + shmem of the whole tree (bytes).
+    pub rss: i64,
+    /// Highest `rss` ever reached (bytes) and when (CLOCK_MONOTONIC ns).
+    pub rss_peak: i64,
+    pub rss_peak_ns: u64,
+    /// Peak value of the last emitted peak event.
+    pub last_event_peak: i64,
+    /// Events that did not fit into the ring buffer.
+    pub events_lost: u64,
+    /// rss_stat events applied to tracked mms.
+    pub rss_events: u64,
+}
+
+/// Per-CPU: what runs on this CPU since when, for in-flight CPU time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunState {
+    /// CLOCK_MONOTONIC ns of the last context switch on this CPU.
+    pub since_ns: u64,
+    /// tgid of the task switched in if it is tracked, else 0.
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+pub const EVENT_FORK: u32 = 1;
+pub const EVENT_EXEC: u32 = 2;
+pub const EVENT_EXIT: u32 = 3;
+pub const EVENT_PEAK: u32 = 4;
+
+pub const EVENT_FILENAME_LEN: usize = 64;
+
+/// An ordered event sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns.
+    pub t_ns: u64,
+    /// EVENT_PEAK: tree rss bytes.
+    pub value: i64,
+    pub kind: u32,
+    /// FORK: child tgid; EXEC: tgid; EXIT: tgid; PEAK: tgid that caused it.
+    pub pid: u32,
+    /// FORK: parent tgid; EXEC: old pid; EXIT: tid of the last thread.
+    pub aux: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+    /// EXEC: the file name (NUL-terminated, truncated).
+    pub filename: [u8; EVENT_FILENAME_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are #[repr(C)], Copy, contain only integers and integer arrays,
+    // and have explicit padding fields, so every bit pattern is valid and there is no
+    // uninitialised padding.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Tracked {}
+    unsafe impl aya::Pod for super::MmState {}
+    unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::ProcPeak {}
+    unsafe impl aya::Pod for super::Tree {}
+    unsafe impl aya::Pod for super::RunState {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Offsets>(), 12 * 4 + 8);
+        assert_eq!(size_of::<Tracked>(), 16);
+        assert_eq!(size_of::<MmState>(), 8 + 32);
+        assert_eq!(size_of::<Pending>(), 16 + 32);
+        assert_eq!(size_of::<ProcPeak>(), 16);
+        assert_eq!(size_of::<Tree>(), 32 + 6 * 8);
+        assert_eq!(size_of::<RunState>(), 16);
+        assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + EVENT_FILENAME_LEN);
+    }
+}

@@ -1,0 +1,293 @@
+//! Synthetic workloads whose truth the kernel knows, for o3's tests, benchmarks and demo.
+//!
+//! Each writes a JSON report of the kernel's own figures for itself (VmHWM, rusage) with
+//! `--report FILE`, so a test compares o3's numbers with ground truth that o3 did not produce.
+//!
+//!   spike --mib N [--hold-us U] [--repeat R] [--gap-ms G]   map+touch N MiB, hold, unmap; repeat
+//!   cpu --threads T --ms M                                 burn M ms of CPU on each of T threads
+//!   tree --children C --mib N [--hold-ms H] [--grandchild] children allocate at the same time
+//!   hold --mib N                                           (internal) a child of `tree`
+//!   loop --ms M                                            a CPU-bound loop for benchmarks
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn args() -> (String, BTreeMap<String, String>, bool) {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().unwrap_or_default();
+    let mut opts = BTreeMap::new();
+    let mut grandchild = false;
+    let rest: Vec<String> = it.collect();
+    let mut i = 0;
+    while i < rest.len() {
+        let k = rest[i].trim_start_matches("--").to_string();
+        if k == "grandchild" {
+            grandchild = true;
+            i += 1;
+            continue;
+        }
+        let v = rest.get(i + 1).cloned().unwrap_or_else(|| {
+            eprintln!("o3-workload: --{k} needs a value");
+            std::process::exit(2)
+        });
+        opts.insert(k, v);
+        i += 2;
+    }
+    (mode, opts, grandchild)
+}
+
+fn num(opts: &BTreeMap<String, String>, k: &str, default: u64) -> u64 {
+    opts.get(k).map_or(default, |v| {
+        v.parse().unwrap_or_else(|_| {
+            eprintln!("o3-workload: --{k} must be a whole number");
+            std::process::exit(2)
+        })
+    })
+}
+
+fn status_kib(pid: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rusage_self() -> (u64, u64) {
+    // SAFETY: zeroed rusage is a valid out-value.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    (ns(r.ru_utime) + ns(r.ru_stime), r.ru_maxrss as u64 * 1024)
+}
+
+fn report(opts: &BTreeMap<String, String>, extra: serde_json::Value) {
+    let (cpu_ns, maxrss) = rusage_self();
+    let mut v = serde_json::json!({
+        "pid": std::process::id(),
+        "vm_hwm_bytes": status_kib("self", "VmHWM") * 1024,
+        "vm_rss_bytes": status_kib("self", "VmRSS") * 1024,
+        "rusage_cpu_ns": cpu_ns,
+        "rusage_maxrss_bytes": maxrss,
+    });
+    if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    if let Some(path) = opts.get("report") {
+        std::fs::write(path, v.to_string()).expect("writing the report");
+    }
+}
+
+/// Maps `bytes` of anonymous memory and writes one byte per page so every page is resident.
+fn touch(bytes: usize) -> *mut libc::c_void {
+    // SAFETY: anonymous private mapping; checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: within the mapping just created.
+        unsafe { std::ptr::write_volatile((p as *mut u8).add(off), 1) };
+        off += 4096;
+    }
+    p
+}
+
+fn untouch(p: *mut libc::c_void, bytes: usize) {
+    // SAFETY: unmapping exactly the mapping created by `touch`.
+    unsafe { libc::munmap(p, bytes) };
+}
+
+/// Exact RSS of this process from a page-table walk (`/proc/self/smaps_rollup`), unlike
+/// VmRSS/VmHWM, which read per-CPU counters without summing their pending deltas.
+fn smaps_rss(pid: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn spike(opts: &BTreeMap<String, String>) {
+    let bytes = num(opts, "mib", 64) as usize * 1024 * 1024;
+    let hold = Duration::from_micros(num(opts, "hold-us", 1000));
+    let gap = Duration::from_millis(num(opts, "gap-ms", 3));
+    let repeat = num(opts, "repeat", 10);
+    let mut smaps_max = 0;
+    for _ in 0..repeat {
+        let p = touch(bytes);
+        let t = Instant::now();
+        smaps_max = smaps_max.max(smaps_rss("self"));
+        std::thread::sleep(hold.saturating_sub(t.elapsed()));
+        untouch(p, bytes);
+        std::thread::sleep(gap);
+    }
+    report(
+        opts,
+        serde_json::json!({"mode": "spike", "smaps_rss_max_during_hold_bytes": smaps_max}),
+    );
+}
+
+fn burn_thread_cpu(ms: u64) {
+    let target = ms * 1_000_000;
+    let start = thread_cpu_ns();
+    let mut x = 0u64;
+    while thread_cpu_ns() - start < target {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn cpu(opts: &BTreeMap<String, String>) {
+    let threads = num(opts, "threads", 2);
+    let ms = num(opts, "ms", 500);
+    let hs: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(move || burn_thread_cpu(ms)))
+        .collect();
+    for h in hs {
+        h.join().expect("burner thread");
+    }
+    report(opts, serde_json::json!({"mode": "cpu"}));
+}
+
+fn pipe() -> (RawFd, RawFd) {
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array; no CLOEXEC so children inherit the fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+/// `tree`: C children each map N MiB, say ready, and hold until released; the parent reads
+/// each child's VmRSS/VmHWM while all of them hold, so the simultaneous sum is known.
+fn tree(opts: &BTreeMap<String, String>, grandchild: bool) {
+    let children = num(opts, "children", 2);
+    let mib = num(opts, "mib", 32);
+    let hold = Duration::from_millis(num(opts, "hold-ms", 50));
+    let (ready_r, ready_w) = pipe();
+    let (go_r, go_w) = pipe();
+    // Only the children's ends are inherited: a child holding a write end of `go` would never
+    // see it close.
+    // SAFETY: setting FD_CLOEXEC on fds we own.
+    unsafe {
+        libc::fcntl(ready_r, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(go_w, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let mut kids = Vec::new();
+    for _ in 0..children {
+        let mut c = Command::new(&exe);
+        c.args(["hold", "--mib", &mib.to_string()])
+            .args(["--ready-fd", &ready_w.to_string()])
+            .args(["--go-fd", &go_r.to_string()]);
+        if grandchild {
+            c.args(["--spawn", "1"]);
+        }
+        kids.push(c.spawn().expect("spawning a child"));
+    }
+    // SAFETY: closing our copies of the child-side ends.
+    unsafe {
+        libc::close(ready_w);
+        libc::close(go_r);
+    }
+    // SAFETY: we own ready_r.
+    let mut ready = unsafe { std::fs::File::from_raw_fd(ready_r) };
+    let mut buf = vec![0u8; children as usize];
+    ready.read_exact(&mut buf).expect("children ready");
+    let t = Instant::now();
+    let mut held = Vec::new();
+    for k in &kids {
+        let pid = k.id().to_string();
+        held.push(serde_json::json!({
+            "pid": k.id(),
+            "vm_rss_bytes": status_kib(&pid, "VmRSS") * 1024,
+            "vm_hwm_bytes": status_kib(&pid, "VmHWM") * 1024,
+            "smaps_rss_bytes": smaps_rss(&pid),
+        }));
+    }
+    let parent_rss = smaps_rss("self");
+    std::thread::sleep(hold.saturating_sub(t.elapsed()));
+    // SAFETY: closing the write end releases every child (they read EOF).
+    unsafe { libc::close(go_w) };
+    for mut k in kids {
+        let out = k.wait().expect("child");
+        assert!(out.success(), "child failed: {out:?}");
+    }
+    report(
+        opts,
+        serde_json::json!({"mode": "tree", "children": held, "parent_smaps_rss_during_hold_bytes": parent_rss}),
+    );
+}
+
+fn hold(opts: &BTreeMap<String, String>) {
+    let bytes = num(opts, "mib", 32) as usize * 1024 * 1024;
+    let ready_fd = num(opts, "ready-fd", 0) as RawFd;
+    let go_fd = num(opts, "go-fd", 0) as RawFd;
+    let mut grandchild = None;
+    if num(opts, "spawn", 0) == 1 {
+        // A grandchild started after recording began: allocates 8 MiB and holds until we end.
+        let exe = std::env::current_exe().expect("own path");
+        grandchild = Some(
+            Command::new(exe)
+                .args(["spike", "--mib", "8", "--hold-us", "200000", "--repeat", "1"])
+                .spawn()
+                .expect("grandchild"),
+        );
+    }
+    let p = touch(bytes);
+    // SAFETY: the fds were inherited from the parent for exactly this use.
+    let (mut ready, mut go) =
+        unsafe { (std::fs::File::from_raw_fd(ready_fd), std::fs::File::from_raw_fd(go_fd)) };
+    ready.write_all(&[1]).expect("signal ready");
+    drop(ready);
+    let mut b = [0u8; 1];
+    let _ = go.read(&mut b);
+    untouch(p, bytes);
+    if let Some(mut g) = grandchild {
+        let _ = g.wait();
+    }
+}
+
+fn busy_loop(opts: &BTreeMap<String, String>) {
+    burn_thread_cpu(num(opts, "ms", 2000));
+    report(opts, serde_json::json!({"mode": "loop"}));
+}
+
+fn main() {
+    let (mode, opts, grandchild) = args();
+    match mode.as_str() {
+        "spike" => spike(&opts),
+        "cpu" => cpu(&opts),
+        "tree" => tree(&opts, grandchild),
+        "hold" => hold(&opts),
+        "loop" => busy_loop(&opts),
+        _ => {
+            eprintln!("usage: o3-workload spike|cpu|tree|loop [--OPTION VALUE]... [--report FILE]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `o3 doctor`: what this machine offers o3, each check with what is lost without it.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::telemetry::ebpf::{self, tracefs};
+
+use super::{CliResult, Roots};
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print the checks as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was found, or what is lost without it.
+    pub detail: String,
+}
+
+fn check(name: &'static str, ok: bool, yes: impl Into<String>, no: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok,
+        detail: if ok { yes.into() } else { no.into() },
+    }
+}
+
+/// bpf(BPF_MAP_CREATE) of a one-entry array: the cheapest proof that bpf() works here.
+fn bpf_usable() -> Result<(), std::io::Error> {
+    #[repr(C)]
+    struct Attr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let attr = Attr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        map_flags: 0,
+    };
+    // SAFETY: valid bpf_attr prefix for MAP_CREATE; the returned fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn drm_cards(sysfs: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(sysfs.join("class/drm")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("card") || name.contains('-') {
+                return None;
+            }
+            let driver = std::fs::read_link(e.path().join("device/driver"))
+                .ok()
+                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "unknown driver".into());
+            Some(format!("{name} ({driver})"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn checks(roots: &Roots) -> Vec<Check> {
+    let mut out = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    out.push(check(
+        "root",
+        root,
+        "running as root",
+        "not root: eBPF needs root (or CAP_BPF + CAP_PERFMON); record falls back to procfs polling",
+    ));
+    let bpf = bpf_usable();
+    out.push(check(
+        "bpf",
+        bpf.is_ok(),
+        "bpf() works",
+        format!(
+            "bpf() failed ({}): no exact peaks, procfs polling only",
+            bpf.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+        ),
+    ));
+    let dir = tracefs::tracefs_dir(&roots.sysfs_root);
+    let mounted = match tracefs::ensure_mounted(&dir) {
+        Ok(true) => Check {
+            name: "tracefs",
+            ok: true,
+            detail: format!("was not mounted; o3 mounted it at {}", dir.display()),
+        },
+        Ok(false) => check("tracefs", true, format!("mounted at {}", dir.display()), ""),
+        Err(e) => check(
+            "tracefs",
+            false,
+            "",
+            format!("{e}; tracepoints cannot be attached"),
+        ),
+    };
+    let tracefs_ok = mounted.ok;
+    out.push(mounted);
+    let btf = roots.sysfs_root.join("kernel/btf/vmlinux");
+    out.push(check(
+        "btf",
+        btf.exists(),
+        format!("{} present", btf.display()),
+        "no kernel BTF: not needed by o3's tracepoint programs, but kprobe field access on other kernels is less portable",
+    ));
+    for (prog, cat, name) in ebpf::PROGRAMS {
+        let found = tracefs_ok && tracefs::read_format(&dir, cat, name).is_ok();
+        out.push(Check {
+            name: "tracepoint",
+            ok: found,
+            detail: if found {
+                format!("{cat}:{name} present (for {prog})")
+            } else {
+                format!("{cat}:{name} missing: {prog} cannot attach, eBPF mode unavailable")
+            },
+        });
+    }
+    let kprobes = dir.join("kprobe_events").exists()
+        || roots
+            .sysfs_root
+            .join("bus/event_source/devices/kprobe")
+            .exists();
+    out.push(check(
+        "kprobes",
+        kprobes,
+        "kprobes available",
+        "this kernel has no kprobes: exact in-kernel GPU-memory peaks are unavailable; GPU memory is sampled",
+    ));
+    if root && bpf.is_ok() && tracefs_ok {
+        let load = ebpf::Loaded::load(&roots.sysfs_root, 1 << 20);
+        out.push(check(
+            "ebpf-load",
+            load.is_ok(),
+            "o3's kernel programs load and attach",
+            format!(
+                "loading o3's kernel programs failed: {}",
+                load.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    let cards = drm_cards(&roots.sysfs_root);
+    out.push(check(
+        "gpus",
+        !cards.is_empty(),
+        format!("DRM devices: {}", cards.join(", ")),
+        "no DRM devices: GPU metrics will be absent",
+    ));
+    out
+}
+
+pub fn run(roots: &Roots, a: DoctorArgs) -> CliResult {
+    let checks = checks(roots);
+    if a.json {
+        let v = serde_json::json!({ "schema_version": 1, "checks": checks });
+        println!("{v}");
+    } else {
+        for c in &checks {
+            println!(
+                "{} {:<11} {}",
+                if c.ok { "[ok]" } else { "[--]" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,87 @@
+//! Command line: one file per subcommand, thin; the work is in the stages below.
+
+mod doctor;
+mod record;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Global flags shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Roots {
+    /// Where procfs is mounted (run inside a container with the host's /proc mounted elsewhere,
+    /// or point at a fixture tree).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/proc")]
+    pub procfs_root: PathBuf,
+    /// Where sysfs is mounted (tracefs is expected at <DIR>/kernel/tracing).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "o3",
+    version,
+    about = "Find the best serving configuration of a local LLM and measure peak resources exactly"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub roots: Roots,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command (or attach to a process tree) and report its exact peak memory and CPU.
+    Record(record::RecordArgs),
+    /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes).
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Parses arguments, runs the subcommand, returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                };
+            }
+            // One line: what is wrong; `--help` says the rest.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("o3: {first} (see `o3 --help`)");
+            return 2;
+        }
+    };
+    let result = match cli.command {
+        Command::Record(a) => record::run(&cli.roots, a),
+        Command::Doctor(a) => doctor::run(&cli.roots, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err((e, code)) => {
+            eprintln!("o3: {e:#}");
+            code
+        }
+    }
+}
+
+/// A subcommand's failure: the message and o3's exit status.
+pub type CliResult = Result<i32, (anyhow::Error, i32)>;

@@ -1,0 +1,112 @@
+//! `o3 record`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::record::{self, Mode, Options, Target};
+use crate::telemetry::sampler::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::util::duration;
+
+use super::{CliResult, Roots};
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    duration::parse_in_range(s, MIN_INTERVAL, MAX_INTERVAL)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = duration::parse(s)?;
+    if d.is_zero() {
+        return Err("the duration must be longer than 0".into());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    /// eBPF when it can load, else procfs polling with a warning (O3_REQUIRE_EBPF=1: eBPF or fail).
+    Auto,
+    /// eBPF or fail.
+    Ebpf,
+    /// procfs polling only (peaks between samples are missed).
+    Procfs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  o3 record -- llama-server -m model.gguf -c 8192\n  o3 record --interval 1ms --out trace.jsonl -- ./bench.sh\n  o3 record --pid 4242 --duration 30s --json"
+)]
+pub struct RecordArgs {
+    /// Sampling interval (1ms to 10s), e.g. 10ms, 500us... peaks are exact with eBPF at any interval.
+    #[arg(long, value_name = "D", default_value = "10ms", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Write a JSON Lines trace (header, samples, events, summary) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the summary as one JSON object on stdout instead of text on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Attach to a running process and its descendants instead of running a command.
+    #[arg(long, value_name = "N", conflicts_with = "command")]
+    pub pid: Option<u32>,
+    /// With --pid: stop after this long (default: until the process exits or Ctrl-C).
+    #[arg(long, value_name = "D", requires = "pid", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How to measure the process tree.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: MethodArg,
+    /// The command to run, after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
+    let target = match (a.pid, a.command.is_empty()) {
+        (Some(pid), _) => Target::Pid {
+            pid,
+            duration: a.duration,
+        },
+        (None, false) => Target::Command(a.command),
+        (None, true) => {
+            return Err((
+                anyhow::anyhow!(
+                    "nothing to record: give a command after `--` (o3 record -- CMD ARGS) or --pid N"
+                ),
+                2,
+            ))
+        }
+    };
+    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    let mode = match a.method {
+        MethodArg::Auto if require => Mode::Ebpf,
+        MethodArg::Auto => Mode::Auto,
+        MethodArg::Ebpf => Mode::Ebpf,
+        MethodArg::Procfs => Mode::Procfs,
+    };
+    let opts = Options {
+        target,
+        interval: a.interval,
+        out: a.out,
+        procfs_root: roots.procfs_root.clone(),
+        sysfs_root: roots.sysfs_root.clone(),
+        mode,
+        peak_event_step: 1 << 20,
+    };
+    match record::run(&opts) {
+        Ok(o) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&o.summary).expect("summary serialises")
+                );
+            } else {
+                eprint!("{}", record::summary::render(&o.summary, &o.what));
+            }
+            Ok(o.exit_code)
+        }
+        Err(e) => {
+            let code = e.exit_code();
+            Err((e.into(), code))
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! o3: find the best serving configuration of a local LLM on this machine, and measure peak
+//! resources exactly while doing it.
+//!
+//! Data flows one way: `cli` → `record` → `telemetry` / `trace` → `o3-common`.
+
+pub mod cli;
+pub mod record;
+pub mod telemetry;
+pub mod trace;
+pub mod util;

@@ -1,0 +1,458 @@
+//! `o3 record`: run a command (or attach to a process tree), sample it, write a trace, and
+//! summarise exact peaks.
+
+pub mod signals;
+pub mod spawn;
+pub mod summary;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::telemetry::ebpf::{EbpfError, Loaded, RuntimeStats};
+use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
+use crate::telemetry::{monotonic_ns, sampler, Method, ProcessPeak, Source};
+use crate::trace::{Header, Methods, TraceError, TraceWriter, SCHEMA_VERSION};
+use spawn::{Prepared, SpawnError};
+use summary::{Aggregate, CpuSummary, ExitInfo, Overhead, RssSummary, Rusage, Sampling, Summary};
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Command(Vec<OsString>),
+    Pid {
+        pid: u32,
+        duration: Option<Duration>,
+    },
+}
+
+/// How to measure the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// eBPF when it loads, else procfs polling with a warning.
+    Auto,
+    /// eBPF or an error (CI sets O3_REQUIRE_EBPF=1 to get this).
+    Ebpf,
+    /// procfs polling only.
+    Procfs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Target,
+    pub interval: Duration,
+    pub out: Option<PathBuf>,
+    pub procfs_root: PathBuf,
+    pub sysfs_root: PathBuf,
+    pub mode: Mode,
+    /// Bytes the tree peak must grow by before another peak event is emitted.
+    pub peak_event_step: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("eBPF is required but unavailable: {0}")]
+    EbpfRequired(EbpfError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("no process with pid {0} (check the pid with `ps -p {0}`)")]
+    NoSuchPid(u32),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+impl RecordError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RecordError::Spawn(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+pub struct Outcome {
+    pub summary: Summary,
+    /// o3's exit status: the command's own for `record -- CMD`.
+    pub exit_code: i32,
+    /// How the target is named in the text summary.
+    pub what: String,
+}
+
+fn getrusage(who: libc::c_int) -> libc::rusage {
+    // SAFETY: zeroed rusage is a valid out-value; getrusage only writes it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(who, &mut r) };
+    r
+}
+
+fn tv_ns(tv: libc::timeval) -> u64 {
+    tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1_000
+}
+
+fn self_cpu_ns() -> u64 {
+    let r = getrusage(libc::RUSAGE_SELF);
+    tv_ns(r.ru_utime) + tv_ns(r.ru_stime)
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<libc::c_int> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd as libc::c_int)
+}
+
+/// True when the process behind `pidfd` has exited (non-blocking).
+fn has_exited(pidfd: libc::c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+fn uname() -> (String, String) {
+    // SAFETY: zeroed utsname is a valid out-value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::uname(&mut u) };
+    let s = |f: &[libc::c_char]| {
+        let b: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    (s(&u.nodename), s(&u.release))
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn basename(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// Runs a recording to its end and returns the summary.
+pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
+    let mut warnings = Vec::new();
+    // Output first: a bad --out fails before anything starts.
+    let mut trace = match &opts.out {
+        Some(p) => Some(TraceWriter::create(p)?),
+        None => None,
+    };
+    let prepared = match &opts.target {
+        Target::Command(cmd) => Some(Prepared::new(cmd)?),
+        Target::Pid { pid, .. } => {
+            if !opts.procfs_root.join(pid.to_string()).is_dir() {
+                return Err(RecordError::NoSuchPid(*pid));
+            }
+            None
+        }
+    };
+
+    let mut loaded = match opts.mode {
+        Mode::Procfs => None,
+        mode => match Loaded::load(&opts.sysfs_root, opts.peak_event_step) {
+            Ok(l) => {
+                if l.report.mounted_tracefs {
+                    eprintln!(
+                        "o3: mounted tracefs at {}",
+                        opts.sysfs_root.join("kernel/tracing").display()
+                    );
+                }
+                Some(l)
+            }
+            Err(e) if mode == Mode::Ebpf => return Err(RecordError::EbpfRequired(e)),
+            Err(e) => {
+                let w = format!(
+                    "eBPF unavailable ({e}); measuring by procfs polling, peaks between samples are missed"
+                );
+                eprintln!("o3: warning: {w}");
+                warnings.push(w);
+                None
+            }
+        },
+    };
+    let method = if loaded.is_some() {
+        Method::Ebpf
+    } else {
+        Method::ProcfsPolling
+    };
+
+    // Start the target.
+    let t0;
+    let root;
+    match (&opts.target, prepared) {
+        (Target::Command(_), Some(prepared)) => {
+            let held = spawn::fork_held(&prepared)?;
+            if let Some(l) = loaded.as_mut() {
+                if let Err(e) = l.track(held.pid, true) {
+                    held.abandon();
+                    return Err(e.into());
+                }
+            }
+            t0 = monotonic_ns();
+            root = held.release()?;
+        }
+        (Target::Pid { pid, .. }, _) => {
+            root = *pid;
+            t0 = monotonic_ns();
+            if let Some(l) = loaded.as_mut() {
+                let parents = procfs::scan_parents(&opts.procfs_root)
+                    .map_err(|e| RecordError::Io("scanning procfs".into(), e))?;
+                l.attach_existing(&opts.procfs_root, &procfs::descendants(&parents, root))?;
+            }
+        }
+        _ => unreachable!("prepared exactly for commands"),
+    }
+    let start_unix_ns = unix_now_ns();
+    signals::install();
+
+    let (target_json, what) = match &opts.target {
+        Target::Command(cmd) => {
+            let argv: Vec<String> = cmd.iter().map(|a| a.to_string_lossy().into()).collect();
+            let what = format!("`{}`", argv.join(" "));
+            (serde_json::json!({ "command": argv, "pid": root }), what)
+        }
+        Target::Pid { pid, .. } => (serde_json::json!({ "pid": pid }), format!("pid {pid}")),
+    };
+    if let Some(t) = trace.as_mut() {
+        let (host, kernel) = uname();
+        t.header(&Header {
+            schema_version: SCHEMA_VERSION,
+            o3_version: env!("CARGO_PKG_VERSION"),
+            host,
+            kernel,
+            interval_ns: opts.interval.as_nanos() as u64,
+            start_unix_ns,
+            target: target_json.clone(),
+            methods: Methods {
+                rss: method,
+                cpu: method,
+                mem_used: Method::ProcfsPolling,
+            },
+        })?;
+    }
+
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    match loaded.as_mut().and_then(|l| l.take_source()) {
+        Some(s) => sources.push(Box::new(s)),
+        None => sources.push(Box::new(ProcTree::new(&opts.procfs_root, root).map_err(
+            |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),
+        )?)),
+    }
+    match SystemMemory::open(&opts.procfs_root) {
+        Ok(m) => sources.push(Box::new(m)),
+        Err(e) => warnings.push(format!("system memory not measured: {e}")),
+    }
+
+    let pidfd = pidfd_open(root).map_err(|e| RecordError::Io(format!("pidfd_open({root})"), e))?;
+    let stats = if loaded.is_some() {
+        Some(RuntimeStats::enable()?)
+    } else {
+        None
+    };
+    let cpu_self0 = self_cpu_ns();
+    let interval_ns = opts.interval.as_nanos() as u64;
+    let (tx, rx) = channel();
+    let sampler = sampler::spawn(sources, opts.interval, t0, tx);
+    let stop = sampler.stop_flag();
+    let deadline = match opts.target {
+        Target::Pid {
+            duration: Some(d), ..
+        } => Some(t0 + d.as_nanos() as u64),
+        _ => None,
+    };
+
+    let mut agg = Aggregate::new(interval_ns);
+    let mut comms = std::collections::BTreeMap::new();
+    let mut exit = None;
+    let mut child_rusage = None;
+    let mut end_ns = None;
+    let mut forwarded = false;
+    let mut write_error = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(tick) => {
+                for e in &tick.events {
+                    match e {
+                        crate::telemetry::TreeEvent::Fork { pid, comm, .. } => {
+                            comms.entry(*pid).or_insert_with(|| comm.clone());
+                        }
+                        crate::telemetry::TreeEvent::Exec { pid, filename, .. } => {
+                            comms.insert(*pid, basename(filename));
+                        }
+                        _ => {}
+                    }
+                    if let Some(t) = trace.as_mut() {
+                        if let Err(err) = t.event(e) {
+                            write_error.get_or_insert(err);
+                        }
+                    }
+                }
+                agg.add(&tick.sample);
+                if let Some(t) = trace.as_mut() {
+                    if let Err(err) = t.sample(&tick.sample) {
+                        write_error.get_or_insert(err);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if end_ns.is_some() {
+            continue;
+        }
+        let now = monotonic_ns();
+        let mut finish = false;
+        if has_exited(pidfd) {
+            if matches!(opts.target, Target::Command(_)) {
+                let mut status = 0;
+                // SAFETY: zeroed rusage is a valid out-value.
+                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                // SAFETY: reaping our own child; valid out-pointers.
+                let r = unsafe { libc::wait4(root as i32, &mut status, libc::WNOHANG, &mut ru) };
+                if r == root as i32 {
+                    exit = Some(ExitInfo::from_status(status));
+                    let (user, sys) = (tv_ns(ru.ru_utime), tv_ns(ru.ru_stime));
+                    child_rusage = Some(Rusage {
+                        user_ns: user,
+                        sys_ns: sys,
+                        cpu_ns: user + sys,
+                        maxrss_bytes: ru.ru_maxrss as u64 * 1024,
+                    });
+                    finish = true;
+                }
+            } else {
+                finish = true;
+            }
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            finish = true;
+        }
+        match signals::pending() {
+            Some(sig) if matches!(opts.target, Target::Pid { .. }) => {
+                let _ = sig;
+                finish = true;
+            }
+            // With a command, o3 waits for it like `time` does: Ctrl-C reaches the command
+            // through the terminal; a SIGTERM/SIGHUP sent to o3 alone is passed on to it.
+            Some(sig) if sig != libc::SIGINT && !forwarded => {
+                forwarded = true;
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(root as i32, sig) };
+            }
+            _ => {}
+        }
+        if finish {
+            end_ns = Some(now);
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    // SAFETY: closing the pidfd we opened.
+    unsafe { libc::close(pidfd) };
+    let (sources, sstats) = sampler.finish();
+    let cpu_self = self_cpu_ns().saturating_sub(cpu_self0);
+    let (bpf_ns, bpf_cnt) = loaded.as_ref().map_or((0, 0), |l| l.program_stats());
+    drop(stats);
+    let wall_ns = end_ns.unwrap_or_else(monotonic_ns).saturating_sub(t0);
+
+    let mut processes: Vec<ProcessPeak> = match loaded.as_ref() {
+        Some(l) => l
+            .per_process()
+            .into_iter()
+            .map(|(pid, peak, cpu)| ProcessPeak {
+                pid,
+                comm: comms.get(&pid).cloned().unwrap_or_else(|| {
+                    std::fs::read_to_string(opts.procfs_root.join(format!("{pid}/comm")))
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "?".into())
+                }),
+                peak_rss_bytes: peak.rss_peak.max(0) as u64,
+                peak_t_ns: peak.rss_peak_ns.saturating_sub(t0),
+                cpu_ns: Some(cpu),
+            })
+            .collect(),
+        None => sources.iter().flat_map(|s| s.processes()).collect(),
+    };
+    processes.sort_by_key(|p| std::cmp::Reverse(p.peak_rss_bytes));
+
+    let last = &agg.last;
+    let cpu_total = last.cpu_ns.unwrap_or(0);
+    let summary = Summary {
+        schema_version: SCHEMA_VERSION,
+        o3_version: env!("CARGO_PKG_VERSION"),
+        target: target_json,
+        wall_ns,
+        exit: exit.clone(),
+        rss: RssSummary {
+            peak_bytes: last.rss_peak_bytes.unwrap_or(0),
+            peak_t_ns: last.rss_peak_t_ns.unwrap_or(0),
+            final_bytes: last.rss_bytes.unwrap_or(0),
+            method,
+        },
+        processes,
+        cpu: CpuSummary {
+            total_ns: cpu_total,
+            avg_percent: if wall_ns > 0 {
+                cpu_total as f64 / wall_ns as f64 * 100.0
+            } else {
+                0.0
+            },
+            peak_percent: agg.cpu_peak_percent(),
+            peak_window_ns: agg.window_ns(),
+            method,
+        },
+        system_memory: agg.system_memory(),
+        rusage: child_rusage,
+        sampling: Sampling {
+            interval_ns,
+            samples: agg.samples,
+            late_ticks: sstats.late_ticks,
+            max_tick_ns: sstats.max_tick_ns,
+        },
+        overhead: Overhead {
+            o3_cpu_ns: cpu_self,
+            sampler_cpu_ns: sstats.cpu_ns,
+            bpf_run_ns: bpf_ns,
+            bpf_run_count: bpf_cnt,
+            percent_of_one_core: if wall_ns > 0 {
+                (cpu_self + bpf_ns) as f64 / wall_ns as f64 * 100.0
+            } else {
+                0.0
+            },
+        },
+        warnings,
+    };
+    if let Some(t) = trace.as_mut() {
+        let v = serde_json::to_value(&summary).expect("summary serialises");
+        t.summary(&v)?;
+    }
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let exit_code = exit.as_ref().map_or(0, ExitInfo::shell_code);
+    Ok(Outcome {
+        summary,
+        exit_code,
+        what,
+    })
+}

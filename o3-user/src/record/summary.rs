@@ -1,0 +1,349 @@
+//! The end-of-recording summary: built from the ticks as they arrive plus final readings, and
+//! printed as text (like `time -v`, richer) or as one JSON object.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::telemetry::{Method, ProcessPeak, Sample};
+use crate::util::units::{bytes, secs};
+
+/// CPU % peaks are taken over windows at least this long, so one short interval of scheduler
+/// noise does not read as a spike.
+pub const MIN_CPU_WINDOW_NS: u64 = 100_000_000;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// From a wait status.
+    pub fn from_status(status: i32) -> ExitInfo {
+        if libc::WIFSIGNALED(status) {
+            ExitInfo {
+                code: None,
+                signal: Some(libc::WTERMSIG(status)),
+            }
+        } else {
+            ExitInfo {
+                code: Some(libc::WEXITSTATUS(status)),
+                signal: None,
+            }
+        }
+    }
+
+    /// Exit status for o3 itself: the command's, or 128 + signal as a shell reports it.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RssSummary {
+    pub peak_bytes: u64,
+    pub peak_t_ns: u64,
+    pub final_bytes: u64,
+    pub method: Method,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuSummary {
+    pub total_ns: u64,
+    pub avg_percent: f64,
+    pub peak_percent: f64,
+    pub peak_window_ns: u64,
+    pub method: Method,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemMemory {
+    pub used_peak_bytes: u64,
+    pub used_peak_t_ns: u64,
+    pub total_bytes: u64,
+    pub method: Method,
+}
+
+/// What the kernel reported for the waited-for command and its waited-for descendants.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rusage {
+    pub user_ns: u64,
+    pub sys_ns: u64,
+    pub cpu_ns: u64,
+    pub maxrss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sampling {
+    pub interval_ns: u64,
+    pub samples: u64,
+    pub late_ticks: u64,
+    pub max_tick_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overhead {
+    /// CPU time of the o3 process (all its threads), ns.
+    pub o3_cpu_ns: u64,
+    /// Of which the sampler thread, ns.
+    pub sampler_cpu_ns: u64,
+    /// Run time of o3's kernel programs (BPF run-time statistics), ns.
+    pub bpf_run_ns: u64,
+    pub bpf_run_count: u64,
+    /// (o3 + kernel programs) / wall time, in % of one core.
+    pub percent_of_one_core: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub o3_version: &'static str,
+    pub target: serde_json::Value,
+    pub wall_ns: u64,
+    pub exit: Option<ExitInfo>,
+    pub rss: RssSummary,
+    pub processes: Vec<ProcessPeak>,
+    pub cpu: CpuSummary,
+    pub system_memory: Option<SystemMemory>,
+    pub rusage: Option<Rusage>,
+    pub sampling: Sampling,
+    pub overhead: Overhead,
+    pub warnings: Vec<String>,
+}
+
+/// Folds ticks into the figures the summary needs, without keeping the series.
+#[derive(Debug)]
+pub struct Aggregate {
+    pub samples: u64,
+    pub last: Sample,
+    mem_peak: (u64, u64),
+    mem_total: u64,
+    window_ns: u64,
+    cpu_window: VecDeque<(u64, u64)>,
+    cpu_peak_percent: f64,
+}
+
+impl Aggregate {
+    pub fn new(interval_ns: u64) -> Aggregate {
+        Aggregate {
+            samples: 0,
+            last: Sample::default(),
+            mem_peak: (0, 0),
+            mem_total: 0,
+            window_ns: interval_ns.max(MIN_CPU_WINDOW_NS),
+            cpu_window: VecDeque::new(),
+            cpu_peak_percent: 0.0,
+        }
+    }
+
+    pub fn add(&mut self, s: &Sample) {
+        self.samples += 1;
+        if let Some(m) = s.mem_used_bytes {
+            if m > self.mem_peak.0 {
+                self.mem_peak = (m, s.t_ns);
+            }
+        }
+        if let Some(t) = s.mem_total_bytes {
+            self.mem_total = t;
+        }
+        if let Some(cpu) = s.cpu_ns {
+            self.cpu_window.push_back((s.t_ns, cpu));
+            // Keep the newest point that is at least one window old as the window's start.
+            while self.cpu_window.len() > 2 && s.t_ns - self.cpu_window[1].0 >= self.window_ns {
+                self.cpu_window.pop_front();
+            }
+            let (t0, c0) = self.cpu_window[0];
+            let dt = s.t_ns.saturating_sub(t0);
+            if dt >= self.window_ns {
+                let pct = cpu.saturating_sub(c0) as f64 / dt as f64 * 100.0;
+                self.cpu_peak_percent = self.cpu_peak_percent.max(pct);
+            }
+        }
+        self.last = s.clone();
+    }
+
+    pub fn window_ns(&self) -> u64 {
+        self.window_ns
+    }
+
+    pub fn cpu_peak_percent(&self) -> f64 {
+        self.cpu_peak_percent
+    }
+
+    pub fn system_memory(&self) -> Option<SystemMemory> {
+        (self.mem_total > 0).then_some(SystemMemory {
+            used_peak_bytes: self.mem_peak.0,
+            used_peak_t_ns: self.mem_peak.1,
+            total_bytes: self.mem_total,
+            method: Method::ProcfsPolling,
+        })
+    }
+}
+
+fn method_note(m: Method) -> &'static str {
+    match m {
+        Method::Ebpf => "exact, kernel programs",
+        Method::ProcfsPolling => "procfs polling: peaks between samples are missed",
+        Method::Rusage => "kernel rusage",
+    }
+}
+
+/// The text summary, one fact per line.
+pub fn render(s: &Summary, what: &str) -> String {
+    let mut o = String::new();
+    let ended = match &s.exit {
+        Some(ExitInfo {
+            code: Some(c),
+            signal: None,
+        }) => format!("exited with status {c}"),
+        Some(ExitInfo {
+            signal: Some(sig), ..
+        }) => format!("was killed by signal {sig}"),
+        _ => "recording ended".to_string(),
+    };
+    let _ = writeln!(o, "o3 record: {what} {ended} after {}", secs(s.wall_ns));
+    let _ = writeln!(
+        o,
+        "  peak RSS of the tree     {} at {}  ({})",
+        bytes(s.rss.peak_bytes),
+        secs(s.rss.peak_t_ns),
+        method_note(s.rss.method)
+    );
+    let _ = writeln!(o, "  RSS at the end           {}", bytes(s.rss.final_bytes));
+    let _ = writeln!(
+        o,
+        "  CPU time of the tree     {}  avg {:.1} %, peak {:.1} % of one core over {} ms windows  ({})",
+        secs(s.cpu.total_ns),
+        s.cpu.avg_percent,
+        s.cpu.peak_percent,
+        s.cpu.peak_window_ns / 1_000_000,
+        method_note(s.cpu.method)
+    );
+    if let Some(m) = &s.system_memory {
+        let _ = writeln!(
+            o,
+            "  system RAM used, peak    {} of {} at {}  (sampled)",
+            bytes(m.used_peak_bytes),
+            bytes(m.total_bytes),
+            secs(m.used_peak_t_ns)
+        );
+    }
+    if let Some(r) = &s.rusage {
+        let _ = writeln!(
+            o,
+            "  kernel rusage of CMD     cpu {} (user {}, sys {}), maxrss {}",
+            secs(r.cpu_ns),
+            secs(r.user_ns),
+            secs(r.sys_ns),
+            bytes(r.maxrss_bytes)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  samples                  {} every {} ms, {} late",
+        s.sampling.samples,
+        s.sampling.interval_ns as f64 / 1e6,
+        s.sampling.late_ticks
+    );
+    let _ = writeln!(
+        o,
+        "  monitor overhead         {:.3} % of one core (o3 {}, kernel programs {} in {} runs)",
+        s.overhead.percent_of_one_core,
+        secs(s.overhead.o3_cpu_ns),
+        secs(s.overhead.bpf_run_ns),
+        s.overhead.bpf_run_count
+    );
+    if !s.processes.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
+            "PID", "PEAK RSS", "AT", "CPU"
+        );
+        for p in &s.processes {
+            let cpu = p.cpu_ns.map_or("-".to_string(), secs);
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
+                p.pid,
+                bytes(p.peak_rss_bytes),
+                secs(p.peak_t_ns),
+                cpu,
+                p.comm
+            );
+        }
+    }
+    for w in &s.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t_ms: u64, cpu_ms: u64, mem: u64) -> Sample {
+        Sample {
+            t_ns: t_ms * 1_000_000,
+            cpu_ns: Some(cpu_ms * 1_000_000),
+            mem_used_bytes: Some(mem),
+            mem_total_bytes: Some(1000),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn cpu_peak_uses_windows_of_at_least_100ms() {
+        let mut a = Aggregate::new(10_000_000);
+        // 0-200 ms idle, then 100 ms at 2 cores, then idle.
+        let mut cpu = 0;
+        for t in (0..=500).step_by(10) {
+            if t > 200 && t <= 300 {
+                cpu += 20;
+            }
+            a.add(&sample(t, cpu, 10));
+        }
+        assert!(
+            (a.cpu_peak_percent() - 200.0).abs() < 1e-6,
+            "{}",
+            a.cpu_peak_percent()
+        );
+        assert_eq!(a.window_ns(), 100_000_000);
+    }
+
+    #[test]
+    fn single_busy_interval_is_averaged_over_the_window() {
+        let mut a = Aggregate::new(10_000_000);
+        let mut cpu = 0;
+        for t in (0..=300).step_by(10) {
+            if t == 150 {
+                cpu += 10; // one 10 ms interval at 100 %
+            }
+            a.add(&sample(t, cpu, 10));
+        }
+        assert!((a.cpu_peak_percent() - 10.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn memory_peak_and_time() {
+        let mut a = Aggregate::new(10_000_000);
+        a.add(&sample(0, 0, 10));
+        a.add(&sample(10, 0, 50));
+        a.add(&sample(20, 0, 20));
+        let m = a.system_memory().unwrap();
+        assert_eq!((m.used_peak_bytes, m.used_peak_t_ns), (50, 10_000_000));
+        assert_eq!(a.samples, 3);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(ExitInfo::from_status(7 << 8).shell_code(), 7);
+        assert_eq!(ExitInfo::from_status(9).shell_code(), 137);
+    }
+}

@@ -1,0 +1,199 @@
+//! The sampler: one thread that owns its sources and calls them at absolute deadlines
+//! (`t0 + k * interval` on CLOCK_MONOTONIC), sending each tick over a channel. A tick that
+//! starts after the next deadline has passed skips the missed deadlines and counts them as late;
+//! nothing is hidden by drifting the schedule.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{monotonic_ns, thread_cpu_ns, Sample, Source, TreeEvent};
+
+/// Accepted sampling intervals.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One tick's output.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    pub sample: Sample,
+    pub events: Vec<TreeEvent>,
+}
+
+/// What the sampler measured about itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SamplerStats {
+    pub ticks: u64,
+    /// Deadlines that passed before the tick for them could start.
+    pub late_ticks: u64,
+    /// CPU time of the sampler thread, ns.
+    pub cpu_ns: u64,
+    /// Longest time spent in one tick, ns.
+    pub max_tick_ns: u64,
+}
+
+pub struct SamplerHandle {
+    stop: Arc<AtomicBool>,
+    join: JoinHandle<(Vec<Box<dyn Source>>, SamplerStats)>,
+}
+
+impl SamplerHandle {
+    /// A flag that, once set, makes the sampler take one last sample and stop.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Stops (if not yet stopped) and returns the sources and the sampler's own figures.
+    pub fn finish(self) -> (Vec<Box<dyn Source>>, SamplerStats) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join.join().expect("sampler thread panicked")
+    }
+}
+
+/// Starts the sampler thread. The first tick is at `t0_ns` (CLOCK_MONOTONIC).
+pub fn spawn(
+    mut sources: Vec<Box<dyn Source>>,
+    interval: Duration,
+    t0_ns: u64,
+    tx: Sender<Tick>,
+) -> SamplerHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let join = std::thread::Builder::new()
+        .name("o3-sampler".into())
+        .spawn(move || {
+            let cpu0 = thread_cpu_ns();
+            let mut stats = SamplerStats::default();
+            let step = interval.as_nanos() as u64;
+            let mut deadline = t0_ns;
+            loop {
+                let stopping = sleep_until(deadline, &flag);
+                let now = monotonic_ns();
+                let mut tick = Tick {
+                    sample: Sample {
+                        t_ns: now.saturating_sub(t0_ns),
+                        ..Sample::default()
+                    },
+                    events: Vec::new(),
+                };
+                for s in sources.iter_mut() {
+                    s.sample(now, t0_ns, &mut tick.sample, &mut tick.events);
+                }
+                stats.ticks += 1;
+                stats.max_tick_ns = stats.max_tick_ns.max(monotonic_ns().saturating_sub(now));
+                if tx.send(tick).is_err() || stopping {
+                    break;
+                }
+                deadline += step;
+                let now = monotonic_ns();
+                if now > deadline {
+                    let missed = (now - deadline) / step + 1;
+                    stats.late_ticks += missed;
+                    deadline += missed * step;
+                }
+            }
+            stats.cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
+            (sources, stats)
+        })
+        .expect("spawning the sampler thread");
+    SamplerHandle { stop, join }
+}
+
+/// Sleeps until `deadline_ns` (absolute, CLOCK_MONOTONIC), waking at least every 50 ms to
+/// check `stop`. Returns true when stop was requested (the caller takes a last sample now).
+fn sleep_until(deadline_ns: u64, stop: &AtomicBool) -> bool {
+    const CHECK_NS: u64 = 50_000_000;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = monotonic_ns();
+        if now >= deadline_ns {
+            return false;
+        }
+        let wake = deadline_ns.min(now + CHECK_NS);
+        let ts = libc::timespec {
+            tv_sec: (wake / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wake % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: valid timespec; a null remainder is allowed with TIMER_ABSTIME.
+        unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    /// A scripted source: counts its calls and records the times it was called at.
+    struct Counter {
+        calls: u64,
+        stall_on: Option<u64>,
+    }
+
+    impl Source for Counter {
+        fn name(&self) -> &'static str {
+            "counter"
+        }
+        fn sample(&mut self, _now: u64, _t0: u64, out: &mut Sample, _ev: &mut Vec<TreeEvent>) {
+            self.calls += 1;
+            out.processes = Some(self.calls as u32);
+            if self.stall_on == Some(self.calls) {
+                std::thread::sleep(Duration::from_millis(55));
+            }
+        }
+    }
+
+    #[test]
+    fn ticks_follow_absolute_deadlines_and_count_late_ones() {
+        let (tx, rx) = channel();
+        let src = Box::new(Counter {
+            calls: 0,
+            stall_on: Some(3),
+        });
+        let t0 = monotonic_ns();
+        let h = spawn(vec![src], Duration::from_millis(10), t0, tx);
+        let mut ts = Vec::new();
+        while ts.len() < 8 {
+            let t = rx.recv().unwrap();
+            ts.push(t.sample.t_ns);
+        }
+        let (_, stats) = h.finish();
+        // The third tick stalled 55 ms: at least 4 deadlines were skipped and counted.
+        assert!(stats.late_ticks >= 4, "{stats:?}");
+        // Ticks after the stall land on the original grid (multiples of 10 ms), not shifted.
+        let after = ts[4];
+        let offset = after % 10_000_000;
+        assert!(offset < 5_000_000, "tick at {after} ns is off the 10 ms grid");
+        assert!(ts.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn stop_takes_a_final_sample_promptly() {
+        let (tx, rx) = channel();
+        let src = Box::new(Counter {
+            calls: 0,
+            stall_on: None,
+        });
+        let t0 = monotonic_ns();
+        let h = spawn(vec![src], Duration::from_secs(10), t0, tx);
+        rx.recv().unwrap();
+        let before = monotonic_ns();
+        let (sources, stats) = h.finish();
+        assert!(monotonic_ns() - before < 1_000_000_000);
+        assert_eq!(stats.ticks, 2);
+        assert_eq!(sources.len(), 1);
+        let last = rx.recv().unwrap();
+        assert_eq!(last.sample.processes, Some(2));
+    }
+}

@@ -1,0 +1,4 @@
+//! Small helpers shared by the stages: durations, byte sizes.
+
+pub mod duration;
+pub mod units;
