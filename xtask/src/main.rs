@@ -1,1 +1,110 @@
-fn main() {}
+//! o3's build automation. `cargo xtask <task>`:
+//!
+//!   setup          install what building needs: rust-src, bpf-linker (matching rustc's LLVM)
+//!   run            setup, build, and run the main job end to end on this machine
+//!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
+//!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
+//!
+//! Nothing here depends on o3 itself, so it builds on a fresh machine before anything else.
+
+mod bench;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the release binaries and returns their directory.
+pub fn build_release() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "o3-user", "--bins"]))?;
+    Ok(root().join("target/release"))
+}
+
+fn main_job() -> Result<()> {
+    setup::setup()?;
+    let bin = build_release()?;
+    let o3 = bin.join("o3");
+    run(Command::new(&o3).arg("doctor"))?;
+    let out_dir = root().join("target/o3-run");
+    std::fs::create_dir_all(&out_dir)?;
+    let trace = out_dir.join("record.jsonl");
+    let workload = bin.join("o3-workload");
+    // A real process tree: a shell that starts two children holding 64 MiB each at the same
+    // time, then a process that allocates and frees 128 MiB in 1 ms spikes, then a CPU burner
+    // on two threads.
+    let script = format!(
+        "{w} tree --children 2 --mib 64 --hold-ms 200 && {w} spike --mib 128 --hold-us 1000 --repeat 20 && {w} cpu --threads 2 --ms 500",
+        w = workload.display()
+    );
+    run(Command::new(&o3)
+        .args(["record", "--interval", "10ms", "--out"])
+        .arg(&trace)
+        .args(["--", "sh", "-c", &script]))?;
+    eprintln!("xtask: trace written to {}", trace.display());
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    setup::setup()?;
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { geteuid() } == 0;
+    if !root_user {
+        eprintln!(
+            "xtask: not root: the eBPF integration tests will be skipped (each says why); run as root for the full suite"
+        );
+    }
+    run(cargo().args(["test", "--workspace", "--exclude", "o3-ebpf"]))
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["setup"] => setup::setup(),
+        ["run"] => main_job(),
+        ["test"] => test(),
+        ["bench", "record"] => bench::record(),
+        _ => {
+            eprintln!("usage: cargo xtask setup | run | test | bench record");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -50,7 +50,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", conflicts_with = "command")]
     pub pid: Option<u32>,
     /// With --pid: stop after this long (default: until the process exits or Ctrl-C).
-    #[arg(long, value_name = "D", requires = "pid", value_parser = parse_duration)]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How to measure the process tree.
     #[arg(long, value_enum, default_value = "auto")]
@@ -61,6 +61,12 @@ pub struct RecordArgs {
 }
 
 pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
+    if a.duration.is_some() && a.pid.is_none() {
+        return Err((
+            anyhow::anyhow!("--duration goes with --pid N (a command is recorded until it exits)"),
+            2,
+        ));
+    }
     let target = match (a.pid, a.command.is_empty()) {
         (Some(pid), _) => Target::Pid {
             pid,

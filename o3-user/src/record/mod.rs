@@ -112,15 +112,54 @@ fn pidfd_open(pid: u32) -> std::io::Result<libc::c_int> {
     Ok(fd as libc::c_int)
 }
 
-/// True when the process behind `pidfd` has exited (non-blocking).
-fn has_exited(pidfd: libc::c_int) -> bool {
-    let mut p = libc::pollfd {
-        fd: pidfd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+/// How o3 notices that the root process has exited.
+enum Liveness {
+    /// A pidfd (our own pid namespace): readable once the process exits.
+    Pidfd(libc::c_int),
+    /// Under another procfs root (a host's /proc mounted in a container, a fixture tree), pids
+    /// may belong to another namespace: the process is gone when its directory is, or it is a
+    /// zombie.
+    Procfs(PathBuf),
+}
+
+impl Liveness {
+    fn new(opts: &Options, root: u32) -> Result<Liveness, RecordError> {
+        let default_root = opts.procfs_root == std::path::Path::new("/proc");
+        if matches!(opts.target, Target::Command(_)) || default_root {
+            let fd = pidfd_open(root)
+                .map_err(|e| RecordError::Io(format!("pidfd_open({root})"), e))?;
+            return Ok(Liveness::Pidfd(fd));
+        }
+        Ok(Liveness::Procfs(opts.procfs_root.join(root.to_string())))
+    }
+
+    /// True once the process has exited (non-blocking).
+    fn exited(&self) -> bool {
+        match self {
+            Liveness::Pidfd(fd) => {
+                let mut p = libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, zero timeout.
+                unsafe { libc::poll(&mut p, 1, 0) > 0 }
+            }
+            Liveness::Procfs(dir) => match std::fs::read_to_string(dir.join("stat")) {
+                Ok(text) => procfs::parse_stat(&text).is_ok_and(|s| s.state == 'Z'),
+                Err(_) => true,
+            },
+        }
+    }
+}
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        if let Liveness::Pidfd(fd) = self {
+            // SAFETY: closing the pidfd we opened.
+            unsafe { libc::close(*fd) };
+        }
+    }
 }
 
 fn uname() -> (String, String) {
@@ -264,7 +303,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         Err(e) => warnings.push(format!("system memory not measured: {e}")),
     }
 
-    let pidfd = pidfd_open(root).map_err(|e| RecordError::Io(format!("pidfd_open({root})"), e))?;
+    let liveness = Liveness::new(opts, root)?;
     let stats = if loaded.is_some() {
         Some(RuntimeStats::enable()?)
     } else {
@@ -323,7 +362,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         }
         let now = monotonic_ns();
         let mut finish = false;
-        if has_exited(pidfd) {
+        if liveness.exited() {
             if matches!(opts.target, Target::Command(_)) {
                 let mut status = 0;
                 // SAFETY: zeroed rusage is a valid out-value.
@@ -367,8 +406,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             stop.store(true, Ordering::SeqCst);
         }
     }
-    // SAFETY: closing the pidfd we opened.
-    unsafe { libc::close(pidfd) };
+    drop(liveness);
     let (sources, sstats) = sampler.finish();
     let cpu_self = self_cpu_ns().saturating_sub(cpu_self0);
     let (bpf_ns, bpf_cnt) = loaded.as_ref().map_or((0, 0), |l| l.program_stats());

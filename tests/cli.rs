@@ -1,0 +1,194 @@
+//! The command line: bad input gives one clear line and the right exit status; the child's
+//! output and exit status pass through. These tests use procfs polling (no root needed).
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+
+fn o3_cmd() -> Command {
+    let mut c = Command::cargo_bin("o3").unwrap();
+    c.env_remove("O3_REQUIRE_EBPF");
+    c
+}
+
+fn one_line_stderr(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    err
+}
+
+#[test]
+fn nonexistent_command_exits_127_with_one_line() {
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--", "o3-no-such-command-xyz", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    let err = one_line_stderr(&out);
+    assert!(
+        err.contains("command not found: `o3-no-such-command-xyz`") && err.contains("PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_executable_file_exits_126() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("data.txt");
+    std::fs::write(&f, "x").unwrap();
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    assert!(one_line_stderr(&out).contains("permission denied"));
+}
+
+#[test]
+fn nonexistent_pid_is_an_error() {
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--pid", "4294967294"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = one_line_stderr(&out);
+    assert!(err.contains("no process with pid 4294967294"), "{err}");
+}
+
+#[test]
+fn bad_intervals_name_the_accepted_range() {
+    for bad in ["0", "0ms", "abc", "5h", "10", "-1ms", "20s", "500us"] {
+        let out = o3_cmd()
+            .args(["record", "--interval", bad, "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--interval {bad}");
+        let err = one_line_stderr(&out);
+        assert!(
+            err.contains("accepted range 1ms to 10s"),
+            "--interval {bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unwritable_out_fails_before_the_command_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--out", "/nonexistent-dir/t.jsonl", "--"])
+        .arg("touch")
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = one_line_stderr(&out);
+    assert!(err.contains("/nonexistent-dir/t.jsonl") && err.contains("--out"), "{err}");
+    assert!(!marker.exists(), "the command ran although the trace could not be written");
+}
+
+#[test]
+fn nothing_to_record_is_explained() {
+    let out = o3_cmd().args(["record"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_stderr(&out).contains("give a command after `--`"));
+}
+
+#[test]
+fn duration_needs_pid() {
+    let out = o3_cmd()
+        .args(["record", "--duration", "1s", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    one_line_stderr(&out);
+}
+
+#[test]
+fn child_output_and_exit_status_pass_through() {
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--"])
+        .args(["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("to-stderr\n"), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+}
+
+#[test]
+fn killed_child_gives_128_plus_signal() {
+    let out = o3_cmd()
+        .args(["record", "--method", "procfs", "--", "sh", "-c", "kill -9 $$"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(137));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("killed by signal 9"));
+}
+
+#[test]
+fn procfs_polling_forced_by_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let report = dir.path().join("r.json");
+    let (s, out) = record_json(
+        &["--method", "procfs", "--out", trace.to_str().unwrap()],
+        &[
+            workload(),
+            "spike",
+            "--mib",
+            "32",
+            "--hold-us",
+            "200000",
+            "--repeat",
+            "2",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(s["rss"]["method"], "procfs_polling");
+    assert_eq!(s["cpu"]["method"], "procfs_polling");
+    // Holding 200 ms at 10 ms polling: the peak is seen, but only to the sample's precision.
+    let r = read_report(&report);
+    let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
+    let peak = i(&s["rss"]["peak_bytes"]);
+    assert!(peak > 32 << 20 && peak <= truth + 64 * PAGE, "{peak} vs {truth}");
+    let header: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&trace).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["methods"]["rss"], "procfs_polling");
+}
+
+#[test]
+fn procfs_root_points_at_a_fixture_tree() {
+    // tests/fixtures/procfs reproduces /proc for pid 1234 with one child 1300.
+    let out = o3_cmd()
+        .arg("--procfs-root")
+        .arg(fixtures().join("procfs"))
+        .args(["record", "--method", "procfs", "--json", "--pid", "1234"])
+        .args(["--duration", "50ms", "--interval", "10ms"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64;
+    assert_eq!(i(&s["rss"]["peak_bytes"]), (1530 + 500) * page);
+    assert_eq!(i(&s["system_memory"]["total_bytes"]), 24_568_964 * 1024);
+    assert!(has_process(&s, 1234) && has_process(&s, 1300));
+    assert_eq!(process(&s, 1234)["comm"], "llama server (x)");
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = o3_cmd().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("record") && text.contains("doctor"), "{text}");
+}

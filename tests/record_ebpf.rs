@@ -1,0 +1,402 @@
+//! `o3 record` with the kernel programs really loaded (root). Ground truth comes from the
+//! kernel, reported by the workload about itself: a page-table walk of its own address space
+//! (`/proc/self/smaps_rollup`), VmHWM, and getrusage. Without root these tests skip with the
+//! reason printed; with O3_REQUIRE_EBPF=1 (CI) that is a failure instead.
+//!
+//! The tests in this file run one at a time: they measure CPU and memory, and one of them
+//! unmounts tracefs.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kernel's VmHWM / ru_maxrss read per-CPU RSS counters without their unfolded per-CPU
+/// deltas (percpu_counter_read), so they may differ from the exact sum by up to
+/// batch × CPUs pages for each of the three counters (batch = max(32, 2 × CPUs)).
+fn hwm_slack() -> i64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    3 * cpus * (2 * cpus).max(32) * PAGE
+}
+
+#[test]
+fn spike_peak_is_exact_at_10ms_and_at_1s_sampling() {
+    if !ebpf_or_skip("spike_peak_is_exact") {
+        return;
+    }
+    let _g = serial();
+    for interval in ["10ms", "1s"] {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("r.json");
+        let (s, out) = record_json(
+            &["--interval", interval, "--method", "ebpf"],
+            &[
+                workload(),
+                "spike",
+                "--mib",
+                "64",
+                "--hold-us",
+                "1000",
+                "--repeat",
+                "10",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r = read_report(&report);
+        let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
+        assert!(truth > 64 << 20, "truth {truth}");
+        let p = process(&s, i(&r["pid"]));
+        let peak = i(&p["peak_rss_bytes"]);
+        assert!(
+            (peak - truth).abs() <= PAGE,
+            "{interval}: process peak {peak} vs page-table truth {truth}"
+        );
+        // o3 execs the workload directly: the tree is this one process.
+        let tree = i(&s["rss"]["peak_bytes"]);
+        assert!(
+            (tree - truth).abs() <= PAGE,
+            "{interval}: tree peak {tree} vs {truth}"
+        );
+        let hwm = i(&r["vm_hwm_bytes"]);
+        assert!(
+            (peak - hwm).abs() <= hwm_slack(),
+            "{interval}: peak {peak} vs VmHWM {hwm}"
+        );
+        assert_eq!(s["rss"]["method"], "ebpf");
+        assert_eq!(i(&s["rss"]["final_bytes"]), 0, "the process is gone");
+        // With 1 s sampling the whole run fits between two samples: the peak is still exact.
+        if interval == "1s" {
+            assert!(i(&s["sampling"]["samples"]) <= 3, "{}", s["sampling"]);
+        }
+    }
+}
+
+#[test]
+fn simultaneous_peak_of_a_tree_is_the_sum_no_per_process_mark_gives() {
+    if !ebpf_or_skip("simultaneous_peak") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let (s, out) = record_json(
+        &["--method", "ebpf"],
+        &[
+            workload(),
+            "tree",
+            "--children",
+            "2",
+            "--mib",
+            "32",
+            "--hold-ms",
+            "100",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = read_report(&report);
+    let children = r["children"].as_array().unwrap();
+    assert_eq!(children.len(), 2);
+    // Measured by the parent from page-table walks while both children held their memory.
+    let during_hold: i64 = children.iter().map(|c| i(&c["smaps_rss_bytes"])).sum::<i64>()
+        + i(&r["parent_smaps_rss_during_hold_bytes"]);
+    let tree = i(&s["rss"]["peak_bytes"]);
+    assert!(
+        tree >= during_hold - 4 * PAGE,
+        "tree peak {tree} below the simultaneous sum {during_hold}"
+    );
+    // Every process' own high-water mark bounds the tree peak from above.
+    let hwm_sum: i64 = children.iter().map(|c| i(&c["vm_hwm_bytes"])).sum::<i64>()
+        + i(&r["rusage_maxrss_bytes"]);
+    assert!(
+        tree <= hwm_sum + hwm_slack(),
+        "tree peak {tree} above the sum of high-water marks {hwm_sum}"
+    );
+    let biggest = children
+        .iter()
+        .map(|c| i(&process(&s, i(&c["pid"]))["peak_rss_bytes"]))
+        .max()
+        .unwrap();
+    assert!(
+        tree > biggest + (30 << 20),
+        "tree peak {tree} is not a sum (largest single {biggest})"
+    );
+    for c in children {
+        let p = process(&s, i(&c["pid"]));
+        let peak = i(&p["peak_rss_bytes"]);
+        let truth = i(&c["smaps_rss_bytes"]);
+        assert!(
+            peak >= truth - PAGE && peak <= truth + hwm_slack(),
+            "child {} peak {peak} vs {truth}",
+            c["pid"]
+        );
+    }
+}
+
+#[test]
+fn cpu_time_matches_rusage_within_2_percent() {
+    if !ebpf_or_skip("cpu_time") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let (s, out) = record_json(
+        &["--method", "ebpf"],
+        &[
+            workload(),
+            "cpu",
+            "--threads",
+            "2",
+            "--ms",
+            "400",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let r = read_report(&report);
+    let truth = i(&r["rusage_cpu_ns"]) as f64;
+    assert!(truth >= 0.8e9, "burned {truth} ns");
+    let p = process(&s, i(&r["pid"]));
+    let cpu = i(&p["cpu_ns"]) as f64;
+    assert!(
+        (cpu / truth - 1.0).abs() <= 0.02,
+        "process CPU {cpu} vs rusage {truth}"
+    );
+    let tree = i(&s["cpu"]["total_ns"]) as f64;
+    assert!(
+        (tree / truth - 1.0).abs() <= 0.02,
+        "tree CPU {tree} vs rusage {truth}"
+    );
+    // o3's own wait4 rusage of the command agrees too.
+    let ru = i(&s["rusage"]["cpu_ns"]) as f64;
+    assert!((tree / ru - 1.0).abs() <= 0.02, "tree CPU {tree} vs wait4 {ru}");
+    assert!(s["cpu"]["peak_percent"].as_f64().unwrap() > 150.0, "two busy threads");
+}
+
+#[test]
+fn descendants_started_later_are_tracked_and_an_unrelated_process_is_not() {
+    if !ebpf_or_skip("descendants") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = dir.path().join("r1.json");
+    let r2 = dir.path().join("r2.json");
+    // An unrelated process allocating much more than the tree, during the whole recording.
+    let mut unrelated = Command::new(workload())
+        .args(["spike", "--mib", "96", "--hold-us", "20000", "--repeat", "40"])
+        .spawn()
+        .unwrap();
+    let w = workload();
+    // A grandchild (`; true` keeps each shell from exec'ing its last command) and a child.
+    let script = format!(
+        "sh -c '{w} spike --mib 16 --repeat 3 --report {r1}; true'; {w} spike --mib 24 --repeat 3 --report {r2}; true",
+        r1 = r1.display(),
+        r2 = r2.display()
+    );
+    let (s, out) = record_json(&["--method", "ebpf"], &["sh", "-c", &script]);
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (r, mib) in [(&r1, 16), (&r2, 24)] {
+        let rep = read_report(r);
+        let p = process(&s, i(&rep["pid"]));
+        let truth = i(&rep["smaps_rss_max_during_hold_bytes"]);
+        assert!(truth > mib << 20);
+        assert!(
+            (i(&p["peak_rss_bytes"]) - truth).abs() <= PAGE,
+            "descendant peak {} vs {truth}",
+            p["peak_rss_bytes"]
+        );
+    }
+    assert!(!has_process(&s, unrelated.id() as i64), "unrelated pid tracked");
+    let tree = i(&s["rss"]["peak_bytes"]);
+    assert!(tree < 64 << 20, "tree peak {tree} includes the unrelated process");
+    assert!(s["processes"].as_array().unwrap().len() >= 4, "{}", s["processes"]);
+}
+
+#[test]
+fn attach_to_a_running_process_by_pid() {
+    if !ebpf_or_skip("attach") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut child = Command::new(workload())
+        .args(["spike", "--mib", "48", "--hold-us", "20000", "--repeat", "30"])
+        .args(["--gap-ms", "10", "--report", report.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let pid = child.id().to_string();
+    let out = o3()
+        .args(["record", "--method", "ebpf", "--json", "--pid", &pid])
+        .output()
+        .unwrap();
+    child.wait().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let r = read_report(&report);
+    let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
+    let peak = i(&process(&s, i(&r["pid"]))["peak_rss_bytes"]);
+    assert!((peak - truth).abs() <= PAGE, "attached peak {peak} vs {truth}");
+    assert!((i(&s["rss"]["peak_bytes"]) - truth).abs() <= PAGE);
+    assert!(s["exit"].is_null() && s["rusage"].is_null(), "not our child");
+}
+
+#[test]
+fn attach_stops_after_the_duration() {
+    if !ebpf_or_skip("attach_duration") {
+        return;
+    }
+    let _g = serial();
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let t = Instant::now();
+    let out = o3()
+        .args(["record", "--method", "ebpf", "--json", "--duration", "300ms"])
+        .args(["--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let s: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let wall = i(&s["wall_ns"]);
+    assert!((300_000_000..1_000_000_000).contains(&wall), "wall {wall}");
+    // The seeded RSS of the sleeping process is counted from the start.
+    assert!(i(&s["rss"]["peak_bytes"]) > 100 * 1024);
+}
+
+#[test]
+fn trace_file_has_header_samples_events_and_summary() {
+    if !ebpf_or_skip("trace_file") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let (s, out) = record_json(
+        &["--method", "ebpf", "--out", trace.to_str().unwrap()],
+        &[workload(), "spike", "--mib", "8", "--repeat", "3"],
+    );
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let h = &lines[0];
+    assert_eq!(h["type"], "header");
+    assert_eq!(h["schema_version"], 1);
+    assert_eq!(h["methods"]["rss"], "ebpf");
+    assert_eq!(h["methods"]["cpu"], "ebpf");
+    assert_eq!(i(&h["interval_ns"]), 10_000_000);
+    let samples = lines.iter().filter(|l| l["type"] == "sample").count() as i64;
+    assert_eq!(samples, i(&s["sampling"]["samples"]));
+    assert!(lines.iter().any(|l| l["type"] == "event"
+        && l["event"] == "exec"
+        && l["filename"].as_str().unwrap().ends_with("o3-workload")));
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["rss"]["peak_bytes"], s["rss"]["peak_bytes"]);
+    let ts: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["type"] == "sample")
+        .map(|l| i(&l["t_ns"]))
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] < w[1]), "samples in time order");
+}
+
+#[test]
+fn mounts_tracefs_when_it_is_missing_and_says_so() {
+    if !ebpf_or_skip("mounts_tracefs") {
+        return;
+    }
+    let _g = serial();
+    let dir = std::path::Path::new("/sys/kernel/tracing");
+    if dir.join("events").is_dir() {
+        let st = Command::new("umount").arg(dir).status().unwrap();
+        assert!(st.success(), "umount tracefs");
+    }
+    let (s, out) = record_json(&["--method", "ebpf"], &["true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mounted tracefs at /sys/kernel/tracing"), "{err}");
+    assert!(dir.join("events").is_dir());
+    assert_eq!(s["rss"]["method"], "ebpf");
+}
+
+#[test]
+fn unprivileged_run_falls_back_to_procfs_with_one_warning() {
+    if !ebpf_or_skip("unprivileged_fallback") {
+        return;
+    }
+    let _g = serial();
+    use std::os::unix::process::CommandExt;
+    let nobody = 65534;
+    let out = o3()
+        .args(["record", "--json", "--", "sh", "-c", "echo hi"])
+        .env_remove("O3_REQUIRE_EBPF")
+        .uid(nobody)
+        .gid(nobody)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(err.contains("procfs polling"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("hi\n"), "{stdout}");
+    let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(s["rss"]["method"], "procfs_polling");
+    assert_eq!(s["warnings"].as_array().unwrap().len(), 1);
+    // Required eBPF turns the same situation into an error.
+    let out = o3()
+        .args(["record", "--", "true"])
+        .env("O3_REQUIRE_EBPF", "1")
+        .uid(nobody)
+        .gid(nobody)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("eBPF is required but unavailable"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn doctor_reports_a_working_ebpf_path() {
+    if !ebpf_or_skip("doctor") {
+        return;
+    }
+    let _g = serial();
+    let out = o3().args(["doctor", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    for name in ["root", "bpf", "tracefs", "ebpf-load"] {
+        let c = checks.iter().find(|c| c["name"] == name).unwrap();
+        assert_eq!(c["ok"], true, "{c}");
+    }
+    let kprobes = checks.iter().find(|c| c["name"] == "kprobes").unwrap();
+    assert!(kprobes["detail"].as_str().unwrap().len() > 20);
+}
