@@ -21,7 +21,14 @@ fn one_line_stderr(out: &std::process::Output) -> String {
 #[test]
 fn nonexistent_command_exits_127_with_one_line() {
     let out = o3_cmd()
-        .args(["record", "--method", "procfs", "--", "o3-no-such-command-xyz", "a"])
+        .args([
+            "record",
+            "--method",
+            "procfs",
+            "--",
+            "o3-no-such-command-xyz",
+            "a",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
@@ -78,15 +85,28 @@ fn unwritable_out_fails_before_the_command_starts() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("started");
     let out = o3_cmd()
-        .args(["record", "--method", "procfs", "--out", "/nonexistent-dir/t.jsonl", "--"])
+        .args([
+            "record",
+            "--method",
+            "procfs",
+            "--out",
+            "/nonexistent-dir/t.jsonl",
+            "--",
+        ])
         .arg("touch")
         .arg(&marker)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = one_line_stderr(&out);
-    assert!(err.contains("/nonexistent-dir/t.jsonl") && err.contains("--out"), "{err}");
-    assert!(!marker.exists(), "the command ran although the trace could not be written");
+    assert!(
+        err.contains("/nonexistent-dir/t.jsonl") && err.contains("--out"),
+        "{err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command ran although the trace could not be written"
+    );
 }
 
 #[test]
@@ -123,7 +143,15 @@ fn child_output_and_exit_status_pass_through() {
 #[test]
 fn killed_child_gives_128_plus_signal() {
     let out = o3_cmd()
-        .args(["record", "--method", "procfs", "--", "sh", "-c", "kill -9 $$"])
+        .args([
+            "record",
+            "--method",
+            "procfs",
+            "--",
+            "sh",
+            "-c",
+            "kill -9 $$",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(137));
@@ -157,9 +185,16 @@ fn procfs_polling_forced_by_option() {
     let r = read_report(&report);
     let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
     let peak = i(&s["rss"]["peak_bytes"]);
-    assert!(peak > 32 << 20 && peak <= truth + 64 * PAGE, "{peak} vs {truth}");
+    assert!(
+        peak > 32 << 20 && peak <= truth + 64 * PAGE,
+        "{peak} vs {truth}"
+    );
     let header: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&trace).unwrap().lines().next().unwrap(),
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(header["methods"]["rss"], "procfs_polling");
@@ -175,7 +210,11 @@ fn procfs_root_points_at_a_fixture_tree() {
         .args(["--duration", "50ms", "--interval", "10ms"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64;

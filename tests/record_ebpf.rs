@@ -52,7 +52,11 @@ fn spike_peak_is_exact_at_10ms_and_at_1s_sampling() {
                 report.to_str().unwrap(),
             ],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let r = read_report(&report);
         let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
         assert!(truth > 64 << 20, "truth {truth}");
@@ -105,12 +109,19 @@ fn simultaneous_peak_of_a_tree_is_the_sum_no_per_process_mark_gives() {
             report.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = read_report(&report);
     let children = r["children"].as_array().unwrap();
     assert_eq!(children.len(), 2);
     // Measured by the parent from page-table walks while both children held their memory.
-    let during_hold: i64 = children.iter().map(|c| i(&c["smaps_rss_bytes"])).sum::<i64>()
+    let during_hold: i64 = children
+        .iter()
+        .map(|c| i(&c["smaps_rss_bytes"]))
+        .sum::<i64>()
         + i(&r["parent_smaps_rss_during_hold_bytes"]);
     let tree = i(&s["rss"]["peak_bytes"]);
     assert!(
@@ -118,8 +129,8 @@ fn simultaneous_peak_of_a_tree_is_the_sum_no_per_process_mark_gives() {
         "tree peak {tree} below the simultaneous sum {during_hold}"
     );
     // Every process' own high-water mark bounds the tree peak from above.
-    let hwm_sum: i64 = children.iter().map(|c| i(&c["vm_hwm_bytes"])).sum::<i64>()
-        + i(&r["rusage_maxrss_bytes"]);
+    let hwm_sum: i64 =
+        children.iter().map(|c| i(&c["vm_hwm_bytes"])).sum::<i64>() + i(&r["rusage_maxrss_bytes"]);
     assert!(
         tree <= hwm_sum + hwm_slack(),
         "tree peak {tree} above the sum of high-water marks {hwm_sum}"
@@ -183,8 +194,14 @@ fn cpu_time_matches_rusage_within_2_percent() {
     );
     // o3's own wait4 rusage of the command agrees too.
     let ru = i(&s["rusage"]["cpu_ns"]) as f64;
-    assert!((tree / ru - 1.0).abs() <= 0.02, "tree CPU {tree} vs wait4 {ru}");
-    assert!(s["cpu"]["peak_percent"].as_f64().unwrap() > 150.0, "two busy threads");
+    assert!(
+        (tree / ru - 1.0).abs() <= 0.02,
+        "tree CPU {tree} vs wait4 {ru}"
+    );
+    assert!(
+        s["cpu"]["peak_percent"].as_f64().unwrap() > 150.0,
+        "two busy threads"
+    );
 }
 
 #[test]
@@ -198,7 +215,15 @@ fn descendants_started_later_are_tracked_and_an_unrelated_process_is_not() {
     let r2 = dir.path().join("r2.json");
     // An unrelated process allocating much more than the tree, during the whole recording.
     let mut unrelated = Command::new(workload())
-        .args(["spike", "--mib", "96", "--hold-us", "20000", "--repeat", "40"])
+        .args([
+            "spike",
+            "--mib",
+            "96",
+            "--hold-us",
+            "20000",
+            "--repeat",
+            "40",
+        ])
         .spawn()
         .unwrap();
     let w = workload();
@@ -211,7 +236,11 @@ fn descendants_started_later_are_tracked_and_an_unrelated_process_is_not() {
     let (s, out) = record_json(&["--method", "ebpf"], &["sh", "-c", &script]);
     let _ = unrelated.kill();
     let _ = unrelated.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (r, mib) in [(&r1, 16), (&r2, 24)] {
         let rep = read_report(r);
         let p = process(&s, i(&rep["pid"]));
@@ -223,10 +252,20 @@ fn descendants_started_later_are_tracked_and_an_unrelated_process_is_not() {
             p["peak_rss_bytes"]
         );
     }
-    assert!(!has_process(&s, unrelated.id() as i64), "unrelated pid tracked");
+    assert!(
+        !has_process(&s, unrelated.id() as i64),
+        "unrelated pid tracked"
+    );
     let tree = i(&s["rss"]["peak_bytes"]);
-    assert!(tree < 64 << 20, "tree peak {tree} includes the unrelated process");
-    assert!(s["processes"].as_array().unwrap().len() >= 4, "{}", s["processes"]);
+    assert!(
+        tree < 64 << 20,
+        "tree peak {tree} includes the unrelated process"
+    );
+    assert!(
+        s["processes"].as_array().unwrap().len() >= 4,
+        "{}",
+        s["processes"]
+    );
 }
 
 #[test]
@@ -238,7 +277,15 @@ fn attach_to_a_running_process_by_pid() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     let mut child = Command::new(workload())
-        .args(["spike", "--mib", "48", "--hold-us", "20000", "--repeat", "30"])
+        .args([
+            "spike",
+            "--mib",
+            "48",
+            "--hold-us",
+            "20000",
+            "--repeat",
+            "30",
+        ])
         .args(["--gap-ms", "10", "--report", report.to_str().unwrap()])
         .spawn()
         .unwrap();
@@ -249,15 +296,25 @@ fn attach_to_a_running_process_by_pid() {
         .output()
         .unwrap();
     child.wait().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     let r = read_report(&report);
     let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
     let peak = i(&process(&s, i(&r["pid"]))["peak_rss_bytes"]);
-    assert!((peak - truth).abs() <= PAGE, "attached peak {peak} vs {truth}");
+    assert!(
+        (peak - truth).abs() <= PAGE,
+        "attached peak {peak} vs {truth}"
+    );
     assert!((i(&s["rss"]["peak_bytes"]) - truth).abs() <= PAGE);
-    assert!(s["exit"].is_null() && s["rusage"].is_null(), "not our child");
+    assert!(
+        s["exit"].is_null() && s["rusage"].is_null(),
+        "not our child"
+    );
 }
 
 #[test]
@@ -269,14 +326,25 @@ fn attach_stops_after_the_duration() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let t = Instant::now();
     let out = o3()
-        .args(["record", "--method", "ebpf", "--json", "--duration", "300ms"])
+        .args([
+            "record",
+            "--method",
+            "ebpf",
+            "--json",
+            "--duration",
+            "300ms",
+        ])
         .args(["--pid", &sleeper.id().to_string()])
         .output()
         .unwrap();
     let took = t.elapsed();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let s: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
@@ -338,9 +406,16 @@ fn mounts_tracefs_when_it_is_missing_and_says_so() {
         assert!(st.success(), "umount tracefs");
     }
     let (s, out) = record_json(&["--method", "ebpf"], &["true"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mounted tracefs at /sys/kernel/tracing"), "{err}");
+    assert!(
+        err.contains("mounted tracefs at /sys/kernel/tracing"),
+        "{err}"
+    );
     assert!(dir.join("events").is_dir());
     assert_eq!(s["rss"]["method"], "ebpf");
 }
@@ -360,7 +435,11 @@ fn unprivileged_run_falls_back_to_procfs_with_one_warning() {
         .gid(nobody)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("warning").count(), 1, "{err}");
     assert!(err.contains("procfs polling"), "{err}");

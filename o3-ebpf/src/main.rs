@@ -16,6 +16,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -26,7 +27,6 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
-use aya_ebpf::EbpfContext;
 use o3_common::*;
 
 #[no_mangle]
@@ -170,9 +170,6 @@ pub fn o3_newtask(ctx: TracePointContext) -> u32 {
 fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
     let flags: u64 = read(ctx, o.newtask_clone_flags)?;
-    if flags & CLONE_THREAD != 0 {
-        return Ok(());
-    }
     let (parent, _) = current();
     // SAFETY: map lookup result is only read.
     if unsafe { TRACKED.get(&parent) }.is_none() {
@@ -180,6 +177,17 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let child: i32 = read(ctx, o.newtask_pid)?;
     let child = child as u32;
+    // Known from its first slice on, so its in-flight CPU time is visible before it is first
+    // switched out.
+    let tgid = if flags & CLONE_THREAD != 0 {
+        parent
+    } else {
+        child
+    };
+    let _ = THREADS.insert(&child, &tgid, 0);
+    if flags & CLONE_THREAD != 0 {
+        return Ok(());
+    }
     let entry = Tracked {
         parent,
         flags: 0,

@@ -51,8 +51,8 @@ pub fn record_json(args: &[&str], cmd: &[&str]) -> (Value, Output) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    let v: Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {last}"));
+    let v: Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {last}"));
     (v, out)
 }
 

@@ -82,8 +82,10 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -111,9 +113,15 @@ pub fn record() -> Result<()> {
     // (a) + (b): slowdown and monitor cost, interleaved, order rotated each round.
     let configs: [(&str, Option<&[&str]>); 4] = [
         ("bare", None),
-        ("ebpf 10ms", Some(&["--interval", "10ms", "--method", "ebpf"])),
+        (
+            "ebpf 10ms",
+            Some(&["--interval", "10ms", "--method", "ebpf"]),
+        ),
         ("ebpf 1ms", Some(&["--interval", "1ms", "--method", "ebpf"])),
-        ("procfs 10ms", Some(&["--interval", "10ms", "--method", "procfs"])),
+        (
+            "procfs 10ms",
+            Some(&["--interval", "10ms", "--method", "procfs"]),
+        ),
     ];
     let mut work: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut cost: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
@@ -148,12 +156,29 @@ pub fn record() -> Result<()> {
 
     // (c): peak found vs ground truth on 1 ms spikes of 64 MiB.
     let spike = [
-        "spike", "--mib", "64", "--hold-us", "1000", "--repeat", "20", "--gap-ms", "20",
+        "spike",
+        "--mib",
+        "64",
+        "--hold-us",
+        "1000",
+        "--repeat",
+        "20",
+        "--gap-ms",
+        "20",
     ];
     let modes: [(&str, &[&str]); 3] = [
-        ("ebpf, 10 ms samples", &["--interval", "10ms", "--method", "ebpf"]),
-        ("procfs polling, 10 ms", &["--interval", "10ms", "--method", "procfs"]),
-        ("procfs polling, 100 ms", &["--interval", "100ms", "--method", "procfs"]),
+        (
+            "ebpf, 10 ms samples",
+            &["--interval", "10ms", "--method", "ebpf"],
+        ),
+        (
+            "procfs polling, 10 ms",
+            &["--interval", "10ms", "--method", "procfs"],
+        ),
+        (
+            "procfs polling, 100 ms",
+            &["--interval", "100ms", "--method", "procfs"],
+        ),
     ];
     let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut exact = vec![0usize; modes.len()];

@@ -101,12 +101,24 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(&llvm_so, &link)?;
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about a minute, once)");
-    run(Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-        .arg("--root")
-        .arg(&dir)
-        .env("LLVM_PREFIX", &prefix))?;
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .arg("--root")
+            .arg(&dir)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
     std::fs::write(&stamp_file, stamp)?;
     Ok(())
 }

@@ -53,7 +53,13 @@ fn status_kib(pid: &str, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -257,15 +263,27 @@ fn hold(opts: &BTreeMap<String, String>) {
         let exe = std::env::current_exe().expect("own path");
         grandchild = Some(
             Command::new(exe)
-                .args(["spike", "--mib", "8", "--hold-us", "200000", "--repeat", "1"])
+                .args([
+                    "spike",
+                    "--mib",
+                    "8",
+                    "--hold-us",
+                    "200000",
+                    "--repeat",
+                    "1",
+                ])
                 .spawn()
                 .expect("grandchild"),
         );
     }
     let p = touch(bytes);
     // SAFETY: the fds were inherited from the parent for exactly this use.
-    let (mut ready, mut go) =
-        unsafe { (std::fs::File::from_raw_fd(ready_fd), std::fs::File::from_raw_fd(go_fd)) };
+    let (mut ready, mut go) = unsafe {
+        (
+            std::fs::File::from_raw_fd(ready_fd),
+            std::fs::File::from_raw_fd(go_fd),
+        )
+    };
     ready.write_all(&[1]).expect("signal ready");
     drop(ready);
     let mut b = [0u8; 1];
@@ -307,7 +325,9 @@ fn main() {
         "loop" => busy_loop(&opts),
         "work" => work(&opts),
         _ => {
-            eprintln!("usage: o3-workload spike|cpu|tree|loop|work [--OPTION VALUE]... [--report FILE]");
+            eprintln!(
+                "usage: o3-workload spike|cpu|tree|loop|work [--OPTION VALUE]... [--report FILE]"
+            );
             std::process::exit(2);
         }
     }

@@ -106,7 +106,10 @@ pub fn checks(roots: &Roots) -> Vec<Check> {
         "bpf() works",
         format!(
             "bpf() failed ({}): no exact peaks, procfs polling only",
-            bpf.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+            bpf.as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         ),
     ));
     let dir = tracefs::tracefs_dir(&roots.sysfs_root);
@@ -164,7 +167,10 @@ pub fn checks(roots: &Roots) -> Vec<Check> {
             "o3's kernel programs load and attach",
             format!(
                 "loading o3's kernel programs failed: {}",
-                load.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+                load.as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
             ),
         ));
     }

@@ -56,7 +56,11 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub method: MethodArg,
     /// The command to run, after `--`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -76,8 +80,8 @@ pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
         (None, true) => {
             return Err((
                 anyhow::anyhow!(
-                    "nothing to record: give a command after `--` (o3 record -- CMD ARGS) or --pid N"
-                ),
+                "nothing to record: give a command after `--` (o3 record -- CMD ARGS) or --pid N"
+            ),
                 2,
             ))
         }

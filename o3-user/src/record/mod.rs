@@ -126,8 +126,8 @@ impl Liveness {
     fn new(opts: &Options, root: u32) -> Result<Liveness, RecordError> {
         let default_root = opts.procfs_root == std::path::Path::new("/proc");
         if matches!(opts.target, Target::Command(_)) || default_root {
-            let fd = pidfd_open(root)
-                .map_err(|e| RecordError::Io(format!("pidfd_open({root})"), e))?;
+            let fd =
+                pidfd_open(root).map_err(|e| RecordError::Io(format!("pidfd_open({root})"), e))?;
             return Ok(Liveness::Pidfd(fd));
         }
         Ok(Liveness::Procfs(opts.procfs_root.join(root.to_string())))

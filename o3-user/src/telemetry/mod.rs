@@ -65,7 +65,11 @@ pub enum TreeEvent {
         comm: String,
     },
     /// The tree's RSS reached a new high (throttled; the exact final peak is in the summary).
-    Peak { t_ns: u64, pid: u32, rss_bytes: u64 },
+    Peak {
+        t_ns: u64,
+        pid: u32,
+        rss_bytes: u64,
+    },
 }
 
 /// Peak of one process as a source saw it.

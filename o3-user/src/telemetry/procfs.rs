@@ -256,7 +256,11 @@ pub fn scan_parents(procfs: &Path) -> io::Result<BTreeMap<u32, u32>> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(procfs)? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {

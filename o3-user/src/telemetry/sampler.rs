@@ -174,7 +174,10 @@ mod tests {
         // Ticks after the stall land on the original grid (multiples of 10 ms), not shifted.
         let after = ts[4];
         let offset = after % 10_000_000;
-        assert!(offset < 5_000_000, "tick at {after} ns is off the 10 ms grid");
+        assert!(
+            offset < 5_000_000,
+            "tick at {after} ns is off the 10 ms grid"
+        );
         assert!(ts.windows(2).all(|w| w[0] < w[1]));
     }
 

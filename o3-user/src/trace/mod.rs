@@ -177,6 +177,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("/nonexistent-dir/x.jsonl") && e.contains("--out"), "{e}");
+        assert!(
+            e.contains("/nonexistent-dir/x.jsonl") && e.contains("--out"),
+            "{e}"
+        );
     }
 }

@@ -10,7 +10,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{text}` is not a duration (write e.g. 10ms or 1s)"));
+        return Err(format!(
+            "`{text}` is not a duration (write e.g. 10ms or 1s)"
+        ));
     }
     let v: f64 = num
         .parse()
@@ -22,8 +24,16 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" => 1e9,
         "m" | "min" => 60e9,
         "h" => 3600e9,
-        "" => return Err(format!("`{text}` needs a unit (write e.g. {text}ms or {text}s)")),
-        u => return Err(format!("`{text}`: unknown unit `{u}` (use ns, us, ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "`{text}` needs a unit (write e.g. {text}ms or {text}s)"
+            ))
+        }
+        u => {
+            return Err(format!(
+                "`{text}`: unknown unit `{u}` (use ns, us, ms, s, m or h)"
+            ))
+        }
     };
     let ns = v * ns_per;
     if !ns.is_finite() || ns > u64::MAX as f64 {

@@ -12,8 +12,8 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use o3_common::{
     Event, MmState, Offsets, Pending, ProcPeak, RunState, Tracked, Tree, EVENT_EXEC, EVENT_EXIT,
-    EVENT_FORK, EVENT_PEAK, NO_FIELD, NR_RSS, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
-    TRACK_ROOT, TRACK_WAIT_EXEC,
+    EVENT_FORK, EVENT_PEAK, NO_FIELD, NR_RSS, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, TRACK_ROOT,
+    TRACK_WAIT_EXEC,
 };
 use thiserror::Error;
 
@@ -104,12 +104,11 @@ pub struct RuntimeStats {
 
 impl RuntimeStats {
     pub fn enable() -> Result<RuntimeStats, EbpfError> {
-        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
-            EbpfError::Syscall {
+        let fd =
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| EbpfError::Syscall {
                 what: "BPF_ENABLE_STATS",
                 source: e.io_error,
-            }
-        })?;
+            })?;
         Ok(RuntimeStats { _fd: fd })
     }
 }
@@ -233,7 +232,10 @@ impl Loaded {
             seeds.push((pid, cur, st.vm_rss as i64));
         }
         // Totals first, while no tracked process can change them, then seeds and tracking.
-        let live = self.live.as_mut().expect("attach before the sampler starts");
+        let live = self
+            .live
+            .as_mut()
+            .expect("attach before the sampler starts");
         let rss = total[RSS_FILE] + total[RSS_ANON] + total[RSS_SHMEM];
         let tree = Tree {
             cur: total,
@@ -542,7 +544,10 @@ mod tests {
         let err = offsets_from_formats(&newtask, &exec, &exit_new, &switch, &bad_rss, 1)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("kmem:rss_stat") && err.contains("curr"), "{err}");
+        assert!(
+            err.contains("kmem:rss_stat") && err.contains("curr"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -110,9 +110,8 @@ pub fn ensure_mounted(dir: &Path) -> Result<bool, TracefsError> {
         return Err(TracefsError::NotMounted(dir.to_path_buf()));
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in literal");
-    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
-        TracefsError::NotMounted(dir.to_path_buf())
-    })?;
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| TracefsError::NotMounted(dir.to_path_buf()))?;
     let fstype = c("tracefs");
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
@@ -138,9 +137,10 @@ pub fn read_format(dir: &Path, category: &str, name: &str) -> Result<Format, Tra
     let path = dir.join("events").join(category).join(name).join("format");
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Format::parse(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
-            TracefsError::MissingTracepoint(format!("{category}:{name}"), path),
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TracefsError::MissingTracepoint(
+            format!("{category}:{name}"),
+            path,
+        )),
         Err(source) => Err(TracefsError::Read { path, source }),
     }
 }
