@@ -426,8 +426,19 @@ fn unprivileged_run_falls_back_to_procfs_with_one_warning() {
         return;
     }
     let _g = serial();
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let nobody = 65534;
+    // A copy of o3 that `nobody` can reach whatever the permissions of the checkout.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("o3");
+    std::fs::copy(env!("CARGO_BIN_EXE_o3"), &bin).unwrap();
+    let o3 = || {
+        let mut c = Command::new(&bin);
+        c.current_dir("/");
+        c
+    };
     let out = o3()
         .args(["record", "--json", "--", "sh", "-c", "echo hi"])
         .env_remove("O3_REQUIRE_EBPF")

@@ -133,21 +133,26 @@ fn spike(opts: &BTreeMap<String, String>) {
     let hold = Duration::from_micros(num(opts, "hold-us", 1000));
     let gap = Duration::from_millis(num(opts, "gap-ms", 3));
     let repeat = num(opts, "repeat", 10);
-    let mut smaps_max = 0;
+    // A first read warms the heap the reads use, so the reads during the spikes change nothing.
+    let mut smaps_max = smaps_rss("self");
+    let mut walk_ns = 0;
     for _ in 0..repeat {
         let p = touch(bytes);
+        std::thread::sleep(hold);
+        // Just before the unmap: the largest RSS of this spike.
         let t = Instant::now();
-        // The first read warms the heap the read uses; the second, just before the unmap, then
-        // changes nothing and sees the largest RSS of this spike.
-        smaps_rss("self");
-        std::thread::sleep(hold.saturating_sub(t.elapsed()));
         smaps_max = smaps_max.max(smaps_rss("self"));
+        walk_ns = walk_ns.max(t.elapsed().as_nanos() as u64);
         untouch(p, bytes);
         std::thread::sleep(gap);
     }
     report(
         opts,
-        serde_json::json!({"mode": "spike", "smaps_rss_max_during_hold_bytes": smaps_max}),
+        serde_json::json!({
+            "mode": "spike",
+            "smaps_rss_max_during_hold_bytes": smaps_max,
+            "smaps_walk_max_ns": walk_ns,
+        }),
     );
 }
 

@@ -312,7 +312,8 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let cpu_self0 = self_cpu_ns();
     let interval_ns = opts.interval.as_nanos() as u64;
     let (tx, rx) = channel();
-    let sampler = sampler::spawn(sources, opts.interval, t0, tx);
+    let flush = opts.interval.max(sampler::FLUSH);
+    let sampler = sampler::spawn(sources, opts.interval, flush, t0, tx);
     let stop = sampler.stop_flag();
     let deadline = match opts.target {
         Target::Pid {
@@ -330,27 +331,29 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let mut write_error = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(tick) => {
-                for e in &tick.events {
-                    match e {
-                        crate::telemetry::TreeEvent::Fork { pid, comm, .. } => {
-                            comms.entry(*pid).or_insert_with(|| comm.clone());
+            Ok(batch) => {
+                for tick in batch {
+                    for e in &tick.events {
+                        match e {
+                            crate::telemetry::TreeEvent::Fork { pid, comm, .. } => {
+                                comms.entry(*pid).or_insert_with(|| comm.clone());
+                            }
+                            crate::telemetry::TreeEvent::Exec { pid, filename, .. } => {
+                                comms.insert(*pid, basename(filename));
+                            }
+                            _ => {}
                         }
-                        crate::telemetry::TreeEvent::Exec { pid, filename, .. } => {
-                            comms.insert(*pid, basename(filename));
+                        if let Some(t) = trace.as_mut() {
+                            if let Err(err) = t.event(e) {
+                                write_error.get_or_insert(err);
+                            }
                         }
-                        _ => {}
                     }
+                    agg.add(&tick.sample);
                     if let Some(t) = trace.as_mut() {
-                        if let Err(err) = t.event(e) {
+                        if let Err(err) = t.sample(&tick.sample) {
                             write_error.get_or_insert(err);
                         }
-                    }
-                }
-                agg.add(&tick.sample);
-                if let Some(t) = trace.as_mut() {
-                    if let Err(err) = t.sample(&tick.sample) {
-                        write_error.get_or_insert(err);
                     }
                 }
             }

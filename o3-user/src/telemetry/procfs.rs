@@ -149,6 +149,63 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
     Ok(s)
 }
 
+/// Totals of `/proc/PID/smaps_rollup` (bytes). They come from a walk of the page tables, so
+/// unlike VmRSS they include the per-CPU counter deltas not yet folded in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmapsRollup {
+    pub rss: u64,
+    pub anonymous: u64,
+    pub swap: u64,
+}
+
+pub fn parse_smaps_rollup(text: &str) -> Result<SmapsRollup, ParseError> {
+    let mut out = SmapsRollup::default();
+    let mut seen_rss = false;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let slot = match key {
+            "Rss" => {
+                seen_rss = true;
+                &mut out.rss
+            }
+            "Anonymous" => &mut out.anonymous,
+            "Swap" => &mut out.swap,
+            _ => continue,
+        };
+        *slot = value
+            .split_ascii_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| malformed("smaps_rollup", format!("{key} is not a number")))?
+            * 1024;
+    }
+    if !seen_rss {
+        return Err(malformed("smaps_rollup", "no Rss line"));
+    }
+    Ok(out)
+}
+
+/// Current RSS of a process by kind, `[file, anon, swap, shmem]` in bytes (the kernel's
+/// MM_* order): exact from smaps_rollup where readable, else from status.
+pub fn rss_by_kind(procfs: &Path, pid: u32) -> io::Result<[u64; 4]> {
+    let st = read_status(procfs, pid)?;
+    let dir = procfs.join(pid.to_string());
+    let exact = std::fs::read_to_string(dir.join("smaps_rollup"))
+        .ok()
+        .and_then(|t| parse_smaps_rollup(&t).ok());
+    Ok(match exact {
+        Some(r) => [
+            r.rss.saturating_sub(r.anonymous + st.rss_shmem),
+            r.anonymous,
+            r.swap,
+            st.rss_shmem,
+        ],
+        None => [st.rss_file, st.rss_anon, st.vm_swap, st.rss_shmem],
+    })
+}
+
 /// MemTotal and MemAvailable of `/proc/meminfo`, bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemInfo {
@@ -558,6 +615,22 @@ mod tests {
         assert_eq!((s.tgid, s.vm_rss), (2, 0));
         assert!(parse_status("Name:\tx\n").is_err());
         assert!(parse_status("Tgid:\tabc\n").is_err());
+    }
+
+    #[test]
+    fn smaps_rollup_fixture_and_kinds() {
+        let r = parse_smaps_rollup(&fixture("1234/smaps_rollup")).unwrap();
+        assert_eq!(r.rss, 6124 * 1024);
+        assert_eq!(r.anonymous, 2052 * 1024);
+        assert_eq!(r.swap, 0);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/procfs");
+        // smaps for 1234; 1300 has none, so its status lines are used.
+        assert_eq!(
+            rss_by_kind(&root, 1234).unwrap(),
+            [4072 * 1024, 2052 * 1024, 0, 0]
+        );
+        assert!(parse_smaps_rollup("Pss: 1 kB\n").is_err());
+        assert!(parse_smaps_rollup("Rss: many kB\n").is_err());
     }
 
     #[test]

@@ -218,18 +218,14 @@ impl Loaded {
         let mut total = [0i64; NR_RSS];
         let mut seeds = Vec::new();
         for &pid in pids {
-            let Ok(st) = super::procfs::read_status(procfs, pid) else {
-                continue;
+            let Ok(kinds) = super::procfs::rss_by_kind(procfs, pid) else {
+                continue; // gone meanwhile
             };
-            let mut cur = [0i64; NR_RSS];
-            cur[RSS_FILE] = st.rss_file as i64;
-            cur[RSS_ANON] = st.rss_anon as i64;
-            cur[RSS_SHMEM] = st.rss_shmem as i64;
-            cur[RSS_SWAP] = st.vm_swap as i64;
+            let cur = kinds.map(|v| v as i64);
             for k in 0..NR_RSS {
                 total[k] += cur[k];
             }
-            seeds.push((pid, cur, st.vm_rss as i64));
+            seeds.push((pid, cur, cur[RSS_FILE] + cur[RSS_ANON] + cur[RSS_SHMEM]));
         }
         // Totals first, while no tracked process can change them, then seeds and tracking.
         let live = self
@@ -248,7 +244,7 @@ impl Loaded {
         live.tree
             .set(0, tree, 0)
             .map_err(|e| EbpfError::Map("TREE", e.to_string()))?;
-        for (pid, cur, vm_rss) in seeds {
+        for (pid, cur, rss) in seeds {
             let seed = Pending {
                 mask: (1 << NR_RSS) - 1,
                 add_to_tree: 0,
@@ -259,7 +255,7 @@ impl Loaded {
                 .insert(pid, seed, 0)
                 .map_err(|e| EbpfError::Map("SEEDS", e.to_string()))?;
             let peak = ProcPeak {
-                rss_peak: vm_rss,
+                rss_peak: rss,
                 rss_peak_ns: now,
             };
             self.proc_peak
