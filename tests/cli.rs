@@ -231,3 +231,69 @@ fn help_lists_the_subcommands() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("record") && text.contains("doctor"), "{text}");
 }
+
+#[test]
+fn wall_time_is_the_commands_own() {
+    let (s, out) = record_json(&["--method", "procfs"], &["sleep", "0.3"]);
+    assert!(out.status.success());
+    let wall = i(&s["wall_ns"]);
+    assert!(
+        (300_000_000..340_000_000).contains(&wall),
+        "wall {wall} ns for sleep 0.3"
+    );
+}
+
+fn spawn_o3(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_o3"))
+        .args(args)
+        .env_remove("O3_REQUIRE_EBPF")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn sigterm_to_o3_reaches_the_command() {
+    let o3 = spawn_o3(&[
+        "record", "--method", "procfs", "--json", "--", "sleep", "30",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    signal(&o3, libc::SIGTERM);
+    let out = o3.wait_with_output().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["exit"]["signal"], libc::SIGTERM);
+}
+
+#[test]
+fn ctrl_c_ends_an_attached_recording_with_a_summary() {
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let o3 = spawn_o3(&["record", "--method", "procfs", "--json", "--pid", &pid]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(&o3, libc::SIGINT);
+    let out = o3.wait_with_output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let wall = i(&s["wall_ns"]);
+    assert!((50_000_000..5_000_000_000).contains(&wall), "wall {wall}");
+    assert!(i(&s["rss"]["peak_bytes"]) > 0);
+}

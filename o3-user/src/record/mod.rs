@@ -8,14 +8,14 @@ pub mod summary;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::telemetry::ebpf::{EbpfError, Loaded, RuntimeStats};
 use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
-use crate::telemetry::{monotonic_ns, sampler, Method, ProcessPeak, Source};
+use crate::telemetry::{monotonic_ns, sampler, Method, ProcessPeak, Source, TreeEvent};
 use crate::trace::{Header, Methods, TraceError, TraceWriter, SCHEMA_VERSION};
 use spawn::{Prepared, SpawnError};
 use summary::{Aggregate, CpuSummary, ExitInfo, Overhead, RssSummary, Rusage, Sampling, Summary};
@@ -118,7 +118,7 @@ enum Liveness {
     Pidfd(libc::c_int),
     /// Under another procfs root (a host's /proc mounted in a container, a fixture tree), pids
     /// may belong to another namespace: the process is gone when its directory is, or it is a
-    /// zombie.
+    /// zombie. Checked every 50 ms.
     Procfs(PathBuf),
 }
 
@@ -133,22 +133,10 @@ impl Liveness {
         Ok(Liveness::Procfs(opts.procfs_root.join(root.to_string())))
     }
 
-    /// True once the process has exited (non-blocking).
-    fn exited(&self) -> bool {
-        match self {
-            Liveness::Pidfd(fd) => {
-                let mut p = libc::pollfd {
-                    fd: *fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, zero timeout.
-                unsafe { libc::poll(&mut p, 1, 0) > 0 }
-            }
-            Liveness::Procfs(dir) => match std::fs::read_to_string(dir.join("stat")) {
-                Ok(text) => procfs::parse_stat(&text).is_ok_and(|s| s.state == 'Z'),
-                Err(_) => true,
-            },
+    fn procfs_gone(dir: &std::path::Path) -> bool {
+        match std::fs::read_to_string(dir.join("stat")) {
+            Ok(text) => procfs::parse_stat(&text).is_ok_and(|s| s.state == 'Z'),
+            Err(_) => true,
         }
     }
 }
@@ -160,6 +148,85 @@ impl Drop for Liveness {
             unsafe { libc::close(*fd) };
         }
     }
+}
+
+/// What the recording loop receives.
+enum Msg {
+    Ticks(Vec<sampler::Tick>),
+    /// The root process exited (CLOCK_MONOTONIC ns when noticed).
+    Exited(u64),
+    /// --duration elapsed.
+    Deadline(u64),
+    Signal(i32),
+}
+
+/// Blocks in poll(2) on the process and the signal pipe, so the recording loop wakes only for
+/// batches of ticks and for these events, and the end is noticed at once.
+fn spawn_waiter(
+    liveness: Liveness,
+    deadline_ns: Option<u64>,
+    sig_fd: libc::c_int,
+    tx: Sender<Msg>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || loop {
+        let now = monotonic_ns();
+        if let Some(d) = deadline_ns {
+            if now >= d {
+                let _ = tx.send(Msg::Deadline(now));
+                return;
+            }
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sig_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: match &liveness {
+                    Liveness::Pidfd(fd) => *fd,
+                    Liveness::Procfs(_) => -1,
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut timeout_ms: i64 = match &liveness {
+            Liveness::Pidfd(_) => -1,
+            Liveness::Procfs(_) => 50,
+        };
+        if let Some(d) = deadline_ns {
+            let left = (d.saturating_sub(now)).div_ceil(1_000_000) as i64;
+            timeout_ms = if timeout_ms < 0 {
+                left
+            } else {
+                timeout_ms.min(left)
+            };
+        }
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms.min(i32::MAX as i64) as i32) };
+        let now = monotonic_ns();
+        if n < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut b = 0u8;
+            // SAFETY: reading one byte from our non-blocking pipe.
+            while unsafe { libc::read(sig_fd, &mut b as *mut u8 as *mut libc::c_void, 1) } == 1 {
+                if tx.send(Msg::Signal(b as i32)).is_err() {
+                    return;
+                }
+            }
+        }
+        let exited = match &liveness {
+            Liveness::Pidfd(_) => fds[1].revents != 0,
+            Liveness::Procfs(dir) => Liveness::procfs_gone(dir),
+        };
+        if exited {
+            let _ = tx.send(Msg::Exited(now));
+            return;
+        }
+    })
 }
 
 fn uname() -> (String, String) {
@@ -263,7 +330,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         _ => unreachable!("prepared exactly for commands"),
     }
     let start_unix_ns = unix_now_ns();
-    signals::install();
+    let sig_fd = signals::install().map_err(|e| RecordError::Io("signal pipe".into(), e))?;
 
     let (target_json, what) = match &opts.target {
         Target::Command(cmd) => {
@@ -313,7 +380,10 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let interval_ns = opts.interval.as_nanos() as u64;
     let (tx, rx) = channel();
     let flush = opts.interval.max(sampler::FLUSH);
-    let sampler = sampler::spawn(sources, opts.interval, flush, t0, tx);
+    let ticks_tx = tx.clone();
+    let sampler = sampler::spawn(sources, opts.interval, flush, t0, move |b| {
+        ticks_tx.send(Msg::Ticks(b)).is_ok()
+    });
     let stop = sampler.stop_flag();
     let deadline = match opts.target {
         Target::Pid {
@@ -321,6 +391,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         } => Some(t0 + d.as_nanos() as u64),
         _ => None,
     };
+    spawn_waiter(liveness, deadline, sig_fd, tx);
 
     let mut agg = Aggregate::new(interval_ns);
     let mut comms = std::collections::BTreeMap::new();
@@ -329,89 +400,83 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let mut end_ns = None;
     let mut forwarded = false;
     let mut write_error = None;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(batch) => {
-                for tick in batch {
-                    for e in &tick.events {
-                        match e {
-                            crate::telemetry::TreeEvent::Fork { pid, comm, .. } => {
-                                comms.entry(*pid).or_insert_with(|| comm.clone());
-                            }
-                            crate::telemetry::TreeEvent::Exec { pid, filename, .. } => {
-                                comms.insert(*pid, basename(filename));
-                            }
-                            _ => {}
-                        }
-                        if let Some(t) = trace.as_mut() {
-                            if let Err(err) = t.event(e) {
-                                write_error.get_or_insert(err);
-                            }
-                        }
+    let mut handle = |batch: Vec<sampler::Tick>,
+                      trace: &mut Option<TraceWriter>,
+                      write_error: &mut Option<TraceError>| {
+        for tick in batch {
+            for e in &tick.events {
+                match e {
+                    TreeEvent::Fork { pid, comm, .. } => {
+                        comms.entry(*pid).or_insert_with(|| comm.clone());
                     }
-                    agg.add(&tick.sample);
-                    if let Some(t) = trace.as_mut() {
-                        if let Err(err) = t.sample(&tick.sample) {
-                            write_error.get_or_insert(err);
-                        }
+                    TreeEvent::Exec { pid, filename, .. } => {
+                        comms.insert(*pid, basename(filename));
+                    }
+                    _ => {}
+                }
+                if let Some(t) = trace.as_mut() {
+                    if let Err(err) = t.event(e) {
+                        write_error.get_or_insert(err);
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if end_ns.is_some() {
-            continue;
-        }
-        let now = monotonic_ns();
-        let mut finish = false;
-        if liveness.exited() {
-            if matches!(opts.target, Target::Command(_)) {
-                let mut status = 0;
-                // SAFETY: zeroed rusage is a valid out-value.
-                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-                // SAFETY: reaping our own child; valid out-pointers.
-                let r = unsafe { libc::wait4(root as i32, &mut status, libc::WNOHANG, &mut ru) };
-                if r == root as i32 {
-                    exit = Some(ExitInfo::from_status(status));
-                    let (user, sys) = (tv_ns(ru.ru_utime), tv_ns(ru.ru_stime));
-                    child_rusage = Some(Rusage {
-                        user_ns: user,
-                        sys_ns: sys,
-                        cpu_ns: user + sys,
-                        maxrss_bytes: ru.ru_maxrss as u64 * 1024,
-                    });
-                    finish = true;
+            agg.add(&tick.sample);
+            if let Some(t) = trace.as_mut() {
+                if let Err(err) = t.sample(&tick.sample) {
+                    write_error.get_or_insert(err);
                 }
-            } else {
-                finish = true;
             }
         }
-        if deadline.is_some_and(|d| now >= d) {
-            finish = true;
-        }
-        match signals::pending() {
-            Some(sig) if matches!(opts.target, Target::Pid { .. }) => {
-                let _ = sig;
-                finish = true;
+    };
+    while end_ns.is_none() {
+        let Ok(msg) = rx.recv() else { break };
+        match msg {
+            Msg::Ticks(batch) => handle(batch, &mut trace, &mut write_error),
+            Msg::Exited(now) => {
+                if matches!(opts.target, Target::Command(_)) {
+                    let mut status = 0;
+                    // SAFETY: zeroed rusage is a valid out-value.
+                    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                    // SAFETY: reaping our own child, which has exited; valid out-pointers.
+                    let r = unsafe { libc::wait4(root as i32, &mut status, 0, &mut ru) };
+                    if r == root as i32 {
+                        exit = Some(ExitInfo::from_status(status));
+                        let (user, sys) = (tv_ns(ru.ru_utime), tv_ns(ru.ru_stime));
+                        child_rusage = Some(Rusage {
+                            user_ns: user,
+                            sys_ns: sys,
+                            cpu_ns: user + sys,
+                            maxrss_bytes: ru.ru_maxrss as u64 * 1024,
+                        });
+                    }
+                }
+                end_ns = Some(now);
+            }
+            Msg::Deadline(now) => end_ns = Some(now),
+            // An attached recording ends on Ctrl-C or SIGTERM.
+            Msg::Signal(_) if matches!(opts.target, Target::Pid { .. }) => {
+                end_ns = Some(monotonic_ns())
             }
             // With a command, o3 waits for it like `time` does: Ctrl-C reaches the command
             // through the terminal; a SIGTERM/SIGHUP sent to o3 alone is passed on to it.
-            Some(sig) if sig != libc::SIGINT && !forwarded => {
-                forwarded = true;
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(root as i32, sig) };
+            Msg::Signal(sig) => {
+                if sig != libc::SIGINT && !forwarded {
+                    forwarded = true;
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(root as i32, sig) };
+                }
             }
-            _ => {}
-        }
-        if finish {
-            end_ns = Some(now);
-            stop.store(true, Ordering::SeqCst);
         }
     }
-    drop(liveness);
+    stop.store(true, Ordering::SeqCst);
     let (sources, sstats) = sampler.finish();
     let cpu_self = self_cpu_ns().saturating_sub(cpu_self0);
+    // The sampler's last batch (taken when it stopped) is in the channel now.
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Ticks(batch) = msg {
+            handle(batch, &mut trace, &mut write_error);
+        }
+    }
     let (bpf_ns, bpf_cnt) = loaded.as_ref().map_or((0, 0), |l| l.program_stats());
     drop(stats);
     let wall_ns = end_ns.unwrap_or_else(monotonic_ns).saturating_sub(t0);

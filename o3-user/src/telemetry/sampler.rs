@@ -7,7 +7,6 @@
 //! cost a cross-CPU wake-up per tick, which on a VM costs more than the tick's own work.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,6 +57,17 @@ impl SamplerHandle {
 /// Longest time ticks wait in the sampler before they are sent.
 pub const FLUSH: Duration = Duration::from_millis(100);
 
+/// Where batches of ticks go; returning false stops the sampler (the consumer is gone).
+pub trait Sink: Send + 'static {
+    fn send(&mut self, batch: Vec<Tick>) -> bool;
+}
+
+impl<F: FnMut(Vec<Tick>) -> bool + Send + 'static> Sink for F {
+    fn send(&mut self, batch: Vec<Tick>) -> bool {
+        self(batch)
+    }
+}
+
 /// Starts the sampler thread. The first tick is at `t0_ns` (CLOCK_MONOTONIC); ticks are sent
 /// in batches at most `flush` apart, and on stop.
 pub fn spawn(
@@ -65,7 +75,7 @@ pub fn spawn(
     interval: Duration,
     flush: Duration,
     t0_ns: u64,
-    tx: Sender<Vec<Tick>>,
+    mut sink: impl Sink,
 ) -> SamplerHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -97,7 +107,7 @@ pub fn spawn(
                 batch.push(tick);
                 if stopping || now.saturating_sub(last_flush) >= flush_ns {
                     last_flush = now;
-                    if tx.send(std::mem::take(&mut batch)).is_err() || stopping {
+                    if !sink.send(std::mem::take(&mut batch)) || stopping {
                         break;
                     }
                 }
@@ -148,7 +158,11 @@ fn sleep_until(deadline_ns: u64, stop: &AtomicBool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::channel;
+    use std::sync::mpsc::{channel, Sender};
+
+    fn to(tx: Sender<Vec<Tick>>) -> impl Sink {
+        move |b| tx.send(b).is_ok()
+    }
 
     /// A scripted source: counts its calls and records the times it was called at.
     struct Counter {
@@ -177,7 +191,13 @@ mod tests {
             stall_on: Some(3),
         });
         let t0 = monotonic_ns();
-        let h = spawn(vec![src], Duration::from_millis(10), Duration::ZERO, t0, tx);
+        let h = spawn(
+            vec![src],
+            Duration::from_millis(10),
+            Duration::ZERO,
+            t0,
+            to(tx),
+        );
         let mut ts = Vec::new();
         while ts.len() < 8 {
             ts.extend(rx.recv().unwrap().iter().map(|t| t.sample.t_ns));
@@ -203,7 +223,13 @@ mod tests {
             stall_on: None,
         });
         let t0 = monotonic_ns();
-        let h = spawn(vec![src], Duration::from_secs(10), Duration::ZERO, t0, tx);
+        let h = spawn(
+            vec![src],
+            Duration::from_secs(10),
+            Duration::ZERO,
+            t0,
+            to(tx),
+        );
         rx.recv().unwrap();
         let before = monotonic_ns();
         let (sources, stats) = h.finish();
@@ -226,7 +252,7 @@ mod tests {
             Duration::from_millis(5),
             Duration::from_millis(50),
             monotonic_ns(),
-            tx,
+            to(tx),
         );
         let first = rx.recv().unwrap();
         let second = rx.recv().unwrap();
