@@ -49,7 +49,8 @@ pub struct Offsets {
     pub rss_curr: u32,
     pub rss_member: u32,
     pub rss_size: u32,
-    pub _pad: u32,
+    /// Bytes of the rss_stat record the program copies at once (covers the four fields).
+    pub rss_len: u32,
     /// A new-peak event is emitted when the tree peak grew by at least this many bytes since the
     /// last one (the exact peak and its time are always in [`Tree`]).
     pub peak_event_step_bytes: u64,
@@ -84,7 +85,14 @@ pub struct MmState {
     pub _pad: u32,
     /// Bytes per RSS kind, indexed by `RSS_*`.
     pub cur: [i64; NR_RSS],
+    /// Highest file + anon + shmem of this mm and when (CLOCK_MONOTONIC ns); folded into
+    /// the owner's [`ProcPeak`] when the mm is torn down.
+    pub peak: i64,
+    pub peak_ns: u64,
 }
+
+/// Longest rss_stat record prefix the program copies.
+pub const RSS_RECORD_MAX: u32 = 64;
 
 /// Counters seen for an mm before it could be attributed (fork copies, exec argument pages),
 /// or seeded by user space for a process that existed before attach. `mask` has bit `1 << kind`
@@ -126,8 +134,7 @@ pub struct Tree {
     pub last_event_peak: i64,
     /// Events that did not fit into the ring buffer.
     pub events_lost: u64,
-    /// rss_stat events applied to tracked mms.
-    pub rss_events: u64,
+    pub _reserved: u64,
 }
 
 /// Per-CPU: what runs on this CPU since when, for in-flight CPU time.
@@ -191,7 +198,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Offsets>(), 12 * 4 + 8);
         assert_eq!(size_of::<Tracked>(), 16);
-        assert_eq!(size_of::<MmState>(), 8 + 32);
+        assert_eq!(size_of::<MmState>(), 8 + 32 + 16);
         assert_eq!(size_of::<Pending>(), 16 + 32);
         assert_eq!(size_of::<ProcPeak>(), 16);
         assert_eq!(size_of::<Tree>(), 32 + 6 * 8);

@@ -21,7 +21,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -42,7 +42,7 @@ static OFFSETS: Offsets = Offsets {
     rss_curr: NO_FIELD,
     rss_member: NO_FIELD,
     rss_size: NO_FIELD,
-    _pad: 0,
+    rss_len: 0,
     peak_event_step_bytes: 1 << 20,
 };
 
@@ -315,25 +315,51 @@ pub fn o3_rss(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The rss_stat record prefix, copied with one helper call (this program runs on every RSS
+/// change of every process on the machine, so each helper call counts).
+#[repr(C, align(8))]
+struct Record([u8; RSS_RECORD_MAX as usize + 8]);
+
+impl Record {
+    /// Field at a format-file offset; the masks keep the access aligned and inside the buffer
+    /// for the verifier (real offsets are naturally aligned and below RSS_RECORD_MAX).
+    #[inline(always)]
+    fn u32_at(&self, off: u32) -> u32 {
+        let off = (off & (RSS_RECORD_MAX - 4)) as usize;
+        // SAFETY: aligned 4-byte read inside the buffer.
+        unsafe { core::ptr::read(self.0.as_ptr().add(off) as *const u32) }
+    }
+
+    #[inline(always)]
+    fn i64_at(&self, off: u32) -> i64 {
+        let off = (off & (RSS_RECORD_MAX - 8)) as usize;
+        // SAFETY: aligned 8-byte read inside the buffer.
+        unsafe { core::ptr::read(self.0.as_ptr().add(off) as *const i64) }
+    }
+}
+
 fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
-    let member: i32 = read(ctx, o.rss_member)?;
+    let mut rec = Record([0; RSS_RECORD_MAX as usize + 8]);
+    let len = (o.rss_len as usize).min(RSS_RECORD_MAX as usize);
+    // SAFETY: copies the first `len` bytes of the tracepoint record into the stack buffer.
+    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut rec.0[..len])? };
+    let member = rec.u32_at(o.rss_member) as i32;
     if !(0..NR_RSS as i32).contains(&member) {
         return Ok(());
     }
     let k = (member as u32 & 3) as usize;
-    let mm_id: u32 = read(ctx, o.rss_mm_id)?;
-    let size: i64 = read(ctx, o.rss_size)?;
-    let now = now_ns();
+    let mm_id = rec.u32_at(o.rss_mm_id);
+    let size = rec.i64_at(o.rss_size);
 
     if let Some(mm) = MMS.get_ptr_mut(&mm_id) {
-        apply(mm, k, size, now, &o);
+        apply(mm, k, size, &o);
         forget_if_empty(mm_id, mm);
         return Ok(());
     }
-    let curr: u32 = read(ctx, o.rss_curr)?;
+    let curr = rec.u32_at(o.rss_curr);
     if curr == 0 {
-        note_pending(mm_id, k, size, now);
+        note_pending(mm_id, k, size, now_ns());
         return Ok(());
     }
     let (tgid, _) = current();
@@ -349,6 +375,8 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
         owner: tgid,
         _pad: 0,
         cur: [0; NR_RSS],
+        peak: 0,
+        peak_ns: 0,
     };
     let mut replay_seed = Pending::default();
     let mut newer_than = 0u64;
@@ -366,16 +394,16 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let _ = MMS.insert(&mm_id, &state, BPF_NOEXIST as u64);
     let mm = MMS.get_ptr_mut(&mm_id).ok_or(-1)?;
-    replay(mm, &replay_seed, now, &o);
+    replay(mm, &replay_seed, &o);
     // SAFETY: map lookup result is copied.
     if let Some(p) = unsafe { PENDING.get(&mm_id) } {
         let p = *p;
         let _ = PENDING.remove(&mm_id);
         if p.t_ns >= newer_than {
-            replay(mm, &p, now, &o);
+            replay(mm, &p, &o);
         }
     }
-    apply(mm, k, size, now, &o);
+    apply(mm, k, size, &o);
     Ok(())
 }
 
@@ -393,11 +421,11 @@ fn masked(p: &Pending) -> [i64; NR_RSS] {
 }
 
 #[inline(always)]
-fn replay(mm: *mut MmState, p: &Pending, now: u64, o: &Offsets) {
+fn replay(mm: *mut MmState, p: &Pending, o: &Offsets) {
     let mut k = 0;
     while k < NR_RSS {
         if p.mask & (1 << k) != 0 {
-            apply(mm, k, p.cur[k], now, o);
+            apply(mm, k, p.cur[k], o);
         }
         k += 1;
     }
@@ -424,13 +452,15 @@ fn note_pending(mm_id: u32, k: usize, size: i64, now: u64) {
     }
 }
 
-/// An mm whose counters all reached zero is being torn down: forget it so a new mm that
-/// happens to get the same id is not mistaken for it.
+/// An mm whose counters all reached zero is being torn down: its peak goes to its owner's
+/// record, and it is forgotten so a new mm that happens to get the same id is not mistaken
+/// for it.
 #[inline(always)]
 fn forget_if_empty(mm_id: u32, mm: *mut MmState) {
     // SAFETY: pointer into the hash map's value, valid for the program's run.
-    let c = unsafe { (*mm).cur };
-    if c[0] == 0 && c[1] == 0 && c[2] == 0 && c[3] == 0 {
+    let m = unsafe { *mm };
+    if m.cur[0] == 0 && m.cur[1] == 0 && m.cur[2] == 0 && m.cur[3] == 0 {
+        raise_proc_peak(m.owner, m.peak, m.peak_ns);
         let _ = MMS.remove(&mm_id);
     }
 }
@@ -439,7 +469,7 @@ fn forget_if_empty(mm_id: u32, mm: *mut MmState) {
 /// difference. The exchange makes concurrent updates of the same counter telescope, so the
 /// totals always equal the sum of what is stored.
 #[inline(always)]
-fn apply(mm: *mut MmState, k: usize, size: i64, now: u64, o: &Offsets) {
+fn apply(mm: *mut MmState, k: usize, size: i64, o: &Offsets) {
     let k = k & 3;
     // SAFETY: `mm` points into the MMS map value, aligned for i64.
     let old = unsafe { atomic::swap(&mut (*mm).cur[k], size) };
@@ -450,11 +480,8 @@ fn apply(mm: *mut MmState, k: usize, size: i64, now: u64, o: &Offsets) {
     let Some(tree) = TREE.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: `tree` points into the array map's single value, aligned for i64/u64.
-    unsafe {
-        atomic::add(&mut (*tree).cur[k], delta);
-        atomic::add(&mut (*tree).rss_events, 1);
-    }
+    // SAFETY: `tree` points into the array map's single value, aligned for i64.
+    unsafe { atomic::add(&mut (*tree).cur[k], delta) };
     if k == RSS_SWAP {
         return;
     }
@@ -463,15 +490,17 @@ fn apply(mm: *mut MmState, k: usize, size: i64, now: u64, o: &Offsets) {
     if delta < 0 {
         return;
     }
-    // SAFETY: `mm` points into the MMS map value; `owner` is written once at insert.
-    let (owner, mm_rss) = unsafe {
-        (
-            (*mm).owner,
-            (*mm).cur[RSS_FILE] + (*mm).cur[RSS_ANON] + (*mm).cur[RSS_SHMEM],
-        )
-    };
-    raise_proc_peak(owner, mm_rss, now);
-    raise_tree_peak(tree, rss, now, owner, o);
+    let now = now_ns();
+    // SAFETY: `mm` points into the MMS map value. Two CPUs racing on the same mm can only
+    // lose the smaller of two concurrent values.
+    unsafe {
+        let mm_rss = (*mm).cur[RSS_FILE] + (*mm).cur[RSS_ANON] + (*mm).cur[RSS_SHMEM];
+        if mm_rss > (*mm).peak {
+            (*mm).peak = mm_rss;
+            (*mm).peak_ns = now;
+        }
+        raise_tree_peak(tree, rss, now, (*mm).owner, o);
+    }
 }
 
 #[inline(always)]

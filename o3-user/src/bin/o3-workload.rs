@@ -9,6 +9,7 @@
 //!   hold --mib N                                           (internal) a child of `tree`
 //!   loop --ms M                                            burn M ms of CPU on one thread
 //!   work --iters N                                         fixed work; reports its duration
+//!   faults --mib N --repeat R                              page-fault-heavy work; its duration
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -315,6 +316,19 @@ fn work(opts: &BTreeMap<String, String>) {
     report(opts, serde_json::json!({"mode": "work", "work_ns": ns}));
 }
 
+/// Page-fault-heavy work: map, touch and unmap N MiB, R times; reports how long it took.
+fn faults(opts: &BTreeMap<String, String>) {
+    let bytes = num(opts, "mib", 256) as usize * 1024 * 1024;
+    let repeat = num(opts, "repeat", 4);
+    let t = Instant::now();
+    for _ in 0..repeat {
+        let p = touch(bytes);
+        untouch(p, bytes);
+    }
+    let ns = t.elapsed().as_nanos() as u64;
+    report(opts, serde_json::json!({"mode": "faults", "work_ns": ns}));
+}
+
 fn busy_loop(opts: &BTreeMap<String, String>) {
     burn_thread_cpu(num(opts, "ms", 2000));
     report(opts, serde_json::json!({"mode": "loop"}));
@@ -329,9 +343,10 @@ fn main() {
         "hold" => hold(&opts),
         "loop" => busy_loop(&opts),
         "work" => work(&opts),
+        "faults" => faults(&opts),
         _ => {
             eprintln!(
-                "usage: o3-workload spike|cpu|tree|loop|work [--OPTION VALUE]... [--report FILE]"
+                "usage: o3-workload spike|cpu|tree|loop|work|faults [--OPTION VALUE]... [--report FILE]"
             );
             std::process::exit(2);
         }

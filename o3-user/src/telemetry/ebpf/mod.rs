@@ -91,9 +91,31 @@ pub fn offsets_from_formats(
         rss_curr: offset(rss, "kmem:rss_stat", "curr")?,
         rss_member: offset(rss, "kmem:rss_stat", "member")?,
         rss_size: offset(rss, "kmem:rss_stat", "size")?,
-        _pad: 0,
+        rss_len: rss_record_len(rss)?,
         peak_event_step_bytes: peak_event_step,
     })
+}
+
+/// Length of the rss_stat record prefix holding the four fields the program reads.
+fn rss_record_len(rss: &Format) -> Result<u32, TracefsError> {
+    let mut len = 0;
+    for name in ["mm_id", "curr", "member", "size"] {
+        let f = rss.field(name).ok_or_else(|| TracefsError::MissingField {
+            tracepoint: "kmem:rss_stat".into(),
+            field: name.into(),
+        })?;
+        len = len.max(f.offset + f.size);
+    }
+    if len > o3_common::RSS_RECORD_MAX {
+        return Err(TracefsError::MissingField {
+            tracepoint: "kmem:rss_stat".into(),
+            field: format!(
+                "fields within the first {} bytes",
+                o3_common::RSS_RECORD_MAX
+            ),
+        });
+    }
+    Ok(len)
 }
 
 /// Enables BPF run-time statistics (program run time and count) for as long as it lives; the
@@ -286,6 +308,27 @@ impl Loaded {
                 (pid, peak, cpu)
             })
             .collect();
+        // Peaks of mms still alive have not been folded into PROC_PEAK yet.
+        for (_, mm) in self.mms.iter().filter_map(Result::ok) {
+            match out.iter_mut().find(|(p, _, _)| *p == mm.owner) {
+                Some((_, peak, _)) if mm.peak > peak.rss_peak => {
+                    peak.rss_peak = mm.peak;
+                    peak.rss_peak_ns = mm.peak_ns;
+                }
+                Some(_) => {}
+                None => out.push((
+                    mm.owner,
+                    ProcPeak {
+                        rss_peak: mm.peak,
+                        rss_peak_ns: mm.peak_ns,
+                    },
+                    self.proc_cpu
+                        .get(&mm.owner, 0)
+                        .map(|v| v.iter().sum())
+                        .unwrap_or(0),
+                )),
+            }
+        }
         for (pid, cpu) in self.proc_cpu.iter().filter_map(Result::ok) {
             if !out.iter().any(|(p, _, _)| *p == pid) {
                 out.push((pid, ProcPeak::default(), cpu.iter().sum()));
@@ -293,11 +336,6 @@ impl Loaded {
         }
         out.sort_by_key(|(pid, _, _)| *pid);
         out
-    }
-
-    /// Number of mms currently attributed to the tree.
-    pub fn tracked_mms(&self) -> usize {
-        self.mms.keys().filter(Result::is_ok).count()
     }
 
     /// Total run time (ns) and run count of all programs while run-time stats were enabled.
