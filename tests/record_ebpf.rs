@@ -490,3 +490,45 @@ fn doctor_reports_a_working_ebpf_path() {
     let kprobes = checks.iter().find(|c| c["name"] == "kprobes").unwrap();
     assert!(kprobes["detail"].as_str().unwrap().len() > 20);
 }
+
+#[test]
+fn safety_breach_stops_the_command_within_one_interval() {
+    if !ebpf_or_skip("safety_breach") {
+        return;
+    }
+    let _g = serial();
+    // tests/fixtures/ram-90 is /proc/meminfo of a machine with 90 % of its RAM in use: the
+    // watchdog (RAM limit 85 %) must fire on the first sample and stop the command.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let t = Instant::now();
+    let out = o3()
+        .arg("--procfs-root")
+        .arg(fixtures().join("ram-90/proc"))
+        .args(["record", "--method", "ebpf", "--safety", "--json", "--out"])
+        .arg(&trace)
+        .args(["--", "sleep", "30"])
+        .output()
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &s["safety"]["breaches"][0];
+    assert_eq!(b["metric"], "ram_percent", "{s}");
+    assert!((b["value"].as_f64().unwrap() - 90.23).abs() < 0.1, "{b}");
+    assert_eq!(b["limit"], 85.0);
+    // Within one interval of the first sample (10 ms), plus exit.
+    assert!(i(&b["t_ns"]) < 20_000_000, "{b}");
+    assert!(i(&s["wall_ns"]) < 1_000_000_000);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("safety limit: ram_percent 90.2 over 85.0"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.contains("\"event\":\"safety_breach\""), "{text}");
+}

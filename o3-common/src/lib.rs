@@ -174,6 +174,64 @@ pub struct Event {
     pub filename: [u8; EVENT_FILENAME_LEN],
 }
 
+// ---------------------------------------------------------------- GPU memory (kprobes)
+
+/// `GpuMem::kind` of an amdgpu VRAM manager (`amdgpu_vram_mgr_new` / `_del`).
+pub const GPU_MEM_KIND_VRAM: u32 = 0;
+/// `GpuMem::kind` of an amdgpu GTT manager (`amdgpu_gtt_mgr_new` / `_del`).
+pub const GPU_MEM_KIND_GTT: u32 = 1;
+/// Capacity of the per-manager map (one VRAM and one GTT manager per GPU).
+pub const MAX_GPU_MANAGERS: u32 = 16;
+/// Capacity of the LRU map of allocations between `_new` entry and return, keyed by tid (an
+/// entry whose return was missed is evicted, never leaked).
+pub const MAX_GPU_PENDING: u32 = 1024;
+
+/// Byte offsets of the kernel struct fields the GPU-memory kprobes read, taken from the
+/// kernel's BTF at start-up; 0 means unknown (the programs then do nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuMemOffsets {
+    /// `struct ttm_buffer_object` → `base.size` (`struct drm_gem_object`, size_t): bytes of
+    /// a new allocation.
+    pub tbo_size: u32,
+    /// `struct ttm_resource` → `size` (size_t): bytes of a freed allocation.
+    pub res_size: u32,
+}
+
+/// Usage of one memory manager (VRAM or GTT of one GPU), keyed by the manager's kernel
+/// address. Updated with atomics; `cur` never goes below 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuMem {
+    /// Bytes allocated through this manager since attach and not freed yet.
+    pub cur: i64,
+    /// Highest `cur` (bytes) and when (CLOCK_MONOTONIC ns).
+    pub peak: i64,
+    pub peak_ns: u64,
+    /// Successful allocations and frees seen.
+    pub allocs: u64,
+    pub frees: u64,
+    /// Frees that would have taken `cur` below 0 (memory allocated before attach): `cur` was
+    /// clamped at 0.
+    pub clamped: u64,
+    /// `GPU_MEM_KIND_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// An allocation between `_new`'s entry and its return, keyed by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuPending {
+    /// Manager address.
+    pub man: u64,
+    /// Bytes requested.
+    pub size: u64,
+    /// `GPU_MEM_KIND_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are #[repr(C)], Copy, contain only integers and integer arrays,
@@ -187,6 +245,9 @@ mod pod {
     unsafe impl aya::Pod for super::Tree {}
     unsafe impl aya::Pod for super::RunState {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::GpuMemOffsets {}
+    unsafe impl aya::Pod for super::GpuMem {}
+    unsafe impl aya::Pod for super::GpuPending {}
 }
 
 #[cfg(test)]
@@ -204,5 +265,12 @@ mod tests {
         assert_eq!(size_of::<Tree>(), 32 + 6 * 8);
         assert_eq!(size_of::<RunState>(), 16);
         assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + EVENT_FILENAME_LEN);
+    }
+
+    #[test]
+    fn gpu_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<GpuMemOffsets>(), 8);
+        assert_eq!(size_of::<GpuMem>(), 6 * 8 + 8);
+        assert_eq!(size_of::<GpuPending>(), 8 + 8 + 8);
     }
 }

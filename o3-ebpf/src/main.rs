@@ -1,4 +1,5 @@
-//! o3's kernel programs. Tracepoints only (the CI kernel has no kprobes).
+//! o3's kernel programs. Tracepoints (the CI kernel has no kprobes), plus optional kprobes on
+//! amdgpu's memory managers for exact GPU-memory peaks, attached only where kprobes exist.
 //!
 //! The tracked set is a root process and every process it creates (task:task_newtask, whose
 //! clone_flags tell threads from processes). Per tracked process tree:
@@ -20,12 +21,12 @@ use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{map, tracepoint},
+    macros::{kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use o3_common::*;
 
@@ -558,6 +559,190 @@ fn raise_tree_peak(tree: *mut Tree, rss: i64, now: u64, owner: u32, o: &Offsets)
     // SAFETY: as above.
     if rss >= prev + step && unsafe { atomic::cas(last, prev, rss) }.1 {
         emit(EVENT_PEAK, owner, 0, rss, now, |_| {});
+    }
+}
+
+// ---------------------------------------------------------------- GPU memory (kprobes)
+//
+// amdgpu's VRAM and GTT managers allocate through `amdgpu_{vram,gtt}_mgr_new(man, tbo, place,
+// res)` (0 on success) and free through `amdgpu_{vram,gtt}_mgr_del(man, res)`. The size of a
+// new allocation is `tbo->base.size`, of a freed one `res->size` (the same value: TTM sets
+// the second from the first); their offsets come from the kernel's BTF via GPU_OFFSETS. The
+// entry probe of `_new` parks the size per thread, the return probe counts it only when the
+// allocation succeeded. These are kprobes, unlike everything above: the loader attaches them
+// only where the kernel has kprobes (not on the CI kernel).
+//
+// The accounting mirrors `GpuMemMirror::apply` in o3-user/src/telemetry/ebpf/gpu_mem.rs line
+// for line (its unit tests drive it with recorded event sequences): change both together.
+
+#[no_mangle]
+static GPU_OFFSETS: GpuMemOffsets = GpuMemOffsets {
+    tbo_size: 0,
+    res_size: 0,
+};
+
+#[map]
+static GPU_MEM: HashMap<u64, GpuMem> = HashMap::with_max_entries(MAX_GPU_MANAGERS, 0);
+#[map]
+static GPU_PENDING: LruHashMap<u32, GpuPending> = LruHashMap::with_max_entries(MAX_GPU_PENDING, 0);
+
+#[inline(always)]
+fn gpu_offsets() -> GpuMemOffsets {
+    // SAFETY: GPU_OFFSETS is a plain global in .rodata, written by the loader before load; a
+    // volatile read keeps the compiler from folding the placeholder values.
+    unsafe { core::ptr::read_volatile(&GPU_OFFSETS) }
+}
+
+/// The size_t at `base + off` in kernel memory; offset 0 means "unknown" (no BTF).
+#[inline(always)]
+fn read_kernel_size(base: u64, off: u32) -> Result<i64, i64> {
+    if base == 0 || off == 0 {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel copies 8 bytes from a kernel address and returns an error
+    // instead of faulting.
+    let v = unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }?;
+    Ok(v as i64)
+}
+
+#[kprobe]
+pub fn o3_vram_new(ctx: ProbeContext) -> u32 {
+    let _ = try_gpu_new(&ctx, GPU_MEM_KIND_VRAM);
+    0
+}
+
+#[kretprobe]
+pub fn o3_vram_new_ret(ctx: RetProbeContext) -> u32 {
+    let _ = try_gpu_new_ret(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn o3_vram_del(ctx: ProbeContext) -> u32 {
+    let _ = try_gpu_del(&ctx, GPU_MEM_KIND_VRAM);
+    0
+}
+
+#[kprobe]
+pub fn o3_gtt_new(ctx: ProbeContext) -> u32 {
+    let _ = try_gpu_new(&ctx, GPU_MEM_KIND_GTT);
+    0
+}
+
+#[kretprobe]
+pub fn o3_gtt_new_ret(ctx: RetProbeContext) -> u32 {
+    let _ = try_gpu_new_ret(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn o3_gtt_del(ctx: ProbeContext) -> u32 {
+    let _ = try_gpu_del(&ctx, GPU_MEM_KIND_GTT);
+    0
+}
+
+/// Mirror: `GpuMemEvent::New`.
+fn try_gpu_new(ctx: &ProbeContext, kind: u32) -> Result<(), i64> {
+    let man: u64 = ctx.arg(0).ok_or(-1)?;
+    let tbo: u64 = ctx.arg(1).ok_or(-1)?;
+    let (_, tid) = current();
+    let Ok(size) = read_kernel_size(tbo, gpu_offsets().tbo_size) else {
+        // Not in the mirror (no such event): forget a stale entry left by a missed return, so
+        // this call's return cannot count it.
+        let _ = GPU_PENDING.remove(&tid);
+        return Ok(());
+    };
+    let p = GpuPending {
+        man,
+        size: size as u64,
+        kind,
+        _pad: 0,
+    };
+    GPU_PENDING.insert(&tid, &p, 0)
+}
+
+/// Mirror: `GpuMemEvent::NewRet`.
+fn try_gpu_new_ret(ctx: &RetProbeContext) -> Result<(), i64> {
+    let (_, tid) = current();
+    // SAFETY: map lookup result is copied.
+    let Some(p) = (unsafe { GPU_PENDING.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = GPU_PENDING.remove(&tid);
+    let ret: u64 = ctx.ret().ok_or(-1)?;
+    // `int` return value: only the low 32 bits are defined.
+    if ret as u32 != 0 {
+        return Ok(());
+    }
+    let g = gpu_manager(p.man, p.kind)?;
+    let size = p.size as i64;
+    // SAFETY: `g` points into the GPU_MEM map value, aligned for i64/u64.
+    let cur = unsafe { atomic::add(&mut (*g).cur, size) } + size;
+    // SAFETY: as above.
+    unsafe { atomic::add(&mut (*g).allocs, 1u64) };
+    raise_gpu_peak(g, cur, now_ns());
+    Ok(())
+}
+
+/// Mirror: `GpuMemEvent::Del`.
+fn try_gpu_del(ctx: &ProbeContext, kind: u32) -> Result<(), i64> {
+    let man: u64 = ctx.arg(0).ok_or(-1)?;
+    let res: u64 = ctx.arg(1).ok_or(-1)?;
+    let size = read_kernel_size(res, gpu_offsets().res_size)?;
+    let g = gpu_manager(man, kind)?;
+    // SAFETY: `g` points into the GPU_MEM map value, aligned for i64/u64.
+    let old = unsafe { atomic::add(&mut (*g).cur, -size) };
+    // SAFETY: as above.
+    unsafe { atomic::add(&mut (*g).frees, 1u64) };
+    let new = old - size;
+    if new < 0 {
+        // Freed memory allocated before attach: give back the part below zero. Concurrent
+        // frees each give back their own part, so the sum telescopes to the clamped value.
+        let excess = if size < -new { size } else { -new };
+        // SAFETY: as above.
+        let cur = unsafe { atomic::add(&mut (*g).cur, excess) } + excess;
+        // SAFETY: as above.
+        unsafe { atomic::add(&mut (*g).clamped, 1u64) };
+        raise_gpu_peak(g, cur, now_ns());
+    }
+    Ok(())
+}
+
+/// The manager's entry, created on first sight with its kind.
+#[inline(always)]
+fn gpu_manager(man: u64, kind: u32) -> Result<*mut GpuMem, i64> {
+    if let Some(g) = GPU_MEM.get_ptr_mut(&man) {
+        return Ok(g);
+    }
+    let fresh = GpuMem {
+        kind,
+        ..GpuMem::default()
+    };
+    let _ = GPU_MEM.insert(&man, &fresh, BPF_NOEXIST as u64);
+    GPU_MEM.get_ptr_mut(&man).ok_or(-1)
+}
+
+/// Same compare-and-swap pattern as `raise_tree_peak`.
+#[inline(always)]
+fn raise_gpu_peak(g: *mut GpuMem, cur: i64, now: u64) {
+    // SAFETY: `g` points into the GPU_MEM map value, aligned for i64.
+    let peak = unsafe { &mut (*g).peak as *mut i64 };
+    // SAFETY: as above.
+    let mut seen = unsafe { core::ptr::read_volatile(peak) };
+    let mut tries = 0;
+    while tries < 8 {
+        if cur <= seen {
+            return;
+        }
+        // SAFETY: as above.
+        let (v, stored) = unsafe { atomic::cas(peak, seen, cur) };
+        if stored {
+            // SAFETY: as above; the timestamp belongs to the value this CPU installed.
+            unsafe { (*g).peak_ns = now };
+            return;
+        }
+        seen = v;
+        tries += 1;
     }
 }
 

@@ -1,10 +1,9 @@
 //! `o3 doctor`: what this machine offers o3, each check with what is lost without it.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::telemetry::ebpf::{self, tracefs};
+use crate::telemetry::gpu::source::{GpuOptions, GpuSelect, GpuSource};
 
 use super::{CliResult, Roots};
 
@@ -65,28 +64,6 @@ fn bpf_usable() -> Result<(), std::io::Error> {
     // SAFETY: closing the fd we just got.
     unsafe { libc::close(fd as i32) };
     Ok(())
-}
-
-fn drm_cards(sysfs: &Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(sysfs.join("class/drm")) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = dir
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("card") || name.contains('-') {
-                return None;
-            }
-            let driver = std::fs::read_link(e.path().join("device/driver"))
-                .ok()
-                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "unknown driver".into());
-            Some(format!("{name} ({driver})"))
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 pub fn checks(roots: &Roots) -> Vec<Check> {
@@ -173,14 +150,65 @@ pub fn checks(roots: &Roots) -> Vec<Check> {
                     .unwrap_or_default()
             ),
         ));
+        if let Ok(l) = &load {
+            out.push(match &l.gpu_mem {
+                Ok(_) => check(
+                    "gpu-mem-ebpf",
+                    true,
+                    "amdgpu VRAM/GTT manager kprobes attached: exact GPU-memory peaks",
+                    "",
+                ),
+                Err(why) => check("gpu-mem-ebpf", false, "", why.clone()),
+            });
+        }
     }
-    let cards = drm_cards(&roots.sysfs_root);
-    out.push(check(
-        "gpus",
-        !cards.is_empty(),
-        format!("DRM devices: {}", cards.join(", ")),
-        "no DRM devices: GPU metrics will be absent",
-    ));
+    let (gpus, warnings) = GpuSource::open(GpuOptions {
+        select: GpuSelect::Auto,
+        sysfs_root: roots.sysfs_root.clone(),
+        procfs_root: roots.procfs_root.clone(),
+        dev_root: roots.dev_root.clone(),
+        sensor_every: std::time::Duration::ZERO,
+        process_every: std::time::Duration::ZERO,
+    });
+    if gpus.is_empty() {
+        out.push(check(
+            "gpus",
+            false,
+            "",
+            "no AMD or NVIDIA GPU found: GPU metrics will be absent",
+        ));
+    }
+    for g in gpus.infos() {
+        let mut detail = format!(
+            "GPU {}: {} ({}{}): memory from {}; sensors from {}; per process from {}",
+            g.index,
+            g.name,
+            g.vendor,
+            if g.apu {
+                ", APU: model memory lives in GTT"
+            } else {
+                ""
+            },
+            g.memory_reader,
+            g.sensor_reader,
+            g.process_reader
+        );
+        for n in &g.notes {
+            detail += &format!("; {n}");
+        }
+        out.push(Check {
+            name: "gpu",
+            ok: g.memory_reader != "none",
+            detail,
+        });
+    }
+    for w in warnings {
+        out.push(Check {
+            name: "gpu",
+            ok: false,
+            detail: w,
+        });
+    }
     out
 }
 

@@ -1,6 +1,7 @@
 //! Command line: one file per subcommand, thin; the work is in the stages below.
 
 mod doctor;
+mod monitor;
 mod record;
 
 use std::path::PathBuf;
@@ -17,6 +18,17 @@ pub struct Roots {
     /// Where sysfs is mounted (tracefs is expected at <DIR>/kernel/tracing).
     #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
     pub sysfs_root: PathBuf,
+    /// Where device nodes are (render nodes are expected at <DIR>/dri/renderD*).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/dev")]
+    pub dev_root: PathBuf,
+}
+
+/// GPU selection shared by the commands that read GPUs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GpuArg {
+    /// Which GPUs to read: auto, amd, nvidia, none, or a device index from `o3 doctor`.
+    #[arg(long, value_name = "SEL", default_value = "auto")]
+    pub gpu: crate::telemetry::gpu::source::GpuSelect,
 }
 
 #[derive(Debug, Parser)]
@@ -36,7 +48,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a command (or attach to a process tree) and report its exact peak memory and CPU.
     Record(record::RecordArgs),
-    /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes).
+    /// Live system and GPU view (one line per refresh, JSON lines, or a Prometheus endpoint).
+    Monitor(monitor::MonitorArgs),
+    /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes, GPUs).
     Doctor(doctor::DoctorArgs),
 }
 
@@ -72,6 +86,7 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Record(a) => record::run(&cli.roots, a),
+        Command::Monitor(a) => monitor::run(&cli.roots, a),
         Command::Doctor(a) => doctor::run(&cli.roots, a),
     };
     match result {

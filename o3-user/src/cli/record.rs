@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::record::{self, Mode, Options, Target};
 use crate::telemetry::sampler::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::telemetry::watchdog::Thresholds;
 use crate::util::duration;
 
-use super::{CliResult, Roots};
+use super::{CliResult, GpuArg, Roots};
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     duration::parse_in_range(s, MIN_INTERVAL, MAX_INTERVAL)
@@ -55,6 +56,13 @@ pub struct RecordArgs {
     /// How to measure the process tree.
     #[arg(long, value_enum, default_value = "auto")]
     pub method: MethodArg,
+    #[command(flatten)]
+    pub gpu: GpuArg,
+    /// Watch safety limits (VRAM 90 % of GPU-usable memory, RAM 85 %, 85 °C, CPU 90 % for 2 s,
+    /// 4 GiB VRAM and RAM reserves): on a breach the command is sent SIGTERM (an attached
+    /// recording just ends), and the breach is in the summary and the trace.
+    #[arg(long)]
+    pub safety: bool,
     /// The command to run, after `--`.
     #[arg(
         trailing_var_arg = true,
@@ -101,6 +109,9 @@ pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
         sysfs_root: roots.sysfs_root.clone(),
         mode,
         peak_event_step: 1 << 20,
+        dev_root: roots.dev_root.clone(),
+        gpu: a.gpu.gpu,
+        safety: a.safety.then(Thresholds::default),
     };
     match record::run(&opts) {
         Ok(o) => {

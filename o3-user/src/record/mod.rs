@@ -14,11 +14,15 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::telemetry::ebpf::{EbpfError, Loaded, RuntimeStats};
+use crate::telemetry::gpu::source::{GpuOptions, GpuSelect, GpuSource};
 use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
+use crate::telemetry::watchdog::{Breach, Thresholds, Watchdog};
 use crate::telemetry::{monotonic_ns, sampler, Method, ProcessPeak, Source, TreeEvent};
 use crate::trace::{Header, Methods, TraceError, TraceWriter, SCHEMA_VERSION};
 use spawn::{Prepared, SpawnError};
-use summary::{Aggregate, CpuSummary, ExitInfo, Overhead, RssSummary, Rusage, Sampling, Summary};
+use summary::{
+    Aggregate, CpuSummary, ExitInfo, Overhead, RssSummary, Rusage, Safety, Sampling, Summary,
+};
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -51,6 +55,10 @@ pub struct Options {
     pub mode: Mode,
     /// Bytes the tree peak must grow by before another peak event is emitted.
     pub peak_event_step: u64,
+    pub dev_root: PathBuf,
+    pub gpu: GpuSelect,
+    /// Watchdog limits; `None` records without a watchdog.
+    pub safety: Option<Thresholds>,
 }
 
 #[derive(Debug, Error)]
@@ -158,6 +166,8 @@ enum Msg {
     /// --duration elapsed.
     Deadline(u64),
     Signal(i32),
+    /// The watchdog saw a limit crossed.
+    Breach(Breach),
 }
 
 /// Blocks in poll(2) on the process and the signal pipe, so the recording loop wakes only for
@@ -297,6 +307,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             }
         },
     };
+    let gpu_mem_exact = matches!(loaded.as_ref().map(|l| &l.gpu_mem), Some(Ok(_)));
+    let gpu_mem_note = match loaded.as_ref().map(|l| &l.gpu_mem) {
+        Some(Ok(_)) => None,
+        Some(Err(why)) => Some(why.clone()),
+        None => Some("eBPF is not loaded: GPU memory peaks are sampled".to_string()),
+    };
     let method = if loaded.is_some() {
         Method::Ebpf
     } else {
@@ -340,6 +356,50 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         }
         Target::Pid { pid, .. } => (serde_json::json!({ "pid": pid }), format!("pid {pid}")),
     };
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    match loaded.as_mut().and_then(|l| l.take_source()) {
+        Some(s) => sources.push(Box::new(s)),
+        None => sources.push(Box::new(ProcTree::new(&opts.procfs_root, root).map_err(
+            |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),
+        )?)),
+    }
+    match SystemMemory::open(&opts.procfs_root) {
+        Ok(m) => sources.push(Box::new(m)),
+        Err(e) => warnings.push(format!("system memory not measured: {e}")),
+    }
+    let (mut gpu, gpu_warnings) = GpuSource::open(GpuOptions {
+        select: opts.gpu,
+        sysfs_root: opts.sysfs_root.clone(),
+        procfs_root: opts.procfs_root.clone(),
+        dev_root: opts.dev_root.clone(),
+        sensor_every: opts.interval.max(Duration::from_millis(100)),
+        process_every: opts.interval.max(Duration::from_millis(500)),
+    });
+    for w in gpu_warnings {
+        eprintln!("o3: warning: {w}");
+        warnings.push(w);
+    }
+    let gpu_infos = gpu.infos();
+    if let (false, Some(note)) = (gpu.is_empty(), gpu_mem_note) {
+        // Said once: the GPU memory peaks below are sampled, not exact.
+        eprintln!("o3: note: {note}");
+        warnings.push(note);
+    }
+    if !gpu.is_empty() {
+        gpu.track(root);
+        sources.push(Box::new(gpu));
+    }
+
+    let liveness = Liveness::new(opts, root)?;
+    let stats = if loaded.is_some() {
+        Some(RuntimeStats::enable()?)
+    } else {
+        None
+    };
+    let cpu_self0 = self_cpu_ns();
+    let interval_ns = opts.interval.as_nanos() as u64;
+    let (tx, rx) = channel();
+    let flush = opts.interval.max(sampler::FLUSH);
     if let Some(t) = trace.as_mut() {
         let (host, kernel) = uname();
         t.header(&Header {
@@ -354,32 +414,33 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
                 rss: method,
                 cpu: method,
                 mem_used: Method::ProcfsPolling,
+                gpu_mem: if gpu_mem_exact { "ebpf" } else { "sampled" },
             },
+            gpus: gpu_infos.clone(),
         })?;
     }
 
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    match loaded.as_mut().and_then(|l| l.take_source()) {
-        Some(s) => sources.push(Box::new(s)),
-        None => sources.push(Box::new(ProcTree::new(&opts.procfs_root, root).map_err(
-            |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),
-        )?)),
+    if let Some(th) = &opts.safety {
+        let breach_tx = tx.clone();
+        let kill_root = matches!(opts.target, Target::Command(_));
+        let mut dog = Watchdog::new(
+            th.clone(),
+            Box::new(move |b: &Breach| {
+                // Act from the sampler thread, within the interval that saw the breach.
+                if kill_root {
+                    // SAFETY: signalling the command o3 started (not yet reaped: o3 reaps it
+                    // only after this thread has stopped sampling).
+                    unsafe { libc::kill(root as i32, libc::SIGTERM) };
+                }
+                let _ = breach_tx.send(Msg::Breach(b.clone()));
+            }),
+        );
+        for g in &gpu_infos {
+            let crit = |n: &str| g.crit_c.iter().find(|(k, _)| k == n).map(|(_, c)| *c);
+            dog.set_gpu_crit(g.index, crit("junction"), crit("mem"));
+        }
+        sources.push(Box::new(dog));
     }
-    match SystemMemory::open(&opts.procfs_root) {
-        Ok(m) => sources.push(Box::new(m)),
-        Err(e) => warnings.push(format!("system memory not measured: {e}")),
-    }
-
-    let liveness = Liveness::new(opts, root)?;
-    let stats = if loaded.is_some() {
-        Some(RuntimeStats::enable()?)
-    } else {
-        None
-    };
-    let cpu_self0 = self_cpu_ns();
-    let interval_ns = opts.interval.as_nanos() as u64;
-    let (tx, rx) = channel();
-    let flush = opts.interval.max(sampler::FLUSH);
     let ticks_tx = tx.clone();
     let sampler = sampler::spawn(sources, opts.interval, flush, t0, move |b| {
         ticks_tx.send(Msg::Ticks(b)).is_ok()
@@ -400,6 +461,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let mut end_ns = None;
     let mut forwarded = false;
     let mut write_error = None;
+    let mut breaches = Vec::new();
     let mut handle = |batch: Vec<sampler::Tick>,
                       trace: &mut Option<TraceWriter>,
                       write_error: &mut Option<TraceError>| {
@@ -453,6 +515,14 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
                 end_ns = Some(now);
             }
             Msg::Deadline(now) => end_ns = Some(now),
+            Msg::Breach(b) => {
+                eprintln!("o3: {b}");
+                if matches!(opts.target, Target::Pid { .. }) {
+                    // Not o3's process to stop: the recording ends and says why.
+                    end_ns = Some(monotonic_ns());
+                }
+                breaches.push(b);
+            }
             // An attached recording ends on Ctrl-C or SIGTERM.
             Msg::Signal(_) if matches!(opts.target, Target::Pid { .. }) => {
                 end_ns = Some(monotonic_ns())
@@ -546,6 +616,30 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
                 0.0
             },
         },
+        gpus: agg.gpus(&gpu_infos),
+        gpu_mem_exact: match loaded.as_ref().map(|l| &l.gpu_mem) {
+            Some(Ok(p)) => p
+                .managers()
+                .into_iter()
+                .map(|(_, m)| summary::ExactGpuMem {
+                    kind: if m.kind == o3_common::GPU_MEM_KIND_GTT {
+                        "gtt"
+                    } else {
+                        "vram"
+                    },
+                    allocated_peak_bytes: m.peak.max(0) as u64,
+                    allocated_peak_t_ns: m.peak_ns.saturating_sub(t0),
+                    allocations: m.allocs,
+                    frees: m.frees,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        gpu_processes: agg.gpu_processes(),
+        safety: opts.safety.clone().map(|thresholds| Safety {
+            thresholds,
+            breaches,
+        }),
         warnings,
     };
     if let Some(t) = trace.as_mut() {

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::telemetry::gpu::source::GpuInfo;
+use crate::telemetry::watchdog::{Breach, Thresholds};
 use crate::telemetry::{Method, ProcessPeak, Sample};
 use crate::util::units::{bytes, secs};
 
@@ -100,6 +102,58 @@ pub struct Overhead {
     pub percent_of_one_core: f64,
 }
 
+/// Peaks of one GPU over the recording (sampled at every tick for memory; sensors at their
+/// own cadence).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GpuSummary {
+    pub index: u32,
+    pub name: String,
+    pub vendor: String,
+    pub apu: bool,
+    /// GPU-usable capacity: GTT bounded by RAM on an APU, VRAM on a discrete GPU.
+    pub usable_total_bytes: Option<u64>,
+    pub usable_used_peak_bytes: Option<u64>,
+    pub usable_used_peak_t_ns: Option<u64>,
+    pub vram_used_peak_bytes: Option<u64>,
+    pub gtt_used_peak_bytes: Option<u64>,
+    /// `sampled` (at the interval) or `ebpf` (exact, kprobes).
+    pub memory_method: &'static str,
+    pub temp_peak_c: Option<f64>,
+    pub power_avg_w: Option<f64>,
+    pub power_peak_w: Option<f64>,
+    /// From the device's energy counter where it has one, else power integrated over time.
+    pub energy_j: Option<f64>,
+    pub busy_avg_percent: Option<f64>,
+}
+
+/// Peak GPU memory of one process (fdinfo / KFD / NVML, sampled).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GpuProcessSummary {
+    pub pid: u32,
+    pub vram_peak_bytes: u64,
+    pub gtt_peak_bytes: u64,
+    pub kfd_vram_peak_bytes: u64,
+}
+
+/// Exact GPU-memory allocation peak of one amdgpu memory manager (kprobes), counted from the
+/// start of the recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactGpuMem {
+    /// `vram` or `gtt`.
+    pub kind: &'static str,
+    pub allocated_peak_bytes: u64,
+    pub allocated_peak_t_ns: u64,
+    pub allocations: u64,
+    pub frees: u64,
+}
+
+/// The watchdog's limits and what crossed them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Safety {
+    pub thresholds: Thresholds,
+    pub breaches: Vec<Breach>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub schema_version: u32,
@@ -114,6 +168,14 @@ pub struct Summary {
     pub rusage: Option<Rusage>,
     pub sampling: Sampling,
     pub overhead: Overhead,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_processes: Vec<GpuProcessSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_mem_exact: Vec<ExactGpuMem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<Safety>,
     pub warnings: Vec<String>,
 }
 
@@ -127,6 +189,31 @@ pub struct Aggregate {
     window_ns: u64,
     cpu_window: VecDeque<(u64, u64)>,
     cpu_peak_percent: f64,
+    gpus: Vec<GpuAgg>,
+    gpu_procs: Vec<GpuProcessSummary>,
+}
+
+#[derive(Debug, Default)]
+struct GpuAgg {
+    s: GpuSummary,
+    first_energy: Option<f64>,
+    last_energy: Option<f64>,
+    /// Power integrated over time (J) and the time it covers (ns).
+    integrated_j: f64,
+    covered_ns: u64,
+    last_power: Option<(u64, f64)>,
+    first_t: Option<u64>,
+    last_t: u64,
+    busy_sum: f64,
+    busy_n: u64,
+}
+
+fn max_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y > x { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
 }
 
 impl Aggregate {
@@ -139,7 +226,107 @@ impl Aggregate {
             window_ns: interval_ns.max(MIN_CPU_WINDOW_NS),
             cpu_window: VecDeque::new(),
             cpu_peak_percent: 0.0,
+            gpus: Vec::new(),
+            gpu_procs: Vec::new(),
         }
+    }
+
+    fn add_gpus(&mut self, s: &Sample) {
+        for g in &s.gpus {
+            let i = match self.gpus.iter().position(|a| a.s.index == g.index) {
+                Some(i) => i,
+                None => {
+                    self.gpus.push(GpuAgg {
+                        s: GpuSummary {
+                            index: g.index,
+                            memory_method: "sampled",
+                            ..GpuSummary::default()
+                        },
+                        ..GpuAgg::default()
+                    });
+                    self.gpus.len() - 1
+                }
+            };
+            let a = &mut self.gpus[i];
+            let r = &g.reading;
+            a.first_t.get_or_insert(s.t_ns);
+            a.last_t = s.t_ns;
+            a.s.usable_total_bytes = g.usable_total_bytes.or(a.s.usable_total_bytes);
+            if g.usable_used_bytes > a.s.usable_used_peak_bytes {
+                a.s.usable_used_peak_bytes = g.usable_used_bytes;
+                a.s.usable_used_peak_t_ns = Some(s.t_ns);
+            }
+            a.s.vram_used_peak_bytes = max_opt(a.s.vram_used_peak_bytes, r.vram_used_bytes);
+            a.s.gtt_used_peak_bytes = max_opt(a.s.gtt_used_peak_bytes, r.gtt_used_bytes);
+            for t in [r.temp_edge_c, r.temp_junction_c, r.temp_mem_c] {
+                a.s.temp_peak_c = max_opt(a.s.temp_peak_c, t);
+            }
+            a.s.power_peak_w = max_opt(a.s.power_peak_w, r.power_w);
+            if let Some(e) = r.energy_j {
+                a.first_energy.get_or_insert(e);
+                a.last_energy = Some(e);
+            }
+            if let Some(p) = r.power_w {
+                if let Some((t, prev)) = a.last_power {
+                    let dt = s.t_ns.saturating_sub(t);
+                    a.integrated_j += (prev + p) / 2.0 * dt as f64 / 1e9;
+                    a.covered_ns += dt;
+                }
+                a.last_power = Some((s.t_ns, p));
+            }
+            if let Some(b) = r.gpu_busy_percent {
+                a.busy_sum += b;
+                a.busy_n += 1;
+            }
+        }
+        for p in &s.gpu_processes {
+            let i = match self.gpu_procs.iter().position(|q| q.pid == p.pid) {
+                Some(i) => i,
+                None => {
+                    self.gpu_procs.push(GpuProcessSummary {
+                        pid: p.pid,
+                        ..GpuProcessSummary::default()
+                    });
+                    self.gpu_procs.len() - 1
+                }
+            };
+            let q = &mut self.gpu_procs[i];
+            q.vram_peak_bytes = q.vram_peak_bytes.max(p.vram_bytes);
+            q.gtt_peak_bytes = q.gtt_peak_bytes.max(p.gtt_bytes);
+            q.kfd_vram_peak_bytes = q.kfd_vram_peak_bytes.max(p.kfd_vram_bytes);
+        }
+    }
+
+    /// Per-GPU peaks with names from `infos`.
+    pub fn gpus(&self, infos: &[GpuInfo]) -> Vec<GpuSummary> {
+        self.gpus
+            .iter()
+            .map(|a| {
+                let mut s = a.s.clone();
+                if let Some(i) = infos.iter().find(|i| i.index == s.index) {
+                    s.name = i.name.clone();
+                    s.vendor = i.vendor.to_string();
+                    s.apu = i.apu;
+                }
+                s.energy_j = match (a.first_energy, a.last_energy) {
+                    (Some(f), Some(l)) if l >= f && a.last_t > a.first_t.unwrap_or(0) => {
+                        Some(l - f)
+                    }
+                    _ => (a.covered_ns > 0).then_some(a.integrated_j),
+                };
+                let span = a.last_t.saturating_sub(a.first_t.unwrap_or(0));
+                s.power_avg_w = match (s.energy_j, a.first_energy) {
+                    (Some(e), Some(_)) if span > 0 => Some(e / (span as f64 / 1e9)),
+                    _ => (a.covered_ns > 0).then(|| a.integrated_j / (a.covered_ns as f64 / 1e9)),
+                };
+                s.busy_avg_percent = (a.busy_n > 0).then(|| a.busy_sum / a.busy_n as f64);
+                s
+            })
+            .collect()
+    }
+
+    pub fn gpu_processes(&self) -> Vec<GpuProcessSummary> {
+        self.gpu_procs.clone()
     }
 
     pub fn add(&mut self, s: &Sample) {
@@ -165,6 +352,7 @@ impl Aggregate {
                 self.cpu_peak_percent = self.cpu_peak_percent.max(pct);
             }
         }
+        self.add_gpus(s);
         self.last = s.clone();
     }
 
@@ -259,6 +447,39 @@ pub fn render(s: &Summary, what: &str) -> String {
         secs(s.overhead.bpf_run_ns),
         s.overhead.bpf_run_count
     );
+    for g in &s.gpus {
+        let gib = |b: Option<u64>| b.map_or("-".to_string(), bytes);
+        let _ = writeln!(
+            o,
+            "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
+            g.index,
+            g.name,
+            if g.apu { " (APU)" } else { "" },
+            if g.apu { "GTT" } else { "VRAM" },
+            gib(g.usable_used_peak_bytes),
+            gib(g.usable_total_bytes),
+            g.usable_used_peak_t_ns.map_or("-".into(), secs),
+            g.temp_peak_c.unwrap_or(f64::NAN),
+            g.power_avg_w.map_or("-".into(), |w| format!("{w:.1} W")),
+            g.power_peak_w.map_or("-".into(), |w| format!("{w:.1} W")),
+            g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
+        );
+    }
+    for p in &s.gpu_processes {
+        let _ = writeln!(
+            o,
+            "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}",
+            p.pid,
+            bytes(p.vram_peak_bytes),
+            bytes(p.gtt_peak_bytes),
+            bytes(p.kfd_vram_peak_bytes)
+        );
+    }
+    if let Some(safety) = &s.safety {
+        for b in &safety.breaches {
+            let _ = writeln!(o, "  {b}");
+        }
+    }
     if !s.processes.is_empty() {
         let _ = writeln!(
             o,

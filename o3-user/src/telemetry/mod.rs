@@ -2,8 +2,12 @@
 //! drives them at absolute deadlines, and process-tree bookkeeping.
 
 pub mod ebpf;
+pub mod gpu;
 pub mod procfs;
+pub mod prometheus;
+pub mod reread;
 pub mod sampler;
+pub mod watchdog;
 
 use serde::Serialize;
 
@@ -41,6 +45,14 @@ pub struct Sample {
     /// System RAM in use (MemTotal - MemAvailable), bytes.
     pub mem_used_bytes: Option<u64>,
     pub mem_total_bytes: Option<u64>,
+    /// System CPU busy since the previous sample, % of all cores (/proc/stat).
+    pub system_cpu_percent: Option<f64>,
+    /// One entry per measured GPU.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<gpu::source::GpuSample>,
+    /// GPU memory per tracked process (on the ticks it is read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_processes: Vec<gpu::fdinfo::ProcessGpu>,
 }
 
 /// A discrete event of the tracked tree, in order.
@@ -69,6 +81,14 @@ pub enum TreeEvent {
         t_ns: u64,
         pid: u32,
         rss_bytes: u64,
+    },
+    /// The watchdog saw a safety threshold crossed.
+    SafetyBreach {
+        t_ns: u64,
+        metric: String,
+        value: f64,
+        limit: f64,
+        gpu: Option<u32>,
     },
 }
 

@@ -2,13 +2,12 @@
 //! re-read pre-opened files with pread under a configurable root (`--procfs-root`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::reread::RereadFile;
 use super::{ProcessPeak, Sample, Source, TreeEvent};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -257,51 +256,6 @@ pub fn parse_children(text: &str) -> Result<Vec<u32>, ParseError> {
         .collect()
 }
 
-/// A procfs file opened once and re-read from offset 0 with pread into a reused buffer.
-pub struct ProcFile {
-    file: File,
-    buf: Vec<u8>,
-}
-
-impl ProcFile {
-    pub fn open(path: &Path) -> io::Result<ProcFile> {
-        Ok(ProcFile {
-            file: File::open(path)?,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// Reads the whole file again. Fails with ESRCH once the process it belongs to is gone.
-    pub fn read(&mut self) -> io::Result<&str> {
-        self.buf.clear();
-        let mut off = 0usize;
-        loop {
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            let len = self.buf.len();
-            let cap = self.buf.capacity();
-            self.buf.resize(cap, 0);
-            let n = self.file.read_at(&mut self.buf[len..], off as u64);
-            match n {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    break;
-                }
-                Ok(n) => {
-                    self.buf.truncate(len + n);
-                    off += n;
-                }
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
-            }
-        }
-        std::str::from_utf8(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-}
-
 /// Reads `/proc/PID/status` once (not on a hot path).
 pub fn read_status(procfs: &Path, pid: u32) -> io::Result<Status> {
     let text = std::fs::read_to_string(procfs.join(pid.to_string()).join("status"))?;
@@ -347,16 +301,44 @@ pub fn descendants(parents: &BTreeMap<u32, u32>, root: u32) -> Vec<u32> {
     out
 }
 
-/// System memory from `/proc/meminfo`.
+/// Busy and total jiffies of all CPUs from the first line of `/proc/stat`
+/// (`cpu  user nice system idle iowait irq softirq steal guest guest_nice`).
+pub fn parse_stat_cpu(text: &str) -> Result<(u64, u64), ParseError> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| malformed("stat", "no `cpu` line"))?;
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|w| {
+            w.parse()
+                .map_err(|_| malformed("stat", format!("`{w}` is not a number")))
+        })
+        .collect::<Result<_, _>>()?;
+    if v.len() < 4 {
+        return Err(malformed("stat", "fewer than 4 cpu fields"));
+    }
+    // guest and guest_nice are already counted in user and nice.
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// System memory (`/proc/meminfo`) and CPU busy (`/proc/stat`).
 pub struct SystemMemory {
-    file: ProcFile,
+    file: RereadFile,
+    stat: Option<RereadFile>,
+    prev_cpu: Option<(u64, u64)>,
     warned: bool,
 }
 
 impl SystemMemory {
     pub fn open(procfs: &Path) -> io::Result<SystemMemory> {
         Ok(SystemMemory {
-            file: ProcFile::open(&procfs.join("meminfo"))?,
+            file: RereadFile::open(&procfs.join("meminfo"))?,
+            stat: RereadFile::open(&procfs.join("stat")).ok(),
+            prev_cpu: None,
             warned: false,
         })
     }
@@ -383,13 +365,25 @@ impl Source for SystemMemory {
             }
             _ => {}
         }
+        if let Some(Ok(Ok((busy, total)))) =
+            self.stat.as_mut().map(|f| f.read().map(parse_stat_cpu))
+        {
+            if let Some((pb, pt)) = self.prev_cpu {
+                let dt = total.saturating_sub(pt);
+                if dt > 0 {
+                    let pct = busy.saturating_sub(pb) as f64 / dt as f64 * 100.0;
+                    out.system_cpu_percent = Some(pct.min(100.0));
+                }
+            }
+            self.prev_cpu = Some((busy, total));
+        }
     }
 }
 
 struct Tracked {
-    stat: ProcFile,
-    statm: ProcFile,
-    children: Option<ProcFile>,
+    stat: RereadFile,
+    statm: RereadFile,
+    children: Option<RereadFile>,
     comm: String,
     cpu_ticks: u64,
 }
@@ -436,7 +430,7 @@ impl ProcTree {
             return Ok(());
         }
         let dir = self.procfs.join(pid.to_string());
-        let mut stat = ProcFile::open(&dir.join("stat"))?;
+        let mut stat = RereadFile::open(&dir.join("stat"))?;
         let comm = stat
             .read()
             .ok()
@@ -445,8 +439,8 @@ impl ProcTree {
             .unwrap_or_default();
         let tracked = Tracked {
             stat,
-            statm: ProcFile::open(&dir.join("statm"))?,
-            children: ProcFile::open(&dir.join(format!("task/{pid}/children"))).ok(),
+            statm: RereadFile::open(&dir.join("statm"))?,
+            children: RereadFile::open(&dir.join(format!("task/{pid}/children"))).ok(),
             comm,
             cpu_ticks: 0,
         };
@@ -649,6 +643,16 @@ mod tests {
     }
 
     #[test]
+    fn stat_cpu_line() {
+        let (busy, total) =
+            parse_stat_cpu("cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 1 2 3 4\n").unwrap();
+        assert_eq!((busy, total), (160, 980));
+        assert!(parse_stat_cpu("intr 1 2\n").is_err());
+        assert!(parse_stat_cpu("cpu  1 x 3 4\n").is_err());
+        assert!(parse_stat_cpu("cpu  1 2\n").is_err());
+    }
+
+    #[test]
     fn children_lists() {
         assert_eq!(parse_children("12 13 \n").unwrap(), vec![12, 13]);
         assert_eq!(parse_children("").unwrap(), Vec::<u32>::new());
@@ -676,17 +680,5 @@ mod tests {
         assert_eq!(s.processes, Some(2));
         assert_eq!(s.cpu_ns, Some((4125 + 310 + 100 + 50) * t.tick_ns));
         assert!(ev.is_empty());
-    }
-
-    #[test]
-    fn proc_file_rereads_and_reports_vanished() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, "1 2 3").unwrap();
-        let mut f = ProcFile::open(&p).unwrap();
-        assert_eq!(f.read().unwrap(), "1 2 3");
-        std::fs::write(&p, "4 5 6 7").unwrap();
-        assert_eq!(f.read().unwrap(), "4 5 6 7");
-        assert!(ProcFile::open(&dir.path().join("missing")).is_err());
     }
 }

@@ -33,6 +33,8 @@ pub struct Methods {
     pub rss: Method,
     pub cpu: Method,
     pub mem_used: Method,
+    /// `ebpf` (kprobes on the amdgpu memory managers) or `sampled`.
+    pub gpu_mem: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +48,8 @@ pub struct Header {
     pub start_unix_ns: u64,
     pub target: serde_json::Value,
     pub methods: Methods,
+    /// The GPUs measured and which reader serves each metric.
+    pub gpus: Vec<crate::telemetry::gpu::source::GpuInfo>,
 }
 
 #[derive(Serialize)]
@@ -139,7 +143,9 @@ mod tests {
                 rss: Method::Ebpf,
                 cpu: Method::Ebpf,
                 mem_used: Method::ProcfsPolling,
+                gpu_mem: "sampled",
             },
+            gpus: Vec::new(),
         };
         w.header(&h).unwrap();
         let s = Sample {

@@ -2,6 +2,8 @@
 //!
 //! The object is built from `o3-ebpf` by the build script and embedded in the binary.
 
+pub mod btf;
+pub mod gpu_mem;
 pub mod tracefs;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -151,6 +153,8 @@ pub struct Loaded {
     proc_cpu: PerCpuHashMap<MapData, u32, u64>,
     mms: HashMap<MapData, u32, MmState>,
     live: Option<EbpfSource>,
+    /// The GPU-memory kprobes, or why they are not attached.
+    pub gpu_mem: Result<gpu_mem::GpuMemProbes, String>,
     pub report: LoadReport,
 }
 
@@ -171,8 +175,10 @@ impl Loaded {
         let dir = tracefs::tracefs_dir(sysfs_root);
         let mounted_tracefs = tracefs::ensure_mounted(&dir)?;
         let offsets = read_offsets(&dir, peak_event_step)?;
+        let gpu_offsets = gpu_mem::loader_offsets(sysfs_root);
         let mut ebpf = EbpfLoader::new()
             .set_global("OFFSETS", &offsets, true)
+            .set_global("GPU_OFFSETS", &gpu_offsets, true)
             .load(EBPF_OBJ)
             .map_err(EbpfError::Load)?;
         for (prog, cat, name) in PROGRAMS {
@@ -186,6 +192,8 @@ impl Loaded {
             p.attach(cat, name)
                 .map_err(|source| EbpfError::Program { prog, source })?;
         }
+        // Exact GPU-memory peaks where the kernel has kprobes and amdgpu is loaded.
+        let gpu_mem = gpu_mem::attach(&mut ebpf, sysfs_root);
         let live = EbpfSource {
             tree: take(&mut ebpf, "TREE")?,
             tree_cpu: take(&mut ebpf, "TREE_CPU")?,
@@ -205,6 +213,7 @@ impl Loaded {
             proc_cpu: take(&mut ebpf, "PROC_CPU")?,
             mms: take(&mut ebpf, "MMS")?,
             live: Some(live),
+            gpu_mem,
             ebpf,
             report: LoadReport {
                 mounted_tracefs,
