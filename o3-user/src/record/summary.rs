@@ -133,6 +133,13 @@ pub struct GpuProcessSummary {
     pub vram_peak_bytes: u64,
     pub gtt_peak_bytes: u64,
     pub kfd_vram_peak_bytes: u64,
+    /// Engine busy over the readings (sum over engines, so it can exceed 100 %); `None` with
+    /// fewer than two readings or no engine time (ROCm compute queues have none).
+    pub engine_busy_avg_percent: Option<f64>,
+    #[serde(skip)]
+    first_engine: Option<(u64, u64)>,
+    #[serde(skip)]
+    last_engine: Option<(u64, u64)>,
 }
 
 /// Exact GPU-memory allocation peak of one amdgpu memory manager (kprobes), counted from the
@@ -294,6 +301,8 @@ impl Aggregate {
             q.vram_peak_bytes = q.vram_peak_bytes.max(p.vram_bytes);
             q.gtt_peak_bytes = q.gtt_peak_bytes.max(p.gtt_bytes);
             q.kfd_vram_peak_bytes = q.kfd_vram_peak_bytes.max(p.kfd_vram_bytes);
+            q.first_engine.get_or_insert((s.t_ns, p.engine_ns));
+            q.last_engine = Some((s.t_ns, p.engine_ns));
         }
     }
 
@@ -326,7 +335,15 @@ impl Aggregate {
     }
 
     pub fn gpu_processes(&self) -> Vec<GpuProcessSummary> {
-        self.gpu_procs.clone()
+        let mut out = self.gpu_procs.clone();
+        for p in out.iter_mut() {
+            if let (Some((t0, e0)), Some((t1, e1))) = (p.first_engine, p.last_engine) {
+                p.engine_busy_avg_percent =
+                    crate::telemetry::gpu::fdinfo::busy_percent(e0, e1, t1.saturating_sub(t0))
+                        .filter(|_| e1 > 0);
+            }
+        }
+        out
     }
 
     pub fn add(&mut self, s: &Sample) {
@@ -468,11 +485,13 @@ pub fn render(s: &Summary, what: &str) -> String {
     for p in &s.gpu_processes {
         let _ = writeln!(
             o,
-            "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}",
+            "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}, engines busy {}",
             p.pid,
             bytes(p.vram_peak_bytes),
             bytes(p.gtt_peak_bytes),
-            bytes(p.kfd_vram_peak_bytes)
+            bytes(p.kfd_vram_peak_bytes),
+            p.engine_busy_avg_percent
+                .map_or("-".into(), |b| format!("{b:.1} %"))
         );
     }
     if let Some(safety) = &s.safety {
@@ -560,6 +579,53 @@ mod tests {
         let m = a.system_memory().unwrap();
         assert_eq!((m.used_peak_bytes, m.used_peak_t_ns), (50, 10_000_000));
         assert_eq!(a.samples, 3);
+    }
+
+    #[test]
+    fn gpu_peaks_energy_and_process_busy() {
+        use crate::telemetry::gpu::fdinfo::ProcessGpu;
+        use crate::telemetry::gpu::source::GpuSample;
+        use crate::telemetry::gpu::GpuReading;
+        let mut a = Aggregate::new(10_000_000);
+        for (t, used, w, engine) in [
+            (0u64, 1u64, 100.0, 0u64),
+            (1, 5, 200.0, 500),
+            (2, 3, 100.0, 1000),
+        ] {
+            a.add(&Sample {
+                t_ns: t * 1_000_000_000,
+                gpus: vec![GpuSample {
+                    index: 0,
+                    reading: GpuReading {
+                        power_w: Some(w),
+                        temp_edge_c: Some(40.0 + t as f64),
+                        ..GpuReading::default()
+                    },
+                    usable_used_bytes: Some(used << 30),
+                    usable_total_bytes: Some(16 << 30),
+                    asleep: false,
+                }],
+                gpu_processes: vec![ProcessGpu {
+                    pid: 7,
+                    gtt_bytes: used << 20,
+                    engine_ns: engine * 1_000_000,
+                    ..ProcessGpu::default()
+                }],
+                ..Sample::default()
+            });
+        }
+        let g = &a.gpus(&[])[0];
+        assert_eq!(g.usable_used_peak_bytes, Some(5 << 30));
+        assert_eq!(g.usable_used_peak_t_ns, Some(1_000_000_000));
+        // Trapezoids: (100+200)/2 + (200+100)/2 = 300 J over 2 s.
+        assert_eq!(g.energy_j, Some(300.0));
+        assert_eq!(g.power_avg_w, Some(150.0));
+        assert_eq!(g.power_peak_w, Some(200.0));
+        assert_eq!(g.temp_peak_c, Some(42.0));
+        let p = &a.gpu_processes()[0];
+        assert_eq!(p.gtt_peak_bytes, 5 << 20);
+        // 1000 ms of engine time over 2 s.
+        assert_eq!(p.engine_busy_avg_percent, Some(50.0));
     }
 
     #[test]
