@@ -3,7 +3,9 @@
 //!
 //! Data flows one way: `cli` → `record` → `telemetry` / `trace` → `o3-common`.
 
+pub mod backend;
 pub mod cli;
+pub mod probe;
 pub mod record;
 pub mod telemetry;
 pub mod trace;

@@ -1,9 +1,13 @@
 //! o3's build automation. `cargo xtask <task>`:
 //!
-//!   setup          install what building needs: rust-src, bpf-linker (matching rustc's LLVM)
+//!   setup          install what building and testing need: rust-src, bpf-linker (matching
+//!                  rustc's LLVM), and a real LLM server for the tests (llama-cpp-python in
+//!                  ~/.cache/o3/venv, a tiny GGUF model; see tests/server/README.md)
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
+//!   server         setup, then serve the test model in the foreground (OpenAI-compatible, at
+//!                  http://127.0.0.1:8000/v1) for manual use
 //!
 //! Nothing here depends on o3 itself, so it builds on a fresh machine before anything else.
 
@@ -68,6 +72,26 @@ fn main_job() -> Result<()> {
         .arg(&trace)
         .args(["--", "sh", "-c", &script]))?;
     eprintln!("xtask: trace written to {}", trace.display());
+    // One configuration of a real LLM server measured: llama-cpp-python serving the tiny test
+    // model, prompts filling 90 % of an 8192-token context, real inference.
+    let server = setup::test_server()?;
+    let launch = format!(
+        "{} -m llama_cpp.server --model {{model}} --n_ctx {{ctx}} --n_batch {{batch}} --n_threads 2 --host {{host}} --port {{port}}",
+        server.python.display()
+    );
+    run(Command::new(&o3)
+        .args(["probe", "--backend", "openai", "--model"])
+        .arg(&server.model)
+        .args([
+            "--ctx",
+            "8192",
+            "--batch",
+            "256",
+            "--samples",
+            "3",
+            "--launch",
+            &launch,
+        ]))?;
     Ok(())
 }
 
@@ -80,8 +104,11 @@ fn test() -> Result<()> {
             "xtask: not root: the eBPF integration tests will be skipped (each says why); run as root for the full suite"
         );
     }
+    let server = setup::test_server()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "o3-ebpf"]);
+    cmd.args(["test", "--workspace", "--exclude", "o3-ebpf"])
+        .env("O3_TEST_PYTHON", &server.python)
+        .env("O3_TEST_MODEL", &server.model);
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -110,15 +137,58 @@ fn test() -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // The Ollama simulator's own self-test (its truth underlies the optimizer's tests).
+    let sim = Command::new("python3")
+        .args(["-m", "unittest", "tests/sim/test_ollama_sim.py"])
+        .current_dir(root())
+        .output()
+        .context("running python3 for the simulator's self-test")?;
+    let sim_err = String::from_utf8_lossy(&sim.stderr);
+    eprint!("{sim_err}");
+    let sim_ran: u64 = sim_err
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    if sim.status.success() {
+        passed += sim_ran;
+    } else {
+        failed += sim_ran.max(1);
+    }
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("cargo test failed with {status}");
+    }
+    if !sim.status.success() {
+        bail!("the simulator's self-test failed");
     }
     Ok(())
 }
 
 extern "C" {
     fn geteuid() -> u32;
+}
+
+/// Serves the test model in the foreground: this process becomes the server.
+fn server() -> Result<()> {
+    setup::setup()?;
+    let s = setup::test_server()?;
+    let mut cmd = Command::new(&s.python);
+    cmd.args(["-m", "llama_cpp.server", "--model"])
+        .arg(&s.model)
+        .args(["--n_ctx", "4096", "--host", "127.0.0.1", "--port", "8000"]);
+    eprintln!("xtask: {cmd:?}");
+    eprintln!(
+        "xtask: serving {} at http://127.0.0.1:8000/v1 (Ctrl-C stops it)",
+        s.model.display()
+    );
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Err(err).context("starting llama_cpp.server")
 }
 
 fn main() -> ExitCode {
@@ -129,8 +199,9 @@ fn main() -> ExitCode {
         ["run"] => main_job(),
         ["test"] => test(),
         ["bench", "record"] => bench::record(),
+        ["server"] => server(),
         _ => {
-            eprintln!("usage: cargo xtask setup | run | test | bench record");
+            eprintln!("usage: cargo xtask setup | run | test | bench record | server");
             return ExitCode::from(2);
         }
     };

@@ -2,14 +2,19 @@
 //! - rust-src (the kernel programs build `core` for bpfel-unknown-none);
 //! - bpf-linker, built from crates.io against the LLVM that ships inside this rustc, with the
 //!   LLVM feature derived from `rustc -vV`; cached under ~/.cache/o3 with a stamp, so a second
-//!   run is instant and a toolchain change rebuilds it.
+//!   run is instant and a toolchain change rebuilds it;
+//! - a real OpenAI-compatible LLM server for the tests: PyPI llama-cpp-python (which compiles
+//!   llama.cpp from source, 5-6 minutes on 2 cores) in a venv at ~/.cache/o3/venv, and a tiny
+//!   random-weight llama GGUF model made by tests/server/make_model.py at
+//!   ~/.cache/o3/models/o3-tiny-llama.gguf; each keyed by a stamp file (the pins; the script's
+//!   sha256), so a second run is instant.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::run;
+use crate::{root, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -123,7 +128,122 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// The Python packages of the test server's venv, pinned. Changing one reinstalls them.
+const LLAMA_CPP_PYTHON: &str = "llama-cpp-python[server]==0.3.36";
+const GGUF: &str = "gguf==0.19.0";
+const NUMPY: &str = "numpy==2.2.6";
+/// Portable llama.cpp build: no -march=native, so the cached venv survives a change of CPU.
+const CMAKE_ARGS: &str = "-DGGML_NATIVE=OFF";
+const MODEL_NAME: &str = "o3-tiny-llama";
+
+/// A real OpenAI-compatible LLM server for tests: start it as
+/// `<python> -m llama_cpp.server --model <model> --n_ctx N --host 127.0.0.1 --port P`.
+pub struct TestServer {
+    /// The venv's python, with llama-cpp-python[server], gguf and numpy installed.
+    pub python: PathBuf,
+    /// A tiny random-weight llama GGUF model (trained context 131072), made by
+    /// tests/server/make_model.py.
+    pub model: PathBuf,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `python3 -m venv DIR`; where the venv module or ensurepip is missing, installs Debian's
+/// python3-venv when root, else says what to install.
+fn make_venv(dir: &Path) -> Result<()> {
+    let create = || -> Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the broken venv {}", dir.display()))?;
+        }
+        eprintln!("xtask: creating a Python venv at {}", dir.display());
+        output(Command::new("python3").args(["-m", "venv"]).arg(dir)).map(drop)
+    };
+    let Err(e) = create() else {
+        return Ok(());
+    };
+    if !(is_root() && Path::new("/etc/debian_version").exists()) {
+        bail!(
+            "`python3 -m venv` failed: install python3 with its venv module and ensurepip (Debian: apt-get install python3-venv) ({})",
+            format!("{e:#}").lines().last().unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "xtask: `python3 -m venv` failed ({}); installing Debian's python3-venv",
+        format!("{e:#}").trim()
+    );
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "python3", "python3-venv"]))?;
+    create()
+}
+
+/// The venv at ~/.cache/o3/venv with the pinned packages; returns its python.
+fn server_venv() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("venv");
+    let python = dir.join("bin/python");
+    let stamp_file = dir.join("o3-stamp");
+    let stamp = format!("{LLAMA_CPP_PYTHON} {GGUF} {NUMPY} CMAKE_ARGS={CMAKE_ARGS}\n");
+    // is_file follows the symlink: false when the python the venv was made from is gone.
+    if python.is_file() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(python);
+    }
+    if !python.is_file() {
+        make_venv(&dir)?;
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    eprintln!("xtask: building llama-cpp-python (about 6 minutes on 2 cores, once)");
+    let started = std::time::Instant::now();
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check"])
+        .args([LLAMA_CPP_PYTHON, GGUF, NUMPY])
+        .env("CMAKE_ARGS", CMAKE_ARGS)
+        .env("CMAKE_BUILD_PARALLEL_LEVEL", jobs.to_string()))
+    .context("installing llama-cpp-python (it compiles llama.cpp: needs gcc and g++)")?;
+    eprintln!(
+        "xtask: llama-cpp-python installed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(&stamp_file, stamp)?;
+    Ok(python)
+}
+
+/// The test model, regenerated when tests/server/make_model.py or the pins change.
+fn test_model(python: &Path) -> Result<PathBuf> {
+    let script = root().join("tests/server/make_model.py");
+    let dir = cache_dir()?.join("models");
+    let model = dir.join(format!("{MODEL_NAME}.gguf"));
+    let stamp_file = dir.join(format!("{MODEL_NAME}.stamp"));
+    let sha = output(
+        Command::new(python)
+            .args([
+                "-c",
+                "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())",
+            ])
+            .arg(&script),
+    )?;
+    let stamp = format!("make_model.py sha256 {} {GGUF} {NUMPY}\n", sha.trim());
+    if model.is_file() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(model);
+    }
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask: generating the test model {}", model.display());
+    run(Command::new(python).arg(&script).arg(&model))?;
+    std::fs::write(&stamp_file, stamp)?;
+    Ok(model)
+}
+
+/// Installs (once) and returns the real LLM server the tests run against.
+pub fn test_server() -> Result<TestServer> {
+    let python = server_venv()?;
+    let model = test_model(&python)?;
+    Ok(TestServer { python, model })
+}
+
 pub fn setup() -> Result<()> {
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    test_server().map(drop)
 }

@@ -2,6 +2,7 @@
 
 mod doctor;
 mod monitor;
+mod probe;
 mod record;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command (or attach to a process tree) and report its exact peak memory and CPU.
     Record(record::RecordArgs),
+    /// Measure one serving configuration of an LLM server and print one result row.
+    Probe(Box<probe::ProbeArgs>),
     /// Live system and GPU view (one line per refresh, JSON lines, or a Prometheus endpoint).
     Monitor(monitor::MonitorArgs),
     /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes, GPUs).
@@ -87,6 +90,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Record(a) => record::run(&cli.roots, a),
         Command::Monitor(a) => monitor::run(&cli.roots, a),
+        Command::Probe(a) => probe::run(&cli.roots, *a),
         Command::Doctor(a) => doctor::run(&cli.roots, a),
     };
     match result {

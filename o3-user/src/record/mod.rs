@@ -2,7 +2,7 @@
 //! summarise exact peaks.
 
 pub mod signals;
-pub mod spawn;
+pub use crate::util::spawn;
 pub mod summary;
 
 use std::ffi::OsString;

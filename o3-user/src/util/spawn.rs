@@ -77,6 +77,14 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(command: &[OsString]) -> Result<Prepared, SpawnError> {
+        Prepared::with_env(command, &[])
+    }
+
+    /// As [`Prepared::new`], with `extra` variables set (or replaced) in the environment.
+    pub fn with_env(
+        command: &[OsString],
+        extra: &[(String, String)],
+    ) -> Result<Prepared, SpawnError> {
         let program = command.first().ok_or(SpawnError::NotFound(String::new()))?;
         let path = resolve(program, std::env::var_os("PATH").as_deref())?;
         let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Nul);
@@ -85,7 +93,9 @@ impl Prepared {
             .map(|a| c(a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
         let envp = std::env::vars_os()
-            .map(|(k, v)| {
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| k.as_bytes() == e.as_bytes()))
+            .chain(extra.iter().map(|(k, v)| (k.into(), v.into())))
+            .map(|(k, v): (OsString, OsString)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
                 kv.extend_from_slice(v.as_bytes());
@@ -126,6 +136,17 @@ fn pipe() -> Result<(libc::c_int, libc::c_int), SpawnError> {
 /// Forks; the child blocks until [`Held::release`]. Call before starting any thread that
 /// holds locks the child could need (the child calls only read, execve, write, _exit).
 pub fn fork_held(p: &Prepared) -> Result<Held, SpawnError> {
+    fork_held_with(p, None, false)
+}
+
+/// As [`fork_held`], with the child's stderr (and stdout) sent to `output` when given, and
+/// the child in a new process group of its own when `own_group` (so the whole group can be
+/// stopped: a server's workers included).
+pub fn fork_held_with(
+    p: &Prepared,
+    output: Option<libc::c_int>,
+    own_group: bool,
+) -> Result<Held, SpawnError> {
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
@@ -143,6 +164,13 @@ pub fn fork_held(p: &Prepared) -> Result<Held, SpawnError> {
         unsafe {
             libc::close(go_w);
             libc::close(err_r);
+            if let Some(fd) = output {
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+            }
+            if own_group {
+                libc::setpgid(0, 0);
+            }
             let mut b = 0u8;
             loop {
                 let n = libc::read(go_r, &mut b as *mut u8 as *mut libc::c_void, 1);

@@ -1,0 +1,159 @@
+//! LLM server backends: the configuration a probe applies, how one request streams back, and
+//! how every way of failing is classified as data (never an error that ends a run).
+//!
+//! Protocol modules (`ollama`, `llama_server`, `openai`) parse their server's formats into the
+//! types here; `classify` maps error texts and exit statuses to an [`OutcomeClass`].
+
+pub mod classify;
+pub mod http;
+pub mod launch;
+pub mod llama_server;
+pub mod ollama;
+pub mod openai;
+
+use serde::Serialize;
+
+/// A serving configuration. `None` leaves the server's default; a field a backend cannot set
+/// is reported as "fixed by the server", never silently dropped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProbeConfig {
+    /// Context length per slot (tokens).
+    pub ctx: u32,
+    pub batch: Option<u32>,
+    pub ubatch: Option<u32>,
+    /// Parallel slots.
+    pub parallel: Option<u32>,
+    /// Layers offloaded to the GPU (-1: all / automatic).
+    pub gpu_layers: Option<i32>,
+    pub flash_attn: Option<bool>,
+    /// KV cache types, e.g. `f16`, `q8_0`, `q4_0`.
+    pub cache_type_k: Option<String>,
+    pub cache_type_v: Option<String>,
+    pub threads: Option<u32>,
+}
+
+/// How a probe (or one sample of it) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeClass {
+    Ok,
+    /// Out of memory (host or device), from the server's error text or stderr.
+    Oom,
+    /// The server or model did not load (bad path, bad flags, never became ready).
+    LoadFailed,
+    /// The prompt did not fit the context.
+    ContextExceeded,
+    /// The server silently used a smaller context than requested.
+    Clamped,
+    /// Layers spilled to the CPU (a degraded configuration, not a success).
+    CpuSpill,
+    Timeout,
+    /// The server process died (exit status or signal recorded).
+    Crashed,
+    /// Any other HTTP or protocol failure (malformed JSON/SSE included).
+    HttpError,
+    /// The safety watchdog stopped the probe.
+    SafetyAbort,
+}
+
+/// Server-side timings of one request, as the server reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Prompt tokens actually evaluated (not served from a cache).
+    pub prompt_tokens: Option<u64>,
+    pub prompt_ms: Option<f64>,
+    /// Prompt tokens served from the prompt cache.
+    pub cached_tokens: Option<u64>,
+    pub predicted_tokens: Option<u64>,
+    pub predicted_ms: Option<f64>,
+    /// Model load time included in this request (Ollama's `load_duration`), ms.
+    pub load_ms: Option<f64>,
+    /// Why generation stopped (`stop`, `length`, ...).
+    pub stop_reason: Option<String>,
+}
+
+impl Timings {
+    /// Fills the fields this one lacks from `other` (a stream can end with several final
+    /// messages, e.g. a finish reason, then usage, then `[DONE]`).
+    pub fn merge(&mut self, other: Timings) {
+        macro_rules! m {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = other.$f; } )* };
+        }
+        m!(
+            prompt_tokens,
+            prompt_ms,
+            cached_tokens,
+            predicted_tokens,
+            predicted_ms,
+            load_ms,
+            stop_reason
+        );
+    }
+
+    pub fn prefill_tokens_per_s(&self) -> Option<f64> {
+        rate(self.prompt_tokens?, self.prompt_ms?)
+    }
+
+    pub fn decode_tokens_per_s(&self) -> Option<f64> {
+        rate(self.predicted_tokens?, self.predicted_ms?)
+    }
+}
+
+fn rate(tokens: u64, ms: f64) -> Option<f64> {
+    (ms > 0.0).then(|| tokens as f64 / ms * 1000.0)
+}
+
+/// One parsed item of a streamed response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// Generated text (one or more tokens).
+    Token(String),
+    /// The final object, with the server's timings.
+    Done(Timings),
+    /// An error reported inside the stream after a 200 status.
+    Error(String),
+}
+
+/// A malformed line or body: names the offending text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: `{line}`")]
+pub struct ProtocolError {
+    pub what: String,
+    /// The offending line (truncated to 200 characters).
+    pub line: String,
+}
+
+impl ProtocolError {
+    pub fn new(what: impl Into<String>, line: &str) -> ProtocolError {
+        let line: String = line.chars().take(200).collect();
+        ProtocolError {
+            what: what.into(),
+            line,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_from_timings() {
+        let t = Timings {
+            prompt_tokens: Some(512),
+            prompt_ms: Some(256.0),
+            predicted_tokens: Some(64),
+            predicted_ms: Some(0.0),
+            ..Timings::default()
+        };
+        assert_eq!(t.prefill_tokens_per_s(), Some(2000.0));
+        assert_eq!(t.decode_tokens_per_s(), None);
+    }
+
+    #[test]
+    fn protocol_errors_truncate_the_line() {
+        let e = ProtocolError::new("bad JSON", &"x".repeat(500));
+        assert_eq!(e.line.len(), 200);
+        assert!(e.to_string().starts_with("bad JSON: `xxx"));
+    }
+}

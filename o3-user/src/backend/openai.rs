@@ -1,0 +1,404 @@
+//! Any OpenAI-compatible server o3 launches from a command template (vLLM, llama-cpp-python's
+//! server, ...): the template with its placeholders, the `/v1/completions` request, and the
+//! server-sent events of its streamed answer.
+
+use serde_json::json;
+
+use super::{ProbeConfig, ProtocolError, StreamEvent, Timings};
+
+/// Placeholders a template may use.
+pub const PLACEHOLDERS: &[&str] = &[
+    "model",
+    "ctx",
+    "ctx_total",
+    "batch",
+    "ubatch",
+    "parallel",
+    "gpu_layers",
+    "flash_attn",
+    "cache_type_k",
+    "cache_type_v",
+    "threads",
+    "host",
+    "port",
+];
+
+/// A parsed launch template: words with `{placeholders}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    words: Vec<String>,
+}
+
+/// Splits a command line like a POSIX shell does for words: whitespace separates, single and
+/// double quotes group, backslash escapes.
+fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => return Err("unterminated ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x) => cur.push(x),
+                            None => return Err("trailing backslash".into()),
+                        },
+                        Some(x) => cur.push(x),
+                        None => return Err("unterminated \" quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(x) => cur.push(x),
+                    None => return Err("trailing backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn placeholders_in(word: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut rest = word;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{word}`"))?;
+        out.push(after[..close].to_string());
+        rest = &after[close + 1..];
+    }
+    Ok(out)
+}
+
+impl Template {
+    /// Parses and checks a template: known placeholders only, and `{port}` and `{ctx}` (or
+    /// `{ctx_total}`) present, since o3 must choose the port and set the context.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let words = split_words(text).map_err(|e| format!("launch template: {e}"))?;
+        if words.is_empty() {
+            return Err(
+                "launch template is empty: give the server's command line with {port} and {ctx}"
+                    .into(),
+            );
+        }
+        let mut seen = Vec::new();
+        for w in &words {
+            for p in placeholders_in(w).map_err(|e| format!("launch template: {e}"))? {
+                if !PLACEHOLDERS.contains(&p.as_str()) {
+                    return Err(format!(
+                        "launch template: unknown placeholder {{{p}}} (known: {})",
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                }
+                seen.push(p);
+            }
+        }
+        for need in ["port", "ctx"] {
+            let ok = seen
+                .iter()
+                .any(|p| p == need || (need == "ctx" && p == "ctx_total"));
+            if !ok {
+                return Err(format!(
+                    "launch template has no {{{need}}}: o3 must set the server's {}",
+                    if need == "port" {
+                        "port (it picks a free one)"
+                    } else {
+                        "context length"
+                    }
+                ));
+            }
+        }
+        Ok(Template { words })
+    }
+
+    /// Placeholders the template uses (a configuration field it does not use is fixed by
+    /// the server).
+    pub fn uses(&self, name: &str) -> bool {
+        self.words
+            .iter()
+            .any(|w| w.contains(&format!("{{{name}}}")))
+    }
+
+    /// The command line for one configuration. A placeholder whose value the configuration
+    /// does not give is an error naming it.
+    pub fn fill(
+        &self,
+        cfg: &ProbeConfig,
+        model: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<String>, String> {
+        let value = |p: &str| -> Option<String> {
+            Some(match p {
+                "model" => model.to_string(),
+                "ctx" => cfg.ctx.to_string(),
+                "ctx_total" => (cfg.ctx * cfg.parallel.unwrap_or(1)).to_string(),
+                "batch" => cfg.batch?.to_string(),
+                "ubatch" => cfg.ubatch?.to_string(),
+                "parallel" => cfg.parallel.unwrap_or(1).to_string(),
+                "gpu_layers" => cfg.gpu_layers?.to_string(),
+                "flash_attn" => (if cfg.flash_attn? { "true" } else { "false" }).to_string(),
+                "cache_type_k" => cfg.cache_type_k.clone()?,
+                "cache_type_v" => cfg.cache_type_v.clone()?,
+                "threads" => cfg.threads?.to_string(),
+                "host" => host.to_string(),
+                "port" => port.to_string(),
+                _ => return None,
+            })
+        };
+        self.words
+            .iter()
+            .map(|w| {
+                let mut out = w.clone();
+                for p in placeholders_in(w)? {
+                    let v = value(&p).ok_or_else(|| {
+                        format!(
+                            "the launch template uses {{{p}}} but no value was given (--{})",
+                            p.replace('_', "-")
+                        )
+                    })?;
+                    out = out.replace(&format!("{{{p}}}"), &v);
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// Configuration fields this template cannot set.
+    pub fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |set: bool, names: &[&str], field: &'static str| {
+            if set && !names.iter().any(|n| self.uses(n)) {
+                out.push(field);
+            }
+        };
+        check(cfg.batch.is_some(), &["batch"], "batch");
+        check(cfg.ubatch.is_some(), &["ubatch"], "ubatch");
+        check(cfg.parallel.is_some(), &["parallel"], "parallel");
+        check(cfg.gpu_layers.is_some(), &["gpu_layers"], "gpu_layers");
+        check(cfg.flash_attn.is_some(), &["flash_attn"], "flash_attn");
+        check(
+            cfg.cache_type_k.is_some(),
+            &["cache_type_k"],
+            "cache_type_k",
+        );
+        check(
+            cfg.cache_type_v.is_some(),
+            &["cache_type_v"],
+            "cache_type_v",
+        );
+        check(cfg.threads.is_some(), &["threads"], "threads");
+        out
+    }
+}
+
+/// Body of `POST /v1/completions`, streamed, greedy, seeded.
+pub fn completion_request(
+    model: &str,
+    prompt: &str,
+    max_tokens: u32,
+    seed: u32,
+) -> serde_json::Value {
+    json!({
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": seed,
+        "stream": true,
+    })
+}
+
+/// One line of the server-sent events of `/v1/completions`.
+pub fn parse_sse_line(line: &str) -> Result<Option<StreamEvent>, ProtocolError> {
+    let line = line.trim_end();
+    let Some(data) = line.strip_prefix("data:") else {
+        // Blank separators, `event:`/`id:` fields and `:` comments carry no payload.
+        return Ok(None);
+    };
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(Some(StreamEvent::Done(Timings::default())));
+    }
+    let v: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| ProtocolError::new(format!("bad JSON in event ({e})"), line))?;
+    if let Some(err) = v.get("error") {
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| err.to_string());
+        return Ok(Some(StreamEvent::Error(msg)));
+    }
+    let choice = v.get("choices").and_then(|c| c.get(0));
+    let text = choice
+        .and_then(|c| c.get("text"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    let finish = choice
+        .and_then(|c| c.get("finish_reason"))
+        .and_then(|f| f.as_str());
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        if text.is_empty() {
+            return Ok(Some(StreamEvent::Done(Timings {
+                prompt_tokens: usage.get("prompt_tokens").and_then(|n| n.as_u64()),
+                predicted_tokens: usage.get("completion_tokens").and_then(|n| n.as_u64()),
+                stop_reason: finish.map(str::to_string),
+                ..Timings::default()
+            })));
+        }
+    }
+    if choice.is_none() {
+        return Err(ProtocolError::new("event has no choices", line));
+    }
+    if text.is_empty() {
+        return Ok(finish.map(|f| {
+            StreamEvent::Done(Timings {
+                stop_reason: Some(f.to_string()),
+                ..Timings::default()
+            })
+        }));
+    }
+    Ok(Some(StreamEvent::Token(text.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA_CPP_PYTHON: &str = "{python} -m llama_cpp.server --model {model} --n_ctx {ctx} --n_batch {batch} --host {host} --port {port}";
+
+    #[test]
+    fn template_needs_port_and_ctx_and_known_placeholders() {
+        let e = Template::parse("server --model {model} --ctx {ctx}").unwrap_err();
+        assert!(e.contains("no {port}"), "{e}");
+        let e = Template::parse("server --port {port}").unwrap_err();
+        assert!(e.contains("no {ctx}"), "{e}");
+        let e = Template::parse("server {port} {ctx} {bogus}").unwrap_err();
+        assert!(e.contains("unknown placeholder {bogus}"), "{e}");
+        assert!(Template::parse("").unwrap_err().contains("empty"));
+        assert!(Template::parse("server '{port} {ctx}")
+            .unwrap_err()
+            .contains("quote"));
+        assert!(Template::parse(LLAMA_CPP_PYTHON)
+            .unwrap_err()
+            .contains("{python}"));
+    }
+
+    #[test]
+    fn fills_values_and_names_missing_ones() {
+        let t =
+            Template::parse("srv -m '{model}' -c {ctx_total} -b {batch} --port={port}").unwrap();
+        let cfg = ProbeConfig {
+            ctx: 4096,
+            batch: Some(256),
+            parallel: Some(2),
+            ..ProbeConfig::default()
+        };
+        let argv = t.fill(&cfg, "/m/a b.gguf", "127.0.0.1", 8123).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "srv",
+                "-m",
+                "/m/a b.gguf",
+                "-c",
+                "8192",
+                "-b",
+                "256",
+                "--port=8123"
+            ]
+        );
+        let e = t
+            .fill(
+                &ProbeConfig {
+                    ctx: 1,
+                    ..ProbeConfig::default()
+                },
+                "m",
+                "h",
+                1,
+            )
+            .unwrap_err();
+        assert!(e.contains("{batch}") && e.contains("--batch"), "{e}");
+        // The template sizes the context for two slots but cannot set the slot count.
+        assert_eq!(t.fixed_by_server(&cfg), vec!["parallel"]);
+        let cfg = ProbeConfig {
+            threads: Some(4),
+            parallel: None,
+            ..cfg
+        };
+        assert_eq!(t.fixed_by_server(&cfg), vec!["threads"]);
+    }
+
+    #[test]
+    fn sse_lines() {
+        let tok = r#"data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"text":" hi","index":0,"logprobs":null,"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_sse_line(tok).unwrap(),
+            Some(StreamEvent::Token(" hi".into()))
+        );
+        let fin = r#"data: {"choices":[{"text":"","index":0,"finish_reason":"length"}]}"#;
+        assert_eq!(
+            parse_sse_line(fin).unwrap(),
+            Some(StreamEvent::Done(Timings {
+                stop_reason: Some("length".into()),
+                ..Timings::default()
+            }))
+        );
+        assert_eq!(
+            parse_sse_line("data: [DONE]").unwrap(),
+            Some(StreamEvent::Done(Timings::default()))
+        );
+        assert_eq!(parse_sse_line("").unwrap(), None);
+        assert_eq!(parse_sse_line(": ping").unwrap(), None);
+        let err = r#"data: {"error":{"message":"out of memory","type":"server_error"}}"#;
+        assert_eq!(
+            parse_sse_line(err).unwrap(),
+            Some(StreamEvent::Error("out of memory".into()))
+        );
+        let bad = parse_sse_line("data: {not json").unwrap_err();
+        assert!(bad.line.contains("{not json"));
+        assert!(parse_sse_line(r#"data: {"id":1}"#).is_err());
+        let usage = r#"data: {"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":8}}"#;
+        let Some(StreamEvent::Done(t)) = parse_sse_line(usage).unwrap() else {
+            panic!()
+        };
+        assert_eq!((t.prompt_tokens, t.predicted_tokens), (Some(100), Some(8)));
+    }
+}

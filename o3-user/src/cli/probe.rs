@@ -1,0 +1,269 @@
+//! `o3 probe`: measure one configuration of a server and print one result row.
+
+use std::time::Duration;
+
+use crate::backend::llama_server;
+use crate::backend::openai::Template;
+use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::probe::{self, BackendSpec, ProbeSpec};
+use crate::telemetry::ebpf::Loaded;
+use crate::util::duration;
+
+use super::{CliResult, Roots};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// Any OpenAI-compatible server launched from --launch TEMPLATE.
+    Openai,
+    /// llama.cpp's llama-server (--server-bin), launched with explicit flags.
+    LlamaServer,
+    /// A running Ollama server (--url), per-request options.
+    Ollama,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    duration::parse_in_range(s, Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+fn parse_fill(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a fraction (0.05 to 1.0)"))?;
+    if !(0.05..=1.0).contains(&v) {
+        return Err(format!("{v} is out of range: accepted 0.05 to 1.0"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example (llama-cpp-python's server):\n  o3 probe --backend openai --model model.gguf --ctx 8192 --batch 256 \\\n    --launch 'python3 -m llama_cpp.server --model {model} --n_ctx {ctx} --n_batch {batch} --port {port}'"
+)]
+pub struct ProbeArgs {
+    #[arg(long, value_enum, default_value = "ollama")]
+    pub backend: BackendArg,
+    /// Model name (Ollama) or path (the {model} placeholder; llama-server's -m).
+    #[arg(long)]
+    pub model: String,
+    /// Ollama's address.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub url: String,
+    /// The llama-server binary.
+    #[arg(long, value_name = "PATH", default_value = "llama-server")]
+    pub server_bin: String,
+    /// Command line that starts the server, with placeholders {model} {ctx} {ctx_total}
+    /// {batch} {ubatch} {parallel} {gpu_layers} {flash_attn} {cache_type_k} {cache_type_v}
+    /// {threads} {host} {port}; {port} and {ctx} are required.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub launch: Option<String>,
+    /// Path polled until it answers 200.
+    #[arg(long, default_value = "/v1/models")]
+    pub ready: String,
+    /// Tokenizer endpoint (`{"input": text}` → `{"tokens": [...]}`); "none" to estimate.
+    #[arg(long, default_value = "/extras/tokenize")]
+    pub tokenize: String,
+    /// Context length per slot (tokens).
+    #[arg(long)]
+    pub ctx: u32,
+    #[arg(long)]
+    pub batch: Option<u32>,
+    #[arg(long)]
+    pub ubatch: Option<u32>,
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub gpu_layers: Option<i32>,
+    #[arg(long)]
+    pub flash_attn: Option<bool>,
+    #[arg(long)]
+    pub cache_type_k: Option<String>,
+    #[arg(long)]
+    pub cache_type_v: Option<String>,
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Measured samples after one warm-up request.
+    #[arg(long, default_value_t = 3)]
+    pub samples: u32,
+    /// Tokens generated per sample.
+    #[arg(long, default_value_t = 32)]
+    pub output_tokens: u32,
+    /// Fraction of the context the prompt fills.
+    #[arg(long, default_value = "0.9", value_parser = parse_fill)]
+    pub fill: f64,
+    /// Exact prompt length in tokens instead of --fill (may exceed the context, to test it).
+    #[arg(long, value_name = "N")]
+    pub prompt_tokens: Option<u32>,
+    /// Cap on prompt tokens (huge contexts stay affordable; the result states the target).
+    #[arg(long, default_value_t = 32768)]
+    pub max_prompt_tokens: u32,
+    /// Per-request timeout (default: 60 s + 0.5 s per 1k context + 0.2 s per batch unit,
+    /// within 30–300 s).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Longest wait for the server to become ready.
+    #[arg(long, default_value = "300s", value_parser = parse_timeout)]
+    pub load_timeout: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Watch safety limits (as `o3 record --safety`): a breach stops the server and the
+    /// probe ends as `safety_abort`.
+    #[arg(long)]
+    pub safety: bool,
+    /// With --safety: the RAM limit in % of system RAM (default 85).
+    #[arg(long, value_name = "PCT", requires = "safety")]
+    pub max_ram_percent: Option<f64>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
+    let usage = |e: String| (anyhow::anyhow!(e), 2);
+    let backend = match a.backend {
+        BackendArg::Openai => {
+            let text = a
+                .launch
+                .as_deref()
+                .ok_or_else(|| usage("--backend openai needs --launch TEMPLATE (the server's command line with {port} and {ctx})".into()))?;
+            BackendSpec::OpenAi {
+                template: Template::parse(text).map_err(usage)?,
+                model: a.model.clone(),
+                ready_path: a.ready.clone(),
+                tokenize_path: (a.tokenize != "none").then(|| a.tokenize.clone()),
+            }
+        }
+        BackendArg::LlamaServer => {
+            let help = std::process::Command::new(&a.server_bin)
+                .arg("--help")
+                .output()
+                .map_err(|e| {
+                    (
+                        anyhow::anyhow!(
+                            "cannot run `{} --help`: {e} (give the binary with --server-bin)",
+                            a.server_bin
+                        ),
+                        1,
+                    )
+                })?;
+            let text = String::from_utf8_lossy(&help.stdout).into_owned()
+                + &String::from_utf8_lossy(&help.stderr);
+            BackendSpec::LlamaServer {
+                bin: a.server_bin.clone(),
+                model: a.model.clone(),
+                flags: Box::new(llama_server::parse_help(&text)),
+            }
+        }
+        BackendArg::Ollama => BackendSpec::Ollama {
+            url: a.url.clone(),
+            model: a.model.clone(),
+        },
+    };
+    let spec = ProbeSpec {
+        backend,
+        config: ProbeConfig {
+            ctx: a.ctx,
+            batch: a.batch,
+            ubatch: a.ubatch,
+            parallel: a.parallel,
+            gpu_layers: a.gpu_layers,
+            flash_attn: a.flash_attn,
+            cache_type_k: a.cache_type_k.clone(),
+            cache_type_v: a.cache_type_v.clone(),
+            threads: a.threads,
+        },
+        samples: a.samples,
+        output_tokens: a.output_tokens,
+        fill: a.fill,
+        prompt_tokens: a.prompt_tokens,
+        max_prompt_tokens: Some(a.max_prompt_tokens),
+        timeout: a.timeout,
+        load_timeout: a.load_timeout,
+        interval: Duration::from_millis(10),
+        seed: a.seed,
+        safety: a.safety.then(|| {
+            let mut th = crate::telemetry::watchdog::Thresholds::default();
+            if let Some(p) = a.max_ram_percent {
+                th.max_ram_percent = p;
+            }
+            th
+        }),
+    };
+    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    let mut loaded = match Loaded::load(&roots.sysfs_root, 1 << 20) {
+        Ok(l) => Some(l),
+        Err(e) if require => {
+            return Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1))
+        }
+        Err(e) => {
+            eprintln!("o3: warning: eBPF unavailable ({e}); server peaks come from procfs polling");
+            None
+        }
+    };
+    let r = probe::run(&spec, loaded.as_mut());
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("result serialises"));
+    } else {
+        println!("{}", render(&r));
+    }
+    Ok(if r.outcome == OutcomeClass::Ok { 0 } else { 3 })
+}
+
+fn med(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// One row like llama-bench's, plus peaks.
+fn render(r: &probe::ProbeResult) -> String {
+    let c = &r.config;
+    let ok: Vec<_> = r
+        .samples
+        .iter()
+        .filter(|s| s.outcome == OutcomeClass::Ok)
+        .collect();
+    let pick = |f: &dyn Fn(&probe::SampleResult) -> Option<f64>| {
+        let mut v: Vec<f64> = ok.iter().filter_map(|s| f(s)).collect();
+        med(&mut v).map_or("-".to_string(), |x| format!("{x:.1}"))
+    };
+    let mut out = format!(
+        "{:<10} ctx {:>7} batch {:>5} slots {:>2}  prompt {:>6} tok  pp {:>8} tok/s  tg {:>7} tok/s  ttft {:>8} ms  samples {}/{}",
+        serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        c.ctx,
+        c.batch.map_or("-".into(), |b| b.to_string()),
+        c.parallel.unwrap_or(1),
+        r.prompt_tokens_target,
+        pick(&|s| s.prefill_tokens_per_s),
+        pick(&|s| s.decode_tokens_per_s),
+        pick(&|s| s.ttft_ms),
+        ok.len(),
+        r.samples.len()
+    );
+    if let Some(p) = r.rss_peak_bytes {
+        out += &format!(
+            "  peak RSS {} ({})",
+            crate::util::units::bytes(p),
+            r.rss_method
+        );
+    }
+    if !r.fixed_by_server.is_empty() {
+        out += &format!("\n  fixed by the server: {}", r.fixed_by_server.join(", "));
+    }
+    if let Some(e) = &r.error {
+        out += &format!("\n  error: {e}");
+    }
+    if let Some(t) = &r.log_tail {
+        if r.outcome != OutcomeClass::Ok {
+            out += &format!(
+                "\n  server output (last lines):\n{}",
+                t.lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    out
+}

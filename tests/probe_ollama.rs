@@ -1,0 +1,176 @@
+//! `o3 probe --backend ollama` against the deterministic Ollama simulator
+//! (tests/sim/ollama_sim.py, which speaks the Ollama API subset o3 uses; its memory model and
+//! speeds are known, so the outcomes and rates asserted here are the simulator's truth).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Sim {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the simulator with tests/sim/example.json changed by `edit`.
+fn sim(edit: impl FnOnce(&mut serde_json::Value)) -> Sim {
+    let root = fixtures().join("..");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("sim/example.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sim.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let mut child = Command::new("python3")
+        .arg(root.join("sim/ollama_sim.py"))
+        .args(["--port", "0", "--quiet", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the simulator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Sim {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+fn probe(s: &Sim, model: &str, args: &[&str]) -> serde_json::Value {
+    let out = o3()
+        .args([
+            "probe",
+            "--backend",
+            "ollama",
+            "--json",
+            "--url",
+            &s.url,
+            "--model",
+            model,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_configuration_that_fits_is_measured_with_the_servers_timings() {
+    let s = sim(|_| {});
+    let r = probe(
+        &s,
+        "sim-llama:8b",
+        &["--ctx", "8192", "--batch", "512", "--samples", "2"],
+    );
+    assert_eq!(r["outcome"], "ok", "{r}");
+    let target = i(&r["prompt_tokens_target"]);
+    assert_eq!(target, (8192.0 * 0.9) as i64 - 32);
+    for smp in r["samples"].as_array().unwrap() {
+        assert_eq!(smp["rates_source"], "server");
+        assert_eq!(smp["prompt_tokens_source"], "server_reported");
+        // Calibrated against the server's own count: within 3 % of the target.
+        let n = i(&smp["prompt_tokens"]);
+        assert!((n - target).abs() * 100 <= target * 3, "{n} vs {target}");
+        // Truth: decode = 62 / (1 + 8192/32768) = 49.6 tok/s, noise CV 3 %.
+        let d = smp["decode_tokens_per_s"].as_f64().unwrap();
+        assert!((d / 49.6 - 1.0).abs() < 0.15, "decode {d}");
+    }
+    // Batch is a real per-request option; ubatch is not.
+    let r = probe(
+        &s,
+        "sim-llama:8b",
+        &["--ctx", "4096", "--ubatch", "128", "--samples", "1"],
+    );
+    assert_eq!(r["fixed_by_server"], serde_json::json!(["ubatch"]));
+}
+
+#[test]
+fn too_large_a_context_is_oom() {
+    // Truth: at batch 512 the model fits up to num_ctx 58207.
+    let s = sim(|_| {});
+    let r = probe(
+        &s,
+        "sim-llama:8b",
+        &["--ctx", "65536", "--batch", "512", "--samples", "1"],
+    );
+    assert_eq!(r["outcome"], "oom", "{r}");
+}
+
+#[test]
+fn spill_and_clamping_are_not_successes() {
+    let s = sim(|c| c["spill"] = true.into());
+    let r = probe(
+        &s,
+        "sim-llama:8b",
+        &["--ctx", "65536", "--batch", "512", "--samples", "1"],
+    );
+    assert_eq!(r["outcome"], "cpu_spill", "{r}");
+    let s = sim(|c| c["capacity_bytes"] = (1u64 << 50).into());
+    let r = probe(
+        &s,
+        "sim-llama:8b",
+        &[
+            "--ctx",
+            "200000",
+            "--batch",
+            "512",
+            "--samples",
+            "1",
+            "--max-prompt-tokens",
+            "1000",
+        ],
+    );
+    assert_eq!(r["outcome"], "clamped", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("131072"), "{r}");
+}
+
+#[test]
+fn unknown_model_lists_what_the_server_has() {
+    let s = sim(|_| {});
+    let r = probe(&s, "nope:1b", &["--ctx", "4096", "--samples", "1"]);
+    assert_eq!(r["outcome"], "load_failed", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("sim-llama:8b"), "{r}");
+}
+
+#[test]
+fn unreachable_server_is_named() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = o3()
+        .args(["probe", "--backend", "ollama", "--json", "--url", &url])
+        .args(["--model", "m", "--ctx", "4096"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "load_failed");
+    assert!(r["error"].as_str().unwrap().contains(&url), "{r}");
+}
