@@ -100,13 +100,32 @@ fn a_configuration_that_fits_is_measured_with_the_servers_timings() {
         let d = smp["decode_tokens_per_s"].as_f64().unwrap();
         assert!((d / 49.6 - 1.0).abs() < 0.15, "decode {d}");
     }
-    // Batch is a real per-request option; ubatch is not.
+    // Batch is a real per-request option; ubatch is not. The result also goes to a trace.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("probe.jsonl");
     let r = probe(
         &s,
         "sim-llama:8b",
-        &["--ctx", "4096", "--ubatch", "128", "--samples", "1"],
+        &[
+            "--ctx",
+            "4096",
+            "--ubatch",
+            "128",
+            "--samples",
+            "1",
+            "--out",
+            trace.to_str().unwrap(),
+        ],
     );
     assert_eq!(r["fixed_by_server"], serde_json::json!(["ubatch"]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "header");
+    assert_eq!(lines[1]["type"], "probe");
+    assert_eq!(lines[1]["outcome"], r["outcome"]);
 }
 
 #[test]

@@ -115,6 +115,9 @@ pub struct ProbeArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Append the result to a trace file (JSON Lines: a header, then a `probe` record).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
@@ -188,6 +191,11 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
             th
         }),
     };
+    // The output file first: a bad --out fails before a server starts.
+    let mut trace = match &a.out {
+        Some(p) => Some(crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?),
+        None => None,
+    };
     let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     let mut loaded = match Loaded::load(&roots.sysfs_root, 1 << 20) {
         Ok(l) => Some(l),
@@ -199,7 +207,35 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
             None
         }
     };
+    let method = if loaded.is_some() {
+        crate::telemetry::Method::Ebpf
+    } else {
+        crate::telemetry::Method::ProcfsPolling
+    };
     let r = probe::run(&spec, loaded.as_mut());
+    if let Some(t) = trace.as_mut() {
+        let (host, kernel) = crate::record::uname();
+        let header = crate::trace::Header {
+            schema_version: crate::trace::SCHEMA_VERSION,
+            o3_version: env!("CARGO_PKG_VERSION"),
+            host,
+            kernel,
+            interval_ns: spec.interval.as_nanos() as u64,
+            start_unix_ns: crate::record::unix_now_ns(),
+            target: serde_json::json!({ "probe": { "model": a.model, "backend": format!("{:?}", a.backend).to_lowercase() } }),
+            methods: crate::trace::Methods {
+                rss: method,
+                cpu: method,
+                mem_used: crate::telemetry::Method::ProcfsPolling,
+                gpu_mem: "sampled",
+            },
+            gpus: Vec::new(),
+        };
+        let v = serde_json::to_value(&r).expect("result serialises");
+        t.header(&header)
+            .and_then(|_| t.probe(&v))
+            .map_err(|e| (e.into(), 1))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&r).expect("result serialises"));
     } else {

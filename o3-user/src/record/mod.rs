@@ -239,7 +239,8 @@ fn spawn_waiter(
     })
 }
 
-fn uname() -> (String, String) {
+/// (node name, kernel release).
+pub fn uname() -> (String, String) {
     // SAFETY: zeroed utsname is a valid out-value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
@@ -255,7 +256,7 @@ fn uname() -> (String, String) {
     (s(&u.nodename), s(&u.release))
 }
 
-fn unix_now_ns() -> u64 {
+pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -59,6 +59,8 @@ enum Record<'a> {
     Sample(&'a Sample),
     Event(&'a TreeEvent),
     Summary(&'a serde_json::Value),
+    /// One measured configuration (`o3 probe`).
+    Probe(&'a serde_json::Value),
 }
 
 /// Appends records; flushed at least once a second so a killed recording leaves a readable
@@ -111,6 +113,11 @@ impl TraceWriter {
 
     pub fn summary(&mut self, s: &serde_json::Value) -> Result<(), TraceError> {
         self.write(&Record::Summary(s))?;
+        self.flush()
+    }
+
+    pub fn probe(&mut self, p: &serde_json::Value) -> Result<(), TraceError> {
+        self.write(&Record::Probe(p))?;
         self.flush()
     }
 
