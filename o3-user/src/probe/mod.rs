@@ -110,15 +110,8 @@ pub fn listener_pid(port: u16) -> Option<u32> {
     if inodes.is_empty() {
         return None;
     }
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for (pid, dir) in crate::telemetry::procfs::pid_dirs(std::path::Path::new("/proc")).ok()? {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
@@ -402,6 +395,19 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
     // Start (or find) the server.
     let load_started = Instant::now();
     let mut server: Option<Launched> = None;
+    // Servers o3 launches listen on a free loopback port.
+    let port = match (&spec.backend, free_port()) {
+        (BackendSpec::Ollama { .. }, _) => 0,
+        (_, Ok(p)) => p,
+        (_, Err(e)) => {
+            return fail(
+                result,
+                OutcomeClass::LoadFailed,
+                format!("no free port: {e}"),
+                None,
+            )
+        }
+    };
     let (driver, ready_url) = match &spec.backend {
         BackendSpec::OpenAi {
             template,
@@ -409,17 +415,6 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
             ready_path,
             tokenize_path,
         } => {
-            let port = match free_port() {
-                Ok(p) => p,
-                Err(e) => {
-                    return fail(
-                        result,
-                        OutcomeClass::LoadFailed,
-                        format!("no free port: {e}"),
-                        None,
-                    )
-                }
-            };
             let argv = match template.fill(cfg, model, "127.0.0.1", port) {
                 Ok(a) => a,
                 Err(e) => return fail(result, OutcomeClass::LoadFailed, e, None),
@@ -444,17 +439,6 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
             )
         }
         BackendSpec::LlamaServer { bin, model, flags } => {
-            let port = match free_port() {
-                Ok(p) => p,
-                Err(e) => {
-                    return fail(
-                        result,
-                        OutcomeClass::LoadFailed,
-                        format!("no free port: {e}"),
-                        None,
-                    )
-                }
-            };
             let args = match llama_server::command_args(
                 flags,
                 std::path::Path::new(model),

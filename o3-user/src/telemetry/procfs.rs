@@ -262,19 +262,19 @@ pub fn read_status(procfs: &Path, pid: u32) -> io::Result<Status> {
     parse_status(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The `<procfs>/<pid>` directories: (pid, path) of every process.
+pub fn pid_dirs(procfs: &Path) -> io::Result<impl Iterator<Item = (u32, PathBuf)>> {
+    Ok(std::fs::read_dir(procfs)?.flatten().filter_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        Some((pid, e.path()))
+    }))
+}
+
 /// All processes under `procfs` with their parent, from one scan of `/proc/*/stat`.
 pub fn scan_parents(procfs: &Path) -> io::Result<BTreeMap<u32, u32>> {
     let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(procfs)? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+    for (pid, dir) in pid_dirs(procfs)? {
+        let Ok(text) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         if let Ok(stat) = parse_stat(&text) {
