@@ -1,8 +1,9 @@
 //! o3's build automation. `cargo xtask <task>`:
 //!
 //!   setup          install what building and testing need: rust-src, bpf-linker (matching
-//!                  rustc's LLVM), and a real LLM server for the tests (llama-cpp-python in
-//!                  ~/.cache/o3/venv, a tiny GGUF model; see tests/server/README.md)
+//!                  rustc's LLVM), and real LLM servers for the tests (llama-cpp-python in
+//!                  ~/.cache/o3/venv, llama.cpp's llama-server, a tiny GGUF model; see
+//!                  tests/server/README.md)
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
@@ -105,10 +106,12 @@ fn test() -> Result<()> {
         );
     }
     let server = setup::test_server()?;
+    let llama_server = setup::llama_server_bin()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "o3-ebpf"])
         .env("O3_TEST_PYTHON", &server.python)
-        .env("O3_TEST_MODEL", &server.model);
+        .env("O3_TEST_MODEL", &server.model)
+        .env("O3_TEST_LLAMA_SERVER", &llama_server);
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())

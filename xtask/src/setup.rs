@@ -7,7 +7,10 @@
 //!   llama.cpp from source, 5-6 minutes on 2 cores) in a venv at ~/.cache/o3/venv, and a tiny
 //!   random-weight llama GGUF model made by tests/server/make_model.py at
 //!   ~/.cache/o3/models/o3-tiny-llama.gguf; each keyed by a stamp file (the pins; the script's
-//!   sha256), so a second run is instant.
+//!   sha256), so a second run is instant;
+//! - llama.cpp's `llama-server` for the llama-server backend's tests, built with PyPI's cmake
+//!   from the llama.cpp vendored in the same llama-cpp-python release's sdist (about 7 minutes
+//!   on 2 cores) at ~/.cache/o3/llama-server/bin/llama-server, keyed by a stamp likewise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -242,8 +245,135 @@ pub fn test_server() -> Result<TestServer> {
     Ok(TestServer { python, model })
 }
 
+/// The cmake that builds llama-server, a PyPI wheel installed into the test server's venv
+/// (no system cmake needed).
+const CMAKE: &str = "cmake==3.31.6";
+/// llama-server built from the llama.cpp vendored in llama-cpp-python's sdist, so the two test
+/// servers run the same llama.cpp: portable (no -march=native), static libraries, only what
+/// the server needs, no HTTPS (no OpenSSL needed) and no web UI (which would be downloaded).
+const LLAMA_SERVER_CMAKE_FLAGS: &[&str] = &[
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_CCACHE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+];
+
+/// The directory (under `dir`) holding llama.cpp's top-level CMakeLists.txt in an extracted
+/// llama-cpp-python sdist.
+fn vendored_llama_cpp(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path().join("vendor/llama.cpp"))
+        .find(|p| p.join("CMakeLists.txt").is_file())
+        .with_context(|| format!("no */vendor/llama.cpp/CMakeLists.txt in {}", dir.display()))
+}
+
+/// llama.cpp's `llama-server`, built (once, about 7 minutes on 2 cores) from the llama.cpp
+/// sources vendored in the llama-cpp-python sdist pinned for the test server, with cmake from
+/// PyPI; cached at ~/.cache/o3/llama-server/bin/llama-server, keyed by a stamp (the sdist and
+/// cmake pins, the cmake flags), so a second call is instant.
+pub fn llama_server_bin() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("llama-server");
+    let bin = dir.join("bin/llama-server");
+    let stamp_file = dir.join("stamp");
+    // The same llama-cpp-python release as the venv's, without the extra.
+    let sdist = LLAMA_CPP_PYTHON.replace("[server]", "");
+    let stamp = format!("{sdist} {CMAKE} {}\n", LLAMA_SERVER_CMAKE_FLAGS.join(" "));
+    if bin.is_file() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(bin);
+    }
+    let python = server_venv()?;
+    let venv_bin = python
+        .parent()
+        .context("the venv's python has no directory")?;
+    let cmake = venv_bin.join("cmake");
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    eprintln!(
+        "xtask: building llama-server from the llama.cpp in {sdist}'s sdist (about 7 minutes on 2 cores, once)"
+    );
+    let started = std::time::Instant::now();
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check"])
+        .args(["--only-binary", "cmake", CMAKE]))
+    .context("installing cmake from PyPI into the venv")?;
+    // Everything transient lives here, removed first (a run that was interrupted) and last.
+    let work = cache_dir()?.join("llama-server-build");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let download = work.join("sdist");
+    let src = work.join("src");
+    let build = work.join("build");
+    std::fs::create_dir_all(&src)?;
+    // Only llama-cpp-python as an sdist: pip prepares its metadata in an isolated environment,
+    // whose build requirements must stay wheels (`:all:` would compile cmake itself). With the
+    // venv's cmake first on PATH and Makefiles, scikit-build-core asks for neither cmake nor
+    // ninja.
+    let path = std::env::join_paths(
+        std::iter::once(venv_bin.to_path_buf()).chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        ),
+    )?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "download", "--disable-pip-version-check"])
+        .args(["--no-deps", "--no-binary", "llama-cpp-python", &sdist, "-d"])
+        .arg(&download)
+        .env("PATH", &path)
+        .env("CMAKE_GENERATOR", "Unix Makefiles"))
+    .with_context(|| format!("downloading the {sdist} sdist from PyPI"))?;
+    let archive = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .with_context(|| format!("pip downloaded no .tar.gz into {}", download.display()))?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src))?;
+    let llama_cpp = vendored_llama_cpp(&src)?;
+    run(Command::new(&cmake)
+        .arg("-S")
+        .arg(&llama_cpp)
+        .arg("-B")
+        .arg(&build)
+        .args(LLAMA_SERVER_CMAKE_FLAGS))
+    .context("configuring llama.cpp (needs gcc and g++)")?;
+    run(Command::new(&cmake).arg("--build").arg(&build).args([
+        "--target",
+        "llama-server",
+        "-j",
+        &jobs.to_string(),
+    ]))
+    .context("building llama-server")?;
+    let built = build.join("bin/llama-server");
+    std::fs::create_dir_all(bin.parent().expect("bin/llama-server has a parent"))?;
+    // Copy then rename: a reader never sees half a binary.
+    let partial = dir.join("bin/llama-server.partial");
+    std::fs::copy(&built, &partial).with_context(|| format!("copying {}", built.display()))?;
+    std::fs::rename(&partial, &bin)?;
+    std::fs::write(&stamp_file, stamp)?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    eprintln!(
+        "xtask: llama-server built in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        bin.display()
+    );
+    Ok(bin)
+}
+
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    test_server().map(drop)
+    test_server()?;
+    llama_server_bin().map(drop)
 }

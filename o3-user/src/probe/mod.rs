@@ -374,8 +374,11 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
             )
         }
     };
+    // No idle connection reuse: llama-server closes a connection after a streamed answer
+    // while advertising keep-alive, and a POST sent on it fails (reqwest does not retry POSTs).
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
     {
         Ok(c) => c,
@@ -721,11 +724,13 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         let (prompt, tokens, source) = if has_tokenizer {
             match prompt::fit(seed, target as usize, 1.0, &mut count) {
                 Some((p, n)) => (p, Some(n as u64), "server_tokenizer"),
-                None => (
-                    prompt::words(&mut prompt::Rng::new(seed), target as usize),
-                    None,
-                    "estimate",
-                ),
+                None => {
+                    // A prompt of a guessed length would measure something else: say so.
+                    result.outcome = OutcomeClass::HttpError;
+                    result.error = Some("the server's tokenizer stopped answering".into());
+                    result.log_tail = tail(&server);
+                    break;
+                }
             }
         } else {
             let n = ((target as f64 - fixed) / per_word).max(1.0) as usize;

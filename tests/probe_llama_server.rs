@@ -1,0 +1,192 @@
+//! `o3 probe --backend llama-server` against llama.cpp's real `llama-server` doing real
+//! inference with the project's tiny random-weight llama model. `cargo xtask setup` builds the
+//! binary from the llama.cpp vendored in llama-cpp-python's sdist
+//! (~/.cache/o3/llama-server/bin/llama-server; `cargo xtask test` passes it as
+//! O3_TEST_LLAMA_SERVER) and makes the model. Without them these tests skip with the reason
+//! printed, unless O3_REQUIRE_SERVER=1 (CI), where that is a failure.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+/// (llama-server binary, model), or None (skipped) when either is missing.
+fn server() -> Option<(PathBuf, PathBuf)> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let bin = std::env::var_os("O3_TEST_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/o3/llama-server/bin/llama-server"));
+    let model = std::env::var_os("O3_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/o3/models/o3-tiny-llama.gguf"));
+    let runs = Command::new(&bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs && model.exists() {
+        return Some((bin, model));
+    }
+    let why = if runs {
+        format!("the test model {} is missing", model.display())
+    } else {
+        format!("`{} --help` does not run", bin.display())
+    };
+    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
+        panic!("O3_REQUIRE_SERVER=1 but {why}: run `cargo xtask setup`");
+    }
+    eprintln!("skipped: {why} (`cargo xtask setup` builds llama-server and makes the model)");
+    None
+}
+
+/// The last stdout line as JSON, with the whole output on failure.
+fn result(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
+        panic!(
+            "no JSON result ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `o3 probe --backend llama-server --json` with `model` (None: the test model) and `extra`.
+fn probe_with(model: Option<&str>, extra: &[&str]) -> Option<(Value, Output)> {
+    let (bin, test_model) = server()?;
+    let out = o3()
+        .args([
+            "probe",
+            "--backend",
+            "llama-server",
+            "--json",
+            "--server-bin",
+        ])
+        .arg(&bin)
+        .arg("--model")
+        .arg(model.map_or(test_model, PathBuf::from))
+        .args(extra)
+        .output()
+        .unwrap();
+    Some((result(&out), out))
+}
+
+fn probe(extra: &[&str]) -> Option<(Value, Output)> {
+    probe_with(None, extra)
+}
+
+#[test]
+fn probes_at_two_contexts_and_batches_with_the_servers_own_timings() {
+    for (ctx, batch) in [("1024", "64"), ("2048", "128")] {
+        let Some((r, out)) = probe(&[
+            "--ctx",
+            ctx,
+            "--batch",
+            batch,
+            "--samples",
+            "2",
+            "--output-tokens",
+            "12",
+        ]) else {
+            return;
+        };
+        assert_eq!(out.status.code(), Some(0), "{r}");
+        assert_eq!(r["outcome"], "ok", "{r}");
+        assert_eq!(r["config"]["ctx"], ctx.parse::<u64>().unwrap());
+        assert_eq!(r["config"]["batch"], batch.parse::<u64>().unwrap());
+        // llama-server is started with every value explicit: nothing is fixed by the server.
+        assert!(r["fixed_by_server"].as_array().unwrap().is_empty(), "{r}");
+        let ctx: u64 = ctx.parse().unwrap();
+        // 90 % of the context minus the output.
+        let target = i(&r["prompt_tokens_target"]) as u64;
+        assert_eq!(target, (ctx as f64 * 0.9) as u64 - 12);
+        let samples = r["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{r}");
+        for s in samples {
+            assert_eq!(s["outcome"], "ok", "{r}");
+            // Fitted with llama-server's /tokenize: never over, a few tokens under at most.
+            assert_eq!(s["prompt_tokens_source"], "server_tokenizer", "{r}");
+            let n = i(&s["prompt_tokens"]) as u64;
+            assert!(n <= target && n + 8 >= target, "{n} vs {target}");
+            // The rates come from llama-server's `timings`, not from the client's clock.
+            assert_eq!(s["rates_source"], "server", "{r}");
+            assert!(s["prefill_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(s["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(s["ttft_ms"].as_f64().unwrap() > 0.0, "{r}");
+            let produced = i(&s["output_tokens"]);
+            assert!((1..=12).contains(&produced), "{r}");
+        }
+        // The server's tree held the model: its peak RSS is real and over the file size.
+        assert!(
+            i(&r["rss_peak_bytes"]) > 13 << 20,
+            "{}",
+            r["rss_peak_bytes"]
+        );
+        assert!(r["server_pid"].as_u64().is_some(), "{r}");
+    }
+}
+
+#[test]
+fn a_ubatch_larger_than_the_batch_is_refused_before_the_server_starts() {
+    let Some((r, out)) = probe(&["--ctx", "512", "--batch", "64", "--ubatch", "128"]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["outcome"], "load_failed", "{r}");
+    let error = r["error"].as_str().unwrap();
+    // llama.cpp would silently clamp ubatch to batch; o3 refuses instead, naming both.
+    assert!(error.contains("ubatch 128 > batch 64"), "{r}");
+    assert!(r["server_pid"].is_null(), "a server was started: {r}");
+    assert!(r["samples"].as_array().unwrap().is_empty(), "{r}");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_context_exceeded() {
+    let Some((r, out)) = probe(&[
+        "--ctx",
+        "512",
+        "--batch",
+        "64",
+        "--samples",
+        "1",
+        "--prompt-tokens",
+        "900",
+    ]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["outcome"], "context_exceeded", "{r}");
+    // llama-server's own refusal (HTTP 400), not a guess on the client.
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains("exceed_context_size_error"), "{r}");
+    assert!(error.contains("context"), "{r}");
+    let samples = r["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 1, "{r}");
+    assert_eq!(samples[0]["outcome"], "context_exceeded", "{r}");
+    // The server stays up: the request was refused, nothing crashed.
+    assert!(r["server_exit"].is_null(), "{r}");
+}
+
+#[test]
+fn a_missing_model_file_is_load_failed_with_the_servers_output() {
+    let Some((r, out)) = probe_with(
+        Some("/nonexistent/model.gguf"),
+        &["--ctx", "512", "--batch", "64"],
+    ) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["outcome"], "load_failed", "{r}");
+    assert!(
+        r["log_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/nonexistent/model.gguf"),
+        "{r}"
+    );
+    // The server exited by itself while loading; its status is recorded.
+    assert!(r["server_exit"].as_str().is_some(), "{r}");
+}
