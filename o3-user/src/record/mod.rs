@@ -364,7 +364,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),
         )?)),
     }
-    match SystemMemory::open(&opts.procfs_root) {
+    let system = if opts.safety.is_some() {
+        SystemMemory::open(&opts.procfs_root)
+    } else {
+        SystemMemory::memory_only(&opts.procfs_root)
+    };
+    match system {
         Ok(m) => sources.push(Box::new(m)),
         Err(e) => warnings.push(format!("system memory not measured: {e}")),
     }
