@@ -54,13 +54,7 @@ fn probe(extra: &[&str]) -> Option<(serde_json::Value, std::process::Output)> {
         .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
-        panic!(
-            "no JSON result ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let v = last_json(&out);
     Some((v, out))
 }
 

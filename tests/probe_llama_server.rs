@@ -44,16 +44,6 @@ fn server() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// The last stdout line as JSON, with the whole output on failure.
-fn result(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
-        panic!(
-            "no JSON result ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// `o3 probe --backend llama-server --json` with `model` (None: the test model) and `extra`.
 fn probe_with(model: Option<&str>, extra: &[&str]) -> Option<(Value, Output)> {
     let (bin, test_model) = server()?;
@@ -71,7 +61,7 @@ fn probe_with(model: Option<&str>, extra: &[&str]) -> Option<(Value, Output)> {
         .args(extra)
         .output()
         .unwrap();
-    Some((result(&out), out))
+    Some((last_json(&out), out))
 }
 
 fn probe(extra: &[&str]) -> Option<(Value, Output)> {

@@ -70,13 +70,7 @@ fn probe(s: &Sim, model: &str, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    last_json(&out)
 }
 
 #[test]

@@ -34,6 +34,17 @@ pub fn ebpf_or_skip(test: &str) -> bool {
     false
 }
 
+/// The JSON object o3 printed as the last line of its stdout (`--json`).
+pub fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
+        panic!(
+            "no JSON result ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Runs `o3 record <args> --json -- <cmd>` and returns (summary, output).
 pub fn record_json(args: &[&str], cmd: &[&str]) -> (Value, Output) {
     let out = o3()
@@ -44,15 +55,7 @@ pub fn record_json(args: &[&str], cmd: &[&str]) -> (Value, Output) {
         .args(cmd)
         .output()
         .expect("running o3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "o3 printed nothing on stdout; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let v: Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {last}"));
+    let v = last_json(&out);
     (v, out)
 }
 

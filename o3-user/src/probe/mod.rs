@@ -633,7 +633,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         result.load_ms = Some(load_started.elapsed().as_secs_f64() * 1000.0);
     }
     if w.outcome != OutcomeClass::Ok {
-        let exited = server.as_mut().and_then(Launched::exited);
+        let exited = server.as_mut().and_then(settle);
         let t = tail(&server);
         let class = match &exited {
             Some(e) => classify::classify_exit(e.code, e.signal, t.as_deref().unwrap_or(""), false),
@@ -726,8 +726,17 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
                 Some((p, n)) => (p, Some(n as u64), "server_tokenizer"),
                 None => {
                     // A prompt of a guessed length would measure something else: say so.
-                    result.outcome = OutcomeClass::HttpError;
-                    result.error = Some("the server's tokenizer stopped answering".into());
+                    match server.as_mut().and_then(settle) {
+                        Some(exit) => {
+                            result.outcome = OutcomeClass::Crashed;
+                            result.error = Some(format!("the server exited ({exit:?})"));
+                            result.server_exit = Some(format!("{exit:?}"));
+                        }
+                        None => {
+                            result.outcome = OutcomeClass::HttpError;
+                            result.error = Some("the server's tokenizer stopped answering".into());
+                        }
+                    }
                     result.log_tail = tail(&server);
                     break;
                 }
@@ -781,14 +790,12 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         }
         let mut outcome = s.outcome;
         if let Some(l) = server.as_mut() {
-            if s.outcome == OutcomeClass::Crashed {
-                // A killed server's sockets close before it is reapable: give it a moment.
-                let t = Instant::now();
-                while l.exited().is_none() && t.elapsed() < Duration::from_millis(500) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            if let Some(exit) = l.exited() {
+            let exited = if s.outcome == OutcomeClass::Crashed {
+                settle(l)
+            } else {
+                l.exited()
+            };
+            if let Some(exit) = exited {
                 outcome = classify::classify_exit(exit.code, exit.signal, &l.tail(), false);
                 result.server_exit = Some(format!("{exit:?}"));
             }
@@ -854,6 +861,21 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
     }
     result.rss_peak_bytes = finish_watch(watch);
     result
+}
+
+/// The server's exit, waiting up to 500 ms for it: a killed server's sockets close (and the
+/// client sees the stream break) before the process can be reaped.
+fn settle(l: &mut Launched) -> Option<crate::backend::launch::Exit> {
+    let t = Instant::now();
+    loop {
+        if let Some(e) = l.exited() {
+            return Some(e);
+        }
+        if t.elapsed() > Duration::from_millis(500) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Starts a server with its output captured, tracked by the kernel programs from its exec.
