@@ -96,6 +96,14 @@ fn probes_at_several_contexts_and_batches_with_real_inference() {
             assert!(s["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
             assert!(i(&s["output_tokens"]) >= 1);
         }
+        // Measured by the kernel programs where they load (root; required in CI).
+        // SAFETY: geteuid has no preconditions.
+        let want = if unsafe { libc::geteuid() } == 0 {
+            "ebpf"
+        } else {
+            "procfs_polling"
+        };
+        assert_eq!(r["rss_method"], want, "{r}");
         // The server's tree held the model: its peak RSS is real and over the file size.
         assert!(
             i(&r["rss_peak_bytes"]) > 13 << 20,

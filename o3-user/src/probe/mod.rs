@@ -202,6 +202,8 @@ pub struct ProbeResult {
 
 /// Telemetry of the server tree for the duration of a probe.
 struct Watch {
+    /// How the server tree's RSS is measured: `ebpf` or `procfs_polling`.
+    method: &'static str,
     /// The first safety breach, if the watchdog saw one.
     breach: std::sync::Arc<std::sync::Mutex<Option<Breach>>>,
     sampler: Option<SamplerHandle>,
@@ -221,14 +223,20 @@ impl Watch {
         stop_group: bool,
     ) -> Watch {
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        match ebpf.and_then(|l| l.take_source()) {
-            Some(s) => sources.push(Box::new(s)),
+        // The method is the source actually used, not whether eBPF was loaded: a session whose
+        // source was already taken falls back to procfs and must say so.
+        let method = match ebpf.and_then(|l| l.take_source()) {
+            Some(s) => {
+                sources.push(Box::new(s));
+                "ebpf"
+            }
             None => {
                 if let Ok(t) = ProcTree::new(std::path::Path::new("/proc"), pid) {
                     sources.push(Box::new(t));
                 }
+                "procfs_polling"
             }
-        }
+        };
         if let Ok(m) = SystemMemory::open(std::path::Path::new("/proc")) {
             sources.push(Box::new(m));
         }
@@ -254,6 +262,7 @@ impl Watch {
             tx.send(b).is_ok()
         });
         Watch {
+            method,
             breach,
             sampler: Some(sampler),
             rx,
@@ -344,11 +353,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         load_ms: None,
         samples: Vec::new(),
         rss_peak_bytes: None,
-        rss_method: if ebpf.is_some() {
-            "ebpf"
-        } else {
-            "procfs_polling"
-        },
+        rss_method: "not_measured",
         server_pid: None,
         server_exit: None,
         error: None,
@@ -518,6 +523,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         }
         None => None,
     };
+    result.rss_method = watch.as_ref().map_or("not_measured", |w| w.method);
     let finish_watch = |w: Option<Watch>| w.and_then(Watch::finish);
     let tail = |server: &Option<Launched>| server.as_ref().map(Launched::tail);
 

@@ -488,12 +488,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
                     }
                 }
             }
-            agg.add(&tick.sample);
             if let Some(t) = trace.as_mut() {
                 if let Err(err) = t.sample(&tick.sample) {
                     write_error.get_or_insert(err);
                 }
             }
+            agg.add(tick.sample);
         }
     };
     while end_ns.is_none() {

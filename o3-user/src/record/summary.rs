@@ -346,7 +346,8 @@ impl Aggregate {
         out
     }
 
-    pub fn add(&mut self, s: &Sample) {
+    /// Takes the sample (kept as the last one, without a copy).
+    pub fn add(&mut self, s: Sample) {
         self.samples += 1;
         if let Some(m) = s.mem_used_bytes {
             if m > self.mem_peak.0 {
@@ -369,8 +370,8 @@ impl Aggregate {
                 self.cpu_peak_percent = self.cpu_peak_percent.max(pct);
             }
         }
-        self.add_gpus(s);
-        self.last = s.clone();
+        self.add_gpus(&s);
+        self.last = s;
     }
 
     pub fn window_ns(&self) -> u64 {
@@ -547,7 +548,7 @@ mod tests {
             if t > 200 && t <= 300 {
                 cpu += 20;
             }
-            a.add(&sample(t, cpu, 10));
+            a.add(sample(t, cpu, 10));
         }
         assert!(
             (a.cpu_peak_percent() - 200.0).abs() < 1e-6,
@@ -565,7 +566,7 @@ mod tests {
             if t == 150 {
                 cpu += 10; // one 10 ms interval at 100 %
             }
-            a.add(&sample(t, cpu, 10));
+            a.add(sample(t, cpu, 10));
         }
         assert!((a.cpu_peak_percent() - 10.0).abs() < 1e-6);
     }
@@ -573,9 +574,9 @@ mod tests {
     #[test]
     fn memory_peak_and_time() {
         let mut a = Aggregate::new(10_000_000);
-        a.add(&sample(0, 0, 10));
-        a.add(&sample(10, 0, 50));
-        a.add(&sample(20, 0, 20));
+        a.add(sample(0, 0, 10));
+        a.add(sample(10, 0, 50));
+        a.add(sample(20, 0, 20));
         let m = a.system_memory().unwrap();
         assert_eq!((m.used_peak_bytes, m.used_peak_t_ns), (50, 10_000_000));
         assert_eq!(a.samples, 3);
@@ -592,7 +593,7 @@ mod tests {
             (1, 5, 200.0, 500),
             (2, 3, 100.0, 1000),
         ] {
-            a.add(&Sample {
+            a.add(Sample {
                 t_ns: t * 1_000_000_000,
                 gpus: vec![GpuSample {
                     index: 0,

@@ -9,45 +9,38 @@ use std::path::Path;
 /// buffer: no open/close per sample, no allocation once the buffer has grown.
 pub struct RereadFile {
     file: File,
+    /// Zero-filled once and grown only when a read fills it; `len` bytes are valid.
     buf: Vec<u8>,
+    len: usize,
 }
 
 impl RereadFile {
     pub fn open(path: &Path) -> io::Result<RereadFile> {
         Ok(RereadFile {
             file: File::open(path)?,
-            buf: Vec::with_capacity(4096),
+            buf: vec![0; 4096],
+            len: 0,
         })
     }
 
     /// Reads the whole file again. Fails with ESRCH once the process it belongs to is gone.
     pub fn read(&mut self) -> io::Result<&str> {
-        self.buf.clear();
-        let mut off = 0usize;
+        self.len = 0;
         loop {
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
+            if self.buf.len() - self.len < 1024 {
+                self.buf.resize(self.buf.len() * 2, 0);
             }
-            let len = self.buf.len();
-            let cap = self.buf.capacity();
-            self.buf.resize(cap, 0);
-            let n = self.file.read_at(&mut self.buf[len..], off as u64);
-            match n {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    break;
-                }
-                Ok(n) => {
-                    self.buf.truncate(len + n);
-                    off += n;
-                }
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
+            match self
+                .file
+                .read_at(&mut self.buf[self.len..], self.len as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => self.len += n,
+                Err(e) => return Err(e),
             }
         }
-        std::str::from_utf8(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        std::str::from_utf8(&self.buf[..self.len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -91,7 +84,7 @@ mod tests {
     }
 
     #[test]
-    fn vanished_file_reads_as_error() {
+    fn unlinked_file_still_reads_through_its_fd() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("gone");
         std::fs::write(&p, "7").unwrap();

@@ -120,41 +120,44 @@ impl Watchdog {
                 gpu,
             })
         };
-        if let (Some(used), Some(total)) = (s.mem_used_bytes, s.mem_total_bytes) {
-            if total > 0 {
-                let pct = used as f64 / total as f64 * 100.0;
-                if pct > th.max_ram_percent {
-                    hit("ram_percent", pct, th.max_ram_percent, None);
-                }
-                let free = total.saturating_sub(used);
-                if free < th.ram_reserve_bytes {
-                    hit(
-                        "ram_reserve_bytes",
-                        free as f64,
-                        th.ram_reserve_bytes as f64,
-                        None,
-                    );
-                }
+        // Percentage of a capacity and the reserve left of it.
+        let mut capacity = |used: Option<u64>,
+                            total: Option<u64>,
+                            (pct_metric, max_pct): (&'static str, f64),
+                            (reserve_metric, reserve): (&'static str, u64),
+                            gpu: Option<u32>| {
+            let (Some(used), Some(total)) = (used, total) else {
+                return;
+            };
+            if total == 0 {
+                return;
             }
+            let pct = used as f64 / total as f64 * 100.0;
+            if pct > max_pct {
+                hit(pct_metric, pct, max_pct, gpu);
+            }
+            let free = total.saturating_sub(used);
+            if free < reserve {
+                hit(reserve_metric, free as f64, reserve as f64, gpu);
+            }
+        };
+        capacity(
+            s.mem_used_bytes,
+            s.mem_total_bytes,
+            ("ram_percent", th.max_ram_percent),
+            ("ram_reserve_bytes", th.ram_reserve_bytes),
+            None,
+        );
+        for g in &s.gpus {
+            capacity(
+                g.usable_used_bytes,
+                g.usable_total_bytes,
+                ("vram_percent", th.max_vram_percent),
+                ("vram_reserve_bytes", th.vram_reserve_bytes),
+                Some(g.index),
+            );
         }
         for g in &s.gpus {
-            if let (Some(used), Some(total)) = (g.usable_used_bytes, g.usable_total_bytes) {
-                if total > 0 {
-                    let pct = used as f64 / total as f64 * 100.0;
-                    if pct > th.max_vram_percent {
-                        hit("vram_percent", pct, th.max_vram_percent, Some(g.index));
-                    }
-                    let free = total.saturating_sub(used);
-                    if free < th.vram_reserve_bytes {
-                        hit(
-                            "vram_reserve_bytes",
-                            free as f64,
-                            th.vram_reserve_bytes as f64,
-                            Some(g.index),
-                        );
-                    }
-                }
-            }
             if let Some(t) = g.reading.temp_edge_c {
                 if t > th.max_temperature_c {
                     hit("temperature_c", t, th.max_temperature_c, Some(g.index));
