@@ -138,14 +138,41 @@ pub struct Tree {
 }
 
 /// Per-CPU: what runs on this CPU since when, for in-flight CPU time.
+/// Per-CPU CPU-time state of the tracked tree, written only by `sched_switch` on its own CPU.
+///
+/// User space reads all CPUs with one lookup; the kernel copies each CPU's value in ascending
+/// 8-byte words. The fields form a sequence lock in that order: the writer bumps `seq_begin`
+/// first and copies it into `seq_end` last, the reader sees `seq_end` first and `seq_begin` last,
+/// so a copy with `seq_end == seq_begin` is one consistent snapshot of `total_ns` and the slice
+/// in flight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunState {
+    pub seq_end: u64,
+    /// CPU time of the tree's finished slices on this CPU (ns).
+    pub total_ns: u64,
     /// CLOCK_MONOTONIC ns of the last context switch on this CPU.
     pub since_ns: u64,
     /// tgid of the task switched in if it is tracked, else 0.
     pub tgid: u32,
     pub _pad: u32,
+    pub seq_begin: u64,
+}
+
+impl RunState {
+    /// The tree's CPU time on this CPU at `now_ns`, counting the slice in flight; `None` when
+    /// the copy was torn by a concurrent context switch.
+    pub fn cpu_at(&self, now_ns: u64) -> Option<u64> {
+        if self.seq_end != self.seq_begin {
+            return None;
+        }
+        let running = if self.tgid != 0 && self.since_ns != 0 {
+            now_ns.saturating_sub(self.since_ns)
+        } else {
+            0
+        };
+        Some(self.total_ns + running)
+    }
 }
 
 pub const EVENT_FORK: u32 = 1;
@@ -263,7 +290,7 @@ mod tests {
         assert_eq!(size_of::<Pending>(), 16 + 32);
         assert_eq!(size_of::<ProcPeak>(), 16);
         assert_eq!(size_of::<Tree>(), 32 + 6 * 8);
-        assert_eq!(size_of::<RunState>(), 16);
+        assert_eq!(size_of::<RunState>(), 40);
         assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + EVENT_FILENAME_LEN);
     }
 
@@ -272,5 +299,24 @@ mod tests {
         assert_eq!(size_of::<GpuMemOffsets>(), 8);
         assert_eq!(size_of::<GpuMem>(), 6 * 8 + 8);
         assert_eq!(size_of::<GpuPending>(), 8 + 8 + 8);
+    }
+
+    #[test]
+    fn run_state_counts_the_slice_in_flight_and_rejects_torn_copies() {
+        let mut r = RunState {
+            seq_end: 4,
+            total_ns: 1_000,
+            since_ns: 500,
+            tgid: 7,
+            _pad: 0,
+            seq_begin: 4,
+        };
+        assert_eq!(r.cpu_at(800), Some(1_300));
+        // A clock read that is older than the switch never counts negative time.
+        assert_eq!(r.cpu_at(400), Some(1_000));
+        r.tgid = 0;
+        assert_eq!(r.cpu_at(800), Some(1_000));
+        r.seq_begin = 5;
+        assert_eq!(r.cpu_at(800), None);
     }
 }

@@ -28,6 +28,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
+use core::ptr::write_volatile;
 use o3_common::*;
 
 #[no_mangle]
@@ -59,8 +60,6 @@ static SEEDS: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_TRACKED, 0);
 static PROC_PEAK: HashMap<u32, ProcPeak> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static TREE: Array<Tree> = Array::with_max_entries(1, 0);
-#[map]
-static TREE_CPU: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PROC_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
@@ -267,22 +266,20 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
     let now = now_ns();
     let run = RUN.get_ptr_mut(0).ok_or(-1)?;
-    // SAFETY: per-CPU array value of this CPU; no other program touches it concurrently.
+    // SAFETY: per-CPU array value of this CPU; only this program on this CPU writes it, and
+    // tracepoint programs do not nest on one CPU.
     let since = unsafe { (*run).since_ns };
+    let mut slice = 0u64;
     let (tgid, tid) = current();
     if tgid != 0 {
         if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
             if since != 0 && now > since {
-                let d = now - since;
-                if let Some(c) = TREE_CPU.get_ptr_mut(0) {
-                    // SAFETY: per-CPU value of this CPU.
-                    unsafe { *c += d };
-                }
+                slice = now - since;
                 match PROC_CPU.get_ptr_mut(&tgid) {
                     // SAFETY: per-CPU value of this CPU.
-                    Some(c) => unsafe { *c += d },
+                    Some(c) => unsafe { *c += slice },
                     None => {
-                        let _ = PROC_CPU.insert(&tgid, &d, 0);
+                        let _ = PROC_CPU.insert(&tgid, &slice, 0);
                     }
                 }
             }
@@ -299,11 +296,17 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     let next: i32 = read(ctx, o.switch_next_pid).unwrap_or(0);
-    let next = next as u32;
-    // SAFETY: map lookup result is only read; `run` is this CPU's value.
+    let next_tgid = unsafe { THREADS.get(&(next as u32)) }.copied().unwrap_or(0);
+    // Sequence-locked update (see `RunState`): volatile stores keep this order, which is the
+    // order a reader on another CPU observes them in.
+    // SAFETY: `run` is this CPU's value; all pointers are into it.
     unsafe {
-        (*run).since_ns = now;
-        (*run).tgid = THREADS.get(&next).copied().unwrap_or(0);
+        let seq = (*run).seq_begin.wrapping_add(1);
+        write_volatile(&mut (*run).seq_begin, seq);
+        write_volatile(&mut (*run).total_ns, (*run).total_ns + slice);
+        write_volatile(&mut (*run).since_ns, now);
+        write_volatile(&mut (*run).tgid, next_tgid);
+        write_volatile(&mut (*run).seq_end, seq);
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::telemetry::ebpf::Loaded;
 use crate::telemetry::procfs::{ProcTree, SystemMemory};
 use crate::telemetry::sampler::{self, SamplerHandle, Tick};
 use crate::telemetry::watchdog::{Breach, Thresholds, Watchdog};
-use crate::telemetry::{monotonic_ns, Source};
+use crate::telemetry::{monotonic_ns, Sample, Source};
 
 /// Which server, and how o3 reaches it.
 #[derive(Debug, Clone)]
@@ -308,7 +308,8 @@ impl Watch {
         }
         if let (Some(a), Some(b)) = (in_window.first(), in_window.last()) {
             if let (Some(c0), Some(c1)) = (a.sample.cpu_ns, b.sample.cpu_ns) {
-                let dt = b.sample.t_ns.saturating_sub(a.sample.t_ns);
+                let at = |s: &Sample| s.cpu_t_ns.unwrap_or(s.t_ns);
+                let dt = at(&b.sample).saturating_sub(at(&a.sample));
                 if dt > 0 {
                     p.cpu_percent_avg = Some(c1.saturating_sub(c0) as f64 / dt as f64 * 100.0);
                 }

@@ -358,13 +358,17 @@ impl Aggregate {
             self.mem_total = t;
         }
         if let Some(cpu) = s.cpu_ns {
-            self.cpu_window.push_back((s.t_ns, cpu));
+            // The rate is taken at the instant the CPU figure holds, not at the tick.
+            let t = s.cpu_t_ns.unwrap_or(s.t_ns);
+            self.cpu_window.push_back((t, cpu));
             // Keep the newest point that is at least one window old as the window's start.
-            while self.cpu_window.len() > 2 && s.t_ns - self.cpu_window[1].0 >= self.window_ns {
+            while self.cpu_window.len() > 2
+                && t.saturating_sub(self.cpu_window[1].0) >= self.window_ns
+            {
                 self.cpu_window.pop_front();
             }
             let (t0, c0) = self.cpu_window[0];
-            let dt = s.t_ns.saturating_sub(t0);
+            let dt = t.saturating_sub(t0);
             if dt >= self.window_ns {
                 let pct = cpu.saturating_sub(c0) as f64 / dt as f64 * 100.0;
                 self.cpu_peak_percent = self.cpu_peak_percent.max(pct);
@@ -569,6 +573,24 @@ mod tests {
             a.add(sample(t, cpu, 10));
         }
         assert!((a.cpu_peak_percent() - 10.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cpu_rate_uses_the_instant_the_cpu_figure_was_read() {
+        let mut a = Aggregate::new(10_000_000);
+        // Two cores busy throughout; the read at the 200 ms tick was delayed by 40 ms, so its
+        // figure already holds 80 ms more CPU. Rated at the tick it would read 280 %.
+        for t in (0..=300u64).step_by(10) {
+            let read_at = if t == 200 { 240 } else { t };
+            let mut s = sample(t, 2 * read_at, 10);
+            s.cpu_t_ns = Some(read_at * 1_000_000);
+            a.add(s);
+        }
+        assert!(
+            (a.cpu_peak_percent() - 200.0).abs() < 1e-6,
+            "{}",
+            a.cpu_peak_percent()
+        );
     }
 
     #[test]

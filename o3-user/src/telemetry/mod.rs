@@ -40,6 +40,10 @@ pub struct Sample {
     pub rss_peak_t_ns: Option<u64>,
     /// Cumulative on-CPU time of the tree, ns.
     pub cpu_ns: Option<u64>,
+    /// When `cpu_ns` holds (ns since start) if the source read it later than `t_ns`; rates
+    /// computed from `cpu_ns` must use this instant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_t_ns: Option<u64>,
     /// Processes currently tracked.
     pub processes: Option<u32>,
     /// System RAM in use (MemTotal - MemAvailable), bytes.

@@ -196,14 +196,13 @@ impl Loaded {
         let gpu_mem = gpu_mem::attach(&mut ebpf, sysfs_root);
         let live = EbpfSource {
             tree: take(&mut ebpf, "TREE")?,
-            tree_cpu: take(&mut ebpf, "TREE_CPU")?,
             run: take(&mut ebpf, "RUN")?,
             events: take(&mut ebpf, "EVENTS")?,
             ncpus: aya::util::nr_cpus()
                 .map_err(|(p, e)| EbpfError::Map("RUN", format!("{p}: {e}")))?,
-            cpu_buf: Vec::new(),
             run_buf: Vec::new(),
             last_cpu: 0,
+            last_cpu_at: 0,
             processes: 0,
         };
         Ok(Loaded {
@@ -436,13 +435,12 @@ pub fn convert_event(ev: &Event, t0_ns: u64) -> Option<TreeEvent> {
 /// buffer each tick: three map lookups and no allocation.
 pub struct EbpfSource {
     tree: Array<MapData, Tree>,
-    tree_cpu: PerCpuArray<MapData, u64>,
     run: PerCpuArray<MapData, RunState>,
     events: RingBuf<MapData>,
     ncpus: usize,
-    cpu_buf: Vec<u8>,
     run_buf: Vec<u8>,
     last_cpu: u64,
+    last_cpu_at: u64,
     processes: u32,
 }
 
@@ -451,6 +449,21 @@ pub struct EbpfSource {
 pub struct TreeTotals {
     pub tree: Tree,
     pub cpu_ns: u64,
+    /// CLOCK_MONOTONIC ns at which `cpu_ns` holds.
+    pub cpu_at_ns: u64,
+}
+
+/// Decodes one CPU's `RunState` from a per-CPU lookup buffer.
+fn run_state(c: &[u8]) -> RunState {
+    let u64_at = |o: usize| u64::from_ne_bytes(c[o..o + 8].try_into().expect("8 bytes"));
+    RunState {
+        seq_end: u64_at(0),
+        total_ns: u64_at(8),
+        since_ns: u64_at(16),
+        tgid: u32::from_ne_bytes(c[24..28].try_into().expect("4 bytes")),
+        _pad: 0,
+        seq_begin: u64_at(32),
+    }
 }
 
 impl EbpfSource {
@@ -458,46 +471,43 @@ impl EbpfSource {
         m.map().fd().as_fd().as_raw_fd()
     }
 
-    /// Current totals (also used for the final summary).
-    pub fn totals(&mut self, now_ns: u64) -> Result<TreeTotals, EbpfError> {
+    /// Current totals (also used for the final summary). `cpu_at_ns` is the CLOCK_MONOTONIC
+    /// instant the CPU figure is exact for: the clock is read after the per-CPU copy, so slices
+    /// in flight are counted up to then and no finished slice is missed.
+    pub fn totals(&mut self) -> Result<TreeTotals, EbpfError> {
         let tree = self
             .tree
             .get(&0, 0)
             .map_err(|e| EbpfError::Map("TREE", e.to_string()))?;
-        // Per-CPU values are laid out in 8-byte slots, one per possible CPU.
-        let slot = 8usize;
-        self.cpu_buf.resize(self.ncpus * slot, 0);
-        lookup_raw(Self::fd(&self.tree_cpu), 0, &mut self.cpu_buf).map_err(|source| {
-            EbpfError::Syscall {
-                what: "lookup TREE_CPU",
-                source,
-            }
-        })?;
-        let mut cpu: u64 = self
-            .cpu_buf
-            .chunks_exact(slot)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8-byte slot")))
-            .sum();
         let run_slot = std::mem::size_of::<RunState>().next_multiple_of(8);
         self.run_buf.resize(self.ncpus * run_slot, 0);
-        lookup_raw(Self::fd(&self.run), 0, &mut self.run_buf).map_err(|source| {
-            EbpfError::Syscall {
-                what: "lookup RUN",
-                source,
-            }
-        })?;
-        for c in self.run_buf.chunks_exact(run_slot) {
-            let since = u64::from_ne_bytes(c[0..8].try_into().expect("8 bytes"));
-            let tgid = u32::from_ne_bytes(c[8..12].try_into().expect("4 bytes"));
-            if tgid != 0 && since != 0 {
-                cpu += now_ns.saturating_sub(since);
+        // A copy torn by a context switch on some CPU is retried; the switch is a few
+        // instructions long, so one retry nearly always suffices.
+        for _ in 0..8 {
+            lookup_raw(Self::fd(&self.run), 0, &mut self.run_buf).map_err(|source| {
+                EbpfError::Syscall {
+                    what: "lookup RUN",
+                    source,
+                }
+            })?;
+            let at = super::monotonic_ns();
+            let cpu: Option<u64> = self
+                .run_buf
+                .chunks_exact(run_slot)
+                .map(|c| run_state(c).cpu_at(at))
+                .sum();
+            if let Some(cpu) = cpu {
+                // Never report CPU going back (a slice that ended between the copy and the
+                // clock read was counted up to the clock read).
+                self.last_cpu = self.last_cpu.max(cpu);
+                self.last_cpu_at = at;
+                break;
             }
         }
-        // In-flight time is an estimate until the slice ends; never report CPU going back.
-        self.last_cpu = self.last_cpu.max(cpu);
         Ok(TreeTotals {
             tree,
             cpu_ns: self.last_cpu,
+            cpu_at_ns: self.last_cpu_at,
         })
     }
 
@@ -530,9 +540,9 @@ impl Source for EbpfSource {
         "ebpf"
     }
 
-    fn sample(&mut self, now_ns: u64, t0_ns: u64, out: &mut Sample, events: &mut Vec<TreeEvent>) {
+    fn sample(&mut self, _now_ns: u64, t0_ns: u64, out: &mut Sample, events: &mut Vec<TreeEvent>) {
         self.drain(t0_ns, events);
-        if let Ok(t) = self.totals(now_ns) {
+        if let Ok(t) = self.totals() {
             out.rss_bytes = Some(pos(t.tree.rss));
             out.rss_file_bytes = Some(pos(t.tree.cur[RSS_FILE]));
             out.rss_anon_bytes = Some(pos(t.tree.cur[RSS_ANON]));
@@ -541,6 +551,7 @@ impl Source for EbpfSource {
             out.rss_peak_bytes = Some(pos(t.tree.rss_peak));
             out.rss_peak_t_ns = Some(t.tree.rss_peak_ns.saturating_sub(t0_ns));
             out.cpu_ns = Some(t.cpu_ns);
+            out.cpu_t_ns = Some(t.cpu_at_ns.saturating_sub(t0_ns));
             out.processes = Some(self.processes);
         }
     }
