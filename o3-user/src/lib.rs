@@ -5,6 +5,9 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
+pub mod learn;
+pub mod optimize;
 pub mod probe;
 pub mod record;
 pub mod telemetry;

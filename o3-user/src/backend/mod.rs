@@ -11,11 +11,11 @@ pub mod llama_server;
 pub mod ollama;
 pub mod openai;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A serving configuration. `None` leaves the server's default; a field a backend cannot set
 /// is reported as "fixed by the server", never silently dropped.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeConfig {
     /// Context length per slot (tokens).
     pub ctx: u32,
@@ -33,7 +33,7 @@ pub struct ProbeConfig {
 }
 
 /// How a probe (or one sample of it) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeClass {
     Ok,

@@ -352,6 +352,33 @@ pub fn parse_ps(body: &str, model: &str) -> Result<Option<LoadedModel>, Protocol
     Ok(None)
 }
 
+/// The trained context and parameter count of `model` from a running Ollama server's
+/// `/api/show` (`None`s when it cannot be reached or does not say).
+pub fn show_facts(url: &str, model: &str) -> (Option<u32>, Option<u64>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return (None, None);
+    };
+    let body = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/show", url.trim_end_matches('/')))
+            .json(&serde_json::json!({ "model": model }))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    });
+    match body.as_deref().map(parse_show) {
+        Some(Ok(i)) => (i.context_length, i.parameter_count),
+        _ => (None, None),
+    }
+}
+
 /// What `/api/show` says about a model's architecture (all optional: keys vary by model).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelInfo {

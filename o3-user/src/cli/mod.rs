@@ -1,7 +1,9 @@
 //! Command line: one file per subcommand, thin; the work is in the stages below.
 
+mod config;
 mod doctor;
 mod monitor;
+mod optimize;
 mod probe;
 mod record;
 
@@ -51,10 +53,15 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Measure one serving configuration of an LLM server and print one result row.
     Probe(Box<probe::ProbeArgs>),
+    /// Find the best configurations of a model on this machine: the largest stable context,
+    /// batch, concurrency, and presets (resumable).
+    Optimize(Box<optimize::OptimizeArgs>),
     /// Live system and GPU view (one line per refresh, JSON lines, or a Prometheus endpoint).
     Monitor(monitor::MonitorArgs),
     /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes, GPUs).
     Doctor(doctor::DoctorArgs),
+    /// Check a configuration file or print the default one.
+    Config(config::ConfigArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit status.
@@ -91,7 +98,9 @@ pub fn main() -> i32 {
         Command::Record(a) => record::run(&cli.roots, a),
         Command::Monitor(a) => monitor::run(&cli.roots, a),
         Command::Probe(a) => probe::run(&cli.roots, *a),
+        Command::Optimize(a) => optimize::run(&cli.roots, *a),
         Command::Doctor(a) => doctor::run(&cli.roots, a),
+        Command::Config(a) => config::run(&cli.roots, a),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,10 @@ use crate::util::duration;
 
 use super::{CliResult, Roots};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendArg {
     /// Any OpenAI-compatible server launched from --launch TEMPLATE.
     Openai,
@@ -84,6 +87,9 @@ pub struct ProbeArgs {
     /// Measured samples after one warm-up request.
     #[arg(long, default_value_t = 3)]
     pub samples: u32,
+    /// Simultaneous requests per sample (the server needs as many slots: --parallel).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
     /// Tokens generated per sample.
     #[arg(long, default_value_t = 32)]
     pub output_tokens: u32,
@@ -121,46 +127,15 @@ pub struct ProbeArgs {
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
-    let usage = |e: String| (anyhow::anyhow!(e), 2);
-    let backend = match a.backend {
-        BackendArg::Openai => {
-            let text = a
-                .launch
-                .as_deref()
-                .ok_or_else(|| usage("--backend openai needs --launch TEMPLATE (the server's command line with {port} and {ctx})".into()))?;
-            BackendSpec::OpenAi {
-                template: Template::parse(text).map_err(usage)?,
-                model: a.model.clone(),
-                ready_path: a.ready.clone(),
-                tokenize_path: (a.tokenize != "none").then(|| a.tokenize.clone()),
-            }
-        }
-        BackendArg::LlamaServer => {
-            let help = std::process::Command::new(&a.server_bin)
-                .arg("--help")
-                .output()
-                .map_err(|e| {
-                    (
-                        anyhow::anyhow!(
-                            "cannot run `{} --help`: {e} (give the binary with --server-bin)",
-                            a.server_bin
-                        ),
-                        1,
-                    )
-                })?;
-            let text = String::from_utf8_lossy(&help.stdout).into_owned()
-                + &String::from_utf8_lossy(&help.stderr);
-            BackendSpec::LlamaServer {
-                bin: a.server_bin.clone(),
-                model: a.model.clone(),
-                flags: Box::new(llama_server::parse_help(&text)),
-            }
-        }
-        BackendArg::Ollama => BackendSpec::Ollama {
-            url: a.url.clone(),
-            model: a.model.clone(),
-        },
-    };
+    let backend = backend_spec(
+        a.backend,
+        &a.model,
+        &a.url,
+        &a.server_bin,
+        a.launch.as_deref(),
+        &a.ready,
+        &a.tokenize,
+    )?;
     let spec = ProbeSpec {
         backend,
         config: ProbeConfig {
@@ -175,6 +150,9 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
             threads: a.threads,
         },
         samples: a.samples,
+        concurrency: a.concurrency,
+        stabilize: Duration::ZERO,
+        cancel: None,
         output_tokens: a.output_tokens,
         fill: a.fill,
         prompt_tokens: a.prompt_tokens,
@@ -302,4 +280,53 @@ fn render(r: &probe::ProbeResult) -> String {
         }
     }
     out
+}
+
+/// The backend from the command-line flags `o3 probe` and `o3 optimize` share.
+pub(super) fn backend_spec(
+    kind: BackendArg,
+    model: &str,
+    url: &str,
+    server_bin: &str,
+    launch: Option<&str>,
+    ready: &str,
+    tokenize: &str,
+) -> Result<BackendSpec, (anyhow::Error, i32)> {
+    let usage = |e: String| (anyhow::anyhow!(e), 2);
+    Ok(match kind {
+        BackendArg::Openai => {
+            let text = launch
+                .ok_or_else(|| usage("--backend openai needs --launch TEMPLATE (the server's command line with {port} and {ctx})".into()))?;
+            BackendSpec::OpenAi {
+                template: Template::parse(text).map_err(usage)?,
+                model: model.to_string(),
+                ready_path: ready.to_string(),
+                tokenize_path: (tokenize != "none").then(|| tokenize.to_string()),
+            }
+        }
+        BackendArg::LlamaServer => {
+            let help = std::process::Command::new(server_bin)
+                .arg("--help")
+                .output()
+                .map_err(|e| {
+                    (
+                        anyhow::anyhow!(
+                            "cannot run `{server_bin} --help`: {e} (give the binary with --server-bin)"
+                        ),
+                        1,
+                    )
+                })?;
+            let text = String::from_utf8_lossy(&help.stdout).into_owned()
+                + &String::from_utf8_lossy(&help.stderr);
+            BackendSpec::LlamaServer {
+                bin: server_bin.to_string(),
+                model: model.to_string(),
+                flags: Box::new(llama_server::parse_help(&text)),
+            }
+        }
+        BackendArg::Ollama => BackendSpec::Ollama {
+            url: url.to_string(),
+            model: model.to_string(),
+        },
+    })
 }

@@ -129,8 +129,10 @@ pub fn listener_pid(port: u16) -> Option<u32> {
 pub struct ProbeSpec {
     pub backend: BackendSpec,
     pub config: ProbeConfig,
-    /// Measured samples after the warm-up.
+    /// Measured rounds after the warm-up (each of `concurrency` simultaneous requests).
     pub samples: u32,
+    /// Simultaneous requests per round (the server needs as many slots).
+    pub concurrency: u32,
     pub output_tokens: u32,
     /// Fraction of the context the prompt fills (0.9: the KV cache is really used).
     pub fill: f64,
@@ -146,7 +148,42 @@ pub struct ProbeSpec {
     pub seed: u64,
     /// Watchdog limits: a breach stops the server and the probe is `safety_abort`.
     pub safety: Option<Thresholds>,
+    /// Wait after the warm-up before the measured rounds (a server just given more slots
+    /// settles first).
+    pub stabilize: Duration,
+    /// Set from outside (a signal) to abandon the probe: waits and streams end at once, the
+    /// server o3 started is stopped, and the result says `interrupted`.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+impl ProbeSpec {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// Runs `fut` unless `spec.cancel` is set first (`None` then).
+fn cancellable<F: std::future::Future>(
+    rt: &tokio::runtime::Runtime,
+    spec: &ProbeSpec,
+    fut: F,
+) -> Option<F::Output> {
+    rt.block_on(async {
+        tokio::select! {
+            out = fut => Some(out),
+            _ = async {
+                while !spec.cancelled() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } => None,
+        }
+    })
+}
+
+/// The error text of a probe abandoned through `ProbeSpec::cancel`.
+pub const INTERRUPTED: &str = "interrupted";
 
 /// Adaptive timeout: 60 s + 0.5 s per 1k context + 0.2 s per batch unit, within 30–300 s.
 pub fn adaptive_timeout(ctx: u32, batch: Option<u32>) -> Duration {
@@ -167,6 +204,8 @@ pub struct Peaks {
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleResult {
     pub outcome: OutcomeClass,
+    /// Which round of simultaneous requests this one belonged to (0-based).
+    pub round: u32,
     pub prompt_tokens: Option<u64>,
     /// How the prompt's token count is known: `server_tokenizer`, `server_reported`, `estimate`.
     pub prompt_tokens_source: &'static str,
@@ -190,6 +229,8 @@ pub struct ProbeResult {
     pub prompt_tokens_target: u64,
     pub load_ms: Option<f64>,
     pub samples: Vec<SampleResult>,
+    /// One entry per round of `concurrency` simultaneous requests.
+    pub rounds: Vec<Round>,
     /// Exact peak RSS of the server tree over the whole probe (eBPF), else sampled.
     pub rss_peak_bytes: Option<u64>,
     pub rss_method: &'static str,
@@ -198,6 +239,18 @@ pub struct ProbeResult {
     pub error: Option<String>,
     /// The server's last output lines when something failed.
     pub log_tail: Option<String>,
+}
+
+/// One round of simultaneous requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub streams: u32,
+    /// From sending the first request to the end of the last stream.
+    pub wall_ms: f64,
+    /// Output tokens of the successful streams.
+    pub output_tokens: u64,
+    /// Aggregate decode throughput: output tokens of the round / its wall time.
+    pub output_tokens_per_s: f64,
 }
 
 /// Telemetry of the server tree for the duration of a probe.
@@ -353,6 +406,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         prompt_tokens_target: 0,
         load_ms: None,
         samples: Vec::new(),
+        rounds: Vec::new(),
         rss_peak_bytes: None,
         rss_method: "not_measured",
         server_pid: None,
@@ -589,6 +643,10 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         if ready {
             break;
         }
+        if spec.cancelled() {
+            finish_watch(watch);
+            return fail(result, OutcomeClass::LoadFailed, INTERRUPTED.into(), None);
+        }
         if load_started.elapsed() > spec.load_timeout {
             let t = tail(&server);
             finish_watch(watch);
@@ -629,13 +687,21 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
     // reported prompt count calibrates words per token where the server has no tokenizer.
     let warm_words = 64;
     let warm_prompt = prompt::words(&mut prompt::Rng::new(spec.seed), warm_words);
-    let w = rt.block_on(http::stream(
-        &client,
-        &driver.request_url,
-        &driver.body(cfg, &warm_prompt, 4, spec.seed as u32),
-        driver.parse,
-        timeout.max(spec.load_timeout),
-    ));
+    let warm_body = driver.body(cfg, &warm_prompt, 4, spec.seed as u32);
+    let Some(w) = cancellable(
+        &rt,
+        spec,
+        http::stream(
+            &client,
+            &driver.request_url,
+            &warm_body,
+            driver.parse,
+            timeout.max(spec.load_timeout),
+        ),
+    ) else {
+        finish_watch(watch);
+        return fail(result, OutcomeClass::LoadFailed, INTERRUPTED.into(), None);
+    };
     if result.load_ms.is_none() {
         result.load_ms = Some(load_started.elapsed().as_secs_f64() * 1000.0);
     }
@@ -726,141 +792,194 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         }
     }
 
-    for i in 0..spec.samples {
-        let seed = spec.seed.wrapping_add(i as u64 + 1);
-        let (prompt, tokens, source) = if has_tokenizer {
-            match prompt::fit(seed, target as usize, 1.0, &mut count) {
-                Some((p, n)) => (p, Some(n as u64), "server_tokenizer"),
-                None => {
-                    // A prompt of a guessed length would measure something else: say so.
-                    match server.as_mut().and_then(settle) {
-                        Some(exit) => {
-                            result.outcome = OutcomeClass::Crashed;
-                            result.error = Some(format!("the server exited ({exit:?})"));
-                            result.server_exit = Some(format!("{exit:?}"));
+    // Settle (a cancel ends the wait).
+    let settle_until = Instant::now() + spec.stabilize;
+    while Instant::now() < settle_until && !spec.cancelled() {
+        std::thread::sleep(Duration::from_millis(20).min(settle_until - Instant::now()));
+    }
+    let streams = spec.concurrency.max(1);
+    'rounds: for round in 0..spec.samples {
+        // Every stream of a round gets its own prompt (no shared prefix for a cache to reuse).
+        let mut prompts = Vec::with_capacity(streams as usize);
+        for k in 0..streams {
+            let seed = spec
+                .seed
+                .wrapping_add(round as u64 * streams as u64 + k as u64 + 1);
+            let (prompt, tokens, source) = if has_tokenizer {
+                match prompt::fit(seed, target as usize, 1.0, &mut count) {
+                    Some((p, n)) => (p, Some(n as u64), "server_tokenizer"),
+                    None => {
+                        // A prompt of a guessed length would measure something else: say so.
+                        match server.as_mut().and_then(settle) {
+                            Some(exit) => {
+                                result.outcome = OutcomeClass::Crashed;
+                                result.error = Some(format!("the server exited ({exit:?})"));
+                                result.server_exit = Some(format!("{exit:?}"));
+                            }
+                            None => {
+                                result.outcome = OutcomeClass::HttpError;
+                                result.error =
+                                    Some("the server's tokenizer stopped answering".into());
+                            }
                         }
-                        None => {
-                            result.outcome = OutcomeClass::HttpError;
-                            result.error = Some("the server's tokenizer stopped answering".into());
-                        }
-                    }
-                    result.log_tail = tail(&server);
-                    break;
-                }
-            }
-        } else {
-            let n = ((target as f64 - fixed) / per_word).max(1.0) as usize;
-            (
-                prompt::words(&mut prompt::Rng::new(seed), n),
-                None,
-                "estimate",
-            )
-        };
-        let from = watch.as_ref().map_or(0, Watch::now);
-        let mut s: Streamed = rt.block_on(http::stream(
-            &client,
-            &driver.request_url,
-            &driver.body(cfg, &prompt, spec.output_tokens, seed as u32),
-            driver.parse,
-            timeout,
-        ));
-        let to = watch.as_ref().map_or(0, Watch::now);
-        let alive = server.as_mut().is_none_or(|l| l.exited().is_none());
-        if s.outcome == OutcomeClass::Crashed && s.token_events == 0 && alive {
-            // Some servers (llama-cpp-python) answer a streamed request they reject with an
-            // empty 200 stream; the same request unstreamed says why.
-            let mut body = driver.body(cfg, &prompt, 1, seed as u32);
-            body["stream"] = serde_json::Value::Bool(false);
-            let (status, text) = rt.block_on(async {
-                // The server closed the pooled connection of the broken stream: the first
-                // send may fail on it, the retry opens a new one.
-                let mut last = (0, String::new());
-                for _ in 0..2 {
-                    match client
-                        .post(&driver.request_url)
-                        .json(&body)
-                        .timeout(timeout)
-                        .send()
-                        .await
-                    {
-                        Ok(r) => return (r.status().as_u16(), r.text().await.unwrap_or_default()),
-                        Err(e) => last = (0, e.to_string()),
+                        result.log_tail = tail(&server);
+                        break 'rounds;
                     }
                 }
-                last
-            });
-            if status >= 400 {
-                s.outcome = classify::classify_http(status, &text);
-                s.status = Some(status);
-                s.error = Some(text);
-            }
-        }
-        let mut outcome = s.outcome;
-        if let Some(l) = server.as_mut() {
-            let exited = if s.outcome == OutcomeClass::Crashed {
-                settle(l)
             } else {
-                l.exited()
+                let n = ((target as f64 - fixed) / per_word).max(1.0) as usize;
+                (
+                    prompt::words(&mut prompt::Rng::new(seed), n),
+                    None,
+                    "estimate",
+                )
             };
-            if let Some(exit) = exited {
-                outcome = classify::classify_exit(exit.code, exit.signal, &l.tail(), false);
-                result.server_exit = Some(format!("{exit:?}"));
-            }
+            prompts.push((seed, prompt, tokens, source));
         }
-        if let Some(b) = watch.as_ref().and_then(Watch::breach) {
-            outcome = OutcomeClass::SafetyAbort;
-            s.error = Some(b.to_string());
-        }
-        let t = s.timings.clone().unwrap_or_default();
-        let output_tokens = t
-            .predicted_tokens
-            .or(Some(s.token_events))
-            .filter(|_| s.token_events > 0);
-        let (prefill, decode, rates) = match (t.prefill_tokens_per_s(), t.decode_tokens_per_s()) {
-            (Some(p), Some(d)) => (Some(p), Some(d), "server"),
-            _ => {
-                // Client-side: prefill = prompt / TTFT, decode = (tokens - 1) / time between
-                // the first and the last token.
-                let p = match (tokens.or(t.prompt_tokens), s.ttft_ms) {
-                    (Some(n), Some(ms)) if ms > 0.0 => Some(n as f64 / ms * 1000.0),
-                    _ => None,
-                };
-                let d = match (s.decode_ms, s.token_events) {
-                    (Some(ms), n) if ms > 0.0 && n > 1 => Some((n - 1) as f64 / ms * 1000.0),
-                    _ => None,
-                };
-                (p, d, "client")
-            }
-        };
-        let sample = SampleResult {
-            outcome,
-            prompt_tokens: tokens.or(t.prompt_tokens),
-            prompt_tokens_source: if tokens.is_some() {
-                source
-            } else if t.prompt_tokens.is_some() {
-                "server_reported"
-            } else {
-                "estimate"
-            },
-            output_tokens,
-            ttft_ms: s.ttft_ms,
-            e2e_ms: s.e2e_ms,
-            prefill_tokens_per_s: prefill,
-            decode_tokens_per_s: decode,
-            rates_source: rates,
-            peaks: watch
-                .as_mut()
-                .map(|w| w.peaks(from, to))
-                .unwrap_or_default(),
-            error: s.error.clone(),
-        };
-        let stop = outcome != OutcomeClass::Ok;
-        result.samples.push(sample);
-        if stop {
-            result.outcome = outcome;
-            result.error = s.error;
-            result.log_tail = tail(&server);
+        let from = watch.as_ref().map_or(0, Watch::now);
+        let round_started = Instant::now();
+        let bodies: Vec<serde_json::Value> = prompts
+            .iter()
+            .map(|(seed, prompt, _, _)| driver.body(cfg, prompt, spec.output_tokens, *seed as u32))
+            .collect();
+        if spec.cancelled() {
+            result.outcome = OutcomeClass::HttpError;
+            result.error = Some(INTERRUPTED.into());
             break;
+        }
+        let all =
+            futures_util::future::join_all(bodies.iter().map(|body| {
+                http::stream(&client, &driver.request_url, body, driver.parse, timeout)
+            }));
+        let streamed: Vec<Streamed> = match cancellable(&rt, spec, all) {
+            Some(s) => s,
+            None => {
+                result.outcome = OutcomeClass::HttpError;
+                result.error = Some(INTERRUPTED.into());
+                break;
+            }
+        };
+        let round_ms = round_started.elapsed().as_secs_f64() * 1000.0;
+        let to = watch.as_ref().map_or(0, Watch::now);
+        let peaks = watch
+            .as_mut()
+            .map(|w| w.peaks(from, to))
+            .unwrap_or_default();
+        let mut round_tokens = 0u64;
+        let mut first_failure: Option<(OutcomeClass, Option<String>)> = None;
+        for (mut s, (seed, prompt, tokens, source)) in streamed.into_iter().zip(prompts) {
+            let alive = server.as_mut().is_none_or(|l| l.exited().is_none());
+            if s.outcome == OutcomeClass::Crashed && s.token_events == 0 && alive {
+                // Some servers (llama-cpp-python) answer a streamed request they reject with an
+                // empty 200 stream; the same request unstreamed says why.
+                let mut body = driver.body(cfg, &prompt, 1, seed as u32);
+                body["stream"] = serde_json::Value::Bool(false);
+                let (status, text) = rt.block_on(async {
+                    // The server closed the pooled connection of the broken stream: the first
+                    // send may fail on it, the retry opens a new one.
+                    let mut last = (0, String::new());
+                    for _ in 0..2 {
+                        match client
+                            .post(&driver.request_url)
+                            .json(&body)
+                            .timeout(timeout)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => {
+                                return (r.status().as_u16(), r.text().await.unwrap_or_default())
+                            }
+                            Err(e) => last = (0, e.to_string()),
+                        }
+                    }
+                    last
+                });
+                if status >= 400 {
+                    s.outcome = classify::classify_http(status, &text);
+                    s.status = Some(status);
+                    s.error = Some(text);
+                }
+            }
+            let mut outcome = s.outcome;
+            if let Some(l) = server.as_mut() {
+                let exited = if s.outcome == OutcomeClass::Crashed {
+                    settle(l)
+                } else {
+                    l.exited()
+                };
+                if let Some(exit) = exited {
+                    outcome = classify::classify_exit(exit.code, exit.signal, &l.tail(), false);
+                    result.server_exit = Some(format!("{exit:?}"));
+                }
+            }
+            if let Some(b) = watch.as_ref().and_then(Watch::breach) {
+                outcome = OutcomeClass::SafetyAbort;
+                s.error = Some(b.to_string());
+            }
+            let t = s.timings.clone().unwrap_or_default();
+            let output_tokens = t
+                .predicted_tokens
+                .or(Some(s.token_events))
+                .filter(|_| s.token_events > 0);
+            let (prefill, decode, rates) = match (t.prefill_tokens_per_s(), t.decode_tokens_per_s())
+            {
+                (Some(p), Some(d)) => (Some(p), Some(d), "server"),
+                _ => {
+                    // Client-side: prefill = prompt / TTFT, decode = (tokens - 1) / time
+                    // between the first and the last token.
+                    let p = match (tokens.or(t.prompt_tokens), s.ttft_ms) {
+                        (Some(n), Some(ms)) if ms > 0.0 => Some(n as f64 / ms * 1000.0),
+                        _ => None,
+                    };
+                    let d = match (s.decode_ms, s.token_events) {
+                        (Some(ms), n) if ms > 0.0 && n > 1 => Some((n - 1) as f64 / ms * 1000.0),
+                        _ => None,
+                    };
+                    (p, d, "client")
+                }
+            };
+            if outcome == OutcomeClass::Ok {
+                round_tokens += output_tokens.unwrap_or(0);
+            } else if first_failure.is_none() {
+                first_failure = Some((outcome, s.error.clone()));
+            }
+            result.samples.push(SampleResult {
+                outcome,
+                round,
+                prompt_tokens: tokens.or(t.prompt_tokens),
+                prompt_tokens_source: if tokens.is_some() {
+                    source
+                } else if t.prompt_tokens.is_some() {
+                    "server_reported"
+                } else {
+                    "estimate"
+                },
+                output_tokens,
+                ttft_ms: s.ttft_ms,
+                e2e_ms: s.e2e_ms,
+                prefill_tokens_per_s: prefill,
+                decode_tokens_per_s: decode,
+                rates_source: rates,
+                peaks: peaks.clone(),
+                error: s.error.clone(),
+            });
+        }
+        result.rounds.push(Round {
+            streams,
+            wall_ms: round_ms,
+            output_tokens: round_tokens,
+            output_tokens_per_s: round_tokens as f64 / round_ms.max(1e-9) * 1000.0,
+        });
+        if let Some((outcome, error)) = first_failure {
+            // A timeout among concurrent streams is data for the concurrency stage, not the end
+            // of the probe, unless the server is gone.
+            let server_gone = server.as_mut().is_some_and(|l| l.exited().is_some());
+            if outcome != OutcomeClass::Timeout || streams == 1 || server_gone {
+                result.outcome = outcome;
+                result.error = error;
+                result.log_tail = tail(&server);
+                break;
+            }
         }
     }
     if let Some(mut l) = server {

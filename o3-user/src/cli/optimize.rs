@@ -1,0 +1,704 @@
+//! `o3 optimize`: search a server's configurations, validate them, choose presets, and write
+//! the run directory (journal, summary, presets, artefacts). Resumable with `--resume DIR`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ProbeConfig;
+use crate::config::{self, Config};
+use crate::optimize::journal::{Journal, Journaled};
+use crate::optimize::live::Live;
+use crate::optimize::prober::{describe_config, ProbeOutcome, ProbeRequest, Prober};
+use crate::optimize::search::{self, Inputs, Observer, Report};
+use crate::optimize::sim::{Sim, SimModel};
+use crate::optimize::{artefacts, presets};
+use crate::probe::BackendSpec;
+
+use super::probe::{backend_spec, BackendArg};
+use super::{CliResult, Roots};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    o3 optimize --backend ollama --model qwen3:30b-a3b\n  \
+    o3 optimize --backend llama-server --server-bin ~/llama.cpp/build/bin/llama-server \\\n    \
+      --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn true\n  \
+    o3 optimize --resume ~/.local/share/o3/runs/<run>")]
+pub struct OptimizeArgs {
+    #[arg(long, value_enum, default_value = "ollama")]
+    pub backend: BackendArg,
+    /// Model name (Ollama) or GGUF path (llama-server's -m, a template's {model}).
+    #[arg(long, required_unless_present_any = ["resume", "simulate"])]
+    pub model: Option<String>,
+    /// Ollama's address.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub url: String,
+    /// The llama-server binary.
+    #[arg(long, value_name = "PATH", default_value = "llama-server")]
+    pub server_bin: String,
+    /// Command line that starts an OpenAI-compatible server (see `o3 probe --help`).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub launch: Option<String>,
+    /// Path polled until the server answers 200 (--backend openai).
+    #[arg(long, default_value = "/v1/models")]
+    pub ready: String,
+    /// Tokenizer endpoint (--backend openai); "none" to estimate.
+    #[arg(long, default_value = "/extras/tokenize")]
+    pub tokenize: String,
+    /// Configuration file (`o3 config default` prints the documented default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run directory (default: $XDG_DATA_HOME/o3/runs/<model>-<time>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR: finished probes are not repeated.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "config", "model"])]
+    pub resume: Option<PathBuf>,
+    /// Layers on the GPU (fixed for the whole search).
+    #[arg(long, allow_hyphen_values = true)]
+    pub gpu_layers: Option<i32>,
+    #[arg(long)]
+    pub flash_attn: Option<bool>,
+    #[arg(long)]
+    pub cache_type_k: Option<String>,
+    #[arg(long)]
+    pub cache_type_v: Option<String>,
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the final summary as one JSON object on stdout's last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Search an in-process simulated server described by a JSON file (truth known; for
+    /// demonstrations and benchmarks) instead of a real one.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub simulate: Option<PathBuf>,
+}
+
+/// What a run searches, kept in run.json so `--resume` needs nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Target {
+    backend: BackendArg,
+    model: String,
+    url: String,
+    server_bin: String,
+    launch: Option<String>,
+    ready: String,
+    tokenize: String,
+    base: ProbeConfig,
+    simulate: Option<SimModel>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunFile {
+    schema_version: u32,
+    o3_version: String,
+    created_unix_ns: u64,
+    target: Target,
+    config: Config,
+    config_notices: Vec<String>,
+    trained_context: Option<u32>,
+    parameters: Option<u64>,
+}
+
+fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("o3");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/o3")
+}
+
+fn slug(model: &str) -> String {
+    let base = Path::new(model)
+        .file_stem()
+        .map_or(model.to_string(), |s| s.to_string_lossy().into_owned());
+    base.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> (anyhow::Error, i32) {
+    (anyhow::anyhow!("cannot {what} {}: {e}", path.display()), 1)
+}
+
+/// Writes a file atomically (temp file, fsync, rename).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (anyhow::Error, i32)> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))
+}
+
+/// The model's trained context and size, from its GGUF file or the Ollama server.
+fn model_facts(t: &Target) -> (Option<u32>, Option<u64>) {
+    if let Some(m) = &t.simulate {
+        return (Some(m.trained_context), Some(m.parameters));
+    }
+    match t.backend {
+        BackendArg::Ollama => crate::backend::ollama::show_facts(&t.url, &t.model),
+        _ => match crate::learn::gguf::read(Path::new(&t.model)) {
+            Ok(i) => (i.trained_context, Some(i.parameters)),
+            Err(_) => (None, None),
+        },
+    }
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    started: Instant,
+    probe_started: Instant,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (!quiet && tty).then(|| {
+            let b = indicatif::ProgressBar::new(1);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} probes (ETA {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b
+        });
+        Progress {
+            bar,
+            lines: !quiet && !tty,
+            started: Instant::now(),
+            probe_started: Instant::now(),
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn before(&mut self, req: &ProbeRequest, done: u32, estimate: u32) {
+        self.probe_started = Instant::now();
+        let what = format!(
+            "{} · {}{}",
+            req.stage.name(),
+            req.describe(),
+            if req.concurrency > 1 {
+                format!(" · {} streams", req.concurrency)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(b) = &self.bar {
+            b.set_length(estimate as u64);
+            b.set_position(done as u64);
+            b.set_message(what);
+        }
+    }
+
+    fn after(&mut self, req: &ProbeRequest, out: &ProbeOutcome) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+        if self.lines {
+            let ok = out.observations.iter().filter(|o| o.ok).count();
+            eprintln!(
+                "o3: [{:>6.1} s] {:<11} {:<40} {} ({ok}/{} requests ok, {:.1} s)",
+                self.started.elapsed().as_secs_f64(),
+                req.stage.name(),
+                describe_config(&req.config)
+                    + &if req.concurrency > 1 {
+                        format!(" · {} streams", req.concurrency)
+                    } else {
+                        String::new()
+                    },
+                format!("{:?}", out.outcome).to_lowercase(),
+                out.observations.len(),
+                self.probe_started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn note(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("note: {msg}")),
+            None if self.lines => eprintln!("o3: note: {msg}"),
+            None => {}
+        }
+    }
+}
+
+/// A prober that is either live or simulated.
+enum Any {
+    Live(Box<Live>),
+    Sim(Box<Sim>),
+}
+
+impl crate::optimize::journal::Raw for Any {
+    fn take_raw(&mut self) -> Option<serde_json::Value> {
+        match self {
+            Any::Live(l) => l.take_raw(),
+            Any::Sim(_) => None,
+        }
+    }
+}
+
+impl Prober for Any {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
+        match self {
+            Any::Live(l) => l.probe(req),
+            Any::Sim(s) => s.probe(req),
+        }
+    }
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        match self {
+            Any::Live(l) => l.fixed_by_server(cfg),
+            Any::Sim(s) => s.fixed_by_server(cfg),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PresetOut {
+    #[serde(flatten)]
+    preset: presets::Preset,
+    artefacts: Option<artefacts::Artefacts>,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    schema_version: u32,
+    o3_version: &'static str,
+    run_dir: String,
+    model: &'a str,
+    backend: BackendArg,
+    simulated: bool,
+    trained_context: Option<u32>,
+    parameters: Option<u64>,
+    fill: f64,
+    max_prompt_tokens: Option<u32>,
+    output_tokens: u32,
+    presets: Vec<PresetOut>,
+    context: &'a search::ContextSearch,
+    configurations: &'a [search::Measured],
+    notes: &'a [String],
+    probes: ProbesOut,
+    peaks: PeaksOut,
+    /// Simulated time of all probes (simulator only), s.
+    simulated_s: Option<f64>,
+    wall_s: f64,
+    interrupted: bool,
+    finished_unix_ns: u64,
+}
+
+#[derive(Serialize)]
+struct ProbesOut {
+    total: u32,
+    ran_now: u32,
+    from_journal: u32,
+    context_search: usize,
+    context_search_bound: u32,
+}
+
+#[derive(Serialize)]
+struct PeaksOut {
+    /// Largest server-tree RSS peak of any probe, bytes.
+    rss_peak_bytes: Option<u64>,
+    rss_method: Option<String>,
+    mem_used_peak_bytes: Option<u64>,
+    gpu_used_peak_bytes: Option<u64>,
+}
+
+fn artefacts_for(backend: Option<&BackendSpec>, cfg: &ProbeConfig) -> Option<artefacts::Artefacts> {
+    match backend? {
+        BackendSpec::Ollama { model, .. } => artefacts::ollama(model, cfg).ok(),
+        BackendSpec::LlamaServer { bin, model, flags } => {
+            artefacts::llama_server(bin, flags, Path::new(model), cfg, "127.0.0.1", 8080).ok()
+        }
+        BackendSpec::OpenAi {
+            template, model, ..
+        } => artefacts::template(template, model, cfg, "127.0.0.1", 8080).ok(),
+    }
+}
+
+pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
+    let usage = |e: String| (anyhow::anyhow!(e), 2);
+    // 1. What to search, and where the run lives.
+    let (dir, runfile) = match &a.resume {
+        Some(dir) => {
+            let p = dir.join("run.json");
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                usage(format!(
+                    "cannot read {}: {e} (is {} a run directory of `o3 optimize`?)",
+                    p.display(),
+                    dir.display()
+                ))
+            })?;
+            let rf: RunFile = serde_json::from_str(&text).map_err(|e| {
+                usage(format!(
+                    "{} is not a run file o3 can resume: {e}",
+                    p.display()
+                ))
+            })?;
+            (dir.clone(), rf)
+        }
+        None => {
+            let loaded = match &a.config {
+                Some(p) => config::load(p).map_err(|e| usage(e.to_string()))?,
+                None => config::Loaded {
+                    config: Config::default(),
+                    layout: config::Layout::Current,
+                    notices: Vec::new(),
+                },
+            };
+            let simulate = match &a.simulate {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
+                    let mut m: SimModel = serde_json::from_str(&text)
+                        .map_err(|e| usage(format!("{}: {e}", p.display())))?;
+                    m.fill = loaded.config.prompt.fill;
+                    m.output_tokens = loaded.config.prompt.output_tokens;
+                    Some(m)
+                }
+                None => None,
+            };
+            let model = a.model.clone().unwrap_or_else(|| "simulated".into());
+            let target = Target {
+                backend: a.backend,
+                model: model.clone(),
+                url: a.url.clone(),
+                server_bin: a.server_bin.clone(),
+                launch: a.launch.clone(),
+                ready: a.ready.clone(),
+                tokenize: a.tokenize.clone(),
+                base: ProbeConfig {
+                    gpu_layers: a.gpu_layers,
+                    flash_attn: a.flash_attn,
+                    cache_type_k: a.cache_type_k.clone(),
+                    cache_type_v: a.cache_type_v.clone(),
+                    threads: a.threads,
+                    ..ProbeConfig::default()
+                },
+                simulate,
+            };
+            let dir = a.out.clone().unwrap_or_else(|| {
+                let secs = crate::record::unix_now_ns() / 1_000_000_000;
+                data_dir()
+                    .join("runs")
+                    .join(format!("{}-{secs}", slug(&model)))
+            });
+            if dir.join("journal.jsonl").exists() {
+                return Err(usage(format!(
+                    "{} already holds a run: continue it with `o3 optimize --resume {}` or choose another --out",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+            let (trained_context, parameters) = model_facts(&target);
+            let rf = RunFile {
+                schema_version: SCHEMA_VERSION,
+                o3_version: env!("CARGO_PKG_VERSION").into(),
+                created_unix_ns: crate::record::unix_now_ns(),
+                target,
+                config: loaded.config,
+                config_notices: loaded.notices,
+                trained_context,
+                parameters,
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            // The run file first: a bad --out fails before a server starts.
+            write_file(
+                &dir.join("run.json"),
+                serde_json::to_string_pretty(&rf)
+                    .expect("run file serialises")
+                    .as_bytes(),
+            )?;
+            (dir, rf)
+        }
+    };
+    for n in &runfile.config_notices {
+        if !a.quiet {
+            eprintln!("o3: notice: {n}");
+        }
+    }
+    let t = &runfile.target;
+    let cfg = &runfile.config;
+
+    // 2. The prober.
+    let (mut prober, backend) = match &t.simulate {
+        Some(m) => (Any::Sim(Box::new(Sim::new(m.clone()))), None),
+        None => {
+            let spec = backend_spec(
+                t.backend,
+                &t.model,
+                &t.url,
+                &t.server_bin,
+                t.launch.as_deref(),
+                &t.ready,
+                &t.tokenize,
+            )?;
+            let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+            let ebpf = match crate::telemetry::ebpf::Loaded::load(&roots.sysfs_root, 1 << 20) {
+                Ok(_) => true,
+                Err(e) if require => {
+                    return Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "o3: warning: eBPF unavailable ({e}); server peaks come from procfs polling"
+                    );
+                    false
+                }
+            };
+            let live = Live::new(spec.clone(), cfg.clone(), roots.sysfs_root.clone(), ebpf);
+            (Any::Live(Box::new(live)), Some(spec))
+        }
+    };
+
+    // 3. Stop requests: SIGINT/SIGTERM/SIGHUP set the flag the probe watches; the probe stops
+    // the server it started.
+    if let Any::Live(l) = &prober {
+        let stop = l.stop.clone();
+        let fd = crate::record::signals::install().map_err(|e| (e.into(), 1))?;
+        std::thread::Builder::new()
+            .name("o3-signals".into())
+            .spawn(move || loop {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, -1) } > 0 {
+                    let mut b = [0u8; 16];
+                    // SAFETY: reading into a local buffer.
+                    unsafe { libc::read(fd, b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| (e.into(), 1))?;
+    }
+
+    // 4. Search, journaled.
+    let jpath = dir.join("journal.jsonl");
+    let mut journal = Journal::open(&jpath).map_err(|e| (e.into(), 1))?;
+    if a.resume.is_some() && !a.quiet {
+        eprintln!(
+            "o3: resuming {}: {} probes already in the journal",
+            dir.display(),
+            journal.loaded
+        );
+    }
+    let started = Instant::now();
+    let mut progress = Progress::new(a.quiet);
+    let inputs = Inputs {
+        config: cfg,
+        base: t.base.clone(),
+        trained_context: runfile.trained_context,
+        parameters: runfile.parameters,
+        start_context: None,
+    };
+    let mut jp = Journaled::new(&mut prober, &mut journal);
+    let report: Report = search::run(&inputs, &mut jp, &mut progress);
+    let (ran, replayed, jerr) = (jp.ran, jp.replayed, jp.error.take());
+    if let Some(b) = &progress.bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = jerr {
+        return Err((e.into(), 1));
+    }
+    let interrupted = report.interrupted;
+
+    // 5. Presets and outputs.
+    let chosen = presets::choose(&report.configurations, &cfg.presets);
+    let presets_out: Vec<PresetOut> = chosen
+        .into_iter()
+        .map(|p| {
+            let art = p
+                .config
+                .as_ref()
+                .and_then(|c| artefacts_for(backend.as_ref(), c));
+            PresetOut {
+                preset: p,
+                artefacts: art,
+            }
+        })
+        .collect();
+    let max_by = |f: &dyn Fn(&search::Measured) -> Option<u64>| {
+        report.configurations.iter().filter_map(f).max()
+    };
+    let summary = Summary {
+        schema_version: SCHEMA_VERSION,
+        o3_version: env!("CARGO_PKG_VERSION"),
+        run_dir: dir.display().to_string(),
+        model: &t.model,
+        backend: t.backend,
+        simulated: t.simulate.is_some(),
+        trained_context: runfile.trained_context,
+        parameters: runfile.parameters,
+        fill: cfg.prompt.fill,
+        max_prompt_tokens: cfg.prompt.max_prompt_tokens,
+        output_tokens: cfg.prompt.output_tokens,
+        presets: presets_out,
+        context: &report.context,
+        configurations: &report.configurations,
+        notes: &report.notes,
+        probes: ProbesOut {
+            total: report.probes,
+            ran_now: ran,
+            from_journal: replayed,
+            context_search: report.context.probes.len(),
+            context_search_bound: report.context.probe_bound,
+        },
+        peaks: PeaksOut {
+            rss_peak_bytes: max_by(&|m| m.rss_peak_bytes),
+            rss_method: report
+                .configurations
+                .iter()
+                .find(|m| m.rss_peak_bytes.is_some())
+                .map(|m| m.rss_method.clone()),
+            mem_used_peak_bytes: max_by(&|m| m.mem_used_peak_bytes),
+            gpu_used_peak_bytes: max_by(&|m| m.gpu_used_peak_bytes),
+        },
+        simulated_s: match &prober {
+            Any::Sim(s) => Some(s.wall_ms / 1000.0),
+            Any::Live(_) => None,
+        },
+        wall_s: started.elapsed().as_secs_f64(),
+        interrupted,
+        finished_unix_ns: crate::record::unix_now_ns(),
+    };
+    let json = serde_json::to_string(&summary).expect("summary serialises");
+    write_file(&dir.join("summary.json"), json.as_bytes())?;
+    write_file(&dir.join("presets.yaml"), presets_yaml(&summary).as_bytes())?;
+    let adir = dir.join("artefacts");
+    std::fs::create_dir_all(&adir).map_err(|e| io_err("create", &adir, e))?;
+    for p in &summary.presets {
+        let Some(art) = &p.artefacts else { continue };
+        if let Some(m) = &art.modelfile {
+            write_file(
+                &adir.join(format!("{}.Modelfile", p.preset.name)),
+                m.as_bytes(),
+            )?;
+        }
+        if !art.server_env.is_empty() {
+            write_file(
+                &adir.join(format!("{}.env", p.preset.name)),
+                (art.server_env.join("\n") + "\n").as_bytes(),
+            )?;
+        }
+        if let Some(c) = &art.command_line {
+            write_file(
+                &adir.join(format!("{}.sh", p.preset.name)),
+                format!("#!/bin/sh\nexec {c}\n").as_bytes(),
+            )?;
+        }
+    }
+    print_table(&summary);
+    if a.json {
+        println!("{json}");
+    }
+    if interrupted {
+        eprintln!(
+            "o3: interrupted; the partial summary is in {}; continue with `o3 optimize --resume {}`",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(130);
+    }
+    Ok(0)
+}
+
+fn presets_yaml(s: &Summary) -> String {
+    #[derive(Serialize)]
+    struct Y<'a> {
+        model: &'a str,
+        backend: BackendArg,
+        presets: std::collections::BTreeMap<&'static str, serde_yaml::Value>,
+    }
+    let mut presets = std::collections::BTreeMap::new();
+    for p in &s.presets {
+        let v = serde_yaml::to_value(p).unwrap_or(serde_yaml::Value::Null);
+        presets.insert(p.preset.name, v);
+    }
+    serde_yaml::to_string(&Y {
+        model: s.model,
+        backend: s.backend,
+        presets,
+    })
+    .unwrap_or_default()
+}
+
+fn print_table(s: &Summary) {
+    let mb = |b: Option<u64>| {
+        b.map_or("-".to_string(), |b| {
+            format!("{:.0} MiB", b as f64 / 1048576.0)
+        })
+    };
+    eprintln!();
+    eprintln!(
+        "{:<14} {:>8} {:>6} {:>6} {:>8} {:>10} {:>12}  why",
+        "preset", "context", "batch", "slots", "tok/s", "TTFT p95", "success"
+    );
+    for p in &s.presets {
+        let pr = &p.preset;
+        match &pr.config {
+            Some(c) => {
+                let m = s
+                    .configurations
+                    .iter()
+                    .find(|m| Some(&m.id) == pr.chosen.as_ref() && m.stable);
+                eprintln!(
+                    "{:<14} {:>8} {:>6} {:>6} {:>8.1} {:>7.0} ms {:>11.0}%  {}",
+                    pr.name,
+                    c.ctx,
+                    c.batch.map_or("-".into(), |b| b.to_string()),
+                    c.parallel.unwrap_or(1),
+                    pr.output_tokens_per_s.unwrap_or(0.0),
+                    pr.ttft_p95_ms.unwrap_or(0.0),
+                    m.map_or(0.0, |m| m.validation.success_rate * 100.0),
+                    pr.why
+                );
+            }
+            None => eprintln!("{:<14} {:>8}  {}", pr.name, "-", pr.why),
+        }
+    }
+    let c = s.context;
+    eprintln!();
+    eprintln!(
+        "context search: {} probes (bound {}) over {}..{} step {}: largest passing {}, validated {}",
+        c.probes.len(),
+        c.probe_bound,
+        c.low,
+        c.high,
+        c.granularity,
+        c.max_passing.map_or("none".into(), |x| x.to_string()),
+        c.validated.map_or("none".into(), |x| x.to_string())
+    );
+    eprintln!(
+        "peaks: server RSS {} ({}), system RAM in use {}, GPU memory {}",
+        mb(s.peaks.rss_peak_bytes),
+        s.peaks.rss_method.as_deref().unwrap_or("not measured"),
+        mb(s.peaks.mem_used_peak_bytes),
+        mb(s.peaks.gpu_used_peak_bytes)
+    );
+    eprintln!(
+        "{} probes ({} now, {} from the journal) in {:.1} s; results in {}",
+        s.probes.total, s.probes.ran_now, s.probes.from_journal, s.wall_s, s.run_dir
+    );
+}

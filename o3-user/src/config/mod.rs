@@ -1,0 +1,518 @@
+//! Configuration of `o3 optimize`: the schema and its defaults (documented in
+//! `config/o3.yaml` and docs/config.md), validation with one-line errors that name the file,
+//! line and key, and the legacy `o3_ai_config.yaml` layout mapped onto the current one.
+//!
+//! Flow: text → generic YAML value (syntax errors, layout detection) → typed value (unknown
+//! keys and wrong types, located by serde_yaml) → [`validate`] (ranges, then checks that involve
+//! two keys, located by [`locate`]) → [`Loaded`].
+
+mod error;
+mod legacy;
+mod locate;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+
+use locate::Doc;
+use validate::Ctx;
+
+/// Everything `o3 optimize` can be told, by section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub search: Search,
+    pub batch: Batch,
+    pub presets: Presets,
+    pub validation: Validation,
+    pub concurrency: Concurrency,
+    pub timeouts: Timeouts,
+    pub safety: Safety,
+    pub prompt: Prompt,
+    pub learning: Learning,
+    pub monitoring: Monitoring,
+}
+
+/// The context search (bisection on measured results), in tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Search {
+    /// First context tried.
+    pub initial_context: u32,
+    /// The search stops when the bracket between the largest context that worked and the
+    /// smallest that failed is this narrow; contexts tried are multiples of it.
+    pub granularity: u32,
+    pub min_context: u32,
+    pub max_context: u32,
+    /// Most contexts tried in one search.
+    pub max_iterations: u32,
+}
+
+impl Default for Search {
+    fn default() -> Search {
+        Search {
+            initial_context: 16_384,
+            granularity: 1024,
+            min_context: 2048,
+            max_context: 131_072,
+            max_iterations: 16,
+        }
+    }
+}
+
+/// The batch sweep at a fixed context: start by model size, multiply until throughput stops
+/// improving or a limit is hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    pub enabled: bool,
+    /// First batch for models of 27B parameters or more.
+    pub initial_large: u32,
+    /// First batch for models from 3B to under 27B parameters, and of unknown size.
+    pub initial_medium: u32,
+    /// First batch for models under 3B parameters.
+    pub initial_small: u32,
+    /// Each step multiplies the batch by this.
+    pub scale_factor: f64,
+    pub max_batch: u32,
+    /// Physical batch (llama.cpp `--ubatch-size`); None leaves the server's default.
+    pub ubatch: Option<u32>,
+    /// The sweep stops when throughput improves by less than this fraction (0.05 = 5 %).
+    pub min_gain: f64,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            enabled: true,
+            initial_large: 16,
+            initial_medium: 32,
+            initial_small: 64,
+            scale_factor: 2.0,
+            max_batch: 256,
+            ubatch: None,
+            min_gain: 0.05,
+        }
+    }
+}
+
+impl Batch {
+    /// Models of at least this many parameters start with `initial_large`.
+    pub const LARGE_PARAMETERS: u64 = 27_000_000_000;
+    /// Models under this many parameters start with `initial_small`.
+    pub const SMALL_PARAMETERS: u64 = 3_000_000_000;
+
+    /// The first batch for a model of `parameters` parameters (unknown size: medium).
+    pub fn initial_for(&self, parameters: Option<u64>) -> u32 {
+        match parameters {
+            Some(p) if p >= Self::LARGE_PARAMETERS => self.initial_large,
+            Some(p) if p < Self::SMALL_PARAMETERS => self.initial_small,
+            _ => self.initial_medium,
+        }
+    }
+}
+
+/// The three presets o3 recommends, and optional service-level objectives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Presets {
+    pub max_context: MaxContextPreset,
+    pub balanced: BalancedPreset,
+    pub fast_response: FastResponsePreset,
+    pub slo: Slo,
+}
+
+/// The largest stable context, ranked secondarily by throughput and TTFT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaxContextPreset {
+    /// Percentile (of the largest stable context) a candidate must reach, %.
+    pub target_context_percentile: f64,
+    /// Weight of decode throughput in the ranking, 0 to 1.
+    pub throughput_weight: f64,
+    /// Weight of (low) time to first token in the ranking, 0 to 1.
+    pub ttft_weight: f64,
+}
+
+impl Default for MaxContextPreset {
+    fn default() -> MaxContextPreset {
+        MaxContextPreset {
+            target_context_percentile: 95.0,
+            throughput_weight: 0.3,
+            ttft_weight: 0.2,
+        }
+    }
+}
+
+/// A mid-size context with throughput and TTFT balanced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancedPreset {
+    /// `[low, high]` contexts, tokens.
+    pub target_context_range: [u32; 2],
+    pub throughput_weight: f64,
+    pub ttft_weight: f64,
+}
+
+impl Default for BalancedPreset {
+    fn default() -> BalancedPreset {
+        BalancedPreset {
+            target_context_range: [8192, 12_288],
+            throughput_weight: 0.6,
+            ttft_weight: 0.4,
+        }
+    }
+}
+
+/// The fastest responses at a context of at least `target_context_min`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastResponsePreset {
+    /// Smallest context, tokens.
+    pub target_context_min: u32,
+    pub throughput_weight: f64,
+    pub ttft_weight: f64,
+}
+
+impl Default for FastResponsePreset {
+    fn default() -> FastResponsePreset {
+        FastResponsePreset {
+            target_context_min: 4096,
+            throughput_weight: 0.8,
+            ttft_weight: 0.7,
+        }
+    }
+}
+
+/// Service-level objectives every preset must meet; None: no objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    /// Largest acceptable 95th-percentile time to first token, ms.
+    pub ttft_p95_ms: Option<f64>,
+    /// Smallest acceptable decode rate, tokens/s.
+    pub min_decode_tokens_per_s: Option<f64>,
+}
+
+/// When a configuration counts as stable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Validation {
+    /// Requests per configuration.
+    pub samples: u32,
+    /// Fraction of requests that must succeed, 0 to 1.
+    pub min_success_rate: f64,
+    /// Largest coefficient of variation (stddev / mean) of decode throughput.
+    pub max_cv: f64,
+}
+
+impl Default for Validation {
+    fn default() -> Validation {
+        Validation {
+            samples: 5,
+            min_success_rate: 0.85,
+            max_cv: 0.15,
+        }
+    }
+}
+
+/// Concurrent requests tried on the chosen configurations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Concurrency {
+    pub enabled: bool,
+    /// Parallel requests (and server slots), strictly ascending.
+    pub levels: Vec<u32>,
+    /// Pause between levels, s.
+    pub stabilization_delay_s: f64,
+    /// Timeouts tolerated at one level before the progression stops.
+    pub max_timeouts: u32,
+}
+
+impl Default for Concurrency {
+    fn default() -> Concurrency {
+        Concurrency {
+            enabled: true,
+            levels: vec![1, 2, 4, 8],
+            stabilization_delay_s: 2.0,
+            max_timeouts: 2,
+        }
+    }
+}
+
+/// Request timeouts grow with context and batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub base_s: f64,
+    /// Added per 1000 tokens of context, s.
+    pub per_1k_context_s: f64,
+    /// Added per unit of batch, s.
+    pub per_batch_unit_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    /// Longest wait for a server to load a model, s.
+    pub load_s: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            base_s: 60.0,
+            per_1k_context_s: 0.5,
+            per_batch_unit_s: 0.2,
+            min_s: 30.0,
+            max_s: 300.0,
+            load_s: 600.0,
+        }
+    }
+}
+
+impl Timeouts {
+    /// `base + per_1k_context × ctx / 1000 + per_batch_unit × batch`, within `[min_s, max_s]`.
+    pub fn request_timeout(&self, ctx: u32, batch: Option<u32>) -> Duration {
+        let s = self.base_s
+            + self.per_1k_context_s * f64::from(ctx) / 1000.0
+            + self.per_batch_unit_s * f64::from(batch.unwrap_or(0));
+        // max then min (not f64::clamp, which panics when min > max).
+        let s = s.max(self.min_s).min(self.max_s);
+        Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
+    }
+
+    /// `load_s` as a duration.
+    pub fn load_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.load_s).unwrap_or(Duration::from_secs(600))
+    }
+}
+
+/// Limits that stop a measurement (the watchdog of `o3 record --safety`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Safety {
+    /// Of the GPU-usable memory (GTT on an APU, VRAM on a discrete card), %.
+    pub max_vram_percent: f64,
+    /// Of system RAM, %.
+    pub max_ram_percent: f64,
+    /// GPU edge temperature, °C.
+    pub max_temperature_c: f64,
+    /// System CPU busy, % of all cores, sustained for 2 s.
+    pub max_cpu_percent: f64,
+    /// GPU-usable memory that must stay free, MiB.
+    pub vram_reserve_mb: u64,
+    /// RAM that must stay free, MiB.
+    pub ram_reserve_mb: u64,
+}
+
+impl Default for Safety {
+    fn default() -> Safety {
+        Safety {
+            max_vram_percent: 90.0,
+            max_ram_percent: 85.0,
+            max_temperature_c: 85.0,
+            max_cpu_percent: 90.0,
+            vram_reserve_mb: 4096,
+            ram_reserve_mb: 4096,
+        }
+    }
+}
+
+impl Safety {
+    /// The watchdog's thresholds (CPU sustain time stays the watchdog's default).
+    pub fn thresholds(&self) -> crate::telemetry::watchdog::Thresholds {
+        crate::telemetry::watchdog::Thresholds {
+            max_vram_percent: self.max_vram_percent,
+            max_ram_percent: self.max_ram_percent,
+            max_temperature_c: self.max_temperature_c,
+            max_cpu_percent: self.max_cpu_percent,
+            vram_reserve_bytes: self.vram_reserve_mb.saturating_mul(1 << 20),
+            ram_reserve_bytes: self.ram_reserve_mb.saturating_mul(1 << 20),
+            ..Default::default()
+        }
+    }
+}
+
+/// The prompts sent to measure a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prompt {
+    /// Fraction of the context the prompt fills.
+    pub fill: f64,
+    /// Cap on prompt tokens, so huge contexts stay affordable; None: no cap.
+    pub max_prompt_tokens: Option<u32>,
+    /// Tokens generated per request.
+    pub output_tokens: u32,
+}
+
+impl Default for Prompt {
+    fn default() -> Prompt {
+        Prompt {
+            fill: 0.9,
+            max_prompt_tokens: Some(32_768),
+            output_tokens: 64,
+        }
+    }
+}
+
+/// What o3 keeps between runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Learning {
+    /// Store each run's results for this machine and model.
+    pub store_results: bool,
+    /// Start from configurations learned on this machine.
+    pub reuse_learned_configs: bool,
+    /// Skip configurations predicted to fail (memory model of earlier runs).
+    pub predict: bool,
+}
+
+impl Default for Learning {
+    fn default() -> Learning {
+        Learning {
+            store_results: true,
+            reuse_learned_configs: true,
+            predict: true,
+        }
+    }
+}
+
+/// Sampling while measuring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitoring {
+    /// Sampling interval, ms.
+    pub interval_ms: u32,
+}
+
+impl Default for Monitoring {
+    fn default() -> Monitoring {
+        Monitoring { interval_ms: 10 }
+    }
+}
+
+impl Monitoring {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.interval_ms))
+    }
+}
+
+/// Which layout a file was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// This version's (`config/o3.yaml`).
+    Current,
+    /// The Python tool's `o3_ai_config.yaml`, mapped onto the current one.
+    Legacy,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Current => "current",
+            Layout::Legacy => "legacy",
+        }
+    }
+}
+
+/// A configuration read from a file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Loaded {
+    pub config: Config,
+    pub layout: Layout,
+    /// One line each: keys ignored or adjusted (legacy layout), with file and line.
+    pub notices: Vec<String>,
+}
+
+/// The documented default configuration (config/o3.yaml).
+pub fn default_yaml() -> &'static str {
+    include_str!("../../../config/o3.yaml")
+}
+
+/// Reads and checks a configuration file; messages name the path as given.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: origin.clone(),
+        error,
+    })?;
+    parse(&text, &origin)
+}
+
+/// Checks a configuration text; `origin` (a file name) starts every message.
+pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| error::from_yaml(&e, text, origin))?;
+    let doc = Doc::new(text, origin, value);
+    if doc.value.is_null() {
+        return Ok(Loaded {
+            config: Config::default(),
+            layout: Layout::Current,
+            notices: vec![format!(
+                "{origin}: no settings in the file; every default applies"
+            )],
+        });
+    }
+    let layout = detect(&doc)?;
+    let (config, notices) = match layout {
+        Layout::Current => {
+            let config: Config = serde_yaml::from_str(text)
+                .map_err(|e| error::from_serde(&e, &doc, Layout::Current))?;
+            (config, Vec::new())
+        }
+        Layout::Legacy => legacy::map(&doc)?,
+    };
+    validate::validate(&config, &Ctx { doc: &doc, layout })?;
+    Ok(Loaded {
+        config,
+        layout,
+        notices,
+    })
+}
+
+/// Current top-level keys.
+const CURRENT_TOP_KEYS: &[&str] = &[
+    "search",
+    "batch",
+    "presets",
+    "validation",
+    "concurrency",
+    "timeouts",
+    "safety",
+    "prompt",
+    "learning",
+    "monitoring",
+];
+
+/// Legacy when a top-level key is one of the legacy layout's; both kinds is an error.
+fn detect(doc: &Doc) -> Result<Layout, ConfigError> {
+    let top = doc.top_keys();
+    let current = top
+        .iter()
+        .find(|(k, _)| CURRENT_TOP_KEYS.contains(&k.as_str()));
+    let old = top
+        .iter()
+        .find(|(k, _)| legacy::TOP_KEYS.contains(&k.as_str()));
+    match (current, old) {
+        (Some((ck, cl)), Some((lk, ll))) => {
+            let cat = cl.map(|l| format!(" (line {l})")).unwrap_or_default();
+            Err(ConfigError::Key {
+                origin: doc.origin.to_string(),
+                line: *ll,
+                key: lk.clone(),
+                problem: format!(
+                    "legacy key in a file that also has the current key `{ck}`{cat}"
+                ),
+                fix: "use one layout: move the legacy keys to their current names (docs/config.md maps each one) or drop them".into(),
+            })
+        }
+        (None, Some(_)) => Ok(Layout::Legacy),
+        _ => Ok(Layout::Current),
+    }
+}

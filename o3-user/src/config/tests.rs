@@ -1,0 +1,797 @@
+//! Unit tests of the configuration module: defaults, every range, line numbers, the legacy
+//! mapping, mixed layouts and notices.
+
+use std::path::PathBuf;
+
+use super::legacy::{IGNORED, LEGACY_MAP};
+use super::locate::key_lines;
+use super::validate::{Rule, FIELDS};
+use super::*;
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+fn ok(text: &str) -> Loaded {
+    parse(text, "t.yaml").unwrap_or_else(|e| panic!("{e}\n--- text:\n{text}"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text, "t.yaml") {
+        Ok(l) => panic!("accepted: {l:?}\n--- text:\n{text}"),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "not one line: {s:?}");
+            e
+        }
+    }
+}
+
+/// `a.b.c: v` as block YAML.
+fn yaml_at(path: &str, value: &str) -> String {
+    let mut out = String::new();
+    let segs: Vec<_> = path.split('.').collect();
+    for (i, s) in segs.iter().enumerate() {
+        out += &"  ".repeat(i);
+        out += s;
+        out += ":";
+        if i + 1 == segs.len() {
+            out += " ";
+            out += value;
+        }
+        out += "\n";
+    }
+    out
+}
+
+// ---- defaults ----
+
+#[test]
+fn default_yaml_is_the_default_config() {
+    let l = parse(default_yaml(), "o3.yaml").unwrap();
+    assert_eq!(l.config, Config::default());
+    assert_eq!(l.layout, Layout::Current);
+    assert!(l.notices.is_empty(), "{:?}", l.notices);
+}
+
+#[test]
+fn defaults_are_the_documented_values() {
+    let c = Config::default();
+    assert_eq!(c.search.initial_context, 16384);
+    assert_eq!(c.search.granularity, 1024);
+    assert_eq!((c.search.min_context, c.search.max_context), (2048, 131072));
+    assert_eq!(c.search.max_iterations, 16);
+    assert!(c.batch.enabled);
+    assert_eq!(
+        (
+            c.batch.initial_large,
+            c.batch.initial_medium,
+            c.batch.initial_small
+        ),
+        (16, 32, 64)
+    );
+    assert_eq!(c.batch.scale_factor, 2.0);
+    assert_eq!(c.batch.max_batch, 256);
+    assert_eq!(c.batch.ubatch, None);
+    assert_eq!(c.batch.min_gain, 0.05);
+    assert_eq!(c.presets.max_context.target_context_percentile, 95.0);
+    assert_eq!(c.presets.balanced.target_context_range, [8192, 12288]);
+    assert_eq!(c.presets.fast_response.target_context_min, 4096);
+    assert_eq!(c.presets.fast_response.ttft_weight, 0.7);
+    assert_eq!(c.presets.slo, Slo::default());
+    assert_eq!(c.presets.slo.ttft_p95_ms, None);
+    assert_eq!(c.validation.samples, 5);
+    assert_eq!(c.validation.min_success_rate, 0.85);
+    assert_eq!(c.validation.max_cv, 0.15);
+    assert_eq!(c.concurrency.levels, vec![1, 2, 4, 8]);
+    assert_eq!(c.concurrency.stabilization_delay_s, 2.0);
+    assert_eq!(c.concurrency.max_timeouts, 2);
+    assert_eq!(c.timeouts.load_s, 600.0);
+    assert_eq!(c.safety.vram_reserve_mb, 4096);
+    assert_eq!(c.prompt.max_prompt_tokens, Some(32768));
+    assert_eq!(c.prompt.output_tokens, 64);
+    assert_eq!(c.monitoring.interval_ms, 10);
+    assert!(c.learning.store_results && c.learning.reuse_learned_configs && c.learning.predict);
+}
+
+/// Every leaf key of the serialized configuration (dotted).
+fn leaf_keys(v: &serde_yaml::Value, at: &str, out: &mut Vec<String>) {
+    match v.as_mapping() {
+        Some(m) => {
+            for (k, child) in m {
+                let k = k.as_str().unwrap();
+                let p = if at.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{at}.{k}")
+                };
+                leaf_keys(child, &p, out);
+            }
+        }
+        None => out.push(at.to_string()),
+    }
+}
+
+#[test]
+fn rule_table_covers_every_key_in_order() {
+    let mut keys = Vec::new();
+    leaf_keys(
+        &serde_yaml::to_value(Config::default()).unwrap(),
+        "",
+        &mut keys,
+    );
+    let table: Vec<_> = FIELDS.iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(keys, table);
+}
+
+#[test]
+fn default_yaml_documents_every_key_with_a_comment() {
+    let text = default_yaml();
+    let lines: Vec<&str> = text.lines().collect();
+    let found = key_lines(text);
+    for (key, _) in FIELDS {
+        let k = found
+            .iter()
+            .find(|k| k.path == *key)
+            .unwrap_or_else(|| panic!("{key} not in config/o3.yaml"));
+        // The line above is a comment.
+        assert!(
+            lines[k.line - 2].trim_start().starts_with('#'),
+            "{key} has no comment above it"
+        );
+    }
+}
+
+#[test]
+fn reference_documents_every_key() {
+    let path = repo("docs/config.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    for (key, _) in FIELDS {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "{key} not in docs/config.md"
+        );
+    }
+    for (old, _) in LEGACY_MAP {
+        assert!(
+            doc.contains(&format!("`{old}`")),
+            "{old} not in docs/config.md"
+        );
+    }
+    for (old, _) in IGNORED {
+        assert!(
+            doc.contains(&format!("`{old}`")),
+            "{old} not in docs/config.md"
+        );
+    }
+}
+
+// ---- helpers of the typed configuration ----
+
+#[test]
+fn initial_batch_by_model_size() {
+    let b = Batch::default();
+    assert_eq!(b.initial_for(Some(70_000_000_000)), 16);
+    assert_eq!(b.initial_for(Some(27_000_000_000)), 16);
+    assert_eq!(b.initial_for(Some(26_999_999_999)), 32);
+    assert_eq!(b.initial_for(Some(7_000_000_000)), 32);
+    assert_eq!(b.initial_for(Some(3_000_000_000)), 32);
+    assert_eq!(b.initial_for(Some(2_999_999_999)), 64);
+    assert_eq!(b.initial_for(Some(500_000_000)), 64);
+    assert_eq!(b.initial_for(None), 32);
+}
+
+#[test]
+fn request_timeout_grows_and_is_clamped() {
+    let t = Timeouts::default();
+    // 60 + 0.5 × 32 + 0.2 × 64 = 88.8 s
+    assert_eq!(
+        t.request_timeout(32_000, Some(64)),
+        Duration::from_secs_f64(88.8)
+    );
+    assert_eq!(t.request_timeout(0, None), Duration::from_secs(60));
+    // 60 + 0.5 × 1000 > 300
+    assert_eq!(t.request_timeout(1_000_000, None), Duration::from_secs(300));
+    let short = Timeouts {
+        base_s: 1.0,
+        ..Timeouts::default()
+    };
+    assert_eq!(short.request_timeout(0, None), Duration::from_secs(30));
+    // An inconsistent (unvalidated) value does not panic.
+    let bad = Timeouts {
+        min_s: 500.0,
+        max_s: 100.0,
+        ..Timeouts::default()
+    };
+    assert_eq!(bad.request_timeout(0, None), Duration::from_secs(100));
+    assert_eq!(t.load_timeout(), Duration::from_secs(600));
+}
+
+#[test]
+fn safety_thresholds_convert_mib_and_keep_cpu_sustain() {
+    let s = Safety {
+        max_ram_percent: 70.0,
+        vram_reserve_mb: 2048,
+        ram_reserve_mb: 1,
+        ..Safety::default()
+    };
+    let th = s.thresholds();
+    let d = crate::telemetry::watchdog::Thresholds::default();
+    assert_eq!(th.max_ram_percent, 70.0);
+    assert_eq!(th.vram_reserve_bytes, 2048 << 20);
+    assert_eq!(th.ram_reserve_bytes, 1 << 20);
+    assert_eq!(th.cpu_sustain, d.cpu_sustain);
+    assert_eq!(Safety::default().thresholds(), d);
+}
+
+// ---- ranges: every rule, both ends ----
+
+fn fmt(v: f64) -> String {
+    format!("{v}")
+}
+
+/// Out-of-range values of a rule, as YAML.
+fn bad_values(rule: &Rule) -> Vec<String> {
+    match rule {
+        Rule::Bool => vec![],
+        Rule::Int { min, max } => {
+            let mut v = vec![(max + 1).to_string()];
+            if *min > 0 {
+                v.push((min - 1).to_string());
+            }
+            v
+        }
+        Rule::Num { min, above, max } => {
+            let low = if *above { *min } else { min - 0.01 };
+            vec![fmt(low), fmt(max + 0.5), ".nan".into()]
+        }
+        Rule::Opt(inner) => bad_values(inner),
+        Rule::Ascending { min, max } => vec![
+            "[]".into(),
+            format!("[{}]", max + 1),
+            format!("[{min}, {}]", max + 1),
+            "[2, 1]".into(),
+            "[1, 1]".into(),
+        ],
+        Rule::Pair { min, max } => vec![
+            format!("[{}, {max}]", min - 1),
+            format!("[{min}, {}]", max + 1),
+            format!("[{}, {}]", min + 1, min),
+        ],
+    }
+}
+
+#[test]
+fn every_range_is_checked_with_key_line_and_allowed_values() {
+    let mut n = 0;
+    for (key, rule) in FIELDS {
+        let depth = key.split('.').count();
+        for bad in bad_values(rule) {
+            let text = yaml_at(key, &bad);
+            let e = err(&text);
+            let s = e.to_string();
+            assert_eq!(e.key(), Some(*key), "{s}");
+            assert_eq!(e.line(), Some(depth), "{s}");
+            assert!(s.starts_with(&format!("t.yaml:{depth}: {key}: ")), "{s}");
+            n += 1;
+        }
+    }
+    assert!(n > 100, "{n}");
+}
+
+#[test]
+fn range_messages() {
+    assert_eq!(
+        err("search:\n  granularity: 0\n").to_string(),
+        "t.yaml:2: search.granularity: 0 is out of range; allowed 64 to 65536"
+    );
+    assert_eq!(
+        err("batch:\n  scale_factor: 1\n").to_string(),
+        "t.yaml:2: batch.scale_factor: 1 is out of range; allowed more than 1 up to 16"
+    );
+    assert_eq!(
+        err("prompt:\n  fill: 0.01\n").to_string(),
+        "t.yaml:2: prompt.fill: 0.01 is out of range; allowed 0.05 to 1"
+    );
+    assert_eq!(
+        err("batch:\n  ubatch: 0\n").to_string(),
+        "t.yaml:2: batch.ubatch: 0 is out of range; allowed 1 to 65536, or null for none"
+    );
+    assert_eq!(
+        err("concurrency:\n  levels: []\n").to_string(),
+        "t.yaml:2: concurrency.levels: the list is empty; give at least one level, e.g. [1, 2, 4, 8]"
+    );
+    assert_eq!(
+        err("concurrency:\n  levels: [1, 4, 2]\n").to_string(),
+        "t.yaml:2: concurrency.levels: 2 follows 4, the list is not strictly ascending; list each level once, smallest first, e.g. [1, 2, 4, 8]"
+    );
+    assert_eq!(
+        err("concurrency:\n  levels:\n    - 1\n    - 300\n").to_string(),
+        "t.yaml:2: concurrency.levels: 300 is out of range; each level allowed 1 to 256"
+    );
+    assert_eq!(
+        err("validation:\n  max_cv: 0\n").to_string(),
+        "t.yaml:2: validation.max_cv: 0 is out of range; allowed more than 0 up to 1"
+    );
+}
+
+#[test]
+fn boundaries_are_accepted() {
+    ok("search:\n  granularity: 64\n");
+    ok("search:\n  granularity: 65536\n");
+    ok("batch:\n  scale_factor: 16\n  min_gain: 0\n");
+    ok("validation:\n  samples: 1\n  min_success_rate: 1\n  max_cv: 1\n");
+    ok("concurrency:\n  levels: [256]\n  max_timeouts: 0\n");
+    ok("prompt:\n  fill: 0.05\n  output_tokens: 4096\n");
+    ok("prompt:\n  fill: 1\n  max_prompt_tokens: null\n  output_tokens: 1\n");
+    ok("monitoring:\n  interval_ms: 10000\n");
+    ok("safety:\n  vram_reserve_mb: 0\n  max_vram_percent: 100\n");
+    ok("search:\n  initial_context: 1048576\n  max_context: 1048576\n");
+    ok("search:\n  initial_context: 256\n  min_context: 256\n");
+    ok("presets:\n  balanced:\n    target_context_range: [4096, 4096]\n");
+    ok("presets:\n  max_context:\n    throughput_weight: 0\n");
+}
+
+#[test]
+fn options_take_null_and_values() {
+    let l = ok("batch:\n  ubatch: 128\nprompt:\n  max_prompt_tokens: ~\npresets:\n  slo:\n    ttft_p95_ms: 2500\n");
+    assert_eq!(l.config.batch.ubatch, Some(128));
+    assert_eq!(l.config.prompt.max_prompt_tokens, None);
+    assert_eq!(l.config.presets.slo.ttft_p95_ms, Some(2500.0));
+    assert_eq!(l.config.presets.slo.min_decode_tokens_per_s, None);
+}
+
+// ---- cross-field checks ----
+
+#[test]
+fn min_above_max_names_both() {
+    assert_eq!(
+        err("search:\n  min_context: 8192\n  max_context: 4096\n  initial_context: 4096\n").to_string(),
+        "t.yaml:2: search.min_context: 8192 is above search.max_context (4096); make search.min_context at most search.max_context"
+    );
+    // min_context absent from the file: the line is max_context's.
+    assert_eq!(err("search:\n  max_context: 1024\n").line(), Some(2));
+}
+
+#[test]
+fn initial_outside_the_range_names_both() {
+    assert_eq!(
+        err("search:\n  initial_context: 1024\n").to_string(),
+        "t.yaml:2: search.initial_context: 1024 is below search.min_context (2048); set it between search.min_context (2048) and search.max_context (131072)"
+    );
+    assert_eq!(
+        err("# c\nsearch:\n  max_context: 8192\n").to_string(),
+        "t.yaml:3: search.initial_context: 16384 is above search.max_context (8192); set it between search.min_context (2048) and search.max_context (8192)"
+    );
+}
+
+#[test]
+fn batch_starts_and_ubatch_stay_within_max_batch() {
+    assert_eq!(
+        err("batch:\n  max_batch: 32\n").to_string(),
+        "t.yaml:2: batch.initial_small: 64 is above batch.max_batch (32); lower it or raise batch.max_batch"
+    );
+    assert_eq!(
+        err("batch:\n  ubatch: 512\n").to_string(),
+        "t.yaml:2: batch.ubatch: 512 is above batch.max_batch (256); lower it or raise batch.max_batch"
+    );
+}
+
+#[test]
+fn weights_cannot_both_be_zero() {
+    let e = err("presets:\n  balanced:\n    throughput_weight: 0\n    ttft_weight: 0\n");
+    assert_eq!(
+        e.to_string(),
+        "t.yaml:3: presets.balanced.throughput_weight: both weights are 0 (with presets.balanced.ttft_weight), nothing to rank by; give at least one of them a weight above 0"
+    );
+}
+
+#[test]
+fn target_range_order_and_reach() {
+    assert_eq!(
+        err("presets:\n  balanced:\n    target_context_range: [12288, 8192]\n").to_string(),
+        "t.yaml:3: presets.balanced.target_context_range: low 12288 is above high 8192; write [low, high] with low <= high"
+    );
+    assert_eq!(
+        err("presets:\n  fast_response:\n    target_context_min: 262144\n").to_string(),
+        "t.yaml:3: presets.fast_response.target_context_min: 262144 is above search.max_context (131072), no searched context can reach it; lower it or raise search.max_context"
+    );
+    assert!(
+        err("presets:\n  balanced:\n    target_context_range: [200000, 300000]\n")
+            .to_string()
+            .contains("no searched context can reach it")
+    );
+}
+
+#[test]
+fn timeouts_min_above_max() {
+    assert_eq!(
+        err("timeouts:\n  min_s: 400\n").to_string(),
+        "t.yaml:2: timeouts.min_s: 400 is above timeouts.max_s (300); make timeouts.min_s at most timeouts.max_s"
+    );
+}
+
+// ---- serde errors: unknown keys, types ----
+
+#[test]
+fn unknown_keys_list_the_known_ones() {
+    assert_eq!(
+        err("search:\n  initial_context: 16384\n  granularty: 512\n").to_string(),
+        "t.yaml:3: search.granularty: unknown key; known keys here: initial_context, granularity, min_context, max_context, max_iterations"
+    );
+    assert_eq!(
+        err("# top\nsearh:\n  granularity: 512\n").to_string(),
+        "t.yaml:2: searh: unknown key; known top-level keys: search, batch, presets, validation, concurrency, timeouts, safety, prompt, learning, monitoring"
+    );
+    assert_eq!(
+        err("presets:\n  slo:\n    ttft_ms: 3\n").to_string(),
+        "t.yaml:3: presets.slo.ttft_ms: unknown key; known keys here: ttft_p95_ms, min_decode_tokens_per_s"
+    );
+}
+
+#[test]
+fn wrong_types_say_what_is_expected() {
+    assert_eq!(
+        err("search:\n  granularity: fine\n").to_string(),
+        "t.yaml:2: search.granularity: wrong type (string \"fine\"); expected a whole number 64 to 65536"
+    );
+    assert_eq!(
+        err("search:\n  granularity: 1.5\n").to_string(),
+        "t.yaml:2: search.granularity: wrong type (floating point 1.5); expected a whole number 64 to 65536"
+    );
+    assert_eq!(
+        err("search:\n  granularity: -1\n").to_string(),
+        "t.yaml:2: search.granularity: -1 is out of range; allowed 64 to 65536"
+    );
+    assert_eq!(
+        err("search:\n  max_context: 5000000000\n").to_string(),
+        "t.yaml:2: search.max_context: 5000000000 is out of range; allowed 256 to 1048576"
+    );
+    assert_eq!(
+        err("batch:\n  enabled: yes\n").to_string(),
+        "t.yaml:2: batch.enabled: wrong type (string \"yes\"); expected true or false"
+    );
+    assert_eq!(
+        err("concurrency:\n  levels: [1, two]\n").to_string(),
+        "t.yaml:2: concurrency.levels[1]: wrong type (string \"two\"); expected a list of whole numbers 1 to 256, strictly ascending, e.g. [1, 2, 4, 8]"
+    );
+    assert_eq!(
+        err("presets:\n  balanced:\n    target_context_range: [8192]\n").to_string(),
+        "t.yaml:3: presets.balanced.target_context_range: wrong length (1 items); expected a list of two whole numbers [low, high], each 256 to 1048576"
+    );
+    assert_eq!(
+        err("search: 3\n").to_string(),
+        "t.yaml:1: search: wrong type (integer 3); expected a mapping of `key: value` lines indented under it"
+    );
+    assert_eq!(
+        err("monitoring:\n  interval_ms: ~\n").to_string(),
+        "t.yaml:2: monitoring.interval_ms: wrong type (null); expected a whole number 1 to 10000"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = err("search:\n  granularity: [1, 2\nbatch:\n  enabled: true\n");
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+    let s = e.to_string();
+    assert!(s.starts_with("t.yaml:3: invalid YAML: "), "{s}");
+    assert!(
+        s.contains("check indentation (spaces, not tabs), quotes and brackets"),
+        "{s}"
+    );
+    let e = err("search:\n\tgranularity: 1024\n");
+    assert!(e.to_string().starts_with("t.yaml:2: invalid YAML: "), "{e}");
+}
+
+#[test]
+fn top_level_must_be_a_mapping() {
+    assert_eq!(
+        err("- search\n- batch\n").to_string(),
+        "t.yaml:1: the file holds a list, not a mapping of sections; write sections such as `search:` at the top level (`o3 config default` prints them all)"
+    );
+    assert!(err("just text\n")
+        .to_string()
+        .contains("not a mapping of sections"));
+}
+
+#[test]
+fn duplicate_keys_name_both_lines() {
+    assert_eq!(
+        err("search:\n  granularity: 512\n  max_context: 65536\n  granularity: 256\n").to_string(),
+        "t.yaml:4: search.granularity: written twice (first at line 2); keep one of them"
+    );
+    assert_eq!(
+        err("search:\n  granularity: 512\nsearch:\n  granularity: 256\n").to_string(),
+        "t.yaml:3: search: written twice (first at line 1); keep one of them"
+    );
+}
+
+#[test]
+fn several_documents_are_an_error() {
+    let s = err("search:\n  granularity: 512\n---\nbatch:\n  enabled: true\n").to_string();
+    assert!(s.contains("more than one YAML document"), "{s}");
+}
+
+#[test]
+fn empty_file_is_all_defaults_with_a_notice() {
+    for text in ["", "# nothing\n", "---\n"] {
+        let l = ok(text);
+        assert_eq!(l.config, Config::default());
+        assert_eq!(
+            l.notices,
+            vec!["t.yaml: no settings in the file; every default applies"]
+        );
+    }
+    // An empty section keeps its defaults.
+    assert_eq!(ok("search:\nbatch: {}\n").config, Config::default());
+}
+
+// ---- locating keys ----
+
+#[test]
+fn key_lines_follow_indentation() {
+    let text = "# c\nsearch:\n  # inner\n  granularity: 512 # trailing\n\nbatch:\n    enabled: true\n    \"max_batch\": 64\npresets:\n  balanced:\n    target_context_range:\n      - 1\n      - 2\n    ttft_weight: 0.1\n  note: |\n    a: not a key\n    b: neither\n  fast_response:\n    ttft_weight: 0.2\n";
+    let got: Vec<(String, usize)> = key_lines(text)
+        .into_iter()
+        .map(|k| (k.path, k.line))
+        .collect();
+    let want = [
+        ("search", 2),
+        ("search.granularity", 4),
+        ("batch", 6),
+        ("batch.enabled", 7),
+        ("batch.max_batch", 8),
+        ("presets", 9),
+        ("presets.balanced", 10),
+        ("presets.balanced.target_context_range", 11),
+        ("presets.balanced.ttft_weight", 14),
+        ("presets.note", 15),
+        ("presets.fast_response", 18),
+        ("presets.fast_response.ttft_weight", 19),
+    ];
+    let want: Vec<(String, usize)> = want.iter().map(|(p, l)| (p.to_string(), *l)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn flow_style_keys_get_the_section_line_and_absent_keys_none() {
+    assert_eq!(
+        err("# c\nsearch: {granularity: 32}\n").to_string(),
+        "t.yaml:2: search.granularity: 32 is out of range; allowed 64 to 65536"
+    );
+    // Defaults in conflict with a key the file sets: the set key's line.
+    let e = err("search:\n  min_context: 200000\n  initial_context: 200000\n");
+    assert_eq!(e.key(), Some("search.min_context"));
+    assert_eq!(e.line(), Some(2));
+}
+
+#[test]
+fn absent_key_has_no_line() {
+    // timeouts.max_s is not in the file: the error is about min_s, which is; a check about
+    // keys the file does not have at all names no line.
+    let e = validate::validate(
+        &Config {
+            timeouts: Timeouts {
+                min_s: 10.0,
+                max_s: 5.0,
+                ..Timeouts::default()
+            },
+            ..Config::default()
+        },
+        &validate::Ctx {
+            doc: &Doc::new(
+                "search: {}\n",
+                "t.yaml",
+                serde_yaml::from_str("search: {}").unwrap(),
+            ),
+            layout: Layout::Current,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.yaml: timeouts.min_s: 10 is above timeouts.max_s (5); make timeouts.min_s at most timeouts.max_s"
+    );
+}
+
+// ---- load ----
+
+#[test]
+fn unreadable_file_names_the_path_and_what_to_do() {
+    let e = load(std::path::Path::new("/nonexistent/o3.yaml")).unwrap_err();
+    let s = e.to_string();
+    assert!(
+        s.starts_with("/nonexistent/o3.yaml: cannot read the configuration ("),
+        "{s}"
+    );
+    assert!(s.ends_with("check the path, or write the default one with `o3 config default > /nonexistent/o3.yaml`"), "{s}");
+    assert!(!s.contains('\n'));
+}
+
+#[test]
+fn load_reads_a_file_and_names_it() {
+    let dir = std::env::temp_dir().join(format!("o3-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.yaml");
+    std::fs::write(&p, "search:\n  granularity: 0\n").unwrap();
+    let e = load(&p).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        e,
+        format!(
+            "{}:2: search.granularity: 0 is out of range; allowed 64 to 65536",
+            p.display()
+        )
+    );
+}
+
+// ---- layouts ----
+
+#[test]
+fn mixed_layout_names_one_key_of_each() {
+    assert_eq!(
+        err("search:\n  granularity: 512\nsearch_strategy:\n  initial_context_probe: 8192\n").to_string(),
+        "t.yaml:3: search_strategy: legacy key in a file that also has the current key `search` (line 1); use one layout: move the legacy keys to their current names (docs/config.md maps each one) or drop them"
+    );
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(repo(&format!("tests/fixtures/config/valid/{name}"))).unwrap()
+}
+
+#[test]
+fn legacy_file_maps_onto_the_current_layout() {
+    let l = parse(&fixture("legacy_o3_ai_config.yaml"), "o3_ai_config.yaml").unwrap();
+    assert_eq!(l.layout, Layout::Legacy);
+    let c = &l.config;
+    let d = Config::default();
+    // Mapped values (those equal to the defaults are the plan's values).
+    assert_eq!(c.search.initial_context, 16384);
+    assert_eq!(c.search.max_iterations, 5);
+    assert_eq!(c.search.max_context, d.search.max_context);
+    assert_eq!(c.batch, d.batch);
+    assert_eq!(c.presets, d.presets);
+    assert_eq!(c.validation, d.validation);
+    assert_eq!(c.concurrency, d.concurrency);
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            load_s: d.timeouts.load_s,
+            ..d.timeouts.clone()
+        }
+    );
+    assert_eq!(c.safety, d.safety);
+    assert_eq!(c.learning, d.learning);
+    assert_eq!(c.monitoring.interval_ms, 100);
+    let expected = [
+        "o3_ai_config.yaml:5: objectives: ignored; the legacy tool never used this section; what each preset favours is set by its weights (presets.*)",
+        "o3_ai_config.yaml:11: ai_guidance: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:17: search_strategy.context_discovery: ignored; o3 always bisects on measured results",
+        "o3_ai_config.yaml:19: search_strategy.binary_search_factor: ignored; no meaning now: o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity",
+        "o3_ai_config.yaml:31: preset_categories.max_context.description: ignored; a description is not a setting",
+        "o3_ai_config.yaml:36: preset_categories.balanced.description: ignored; a description is not a setting",
+        "o3_ai_config.yaml:41: preset_categories.fast_response.description: ignored; a description is not a setting",
+        "o3_ai_config.yaml:64: hardware_monitoring.peak_detection.enabled: ignored; o3 always records peaks while it measures",
+        "o3_ai_config.yaml:66: hardware_monitoring.peak_detection.track_vram_peak: ignored; o3 always tracks GPU memory peaks",
+        "o3_ai_config.yaml:67: hardware_monitoring.peak_detection.track_ram_peak: ignored; o3 always tracks RAM peaks",
+        "o3_ai_config.yaml:68: hardware_monitoring.peak_detection.track_temperature: ignored; o3 always tracks temperatures (limit: safety.max_temperature_c)",
+        "o3_ai_config.yaml:69: hardware_monitoring.gpu_handling: ignored with its SMI command strings; o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML), SMI tools only as a fallback",
+        "o3_ai_config.yaml:76: hardware_monitoring.gpu_handling.amd.memory_field_index: ignored; o3 reads GPU memory directly instead of taking a column of rocm-smi's CSV (on an APU that column is not the GTT where the model lives)",
+        "o3_ai_config.yaml:87: hardware_monitoring.resource_headroom.context_scaling_factor: ignored; no meaning now: contexts come from measurements",
+        "o3_ai_config.yaml:94: learning_system.configuration_learning.hardware_profiles.update_frequency_days: ignored; no meaning now: results are stored after every run",
+        "o3_ai_config.yaml:98: learning_system.prediction_model.failure_pattern_learning: ignored; no separate setting: failures are part of the stored results (learning.store_results)",
+        "o3_ai_config.yaml:100: model_intelligence: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:105: fine_tuning: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:109: quality_assurance: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:113: deployment: ignored; the legacy tool never used this section",
+    ];
+    assert_eq!(l.notices, expected);
+    // One notice for all SMI command strings, one for memory_field_index.
+    assert_eq!(l.notices.iter().filter(|n| n.contains("SMI")).count(), 1);
+    assert_eq!(
+        l.notices
+            .iter()
+            .filter(|n| n.contains("memory_field_index"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn legacy_probe_above_the_default_max_raises_it() {
+    let l = parse(&fixture("legacy_high_context.yaml"), "old.yaml").unwrap();
+    assert_eq!(l.layout, Layout::Legacy);
+    assert_eq!(l.config.search.initial_context, 262144);
+    assert_eq!(l.config.search.max_context, 262144);
+    assert_eq!(l.config.search.max_iterations, 8);
+    assert_eq!(l.config.batch.max_batch, 512);
+    assert_eq!(l.config.monitoring.interval_ms, 50);
+    assert_eq!(l.config.safety.max_vram_percent, 95.0);
+    // pre_test_prediction: false turns prediction off even with the model enabled.
+    assert!(!l.config.learning.predict);
+    assert_eq!(
+        l.notices,
+        [
+            "old.yaml:4: search_strategy.context_discovery: ignored; o3 always bisects on measured results",
+            "old.yaml:5: search_strategy.initial_context_probe: 262144 is above the default search.max_context 131072; search.max_context raised to 262144",
+        ]
+    );
+}
+
+#[test]
+fn legacy_probe_below_the_default_min_lowers_it() {
+    let l = ok("search_strategy:\n  initial_context_probe: 1024\n");
+    assert_eq!(l.config.search.min_context, 1024);
+    assert_eq!(
+        l.notices,
+        ["t.yaml:2: search_strategy.initial_context_probe: 1024 is below the default search.min_context 2048; search.min_context lowered to 1024"]
+    );
+    // Beyond what o3 searches at all: an error on the legacy key.
+    assert_eq!(
+        err("search_strategy:\n  initial_context_probe: 2097152\n").to_string(),
+        "t.yaml:2: search_strategy.initial_context_probe: 2097152 is out of range; allowed 256 to 1048576"
+    );
+}
+
+#[test]
+fn every_legacy_key_reaches_its_current_key() {
+    let defaults = serde_yaml::to_value(Config::default()).unwrap();
+    let get = |v: &serde_yaml::Value, path: &str| -> serde_yaml::Value {
+        let mut v = v.clone();
+        for s in path.split('.') {
+            v = v.get(s).unwrap_or_else(|| panic!("{path}")).clone();
+        }
+        v
+    };
+    for (old, new) in LEGACY_MAP {
+        // A value different from the default, within range.
+        let d = get(&defaults, new);
+        let (yaml, want) = match &d {
+            serde_yaml::Value::Bool(b) => (format!("{}", !b), serde_yaml::Value::Bool(!b)),
+            serde_yaml::Value::Number(n) if n.is_u64() => {
+                let v = n.as_u64().unwrap() - 1;
+                (v.to_string(), serde_yaml::Value::from(v))
+            }
+            serde_yaml::Value::Number(n) => {
+                let v = n.as_f64().unwrap() * 0.9;
+                (format!("{v}"), serde_yaml::Value::from(v))
+            }
+            serde_yaml::Value::Sequence(s) => {
+                let v: Vec<u64> = s.iter().map(|x| x.as_u64().unwrap() - 1).collect();
+                let v = if v[0] == 0 { vec![1, 2, 4] } else { v };
+                (format!("{v:?}"), serde_yaml::to_value(&v).unwrap())
+            }
+            other => panic!("{new}: {other:?}"),
+        };
+        let text = yaml_at(old, &yaml);
+        let l = parse(&text, "t.yaml").unwrap_or_else(|e| panic!("{old}: {e}"));
+        assert_eq!(l.layout, Layout::Legacy);
+        let got = get(&serde_yaml::to_value(&l.config).unwrap(), new);
+        assert_eq!(got, want, "{old} → {new}");
+    }
+}
+
+#[test]
+fn legacy_errors_name_the_legacy_keys() {
+    assert_eq!(
+        err("testing:\n  adaptive_timeouts:\n    min_timeout: 400\n").to_string(),
+        "t.yaml:3: testing.adaptive_timeouts.min_timeout: 400 is above testing.adaptive_timeouts.max_timeout (300); make testing.adaptive_timeouts.min_timeout at most testing.adaptive_timeouts.max_timeout"
+    );
+    assert_eq!(
+        err("testing:\n  statistical_validation:\n    confidence_threshold: 85\n").to_string(),
+        "t.yaml:3: testing.statistical_validation.confidence_threshold: 85 is out of range; allowed 0 to 1"
+    );
+    assert_eq!(
+        err("search_strategy:\n  batch_adaptation:\n    max_batch: big\n").to_string(),
+        "t.yaml:3: search_strategy.batch_adaptation.max_batch: wrong type (string \"big\"); expected a whole number 1 to 65536"
+    );
+    assert_eq!(
+        err("testing:\n  concurrency_progression:\n    levels: [1, 2, 4, 8]\n    ramp: 3\n").to_string(),
+        "t.yaml:4: testing.concurrency_progression.ramp: unknown key; known keys here: levels, stabilization_delay, max_concurrent_timeouts"
+    );
+    assert!(err("objectives: {}\nreporting: {}\n")
+        .to_string()
+        .starts_with("t.yaml:2: reporting: unknown key; known top-level keys: objectives, ai_guidance, search_strategy,"));
+}

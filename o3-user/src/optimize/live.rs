@@ -1,0 +1,174 @@
+//! The live prober: each probe is one `crate::probe::run` against the real server (launched by
+//! o3 with that configuration, or reached where it runs), measured with a fresh eBPF session
+//! when the kernel allows it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::config::Config;
+use crate::probe::{self, BackendSpec, ProbeResult, ProbeSpec};
+use crate::telemetry::ebpf::Loaded;
+
+use super::journal::Raw;
+use super::prober::{ProbeOutcome, ProbeRequest, Prober, Stage};
+use super::stats::Observation;
+
+pub struct Live {
+    pub backend: BackendSpec,
+    pub config: Config,
+    pub sysfs_root: PathBuf,
+    /// Measure with eBPF (a fresh session per probe, since a session follows one server).
+    pub ebpf: bool,
+    pub stop: Arc<AtomicBool>,
+    raw: Option<serde_json::Value>,
+    /// Set when a probe's eBPF session could not load (the probe fell back to procfs).
+    pub ebpf_error: Option<String>,
+}
+
+impl Live {
+    pub fn new(backend: BackendSpec, config: Config, sysfs_root: PathBuf, ebpf: bool) -> Live {
+        Live {
+            backend,
+            config,
+            sysfs_root,
+            ebpf,
+            stop: Arc::new(AtomicBool::new(false)),
+            raw: None,
+            ebpf_error: None,
+        }
+    }
+
+    fn spec(&self, req: &ProbeRequest) -> ProbeSpec {
+        let c = &self.config;
+        ProbeSpec {
+            backend: self.backend.clone(),
+            config: req.config.clone(),
+            samples: req.rounds,
+            concurrency: req.concurrency,
+            output_tokens: c.prompt.output_tokens,
+            fill: c.prompt.fill,
+            prompt_tokens: None,
+            max_prompt_tokens: c.prompt.max_prompt_tokens,
+            timeout: Some(c.timeouts.request_timeout(req.config.ctx, req.config.batch)),
+            load_timeout: Duration::from_secs_f64(c.timeouts.load_s),
+            interval: Duration::from_millis(c.monitoring.interval_ms as u64),
+            // The same request always sends the same prompts.
+            seed: fnv(&req.key()),
+            safety: Some(c.safety.thresholds()),
+            stabilize: if req.stage == Stage::Concurrency {
+                Duration::from_secs_f64(c.concurrency.stabilization_delay_s)
+            } else {
+                Duration::ZERO
+            },
+            cancel: Some(self.stop.clone()),
+        }
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Reduces a probe result to what the search needs.
+pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
+    let observations = r
+        .samples
+        .iter()
+        .map(|s| {
+            let ok = s.outcome == OutcomeClass::Ok;
+            Observation {
+                ok,
+                ttft_ms: s.ttft_ms.filter(|_| ok),
+                prefill_tokens_per_s: s.prefill_tokens_per_s.filter(|_| ok),
+                decode_tokens_per_s: s.decode_tokens_per_s.filter(|_| ok),
+            }
+        })
+        .collect();
+    let timeouts = r
+        .samples
+        .iter()
+        .filter(|s| s.outcome == OutcomeClass::Timeout)
+        .count() as u32;
+    let (outcome, error) = if r.outcome == OutcomeClass::Ok && timeouts > 0 {
+        (
+            OutcomeClass::Timeout,
+            Some(format!(
+                "{timeouts} of {} requests timed out",
+                r.samples.len()
+            )),
+        )
+    } else {
+        (r.outcome, r.error.clone())
+    };
+    let max =
+        |f: &dyn Fn(&probe::SampleResult) -> Option<u64>| r.samples.iter().filter_map(f).max();
+    ProbeOutcome {
+        outcome,
+        error,
+        observations,
+        // Aggregate decode throughput of a round: the decode rates of its successful streams,
+        // which decode at the same time, summed.
+        round_tokens_per_s: (0..r.rounds.len() as u32)
+            .map(|k| {
+                r.samples
+                    .iter()
+                    .filter(|s| s.round == k && s.outcome == OutcomeClass::Ok)
+                    .filter_map(|s| s.decode_tokens_per_s)
+                    .sum()
+            })
+            .collect(),
+        timeouts,
+        prompt_tokens: r.samples.iter().find_map(|s| s.prompt_tokens),
+        rss_peak_bytes: r.rss_peak_bytes,
+        rss_method: r.rss_method.to_string(),
+        mem_used_peak_bytes: max(&|s| s.peaks.mem_used_peak_bytes),
+        gpu_used_peak_bytes: max(&|s| s.peaks.gpu_usable_used_peak_bytes),
+        load_ms: r.load_ms,
+        wall_ms,
+    }
+}
+
+impl Raw for Live {
+    fn take_raw(&mut self) -> Option<serde_json::Value> {
+        self.raw.take()
+    }
+}
+
+impl Prober for Live {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
+        if self.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let spec = self.spec(req);
+        let mut loaded = if self.ebpf {
+            match Loaded::load(&self.sysfs_root, 1 << 20) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.ebpf_error = Some(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let r = probe::run(&spec, loaded.as_mut());
+        let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+        drop(loaded);
+        // A probe cut by a stop request measured nothing trustworthy: not recorded.
+        if self.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.raw = serde_json::to_value(&r).ok();
+        Some(outcome_of(&r, wall_ms))
+    }
+
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        self.backend.fixed_by_server(cfg)
+    }
+}

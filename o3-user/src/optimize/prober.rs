@@ -1,0 +1,136 @@
+//! The seam between the search and a server: a probe request (one configuration, how many
+//! rounds, how many simultaneous streams) and what came back, reduced to what the search needs.
+//! The live implementation drives `crate::probe`; tests use simulators whose truth is known.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{OutcomeClass, ProbeConfig};
+
+use super::stats::Observation;
+
+/// Which step of the search asked for a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Binary search for the largest context (one sample per probe).
+    Context,
+    /// Statistical validation of a configuration.
+    Validate,
+    /// Batch adaptation at a chosen context.
+    Batch,
+    /// A concurrency level: that many server slots and simultaneous streams.
+    Concurrency,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Context => "context",
+            Stage::Validate => "validate",
+            Stage::Batch => "batch",
+            Stage::Concurrency => "concurrency",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub stage: Stage,
+    pub config: ProbeConfig,
+    /// Rounds of `concurrency` simultaneous requests.
+    pub rounds: u32,
+    pub concurrency: u32,
+}
+
+impl ProbeRequest {
+    /// The journal key: identical requests are answered from the journal on resume.
+    pub fn key(&self) -> String {
+        serde_json::to_string(self).expect("a probe request serialises")
+    }
+
+    /// A short human description: `ctx 8192 · batch 64 · 2 slots`.
+    pub fn describe(&self) -> String {
+        describe_config(&self.config)
+    }
+}
+
+pub fn describe_config(c: &ProbeConfig) -> String {
+    let mut s = format!("ctx {}", c.ctx);
+    if let Some(b) = c.batch {
+        s.push_str(&format!(" · batch {b}"));
+    }
+    if let Some(u) = c.ubatch {
+        s.push_str(&format!(" · ubatch {u}"));
+    }
+    if let Some(p) = c.parallel {
+        s.push_str(&format!(" · {p} slot{}", if p == 1 { "" } else { "s" }));
+    }
+    s
+}
+
+/// What one probe measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeOutcome {
+    /// `ok` only when every request succeeded (timeouts among concurrent streams are counted
+    /// in `timeouts` and make the outcome `timeout`).
+    pub outcome: OutcomeClass,
+    pub error: Option<String>,
+    /// One per request sent.
+    pub observations: Vec<Observation>,
+    /// Aggregate decode throughput per round: the decode rates of the round's successful
+    /// streams summed (they decode at the same time), tokens/s.
+    pub round_tokens_per_s: Vec<f64>,
+    pub timeouts: u32,
+    /// Prompt tokens each request carried (the fill depth actually used).
+    pub prompt_tokens: Option<u64>,
+    pub rss_peak_bytes: Option<u64>,
+    /// `ebpf` (exact) or `procfs_polling` (sampled).
+    pub rss_method: String,
+    pub mem_used_peak_bytes: Option<u64>,
+    pub gpu_used_peak_bytes: Option<u64>,
+    pub load_ms: Option<f64>,
+    pub wall_ms: f64,
+}
+
+impl ProbeOutcome {
+    pub fn passed(&self) -> bool {
+        self.outcome == OutcomeClass::Ok
+    }
+
+    /// A failure with nothing measured (for simulators and early errors).
+    pub fn failed(outcome: OutcomeClass, error: impl Into<String>) -> ProbeOutcome {
+        ProbeOutcome {
+            outcome,
+            error: Some(error.into()),
+            observations: Vec::new(),
+            round_tokens_per_s: Vec::new(),
+            timeouts: 0,
+            prompt_tokens: None,
+            rss_peak_bytes: None,
+            rss_method: "not_measured".into(),
+            mem_used_peak_bytes: None,
+            gpu_used_peak_bytes: None,
+            load_ms: None,
+            wall_ms: 0.0,
+        }
+    }
+}
+
+/// Runs probes. `None` means the run was asked to stop while probing: nothing was measured and
+/// nothing is recorded.
+pub trait Prober {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome>;
+
+    /// Configuration fields this server cannot set (e.g. `batch` for a template without
+    /// `{batch}`, `parallel` for an Ollama server o3 did not start).
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str>;
+}
+
+impl<P: Prober + ?Sized> Prober for &mut P {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
+        (**self).probe(req)
+    }
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        (**self).fixed_by_server(cfg)
+    }
+}

@@ -1,0 +1,341 @@
+//! The search against the in-process simulator, whose truth (the largest context that loads at
+//! a batch and slot count, the flaky zone, the batch knee) is computed from its memory model,
+//! never from the code under test.
+
+use super::journal::{Journal, Journaled};
+use super::prober::{ProbeOutcome, ProbeRequest, Prober, Stage};
+use super::search::{self, Inputs, Report, Silent};
+use super::sim::{Sim, SimModel};
+use crate::backend::ProbeConfig;
+use crate::config::Config;
+
+fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
+    Inputs {
+        config: cfg,
+        base: ProbeConfig::default(),
+        trained_context: Some(m.trained_context),
+        parameters: Some(m.parameters),
+        start_context: None,
+    }
+}
+
+fn model(capacity_gib: f64) -> SimModel {
+    SimModel {
+        capacity_bytes: (capacity_gib * (1u64 << 30) as f64) as u64,
+        noise_cv: 0.02,
+        ..SimModel::default()
+    }
+}
+
+/// The grid answer the search must return: the largest multiple of the granularity at or
+/// below the truth, within the searched range.
+fn expected(truth: u32, cfg: &Config, trained: u32) -> Option<u32> {
+    let g = cfg.search.granularity;
+    let top = truth.min(cfg.search.max_context).min(trained);
+    let k = top / g;
+    (k * g >= cfg.search.min_context.div_ceil(g) * g).then_some(k * g)
+}
+
+#[test]
+fn context_search_finds_the_true_maximum_to_the_granule_within_the_bound() {
+    let mut cases = 0;
+    for capacity in [5.5, 6.0, 8.0, 12.0, 16.0, 24.0, 40.0] {
+        for g in [256, 1024, 4096] {
+            for start in [2048, 16384, 65536, 131072] {
+                let mut cfg = Config::default();
+                cfg.search.granularity = g;
+                cfg.search.initial_context = start.max(cfg.search.min_context);
+                cfg.batch.enabled = false;
+                cfg.concurrency.enabled = false;
+                let m = model(capacity);
+                let batch0 = cfg.batch.initial_for(Some(m.parameters));
+                let truth = m.max_context(Some(batch0), 1);
+                let mut sim = Sim::new(m.clone());
+                let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+                let want = expected(truth, &cfg, m.trained_context);
+                assert_eq!(
+                    r.context.validated, want,
+                    "capacity {capacity} GiB, granularity {g}, start {start}: truth {truth}, probes {:?}",
+                    r.context.probes
+                );
+                assert!(
+                    r.context.probes.len() as u32 <= r.context.probe_bound,
+                    "{} probes > bound {} (range {}..{} step {g})",
+                    r.context.probes.len(),
+                    r.context.probe_bound,
+                    r.context.low,
+                    r.context.high
+                );
+                // The bound is the issue's ceil(log2(range / granularity)) + 1.
+                let range = (r.context.high - r.context.low) / g + 1;
+                assert!(r.context.probe_bound <= (range as f64).log2().ceil() as u32 + 1 + 1);
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 7 * 3 * 4);
+}
+
+#[test]
+fn nothing_fits_is_said_not_hidden() {
+    let cfg = Config::default();
+    let m = model(4.0); // the weights alone nearly fill it
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    assert_eq!(r.context.validated, None);
+    assert!(r.configurations.is_empty());
+    assert!(
+        r.notes.iter().any(|n| n.contains("no context passed")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn intermittent_failures_make_validation_step_down_to_the_stable_context() {
+    // The flaky zone is a few granules under the memory limit (60126 at batch 32), where a
+    // server that loads can still fail under load.
+    for (flaky, g) in [(57_000, 1024), (58_500, 512), (54_000, 2048)] {
+        let mut cfg = Config::default();
+        cfg.search.granularity = g;
+        cfg.batch.enabled = false;
+        cfg.concurrency.enabled = false;
+        let m = SimModel {
+            flaky_above: Some(flaky),
+            flaky_every: 3,
+            ..model(12.0)
+        };
+        let batch0 = cfg.batch.initial_for(Some(m.parameters));
+        let stable_truth = m.max_stable_context(Some(batch0), 1);
+        let mut sim = Sim::new(m.clone());
+        let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+        let passing = r.context.max_passing.expect("something passes");
+        let validated = r.context.validated.expect("something validates");
+        assert_eq!(validated, stable_truth / g * g, "flaky above {flaky}");
+        // Single-sample search probes may pass inside the flaky zone; validation then steps
+        // down exactly as far as needed, one granule at a time.
+        assert_eq!(r.context.step_downs, (passing - validated) / g);
+        let failed: Vec<_> = r
+            .configurations
+            .iter()
+            .filter(|c| c.stage == Stage::Validate && !c.stable)
+            .collect();
+        assert_eq!(failed.len() as u32, r.context.step_downs);
+        assert!(failed.iter().all(|c| c.config.ctx > flaky));
+    }
+}
+
+#[test]
+fn noisy_rates_still_validate() {
+    let mut cfg = Config::default();
+    cfg.batch.enabled = false;
+    cfg.concurrency.enabled = false;
+    let m = SimModel {
+        noise_cv: 0.05,
+        ..model(12.0)
+    };
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    let batch0 = cfg.batch.initial_for(Some(m.parameters));
+    assert_eq!(
+        r.context.validated,
+        expected(m.max_context(Some(batch0), 1), &cfg, m.trained_context)
+    );
+}
+
+#[test]
+fn batch_stops_at_the_knee_where_the_gain_falls_under_the_threshold() {
+    let mut cfg = Config::default();
+    cfg.concurrency.enabled = false;
+    let m = SimModel {
+        batch_knee: 128,
+        noise_cv: 0.0,
+        ..model(40.0)
+    };
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    // 8B model: initial batch 32; 64 and 128 gain √2 each, 256 gains nothing.
+    for ctx in [r.context.validated.unwrap(), 12288, 4096] {
+        let batches: Vec<u32> = r
+            .configurations
+            .iter()
+            .filter(|c| c.config.ctx == ctx)
+            .filter_map(|c| c.config.batch)
+            .collect();
+        assert_eq!(batches, vec![32, 64, 128, 256], "ctx {ctx}");
+        assert!(r
+            .notes
+            .iter()
+            .any(|n| n.starts_with(&format!("ctx {ctx}: batch 256 gains"))
+                && n.ends_with("keeping 128")));
+    }
+}
+
+#[test]
+fn batch_stops_where_memory_runs_out() {
+    let mut cfg = Config::default();
+    cfg.concurrency.enabled = false;
+    // Compute buffers grow fast with batch: at the validated maximum, a larger batch no longer
+    // fits, so the maximum keeps its initial batch.
+    let m = SimModel {
+        compute_per_batch_bytes: 16 << 20,
+        noise_cv: 0.0,
+        ..model(12.0)
+    };
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    let vmax = r.context.validated.unwrap();
+    let truth_batch = [64u32, 128, 256]
+        .into_iter()
+        .take_while(|&b| m.max_context(Some(b), 1) >= vmax)
+        .last();
+    assert_eq!(truth_batch, None, "the test needs 64 not to fit at {vmax}");
+    let at_max: Vec<_> = r
+        .configurations
+        .iter()
+        .filter(|c| c.config.ctx == vmax && c.stage == Stage::Batch)
+        .collect();
+    assert_eq!(at_max.len(), 1);
+    assert!(!at_max[0].stable);
+    assert_eq!(at_max[0].outcome, crate::backend::OutcomeClass::Oom);
+}
+
+#[test]
+fn concurrency_stops_at_the_first_level_with_too_many_timeouts() {
+    let mut cfg = Config::default();
+    cfg.batch.enabled = false;
+    cfg.concurrency.max_timeouts = 2;
+    let m = SimModel {
+        max_streams_in_time: Some(3),
+        noise_cv: 0.0,
+        ..model(40.0)
+    };
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    let levels: Vec<(u32, bool)> = r
+        .configurations
+        .iter()
+        .filter(|c| c.config.ctx == 4096 && c.stage == Stage::Concurrency)
+        .map(|c| (c.concurrency, c.stable))
+        .collect();
+    // 2 streams: all in time; 4: one late per round (2 rounds: 2 timeouts, allowed, but the
+    // success rate 6/8 is under 0.85); the search stops there.
+    assert_eq!(levels, vec![(2, true), (4, false)]);
+}
+
+#[test]
+fn slots_fixed_by_the_server_skip_concurrency_and_say_so() {
+    let cfg = Config::default();
+    let m = model(12.0);
+    let mut sim = Sim::new(m.clone());
+    sim.fixed = vec!["parallel", "batch"];
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    assert!(r
+        .configurations
+        .iter()
+        .all(|c| c.config.parallel.is_none() && c.config.batch.is_none()));
+    assert!(r.notes.iter().any(|n| n.contains("slot count is fixed")));
+    assert!(r.notes.iter().any(|n| n.contains("batch size is fixed")));
+}
+
+/// Stops (as a signal would) after `left` probes.
+struct StopAfter {
+    sim: Sim,
+    left: u32,
+}
+impl super::journal::Raw for StopAfter {}
+impl Prober for StopAfter {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.sim.probe(req)
+    }
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        self.sim.fixed_by_server(cfg)
+    }
+}
+
+fn summary(r: &Report) -> String {
+    serde_json::to_string(&(&r.context, &r.configurations, &r.notes)).unwrap()
+}
+
+#[test]
+fn a_resumed_run_repeats_nothing_and_ends_where_an_uninterrupted_one_does() {
+    let cfg = Config::default();
+    let m = SimModel {
+        flaky_above: Some(57_000),
+        ..model(12.0)
+    };
+    let mut whole = Sim::new(m.clone());
+    let full = search::run(&inputs(&cfg, &m), &mut whole, &mut Silent);
+    assert!(full.probes > 10);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.jsonl");
+    let cut = 7;
+    {
+        let mut j = Journal::open(&path).unwrap();
+        let mut jp = Journaled::new(
+            StopAfter {
+                sim: Sim::new(m.clone()),
+                left: cut,
+            },
+            &mut j,
+        );
+        let r = search::run(&inputs(&cfg, &m), &mut jp, &mut Silent);
+        assert!(r.interrupted);
+        assert_eq!(jp.ran, cut);
+    }
+    // A kill during a write leaves a torn last line: it is dropped, and that probe runs again.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"key\":\"torn")
+        .unwrap();
+    let mut j = Journal::open(&path).unwrap();
+    assert_eq!(j.loaded, cut as usize);
+    let mut jp = Journaled::new(Sim::new(m.clone()), &mut j);
+    let resumed = search::run(&inputs(&cfg, &m), &mut jp, &mut Silent);
+    assert!(!resumed.interrupted);
+    assert_eq!(jp.replayed, cut);
+    assert_eq!(jp.ran, full.probes - cut);
+    assert_eq!(jp.inner.probes, full.probes - cut, "no probe ran twice");
+    assert_eq!(summary(&resumed), summary(&full));
+    let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+    assert_eq!(lines as u32, full.probes);
+}
+
+#[test]
+fn presets_come_only_from_stable_configurations_and_respect_their_constraints() {
+    let cfg = Config::default();
+    let m = SimModel {
+        flaky_above: Some(57_000),
+        ..model(12.0)
+    };
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    let p = super::presets::choose(&r.configurations, &cfg.presets);
+    assert_eq!(p.len(), 3);
+    for preset in &p {
+        let id = preset
+            .chosen
+            .as_ref()
+            .expect("every category has a candidate");
+        let m = r
+            .configurations
+            .iter()
+            .find(|c| &c.id == id && c.stable)
+            .expect("chosen among stable configurations");
+        let ctx = m.config.ctx;
+        match preset.name {
+            "max_context" => assert_eq!(ctx, r.context.validated.unwrap()),
+            "balanced" => assert!((8192..=12288).contains(&ctx)),
+            "fast_response" => assert!(ctx >= 4096),
+            other => panic!("unexpected preset {other}"),
+        }
+    }
+}
