@@ -1,1 +1,191 @@
-//! (in progress)
+//! `o3 optimize` end to end against llama.cpp's real llama-server doing real inference with the
+//! tiny test model (built by `cargo xtask setup`), measured with eBPF when run as root: a short
+//! configuration (config/short.yaml) produces validated presets and the artefacts users paste.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn short_config() -> String {
+    fixtures()
+        .join("../../config/short.yaml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_short_optimization_produces_presets_and_artefacts() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = o3()
+        .args([
+            "optimize",
+            "--backend",
+            "llama-server",
+            "--json",
+            "--config",
+        ])
+        .arg(short_config())
+        .arg("--server-bin")
+        .arg(&bin)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let s: Value = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    // The tiny model loads at every context of 512..4096 on this machine: the search ends at
+    // the top of the range, within its probe bound, and validation confirms it.
+    let c = &s["context"];
+    assert_eq!(c["validated"], 4096, "{c}");
+    let probes = c["probes"].as_array().unwrap();
+    assert!(probes.len() as u64 <= c["probe_bound"].as_u64().unwrap());
+    assert!(probes.iter().all(|p| p["passed"] == true));
+    // Prompts really fill the context (90 % minus the output tokens), counted by the server's
+    // tokenizer.
+    let top = s["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["config"]["ctx"] == 4096)
+        .unwrap();
+    let pt = top["prompt_tokens"].as_u64().unwrap() as f64;
+    let target = (4096.0f64 * 0.9).floor() - 16.0;
+    assert!(
+        (pt / target - 1.0).abs() <= 0.01,
+        "prompt tokens {pt} vs {target}"
+    );
+    // Presets: each from a stable configuration, meeting its category.
+    let presets = s["presets"].as_array().unwrap();
+    assert_eq!(presets.len(), 3);
+    for p in presets {
+        let ctx = p["config"]["ctx"].as_u64().unwrap_or_else(|| panic!("{p}"));
+        match p["name"].as_str().unwrap() {
+            "max_context" => assert_eq!(ctx, 4096),
+            "balanced" => assert!((1024..=2048).contains(&ctx)),
+            "fast_response" => assert!(ctx >= 512),
+            n => panic!("unexpected preset {n}"),
+        }
+        assert!(p["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+        let cmd = p["artefacts"]["command_line"].as_str().unwrap();
+        assert!(
+            cmd.contains(&format!(
+                "-c {}",
+                ctx * p["config"]["parallel"].as_u64().unwrap_or(1)
+            )) || cmd.contains(&format!("--ctx-size {ctx}")),
+            "{cmd}"
+        );
+        let sh = run.join(format!("artefacts/{}.sh", p["name"].as_str().unwrap()));
+        assert!(std::fs::read_to_string(&sh).unwrap().contains(cmd));
+    }
+    // Peaks of the server tree were measured (exactly, with eBPF, when root).
+    let rss = s["peaks"]["rss_peak_bytes"].as_u64().unwrap();
+    assert!(rss > 8 << 20, "server RSS peak {rss}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(s["peaks"]["rss_method"], "ebpf");
+    }
+    // The run directory holds everything, and the journal one line per probe.
+    for f in ["run.json", "journal.jsonl", "summary.json", "presets.yaml"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let lines = std::fs::read_to_string(run.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines as u64, s["probes"]["total"].as_u64().unwrap());
+    let yaml = std::fs::read_to_string(run.join("presets.yaml")).unwrap();
+    assert!(yaml.contains("max_context:") && yaml.contains("fast_response:"));
+    assert_no_server_left(&bin);
+}
+
+/// No llama-server o3 started outlives it.
+fn assert_no_server_left(bin: &Path) {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+        assert!(
+            Path::new(std::ffi::OsStr::new(
+                std::str::from_utf8(argv0).unwrap_or("")
+            )) != bin,
+            "a server is still running: {}",
+            String::from_utf8_lossy(&cmd)
+        );
+    }
+}
+
+/// One optimization at a time: each checks that no server outlives it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_o3"))
+        .args([
+            "optimize",
+            "--backend",
+            "llama-server",
+            "--quiet",
+            "--config",
+        ])
+        .arg(short_config())
+        .arg("--server-bin")
+        .arg(&bin)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .spawn()
+        .unwrap();
+    // Wait until two probes are journaled, then interrupt the third.
+    let journal = run.join("journal.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&journal)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(t0.elapsed().as_secs() < 120, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["interrupted"], true);
+    assert_no_server_left(&bin);
+    // Resuming finishes the run without repeating the journaled probes.
+    let before = std::fs::read_to_string(&journal).unwrap().lines().count() as u64;
+    let out = o3()
+        .args(["optimize", "--json", "--quiet", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    assert_eq!(s["probes"]["from_journal"].as_u64().unwrap(), before);
+    assert_eq!(
+        s["probes"]["ran_now"].as_u64().unwrap() + before,
+        s["probes"]["total"].as_u64().unwrap()
+    );
+}

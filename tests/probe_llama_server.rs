@@ -8,40 +8,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
-
-/// (llama-server binary, model), or None (skipped) when either is missing.
-fn server() -> Option<(PathBuf, PathBuf)> {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let bin = std::env::var_os("O3_TEST_LLAMA_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/o3/llama-server/bin/llama-server"));
-    let model = std::env::var_os("O3_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/o3/models/o3-tiny-llama.gguf"));
-    let runs = Command::new(&bin)
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if runs && model.exists() {
-        return Some((bin, model));
-    }
-    let why = if runs {
-        format!("the test model {} is missing", model.display())
-    } else {
-        format!("`{} --help` does not run", bin.display())
-    };
-    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
-        panic!("O3_REQUIRE_SERVER=1 but {why}: run `cargo xtask setup`");
-    }
-    eprintln!("skipped: {why} (`cargo xtask setup` builds llama-server and makes the model)");
-    None
-}
 
 /// The last stdout line as JSON, with the whole output on failure.
 /// `o3 probe --backend llama-server --json` with `model` (None: the test model) and `extra`.

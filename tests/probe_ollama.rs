@@ -4,56 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use common::*;
-
-struct Sim {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the simulator with tests/sim/example.json changed by `edit`.
-fn sim(edit: impl FnOnce(&mut serde_json::Value)) -> Sim {
-    let root = fixtures().join("..");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("sim/example.json")).unwrap())
-            .unwrap();
-    edit(&mut cfg);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sim.json");
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    let mut child = Command::new("python3")
-        .arg(root.join("sim/ollama_sim.py"))
-        .args(["--port", "0", "--quiet", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the simulator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Sim {
-        child,
-        url,
-        _dir: dir,
-    }
-}
 
 fn probe(s: &Sim, model: &str, args: &[&str]) -> serde_json::Value {
     let out = o3()

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -83,4 +84,83 @@ pub fn has_process(summary: &Value, pid: i64) -> bool {
     summary["processes"]
         .as_array()
         .is_some_and(|a| a.iter().any(|p| p["pid"].as_i64() == Some(pid)))
+}
+
+/// The Ollama simulator (tests/sim/ollama_sim.py) on a free port, stopped on drop.
+pub struct Sim {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the simulator with tests/sim/example.json changed by `edit`.
+pub fn sim(edit: impl FnOnce(&mut serde_json::Value)) -> Sim {
+    let root = fixtures().join("..");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("sim/example.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sim.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let mut child = Command::new("python3")
+        .arg(root.join("sim/ollama_sim.py"))
+        .args(["--port", "0", "--quiet", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the simulator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Sim {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// The llama-server binary and test model `cargo xtask setup` builds (env O3_TEST_LLAMA_SERVER,
+/// O3_TEST_MODEL override them). Without them: skip with the reason, or fail under
+/// O3_REQUIRE_SERVER=1 (CI).
+pub fn server() -> Option<(PathBuf, PathBuf)> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let bin = std::env::var_os("O3_TEST_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/o3/llama-server/bin/llama-server"));
+    let model = std::env::var_os("O3_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/o3/models/o3-tiny-llama.gguf"));
+    let runs = Command::new(&bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs && model.exists() {
+        return Some((bin, model));
+    }
+    let why = if runs {
+        format!("the test model {} is missing", model.display())
+    } else {
+        format!("`{} --help` does not run", bin.display())
+    };
+    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
+        panic!("O3_REQUIRE_SERVER=1 but {why}: run `cargo xtask setup`");
+    }
+    eprintln!("skipped: {why} (`cargo xtask setup` builds llama-server and makes the model)");
+    None
 }

@@ -80,6 +80,9 @@ pub struct OptimizeArgs {
     /// demonstrations and benchmarks) instead of a real one.
     #[arg(long, value_name = "FILE", hide = true)]
     pub simulate: Option<PathBuf>,
+    /// Context discovery: o3's binary search, or a baseline the benchmark compares it with.
+    #[arg(long, value_enum, default_value = "binary", hide = true)]
+    pub strategy: search::Strategy,
 }
 
 /// What a run searches, kept in run.json so `--resume` needs nothing else.
@@ -512,6 +515,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         trained_context: runfile.trained_context,
         parameters: runfile.parameters,
         start_context: None,
+        strategy: a.strategy,
     };
     let mut jp = Journaled::new(&mut prober, &mut journal);
     let report: Report = search::run(&inputs, &mut jp, &mut progress);

@@ -259,7 +259,11 @@ pub(crate) fn from_serde(e: &serde_yaml::Error, doc: &Doc, layout: Layout) -> Co
             "see docs/config.md for this key".into(),
         );
     }
-    syntax(doc.origin, &text, line)
+    syntax(
+        doc.origin,
+        &text,
+        e.location().map(|l| (l.line(), l.column())),
+    )
 }
 
 /// An error of the generic YAML pass (syntax, duplicate keys, several documents).
@@ -289,19 +293,50 @@ pub(crate) fn from_yaml(e: &serde_yaml::Error, text: &str, origin: &str) -> Conf
             fix: "keep one (remove the extra `---` separators)".into(),
         };
     }
-    syntax(origin, &msg, line)
+    syntax(origin, &msg, e.location().map(|l| (l.line(), l.column())))
 }
 
-fn syntax(origin: &str, msg: &str, line: Option<usize>) -> ConfigError {
-    let (body, l, col) = split_location(msg);
+fn syntax(origin: &str, msg: &str, at: Option<(usize, usize)>) -> ConfigError {
+    // libyaml messages hold the problem's location and, for some, the location of the
+    // construct being parsed: "did not find expected ',' or ']' at line 5 column 6, while
+    // parsing a flow sequence at line 4 column 11".
+    let mut body = String::new();
+    let mut first: Option<(usize, usize)> = None;
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        body += &rest[..i];
+        let tail = &rest[i + " at line ".len()..];
+        let digits = |s: &str| -> String { s.chars().take_while(char::is_ascii_digit).collect() };
+        let l = digits(tail);
+        let after_line = &tail[l.len()..];
+        let (c, after) = match after_line.strip_prefix(" column ") {
+            Some(r) => {
+                let c = digits(r);
+                (c.parse().unwrap_or(0), &r[c.len()..])
+            }
+            None => (0, after_line),
+        };
+        let l: usize = l.parse().unwrap_or(0);
+        if first.is_none() {
+            first = Some((l, c));
+        } else {
+            body += &format!(" that starts at line {l}");
+        }
+        rest = after;
+    }
+    body += rest;
     let body = body.trim_end_matches('.');
+    let (line, col) = match at.or(first) {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
     let near = match col {
-        Some(c) => format!(" near column {c}"),
-        None => String::new(),
+        Some(c) if c > 0 => format!(" near column {c}"),
+        _ => String::new(),
     };
     ConfigError::Syntax {
         origin: origin.to_string(),
-        line: line.or(l),
+        line,
         problem: format!("invalid YAML: {body}"),
         fix: format!("check indentation (spaces, not tabs), quotes and brackets{near}"),
     }

@@ -23,6 +23,12 @@ pub(crate) fn key_lines(text: &str) -> Vec<KeyLine> {
     // Indentation of the key that opened a block scalar (`key: |`): deeper lines are its text.
     let mut block_scalar: Option<usize> = None;
     for (i, raw) in text.lines().enumerate() {
+        // A byte-order mark before the first key is not part of it.
+        let raw = if i == 0 {
+            raw.trim_start_matches('\u{feff}')
+        } else {
+            raw
+        };
         let content = raw.trim_start_matches(' ');
         let indent = raw.len() - content.len();
         if content.trim().is_empty() {

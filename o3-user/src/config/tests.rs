@@ -556,6 +556,14 @@ fn key_lines_follow_indentation() {
 }
 
 #[test]
+fn a_byte_order_mark_does_not_hide_the_first_key() {
+    assert_eq!(
+        err("\u{feff}search:\n  granularity: 0\n").to_string(),
+        "t.yaml:2: search.granularity: 0 is out of range; allowed 64 to 65536"
+    );
+}
+
+#[test]
 fn flow_style_keys_get_the_section_line_and_absent_keys_none() {
     assert_eq!(
         err("# c\nsearch: {granularity: 32}\n").to_string(),

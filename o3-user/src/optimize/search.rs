@@ -25,6 +25,21 @@ pub struct Inputs<'a> {
     /// Where the binary search starts (a prediction); the configuration's initial probe when
     /// `None`.
     pub start_context: Option<u32>,
+    pub strategy: Strategy,
+}
+
+/// How the largest context is found. Only `Binary` is o3's search; the others are the
+/// baselines the benchmark compares it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Binary,
+    /// Upward in steps of the granularity until the first failure.
+    Linear,
+    /// Every context of the grid at every batch of the ladder, each validated (what a
+    /// llama-bench sweep does); no early stop.
+    Grid,
 }
 
 /// Progress hooks (the CLI draws bars; tests ignore them).
@@ -155,11 +170,30 @@ impl<P: Prober, O: Observer> Search<'_, '_, P, O> {
             concurrency,
         };
         let out = self.ask(req)?;
-        let validation = stats::validate(
+        let mut validation = stats::validate(
             &out.observations,
             c.validation.min_success_rate,
             c.validation.max_cv,
         );
+        if concurrency > 1 {
+            // Simultaneous streams start together and overlap only partly, so per-request
+            // TTFT and decode rates spread by design; what must be steady is the aggregate
+            // throughput of each round, next to the success rate.
+            validation.reasons.retain(|r| {
+                r.starts_with("success rate")
+                    || r.starts_with("all ")
+                    || r.starts_with("no requests")
+            });
+            if let Some(d) = stats::describe(&out.round_tokens_per_s) {
+                if d.n >= 2 && d.cv > c.validation.max_cv {
+                    validation.reasons.push(format!(
+                        "aggregate decode throughput varies too much between rounds: CV {:.3} > {:.3}",
+                        d.cv, c.validation.max_cv
+                    ));
+                }
+            }
+            validation.stable = validation.reasons.is_empty();
+        }
         let allowed = if concurrency > 1 {
             c.concurrency.max_timeouts
         } else {
@@ -207,6 +241,23 @@ impl<P: Prober, O: Observer> Search<'_, '_, P, O> {
             r.push(format!("{} timeouts", m.timeouts));
         }
         r.join("; ")
+    }
+}
+
+/// The batches batch adaptation may visit: the initial one times the scale factor up to the
+/// maximum (one `None` when the server's batch is fixed).
+fn batch_ladder(batch0: Option<u32>, scale: f64, max: u32) -> Vec<Option<u32>> {
+    let Some(mut b) = batch0 else {
+        return vec![None];
+    };
+    let mut out = vec![Some(b)];
+    loop {
+        let next = ((b as f64 * scale).round() as u32).min(max);
+        if next <= b {
+            return out;
+        }
+        out.push(Some(next));
+        b = next;
     }
 }
 
@@ -282,6 +333,32 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
         ..inp.base.clone()
     };
 
+    if inp.strategy == Strategy::Grid {
+        let ladder = batch_ladder(batch0, c.batch.scale_factor, c.batch.max_batch);
+        let mut validated = None;
+        let interrupted = 'grid: {
+            for k in lo_k..=hi_k {
+                for &b in &ladder {
+                    let Some(m) = s.measure(Stage::Validate, at(k * g, b, None), 1) else {
+                        break 'grid true;
+                    };
+                    if m.stable {
+                        validated = Some(k * g);
+                    }
+                    s.configurations.push(m);
+                }
+            }
+            false
+        };
+        report.context.validated = validated;
+        report.context.max_passing = validated;
+        report.interrupted = interrupted;
+        report.probes = s.probes;
+        report.notes = s.notes;
+        report.configurations = s.configurations;
+        return report;
+    }
+
     let interrupted = 'search: {
         if grid == 0 {
             s.note(format!(
@@ -302,7 +379,7 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
             ((start_ctx as f64 / g as f64).round() as i64).clamp(lo_k as i64, hi_k as i64);
         let mut iterations = 0;
         while lo < hi {
-            if iterations >= c.search.max_iterations {
+            if iterations >= c.search.max_iterations && inp.strategy == Strategy::Binary {
                 report.context.cut_short = true;
                 s.note(format!(
                     "context search stopped after {iterations} probes (search.max_iterations); the answer lies in {}..{}",
@@ -311,10 +388,10 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
                 ));
                 break;
             }
-            let mid = if iterations == 0 {
-                start_k.clamp(lo + 1, hi)
-            } else {
-                (lo + hi + 1) / 2
+            let mid = match inp.strategy {
+                Strategy::Linear => lo + 1,
+                _ if iterations == 0 => start_k.clamp(lo + 1, hi),
+                _ => (lo + hi + 1) / 2,
             };
             iterations += 1;
             let ctx = mid as u32 * g;

@@ -16,6 +16,7 @@ fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
         trained_context: Some(m.trained_context),
         parameters: Some(m.parameters),
         start_context: None,
+        strategy: search::Strategy::Binary,
     }
 }
 
