@@ -73,26 +73,27 @@ fn main_job() -> Result<()> {
         .arg(&trace)
         .args(["--", "sh", "-c", &script]))?;
     eprintln!("xtask: trace written to {}", trace.display());
-    // One configuration of a real LLM server measured: llama-cpp-python serving the tiny test
-    // model, prompts filling 90 % of an 8192-token context, real inference.
+    // A real optimization: llama.cpp's llama-server serving the tiny test model, doing real
+    // inference; the context search, validation, batch and concurrency stages of a short
+    // configuration, then presets and the peak resources of the server, measured.
     let server = setup::test_server()?;
-    let launch = format!(
-        "{} -m llama_cpp.server --model {{model}} --n_ctx {{ctx}} --n_batch {{batch}} --n_threads 2 --host {{host}} --port {{port}}",
-        server.python.display()
-    );
+    let llama_server = setup::llama_server_bin()?;
+    let run_dir = out_dir.join("optimize");
+    let _ = std::fs::remove_dir_all(&run_dir);
     run(Command::new(&o3)
-        .args(["probe", "--backend", "openai", "--model"])
+        .args(["optimize", "--backend", "llama-server", "--server-bin"])
+        .arg(&llama_server)
+        .arg("--model")
         .arg(&server.model)
-        .args([
-            "--ctx",
-            "8192",
-            "--batch",
-            "256",
-            "--samples",
-            "3",
-            "--launch",
-            &launch,
-        ]))?;
+        .arg("--config")
+        .arg(root().join("config/short.yaml"))
+        .arg("--out")
+        .arg(&run_dir))?;
+    eprintln!(
+        "xtask: presets in {}, the artefacts to paste in {}",
+        run_dir.join("presets.yaml").display(),
+        run_dir.join("artefacts").display()
+    );
     Ok(())
 }
 
