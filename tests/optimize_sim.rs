@@ -164,3 +164,77 @@ fn a_run_directory_in_use_is_not_overwritten() {
         "{err}"
     );
 }
+
+#[test]
+fn a_managed_ollama_is_restarted_with_more_slots_until_memory_runs_out() {
+    // o3 starts the simulator itself (it reads OLLAMA_HOST, OLLAMA_NUM_PARALLEL, ... as Ollama
+    // does) for every configuration. Truth at ctx 12288 and batch 256 on 12 GiB:
+    // 4920000000 + 131072·12288·p + 67108864 + 524288·256 fits for p ≤ 4, not for p = 8.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("o3.yaml");
+    std::fs::write(
+        &cfg,
+        format!("{CONFIG}concurrency:\n  levels: [1, 2, 4, 8]\n  stabilization_delay_s: 0\n"),
+    )
+    .unwrap();
+    let sim_cfg = fixtures().join("../sim/example.json");
+    let serve = format!(
+        "python3 {} --quiet --config {}",
+        fixtures().join("../sim/ollama_sim.py").display(),
+        sim_cfg.display()
+    );
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_o3"))
+        .args(["optimize", "--backend", "ollama", "--quiet", "--json"])
+        .args([
+            "--model",
+            "sim-llama:8b",
+            "--ollama-serve",
+            &serve,
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    // The trained context came from the managed server's /api/show.
+    assert_eq!(s["trained_context"], 131072);
+    assert_eq!(s["context"]["validated"].as_u64(), Some(truth()));
+    let fits = |ctx: u64, p: u64, b: u64| {
+        4_920_000_000 + 131_072 * ctx * p + 67_108_864 + 524_288 * b <= 12_884_901_888
+    };
+    let levels: Vec<(u64, String)> = s["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["stage"] == "concurrency" && m["config"]["ctx"] == 12288)
+        .map(|m| {
+            let p = m["config"]["parallel"].as_u64().unwrap();
+            let b = m["config"]["batch"].as_u64().unwrap();
+            let outcome = m["outcome"].as_str().unwrap().to_string();
+            assert_eq!(outcome == "ok", fits(12288, p, b), "{m}");
+            (p, outcome)
+        })
+        .collect();
+    assert_eq!(
+        levels.last().map(|l| l.1.as_str()),
+        Some("oom"),
+        "{levels:?}"
+    );
+    assert!(levels.len() >= 2, "{levels:?}");
+    // The preset artefacts carry the server environment the slots need.
+    for p in s["presets"].as_array().unwrap() {
+        let slots = p["config"]["parallel"].as_u64().unwrap_or(1);
+        if slots > 1 {
+            let env = p["artefacts"]["server_env"].as_array().unwrap();
+            assert!(
+                env.iter()
+                    .any(|e| e == &format!("OLLAMA_NUM_PARALLEL={slots}")),
+                "{p}"
+            );
+        }
+    }
+}

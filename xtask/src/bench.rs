@@ -13,7 +13,7 @@ use crate::{build_release, root};
 const ROUNDS: usize = 7;
 const PEAK_ROUNDS: usize = 10;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -26,7 +26,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn read_json(p: &Path) -> Result<Value> {
+pub(crate) fn read_json(p: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
@@ -78,7 +78,7 @@ fn f(v: &Value, path: &[&str]) -> f64 {
     cur.as_f64().unwrap_or(f64::NAN)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

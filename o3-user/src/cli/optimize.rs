@@ -38,6 +38,12 @@ pub struct OptimizeArgs {
     /// Ollama's address.
     #[arg(long, default_value = "http://127.0.0.1:11434")]
     pub url: String,
+    /// Start Ollama with this command for each configuration (words separated by spaces, e.g.
+    /// "ollama serve") on a free port, with the environment the configuration needs
+    /// (OLLAMA_NUM_PARALLEL for concurrency levels, flash attention, KV cache type); without
+    /// it the server at --url is used and its slots stay as they are.
+    #[arg(long, value_name = "CMD")]
+    pub ollama_serve: Option<String>,
     /// The llama-server binary.
     #[arg(long, value_name = "PATH", default_value = "llama-server")]
     pub server_bin: String,
@@ -95,6 +101,8 @@ struct Target {
     launch: Option<String>,
     ready: String,
     tokenize: String,
+    #[serde(default)]
+    ollama_serve: Option<String>,
     base: ProbeConfig,
     simulate: Option<SimModel>,
 }
@@ -155,12 +163,40 @@ fn model_facts(t: &Target) -> (Option<u32>, Option<u64>) {
         return (Some(m.trained_context), Some(m.parameters));
     }
     match t.backend {
-        BackendArg::Ollama => crate::backend::ollama::show_facts(&t.url, &t.model),
+        BackendArg::Ollama => match &t.ollama_serve {
+            None => crate::backend::ollama::show_facts(&t.url, &t.model),
+            Some(cmd) => managed_ollama_facts(cmd, &t.model),
+        },
         _ => match crate::learn::gguf::read(Path::new(&t.model)) {
             Ok(i) => (i.trained_context, Some(i.parameters)),
             Err(_) => (None, None),
         },
     }
+}
+
+/// Starts the managed Ollama once, just to ask it about the model.
+fn managed_ollama_facts(cmd: &str, model: &str) -> (Option<u32>, Option<u64>) {
+    let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+    let Ok(port) = crate::backend::launch::free_port() else {
+        return (None, None);
+    };
+    let host = format!("127.0.0.1:{port}");
+    let env = [("OLLAMA_HOST".to_string(), host.clone())];
+    let Ok(mut l) = crate::backend::launch::Launched::start(&argv, port, &env, |_| Ok(())) else {
+        return (None, None);
+    };
+    let url = format!("http://{host}");
+    let t0 = Instant::now();
+    let mut facts = (None, None);
+    while t0.elapsed() < std::time::Duration::from_secs(30) && l.exited().is_none() {
+        facts = crate::backend::ollama::show_facts(&url, model);
+        if facts.0.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    l.stop(std::time::Duration::from_secs(5));
+    facts
 }
 
 struct Progress {
@@ -389,6 +425,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 launch: a.launch.clone(),
                 ready: a.ready.clone(),
                 tokenize: a.tokenize.clone(),
+                ollama_serve: a.ollama_serve.clone(),
                 base: ProbeConfig {
                     gpu_layers: a.gpu_layers,
                     flash_attn: a.flash_attn,
@@ -454,6 +491,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 t.launch.as_deref(),
                 &t.ready,
                 &t.tokenize,
+                t.ollama_serve.as_deref(),
             )?;
             let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
             let ebpf = match crate::telemetry::ebpf::Loaded::load(&roots.sysfs_root, 1 << 20) {

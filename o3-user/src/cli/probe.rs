@@ -51,6 +51,11 @@ pub struct ProbeArgs {
     /// Ollama's address.
     #[arg(long, default_value = "http://127.0.0.1:11434")]
     pub url: String,
+    /// Start Ollama with this command for each configuration (words separated by spaces, e.g.
+    /// "ollama serve") on a free port, with the environment the configuration needs; instead
+    /// of using the server at --url.
+    #[arg(long, value_name = "CMD")]
+    pub ollama_serve: Option<String>,
     /// The llama-server binary.
     #[arg(long, value_name = "PATH", default_value = "llama-server")]
     pub server_bin: String,
@@ -135,6 +140,7 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         a.launch.as_deref(),
         &a.ready,
         &a.tokenize,
+        a.ollama_serve.as_deref(),
     )?;
     let spec = ProbeSpec {
         backend,
@@ -291,6 +297,7 @@ pub(super) fn backend_spec(
     launch: Option<&str>,
     ready: &str,
     tokenize: &str,
+    ollama_serve: Option<&str>,
 ) -> Result<BackendSpec, (anyhow::Error, i32)> {
     let usage = |e: String| (anyhow::anyhow!(e), 2);
     Ok(match kind {
@@ -327,6 +334,16 @@ pub(super) fn backend_spec(
         BackendArg::Ollama => BackendSpec::Ollama {
             url: url.to_string(),
             model: model.to_string(),
+            serve: match ollama_serve {
+                Some(cmd) => {
+                    let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+                    if argv.is_empty() {
+                        return Err(usage("--ollama-serve is empty: give the command that starts Ollama, e.g. \"ollama serve\"".into()));
+                    }
+                    Some(argv)
+                }
+                None => None,
+            },
         },
     })
 }

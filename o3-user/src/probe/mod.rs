@@ -39,8 +39,15 @@ pub enum BackendSpec {
         /// From the binary's `--help`, read once.
         flags: Box<llama_server::Flags>,
     },
-    /// An Ollama server already running at `url` (per-request options only).
-    Ollama { url: String, model: String },
+    /// Ollama: a server already running at `url` (per-request options only), or, with
+    /// `serve`, one o3 starts for each configuration (e.g. `ollama serve`) on a free loopback
+    /// port with the server environment the configuration needs (`OLLAMA_NUM_PARALLEL`,
+    /// `OLLAMA_FLASH_ATTENTION`, `OLLAMA_KV_CACHE_TYPE`, ...).
+    Ollama {
+        url: String,
+        model: String,
+        serve: Option<Vec<String>>,
+    },
 }
 
 impl BackendSpec {
@@ -48,7 +55,7 @@ impl BackendSpec {
         match self {
             BackendSpec::OpenAi { template, .. } => template.fixed_by_server(cfg),
             BackendSpec::LlamaServer { .. } => Vec::new(),
-            BackendSpec::Ollama { .. } => ollama::fixed_by_server(cfg, false),
+            BackendSpec::Ollama { serve, .. } => ollama::fixed_by_server(cfg, serve.is_some()),
         }
     }
 }
@@ -460,7 +467,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
     let mut server: Option<Launched> = None;
     // Servers o3 launches listen on a free loopback port.
     let port = match (&spec.backend, free_port()) {
-        (BackendSpec::Ollama { .. }, _) => 0,
+        (BackendSpec::Ollama { serve: None, .. }, _) => 0,
         (_, Ok(p)) => p,
         (_, Err(e)) => {
             return fail(
@@ -482,7 +489,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
                 Ok(a) => a,
                 Err(e) => return fail(result, OutcomeClass::LoadFailed, e, None),
             };
-            match launch(&argv, port, ebpf.as_deref_mut()) {
+            match launch(&argv, port, &[], ebpf.as_deref_mut()) {
                 Ok(l) => server = Some(l),
                 Err(e) => return fail(result, OutcomeClass::LoadFailed, e, None),
             }
@@ -514,7 +521,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
             };
             let mut argv = vec![bin.clone()];
             argv.extend(args);
-            match launch(&argv, port, ebpf.as_deref_mut()) {
+            match launch(&argv, port, &[], ebpf.as_deref_mut()) {
                 Ok(l) => server = Some(l),
                 Err(e) => return fail(result, OutcomeClass::LoadFailed, e, None),
             }
@@ -531,8 +538,24 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
                 format!("{base}/health"),
             )
         }
-        BackendSpec::Ollama { url, model } => {
-            let base = url.trim_end_matches('/').to_string();
+        BackendSpec::Ollama { url, model, serve } => {
+            let base = match serve {
+                None => url.trim_end_matches('/').to_string(),
+                Some(argv) => {
+                    let host = format!("127.0.0.1:{port}");
+                    let env = match ollama::server_env(cfg, &host) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            return fail(result, OutcomeClass::LoadFailed, e.to_string(), None)
+                        }
+                    };
+                    match launch(argv, port, &env, ebpf.as_deref_mut()) {
+                        Ok(l) => server = Some(l),
+                        Err(e) => return fail(result, OutcomeClass::LoadFailed, e, None),
+                    }
+                    format!("http://{host}")
+                }
+            };
             (
                 Driver {
                     request_url: format!("{base}/api/generate"),
@@ -626,7 +649,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
                 )
             }
             (Some((st, _)), _) => (200..300).contains(st),
-            (None, Backend::Ollama) => {
+            (None, Backend::Ollama) if server.is_none() => {
                 finish_watch(watch);
                 return fail(
                     result,
@@ -1005,8 +1028,13 @@ fn settle(l: &mut Launched) -> Option<crate::backend::launch::Exit> {
 }
 
 /// Starts a server with its output captured, tracked by the kernel programs from its exec.
-fn launch(argv: &[String], port: u16, ebpf: Option<&mut Loaded>) -> Result<Launched, String> {
-    Launched::start(argv, port, &[], |pid| match ebpf {
+fn launch(
+    argv: &[String],
+    port: u16,
+    env: &[(String, String)],
+    ebpf: Option<&mut Loaded>,
+) -> Result<Launched, String> {
+    Launched::start(argv, port, env, |pid| match ebpf {
         Some(l) => l.track(pid, true).map_err(|e| e.to_string()),
         None => Ok(()),
     })
