@@ -168,6 +168,10 @@ pub(crate) const LEGACY_MAP: &[(&str, &str)] = &[
         "learning.predict",
     ),
     (
+        "learning_system.configuration_learning.hardware_profiles.update_frequency_days",
+        "learning.max_age_days",
+    ),
+    (
         "learning_system.prediction_model.pre_test_prediction",
         "learning.predict",
     ),
@@ -189,7 +193,6 @@ pub(crate) const IGNORED: &[(&str, &str)] = &[
     ("hardware_monitoring.peak_detection.track_ram_peak", "o3 always tracks RAM peaks"),
     ("hardware_monitoring.peak_detection.track_temperature", "o3 always tracks temperatures (limit: safety.max_temperature_c)"),
     ("hardware_monitoring.resource_headroom.context_scaling_factor", "no meaning now: contexts come from measurements"),
-    ("learning_system.configuration_learning.hardware_profiles.update_frequency_days", "no meaning now: results are stored after every run"),
     ("learning_system.prediction_model.failure_pattern_learning", "no separate setting: failures are part of the stored results (learning.store_results)"),
     ("model_intelligence", NEVER_USED),
     ("fine_tuning", NEVER_USED),

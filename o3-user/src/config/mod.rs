@@ -368,8 +368,17 @@ pub struct Learning {
     pub store_results: bool,
     /// Start from configurations learned on this machine.
     pub reuse_learned_configs: bool,
-    /// Skip configurations predicted to fail (memory model of earlier runs).
+    /// Skip configurations predicted to fail (memory model and earlier runs).
     pub predict: bool,
+    /// Learned results older than this many days are searched again, not reused.
+    pub max_age_days: f64,
+    /// Configurations whose predicted probability of success is below this are skipped.
+    pub min_p_success: f64,
+    /// Of the configurations the predictor would skip, this many per run are measured anyway,
+    /// so a wrong prediction can be found out.
+    pub exploration_probes: u32,
+    /// The results database; `None`: `$XDG_DATA_HOME/o3/o3.db`.
+    pub db: Option<String>,
 }
 
 impl Default for Learning {
@@ -378,6 +387,10 @@ impl Default for Learning {
             store_results: true,
             reuse_learned_configs: true,
             predict: true,
+            max_age_days: 7.0,
+            min_p_success: 0.05,
+            exploration_probes: 1,
+            db: None,
         }
     }
 }

@@ -236,6 +236,7 @@ fn fmt(v: f64) -> String {
 fn bad_values(rule: &Rule) -> Vec<String> {
     match rule {
         Rule::Bool => vec![],
+        Rule::Path => vec!["\"\"".into()],
         Rule::Int { min, max } => {
             let mut v = vec![(max + 1).to_string()];
             if *min > 0 {
@@ -688,7 +689,6 @@ fn legacy_file_maps_onto_the_current_layout() {
         "o3_ai_config.yaml:69: hardware_monitoring.gpu_handling: ignored with its SMI command strings; o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML), SMI tools only as a fallback",
         "o3_ai_config.yaml:76: hardware_monitoring.gpu_handling.amd.memory_field_index: ignored; o3 reads GPU memory directly instead of taking a column of rocm-smi's CSV (on an APU that column is not the GTT where the model lives)",
         "o3_ai_config.yaml:87: hardware_monitoring.resource_headroom.context_scaling_factor: ignored; no meaning now: contexts come from measurements",
-        "o3_ai_config.yaml:94: learning_system.configuration_learning.hardware_profiles.update_frequency_days: ignored; no meaning now: results are stored after every run",
         "o3_ai_config.yaml:98: learning_system.prediction_model.failure_pattern_learning: ignored; no separate setting: failures are part of the stored results (learning.store_results)",
         "o3_ai_config.yaml:100: model_intelligence: ignored; the legacy tool never used this section",
         "o3_ai_config.yaml:105: fine_tuning: ignored; the legacy tool never used this section",

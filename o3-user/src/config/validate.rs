@@ -23,6 +23,8 @@ pub(crate) enum Rule {
         max: f64,
     },
     Bool,
+    /// A file path (any non-empty string).
+    Path,
     /// `null` (none) or a value of the inner rule.
     Opt(&'static Rule),
     /// A non-empty, strictly ascending list of whole numbers, each in `min..=max`.
@@ -126,6 +128,10 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("learning.store_results", Rule::Bool),
     ("learning.reuse_learned_configs", Rule::Bool),
     ("learning.predict", Rule::Bool),
+    ("learning.max_age_days", num(0.0, 3650.0)),
+    ("learning.min_p_success", num(0.0, 0.5)),
+    ("learning.exploration_probes", int(0, 100)),
+    ("learning.db", Rule::Opt(&Rule::Path)),
     ("monitoring.interval_ms", int(1, 10_000)),
 ];
 
@@ -159,6 +165,7 @@ impl Rule {
                 fmt_num(*max)
             ),
             Rule::Bool => "allowed true or false".into(),
+            Rule::Path => "allowed a file path".into(),
             Rule::Opt(inner) => format!("{}, or null for none", inner.allowed()),
             Rule::Ascending { min, max } => {
                 format!("allowed a non-empty, strictly ascending list, each {min} to {max}")
@@ -175,6 +182,7 @@ impl Rule {
             Rule::Int { min, max } => format!("a whole number {min} to {max}"),
             Rule::Num { .. } => format!("a number, {}", self.allowed()),
             Rule::Bool => "true or false".into(),
+            Rule::Path => "a file path".into(),
             Rule::Opt(inner) => format!("{}, or null for none", inner.expected()),
             Rule::Ascending { min, max } => {
                 format!(
@@ -273,6 +281,15 @@ fn value_text(v: &Value) -> String {
 fn check_rule(ctx: &Ctx, key: &str, rule: &Rule, v: &Value) -> Result<(), ConfigError> {
     match rule {
         Rule::Bool => Ok(()),
+        Rule::Path => match v.as_str() {
+            Some(p) if !p.trim().is_empty() => Ok(()),
+            _ => Err(ctx.err(
+                key,
+                &[],
+                "the path is empty",
+                "give a file path, or null for the default",
+            )),
+        },
         Rule::Opt(inner) => match v {
             Value::Null => Ok(()),
             _ => check_rule(ctx, key, inner, v).map_err(|e| match (e, rule) {
