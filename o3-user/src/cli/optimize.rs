@@ -554,6 +554,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         parameters: runfile.parameters,
         start_context: None,
         strategy: a.strategy,
+        learned: None,
     };
     let mut jp = Journaled::new(&mut prober, &mut journal);
     let report: Report = search::run(&inputs, &mut jp, &mut progress);

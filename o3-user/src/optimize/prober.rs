@@ -20,6 +20,8 @@ pub enum Stage {
     Batch,
     /// A concurrency level: that many server slots and simultaneous streams.
     Concurrency,
+    /// Re-measuring a configuration an earlier run found (reuse of learned results).
+    Verify,
 }
 
 impl Stage {
@@ -29,6 +31,7 @@ impl Stage {
             Stage::Validate => "validate",
             Stage::Batch => "batch",
             Stage::Concurrency => "concurrency",
+            Stage::Verify => "verify",
         }
     }
 }

@@ -26,6 +26,19 @@ pub struct Inputs<'a> {
     /// `None`.
     pub start_context: Option<u32>,
     pub strategy: Strategy,
+    /// What an earlier run on this host with this model found: verified with one probe each
+    /// instead of searched; a failed verification reopens the search.
+    pub learned: Option<Learned>,
+}
+
+/// Results of an earlier run to verify.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Learned {
+    /// Where they come from (`run 12, 2 days old`).
+    pub source: String,
+    pub max_context: u32,
+    /// Preset configurations with their stream counts.
+    pub presets: Vec<(String, ProbeConfig, u32)>,
 }
 
 /// How the largest context is found. Only `Binary` is o3's search; the others are the
@@ -118,6 +131,8 @@ pub struct Report {
     pub probes: u32,
     /// The run was asked to stop before the search finished.
     pub interrupted: bool,
+    /// Learned results verified and reused instead of searched (empty: none reused).
+    pub reused: Vec<String>,
 }
 
 pub fn config_id(c: &ProbeConfig) -> String {
@@ -297,6 +312,7 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
         notes: Vec::new(),
         probes: 0,
         interrupted: false,
+        reused: Vec::new(),
     };
     let mut s = Search {
         inp,
@@ -357,6 +373,66 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
         report.notes = s.notes;
         report.configurations = s.configurations;
         return report;
+    }
+
+    // 0. Learned results: one verification probe each; all stable means no search.
+    let mut start_ctx = start_ctx;
+    if let (Some(l), Strategy::Binary) = (&inp.learned, inp.strategy) {
+        let mut verified = Vec::new();
+        let mut failed = None;
+        let mut wanted = vec![(
+            "max_context".to_string(),
+            at(l.max_context, batch0, None),
+            1u32,
+        )];
+        wanted.extend(l.presets.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        for (name, cfg, streams) in wanted {
+            if !seen.insert((config_id(&cfg), streams)) {
+                continue;
+            }
+            let Some(m) = s.measure(Stage::Verify, cfg, streams) else {
+                report.interrupted = true;
+                report.probes = s.probes;
+                report.notes = s.notes;
+                report.configurations = s.configurations;
+                return report;
+            };
+            if m.stable {
+                verified.push(format!("{name} ({}) from {}", m.id, l.source));
+            } else if failed.is_none() {
+                failed = Some(format!(
+                    "{name} ({}) from {} failed verification: {}",
+                    m.id,
+                    l.source,
+                    Search::<P, O>::why_unstable(&m)
+                ));
+            }
+            s.configurations.push(m);
+            if failed.is_some() {
+                break;
+            }
+        }
+        match failed {
+            None => {
+                report.context.max_passing = Some(l.max_context);
+                report.context.validated = Some(l.max_context);
+                s.note(format!(
+                    "reused {} learned configurations after one verification probe each: no search needed",
+                    verified.len()
+                ));
+                report.reused = verified;
+                report.probes = s.probes;
+                report.notes = s.notes;
+                report.configurations = s.configurations;
+                return report;
+            }
+            Some(why) => {
+                s.note(format!("{why}; searching again from ctx {}", l.max_context));
+                start_ctx = l.max_context;
+                report.context.start = start_ctx;
+            }
+        }
     }
 
     let interrupted = 'search: {

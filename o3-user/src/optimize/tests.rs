@@ -17,6 +17,7 @@ fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
         parameters: Some(m.parameters),
         start_context: None,
         strategy: search::Strategy::Binary,
+        learned: None,
     }
 }
 
@@ -339,4 +340,63 @@ fn presets_come_only_from_stable_configurations_and_respect_their_constraints() 
             other => panic!("unexpected preset {other}"),
         }
     }
+}
+
+fn learned_from(r: &Report, cfg: &Config) -> search::Learned {
+    let presets = super::presets::choose(&r.configurations, &cfg.presets)
+        .into_iter()
+        .filter_map(|p| Some((p.name.to_string(), p.config?, p.concurrency?)))
+        .collect();
+    search::Learned {
+        source: "run 1".into(),
+        max_context: r.context.validated.unwrap(),
+        presets,
+    }
+}
+
+#[test]
+fn learned_results_are_verified_with_one_probe_each_and_reused() {
+    let cfg = Config::default();
+    let m = model(12.0);
+    let first = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    let learned = learned_from(&first, &cfg);
+    let mut inp = inputs(&cfg, &m);
+    inp.learned = Some(learned.clone());
+    let mut sim = Sim::new(m.clone());
+    let second = search::run(&inp, &mut sim, &mut Silent);
+    assert_eq!(second.context.validated, first.context.validated);
+    assert!(second.context.probes.is_empty(), "no search probe");
+    assert!(second.probes <= 1 + learned.presets.len() as u32);
+    assert!(second.probes <= 4);
+    assert!(!second.reused.is_empty());
+    assert!(second
+        .configurations
+        .iter()
+        .all(|c| c.stage == Stage::Verify));
+    let p = super::presets::choose(&second.configurations, &cfg.presets);
+    assert!(p.iter().all(|p| p.chosen.is_some()), "{p:?}");
+}
+
+#[test]
+fn a_failed_verification_reopens_the_search_from_the_learned_maximum() {
+    let cfg = Config::default();
+    let big = model(16.0);
+    let first = search::run(&inputs(&cfg, &big), &mut Sim::new(big.clone()), &mut Silent);
+    // The machine changed (less memory): the learned maximum no longer loads.
+    let small = model(12.0);
+    let mut inp = inputs(&cfg, &small);
+    inp.learned = Some(learned_from(&first, &cfg));
+    let r = search::run(&inp, &mut Sim::new(small.clone()), &mut Silent);
+    assert!(r.reused.is_empty());
+    assert!(r.notes.iter().any(|n| n.contains("failed verification")));
+    let batch0 = cfg.batch.initial_for(Some(small.parameters));
+    assert_eq!(
+        r.context.validated,
+        expected(
+            small.max_context(Some(batch0), 1),
+            &cfg,
+            small.trained_context
+        )
+    );
+    assert_eq!(r.context.start, first.context.validated.unwrap());
 }
