@@ -54,6 +54,9 @@ pub enum OutcomeClass {
     HttpError,
     /// The safety watchdog stopped the probe.
     SafetyAbort,
+    /// Not run: the predictor gave it a probability of success under the threshold
+    /// (`learning.min_p_success`); the error says which probability.
+    Skipped,
 }
 
 /// Server-side timings of one request, as the server reports them.

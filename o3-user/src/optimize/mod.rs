@@ -6,6 +6,7 @@ pub mod journal;
 pub mod live;
 pub mod presets;
 pub mod prober;
+pub mod prune;
 pub mod search;
 pub mod sim;
 pub mod stats;
