@@ -18,7 +18,7 @@ use crate::optimize::sim::{Sim, SimModel};
 use crate::optimize::{artefacts, presets};
 use crate::probe::BackendSpec;
 
-use super::probe::{backend_spec, BackendArg};
+use super::probe::{backend_spec, BackendArg, BackendFlags};
 use super::{CliResult, Roots};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -483,16 +483,16 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let (mut prober, backend) = match &t.simulate {
         Some(m) => (Any::Sim(Box::new(Sim::new(m.clone()))), None),
         None => {
-            let spec = backend_spec(
-                t.backend,
-                &t.model,
-                &t.url,
-                &t.server_bin,
-                t.launch.as_deref(),
-                &t.ready,
-                &t.tokenize,
-                t.ollama_serve.as_deref(),
-            )?;
+            let spec = backend_spec(BackendFlags {
+                kind: t.backend,
+                model: &t.model,
+                url: &t.url,
+                server_bin: &t.server_bin,
+                launch: t.launch.as_deref(),
+                ready: &t.ready,
+                tokenize: &t.tokenize,
+                ollama_serve: t.ollama_serve.as_deref(),
+            })?;
             let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
             let ebpf = match crate::telemetry::ebpf::Loaded::load(&roots.sysfs_root, 1 << 20) {
                 Ok(_) => true,

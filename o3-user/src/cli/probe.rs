@@ -132,16 +132,16 @@ pub struct ProbeArgs {
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
-    let backend = backend_spec(
-        a.backend,
-        &a.model,
-        &a.url,
-        &a.server_bin,
-        a.launch.as_deref(),
-        &a.ready,
-        &a.tokenize,
-        a.ollama_serve.as_deref(),
-    )?;
+    let backend = backend_spec(BackendFlags {
+        kind: a.backend,
+        model: &a.model,
+        url: &a.url,
+        server_bin: &a.server_bin,
+        launch: a.launch.as_deref(),
+        ready: &a.ready,
+        tokenize: &a.tokenize,
+        ollama_serve: a.ollama_serve.as_deref(),
+    })?;
     let spec = ProbeSpec {
         backend,
         config: ProbeConfig {
@@ -289,16 +289,28 @@ fn render(r: &probe::ProbeResult) -> String {
 }
 
 /// The backend from the command-line flags `o3 probe` and `o3 optimize` share.
-pub(super) fn backend_spec(
-    kind: BackendArg,
-    model: &str,
-    url: &str,
-    server_bin: &str,
-    launch: Option<&str>,
-    ready: &str,
-    tokenize: &str,
-    ollama_serve: Option<&str>,
-) -> Result<BackendSpec, (anyhow::Error, i32)> {
+pub(super) struct BackendFlags<'a> {
+    pub kind: BackendArg,
+    pub model: &'a str,
+    pub url: &'a str,
+    pub server_bin: &'a str,
+    pub launch: Option<&'a str>,
+    pub ready: &'a str,
+    pub tokenize: &'a str,
+    pub ollama_serve: Option<&'a str>,
+}
+
+pub(super) fn backend_spec(f: BackendFlags) -> Result<BackendSpec, (anyhow::Error, i32)> {
+    let BackendFlags {
+        kind,
+        model,
+        url,
+        server_bin,
+        launch,
+        ready,
+        tokenize,
+        ollama_serve,
+    } = f;
     let usage = |e: String| (anyhow::anyhow!(e), 2);
     Ok(match kind {
         BackendArg::Openai => {
