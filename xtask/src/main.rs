@@ -13,6 +13,7 @@
 //! Nothing here depends on o3 itself, so it builds on a fresh machine before anything else.
 
 mod bench;
+mod bench_optimize;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -203,6 +204,7 @@ fn main() -> ExitCode {
         ["run"] => main_job(),
         ["test"] => test(),
         ["bench", "record"] => bench::record(),
+        ["bench", "optimize"] => bench_optimize::optimize_bench(),
         ["server"] => server(),
         _ => {
             eprintln!("usage: cargo xtask setup | run | test | bench record | server");

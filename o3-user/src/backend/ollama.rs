@@ -352,15 +352,13 @@ pub fn parse_ps(body: &str, model: &str) -> Result<Option<LoadedModel>, Protocol
     Ok(None)
 }
 
-/// The trained context and parameter count of `model` from a running Ollama server's
-/// `/api/show` (`None`s when it cannot be reached or does not say).
-pub fn show_facts(url: &str, model: &str) -> (Option<u32>, Option<u64>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+/// What a running Ollama server's `/api/show` says about `model` (`None` when it cannot be
+/// reached or does not know the model).
+pub fn show(url: &str, model: &str) -> Option<ModelInfo> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    else {
-        return (None, None);
-    };
+        .ok()?;
     let body = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{}/api/show", url.trim_end_matches('/')))
@@ -373,10 +371,7 @@ pub fn show_facts(url: &str, model: &str) -> (Option<u32>, Option<u64>) {
             .await
             .ok()
     });
-    match body.as_deref().map(parse_show) {
-        Some(Ok(i)) => (i.context_length, i.parameter_count),
-        _ => (None, None),
-    }
+    parse_show(body.as_deref()?).ok()
 }
 
 /// What `/api/show` says about a model's architecture (all optional: keys vary by model).

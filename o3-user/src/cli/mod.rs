@@ -2,9 +2,13 @@
 
 mod config;
 mod doctor;
+mod history;
+mod import_legacy;
 mod monitor;
 mod optimize;
+mod predict;
 mod probe;
+mod profiles;
 mod record;
 
 use std::path::PathBuf;
@@ -62,6 +66,17 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Check a configuration file or print the default one.
     Config(config::ConfigArgs),
+    /// Predict one configuration before running it: the memory model's estimate term by
+    /// term, P(success), expected rates, and why.
+    Predict(predict::PredictArgs),
+    /// List the runs in the results store per host and model (imported legacy runs are marked
+    /// untrusted).
+    History(history::HistoryArgs),
+    /// List the hosts in the results store and the best presets learned per model.
+    Profiles(profiles::ProfilesArgs),
+    /// Import the legacy O3 tool's logs/*.jsonl and defaults/*.yaml into the results store, as
+    /// untrusted results.
+    ImportLegacy(import_legacy::ImportLegacyArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit status.
@@ -101,6 +116,10 @@ pub fn main() -> i32 {
         Command::Optimize(a) => optimize::run(&cli.roots, *a),
         Command::Doctor(a) => doctor::run(&cli.roots, a),
         Command::Config(a) => config::run(&cli.roots, a),
+        Command::Predict(a) => predict::run(&cli.roots, a),
+        Command::History(a) => history::run(&cli.roots, a),
+        Command::Profiles(a) => profiles::run(&cli.roots, a),
+        Command::ImportLegacy(a) => import_legacy::run(&cli.roots, a),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ProbeConfig;
 use crate::config::{self, Config};
+use crate::learn::fingerprint::Host;
+use crate::learn::store::Store;
+use crate::learn::ModelShape;
 use crate::optimize::journal::{Journal, Journaled};
+use crate::optimize::learned;
 use crate::optimize::live::Live;
 use crate::optimize::prober::{describe_config, ProbeOutcome, ProbeRequest, Prober};
 use crate::optimize::search::{self, Inputs, Observer, Report};
@@ -76,6 +80,13 @@ pub struct OptimizeArgs {
     pub cache_type_v: Option<String>,
     #[arg(long)]
     pub threads: Option<u32>,
+    /// The results database (default: learning.db, else $XDG_DATA_HOME/o3/o3.db).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Search even when an earlier run of this model on this machine could be verified and
+    /// reused.
+    #[arg(long)]
+    pub no_reuse: bool,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -115,8 +126,25 @@ struct RunFile {
     target: Target,
     config: Config,
     config_notices: Vec<String>,
-    trained_context: Option<u32>,
-    parameters: Option<u64>,
+    shape: ModelShape,
+    model_digest: String,
+    host: Host,
+    capacity_bytes: Option<u64>,
+    /// What learning decided at the start (kept so a resumed run decides the same).
+    learned: Option<search::Learned>,
+    learning_notes: Vec<String>,
+    start_context: Option<u32>,
+    /// The results database and this run's ids in it (`None`: not stored).
+    #[serde(default)]
+    store: Option<StoreRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoreRef {
+    db: PathBuf,
+    run_id: i64,
+    host_id: String,
+    model_id: String,
 }
 
 fn data_dir() -> PathBuf {
@@ -157,46 +185,101 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (anyhow::Error, i32)> {
     std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))
 }
 
-/// The model's trained context and size, from its GGUF file or the Ollama server.
-fn model_facts(t: &Target) -> (Option<u32>, Option<u64>) {
+/// The model's shape and a digest identifying it: from its GGUF file, the Ollama server, or
+/// the simulator's description.
+fn model_facts(t: &Target) -> (ModelShape, String) {
     if let Some(m) = &t.simulate {
-        return (Some(m.trained_context), Some(m.parameters));
+        let shape = ModelShape {
+            architecture: Some("simulated".into()),
+            parameters: Some(m.parameters),
+            weights_bytes: Some(m.weights_bytes),
+            trained_context: Some(m.trained_context),
+            ..ModelShape::default()
+        };
+        let digest = format!(
+            "sim:{}",
+            crate::learn::fingerprint::fnv_hex(&serde_json::to_string(m).unwrap_or_default())
+        );
+        return (shape, digest);
     }
     match t.backend {
-        BackendArg::Ollama => match &t.ollama_serve {
-            None => crate::backend::ollama::show_facts(&t.url, &t.model),
-            Some(cmd) => managed_ollama_facts(cmd, &t.model),
-        },
-        _ => match crate::learn::gguf::read(Path::new(&t.model)) {
-            Ok(i) => (i.trained_context, Some(i.parameters)),
-            Err(_) => (None, None),
-        },
+        BackendArg::Ollama => {
+            let info = match &t.ollama_serve {
+                None => crate::backend::ollama::show(&t.url, &t.model),
+                Some(cmd) => managed_ollama_show(cmd, &t.model),
+            };
+            (
+                info.as_ref()
+                    .map(ModelShape::from_ollama)
+                    .unwrap_or_default(),
+                format!("ollama:{}", t.model),
+            )
+        }
+        _ => {
+            let p = Path::new(&t.model);
+            let shape = crate::learn::gguf::read(p)
+                .map(|i| ModelShape::from_gguf(&i))
+                .unwrap_or_default();
+            let digest = crate::learn::fingerprint::model_digest(p)
+                .unwrap_or_else(|_| format!("path:{}", t.model));
+            (shape, digest)
+        }
     }
 }
 
 /// Starts the managed Ollama once, just to ask it about the model.
-fn managed_ollama_facts(cmd: &str, model: &str) -> (Option<u32>, Option<u64>) {
+fn managed_ollama_show(cmd: &str, model: &str) -> Option<crate::backend::ollama::ModelInfo> {
     let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-    let Ok(port) = crate::backend::launch::free_port() else {
-        return (None, None);
-    };
+    let port = crate::backend::launch::free_port().ok()?;
     let host = format!("127.0.0.1:{port}");
     let env = [("OLLAMA_HOST".to_string(), host.clone())];
-    let Ok(mut l) = crate::backend::launch::Launched::start(&argv, port, &env, |_| Ok(())) else {
-        return (None, None);
-    };
+    let mut l = crate::backend::launch::Launched::start(&argv, port, &env, |_| Ok(())).ok()?;
     let url = format!("http://{host}");
     let t0 = Instant::now();
-    let mut facts = (None, None);
+    let mut info = None;
     while t0.elapsed() < std::time::Duration::from_secs(30) && l.exited().is_none() {
-        facts = crate::backend::ollama::show_facts(&url, model);
-        if facts.0.is_some() {
+        info = crate::backend::ollama::show(&url, model);
+        if info.is_some() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     l.stop(std::time::Duration::from_secs(5));
-    facts
+    info
+}
+
+/// The machine as learning sees it (a simulated run: the simulated device).
+fn host_facts(roots: &Roots, t: &Target) -> (Host, Option<u64>) {
+    if let Some(m) = &t.simulate {
+        let h = Host {
+            cpu_model: "simulated".into(),
+            cpu_cores: 1,
+            ram_bytes: m.capacity_bytes,
+            gpus: vec![crate::learn::fingerprint::Gpu {
+                name: "simulated device".into(),
+                pci_id: None,
+                apu: false,
+                vram_bytes: Some(m.capacity_bytes),
+                gtt_bytes: None,
+                driver_version: None,
+                firmware: None,
+            }],
+            kernel: "simulated".into(),
+            rocm_version: None,
+            vulkan_driver: None,
+            cuda_driver: None,
+        };
+        return (h, Some(m.capacity_bytes));
+    }
+    let h = crate::learn::fingerprint::host(&roots.procfs_root, &roots.sysfs_root, &roots.dev_root);
+    // What a model may occupy: the GTT on an APU, the VRAM of a discrete card, else RAM.
+    let cap = h
+        .gpus
+        .iter()
+        .filter_map(|g| if g.apu { g.gtt_bytes } else { g.vram_bytes })
+        .max()
+        .or(Some(h.ram_bytes).filter(|&r| r > 0));
+    (h, cap)
 }
 
 struct Progress {
@@ -335,6 +418,11 @@ struct Summary<'a> {
     context: &'a search::ContextSearch,
     configurations: &'a [search::Measured],
     notes: &'a [String],
+    /// Learned configurations verified and reused instead of searched.
+    reused: &'a [String],
+    /// Why learning reused nothing, and where results are stored.
+    learning_notes: &'a [String],
+    db: Option<String>,
     probes: ProbesOut,
     peaks: PeaksOut,
     /// Simulated time of all probes (simulator only), s.
@@ -372,6 +460,54 @@ fn artefacts_for(backend: Option<&BackendSpec>, cfg: &ProbeConfig) -> Option<art
             template, model, ..
         } => artefacts::template(template, model, cfg, "127.0.0.1", 8080).ok(),
     }
+}
+
+/// Learning decided once, at a run's start: the store entries, what an earlier run lets this
+/// one verify instead of search.
+fn learn_at_start(
+    a: &OptimizeArgs,
+    rf: &mut RunFile,
+    dir: &Path,
+) -> Result<(), (anyhow::Error, i32)> {
+    let l = &rf.config.learning;
+    if !(l.store_results || l.reuse_learned_configs || l.predict) {
+        return Ok(());
+    }
+    let db =
+        a.db.clone()
+            .or_else(|| l.db.as_ref().map(PathBuf::from))
+            .unwrap_or_else(crate::learn::store::default_path);
+    let store = Store::open(&db).map_err(|e| (e.into(), 1))?;
+    let host_id = store.upsert_host(&rf.host).map_err(|e| (e.into(), 1))?;
+    let model_id = store
+        .upsert_model(&rf.target.model, &rf.model_digest, &rf.shape)
+        .map_err(|e| (e.into(), 1))?;
+    if l.reuse_learned_configs && !a.no_reuse && a.strategy == search::Strategy::Binary {
+        let now = crate::record::unix_now_ns() / 1_000_000_000;
+        match learned::to_verify(&store, &rf.host, &host_id, &model_id, l.max_age_days, now) {
+            Ok(v) => rf.learned = v,
+            Err(why) => rf.learning_notes.push(format!("nothing reused: {why}")),
+        }
+    }
+    if l.store_results {
+        let config_json = serde_json::to_string(&rf.config).unwrap_or_default();
+        let run_id = store
+            .begin_run(
+                &host_id,
+                &model_id,
+                &format!("{:?}", rf.target.backend).to_lowercase(),
+                &dir.display().to_string(),
+                &config_json,
+            )
+            .map_err(|e| (e.into(), 1))?;
+        rf.store = Some(StoreRef {
+            db,
+            run_id,
+            host_id,
+            model_id,
+        });
+    }
+    Ok(())
 }
 
 pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
@@ -449,18 +585,26 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                     dir.display()
                 )));
             }
-            let (trained_context, parameters) = model_facts(&target);
-            let rf = RunFile {
+            let (shape, model_digest) = model_facts(&target);
+            let (host, capacity_bytes) = host_facts(roots, &target);
+            let mut rf = RunFile {
                 schema_version: SCHEMA_VERSION,
                 o3_version: env!("CARGO_PKG_VERSION").into(),
                 created_unix_ns: crate::record::unix_now_ns(),
                 target,
                 config: loaded.config,
                 config_notices: loaded.notices,
-                trained_context,
-                parameters,
+                shape,
+                model_digest,
+                host,
+                capacity_bytes,
+                learned: None,
+                learning_notes: Vec::new(),
+                start_context: None,
+                store: None,
             };
             std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            learn_at_start(&a, &mut rf, &dir)?;
             // The run file first: a bad --out fails before a server starts.
             write_file(
                 &dir.join("run.json"),
@@ -471,11 +615,15 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             (dir, rf)
         }
     };
-    for n in &runfile.config_notices {
-        if !a.quiet {
+    if !a.quiet {
+        for n in runfile.config_notices.iter().chain(&runfile.learning_notes) {
             eprintln!("o3: notice: {n}");
         }
     }
+    let store = match &runfile.store {
+        Some(r) => Some(Store::open(&r.db).map_err(|e| (e.into(), 1))?),
+        None => None,
+    };
     let t = &runfile.target;
     let cfg = &runfile.config;
 
@@ -550,13 +698,22 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let inputs = Inputs {
         config: cfg,
         base: t.base.clone(),
-        trained_context: runfile.trained_context,
-        parameters: runfile.parameters,
-        start_context: None,
+        trained_context: runfile.shape.trained_context,
+        parameters: runfile.shape.parameters,
+        start_context: runfile.start_context,
         strategy: a.strategy,
-        learned: None,
+        learned: runfile.learned.clone(),
     };
     let mut jp = Journaled::new(&mut prober, &mut journal);
+    if let (Some(st), Some(r)) = (&store, &runfile.store) {
+        let (shape, cap) = (runfile.shape.clone(), runfile.capacity_bytes);
+        jp.sink = Some(Box::new(move |req, out, raw| {
+            let rec = learned::record_of(req, out, &r.host_id, &r.model_id, &shape, cap);
+            let raw = raw.map(|v| v.to_string());
+            st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())
+                .map_err(|e| e.to_string())
+        }));
+    }
     let report: Report = search::run(&inputs, &mut jp, &mut progress);
     let (ran, replayed, jerr) = (jp.ran, jp.replayed, jp.error.take());
     if let Some(b) = &progress.bar {
@@ -592,8 +749,8 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         model: &t.model,
         backend: t.backend,
         simulated: t.simulate.is_some(),
-        trained_context: runfile.trained_context,
-        parameters: runfile.parameters,
+        trained_context: runfile.shape.trained_context,
+        parameters: runfile.shape.parameters,
         fill: cfg.prompt.fill,
         max_prompt_tokens: cfg.prompt.max_prompt_tokens,
         output_tokens: cfg.prompt.output_tokens,
@@ -601,6 +758,9 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         context: &report.context,
         configurations: &report.configurations,
         notes: &report.notes,
+        reused: &report.reused,
+        learning_notes: &runfile.learning_notes,
+        db: runfile.store.as_ref().map(|r| r.db.display().to_string()),
         probes: ProbesOut {
             total: report.probes,
             ran_now: ran,
@@ -626,6 +786,30 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         interrupted,
         finished_unix_ns: crate::record::unix_now_ns(),
     };
+    if let (Some(st), Some(r)) = (&store, &runfile.store) {
+        let presets: Vec<(String, serde_json::Value)> = summary
+            .presets
+            .iter()
+            .filter(|p| p.preset.config.is_some())
+            .map(|p| {
+                (
+                    p.preset.name.to_string(),
+                    serde_json::to_value(&p.preset).unwrap_or_default(),
+                )
+            })
+            .collect();
+        st.finish_run(
+            r.run_id,
+            if interrupted {
+                "interrupted"
+            } else {
+                "finished"
+            },
+            report.context.validated,
+            &presets,
+        )
+        .map_err(|e| (e.into(), 1))?;
+    }
     let json = serde_json::to_string(&summary).expect("summary serialises");
     write_file(&dir.join("summary.json"), json.as_bytes())?;
     write_file(&dir.join("presets.yaml"), presets_yaml(&summary).as_bytes())?;

@@ -37,6 +37,8 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Sink(String),
     #[error("{path} line {line}: {what}; the journal is damaged (move it away to start over)")]
     Corrupt {
         path: PathBuf,
@@ -154,7 +156,14 @@ pub struct Journaled<'j, P> {
     pub ran: u32,
     /// Set when the journal could not be written: the run stops.
     pub error: Option<JournalError>,
+    /// Also given every probe run now, before the journal line is written (the results store).
+    pub sink: Option<Sink<'j>>,
 }
+
+/// Where finished probes also go; an error stops the run.
+pub type Sink<'j> = Box<
+    dyn FnMut(&ProbeRequest, &ProbeOutcome, Option<&serde_json::Value>) -> Result<(), String> + 'j,
+>;
 
 impl<'j, P> Journaled<'j, P> {
     pub fn new(inner: P, journal: &'j mut Journal) -> Self {
@@ -164,6 +173,7 @@ impl<'j, P> Journaled<'j, P> {
             replayed: 0,
             ran: 0,
             error: None,
+            sink: None,
         }
     }
 }
@@ -179,6 +189,12 @@ impl<P: Prober + Raw> Prober for Journaled<'_, P> {
         }
         let out = self.inner.probe(req)?;
         let raw = self.inner.take_raw();
+        if let Some(sink) = self.sink.as_mut() {
+            if let Err(e) = sink(req, &out, raw.as_ref()) {
+                self.error = Some(JournalError::Sink(e));
+                return None;
+            }
+        }
         if let Err(e) = self.journal.append(req, &out, raw) {
             self.error = Some(e);
             return None;

@@ -3,6 +3,7 @@
 
 pub mod artefacts;
 pub mod journal;
+pub mod learned;
 pub mod live;
 pub mod presets;
 pub mod prober;

@@ -32,7 +32,7 @@ pub struct Inputs<'a> {
 }
 
 /// Results of an earlier run to verify.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Learned {
     /// Where they come from (`run 12, 2 days old`).
     pub source: String,

@@ -1,0 +1,498 @@
+//! `o3 predict`: what one configuration is expected to need and do, before it is run: the
+//! memory model's estimate term by term, P(success), expected rates, and why.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::backend::{ollama, ProbeConfig};
+use crate::learn::memory::{self, Estimate};
+use crate::learn::predict::{Prediction, Predictor};
+use crate::learn::store::{self, Store};
+use crate::learn::{fingerprint, gguf, ModelShape, Record};
+use crate::telemetry::gpu::source::{GpuOptions, GpuSelect, GpuSource};
+use crate::telemetry::{Sample, Source};
+
+use super::{CliResult, Roots};
+
+/// Where the model's shape comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShapeFrom {
+    /// The GGUF file's header (--model is its path).
+    LlamaServer,
+    /// A running Ollama server's /api/show (--model is its name).
+    Ollama,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  o3 predict --model model.gguf --ctx 32768 --batch 512\n  o3 predict --backend ollama --model llama3.1:8b --ctx 16384 --capacity-gib 16 --json"
+)]
+pub struct PredictArgs {
+    /// A GGUF file (llama-server) or an Ollama model name.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "llama-server")]
+    pub backend: ShapeFrom,
+    /// Ollama's address.
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub url: String,
+    /// Context length per slot (tokens).
+    #[arg(long)]
+    pub ctx: u32,
+    #[arg(long)]
+    pub batch: Option<u32>,
+    #[arg(long)]
+    pub ubatch: Option<u32>,
+    /// Parallel slots (each gets --ctx tokens).
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Layers offloaded to the GPU (-1: all).
+    #[arg(long, allow_hyphen_values = true)]
+    pub gpu_layers: Option<i32>,
+    /// KV cache type of K (f16, q8_0, q4_0, ...).
+    #[arg(long, value_name = "TYPE")]
+    pub cache_type_k: Option<String>,
+    #[arg(long, value_name = "TYPE")]
+    pub cache_type_v: Option<String>,
+    #[arg(long, value_name = "BOOL")]
+    pub flash_attn: Option<bool>,
+    /// Memory the configuration may use, in GiB (default: this machine's GPU-usable memory,
+    /// else its RAM).
+    #[arg(long, value_name = "GIB", allow_negative_numbers = true)]
+    pub capacity_gib: Option<f64>,
+    /// The results store whose records train the predictor (default: $XDG_DATA_HOME/o3/o3.db
+    /// or ~/.local/share/o3/o3.db; none yet: the memory model alone).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// More training records, as JSON Lines (one record per line, the store's `Record`).
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<PathBuf>,
+    /// Print the prediction as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    schema_version: u32,
+    model: &'a str,
+    backend: ShapeFrom,
+    shape: &'a ModelShape,
+    config: &'a ProbeConfig,
+    capacity_bytes: Option<u64>,
+    /// Where the capacity comes from, in words.
+    capacity_source: &'a str,
+    host_id: &'a str,
+    /// Training records of this model (all hosts).
+    records: usize,
+    prediction: &'a Prediction,
+    /// What the command assumed or could not find.
+    notes: &'a [String],
+}
+
+fn usage(msg: String) -> (anyhow::Error, i32) {
+    (anyhow!(msg), 2)
+}
+
+fn failure(msg: String) -> (anyhow::Error, i32) {
+    (anyhow!(msg), 1)
+}
+
+pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
+    let mut cfg = config(&a)?;
+    let capacity_override = match a.capacity_gib {
+        None => None,
+        Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => {
+            Some((g * (1u64 << 30) as f64).round() as u64)
+        }
+        Some(g) => {
+            return Err(usage(format!(
+                "--capacity-gib {g} is not a memory size: give a positive number of GiB"
+            )))
+        }
+    };
+    let mut notes = Vec::new();
+    let (shape, digest) = match a.backend {
+        ShapeFrom::LlamaServer => {
+            let path = Path::new(&a.model);
+            let info = gguf::read(path).map_err(|e| failure(e.to_string()))?;
+            let digest = fingerprint::model_digest(path)
+                .map_err(|e| failure(format!("cannot read model file {}: {e}", path.display())))?;
+            (ModelShape::from_gguf(&info), digest)
+        }
+        ShapeFrom::Ollama => ollama_shape(&a.url, &a.model)?,
+    };
+    if let Some(trained) = shape.trained_context.filter(|&t| a.ctx > t) {
+        notes.push(format!(
+            "--ctx {} is above the model's trained context {trained}: Ollama clamps it, \
+             llama.cpp runs it with degraded quality",
+            a.ctx
+        ));
+    }
+    let (capacity, capacity_source, has_gpu) = match capacity_override {
+        Some(c) => (Some(c), "--capacity-gib".to_string(), true),
+        None => machine_capacity(roots),
+    };
+    if !has_gpu && cfg.gpu_layers.is_some() {
+        notes
+            .push("no GPU found: --gpu-layers ignored, everything is counted in system RAM".into());
+        cfg.gpu_layers = None;
+    }
+    let host_id = fingerprint::host(&roots.procfs_root, &roots.sysfs_root, &roots.dev_root).id();
+    let model_id = store::model_id(&a.model, &digest);
+    let mut records = store_records(a.db.as_deref(), &model_id, &mut notes)?;
+    if let Some(p) = &a.records {
+        records.extend(read_records(p)?);
+    }
+    let predictor = Predictor::train(&records, Some(&host_id));
+    let prediction = predictor.predict(&shape, &cfg, capacity);
+    if a.json {
+        let out = Output {
+            schema_version: 1,
+            model: &a.model,
+            backend: a.backend,
+            shape: &shape,
+            config: &cfg,
+            capacity_bytes: capacity,
+            capacity_source: &capacity_source,
+            host_id: &host_id,
+            records: predictor.records(),
+            prediction: &prediction,
+            notes: &notes,
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&out).expect("prediction serialises")
+        );
+    } else {
+        print!(
+            "{}",
+            render(&a.model, &cfg, &capacity_source, &prediction, &notes)
+        );
+    }
+    Ok(0)
+}
+
+/// The configuration from the flags, checked: one line naming a bad value.
+fn config(a: &PredictArgs) -> Result<ProbeConfig, (anyhow::Error, i32)> {
+    if a.ctx == 0 {
+        return Err(usage(
+            "--ctx 0: the context must be at least 1 token".into(),
+        ));
+    }
+    for (flag, v) in [
+        ("--batch", a.batch),
+        ("--ubatch", a.ubatch),
+        ("--parallel", a.parallel),
+    ] {
+        if v == Some(0) {
+            return Err(usage(format!("{flag} 0: give at least 1")));
+        }
+    }
+    if let Some(n) = a.gpu_layers.filter(|&n| n < -1) {
+        return Err(usage(format!(
+            "--gpu-layers {n}: give a layer count, or -1 for all"
+        )));
+    }
+    for (flag, t) in [
+        ("--cache-type-k", &a.cache_type_k),
+        ("--cache-type-v", &a.cache_type_v),
+    ] {
+        if let Some(t) = t
+            .as_deref()
+            .filter(|t| memory::cache_type_bytes(t).is_none())
+        {
+            return Err(usage(format!(
+                "{flag} {t} is not a KV cache type (known: {})",
+                memory::CACHE_TYPES
+            )));
+        }
+    }
+    Ok(ProbeConfig {
+        ctx: a.ctx,
+        batch: a.batch,
+        ubatch: a.ubatch,
+        parallel: a.parallel,
+        gpu_layers: a.gpu_layers,
+        flash_attn: a.flash_attn,
+        cache_type_k: a.cache_type_k.clone(),
+        cache_type_v: a.cache_type_v.clone(),
+        threads: None,
+    })
+}
+
+/// This machine's capacity: the GPUs' usable memory (GTT on an APU, VRAM on a discrete card;
+/// summed over GPUs), else MemTotal. Returns (bytes, source in words, whether a GPU was found).
+fn machine_capacity(roots: &Roots) -> (Option<u64>, String, bool) {
+    let (mut gpus, _warnings) = GpuSource::open(GpuOptions {
+        select: GpuSelect::Auto,
+        sysfs_root: roots.sysfs_root.clone(),
+        procfs_root: roots.procfs_root.clone(),
+        dev_root: roots.dev_root.clone(),
+        sensor_every: Duration::from_secs(3600),
+        process_every: Duration::from_secs(3600),
+    });
+    if !gpus.is_empty() {
+        let infos = gpus.infos();
+        let mut sample = Sample::default();
+        gpus.sample(1, 0, &mut sample, &mut Vec::new());
+        let mut total = 0u64;
+        let mut names = Vec::new();
+        for g in &sample.gpus {
+            if let Some(t) = g.usable_total_bytes {
+                total = total.saturating_add(t);
+                let info = infos.iter().find(|i| i.index == g.index);
+                names.push(format!(
+                    "GPU {} ({}{})",
+                    g.index,
+                    info.map_or("?", |i| i.name.as_str()),
+                    if info.is_some_and(|i| i.apu) {
+                        ": GTT"
+                    } else {
+                        ": VRAM"
+                    }
+                ));
+            }
+        }
+        if total > 0 {
+            return (Some(total), names.join(" + "), true);
+        }
+    }
+    let ram = std::fs::read_to_string(roots.procfs_root.join("meminfo"))
+        .ok()
+        .and_then(|t| crate::telemetry::procfs::parse_meminfo(&t).ok())
+        .map(|m| m.total);
+    match ram {
+        Some(r) => (Some(r), "system RAM (MemTotal; no GPU found)".into(), false),
+        None => (
+            None,
+            "unknown (no GPU found and no MemTotal; give --capacity-gib)".into(),
+            false,
+        ),
+    }
+}
+
+/// The store's records of this model (all hosts). A missing store is no records.
+fn store_records(
+    db: Option<&Path>,
+    model_id: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Record>, (anyhow::Error, i32)> {
+    let path = db.map_or_else(store::default_path, Path::to_path_buf);
+    if !path.exists() {
+        notes.push(format!(
+            "no results store at {}: no measurements to learn from yet",
+            path.display()
+        ));
+        return Ok(Vec::new());
+    }
+    let s = Store::open(&path).map_err(|e| failure(e.to_string()))?;
+    s.records(None, Some(model_id))
+        .map_err(|e| failure(e.to_string()))
+}
+
+/// Records from a JSON Lines file; blank lines are skipped.
+fn read_records(path: &Path) -> Result<Vec<Record>, (anyhow::Error, i32)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read --records {}: {e}", path.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<Record>(l).map_err(|e| {
+                usage(format!(
+                    "{} line {}: not a record ({e})",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `POST /api/show` and `GET /api/tags` of a running Ollama: the model's shape, and its digest
+/// for the store's model id.
+fn ollama_shape(url: &str, model: &str) -> Result<(ModelShape, String), (anyhow::Error, i32)> {
+    let base = url.trim_end_matches('/');
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failure(format!("cannot start the HTTP client: {e}")))?;
+    let client = reqwest::Client::new();
+    let fetch = |req: reqwest::RequestBuilder, what: &str| {
+        rt.block_on(async {
+            let resp = req
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach Ollama at {base} ({what}): {e}"))?;
+            let status = resp.status();
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| format!("Ollama at {base} ({what}): {e}"))?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(format!(
+                    "Ollama at {base} ({what}) answered {}: {}",
+                    status.as_u16(),
+                    ollama::error_text(status.as_u16(), &body)
+                ))
+            }
+        })
+    };
+    let show = fetch(
+        client
+            .post(format!("{base}/api/show"))
+            .json(&serde_json::json!({ "model": model })),
+        "/api/show",
+    )
+    .map_err(failure)?;
+    let info = ollama::parse_show(&show).map_err(|e| failure(e.to_string()))?;
+    // The blob size and digest: /api/show has neither.
+    let (size, digest) = fetch(client.get(format!("{base}/api/tags")), "/api/tags")
+        .ok()
+        .and_then(|body| tag_entry(&body, model))
+        .unwrap_or((None, String::new()));
+    Ok((
+        ModelShape {
+            architecture: info.architecture,
+            parameters: info.parameter_count,
+            weights_bytes: size,
+            trained_context: info.context_length,
+            block_count: info.block_count,
+            embedding_length: info.embedding_length,
+            head_count: info.head_count,
+            head_count_kv: info.head_count_kv,
+            key_length: info.key_length,
+            value_length: info.value_length,
+            expert_count: None,
+            quantization: info.quantization,
+        },
+        digest,
+    ))
+}
+
+/// `name:latest` for a name without a tag (the tag follows the last `/`).
+fn canonical(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// The `size` and `digest` of `model` in a `/api/tags` body.
+fn tag_entry(body: &str, model: &str) -> Option<(Option<u64>, String)> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let want = canonical(model);
+    v.get("models")?.as_array()?.iter().find_map(|m| {
+        let named = ["name", "model"]
+            .iter()
+            .filter_map(|k| m.get(*k).and_then(Value::as_str))
+            .any(|n| canonical(n) == want);
+        named.then(|| {
+            (
+                m.get("size").and_then(Value::as_u64),
+                m.get("digest")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+    })
+}
+
+fn gib(bytes: u64) -> String {
+    memory::gib(bytes as f64)
+}
+
+fn render(
+    model: &str,
+    cfg: &ProbeConfig,
+    capacity_source: &str,
+    p: &Prediction,
+    notes: &[String],
+) -> String {
+    let e: &Estimate = &p.estimate;
+    let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut out = format!(
+        "{model}: ctx {} batch {} ubatch {} slots {}\n",
+        cfg.ctx,
+        opt(cfg.batch),
+        opt(cfg.ubatch),
+        cfg.parallel.unwrap_or(1)
+    );
+    out += &match (e.capacity_bytes, e.load_ratio, e.fits) {
+        (Some(c), Some(r), Some(fits)) => format!(
+            "estimate  {} of {} ({capacity_source}): load {r:.3}, {}\n",
+            gib(e.total_bytes),
+            gib(c),
+            if fits { "fits" } else { "does not fit" }
+        ),
+        _ => format!(
+            "estimate  {} (capacity {capacity_source})\n",
+            gib(e.total_bytes)
+        ),
+    };
+    for (name, v) in [
+        ("weights", e.weights_bytes),
+        ("KV cache", e.kv_bytes),
+        ("compute", e.compute_bytes),
+        ("overhead", e.overhead_bytes),
+    ] {
+        out += &format!("  {name:<9} {:>11}\n", gib(v));
+    }
+    out += &format!("P(success) {:.3}  ({})\n", p.p_success, p.basis);
+    let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
+    out += &format!(
+        "rates     prefill {} tok/s, decode {} tok/s{}\n",
+        rate(p.prefill_tokens_per_s),
+        rate(p.decode_tokens_per_s),
+        if p.decode_tokens_per_s.is_none() && p.prefill_tokens_per_s.is_none() {
+            " (no measurements to learn from)"
+        } else {
+            ""
+        }
+    );
+    out += "why:\n";
+    for r in &p.reasons {
+        out += &format!("  - {r}\n");
+    }
+    out += "assumed:\n";
+    for n in e.notes.iter().chain(notes) {
+        out += &format!("  - {n}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_entry_by_canonical_name() {
+        let body = r#"{"models":[{"name":"qwen2.5:7b","size":4683087332,"digest":"845dbda0ea48"},
+            {"name":"llama3.1:latest","model":"llama3.1:latest","size":4920753328,"digest":"46e0c10c039e"}]}"#;
+        assert_eq!(
+            tag_entry(body, "llama3.1"),
+            Some((Some(4920753328), "46e0c10c039e".into()))
+        );
+        assert_eq!(
+            tag_entry(body, "qwen2.5:7b"),
+            Some((Some(4683087332), "845dbda0ea48".into()))
+        );
+        assert_eq!(tag_entry(body, "mistral"), None);
+        assert_eq!(tag_entry("not json", "x"), None);
+        assert_eq!(canonical("ns/model"), "ns/model:latest");
+        assert_eq!(canonical("host:5000/ns/model"), "host:5000/ns/model:latest");
+    }
+}

@@ -1,0 +1,859 @@
+//! The predictor: P(success) and expected rates of a configuration before it is run, from the
+//! memory model alone (cold start) or from random forests trained on stored records.
+//!
+//! - **Cold start** (fewer than [`MIN_RECORDS`] records, or only successes or only failures):
+//!   P(success) is a steep logistic of the memory model's load ratio,
+//!   `1 / (1 + exp((ratio − 1) / 0.03))` (0.5 at a ratio of 1, 0.034 at 1.1, 0.966 at 0.9);
+//!   0.5 when the capacity is unknown; no rates.
+//! - **Trained**: P(success) = 0.8 × the vote share of a random forest of [`N_TREES`] trees on
+//!   [`FEATURE_NAMES`] + 0.2 × the memory model's logistic (capacity known; the forest alone
+//!   otherwise). The memory model's share is a floor: a configuration it says fits (ratio ≤ 1)
+//!   keeps P ≥ 0.1 whatever the forest says, so the optimizer, which skips P < 0.05, never skips
+//!   it on the forest's word alone (a forest splits halfway between the largest success and the
+//!   smallest failure it saw, which can fall below the true limit). Decode and prefill rates
+//!   come from random-forest regressors on the logarithm of the rate (successful, trusted,
+//!   single-stream records only: imported legacy rates are not measurements).
+//!
+//! smartcore has no sample weights, so the records of this host are duplicated
+//! ([`THIS_HOST_WEIGHT`] copies); and its classifier exposes only the majority vote, so the
+//! forest is [`N_TREES`] single-tree `RandomForestClassifier`s (each a bootstrap sample and
+//! random feature subsets, as in one forest) whose votes are counted. Every seed is fixed:
+//! training is deterministic.
+
+use serde::Serialize;
+use smartcore::ensemble::random_forest_classifier::{
+    RandomForestClassifier, RandomForestClassifierParameters,
+};
+use smartcore::ensemble::random_forest_regressor::{
+    RandomForestRegressor, RandomForestRegressorParameters,
+};
+use smartcore::linalg::basic::matrix::DenseMatrix;
+
+use super::memory::{self, ComputeFit, Estimate};
+use super::{ModelShape, Record};
+use crate::backend::ProbeConfig;
+
+/// Fewest records a trained prediction needs; below this the memory model decides alone.
+pub const MIN_RECORDS: usize = 8;
+/// Copies of each record of this host in the training set (smartcore has no sample weights).
+pub const THIS_HOST_WEIGHT: usize = 3;
+/// Trees of the success forest and of each rate forest.
+pub const N_TREES: u16 = 64;
+/// Share of the memory model's logistic in a trained P(success) (capacity known).
+pub const MEMORY_MODEL_WEIGHT: f64 = 0.2;
+/// Width of the cold-start logistic in load-ratio units.
+pub const LOGISTIC_WIDTH: f64 = 0.03;
+/// Fewest successful single-stream records a rate regressor needs.
+pub const MIN_RATE_RECORDS: usize = 3;
+/// Base seed of every forest.
+const SEED: u64 = 0x03_5EED;
+
+/// The features, in [`features`] order.
+pub const FEATURE_NAMES: &[&str] = &[
+    "load_ratio",
+    "ctx",
+    "batch",
+    "ubatch",
+    "slots",
+    "kv_type_bytes",
+    "flash_attn",
+    "gpu_layers_fraction",
+    "parameters_billions",
+    "kv_bytes_per_token",
+    "host_memory_class",
+];
+
+/// What the predictor sees of a configuration on a host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Features {
+    /// The memory model's estimate ÷ capacity (its cold-start signal); -1 when the capacity
+    /// is unknown.
+    pub load_ratio: f64,
+    /// Context per slot.
+    pub ctx: f64,
+    /// 0: the server's default.
+    pub batch: f64,
+    /// The micro-batch the memory model assumes (ubatch, else batch, else 512).
+    pub ubatch: f64,
+    pub slots: f64,
+    /// Mean bytes per element of the K and V cache types (f16: 2).
+    pub kv_type_bytes: f64,
+    /// 1 on, 0 off, 0.5 unset (the server decides).
+    pub flash_attn: f64,
+    /// Offloaded layers ÷ block count (1: all or unset).
+    pub gpu_layers_fraction: f64,
+    /// 0 when unknown.
+    pub parameters_billions: f64,
+    /// At the configuration's cache types; 0 when unknown.
+    pub kv_bytes_per_token: f64,
+    /// floor(log2(capacity in GiB)): 4 for 16–31 GiB; -1 when unknown.
+    pub host_memory_class: f64,
+}
+
+impl Features {
+    /// The features of `cfg` for a model of `shape` on a host with `capacity` bytes, with the
+    /// memory model's estimate they were computed from.
+    pub fn of(
+        shape: &ModelShape,
+        cfg: &ProbeConfig,
+        capacity: Option<u64>,
+        fit: &ComputeFit,
+    ) -> (Features, Estimate) {
+        let e = memory::estimate(shape, cfg, capacity, fit);
+        let type_bytes = |t: &Option<String>| {
+            memory::cache_type_bytes(t.as_deref().unwrap_or("f16")).unwrap_or(2.0)
+        };
+        let fraction = match (cfg.gpu_layers, shape.block_count) {
+            (Some(n), Some(b)) if n >= 0 && b > 0 => (f64::from(n as u32) / f64::from(b)).min(1.0),
+            (Some(0), None) => 0.0,
+            _ => 1.0,
+        };
+        let f = Features {
+            load_ratio: e.load_ratio.unwrap_or(-1.0),
+            ctx: f64::from(cfg.ctx),
+            batch: cfg.batch.map_or(0.0, f64::from),
+            ubatch: f64::from(memory::effective_ubatch(cfg)),
+            slots: f64::from(memory::slots(cfg)),
+            kv_type_bytes: (type_bytes(&cfg.cache_type_k) + type_bytes(&cfg.cache_type_v)) / 2.0,
+            flash_attn: match cfg.flash_attn {
+                Some(true) => 1.0,
+                Some(false) => 0.0,
+                None => 0.5,
+            },
+            gpu_layers_fraction: fraction,
+            parameters_billions: shape.parameters.map_or(0.0, |p| p as f64 / 1e9),
+            kv_bytes_per_token: memory::kv_bytes_per_token(
+                shape,
+                cfg.cache_type_k.as_deref(),
+                cfg.cache_type_v.as_deref(),
+            )
+            .unwrap_or(0.0),
+            host_memory_class: capacity.filter(|&c| c > 0).map_or(-1.0, |c| {
+                (c as f64 / (1u64 << 30) as f64).log2().floor().max(0.0)
+            }),
+        };
+        (f, e)
+    }
+
+    /// The values in [`FEATURE_NAMES`] order.
+    pub fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.load_ratio,
+            self.ctx,
+            self.batch,
+            self.ubatch,
+            self.slots,
+            self.kv_type_bytes,
+            self.flash_attn,
+            self.gpu_layers_fraction,
+            self.parameters_billions,
+            self.kv_bytes_per_token,
+            self.host_memory_class,
+        ]
+    }
+}
+
+/// The feature vector of `cfg` (see [`FEATURE_NAMES`]).
+pub fn features(
+    shape: &ModelShape,
+    cfg: &ProbeConfig,
+    capacity: Option<u64>,
+    fit: &ComputeFit,
+) -> Vec<f64> {
+    Features::of(shape, cfg, capacity, fit).0.to_vec()
+}
+
+/// The memory model's P(success): a steep logistic of the load ratio, 0.5 when unknown.
+pub fn memory_model_p(load_ratio: Option<f64>) -> f64 {
+    match load_ratio {
+        Some(r) if r.is_finite() => 1.0 / (1.0 + ((r - 1.0) / LOGISTIC_WIDTH).exp()),
+        _ => 0.5,
+    }
+}
+
+/// A prediction for one configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub p_success: f64,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+    pub estimate: Estimate,
+    /// "cold start: memory model only" or "random forest on N records (M from this host)"
+    pub basis: String,
+    /// the features that drove it, most important first, with values (changing each to its
+    /// training mean and measuring the change in P(success))
+    pub reasons: Vec<String>,
+}
+
+type Matrix = DenseMatrix<f64>;
+type Classifier = RandomForestClassifier<f64, u32, Matrix, Vec<u32>>;
+type Regressor = RandomForestRegressor<f64, f64, Matrix, Vec<f64>>;
+
+/// The trained part of a predictor.
+struct Forests {
+    /// Single-tree forests; P(success) is the share voting 1.
+    trees: Vec<Classifier>,
+    /// ln(rate) regressors.
+    decode: Option<Regressor>,
+    prefill: Option<Regressor>,
+    /// Mean of each feature over the training rows (for the reasons).
+    means: Vec<f64>,
+}
+
+/// Predicts configurations of one model from past records (see the module docs).
+pub struct Predictor {
+    fit: ComputeFit,
+    records: usize,
+    this_host: usize,
+    /// Why the predictor is in cold start; `None` when trained.
+    cold: Option<String>,
+    forests: Option<Forests>,
+}
+
+fn matrix(rows: &[Vec<f64>]) -> Option<Matrix> {
+    DenseMatrix::from_2d_vec(&rows.to_vec()).ok()
+}
+
+impl Predictor {
+    /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times).
+    /// The compute fit comes from the same records ([`memory::fit_compute`]).
+    pub fn train(records: &[Record], this_host: Option<&str>) -> Predictor {
+        let fit = memory::fit_compute(records);
+        let this_host_n =
+            this_host.map_or(0, |h| records.iter().filter(|r| r.host_id == h).count());
+        let mut p = Predictor {
+            fit,
+            records: records.len(),
+            this_host: this_host_n,
+            cold: None,
+            forests: None,
+        };
+        let successes = records.iter().filter(|r| r.success).count();
+        if records.len() < MIN_RECORDS {
+            p.cold = Some(format!(
+                "{} record(s): a trained prediction needs at least {MIN_RECORDS}",
+                records.len()
+            ));
+            return p;
+        }
+        if successes == 0 || successes == records.len() {
+            p.cold = Some(format!(
+                "all {} records {}: the classifier needs both outcomes",
+                records.len(),
+                if successes == 0 {
+                    "failed"
+                } else {
+                    "succeeded"
+                }
+            ));
+            return p;
+        }
+        let copies = |r: &Record| {
+            if this_host.is_some_and(|h| r.host_id == h) {
+                THIS_HOST_WEIGHT
+            } else {
+                1
+            }
+        };
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        let mut decode = (Vec::new(), Vec::new());
+        let mut prefill = (Vec::new(), Vec::new());
+        for r in records {
+            let row = features(&r.model, &r.config, r.capacity_bytes, &p.fit);
+            let rates_usable = r.success && r.trusted && r.concurrency <= 1;
+            for _ in 0..copies(r) {
+                x.push(row.clone());
+                y.push(u32::from(r.success));
+                if rates_usable {
+                    if let Some(v) = r.decode_tokens_per_s.filter(|v| *v > 0.0 && v.is_finite()) {
+                        decode.0.push(row.clone());
+                        decode.1.push(v.ln());
+                    }
+                    if let Some(v) = r.prefill_tokens_per_s.filter(|v| *v > 0.0 && v.is_finite()) {
+                        prefill.0.push(row.clone());
+                        prefill.1.push(v.ln());
+                    }
+                }
+            }
+        }
+        let Some(xm) = matrix(&x) else {
+            p.cold = Some("the training rows could not be assembled".into());
+            return p;
+        };
+        let mut trees = Vec::with_capacity(usize::from(N_TREES));
+        for i in 0..u64::from(N_TREES) {
+            let params = RandomForestClassifierParameters::default()
+                .with_n_trees(1)
+                .with_m(FEATURE_NAMES.len())
+                .with_seed(SEED + i);
+            match Classifier::fit(&xm, &y, params) {
+                Ok(t) => trees.push(t),
+                Err(e) => {
+                    p.cold = Some(format!("the success forest failed to train ({e})"));
+                    return p;
+                }
+            }
+        }
+        let n = x.len() as f64;
+        let means = (0..FEATURE_NAMES.len())
+            .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
+            .collect();
+        let regressor = |(rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64| {
+            // Distinct records, not copies, decide whether there is enough to learn from.
+            let mut distinct = rx.clone();
+            distinct.sort_by(|a, b| {
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| p.total_cmp(q))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            distinct.dedup();
+            if distinct.len() < MIN_RATE_RECORDS {
+                return None;
+            }
+            let params = RandomForestRegressorParameters::default()
+                .with_n_trees(usize::from(N_TREES))
+                .with_m(FEATURE_NAMES.len())
+                .with_seed(seed);
+            Regressor::fit(&matrix(&rx)?, &ry, params).ok()
+        };
+        p.forests = Some(Forests {
+            trees,
+            decode: regressor(decode, SEED + 1000),
+            prefill: regressor(prefill, SEED + 2000),
+            means,
+        });
+        p
+    }
+
+    /// Records trained on (distinct records, before this host's duplication).
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// The compute-buffer fit the estimates use.
+    pub fn compute_fit(&self) -> &ComputeFit {
+        &self.fit
+    }
+
+    /// Whether predictions come from the memory model alone.
+    pub fn is_cold(&self) -> bool {
+        self.forests.is_none()
+    }
+
+    /// Predicts `cfg` for a model of `shape` on a host with `capacity` bytes.
+    pub fn predict(
+        &self,
+        shape: &ModelShape,
+        cfg: &ProbeConfig,
+        capacity: Option<u64>,
+    ) -> Prediction {
+        let (feat, estimate) = Features::of(shape, cfg, capacity, &self.fit);
+        let p_memory = memory_model_p(estimate.load_ratio);
+        let mut reasons = vec![memory_reason(&estimate)];
+        let Some(forests) = &self.forests else {
+            reasons.push(format!(
+                "P(success) {p_memory:.3} from the memory model's logistic (0.5 at load 1.0){}",
+                if estimate.load_ratio.is_none() {
+                    ": capacity unknown"
+                } else {
+                    ""
+                }
+            ));
+            if let Some(why) = &self.cold {
+                reasons.push(why.clone());
+            }
+            return Prediction {
+                p_success: p_memory,
+                prefill_tokens_per_s: None,
+                decode_tokens_per_s: None,
+                estimate,
+                basis: "cold start: memory model only".into(),
+                reasons,
+            };
+        };
+        let x = feat.to_vec();
+        let forest_p = forests.vote(&x);
+        let blend = |fp: f64| {
+            if estimate.load_ratio.is_some() {
+                (1.0 - MEMORY_MODEL_WEIGHT) * fp + MEMORY_MODEL_WEIGHT * p_memory
+            } else {
+                fp
+            }
+        };
+        let p_success = blend(forest_p);
+        reasons.push(if estimate.load_ratio.is_some() {
+            format!(
+                "P(success) {p_success:.3} = 0.8 × forest vote {forest_p:.3} + 0.2 × memory \
+                 model {p_memory:.3}"
+            )
+        } else {
+            format!("P(success) {p_success:.3}: forest vote (capacity unknown)")
+        });
+        // Sensitivity: each feature at its training mean, the rest as they are.
+        let mut moves: Vec<(usize, f64, f64)> = (0..x.len())
+            .map(|j| {
+                let mut xj = x.clone();
+                xj[j] = forests.means[j];
+                let pj = blend(forests.vote(&xj));
+                (j, p_success - pj, pj)
+            })
+            .collect();
+        moves.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        let strong: Vec<_> = moves
+            .iter()
+            .filter(|m| m.1.abs() >= 0.005)
+            .take(4)
+            .collect();
+        if strong.is_empty() {
+            reasons.push(
+                "no single feature moves P(success) by 0.005 or more when set to its training \
+                 mean"
+                    .into(),
+            );
+        }
+        for &&(j, delta, pj) in &strong {
+            reasons.push(format!(
+                "{} = {} (training mean {}): P(success) {p_success:.3} vs {pj:.3} at the mean \
+                 ({delta:+.3})",
+                FEATURE_NAMES[j],
+                number(x[j]),
+                number(forests.means[j])
+            ));
+        }
+        let rate = |m: &Option<Regressor>| {
+            let m = m.as_ref()?;
+            let v = m.predict(&matrix(std::slice::from_ref(&x))?).ok()?;
+            v.first().map(|l| l.exp()).filter(|r| r.is_finite())
+        };
+        Prediction {
+            p_success,
+            prefill_tokens_per_s: rate(&forests.prefill),
+            decode_tokens_per_s: rate(&forests.decode),
+            estimate,
+            basis: format!(
+                "random forest on {} records ({} from this host)",
+                self.records, self.this_host
+            ),
+            reasons,
+        }
+    }
+}
+
+impl Forests {
+    /// Share of the trees voting success.
+    fn vote(&self, x: &[f64]) -> f64 {
+        let Some(m) = matrix(&[x.to_vec()]) else {
+            return 0.5;
+        };
+        let yes = self
+            .trees
+            .iter()
+            .filter(|t| t.predict(&m).is_ok_and(|v| v.first() == Some(&1)))
+            .count();
+        yes as f64 / self.trees.len().max(1) as f64
+    }
+}
+
+/// The memory model's verdict in one line.
+fn memory_reason(e: &Estimate) -> String {
+    let parts = format!(
+        "weights {}, KV {}, compute {}, overhead {}",
+        memory::gib(e.weights_bytes as f64),
+        memory::gib(e.kv_bytes as f64),
+        memory::gib(e.compute_bytes as f64),
+        memory::gib(e.overhead_bytes as f64)
+    );
+    match (e.capacity_bytes, e.load_ratio) {
+        (Some(c), Some(r)) => format!(
+            "memory model: {} of {} (load_ratio {r:.3}; {parts})",
+            memory::gib(e.total_bytes as f64),
+            memory::gib(c as f64)
+        ),
+        _ => format!(
+            "memory model: {} ({parts}); capacity unknown",
+            memory::gib(e.total_bytes as f64)
+        ),
+    }
+}
+
+/// A feature value for reasons: integers without decimals, ratios with three.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::OutcomeClass;
+
+    const GIB: u64 = 1 << 30;
+
+    /// Llama 3.1 8B Q4_K_M.
+    fn shape() -> ModelShape {
+        ModelShape {
+            architecture: Some("llama".into()),
+            parameters: Some(8_030_261_248),
+            weights_bytes: Some(4_920_734_720),
+            trained_context: Some(131072),
+            block_count: Some(32),
+            embedding_length: Some(4096),
+            head_count: Some(32),
+            head_count_kv: Some(8),
+            ..ModelShape::default()
+        }
+    }
+
+    /// The synthetic truth: the memory model with this compute law is exact.
+    fn truth_fit() -> ComputeFit {
+        ComputeFit {
+            base_bytes: 300.0 * (1 << 20) as f64,
+            per_ubatch_bytes: 520_000.0,
+            per_ctx_bytes: 200.0,
+            per_ctx_ubatch_bytes: 2.0,
+            samples: 0,
+        }
+    }
+
+    fn cfg(ctx: u32, batch: u32, kv: &str) -> ProbeConfig {
+        ProbeConfig {
+            ctx,
+            batch: Some(batch),
+            flash_attn: Some(true),
+            cache_type_k: Some(kv.into()),
+            cache_type_v: Some(kv.into()),
+            ..ProbeConfig::default()
+        }
+    }
+
+    /// Decode slows with context and KV precision, prefill grows with the batch.
+    fn truth_rates(c: &ProbeConfig) -> (f64, f64) {
+        let kv = memory::cache_type_bytes(c.cache_type_k.as_deref().unwrap_or("f16")).unwrap();
+        let decode = 60.0 / (1.0 + f64::from(c.ctx) / 65536.0) * (1.0 - 0.05 * (2.0 - kv));
+        let prefill = 300.0 * f64::from(c.batch.unwrap_or(512)).powf(0.35);
+        (prefill, decode)
+    }
+
+    /// A probe of `c` on a host with `capacity`: succeeds iff the true estimate fits.
+    fn probe(host: &str, c: ProbeConfig, capacity: u64) -> Record {
+        let e = memory::estimate(&shape(), &c, Some(capacity), &truth_fit());
+        let ok = e.total_bytes <= capacity;
+        let (prefill, decode) = truth_rates(&c);
+        Record {
+            host_id: host.into(),
+            model_id: "llama31-8b".into(),
+            config: c,
+            concurrency: 1,
+            outcome: if ok {
+                OutcomeClass::Ok
+            } else {
+                OutcomeClass::Oom
+            },
+            success: ok,
+            prefill_tokens_per_s: ok.then_some(prefill),
+            decode_tokens_per_s: ok.then_some(decode),
+            ttft_ms: None,
+            rss_peak_bytes: None,
+            gpu_used_peak_bytes: ok.then_some(e.total_bytes),
+            capacity_bytes: Some(capacity),
+            model: shape(),
+            trusted: true,
+            unix_s: 0,
+        }
+    }
+
+    const CAP: u64 = 12 * GIB;
+    const BATCHES: [u32; 6] = [64, 128, 256, 512, 1024, 2048];
+    const KV: [&str; 2] = ["f16", "q8_0"];
+
+    /// The probes an optimizer would have made: contexts doubling from 2k to 64k at each
+    /// batch and KV type (72 configurations).
+    fn grid() -> Vec<ProbeConfig> {
+        let mut out = Vec::new();
+        for b in BATCHES {
+            for kv in KV {
+                for k in 1..=6 {
+                    out.push(cfg(1024 << k, b, kv));
+                }
+            }
+        }
+        out
+    }
+
+    fn training() -> Vec<Record> {
+        grid().into_iter().map(|c| probe("a", c, CAP)).collect()
+    }
+
+    #[test]
+    fn cold_start_is_the_memory_model() {
+        let recs: Vec<Record> = training().into_iter().take(MIN_RECORDS - 1).collect();
+        let p = Predictor::train(&recs, Some("a"));
+        assert!(p.is_cold());
+        assert_eq!(p.records(), MIN_RECORDS - 1);
+        for ctx in [4096, 32768, 65536, 131072] {
+            let c = cfg(ctx, 512, "f16");
+            let pr = p.predict(&shape(), &c, Some(CAP));
+            let e = memory::estimate(&shape(), &c, Some(CAP), p.compute_fit());
+            assert_eq!(pr.estimate, e);
+            let r = e.load_ratio.unwrap();
+            assert_eq!(pr.p_success, 1.0 / (1.0 + ((r - 1.0) / 0.03).exp()));
+            assert_eq!(pr.basis, "cold start: memory model only");
+            assert_eq!(
+                (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
+                (None, None)
+            );
+            assert!(
+                pr.reasons[0].starts_with("memory model: "),
+                "{:?}",
+                pr.reasons
+            );
+        }
+        assert_eq!(memory_model_p(Some(1.0)), 0.5);
+        assert!(memory_model_p(Some(1.1)) < 0.04);
+        assert!(memory_model_p(Some(0.9)) > 0.96);
+        // Unknown capacity: a coin toss.
+        let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), None);
+        assert_eq!(pr.p_success, 0.5);
+        // Only one outcome: cold start too, whatever the count.
+        let all_ok: Vec<Record> = training().into_iter().filter(|r| r.success).collect();
+        assert!(all_ok.len() >= MIN_RECORDS);
+        let p = Predictor::train(&all_ok, None);
+        assert!(p.is_cold());
+        let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
+        assert!(
+            pr.reasons.iter().any(|r| r.contains("needs both outcomes")),
+            "{:?}",
+            pr.reasons
+        );
+    }
+
+    /// The largest context (multiple of 256) that truly fits.
+    fn optimum(batch: u32, kv: &str) -> u32 {
+        let mut ctx = 256;
+        while probe("a", cfg(ctx + 256, batch, kv), CAP).success {
+            ctx += 256;
+        }
+        ctx
+    }
+
+    #[test]
+    fn trained_on_a_sharp_boundary() {
+        let recs = training();
+        assert!(recs.iter().any(|r| r.success) && recs.iter().any(|r| !r.success));
+        let p = Predictor::train(&recs, Some("a"));
+        assert!(!p.is_cold());
+        assert_eq!(
+            p.compute_fit().samples,
+            recs.iter().filter(|r| r.success).count()
+        );
+        for b in BATCHES {
+            for kv in KV {
+                let best = optimum(b, kv);
+                let at = |ctx: u32| p.predict(&shape(), &cfg(ctx, b, kv), Some(CAP));
+                let opt = at(best);
+                assert!(opt.estimate.fits == Some(true), "{:?}", opt.estimate);
+                assert!(
+                    opt.p_success >= 0.05,
+                    "batch {b} {kv}: P {} at the optimum ctx {best}: {:?}",
+                    opt.p_success,
+                    opt.reasons
+                );
+                // Well below and well above the boundary, on and off the training grid.
+                for ctx in (1..=best).step_by(1536).map(|c| c.min(best)) {
+                    let pr = at(ctx);
+                    if pr.estimate.load_ratio.unwrap() <= 0.8 {
+                        assert!(pr.p_success > 0.9, "ctx {ctx} batch {b} {kv}: {pr:?}");
+                    }
+                }
+                for ctx in (best + 256..=262144).step_by(2560) {
+                    let pr = at(ctx);
+                    if pr.estimate.load_ratio.unwrap() >= 1.2 {
+                        assert!(pr.p_success < 0.1, "ctx {ctx} batch {b} {kv}: {pr:?}");
+                    }
+                }
+            }
+        }
+        let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
+        assert_eq!(
+            pr.basis,
+            format!(
+                "random forest on {} records ({} from this host)",
+                recs.len(),
+                recs.len()
+            )
+        );
+    }
+
+    #[test]
+    fn rates_within_20_percent_on_held_out_configs() {
+        // Every fifth configuration is held out of training and predicted.
+        let (held, train): (Vec<_>, Vec<_>) = grid()
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| i % 5 == 2);
+        let recs: Vec<Record> = train.into_iter().map(|(_, c)| probe("a", c, CAP)).collect();
+        let p = Predictor::train(&recs, None);
+        let mut checked = 0;
+        let mut worst: f64 = 0.0;
+        for (_, c) in held {
+            if !probe("a", c.clone(), CAP).success {
+                continue;
+            }
+            let (prefill, decode) = truth_rates(&c);
+            let pr = p.predict(&shape(), &c, Some(CAP));
+            let got_d = pr.decode_tokens_per_s.unwrap();
+            let got_p = pr.prefill_tokens_per_s.unwrap();
+            let err = ((got_d - decode).abs() / decode).max((got_p - prefill).abs() / prefill);
+            assert!(
+                err <= 0.2,
+                "{c:?}: decode {got_d} vs {decode}, prefill {got_p} vs {prefill}"
+            );
+            worst = worst.max(err);
+            checked += 1;
+        }
+        assert!(checked >= 8, "{checked} held-out successes");
+        eprintln!("worst relative rate error on {checked} held-out configurations: {worst:.3}");
+    }
+
+    #[test]
+    fn untrusted_records_do_not_train_the_rates() {
+        let mut recs = training();
+        for r in &mut recs {
+            r.trusted = false;
+        }
+        let p = Predictor::train(&recs, None);
+        assert!(!p.is_cold());
+        let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
+        assert_eq!(
+            (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
+            (None, None)
+        );
+        // Nor the compute fit.
+        assert_eq!(p.compute_fit().samples, 0);
+    }
+
+    /// Two hosts with the same memory disagree about the same configurations: the one
+    /// predicting for itself follows its own records.
+    #[test]
+    fn this_host_weighs_more_when_hosts_disagree() {
+        let mut recs = Vec::new();
+        for b in BATCHES {
+            for k in 1..=5 {
+                let c = cfg(1024 << k, b, "f16");
+                let mut a = probe("a", c.clone(), CAP);
+                let mut bb = probe("b", c, CAP);
+                // Host b fails from 16k on (another process holds memory there).
+                if k >= 4 {
+                    bb.success = false;
+                    bb.outcome = OutcomeClass::Oom;
+                }
+                a.gpu_used_peak_bytes = None;
+                bb.gpu_used_peak_bytes = None;
+                recs.push(a);
+                recs.push(bb);
+            }
+        }
+        let c = cfg(32768, 512, "f16");
+        let for_a = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
+        let for_b = Predictor::train(&recs, Some("b")).predict(&shape(), &c, Some(CAP));
+        assert!(
+            for_a.p_success > for_b.p_success + 0.3,
+            "a {} b {}",
+            for_a.p_success,
+            for_b.p_success
+        );
+        assert!(for_a
+            .basis
+            .ends_with(&format!("({} from this host)", recs.len() / 2)));
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let recs = training();
+        let c = cfg(40000, 512, "q8_0");
+        let a = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
+        let b = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
+        assert_eq!(a.p_success, b.p_success);
+        assert_eq!(a.decode_tokens_per_s, b.decode_tokens_per_s);
+        assert_eq!(a.reasons, b.reasons);
+    }
+
+    #[test]
+    fn reasons_name_the_driving_features() {
+        let p = Predictor::train(&training(), Some("a"));
+        let best = optimum(512, "f16");
+        let pr = p.predict(&shape(), &cfg(best * 2, 512, "f16"), Some(CAP));
+        let named: Vec<&String> = pr
+            .reasons
+            .iter()
+            .filter(|r| {
+                FEATURE_NAMES
+                    .iter()
+                    .any(|f| r.starts_with(&format!("{f} = ")))
+            })
+            .collect();
+        assert!(!named.is_empty(), "{:?}", pr.reasons);
+        // Sorted by the size of the change.
+        let deltas: Vec<f64> = named
+            .iter()
+            .map(|r| {
+                r.rsplit('(')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(')')
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            deltas.windows(2).all(|w| w[0].abs() >= w[1].abs()),
+            "{deltas:?}"
+        );
+    }
+
+    #[test]
+    fn features_of_a_configuration() {
+        let c = ProbeConfig {
+            ctx: 8192,
+            batch: Some(1024),
+            ubatch: Some(256),
+            parallel: Some(2),
+            gpu_layers: Some(16),
+            flash_attn: None,
+            cache_type_k: Some("q8_0".into()),
+            cache_type_v: Some("f16".into()),
+            threads: None,
+        };
+        let (f, e) = Features::of(&shape(), &c, Some(24 * GIB), &ComputeFit::DEFAULT);
+        assert_eq!(f.load_ratio, e.load_ratio.unwrap());
+        assert_eq!(
+            (f.ctx, f.batch, f.ubatch, f.slots),
+            (8192.0, 1024.0, 256.0, 2.0)
+        );
+        assert_eq!(f.kv_type_bytes, (34.0 / 32.0 + 2.0) / 2.0);
+        assert_eq!((f.flash_attn, f.gpu_layers_fraction), (0.5, 0.5));
+        assert!((f.parameters_billions - 8.03).abs() < 0.01);
+        assert_eq!(
+            f.kv_bytes_per_token,
+            32.0 * 8.0 * 128.0 * (34.0 / 32.0 + 2.0)
+        );
+        assert_eq!(f.host_memory_class, 4.0);
+        assert_eq!(f.to_vec().len(), FEATURE_NAMES.len());
+        let unknown = features(
+            &ModelShape::default(),
+            &ProbeConfig::default(),
+            None,
+            &ComputeFit::DEFAULT,
+        );
+        assert_eq!(unknown[0], -1.0);
+        assert_eq!(unknown[10], -1.0);
+    }
+}

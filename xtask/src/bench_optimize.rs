@@ -1,0 +1,837 @@
+//! `cargo xtask bench optimize`: o3 optimize's context search (binary) against two baselines,
+//! a linear sweep upward one granule at a time and the full grid a llama-bench-style sweep
+//! measures, written to docs/benchmarks.md.
+//!
+//! First on simulated servers whose truth is known (bench/optimize/*.json, o3's hidden
+//! `--simulate`): the simulator is deterministic, so each strategy runs once and its simulated
+//! time is exact. Then on the real test server (llama-server with the tiny test model),
+//! binary and linear interleaved; its times are compared only as ratios within this run.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::bench::{machine, median, read_json};
+use crate::{build_release, root};
+
+const START: &str = "<!-- bench:optimize:start -->";
+const END: &str = "<!-- bench:optimize:end -->";
+/// The full grid runs on the real server only when estimated to take less than this, s.
+const GRID_LIMIT_S: f64 = 180.0;
+/// The benchmark's time budget after the build, s: the grid runs only if it fits in what is
+/// left (the whole command must stay under 10 minutes on a 2-core machine).
+const BUDGET_S: u64 = 420;
+/// Rounds of (binary, linear) on the real server.
+const REAL_ROUNDS: usize = 2;
+/// The target: binary's time at most this % of the linear sweep's.
+const TARGET_PERCENT: f64 = 30.0;
+
+/// A simulated server (a file under bench/optimize/) and the configurations it runs with.
+struct Truth {
+    file: &'static str,
+    label: &'static str,
+    /// Configuration of the whole run (under bench/optimize/), o3's defaults when `None`.
+    config: Option<&'static str>,
+    /// The same with batch adaptation and concurrency levels disabled.
+    discovery: &'static str,
+}
+
+const TRUTHS: [Truth; 5] = [
+    Truth {
+        file: "default-12gib.json",
+        label: "8B Q4_K_M on a 12 GiB device (the simulator's default)",
+        config: None,
+        discovery: "discovery-only.yaml",
+    },
+    Truth {
+        file: "24gib-14b.json",
+        label: "14B Q4_K_M on a 24 GiB device",
+        config: None,
+        discovery: "discovery-only.yaml",
+    },
+    Truth {
+        file: "strix-halo-96gib-30b.json",
+        label: "30B-A3B Q4_K_M on 96 GiB of unified memory (Strix-Halo-like), trained to 262144",
+        config: Some("strix-halo.yaml"),
+        discovery: "strix-halo-discovery-only.yaml",
+    },
+    Truth {
+        file: "small-6gib-3b.json",
+        label: "3B Q4_K_M on a 6 GiB device",
+        config: None,
+        discovery: "discovery-only.yaml",
+    },
+    Truth {
+        file: "flaky-12gib.json",
+        label: "8B Q4_K_M on 12 GiB with a flaky zone under the memory limit",
+        config: None,
+        discovery: "discovery-only.yaml",
+    },
+];
+
+/// One `o3 optimize` run, read back from its summary, run file and journal.
+struct Run {
+    probes: u64,
+    search_probes: u64,
+    validated: Option<u64>,
+    low: u64,
+    high: u64,
+    granularity: u64,
+    /// o3's own bound: ceil(log2(grid points + 1)) + 1.
+    probe_bound: u64,
+    /// `simulated_s` on the simulator, `wall_s` on a real server.
+    time_s: f64,
+    /// The context-stage probes' times summed from the journal, s.
+    context_stage_s: f64,
+    /// The slowest passing probe of the validate and batch stages, s.
+    slowest_validated_s: f64,
+    /// Probes that did not pass: (outcome class, error).
+    failed: Vec<(String, String)>,
+    run_file: Value,
+}
+
+fn num(v: &Value, key: &str) -> Result<u64> {
+    v[key]
+        .as_u64()
+        .with_context(|| format!("`{key}` is missing or not a whole number"))
+}
+
+/// Runs `o3 optimize ARGS --strategy S --json --quiet --out DIR` in a fresh DIR.
+fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<Run> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let mut cmd = Command::new(o3);
+    cmd.arg("optimize")
+        .args(args)
+        .args(["--strategy", strategy, "--json", "--quiet", "--out"])
+        .arg(dir);
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let s: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .with_context(|| format!("{cmd:?}: its last line of output is not the summary JSON"))?;
+    let c = &s["context"];
+    let jpath = dir.join("journal.jsonl");
+    let journal =
+        std::fs::read_to_string(&jpath).with_context(|| format!("reading {}", jpath.display()))?;
+    let (mut context_stage_s, mut slowest_validated_s) = (0.0, 0.0f64);
+    let mut failed = Vec::new();
+    for line in journal.lines() {
+        let j: Value = serde_json::from_str(line)
+            .with_context(|| format!("a line of {} is not JSON", jpath.display()))?;
+        let s = j["outcome"]["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        let outcome = j["outcome"]["outcome"].as_str().unwrap_or("unknown");
+        match j["request"]["stage"].as_str() {
+            Some("context") => context_stage_s += s,
+            Some("validate" | "batch") if outcome == "ok" => {
+                slowest_validated_s = slowest_validated_s.max(s)
+            }
+            _ => {}
+        }
+        if outcome != "ok" {
+            let why = j["outcome"]["error"].as_str().unwrap_or("no detail");
+            failed.push((outcome.to_string(), why.to_string()));
+        }
+    }
+    Ok(Run {
+        probes: num(&s["probes"], "total")?,
+        search_probes: num(&s["probes"], "context_search")?,
+        validated: c["validated"].as_u64(),
+        low: num(c, "low")?,
+        high: num(c, "high")?,
+        granularity: num(c, "granularity")?.max(1),
+        probe_bound: num(c, "probe_bound")?,
+        time_s: s["simulated_s"]
+            .as_f64()
+            .or_else(|| s["wall_s"].as_f64())
+            .context("the summary has neither simulated_s nor wall_s")?,
+        context_stage_s,
+        slowest_validated_s,
+        failed,
+        run_file: read_json(&dir.join("run.json"))?,
+    })
+}
+
+/// The first batch of the context search: by parameter count, as o3's configuration says.
+fn initial_batch(run_file: &Value) -> Result<u64> {
+    let key = match run_file["parameters"].as_u64() {
+        Some(p) if p >= 27_000_000_000 => "initial_large",
+        Some(p) if p < 3_000_000_000 => "initial_small",
+        _ => "initial_medium",
+    };
+    num(&run_file["config"]["batch"], key)
+}
+
+/// Batches a grid visits at each context: the initial one times the scale factor up to the
+/// maximum.
+fn ladder(run_file: &Value) -> Result<Vec<u64>> {
+    let b = &run_file["config"]["batch"];
+    let scale = b["scale_factor"]
+        .as_f64()
+        .context("no batch.scale_factor")?;
+    let max = num(b, "max_batch")?;
+    let mut out = vec![initial_batch(run_file)?];
+    loop {
+        let last = out[out.len() - 1];
+        let next = ((last as f64 * scale).round() as u64).min(max);
+        if next <= last {
+            return Ok(out);
+        }
+        out.push(next);
+    }
+}
+
+/// A simulated server's truth at the search's batch with one slot.
+struct Expected {
+    batch: u64,
+    /// The largest context that loads.
+    memory: u64,
+    /// The largest that also passes validation (below a flaky zone).
+    stable: u64,
+    /// The largest multiple of the granularity in the searched range at or below `stable`.
+    answer: Option<u64>,
+}
+
+fn expected(r: &Run) -> Result<Expected> {
+    let m = &r.run_file["target"]["simulate"];
+    let batch = initial_batch(&r.run_file)?;
+    let fixed = num(m, "weights_bytes")?
+        + num(m, "compute_base_bytes")?
+        + num(m, "compute_per_batch_bytes")? * batch;
+    let kv = num(m, "kv_bytes_per_token")?.max(1);
+    let memory = num(m, "capacity_bytes")?
+        .checked_sub(fixed)
+        .map_or(0, |free| free / kv)
+        .min(num(m, "trained_context")?);
+    let stable = m["flaky_above"].as_u64().map_or(memory, |f| memory.min(f));
+    let top = stable.min(r.high) / r.granularity * r.granularity;
+    Ok(Expected {
+        batch,
+        memory,
+        stable,
+        answer: (top >= r.low).then_some(top),
+    })
+}
+
+fn ceil_log2(n: u64) -> u64 {
+    if n <= 1 {
+        0
+    } else {
+        64 - (n - 1).leading_zeros() as u64
+    }
+}
+
+/// The target bound on search probes: ceil(log2(range / granularity)) + 1.
+fn log_bound(r: &Run) -> u64 {
+    ceil_log2((r.high - r.low) / r.granularity) + 1
+}
+
+/// Found minus expected, in granules; `None` when only one of them exists.
+fn error(found: Option<u64>, expected: Option<u64>, g: u64) -> Option<i64> {
+    match (found, expected) {
+        (Some(f), Some(e)) => Some((f as i64 - e as i64) / g as i64),
+        (None, None) => Some(0),
+        _ => None,
+    }
+}
+
+fn show_error(e: Option<i64>) -> String {
+    match e {
+        Some(0) => "0".into(),
+        Some(e) => format!("{e:+}"),
+        None => "wrong (one side has none)".into(),
+    }
+}
+
+fn show_ctx(c: Option<u64>) -> String {
+    c.map_or("none".into(), |c| c.to_string())
+}
+
+fn show_time(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+fn pct(a: f64, b: f64) -> f64 {
+    a / b * 100.0
+}
+
+fn range(v: &[f64]) -> String {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if v.is_empty() {
+        "–".into()
+    } else if (hi - lo).abs() < 0.05 {
+        format!("{lo:.1} %")
+    } else {
+        format!("{lo:.1}–{hi:.1} %")
+    }
+}
+
+/// Several values as one, or all of them when they differ.
+fn same_or_all<T: PartialEq + std::fmt::Display>(v: &[T]) -> String {
+    if v.windows(2).all(|w| w[0] == w[1]) {
+        v.first().map_or("–".into(), |x| x.to_string())
+    } else {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
+
+/// What the verdict lines need, gathered over every run.
+#[derive(Default)]
+struct Verdicts {
+    /// Binary runs whose answer is within one granule of the reference, exact, of how many.
+    within: usize,
+    exact: usize,
+    checked: usize,
+    misses: Vec<String>,
+    /// Binary runs within the log bound, of how many, and (used, bound) per setting.
+    bounded: usize,
+    bound_checked: usize,
+    bound_detail: Vec<String>,
+    sim_whole: Vec<f64>,
+    sim_discovery: Vec<f64>,
+    sim_context: Vec<f64>,
+    real_whole: Option<f64>,
+    real_context: Option<f64>,
+    real_skipped: Option<String>,
+    /// The real server's runs had a reference answer (the full grid ran).
+    real_reference: bool,
+}
+
+impl Verdicts {
+    fn check(&mut self, what: String, found: Option<u64>, reference: Option<u64>, g: u64) {
+        let e = error(found, reference, g);
+        self.checked += 1;
+        if e.is_some_and(|e| e.abs() <= 1) {
+            self.within += 1;
+        } else {
+            self.misses.push(format!(
+                "{what}: found {}, expected {}",
+                show_ctx(found),
+                show_ctx(reference)
+            ));
+        }
+        if e == Some(0) {
+            self.exact += 1;
+        }
+    }
+
+    fn bound(&mut self, r: &Run) {
+        self.bound_checked += 1;
+        if r.search_probes <= log_bound(r) {
+            self.bounded += 1;
+        }
+    }
+}
+
+fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
+    let dir = root().join("bench/optimize");
+    let mut md = String::new();
+    let mut overview = String::new();
+    for t in &TRUTHS {
+        let truth = dir.join(t.file);
+        let stem = t.file.trim_end_matches(".json");
+        let args = |config: Option<&str>| {
+            let mut a: Vec<OsString> = vec!["--simulate".into(), truth.clone().into()];
+            if let Some(c) = config {
+                a.push("--config".into());
+                a.push(dir.join(c).into());
+            }
+            a
+        };
+        eprintln!("xtask: bench optimize: simulator, {}", t.file);
+        let full = ["binary", "linear", "grid"]
+            .iter()
+            .map(|s| optimize(o3, &tmp.join(format!("{stem}-{s}")), &args(t.config), s))
+            .collect::<Result<Vec<_>>>()?;
+        let disc = ["binary", "linear"]
+            .iter()
+            .map(|s| {
+                let out = tmp.join(format!("{stem}-{s}-discovery"));
+                optimize(o3, &out, &args(Some(t.discovery)), s)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (b, l, g) = (&full[0], &full[1], &full[2]);
+        if full
+            .iter()
+            .chain(&disc)
+            .any(|r| (r.low, r.high, r.granularity) != (b.low, b.high, b.granularity))
+        {
+            bail!("{}: the runs searched different ranges", t.file);
+        }
+        let e = expected(b)?;
+        let gran = b.granularity;
+        v.check(format!("{stem}, binary"), b.validated, e.answer, gran);
+        v.check(
+            format!("{stem}, binary, discovery only"),
+            disc[0].validated,
+            e.answer,
+            gran,
+        );
+        v.bound(b);
+        v.bound(&disc[0]);
+        v.bound_detail.push(format!(
+            "{stem} {}/{}",
+            b.search_probes.max(disc[0].search_probes),
+            log_bound(b)
+        ));
+        let whole = pct(b.time_s, l.time_s);
+        let discovery = pct(disc[0].time_s, disc[1].time_s);
+        let context = pct(b.context_stage_s, l.context_stage_s);
+        v.sim_whole.push(whole);
+        v.sim_discovery.push(discovery);
+        v.sim_context.push(context);
+
+        let config = match t.config {
+            Some(c) => format!(" with `--config bench/optimize/{c}`"),
+            None => " with o3's default configuration".into(),
+        };
+        let stable = if e.stable < e.memory {
+            format!(
+                ", passes validation only up to {} (`flaky_above`; above it one request in {} fails)",
+                e.stable,
+                b.run_file["target"]["simulate"]["flaky_every"]
+            )
+        } else {
+            String::new()
+        };
+        md += &format!(
+            "### Simulator: {label}\n\n\
+`bench/optimize/{file}`{config}; discovery only with `bench/optimize/{disc_cfg}`.\n\
+Truth at the search's batch {batch} with one slot: loads up to {memory} tokens{stable}. \
+Expected answer: **{answer}**. Searched {low}..{high} step {gran}: \
+ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(grid points + 1)) + 1: {o3_bound}).\n\n\
+| strategy | probes | search probes | found | error (granules) | time to presets | % of linear | discovery only | % of linear | context stage | % of linear |\n\
+|---|---|---|---|---|---|---|---|---|---|---|\n",
+            label = t.label,
+            file = t.file,
+            disc_cfg = t.discovery,
+            batch = e.batch,
+            memory = e.memory,
+            answer = show_ctx(e.answer),
+            low = b.low,
+            high = b.high,
+            n = (b.high - b.low) / gran,
+            bound = log_bound(b),
+            o3_bound = b.probe_bound,
+        );
+        for (name, r, d) in [("binary", b, &disc[0]), ("linear", l, &disc[1])] {
+            md += &format!(
+                "| {name} | {} | {} | {} | {} | {} | {:.1} % | {} | {:.1} % | {} | {:.1} % |\n",
+                r.probes,
+                r.search_probes,
+                show_ctx(r.validated),
+                show_error(error(r.validated, e.answer, gran)),
+                show_time(r.time_s),
+                pct(r.time_s, l.time_s),
+                show_time(d.time_s),
+                pct(d.time_s, disc[1].time_s),
+                show_time(r.context_stage_s),
+                pct(r.context_stage_s, l.context_stage_s),
+            );
+        }
+        let batches = ladder(&g.run_file)?;
+        md += &format!(
+            "| grid ({} contexts × batches {}) | {} | – | {} | {} | {} | {:.1} % | – | – | – | – |\n\n",
+            (g.high - g.low) / gran + 1,
+            batches
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            g.probes,
+            show_ctx(g.validated),
+            show_error(error(g.validated, e.answer, gran)),
+            show_time(g.time_s),
+            pct(g.time_s, l.time_s),
+        );
+        overview += &format!(
+            "| {stem} | {} | {} ({}) | {} / {} | {whole:.1} % | {discovery:.1} % | {context:.1} % | {:.2} % |\n",
+            show_ctx(e.answer),
+            show_ctx(b.validated),
+            show_error(error(b.validated, e.answer, gran)),
+            b.search_probes,
+            log_bound(b),
+            pct(b.time_s, g.time_s),
+        );
+    }
+    Ok(format!(
+        "{md}### Simulator: all truths\n\n\
+Binary's simulated time as a % of the linear sweep's (and of the full grid's) for the same truth.\n\n\
+| truth | expected | binary found (error) | search probes / bound | whole run | discovery only | context stage | whole run vs grid |\n\
+|---|---|---|---|---|---|---|---|\n{overview}\n"
+    ))
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+}
+
+/// The 1-, 5- and 15-minute load averages as /proc/loadavg gives them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Outcome classes with counts ("safety_abort ×3, crashed ×1"), or "none".
+fn tally<'a>(failed: impl Iterator<Item = &'a (String, String)>) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for (class, _) in failed {
+        match counts.iter_mut().find(|(k, _)| k == class) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((class, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Result<String> {
+    let server = home().join(".cache/o3/llama-server/bin/llama-server");
+    let model = home().join(".cache/o3/models/o3-tiny-llama.gguf");
+    let title = "### Real server: llama-server, tiny test model, `config/short.yaml`\n\n";
+    if let Some(missing) = [&server, &model].into_iter().find(|p| !p.is_file()) {
+        let why = format!(
+            "{} is missing (`cargo xtask setup` installs it)",
+            missing.display()
+        );
+        eprintln!("xtask: bench optimize: real server skipped: {why}");
+        v.real_skipped = Some(why.clone());
+        return Ok(format!("{title}Skipped: {why}.\n\n"));
+    }
+    let args: Vec<OsString> = vec![
+        "--backend".into(),
+        "llama-server".into(),
+        "--server-bin".into(),
+        server.into(),
+        "--model".into(),
+        model.into(),
+        "--config".into(),
+        root().join("config/short.yaml").into(),
+    ];
+    let load_before = loadavg();
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..REAL_ROUNDS {
+        for (i, s) in ["binary", "linear"].iter().enumerate() {
+            eprintln!(
+                "xtask: bench optimize: real server, round {}, {s}",
+                round + 1
+            );
+            let out = tmp.join(format!("real-{s}-{round}"));
+            runs[i].push(optimize(o3, &out, &args, s)?);
+        }
+    }
+    let first = &runs[0][0];
+    let gran = first.granularity;
+    let contexts = (first.high - first.low) / gran + 1;
+    let batches = ladder(&first.run_file)?;
+    let grid_probes = contexts * batches.len() as u64;
+    let slowest = runs
+        .iter()
+        .flatten()
+        .map(|r| r.slowest_validated_s)
+        .fold(0.0, f64::max);
+    let estimate = grid_probes as f64 * slowest;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64();
+    let grid = if estimate < GRID_LIMIT_S.min(left) {
+        eprintln!("xtask: bench optimize: real server, grid (estimated {estimate:.0} s)");
+        Some(optimize(o3, &tmp.join("real-grid"), &args, "grid")?)
+    } else {
+        eprintln!(
+            "xtask: bench optimize: real server, grid skipped (estimated {estimate:.0} s; limit {GRID_LIMIT_S:.0} s, {left:.0} s left of the benchmark's budget)"
+        );
+        None
+    };
+    let load_after = loadavg();
+    let reference = grid.as_ref().map(|g| g.validated);
+    v.real_reference = reference.is_some();
+    for (k, r) in runs[0].iter().enumerate() {
+        if let Some(reference) = reference {
+            v.check(
+                format!("real server, binary run {}", k + 1),
+                r.validated,
+                reference,
+                gran,
+            );
+        }
+        v.bound(r);
+    }
+    let med = |rs: &[Run], f: fn(&Run) -> f64| median(&mut rs.iter().map(f).collect::<Vec<_>>());
+    let wall = [med(&runs[0], |r| r.time_s), med(&runs[1], |r| r.time_s)];
+    let ctx = [
+        med(&runs[0], |r| r.context_stage_s),
+        med(&runs[1], |r| r.context_stage_s),
+    ];
+    v.real_whole = Some(pct(wall[0], wall[1]));
+    v.real_context = Some(pct(ctx[0], ctx[1]));
+    let max_used = runs[0].iter().map(|r| r.search_probes).max().unwrap_or(0);
+    v.bound_detail
+        .push(format!("real server {max_used}/{}", log_bound(first)));
+    let per_round = |f: fn(&Run) -> f64| {
+        runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(b, l)| format!("{:.1} %", pct(f(b), f(l))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let mut rows = String::new();
+    for (i, name) in ["binary", "linear"].iter().enumerate() {
+        let rs = &runs[i];
+        let found: Vec<String> = rs.iter().map(|r| show_ctx(r.validated)).collect();
+        let err = match reference {
+            Some(reference) => {
+                let e: Vec<String> = rs
+                    .iter()
+                    .map(|r| show_error(error(r.validated, reference, gran)))
+                    .collect();
+                same_or_all(&e)
+            }
+            None => "–".into(),
+        };
+        rows += &format!(
+            "| {name} | {} | {} | {} | {} | {err} | {} | {:.1} s | {:.1} % | {:.2} s | {:.1} % |\n",
+            rs.len(),
+            same_or_all(&rs.iter().map(|r| r.probes).collect::<Vec<_>>()),
+            same_or_all(&rs.iter().map(|r| r.search_probes).collect::<Vec<_>>()),
+            same_or_all(&found),
+            tally(rs.iter().flat_map(|r| &r.failed)),
+            wall[i],
+            pct(wall[i], wall[1]),
+            ctx[i],
+            pct(ctx[i], ctx[1]),
+        );
+    }
+    let grid_line = match &grid {
+        Some(g) => {
+            rows += &format!(
+                "| grid ({contexts} contexts × batches {}) | 1 | {} | – | {} | 0 (the reference) | {} | {:.1} s | {:.1} % | – | – |\n",
+                batches
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                g.probes,
+                show_ctx(g.validated),
+                tally(g.failed.iter()),
+                g.time_s,
+                pct(g.time_s, wall[1]),
+            );
+            format!(
+                "The full grid ({grid_probes} validated probes) was estimated at {estimate:.0} s (the slowest passing validation probe of the runs above, {slowest:.2} s, × {grid_probes}), under {GRID_LIMIT_S:.0} s, so it ran once after them; its answer is the reference the errors are counted against (the real server's truth is not known otherwise)."
+            )
+        }
+        None => format!(
+            "The full grid was not run: {grid_probes} validated probes at up to {slowest:.2} s each (the slowest passing validation probe of the runs above) is an estimated {estimate:.0} s, over the limit of {GRID_LIMIT_S:.0} s (or the {left:.0} s left of this benchmark's time budget); without it there is no reference answer, so no error is given."
+        ),
+    };
+    let aborts: Vec<&(String, String)> = runs
+        .iter()
+        .flatten()
+        .chain(&grid)
+        .flat_map(|r| &r.failed)
+        .filter(|(class, _)| class == "safety_abort")
+        .collect();
+    let disturbed = match aborts.first() {
+        Some((_, why)) => format!(
+            "\n\n**Disturbed:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\"). On this 2-core machine that means other work was running beside the benchmark, so these runs' answers and times are not those of a quiet machine: rerun `cargo xtask bench optimize` when it is idle.",
+            aborts.len()
+        ),
+        None => String::new(),
+    };
+    Ok(format!(
+        "{title}`o3 optimize --backend llama-server --server-bin ~/.cache/o3/llama-server/bin/llama-server --model ~/.cache/o3/models/o3-tiny-llama.gguf --config config/short.yaml --strategy binary|linear --json --quiet --out <tmp>`, \
+run {REAL_ROUNDS} times each, interleaved (binary, linear, binary, linear). \
+Searched {low}..{high} step {gran}: ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound: {o3_bound}). \
+Wall time is o3's own `wall_s` (start of the search to the presets); the context stage is the sum of the context-stage probes' wall times from each run's journal. \
+Medians of the runs; % of linear from the medians of this one run (per round, binary / linear: whole run {round_whole}; context stage {round_ctx}). \
+Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after}.\n\n\
+| strategy | runs | probes | search probes | found | error (granules) | probes that did not pass | wall time | % of linear | context stage | % of linear |\n\
+|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n{grid_line}{disturbed}\n\n",
+        low = first.low,
+        high = first.high,
+        n = (first.high - first.low) / gran,
+        bound = log_bound(first),
+        o3_bound = first.probe_bound,
+        round_whole = per_round(|r| r.time_s),
+        round_ctx = per_round(|r| r.context_stage_s),
+    ))
+}
+
+fn verdicts(v: &Verdicts) -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let within = format!(
+        "- **Within one granule every time: {}** ({} of {} binary runs within one granule, {} exact; on the simulator against its truth, whole runs and discovery-only runs; {}).{}\n",
+        yes(v.within == v.checked),
+        v.within,
+        v.checked,
+        v.exact,
+        if v.real_skipped.is_some() {
+            "the real server was skipped"
+        } else if v.real_reference {
+            "on the real server against the full grid's answer"
+        } else {
+            "the real server's runs are not counted: the grid did not run there, so there is no reference"
+        },
+        if v.misses.is_empty() {
+            String::new()
+        } else {
+            format!(" Misses: {}.", v.misses.join("; "))
+        }
+    );
+    let bound = format!(
+        "- **≤ ceil(log2(range/granularity)) + 1 search probes: {}** ({} of {} binary runs; most used / bound: {}).\n",
+        yes(v.bounded == v.bound_checked),
+        v.bounded,
+        v.bound_checked,
+        v.bound_detail.join(", ")
+    );
+    let met = |xs: &[f64]| xs.iter().all(|&x| x <= TARGET_PERCENT);
+    let mut whole: Vec<f64> = v.sim_whole.clone();
+    whole.extend(v.real_whole);
+    let real = match v.real_whole {
+        Some(w) => format!("real server {w:.1} %"),
+        None => "real server not measured (skipped)".into(),
+    };
+    let real_ctx = match v.real_context {
+        Some(c) => format!("; real server, context stage {c:.1} %"),
+        None => String::new(),
+    };
+    let mut discovery: Vec<f64> = v.sim_discovery.clone();
+    discovery.extend(&v.sim_context);
+    discovery.extend(v.real_context);
+    let time = format!(
+        "- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time: {}** for the whole run (to the presets): simulator {} (per truth: {}), {real}.{} \
+Context discovery only: {} — simulator discovery-only runs {}, context stage alone {}{real_ctx}.\n",
+        if met(&whole) { "met" } else { "not met" },
+        range(&v.sim_whole),
+        v.sim_whole
+            .iter()
+            .map(|x| format!("{x:.1} %"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if met(&whole) {
+            ""
+        } else {
+            " The whole run includes the validation, batch and concurrency stages, which cost the same for both strategies once they agree on the maximum, so the search's saving is diluted by them."
+        },
+        if met(&discovery) {
+            "met"
+        } else {
+            "not met everywhere"
+        },
+        range(&v.sim_discovery),
+        range(&v.sim_context),
+    );
+    format!("### Verdicts (o3's binary search)\n\n{within}{bound}{time}")
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
+    // Algorithms", days_from_civil's inverse).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn optimize_bench() -> Result<()> {
+    let o3 = build_release()?.join("o3");
+    let tmp = root().join("target/bench/optimize");
+    std::fs::create_dir_all(&tmp)?;
+    let started = Instant::now();
+    let deadline = started + std::time::Duration::from_secs(BUDGET_S);
+    let mut v = Verdicts::default();
+    let sim = simulator(&o3, &tmp, &mut v)?;
+    let real = real_server(&o3, &tmp, deadline, &mut v)?;
+    let section = format!(
+        "{START}\n\
+## optimize: search vs linear sweep vs full grid\n\n\
+`cargo xtask bench optimize`: builds o3 in release, then for each simulated truth \
+`o3 optimize --simulate bench/optimize/<truth>.json --strategy binary|linear|grid --json --quiet --out target/bench/optimize/<run> [--config bench/optimize/<config>.yaml]`, \
+then the real test server (below). Measured on {machine}, {date}; this run took {took:.0} s.\n\n\
+Strategies: **binary** is o3's search (starts at `search.initial_context`, then bisects the grid of multiples of the granularity between the largest context that passed and the smallest that failed); \
+**linear** probes upward one granule at a time from the bottom of the range until the first failure; both then run the same stages (validation of the maximum with step-down, batch adaptation, concurrency levels at the presets' contexts). \
+**grid** validates every context of the grid at every batch of the ladder, with no early stop (a llama-bench-style sweep). \
+Search probes are the context stage's single-request probes; found is the validated maximum (`context.validated`).\n\n\
+Truth of a simulated server (o3-user/src/optimize/sim.rs): at the search's first batch b (32 from 3B to under 27B parameters, 64 below, 16 at 27B and above) with one slot, the largest context that loads is \
+floor((capacity − weights − compute_base − compute_per_batch × b) / kv_bytes_per_token), capped by the trained context; with `flaky_above`, the largest stable one is the smaller of that and `flaky_above`. \
+The expected answer is the largest multiple of the granularity in the searched range at or below it. \
+Simulator times are simulated seconds (loads plus requests at the truth's rates; the simulator is deterministic, one run each). \
+Time to presets is the whole run; it includes the batch and concurrency stages, which cost the same for binary and linear. \
+Discovery only is the same truth run with batch.enabled: false and concurrency.enabled: false (the search, validation with step-down, one validation per preset context); \
+context stage is the sum of the context-stage probes' simulated times from the run's journal.\n\n\
+{sim}{real}{verdicts}\n{END}\n",
+        machine = machine(),
+        date = today(),
+        took = started.elapsed().as_secs_f64(),
+        verdicts = verdicts(&v),
+    );
+    let path = root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nEach section is written by the `cargo xtask bench` command it names. Figures are ratios within one interleaved run on the machine named in the section.\n\n".into()
+    });
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            let mut end = b + END.len();
+            if old[end..].starts_with('\n') {
+                end += 1;
+            }
+            format!("{}{section}{}", &old[..a], &old[end..])
+        }
+        _ => {
+            let sep = if old.ends_with("\n\n") {
+                ""
+            } else if old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            format!("{old}{sep}{section}")
+        }
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprint!("{section}");
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
