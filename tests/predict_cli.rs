@@ -635,3 +635,66 @@ fn kv_cache_matches_llama_server_rss() {
         );
     }
 }
+
+#[test]
+fn ollama_shape_from_api_show_and_size_from_api_tags() {
+    let sim = common::sim(|_| {});
+    let v = json(
+        &[],
+        &[
+            "--backend",
+            "ollama",
+            "--url",
+            &sim.url,
+            "--model",
+            "sim-llama:8b",
+            "--ctx",
+            "8192",
+            "--capacity-gib",
+            "12",
+        ],
+    );
+    assert_eq!(v["backend"], "ollama");
+    assert_eq!(v["shape"]["block_count"], 32, "{v}");
+    assert_eq!(v["shape"]["parameters"], 8030261248u64, "{v}");
+    let e = &v["prediction"]["estimate"];
+    // The blob size from /api/tags: the simulator's weights.
+    assert_eq!(u(&e["weights_bytes"]), 4_920_000_000, "{v}");
+    assert_eq!(u(&e["kv_bytes"]), 8192 * 131072);
+    assert_eq!(e["fits"], true);
+
+    // A model the server does not have, and a server that is not there: one line each.
+    let (out, _d) = run(
+        &[],
+        &[
+            "--backend",
+            "ollama",
+            "--url",
+            &sim.url,
+            "--model",
+            "nope:1b",
+            "--ctx",
+            "4096",
+        ],
+    );
+    let err = one_line_error(&out, 1);
+    assert!(err.contains("/api/show"), "{err}");
+    let (out, _d) = run(
+        &[],
+        &[
+            "--backend",
+            "ollama",
+            "--url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--ctx",
+            "4096",
+        ],
+    );
+    let err = one_line_error(&out, 1);
+    assert!(
+        err.contains("cannot reach Ollama at http://127.0.0.1:9"),
+        "{err}"
+    );
+}

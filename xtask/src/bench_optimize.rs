@@ -75,6 +75,14 @@ const TRUTHS: [Truth; 5] = [
 
 /// One `o3 optimize` run, read back from its summary, run file and journal.
 struct Run {
+    /// The binary search's first context (the configuration's, or o3's prediction).
+    start: Option<u64>,
+    /// Learned results from earlier runs this run reused (none with a store of its own).
+    reused: usize,
+    /// The model's parameter count (the search's first batch depends on it).
+    parameters: Option<u64>,
+    /// Stopped before the search finished (by the benchmark's deadline).
+    interrupted: bool,
     probes: u64,
     search_probes: u64,
     validated: Option<u64>,
@@ -100,25 +108,62 @@ fn num(v: &Value, key: &str) -> Result<u64> {
         .with_context(|| format!("`{key}` is missing or not a whole number"))
 }
 
-/// Runs `o3 optimize ARGS --strategy S --json --quiet --out DIR` in a fresh DIR.
-fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<Run> {
+/// Runs `o3 optimize ARGS --strategy S --json --quiet --out DIR` in a fresh DIR. At the
+/// deadline, if any, o3 is interrupted (SIGINT: it stops its server and writes a partial
+/// summary).
+fn optimize(
+    o3: &Path,
+    dir: &Path,
+    args: &[OsString],
+    strategy: &str,
+    deadline: Option<Instant>,
+) -> Result<Run> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
+    // Output goes to files beside the run directory: a grid's summary outgrows a pipe.
+    let (out_path, err_path) = (dir.with_extension("stdout"), dir.with_extension("stderr"));
+    // A learning store of its own, empty: no run reuses or is predicted from another's
+    // results, and the user's store is left alone.
+    let data = dir.with_extension("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+    }
+    let create =
+        |p: &Path| std::fs::File::create(p).with_context(|| format!("creating {}", p.display()));
     let mut cmd = Command::new(o3);
     cmd.arg("optimize")
         .args(args)
         .args(["--strategy", strategy, "--json", "--quiet", "--out"])
-        .arg(dir);
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
+        .arg(dir)
+        .env("XDG_DATA_HOME", &data)
+        .stdout(create(&out_path)?)
+        .stderr(create(&err_path)?);
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let mut interrupted = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !interrupted && deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("xtask: bench optimize: out of time, interrupting {strategy}");
+            // SAFETY: kill(2) on the id of our own child, which has not been waited for.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            interrupted = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stopped_by_us = interrupted && status.code() == Some(130);
+    if !status.success() && !stopped_by_us {
         bail!(
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{cmd:?} failed with {status}: {}",
+            std::fs::read_to_string(&err_path)
+                .unwrap_or_default()
+                .trim()
         );
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = std::fs::read_to_string(&out_path)
+        .with_context(|| format!("reading {}", out_path.display()))?;
     let s: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
         .with_context(|| format!("{cmd:?}: its last line of output is not the summary JSON"))?;
     let c = &s["context"];
@@ -145,6 +190,10 @@ fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<
         }
     }
     Ok(Run {
+        start: c["start"].as_u64(),
+        reused: s["reused"].as_array().map_or(0, Vec::len),
+        parameters: s["parameters"].as_u64(),
+        interrupted: s["interrupted"].as_bool().unwrap_or(false),
         probes: num(&s["probes"], "total")?,
         search_probes: num(&s["probes"], "context_search")?,
         validated: c["validated"].as_u64(),
@@ -164,24 +213,24 @@ fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<
 }
 
 /// The first batch of the context search: by parameter count, as o3's configuration says.
-fn initial_batch(run_file: &Value) -> Result<u64> {
-    let key = match run_file["parameters"].as_u64() {
+fn initial_batch(r: &Run) -> Result<u64> {
+    let key = match r.parameters {
         Some(p) if p >= 27_000_000_000 => "initial_large",
         Some(p) if p < 3_000_000_000 => "initial_small",
         _ => "initial_medium",
     };
-    num(&run_file["config"]["batch"], key)
+    num(&r.run_file["config"]["batch"], key)
 }
 
 /// Batches a grid visits at each context: the initial one times the scale factor up to the
 /// maximum.
-fn ladder(run_file: &Value) -> Result<Vec<u64>> {
-    let b = &run_file["config"]["batch"];
+fn ladder(r: &Run) -> Result<Vec<u64>> {
+    let b = &r.run_file["config"]["batch"];
     let scale = b["scale_factor"]
         .as_f64()
         .context("no batch.scale_factor")?;
     let max = num(b, "max_batch")?;
-    let mut out = vec![initial_batch(run_file)?];
+    let mut out = vec![initial_batch(r)?];
     loop {
         let last = out[out.len() - 1];
         let next = ((last as f64 * scale).round() as u64).min(max);
@@ -205,7 +254,7 @@ struct Expected {
 
 fn expected(r: &Run) -> Result<Expected> {
     let m = &r.run_file["target"]["simulate"];
-    let batch = initial_batch(&r.run_file)?;
+    let batch = initial_batch(r)?;
     let fixed = num(m, "weights_bytes")?
         + num(m, "compute_base_bytes")?
         + num(m, "compute_per_batch_bytes")? * batch;
@@ -316,6 +365,8 @@ struct Verdicts {
     real_skipped: Option<String>,
     /// The real server's runs had a reference answer (the full grid ran).
     real_reference: bool,
+    /// Runs that reused learned results (should be none: each has a store of its own).
+    reused_runs: usize,
 }
 
 impl Verdicts {
@@ -362,13 +413,21 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
         eprintln!("xtask: bench optimize: simulator, {}", t.file);
         let full = ["binary", "linear", "grid"]
             .iter()
-            .map(|s| optimize(o3, &tmp.join(format!("{stem}-{s}")), &args(t.config), s))
+            .map(|s| {
+                optimize(
+                    o3,
+                    &tmp.join(format!("{stem}-{s}")),
+                    &args(t.config),
+                    s,
+                    None,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let disc = ["binary", "linear"]
             .iter()
             .map(|s| {
                 let out = tmp.join(format!("{stem}-{s}-discovery"));
-                optimize(o3, &out, &args(Some(t.discovery)), s)
+                optimize(o3, &out, &args(Some(t.discovery)), s, None)
             })
             .collect::<Result<Vec<_>>>()?;
         let (b, l, g) = (&full[0], &full[1], &full[2]);
@@ -389,6 +448,7 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
             gran,
         );
         v.bound(b);
+        v.reused_runs += full.iter().chain(&disc).filter(|r| r.reused > 0).count();
         v.bound(&disc[0]);
         v.bound_detail.push(format!(
             "{stem} {}/{}",
@@ -420,7 +480,7 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
 `bench/optimize/{file}`{config}; discovery only with `bench/optimize/{disc_cfg}`.\n\
 Truth at the search's batch {batch} with one slot: loads up to {memory} tokens{stable}. \
 Expected answer: **{answer}**. Searched {low}..{high} step {gran}: \
-ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(grid points + 1)) + 1: {o3_bound}).\n\n\
+ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(grid points + 1)) + 1: {o3_bound}); binary's first probe: {start}.\n\n\
 | strategy | probes | search probes | found | error (granules) | time to presets | % of linear | discovery only | % of linear | context stage | % of linear |\n\
 |---|---|---|---|---|---|---|---|---|---|---|\n",
             label = t.label,
@@ -434,6 +494,7 @@ ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(g
             n = (b.high - b.low) / gran,
             bound = log_bound(b),
             o3_bound = b.probe_bound,
+            start = show_ctx(b.start),
         );
         for (name, r, d) in [("binary", b, &disc[0]), ("linear", l, &disc[1])] {
             md += &format!(
@@ -450,7 +511,7 @@ ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(g
                 pct(r.context_stage_s, l.context_stage_s),
             );
         }
-        let batches = ladder(&g.run_file)?;
+        let batches = ladder(g)?;
         md += &format!(
             "| grid ({} contexts × batches {}) | {} | – | {} | {} | {} | {:.1} % | – | – | – | – |\n\n",
             (g.high - g.low) / gran + 1,
@@ -513,6 +574,34 @@ fn tally<'a>(failed: impl Iterator<Item = &'a (String, String)>) -> String {
         .join(", ")
 }
 
+/// CPU time the whole machine spent busy (all cores), s, from /proc/stat.
+fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let busy = f.get(..8)?.iter().sum::<f64>() - f[3] - f[4];
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (tick > 0.0).then(|| busy / tick)
+}
+
+/// CPU time of this process's finished children and their waited-for descendants (o3 and the
+/// servers it started), s.
+fn children_cpu_s() -> f64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Result<String> {
     let server = home().join(".cache/o3/llama-server/bin/llama-server");
     let model = home().join(".cache/o3/models/o3-tiny-llama.gguf");
@@ -537,6 +626,7 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         root().join("config/short.yaml").into(),
     ];
     let load_before = loadavg();
+    let (busy0, ours0, t0) = (machine_busy_s(), children_cpu_s(), Instant::now());
     let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     for round in 0..REAL_ROUNDS {
         for (i, s) in ["binary", "linear"].iter().enumerate() {
@@ -545,13 +635,13 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
                 round + 1
             );
             let out = tmp.join(format!("real-{s}-{round}"));
-            runs[i].push(optimize(o3, &out, &args, s)?);
+            runs[i].push(optimize(o3, &out, &args, s, None)?);
         }
     }
     let first = &runs[0][0];
     let gran = first.granularity;
     let contexts = (first.high - first.low) / gran + 1;
-    let batches = ladder(&first.run_file)?;
+    let batches = ladder(first)?;
     let grid_probes = contexts * batches.len() as u64;
     let slowest = runs
         .iter()
@@ -564,7 +654,13 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         .as_secs_f64();
     let grid = if estimate < GRID_LIMIT_S.min(left) {
         eprintln!("xtask: bench optimize: real server, grid (estimated {estimate:.0} s)");
-        Some(optimize(o3, &tmp.join("real-grid"), &args, "grid")?)
+        Some(optimize(
+            o3,
+            &tmp.join("real-grid"),
+            &args,
+            "grid",
+            Some(deadline),
+        )?)
     } else {
         eprintln!(
             "xtask: bench optimize: real server, grid skipped (estimated {estimate:.0} s; limit {GRID_LIMIT_S:.0} s, {left:.0} s left of the benchmark's budget)"
@@ -572,7 +668,25 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         None
     };
     let load_after = loadavg();
-    let reference = grid.as_ref().map(|g| g.validated);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // CPU the machine spent on anything but this benchmark's processes, % of all cores.
+    let others = match (busy0, machine_busy_s()) {
+        (Some(a), Some(b)) => Some(
+            ((b - a) - (children_cpu_s() - ours0)).max(0.0) / (t0.elapsed().as_secs_f64() * cores)
+                * 100.0,
+        ),
+        _ => None,
+    };
+    v.reused_runs += runs
+        .iter()
+        .flatten()
+        .chain(&grid)
+        .filter(|r| r.reused > 0)
+        .count();
+    let reference = grid
+        .as_ref()
+        .filter(|g| !g.interrupted)
+        .map(|g| g.validated);
     v.real_reference = reference.is_some();
     for (k, r) in runs[0].iter().enumerate() {
         if let Some(reference) = reference {
@@ -635,7 +749,7 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
     let grid_line = match &grid {
         Some(g) => {
             rows += &format!(
-                "| grid ({contexts} contexts × batches {}) | 1 | {} | – | {} | 0 (the reference) | {} | {:.1} s | {:.1} % | – | – |\n",
+                "| grid ({contexts} contexts × batches {}) | 1 | {} | – | {} | {} | {} | {:.1} s | {:.1} % | – | – |\n",
                 batches
                     .iter()
                     .map(|b| b.to_string())
@@ -643,12 +757,22 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
                     .join(", "),
                 g.probes,
                 show_ctx(g.validated),
+                if g.interrupted {
+                    "– (interrupted)"
+                } else {
+                    "0 (the reference)"
+                },
                 tally(g.failed.iter()),
                 g.time_s,
                 pct(g.time_s, wall[1]),
             );
+            let outcome = if g.interrupted {
+                format!("it was interrupted at this benchmark's time budget ({BUDGET_S} s after the build), so it gives no reference and no error is counted")
+            } else {
+                "its answer is the reference the errors are counted against (the real server's truth is not known otherwise)".into()
+            };
             format!(
-                "The full grid ({grid_probes} validated probes) was estimated at {estimate:.0} s (the slowest passing validation probe of the runs above, {slowest:.2} s, × {grid_probes}), under {GRID_LIMIT_S:.0} s, so it ran once after them; its answer is the reference the errors are counted against (the real server's truth is not known otherwise)."
+                "The full grid ({grid_probes} validated probes) was estimated at {estimate:.0} s (the slowest passing validation probe of the runs above, {slowest:.2} s, × {grid_probes}), under {GRID_LIMIT_S:.0} s, so it ran once after them; {outcome}."
             )
         }
         None => format!(
@@ -662,20 +786,30 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         .flat_map(|r| &r.failed)
         .filter(|(class, _)| class == "safety_abort")
         .collect();
-    let disturbed = match aborts.first() {
-        Some((_, why)) => format!(
-            "\n\n**Disturbed:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\"). On this 2-core machine that means other work was running beside the benchmark, so these runs' answers and times are not those of a quiet machine: rerun `cargo xtask bench optimize` when it is idle.",
+    let others_line = match others {
+        Some(o) => format!(
+            "Other work (CPU time not spent by o3 and its servers) used {o:.1} % of this machine's {cores:.0} cores during these runs."
+        ),
+        None => "Other work's CPU use could not be measured (/proc/stat unreadable).".into(),
+    };
+    let disturbed = match (aborts.first(), others) {
+        (Some((_, why)), Some(o)) if o >= 5.0 => format!(
+            "\n\n**Disturbed:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\") while other work used {o:.1} % of the CPU, so these runs' answers and times are not those of a quiet machine: rerun `cargo xtask bench optimize` when it is idle.",
             aborts.len()
         ),
-        None => String::new(),
+        (Some((_, why)), _) => format!(
+            "\n\n**Safety aborts:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\") with little other work on the machine: the probes themselves crossed a safety limit of `config/short.yaml` here.",
+            aborts.len()
+        ),
+        (None, _) => String::new(),
     };
     Ok(format!(
         "{title}`o3 optimize --backend llama-server --server-bin ~/.cache/o3/llama-server/bin/llama-server --model ~/.cache/o3/models/o3-tiny-llama.gguf --config config/short.yaml --strategy binary|linear --json --quiet --out <tmp>`, \
 run {REAL_ROUNDS} times each, interleaved (binary, linear, binary, linear). \
-Searched {low}..{high} step {gran}: ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound: {o3_bound}). \
+Searched {low}..{high} step {gran}: ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound: {o3_bound}); binary's first probe: {start}. \
 Wall time is o3's own `wall_s` (start of the search to the presets); the context stage is the sum of the context-stage probes' wall times from each run's journal. \
 Medians of the runs; % of linear from the medians of this one run (per round, binary / linear: whole run {round_whole}; context stage {round_ctx}). \
-Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after}.\n\n\
+Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after}. {others_line}\n\n\
 | strategy | runs | probes | search probes | found | error (granules) | probes that did not pass | wall time | % of linear | context stage | % of linear |\n\
 |---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n{grid_line}{disturbed}\n\n",
         low = first.low,
@@ -683,6 +817,7 @@ Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after
         n = (first.high - first.low) / gran,
         bound = log_bound(first),
         o3_bound = first.probe_bound,
+        start = same_or_all(&runs[0].iter().map(|r| show_ctx(r.start)).collect::<Vec<_>>()),
         round_whole = per_round(|r| r.time_s),
         round_ctx = per_round(|r| r.context_stage_s),
     ))
@@ -800,12 +935,14 @@ The expected answer is the largest multiple of the granularity in the searched r
 Simulator times are simulated seconds (loads plus requests at the truth's rates; the simulator is deterministic, one run each). \
 Time to presets is the whole run; it includes the batch and concurrency stages, which cost the same for binary and linear. \
 Discovery only is the same truth run with batch.enabled: false and concurrency.enabled: false (the search, validation with step-down, one validation per preset context); \
-context stage is the sum of the context-stage probes' simulated times from the run's journal.\n\n\
+context stage is the sum of the context-stage probes' simulated times from the run's journal. \
+Every o3 run has an empty learning store of its own (`XDG_DATA_HOME` beside its run directory), so none reuses or is predicted from another's results: this is o3 on a model and machine it has not seen (runs that reused learned results anyway: {reused}).\n\n\
 {sim}{real}{verdicts}\n{END}\n",
         machine = machine(),
         date = today(),
         took = started.elapsed().as_secs_f64(),
         verdicts = verdicts(&v),
+        reused = v.reused_runs,
     );
     let path = root().join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {

@@ -352,6 +352,53 @@ pub fn parse_ps(body: &str, model: &str) -> Result<Option<LoadedModel>, Protocol
     Ok(None)
 }
 
+/// `name` with the `:latest` tag Ollama implies.
+pub fn canonical(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// The `size` of `model` in a `/api/tags` body.
+pub fn tag_size(body: &str, model: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let want = canonical(model);
+    v.get("models")?.as_array()?.iter().find_map(|m| {
+        let named = ["name", "model"]
+            .iter()
+            .filter_map(|k| m.get(*k).and_then(serde_json::Value::as_str))
+            .any(|n| canonical(n) == want);
+        if named {
+            m.get("size").and_then(serde_json::Value::as_u64)
+        } else {
+            None
+        }
+    })
+}
+
+/// The size of `model` (its weights, bytes) from a running server's `/api/tags`.
+pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let body = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/tags", url.trim_end_matches('/')))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })?;
+    tag_size(&body, model)
+}
+
 /// What a running Ollama server's `/api/show` says about `model` (`None` when it cannot be
 /// reached or does not know the model).
 pub fn show(url: &str, model: &str) -> Option<ModelInfo> {

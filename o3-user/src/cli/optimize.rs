@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 use crate::backend::ProbeConfig;
 use crate::config::{self, Config};
 use crate::learn::fingerprint::Host;
+use crate::learn::predict::Predictor;
 use crate::learn::store::Store;
 use crate::learn::ModelShape;
 use crate::optimize::journal::{Journal, Journaled};
 use crate::optimize::learned;
 use crate::optimize::live::Live;
 use crate::optimize::prober::{describe_config, ProbeOutcome, ProbeRequest, Prober};
+use crate::optimize::prune::{self, Chance, Pruned};
 use crate::optimize::search::{self, Inputs, Observer, Report};
 use crate::optimize::sim::{Sim, SimModel};
 use crate::optimize::{artefacts, presets};
@@ -189,16 +191,29 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (anyhow::Error, i32)> {
 /// the simulator's description.
 fn model_facts(t: &Target) -> (ModelShape, String) {
     if let Some(m) = &t.simulate {
+        // The simulated KV cache as one layer with one f16 K/V head pair of this size:
+        // layers × KV heads × (K + V lengths) × 2 bytes is exactly its bytes per token.
+        let half = (m.kv_bytes_per_token / 4) as u32;
         let shape = ModelShape {
             architecture: Some("simulated".into()),
             parameters: Some(m.parameters),
             weights_bytes: Some(m.weights_bytes),
             trained_context: Some(m.trained_context),
+            block_count: Some(1),
+            head_count: Some(1),
+            head_count_kv: Some(1),
+            key_length: Some(half),
+            value_length: Some(half),
+            embedding_length: Some(half),
             ..ModelShape::default()
         };
+        // The model's identity, not the simulated device's (capacity belongs to the host).
         let digest = format!(
             "sim:{}",
-            crate::learn::fingerprint::fnv_hex(&serde_json::to_string(m).unwrap_or_default())
+            crate::learn::fingerprint::fnv_hex(&format!(
+                "{}|{}|{}|{}",
+                m.parameters, m.weights_bytes, m.kv_bytes_per_token, m.trained_context
+            ))
         );
         return (shape, digest);
     }
@@ -208,12 +223,15 @@ fn model_facts(t: &Target) -> (ModelShape, String) {
                 None => crate::backend::ollama::show(&t.url, &t.model),
                 Some(cmd) => managed_ollama_show(cmd, &t.model),
             };
-            (
-                info.as_ref()
-                    .map(ModelShape::from_ollama)
-                    .unwrap_or_default(),
-                format!("ollama:{}", t.model),
-            )
+            let mut shape = info
+                .as_ref()
+                .map(ModelShape::from_ollama)
+                .unwrap_or_default();
+            if t.ollama_serve.is_none() {
+                // The weights, as `o3 predict` takes them: the size `/api/tags` lists.
+                shape.weights_bytes = crate::backend::ollama::tag_size_at(&t.url, &t.model);
+            }
+            (shape, format!("ollama:{}", t.model))
         }
         _ => {
             let p = Path::new(&t.model);
@@ -423,6 +441,10 @@ struct Summary<'a> {
     /// Why learning reused nothing, and where results are stored.
     learning_notes: &'a [String],
     db: Option<String>,
+    /// Configurations the predictor skipped in this session, with their probabilities.
+    skipped: Vec<prune::Skip>,
+    /// Would-be skips measured anyway (the exploration budget) and what they did.
+    explored: Vec<prune::Explored>,
     probes: ProbesOut,
     peaks: PeaksOut,
     /// Simulated time of all probes (simulator only), s.
@@ -462,6 +484,35 @@ fn artefacts_for(backend: Option<&BackendSpec>, cfg: &ProbeConfig) -> Option<art
     }
 }
 
+/// No predictor: nothing is skipped.
+struct NeverSkip;
+impl Chance for NeverSkip {
+    fn p_success(&self, _: &ProbeConfig) -> (f64, String) {
+        (1.0, "no prediction".into())
+    }
+}
+
+/// The predictor as the search's [`Chance`].
+struct Predicted<'a> {
+    predictor: &'a Predictor,
+    shape: &'a ModelShape,
+    capacity: Option<u64>,
+}
+
+impl Chance for Predicted<'_> {
+    fn p_success(&self, cfg: &ProbeConfig) -> (f64, String) {
+        let p = self.predictor.predict(self.shape, cfg, self.capacity);
+        (p.p_success, p.basis)
+    }
+}
+
+/// The predictor trained from the store's records of this model (all hosts, this one
+/// weighted higher).
+fn predictor(store: &Store, r: &StoreRef) -> Predictor {
+    let records = store.records(None, Some(&r.model_id)).unwrap_or_default();
+    Predictor::train(&records, Some(&r.host_id))
+}
+
 /// Learning decided once, at a run's start: the store entries, what an earlier run lets this
 /// one verify instead of search.
 fn learn_at_start(
@@ -487,6 +538,41 @@ fn learn_at_start(
         match learned::to_verify(&store, &rf.host, &host_id, &model_id, l.max_age_days, now) {
             Ok(v) => rf.learned = v,
             Err(why) => rf.learning_notes.push(format!("nothing reused: {why}")),
+        }
+    }
+    if l.predict && rf.learned.is_none() && a.strategy == search::Strategy::Binary {
+        let records = store.records(None, Some(&model_id)).unwrap_or_default();
+        let p = Predictor::train(&records, Some(&host_id));
+        let chance = Predicted {
+            predictor: &p,
+            shape: &rf.shape,
+            capacity: rf.capacity_bytes,
+        };
+        let c = &rf.config;
+        let top = rf
+            .shape
+            .trained_context
+            .map_or(c.search.max_context, |t| t.min(c.search.max_context));
+        let base = ProbeConfig {
+            batch: Some(c.batch.initial_for(rf.shape.parameters)),
+            ..rf.target.base.clone()
+        };
+        rf.start_context = prune::start_context(
+            &chance,
+            &base,
+            c.search.min_context,
+            top,
+            c.search.granularity,
+        );
+        if let Some(s) = rf.start_context {
+            rf.learning_notes.push(format!(
+                "the search starts at ctx {s}, the largest context predicted to work ({})",
+                if p.is_cold() {
+                    "memory model only"
+                } else {
+                    "trained on earlier runs"
+                }
+            ));
         }
     }
     if l.store_results {
@@ -704,7 +790,29 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         strategy: a.strategy,
         learned: runfile.learned.clone(),
     };
-    let mut jp = Journaled::new(&mut prober, &mut journal);
+    // Skipping needs a trained predictor: the memory model alone is only trusted to pick the
+    // first probe (an estimate 10 % high would otherwise skip the optimum).
+    let trained = match (&store, &runfile.store) {
+        (Some(st), Some(r)) if cfg.learning.predict => {
+            Some(predictor(st, r)).filter(|p| !p.is_cold())
+        }
+        _ => None,
+    };
+    let chance = trained.as_ref().map(|p| Predicted {
+        predictor: p,
+        shape: &runfile.shape,
+        capacity: runfile.capacity_bytes,
+    });
+    let never = NeverSkip;
+    let mut pruned = Pruned::new(
+        &mut prober,
+        chance
+            .as_ref()
+            .map_or(&never as &dyn Chance, |c| c as &dyn Chance),
+        cfg.learning.min_p_success,
+        cfg.learning.exploration_probes,
+    );
+    let mut jp = Journaled::new(&mut pruned, &mut journal);
     if let (Some(st), Some(r)) = (&store, &runfile.store) {
         let (shape, cap) = (runfile.shape.clone(), runfile.capacity_bytes);
         jp.sink = Some(Box::new(move |req, out, raw| {
@@ -716,6 +824,18 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     }
     let report: Report = search::run(&inputs, &mut jp, &mut progress);
     let (ran, replayed, jerr) = (jp.ran, jp.replayed, jp.error.take());
+    drop(jp);
+    let (skips, explored) = (
+        std::mem::take(&mut pruned.skips),
+        std::mem::take(&mut pruned.explored),
+    );
+    drop(pruned);
+    if let (Some(st), Some(r)) = (&store, &runfile.store) {
+        for k in &skips {
+            st.add_skip(r.run_id, &k.config, k.p_success, &k.basis)
+                .map_err(|e| (e.into(), 1))?;
+        }
+    }
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
@@ -761,6 +881,8 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         reused: &report.reused,
         learning_notes: &runfile.learning_notes,
         db: runfile.store.as_ref().map(|r| r.db.display().to_string()),
+        skipped: skips,
+        explored,
         probes: ProbesOut {
             total: report.probes,
             ran_now: ran,

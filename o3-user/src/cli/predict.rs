@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::backend::{ollama, ProbeConfig};
 use crate::learn::memory::{self, Estimate};
@@ -244,19 +243,16 @@ fn machine_capacity(roots: &Roots) -> (Option<u64>, String, bool) {
         gpus.sample(1, 0, &mut sample, &mut Vec::new());
         let mut total = 0u64;
         let mut names = Vec::new();
-        for g in &sample.gpus {
+        // Samples come in the order of `infos()` (matched by position: two devices can share
+        // an index when AMD card numbers do not start at 0 and NVML adds a card).
+        for (g, info) in sample.gpus.iter().zip(&infos) {
             if let Some(t) = g.usable_total_bytes {
                 total = total.saturating_add(t);
-                let info = infos.iter().find(|i| i.index == g.index);
                 names.push(format!(
-                    "GPU {} ({}{})",
+                    "GPU {} ({}: {})",
                     g.index,
-                    info.map_or("?", |i| i.name.as_str()),
-                    if info.is_some_and(|i| i.apu) {
-                        ": GTT"
-                    } else {
-                        ": VRAM"
-                    }
+                    info.name,
+                    if info.apu { "GTT" } else { "VRAM" }
                 ));
             }
         }
@@ -356,61 +352,17 @@ fn ollama_shape(url: &str, model: &str) -> Result<(ModelShape, String), (anyhow:
     )
     .map_err(failure)?;
     let info = ollama::parse_show(&show).map_err(|e| failure(e.to_string()))?;
-    // The blob size and digest: /api/show has neither.
-    let (size, digest) = fetch(client.get(format!("{base}/api/tags")), "/api/tags")
+    // The weights' size (the model blob's) is not in /api/show.
+    let size = fetch(client.get(format!("{base}/api/tags")), "/api/tags")
         .ok()
-        .and_then(|body| tag_entry(&body, model))
-        .unwrap_or((None, String::new()));
-    Ok((
-        ModelShape {
-            architecture: info.architecture,
-            parameters: info.parameter_count,
-            weights_bytes: size,
-            trained_context: info.context_length,
-            block_count: info.block_count,
-            embedding_length: info.embedding_length,
-            head_count: info.head_count,
-            head_count_kv: info.head_count_kv,
-            key_length: info.key_length,
-            value_length: info.value_length,
-            expert_count: None,
-            quantization: info.quantization,
-        },
-        digest,
-    ))
+        .and_then(|body| crate::backend::ollama::tag_size(&body, model));
+    let mut shape = ModelShape::from_ollama(&info);
+    shape.weights_bytes = size;
+    // The model id `o3 optimize` stores Ollama models under.
+    Ok((shape, format!("ollama:{model}")))
 }
 
 /// `name:latest` for a name without a tag (the tag follows the last `/`).
-fn canonical(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
-/// The `size` and `digest` of `model` in a `/api/tags` body.
-fn tag_entry(body: &str, model: &str) -> Option<(Option<u64>, String)> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    let want = canonical(model);
-    v.get("models")?.as_array()?.iter().find_map(|m| {
-        let named = ["name", "model"]
-            .iter()
-            .filter_map(|k| m.get(*k).and_then(Value::as_str))
-            .any(|n| canonical(n) == want);
-        named.then(|| {
-            (
-                m.get("size").and_then(Value::as_u64),
-                m.get("digest")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-    })
-}
-
 fn gib(bytes: u64) -> String {
     memory::gib(bytes as f64)
 }
@@ -479,20 +431,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_entry_by_canonical_name() {
+    fn tags_size_by_canonical_name() {
         let body = r#"{"models":[{"name":"qwen2.5:7b","size":4683087332,"digest":"845dbda0ea48"},
             {"name":"llama3.1:latest","model":"llama3.1:latest","size":4920753328,"digest":"46e0c10c039e"}]}"#;
         assert_eq!(
-            tag_entry(body, "llama3.1"),
-            Some((Some(4920753328), "46e0c10c039e".into()))
+            crate::backend::ollama::tag_size(body, "llama3.1"),
+            Some(4920753328)
         );
         assert_eq!(
-            tag_entry(body, "qwen2.5:7b"),
-            Some((Some(4683087332), "845dbda0ea48".into()))
+            crate::backend::ollama::tag_size(body, "qwen2.5:7b"),
+            Some(4683087332)
         );
-        assert_eq!(tag_entry(body, "mistral"), None);
-        assert_eq!(tag_entry("not json", "x"), None);
-        assert_eq!(canonical("ns/model"), "ns/model:latest");
-        assert_eq!(canonical("host:5000/ns/model"), "host:5000/ns/model:latest");
+        assert_eq!(crate::backend::ollama::tag_size(body, "mistral"), None);
+        assert_eq!(crate::backend::ollama::tag_size("not json", "x"), None);
+        assert_eq!(
+            crate::backend::ollama::canonical("ns/model"),
+            "ns/model:latest"
+        );
+        assert_eq!(
+            crate::backend::ollama::canonical("host:5000/ns/model"),
+            "host:5000/ns/model:latest"
+        );
     }
 }

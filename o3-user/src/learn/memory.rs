@@ -88,8 +88,8 @@ impl ComputeFit {
     ///   buffer for a Llama-3-class 8B model with flash attention; a 32k-vocabulary model needs
     ///   about a quarter of it, the tiny test model 9 KiB;
     /// - 1 KiB per context token: the server's request state for a prompt filling the context
-    ///   (prompt text, token ids, tokenizer and JSON buffers): llama-server grew by 0.5–1.1 KB
-    ///   per prompt token beyond its KV cache and attention mask under o3's probe (2k–32k
+    ///   (prompt text, token ids, tokenizer and JSON buffers): llama-server grew by 0.3–1.1 KB
+    ///   per context token beyond its KV cache and attention mask under o3's probe (2k–32k
     ///   contexts);
     /// - 2 bytes per ctx·ubatch: the f16 attention mask (measured exactly on llama.cpp).
     pub const DEFAULT: ComputeFit = ComputeFit {
@@ -479,10 +479,11 @@ fn solve4(mut a: [[f64; 5]; 4]) -> [f64; 4] {
         if p == 0.0 {
             continue;
         }
-        for row in col + 1..4 {
-            let f = a[row][col] / p;
-            for k in col..5 {
-                a[row][k] -= f * a[col][k];
+        let pivot_row = a[col];
+        for row in a.iter_mut().skip(col + 1) {
+            let f = row[col] / p;
+            for (v, pv) in row.iter_mut().zip(pivot_row).skip(col) {
+                *v -= f * pv;
             }
         }
     }

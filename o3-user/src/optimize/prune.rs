@@ -100,7 +100,8 @@ impl<P: Prober> Prober for Pruned<'_, P> {
     }
 }
 
-/// The first context probe: the largest context of the grid the chance puts at ≥ 0.5.
+/// The first context probe: the largest context of the grid the chance puts above 0.5
+/// (`None` when even the smallest is not, or the chance does not know: exactly 0.5).
 pub fn start_context(
     chance: &dyn Chance,
     base: &ProbeConfig,
@@ -118,13 +119,13 @@ pub fn start_context(
             })
             .0
     };
-    if lo > hi || p(lo) < 0.5 {
+    if lo > hi || p(lo) <= 0.5 {
         return None;
     }
     // P(success) falls with context: bisect for the last grid point at ≥ 0.5.
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if p(mid) >= 0.5 {
+        if p(mid) > 0.5 {
             lo = mid;
         } else {
             hi = mid - 1;

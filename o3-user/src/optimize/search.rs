@@ -454,6 +454,9 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
         let start_k =
             ((start_ctx as f64 / g as f64).round() as i64).clamp(lo_k as i64, hi_k as i64);
         let mut iterations = 0;
+        // A predicted start (`Inputs::start_context`) is galloped from, not bisected from.
+        let gallop = inp.start_context.is_some() && inp.strategy == Strategy::Binary;
+        let (mut dir, mut stride) = (0i64, 1i64);
         while lo < hi {
             if iterations >= c.search.max_iterations && inp.strategy == Strategy::Binary {
                 report.context.cut_short = true;
@@ -467,6 +470,18 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
             let mid = match inp.strategy {
                 Strategy::Linear => lo + 1,
                 _ if iterations == 0 => start_k.clamp(lo + 1, hi),
+                // From a prediction: gallop away from it (1, 2, 4 … granules past the last
+                // result) until the answer is bracketed, then bisect; an accurate prediction
+                // ends in two or three probes.
+                _ if dir != 0 => {
+                    let m = if dir > 0 {
+                        lo + stride
+                    } else {
+                        hi - (stride - 1)
+                    };
+                    stride *= 2;
+                    m.clamp(lo + 1, hi)
+                }
                 _ => (lo + hi + 1) / 2,
             };
             iterations += 1;
@@ -491,6 +506,11 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
                 lo = mid;
             } else {
                 hi = mid - 1;
+            }
+            if iterations == 1 && gallop {
+                dir = if passed { 1 } else { -1 };
+            } else if (dir > 0 && !passed) || (dir < 0 && passed) {
+                dir = 0;
             }
         }
         if lo < lo_k as i64 {

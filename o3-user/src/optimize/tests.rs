@@ -400,3 +400,30 @@ fn a_failed_verification_reopens_the_search_from_the_learned_maximum() {
     );
     assert_eq!(r.context.start, first.context.validated.unwrap());
 }
+
+#[test]
+fn a_predicted_start_is_galloped_from_and_finds_the_truth_either_way() {
+    let mut cfg = Config::default();
+    cfg.batch.enabled = false;
+    cfg.concurrency.enabled = false;
+    let m = model(12.0);
+    let batch0 = cfg.batch.initial_for(Some(m.parameters));
+    let want = expected(m.max_context(Some(batch0), 1), &cfg, m.trained_context);
+    for (start, most) in [
+        (want.unwrap(), 2),        // exact
+        (want.unwrap() - 2048, 4), // a little low
+        (want.unwrap() + 3072, 5), // a little high
+        (2048, 16),                // far off: still right, at a cost
+        (131072, 16),
+    ] {
+        let mut inp = inputs(&cfg, &m);
+        inp.start_context = Some(start);
+        let r = search::run(&inp, &mut Sim::new(m.clone()), &mut Silent);
+        assert_eq!(r.context.validated, want, "start {start}");
+        assert!(
+            r.context.probes.len() <= most,
+            "start {start}: {:?}",
+            r.context.probes
+        );
+    }
+}
