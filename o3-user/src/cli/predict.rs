@@ -425,32 +425,3 @@ fn render(
     }
     out
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_size_by_canonical_name() {
-        let body = r#"{"models":[{"name":"qwen2.5:7b","size":4683087332,"digest":"845dbda0ea48"},
-            {"name":"llama3.1:latest","model":"llama3.1:latest","size":4920753328,"digest":"46e0c10c039e"}]}"#;
-        assert_eq!(
-            crate::backend::ollama::tag_size(body, "llama3.1"),
-            Some(4920753328)
-        );
-        assert_eq!(
-            crate::backend::ollama::tag_size(body, "qwen2.5:7b"),
-            Some(4683087332)
-        );
-        assert_eq!(crate::backend::ollama::tag_size(body, "mistral"), None);
-        assert_eq!(crate::backend::ollama::tag_size("not json", "x"), None);
-        assert_eq!(
-            crate::backend::ollama::canonical("ns/model"),
-            "ns/model:latest"
-        );
-        assert_eq!(
-            crate::backend::ollama::canonical("host:5000/ns/model"),
-            "host:5000/ns/model:latest"
-        );
-    }
-}
