@@ -238,3 +238,76 @@ fn a_managed_ollama_is_restarted_with_more_slots_until_memory_runs_out() {
         }
     }
 }
+
+/// `o3 optimize --simulate`: the in-process simulator (truth from its memory model) through
+/// the whole CLI, with a results database.
+fn simulated(dir: &Path, sim: &str, run: &str, db: &Path) -> Value {
+    let f = dir.join(format!("{run}.json"));
+    std::fs::write(&f, sim).unwrap();
+    let out = o3()
+        .args(["optimize", "--quiet", "--json", "--simulate"])
+        .arg(&f)
+        .arg("--out")
+        .arg(dir.join(run))
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    s
+}
+
+#[test]
+fn learning_reuses_a_verified_run_and_predicts_for_a_new_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o3.db");
+    // Truth at batch 32: (capacity − 4920000000 − 67108864 − 524288·32) / 131072, to 1024.
+    let truth =
+        |cap: u64| (cap - 4_920_000_000 - 67_108_864 - 524_288 * 32) / 131_072 / 1024 * 1024;
+    let g12 = 12u64 << 30;
+    let first = simulated(dir.path(), "{}", "a", &db);
+    assert_eq!(first["context"]["validated"].as_u64(), Some(truth(g12)));
+    // Same machine, same model: one verification probe per learned configuration, no search.
+    let second = simulated(dir.path(), "{}", "b", &db);
+    assert_eq!(second["context"]["validated"].as_u64(), Some(truth(g12)));
+    assert_eq!(second["context"]["probes"].as_array().unwrap().len(), 0);
+    assert!(
+        second["probes"]["total"].as_u64().unwrap() <= 4,
+        "{}",
+        second["probes"]
+    );
+    assert!(!second["reused"].as_array().unwrap().is_empty());
+    // Another machine (16 GiB): nothing to reuse, but the predictor trained on the first
+    // machine's probes starts the search next to the answer; it never skips the optimum.
+    let g16 = 16u64 << 30;
+    let third = simulated(
+        dir.path(),
+        &format!("{{\"capacity_bytes\": {g16}}}"),
+        "c",
+        &db,
+    );
+    assert_eq!(third["context"]["validated"].as_u64(), Some(truth(g16)));
+    assert!(
+        third["context"]["probes"].as_array().unwrap().len() <= 3,
+        "{}",
+        third["context"]
+    );
+    for s in third["skipped"].as_array().unwrap() {
+        let c = &s["config"];
+        let need = 4_920_000_000
+            + 131_072 * c["ctx"].as_u64().unwrap() * c["parallel"].as_u64().unwrap_or(1)
+            + 67_108_864
+            + 524_288 * c["batch"].as_u64().unwrap_or(512);
+        assert!(need > g16, "skipped a configuration that fits: {s}");
+    }
+    // The history lists all three.
+    let out = o3()
+        .args(["history", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let h = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(h.matches("\"finished\"").count(), 3, "{h}");
+}
