@@ -13,7 +13,7 @@
 //! scheduler buffer (activations, logits, the attention mask), fitted by least squares to
 //! measured peaks ([`fit_compute`]); until three measurements exist it is [`ComputeFit::DEFAULT`],
 //! chosen to overestimate. Measured against llama-server on this project's tiny test model: see
-//! docs/learning-model.md.
+//! docs/learning.md.
 
 use serde::Serialize;
 
