@@ -152,7 +152,8 @@ impl GpuSource {
         }
         let mut nvidia = None;
         if want_nv {
-            let base = devices.len() as u32;
+            // After the highest AMD index (card numbers need not start at 0 or be contiguous).
+            let base = devices.iter().map(|d| d.info.index + 1).max().unwrap_or(0);
             match Nvidia::init() {
                 Ok(Some(nv)) => {
                     for d in nv.devices() {
