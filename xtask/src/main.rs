@@ -7,12 +7,14 @@
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
+//!   bench learn    probes learning saves on simulated machines -> docs/benchmarks.md
 //!   server         setup, then serve the test model in the foreground (OpenAI-compatible, at
 //!                  http://127.0.0.1:8000/v1) for manual use
 //!
 //! Nothing here depends on o3 itself, so it builds on a fresh machine before anything else.
 
 mod bench;
+mod bench_learn;
 mod bench_optimize;
 mod setup;
 
@@ -205,9 +207,10 @@ fn main() -> ExitCode {
         ["test"] => test(),
         ["bench", "record"] => bench::record(),
         ["bench", "optimize"] => bench_optimize::optimize_bench(),
+        ["bench", "learn"] => bench_learn::learn_bench(),
         ["server"] => server(),
         _ => {
-            eprintln!("usage: cargo xtask setup | run | test | bench record | server");
+            eprintln!("usage: cargo xtask setup | run | test | bench record|optimize|learn | server");
             return ExitCode::from(2);
         }
     };

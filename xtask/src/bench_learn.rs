@@ -1,0 +1,238 @@
+//! `cargo xtask bench learn`: probes learning saves, on simulated machines and models whose
+//! truth is known (o3-user/src/optimize/sim.rs), written to docs/benchmarks.md.
+//!
+//! Per scenario, against the same truth: o3 without learning (`learning.predict`,
+//! `reuse_learned_configs` and `store_results` off), then with learning on one store: a first
+//! run (memory model only), a second run on the same machine (verification of what the first
+//! learned), and a run on a different machine (more memory) predicted from the first two.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::bench::machine;
+use crate::{build_release, root};
+
+const START: &str = "<!-- bench:learn:start -->";
+const END: &str = "<!-- bench:learn:end -->";
+
+/// Simulated models (bench/optimize/*.json): file, description.
+const MODELS: &[(&str, &str)] = &[
+    ("default-12gib.json", "8B Q4_K_M, 12 GiB → 18 GiB device"),
+    ("24gib-14b.json", "14B Q4_K_M, 24 GiB → 36 GiB device"),
+    ("small-6gib-3b.json", "3B Q4_K_M, 6 GiB → 9 GiB device"),
+];
+
+struct Out {
+    total: u64,
+    search: u64,
+    validated: Option<u64>,
+    skipped: Vec<Value>,
+    reused: usize,
+}
+
+fn run(o3: &Path, sim: &Path, dir: &Path, name: &str, db: &Path, cfg: Option<&Path>) -> Result<Out> {
+    let out_dir = dir.join(name);
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let mut c = Command::new(o3);
+    c.args(["optimize", "--quiet", "--json", "--simulate"])
+        .arg(sim)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--db")
+        .arg(db);
+    if let Some(f) = cfg {
+        c.arg("--config").arg(f);
+    }
+    let o = c.output().context("running o3 optimize")?;
+    if !o.status.success() {
+        bail!(
+            "o3 optimize {name} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
+    Ok(Out {
+        total: v["probes"]["total"].as_u64().unwrap_or(0),
+        search: v["context"]["probes"].as_array().map_or(0, |a| a.len() as u64),
+        validated: v["context"]["validated"].as_u64(),
+        skipped: v["skipped"].as_array().cloned().unwrap_or_default(),
+        reused: v["reused"].as_array().map_or(0, Vec::len),
+    })
+}
+
+fn u(v: &Value, k: &str, default: u64) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(default)
+}
+
+/// The simulator's truth: the largest context on the 1024 grid that loads at `batch` with one
+/// slot, and whether a configuration fits at all.
+struct Truth {
+    cap: u64,
+    weights: u64,
+    kv: u64,
+    base: u64,
+    per_batch: u64,
+    trained: u64,
+}
+
+impl Truth {
+    fn of(v: &Value) -> Truth {
+        Truth {
+            cap: u(v, "capacity_bytes", 12 << 30),
+            weights: u(v, "weights_bytes", 4_920_000_000),
+            kv: u(v, "kv_bytes_per_token", 131_072),
+            base: u(v, "compute_base_bytes", 64 << 20),
+            per_batch: u(v, "compute_per_batch_bytes", 512 << 10),
+            trained: u(v, "trained_context", 131_072),
+        }
+    }
+    fn expected(&self, batch: u64) -> u64 {
+        let free = self.cap - self.weights - self.base - self.per_batch * batch;
+        (free / self.kv).min(self.trained) / 1024 * 1024
+    }
+    fn fits(&self, c: &Value) -> bool {
+        let ctx = c["ctx"].as_u64().unwrap_or(0);
+        let slots = c["parallel"].as_u64().unwrap_or(1);
+        let b = c["batch"].as_u64().unwrap_or(512);
+        self.weights + self.kv * ctx * slots + self.base + self.per_batch * b <= self.cap
+    }
+}
+
+fn initial_batch(v: &Value) -> u64 {
+    match u(v, "parameters", 8_030_261_248) {
+        p if p >= 27_000_000_000 => 16,
+        p if p >= 3_000_000_000 => 32,
+        _ => 64,
+    }
+}
+
+pub fn learn_bench() -> Result<()> {
+    let o3 = build_release()?.join("o3");
+    let dir = root().join("target/bench/learn");
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let off = dir.join("no-learning.yaml");
+    std::fs::write(
+        &off,
+        "learning:\n  store_results: false\n  reuse_learned_configs: false\n  predict: false\n",
+    )?;
+    let mut rows = String::new();
+    let (mut worst_second, mut skipped_optimum, mut wrong) = (0u64, 0usize, 0usize);
+    let mut skips_total = 0usize;
+    for (file, what) in MODELS {
+        let src: Value = crate::bench::read_json(&root().join("bench/optimize").join(file))?;
+        let mut bigger = src.clone();
+        let cap = u(&src, "capacity_bytes", 12 << 30);
+        bigger["capacity_bytes"] = Value::from(cap + cap / 2);
+        let a = dir.join(format!("{file}.a.json"));
+        let b = dir.join(format!("{file}.b.json"));
+        std::fs::write(&a, src.to_string())?;
+        std::fs::write(&b, bigger.to_string())?;
+        let (ta, tb) = (Truth::of(&src), Truth::of(&bigger));
+        let batch = initial_batch(&src);
+        let db = dir.join(format!("{file}.db"));
+        let _ = std::fs::remove_file(&db);
+        let none_db = dir.join(format!("{file}.none.db"));
+        let base_a = run(&o3, &a, &dir, &format!("{file}-off-a"), &none_db, Some(&off))?;
+        let base_b = run(&o3, &b, &dir, &format!("{file}-off-b"), &none_db, Some(&off))?;
+        let first = run(&o3, &a, &dir, &format!("{file}-first"), &db, None)?;
+        let second = run(&o3, &a, &dir, &format!("{file}-second"), &db, None)?;
+        let other = run(&o3, &b, &dir, &format!("{file}-other"), &db, None)?;
+        worst_second = worst_second.max(second.search);
+        for (o, t) in [(&first, &ta), (&second, &ta), (&other, &tb), (&base_a, &ta), (&base_b, &tb)] {
+            if o.validated != Some(t.expected(batch)) {
+                wrong += 1;
+            }
+        }
+        for (o, t) in [(&first, &ta), (&second, &ta), (&other, &tb)] {
+            skips_total += o.skipped.len();
+            skipped_optimum += o.skipped.iter().filter(|s| t.fits(&s["config"])).count();
+        }
+        let show = |o: &Out| format!("{} ({})", o.total, o.search);
+        let saved = format!(
+            "{} / {} / {}",
+            base_a.total as i64 - first.total as i64,
+            base_a.total as i64 - second.total as i64,
+            base_b.total as i64 - other.total as i64
+        );
+        rows += &format!(
+            "| {what} | {} / {} | {} / {} | {} | {} | {} (reused {}) | {} | {} ({} skipped) | {} |\n",
+            ta.expected(batch),
+            tb.expected(batch),
+            first.validated.map_or("-".into(), |v| v.to_string()),
+            other.validated.map_or("-".into(), |v| v.to_string()),
+            show(&base_a),
+            show(&first),
+            show(&second),
+            second.reused,
+            show(&base_b),
+            show(&other),
+            other.skipped.len(),
+            saved,
+        );
+    }
+    let section = format!(
+        "{START}\n## learning: probes saved (`cargo xtask bench learn`)\n\n\
+Measured on {machine}, {date}; this run took {took:.0} s. Simulated models and machines \
+(`o3 optimize --simulate`, truths from the simulator's memory model: the largest context on the \
+1024-token grid that loads at the initial batch with one slot). Each scenario: o3 with learning \
+off (`learning.*: false`) on machine A and on machine B (50 % more memory), then with learning on \
+one store: a first run on A (the memory model alone picks the first probe), a second run on A \
+(verifies what the first learned), a run on B (nothing to reuse; the predictor trained on A's \
+probes picks the first probe and skips configurations under P = 0.05). Cells: probes in total \
+(context-search probes).\n\n\
+| model, machines | truth A / B | found A / B | A, no learning | A, first | A, second | B, no learning | B, predicted | probes saved vs no learning (A first / A second / B) |\n\
+|---|---|---|---|---|---|---|---|---|\n{rows}\n\
+- Second run on the same machine: at most {worst_second} context-search probes (target ≤ 3): {second_ok}.\n\
+- Answers against the truth: {wrong_txt}.\n\
+- The predictor skipped {skips_total} configurations, {skipped_optimum} of which would have fit \
+(target: never skip one that fits, in particular the optimum): {skip_ok}.\n{END}\n",
+        machine = machine(),
+        date = date(),
+        took = started.elapsed().as_secs_f64(),
+        second_ok = if worst_second <= 3 { "met" } else { "not met" },
+        wrong_txt = if wrong == 0 {
+            "every run exact".to_string()
+        } else {
+            format!("{wrong} runs differ")
+        },
+        skip_ok = if skipped_optimum == 0 { "met" } else { "not met" },
+    );
+    write_section(&section)?;
+    eprint!("{section}");
+    if wrong > 0 || skipped_optimum > 0 {
+        bail!("learning changed an answer or skipped a configuration that fits");
+    }
+    Ok(())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_section(section: &str) -> Result<()> {
+    let path: PathBuf = root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            let mut end = b + END.len();
+            if old[end..].starts_with('\n') {
+                end += 1;
+            }
+            format!("{}{section}{}", &old[..a], &old[end..])
+        }
+        _ => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
+    };
+    std::fs::write(&path, new)?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
