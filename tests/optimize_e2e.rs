@@ -137,7 +137,7 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_o3"))
+    let mut child = o3()
         .args([
             "optimize",
             "--backend",

@@ -26,7 +26,7 @@ fn truth() -> u64 {
 }
 
 fn optimize(url: &str, run: &Path, cfg: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_o3"));
+    let mut c = o3();
     c.args(["optimize", "--backend", "ollama", "--quiet", "--json"])
         .args(["--model", "sim-llama:8b", "--url", url, "--config"])
         .arg(cfg)
@@ -95,7 +95,7 @@ fn finds_the_simulators_true_maximum_and_resumes_after_kill_9_repeating_nothing(
         "killed before it could finish"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_o3"))
+    let out = o3()
         .args(["optimize", "--quiet", "--json", "--resume"])
         .arg(&run)
         .output()
@@ -184,7 +184,7 @@ fn a_managed_ollama_is_restarted_with_more_slots_until_memory_runs_out() {
         sim_cfg.display()
     );
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_o3"))
+    let out = o3()
         .args(["optimize", "--backend", "ollama", "--quiet", "--json"])
         .args([
             "--model",

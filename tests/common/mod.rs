@@ -9,8 +9,15 @@ use serde_json::Value;
 
 pub const PAGE: i64 = 4096;
 
+/// The o3 binary, with a data directory of its own (`XDG_DATA_HOME`), so results stores and
+/// run directories of one test never meet another's or the user's.
 pub fn o3() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_o3"))
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let data = std::env::temp_dir().join(format!("o3-test-data-{}-{n}", std::process::id()));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_o3"));
+    c.env("XDG_DATA_HOME", data);
+    c
 }
 
 pub fn workload() -> &'static str {

@@ -34,7 +34,14 @@ struct Out {
     reused: usize,
 }
 
-fn run(o3: &Path, sim: &Path, dir: &Path, name: &str, db: &Path, cfg: Option<&Path>) -> Result<Out> {
+fn run(
+    o3: &Path,
+    sim: &Path,
+    dir: &Path,
+    name: &str,
+    db: &Path,
+    cfg: Option<&Path>,
+) -> Result<Out> {
     let out_dir = dir.join(name);
     let _ = std::fs::remove_dir_all(&out_dir);
     let mut c = Command::new(o3);
@@ -58,7 +65,9 @@ fn run(o3: &Path, sim: &Path, dir: &Path, name: &str, db: &Path, cfg: Option<&Pa
     let v: Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
     Ok(Out {
         total: v["probes"]["total"].as_u64().unwrap_or(0),
-        search: v["context"]["probes"].as_array().map_or(0, |a| a.len() as u64),
+        search: v["context"]["probes"]
+            .as_array()
+            .map_or(0, |a| a.len() as u64),
         validated: v["context"]["validated"].as_u64(),
         skipped: v["skipped"].as_array().cloned().unwrap_or_default(),
         reused: v["reused"].as_array().map_or(0, Vec::len),
@@ -138,13 +147,33 @@ pub fn learn_bench() -> Result<()> {
         let db = dir.join(format!("{file}.db"));
         let _ = std::fs::remove_file(&db);
         let none_db = dir.join(format!("{file}.none.db"));
-        let base_a = run(&o3, &a, &dir, &format!("{file}-off-a"), &none_db, Some(&off))?;
-        let base_b = run(&o3, &b, &dir, &format!("{file}-off-b"), &none_db, Some(&off))?;
+        let base_a = run(
+            &o3,
+            &a,
+            &dir,
+            &format!("{file}-off-a"),
+            &none_db,
+            Some(&off),
+        )?;
+        let base_b = run(
+            &o3,
+            &b,
+            &dir,
+            &format!("{file}-off-b"),
+            &none_db,
+            Some(&off),
+        )?;
         let first = run(&o3, &a, &dir, &format!("{file}-first"), &db, None)?;
         let second = run(&o3, &a, &dir, &format!("{file}-second"), &db, None)?;
         let other = run(&o3, &b, &dir, &format!("{file}-other"), &db, None)?;
         worst_second = worst_second.max(second.search);
-        for (o, t) in [(&first, &ta), (&second, &ta), (&other, &tb), (&base_a, &ta), (&base_b, &tb)] {
+        for (o, t) in [
+            (&first, &ta),
+            (&second, &ta),
+            (&other, &tb),
+            (&base_a, &ta),
+            (&base_b, &tb),
+        ] {
             if o.validated != Some(t.expected(batch)) {
                 wrong += 1;
             }
@@ -230,7 +259,10 @@ fn write_section(section: &str) -> Result<()> {
             }
             format!("{}{section}{}", &old[..a], &old[end..])
         }
-        _ => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
+        _ => format!(
+            "{}\n{section}",
+            old.trim_end_matches('\n').to_string() + "\n"
+        ),
     };
     std::fs::write(&path, new)?;
     eprintln!("xtask: wrote {}", path.display());

@@ -1,11 +1,12 @@
-//! `cargo xtask bench optimize`: o3 optimize's context search (binary) against two baselines,
-//! a linear sweep upward one granule at a time and the full grid a llama-bench-style sweep
-//! measures, written to docs/benchmarks.md.
+//! `cargo xtask bench optimize`: o3 optimize's context search (binary, with and without its
+//! memory model's first guess) against two baselines, a linear sweep upward one granule at a
+//! time and the full grid a llama-bench-style sweep measures, written to docs/benchmarks.md.
 //!
 //! First on simulated servers whose truth is known (bench/optimize/*.json, o3's hidden
 //! `--simulate`): the simulator is deterministic, so each strategy runs once and its simulated
-//! time is exact. Then on the real test server (llama-server with the tiny test model),
-//! binary and linear interleaved; its times are compared only as ratios within this run.
+//! time is exact. Then on the real test server (llama-server with the tiny test model), the
+//! strategies interleaved; its times are compared only as ratios within this run. Every o3 run
+//! gets an empty learning store of its own, so runs cannot learn from each other.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -30,14 +31,13 @@ const REAL_ROUNDS: usize = 2;
 /// The target: binary's time at most this % of the linear sweep's.
 const TARGET_PERCENT: f64 = 30.0;
 
-/// A simulated server (a file under bench/optimize/) and the configurations it runs with.
+/// A simulated server (a file under bench/optimize/) and the configuration fragment it needs.
 struct Truth {
     file: &'static str,
     label: &'static str,
-    /// Configuration of the whole run (under bench/optimize/), o3's defaults when `None`.
+    /// A configuration fragment under bench/optimize/ for all its runs; o3's defaults when
+    /// `None`.
     config: Option<&'static str>,
-    /// The same with batch adaptation and concurrency levels disabled.
-    discovery: &'static str,
 }
 
 const TRUTHS: [Truth; 5] = [
@@ -45,33 +45,101 @@ const TRUTHS: [Truth; 5] = [
         file: "default-12gib.json",
         label: "8B Q4_K_M on a 12 GiB device (the simulator's default)",
         config: None,
-        discovery: "discovery-only.yaml",
     },
     Truth {
         file: "24gib-14b.json",
         label: "14B Q4_K_M on a 24 GiB device",
         config: None,
-        discovery: "discovery-only.yaml",
     },
     Truth {
         file: "strix-halo-96gib-30b.json",
         label: "30B-A3B Q4_K_M on 96 GiB of unified memory (Strix-Halo-like), trained to 262144",
         config: Some("strix-halo.yaml"),
-        discovery: "strix-halo-discovery-only.yaml",
     },
     Truth {
         file: "small-6gib-3b.json",
         label: "3B Q4_K_M on a 6 GiB device",
         config: None,
-        discovery: "discovery-only.yaml",
     },
     Truth {
         file: "flaky-12gib.json",
         label: "8B Q4_K_M on 12 GiB with a flaky zone under the memory limit",
         config: None,
-        discovery: "discovery-only.yaml",
     },
 ];
+
+/// Configuration fragments under bench/optimize/, each setting its own top-level keys.
+const DISCOVERY_ONLY: &str = "discovery-only.yaml";
+const NO_PREDICTION: &str = "no-prediction.yaml";
+
+/// How a run finds the largest context.
+#[derive(Clone, Copy, PartialEq)]
+struct Variant {
+    key: &'static str,
+    label: &'static str,
+    strategy: &'static str,
+    /// o3's memory model picks the binary search's first probe (learning.predict, o3's
+    /// default); only binary uses it.
+    predict: bool,
+}
+
+const BINARY: Variant = Variant {
+    key: "binary",
+    label: "binary (o3)",
+    strategy: "binary",
+    predict: true,
+};
+const BINARY_NP: Variant = Variant {
+    key: "binary-no-prediction",
+    label: "binary, no prediction",
+    strategy: "binary",
+    predict: false,
+};
+const LINEAR: Variant = Variant {
+    key: "linear",
+    label: "linear",
+    strategy: "linear",
+    predict: true,
+};
+const GRID: Variant = Variant {
+    key: "grid",
+    label: "grid",
+    strategy: "grid",
+    predict: true,
+};
+
+/// Top-level keys of a YAML file (lines that start a mapping entry at column 0).
+fn top_level_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with([' ', '\t', '#', '-']) && !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim().to_string()))
+        .collect()
+}
+
+/// Writes the concatenation of configuration files to `path` and returns it, or `None` when
+/// there are none (o3's defaults). The files must not share a top-level key.
+fn compose(path: &Path, parts: &[PathBuf]) -> Result<Option<PathBuf>> {
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    let mut keys: Vec<String> = Vec::new();
+    for p in parts {
+        let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        for k in top_level_keys(&t) {
+            if keys.contains(&k) {
+                bail!(
+                    "{} sets `{k}`, which another configuration of the same run sets too",
+                    p.display()
+                );
+            }
+            keys.push(k);
+        }
+        text += &format!("# from {}\n{t}\n", p.display());
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path.to_path_buf()))
+}
 
 /// One `o3 optimize` run, read back from its summary, run file and journal.
 struct Run {
@@ -97,7 +165,7 @@ struct Run {
     context_stage_s: f64,
     /// The slowest passing probe of the validate and batch stages, s.
     slowest_validated_s: f64,
-    /// Probes that did not pass: (outcome class, error).
+    /// Probes that did not pass: (outcome class, what: error and where).
     failed: Vec<(String, String)>,
     run_file: Value,
 }
@@ -118,6 +186,10 @@ fn optimize(
     strategy: &str,
     deadline: Option<Instant>,
 ) -> Result<Run> {
+    eprintln!(
+        "xtask: bench optimize: {}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    );
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -186,7 +258,21 @@ fn optimize(
         }
         if outcome != "ok" {
             let why = j["outcome"]["error"].as_str().unwrap_or("no detail");
-            failed.push((outcome.to_string(), why.to_string()));
+            let r = &j["request"];
+            let streams = r["concurrency"].as_u64().unwrap_or(1);
+            failed.push((
+                outcome.to_string(),
+                format!(
+                    "{why}; {} stage, ctx {}{}",
+                    r["stage"].as_str().unwrap_or("unknown"),
+                    r["config"]["ctx"],
+                    if streams > 1 {
+                        format!(", {streams} streams")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
         }
     }
     Ok(Run {
@@ -353,17 +439,18 @@ struct Verdicts {
     exact: usize,
     checked: usize,
     misses: Vec<String>,
-    /// Binary runs within the log bound, of how many, and (used, bound) per setting.
+    /// Binary runs within the log bound, of how many, and "used/bound" per setting.
     bounded: usize,
     bound_checked: usize,
     bound_detail: Vec<String>,
-    sim_whole: Vec<f64>,
-    sim_discovery: Vec<f64>,
-    sim_context: Vec<f64>,
-    real_whole: Option<f64>,
-    real_context: Option<f64>,
+    /// Binary's time as a % of linear's per truth: (o3, no prediction).
+    sim_whole: Vec<(f64, f64)>,
+    sim_discovery: Vec<(f64, f64)>,
+    sim_context: Vec<(f64, f64)>,
+    real_whole: Option<(f64, f64)>,
+    real_context: Option<(f64, f64)>,
     real_skipped: Option<String>,
-    /// The real server's runs had a reference answer (the full grid ran).
+    /// The real server's runs had a reference answer (the full grid ran to the end).
     real_reference: bool,
     /// Runs that reused learned results (should be none: each has a store of its own).
     reused_runs: usize,
@@ -395,6 +482,14 @@ impl Verdicts {
     }
 }
 
+fn batches(r: &Run) -> Result<String> {
+    Ok(ladder(r)?
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
     let dir = root().join("bench/optimize");
     let mut md = String::new();
@@ -402,69 +497,68 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
     for t in &TRUTHS {
         let truth = dir.join(t.file);
         let stem = t.file.trim_end_matches(".json");
-        let args = |config: Option<&str>| {
-            let mut a: Vec<OsString> = vec!["--simulate".into(), truth.clone().into()];
-            if let Some(c) = config {
-                a.push("--config".into());
-                a.push(dir.join(c).into());
+        let run = |variant: Variant, discovery: bool| -> Result<Run> {
+            let name = format!(
+                "{stem}-{}{}",
+                variant.key,
+                if discovery { "-discovery" } else { "" }
+            );
+            let mut parts: Vec<PathBuf> = t.config.iter().map(|c| dir.join(c)).collect();
+            if discovery {
+                parts.push(dir.join(DISCOVERY_ONLY));
             }
-            a
+            if !variant.predict {
+                parts.push(dir.join(NO_PREDICTION));
+            }
+            let mut args: Vec<OsString> = vec!["--simulate".into(), truth.clone().into()];
+            if let Some(c) = compose(&tmp.join(format!("{name}.yaml")), &parts)? {
+                args.push("--config".into());
+                args.push(c.into());
+            }
+            optimize(o3, &tmp.join(&name), &args, variant.strategy, None)
         };
-        eprintln!("xtask: bench optimize: simulator, {}", t.file);
-        let full = ["binary", "linear", "grid"]
+        let [b, np, l, g] = [BINARY, BINARY_NP, LINEAR, GRID].map(|x| run(x, false));
+        let (b, np, l, g) = (b?, np?, l?, g?);
+        let [db, dnp, dl] = [BINARY, BINARY_NP, LINEAR].map(|x| run(x, true));
+        let (db, dnp, dl) = (db?, dnp?, dl?);
+        let all = [&b, &np, &l, &g, &db, &dnp, &dl];
+        if all
             .iter()
-            .map(|s| {
-                optimize(
-                    o3,
-                    &tmp.join(format!("{stem}-{s}")),
-                    &args(t.config),
-                    s,
-                    None,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let disc = ["binary", "linear"]
-            .iter()
-            .map(|s| {
-                let out = tmp.join(format!("{stem}-{s}-discovery"));
-                optimize(o3, &out, &args(Some(t.discovery)), s, None)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (b, l, g) = (&full[0], &full[1], &full[2]);
-        if full
-            .iter()
-            .chain(&disc)
             .any(|r| (r.low, r.high, r.granularity) != (b.low, b.high, b.granularity))
         {
             bail!("{}: the runs searched different ranges", t.file);
         }
-        let e = expected(b)?;
+        v.reused_runs += all.iter().filter(|r| r.reused > 0).count();
+        let e = expected(&b)?;
         let gran = b.granularity;
-        v.check(format!("{stem}, binary"), b.validated, e.answer, gran);
-        v.check(
-            format!("{stem}, binary, discovery only"),
-            disc[0].validated,
-            e.answer,
-            gran,
-        );
-        v.bound(b);
-        v.reused_runs += full.iter().chain(&disc).filter(|r| r.reused > 0).count();
-        v.bound(&disc[0]);
+        for (what, r) in [
+            ("binary", &b),
+            ("binary, no prediction", &np),
+            ("binary, discovery only", &db),
+            ("binary, no prediction, discovery only", &dnp),
+        ] {
+            v.check(format!("{stem}, {what}"), r.validated, e.answer, gran);
+            v.bound(r);
+        }
         v.bound_detail.push(format!(
-            "{stem} {}/{}",
-            b.search_probes.max(disc[0].search_probes),
-            log_bound(b)
+            "{stem} {}/{bound} ({}/{bound} without prediction)",
+            b.search_probes.max(db.search_probes),
+            np.search_probes.max(dnp.search_probes),
+            bound = log_bound(&b),
         ));
-        let whole = pct(b.time_s, l.time_s);
-        let discovery = pct(disc[0].time_s, disc[1].time_s);
-        let context = pct(b.context_stage_s, l.context_stage_s);
+        let whole = (pct(b.time_s, l.time_s), pct(np.time_s, l.time_s));
+        let discovery = (pct(db.time_s, dl.time_s), pct(dnp.time_s, dl.time_s));
+        let context = (
+            pct(b.context_stage_s, l.context_stage_s),
+            pct(np.context_stage_s, l.context_stage_s),
+        );
         v.sim_whole.push(whole);
         v.sim_discovery.push(discovery);
         v.sim_context.push(context);
 
         let config = match t.config {
-            Some(c) => format!(" with `--config bench/optimize/{c}`"),
-            None => " with o3's default configuration".into(),
+            Some(c) => format!("`--config` with `bench/optimize/{c}`"),
+            None => "o3's default configuration".into(),
         };
         let stable = if e.stable < e.memory {
             format!(
@@ -475,30 +569,38 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
         } else {
             String::new()
         };
+        let start = match (b.start, e.answer) {
+            (Some(s), Some(a)) => format!(
+                "{s} ({} granules from the answer)",
+                show_error(error(Some(s), Some(a), gran))
+            ),
+            (s, _) => show_ctx(s),
+        };
         md += &format!(
             "### Simulator: {label}\n\n\
-`bench/optimize/{file}`{config}; discovery only with `bench/optimize/{disc_cfg}`.\n\
+`bench/optimize/{file}`, {config}. \
 Truth at the search's batch {batch} with one slot: loads up to {memory} tokens{stable}. \
 Expected answer: **{answer}**. Searched {low}..{high} step {gran}: \
-ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(grid points + 1)) + 1: {o3_bound}); binary's first probe: {start}.\n\n\
+ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(grid points + 1)) + 1: {o3_bound}). \
+First probe of binary (o3): {start}; without prediction: {np_start}.\n\n\
 | strategy | probes | search probes | found | error (granules) | time to presets | % of linear | discovery only | % of linear | context stage | % of linear |\n\
 |---|---|---|---|---|---|---|---|---|---|---|\n",
             label = t.label,
             file = t.file,
-            disc_cfg = t.discovery,
             batch = e.batch,
             memory = e.memory,
             answer = show_ctx(e.answer),
             low = b.low,
             high = b.high,
             n = (b.high - b.low) / gran,
-            bound = log_bound(b),
+            bound = log_bound(&b),
             o3_bound = b.probe_bound,
-            start = show_ctx(b.start),
+            np_start = show_ctx(np.start),
         );
-        for (name, r, d) in [("binary", b, &disc[0]), ("linear", l, &disc[1])] {
+        for (variant, r, d) in [(BINARY, &b, &db), (BINARY_NP, &np, &dnp), (LINEAR, &l, &dl)] {
             md += &format!(
-                "| {name} | {} | {} | {} | {} | {} | {:.1} % | {} | {:.1} % | {} | {:.1} % |\n",
+                "| {} | {} | {} | {} | {} | {} | {:.1} % | {} | {:.1} % | {} | {:.1} % |\n",
+                variant.label,
                 r.probes,
                 r.search_probes,
                 show_ctx(r.validated),
@@ -506,20 +608,15 @@ ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(g
                 show_time(r.time_s),
                 pct(r.time_s, l.time_s),
                 show_time(d.time_s),
-                pct(d.time_s, disc[1].time_s),
+                pct(d.time_s, dl.time_s),
                 show_time(r.context_stage_s),
                 pct(r.context_stage_s, l.context_stage_s),
             );
         }
-        let batches = ladder(g)?;
         md += &format!(
             "| grid ({} contexts × batches {}) | {} | – | {} | {} | {} | {:.1} % | – | – | – | – |\n\n",
             (g.high - g.low) / gran + 1,
-            batches
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            batches(&g)?,
             g.probes,
             show_ctx(g.validated),
             show_error(error(g.validated, e.answer, gran)),
@@ -527,19 +624,26 @@ ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound, ceil(log2(g
             pct(g.time_s, l.time_s),
         );
         overview += &format!(
-            "| {stem} | {} | {} ({}) | {} / {} | {whole:.1} % | {discovery:.1} % | {context:.1} % | {:.2} % |\n",
+            "| {stem} | {} | {} / {} | {} / {} of {} | {:.1} / {:.1} % | {:.1} / {:.1} % | {:.1} / {:.1} % | {:.2} % |\n",
             show_ctx(e.answer),
-            show_ctx(b.validated),
             show_error(error(b.validated, e.answer, gran)),
+            show_error(error(np.validated, e.answer, gran)),
             b.search_probes,
-            log_bound(b),
+            np.search_probes,
+            log_bound(&b),
+            whole.0,
+            whole.1,
+            discovery.0,
+            discovery.1,
+            context.0,
+            context.1,
             pct(b.time_s, g.time_s),
         );
     }
     Ok(format!(
         "{md}### Simulator: all truths\n\n\
-Binary's simulated time as a % of the linear sweep's (and of the full grid's) for the same truth.\n\n\
-| truth | expected | binary found (error) | search probes / bound | whole run | discovery only | context stage | whole run vs grid |\n\
+Each cell: binary (o3) / binary without prediction. Times are binary's simulated time as a % of the linear sweep's for the same truth (last column: of the full grid's).\n\n\
+| truth | expected | error (granules) | search probes / bound | whole run | discovery only | context stage | whole run vs grid |\n\
 |---|---|---|---|---|---|---|---|\n{overview}\n"
     ))
 }
@@ -602,6 +706,10 @@ fn children_cpu_s() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+fn probes(n: usize) -> String {
+    format!("{n} probe{}", if n == 1 { "" } else { "s" })
+}
+
 fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Result<String> {
     let server = home().join(".cache/o3/llama-server/bin/llama-server");
     let model = home().join(".cache/o3/models/o3-tiny-llama.gguf");
@@ -615,34 +723,42 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         v.real_skipped = Some(why.clone());
         return Ok(format!("{title}Skipped: {why}.\n\n"));
     }
-    let args: Vec<OsString> = vec![
-        "--backend".into(),
-        "llama-server".into(),
-        "--server-bin".into(),
-        server.into(),
-        "--model".into(),
-        model.into(),
-        "--config".into(),
-        root().join("config/short.yaml").into(),
-    ];
+    let short = root().join("config/short.yaml");
+    let args = |variant: Variant| -> Result<Vec<OsString>> {
+        let config = if variant.predict {
+            short.clone()
+        } else {
+            let parts = [
+                short.clone(),
+                root().join("bench/optimize").join(NO_PREDICTION),
+            ];
+            compose(&tmp.join(format!("real-{}.yaml", variant.key)), &parts)?.expect("two parts")
+        };
+        Ok(vec![
+            "--backend".into(),
+            "llama-server".into(),
+            "--server-bin".into(),
+            server.clone().into(),
+            "--model".into(),
+            model.clone().into(),
+            "--config".into(),
+            config.into(),
+        ])
+    };
+    let variants = [BINARY, BINARY_NP, LINEAR];
     let load_before = loadavg();
     let (busy0, ours0, t0) = (machine_busy_s(), children_cpu_s(), Instant::now());
-    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..REAL_ROUNDS {
-        for (i, s) in ["binary", "linear"].iter().enumerate() {
-            eprintln!(
-                "xtask: bench optimize: real server, round {}, {s}",
-                round + 1
-            );
-            let out = tmp.join(format!("real-{s}-{round}"));
-            runs[i].push(optimize(o3, &out, &args, s, None)?);
+        for (i, x) in variants.iter().enumerate() {
+            let out = tmp.join(format!("real-{}-{}", x.key, round + 1));
+            runs[i].push(optimize(o3, &out, &args(*x)?, x.strategy, None)?);
         }
     }
     let first = &runs[0][0];
     let gran = first.granularity;
     let contexts = (first.high - first.low) / gran + 1;
-    let batches = ladder(first)?;
-    let grid_probes = contexts * batches.len() as u64;
+    let grid_probes = contexts * ladder(first)?.len() as u64;
     let slowest = runs
         .iter()
         .flatten()
@@ -653,14 +769,8 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         .saturating_duration_since(Instant::now())
         .as_secs_f64();
     let grid = if estimate < GRID_LIMIT_S.min(left) {
-        eprintln!("xtask: bench optimize: real server, grid (estimated {estimate:.0} s)");
-        Some(optimize(
-            o3,
-            &tmp.join("real-grid"),
-            &args,
-            "grid",
-            Some(deadline),
-        )?)
+        let out = tmp.join("real-grid");
+        Some(optimize(o3, &out, &args(GRID)?, "grid", Some(deadline))?)
     } else {
         eprintln!(
             "xtask: bench optimize: real server, grid skipped (estimated {estimate:.0} s; limit {GRID_LIMIT_S:.0} s, {left:.0} s left of the benchmark's budget)"
@@ -688,39 +798,42 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
         .filter(|g| !g.interrupted)
         .map(|g| g.validated);
     v.real_reference = reference.is_some();
-    for (k, r) in runs[0].iter().enumerate() {
-        if let Some(reference) = reference {
-            v.check(
-                format!("real server, binary run {}", k + 1),
-                r.validated,
-                reference,
-                gran,
-            );
+    for (i, what) in [(0, "binary"), (1, "binary, no prediction")] {
+        for (k, r) in runs[i].iter().enumerate() {
+            if let Some(reference) = reference {
+                let what = format!("real server, {what}, run {}", k + 1);
+                v.check(what, r.validated, reference, gran);
+            }
+            v.bound(r);
         }
-        v.bound(r);
     }
     let med = |rs: &[Run], f: fn(&Run) -> f64| median(&mut rs.iter().map(f).collect::<Vec<_>>());
-    let wall = [med(&runs[0], |r| r.time_s), med(&runs[1], |r| r.time_s)];
-    let ctx = [
-        med(&runs[0], |r| r.context_stage_s),
-        med(&runs[1], |r| r.context_stage_s),
-    ];
-    v.real_whole = Some(pct(wall[0], wall[1]));
-    v.real_context = Some(pct(ctx[0], ctx[1]));
-    let max_used = runs[0].iter().map(|r| r.search_probes).max().unwrap_or(0);
-    v.bound_detail
-        .push(format!("real server {max_used}/{}", log_bound(first)));
-    let per_round = |f: fn(&Run) -> f64| {
-        runs[0]
+    let wall: Vec<f64> = runs.iter().map(|rs| med(rs, |r| r.time_s)).collect();
+    let ctx: Vec<f64> = runs
+        .iter()
+        .map(|rs| med(rs, |r| r.context_stage_s))
+        .collect();
+    v.real_whole = Some((pct(wall[0], wall[2]), pct(wall[1], wall[2])));
+    v.real_context = Some((pct(ctx[0], ctx[2]), pct(ctx[1], ctx[2])));
+    let most = |i: usize| runs[i].iter().map(|r| r.search_probes).max().unwrap_or(0);
+    v.bound_detail.push(format!(
+        "real server {}/{bound} ({}/{bound} without prediction)",
+        most(0),
+        most(1),
+        bound = log_bound(first)
+    ));
+    // Binary / linear within each round.
+    let per_round = |i: usize, f: fn(&Run) -> f64| {
+        runs[i]
             .iter()
-            .zip(&runs[1])
+            .zip(&runs[2])
             .map(|(b, l)| format!("{:.1} %", pct(f(b), f(l))))
             .collect::<Vec<_>>()
             .join(", ")
     };
 
     let mut rows = String::new();
-    for (i, name) in ["binary", "linear"].iter().enumerate() {
+    for (i, x) in variants.iter().enumerate() {
         let rs = &runs[i];
         let found: Vec<String> = rs.iter().map(|r| show_ctx(r.validated)).collect();
         let err = match reference {
@@ -734,27 +847,24 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
             None => "–".into(),
         };
         rows += &format!(
-            "| {name} | {} | {} | {} | {} | {err} | {} | {:.1} s | {:.1} % | {:.2} s | {:.1} % |\n",
+            "| {} | {} | {} | {} | {} | {err} | {} | {:.1} s | {:.1} % | {:.2} s | {:.1} % |\n",
+            x.label,
             rs.len(),
             same_or_all(&rs.iter().map(|r| r.probes).collect::<Vec<_>>()),
             same_or_all(&rs.iter().map(|r| r.search_probes).collect::<Vec<_>>()),
             same_or_all(&found),
             tally(rs.iter().flat_map(|r| &r.failed)),
             wall[i],
-            pct(wall[i], wall[1]),
+            pct(wall[i], wall[2]),
             ctx[i],
-            pct(ctx[i], ctx[1]),
+            pct(ctx[i], ctx[2]),
         );
     }
     let grid_line = match &grid {
         Some(g) => {
             rows += &format!(
                 "| grid ({contexts} contexts × batches {}) | 1 | {} | – | {} | {} | {} | {:.1} s | {:.1} % | – | – |\n",
-                batches
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                batches(g)?,
                 g.probes,
                 show_ctx(g.validated),
                 if g.interrupted {
@@ -764,7 +874,7 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
                 },
                 tally(g.failed.iter()),
                 g.time_s,
-                pct(g.time_s, wall[1]),
+                pct(g.time_s, wall[2]),
             );
             let outcome = if g.interrupted {
                 format!("it was interrupted at this benchmark's time budget ({BUDGET_S} s after the build), so it gives no reference and no error is counted")
@@ -794,21 +904,24 @@ fn real_server(o3: &Path, tmp: &Path, deadline: Instant, v: &mut Verdicts) -> Re
     };
     let disturbed = match (aborts.first(), others) {
         (Some((_, why)), Some(o)) if o >= 5.0 => format!(
-            "\n\n**Disturbed:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\") while other work used {o:.1} % of the CPU, so these runs' answers and times are not those of a quiet machine: rerun `cargo xtask bench optimize` when it is idle.",
-            aborts.len()
+            "\n\n**Disturbed:** {} ended in `safety_abort` (o3's watchdog stopped the server; first: {why}) while other work used {o:.1} % of the CPU, so these runs' answers and times are not those of a quiet machine: rerun `cargo xtask bench optimize` when it is idle.",
+            probes(aborts.len())
         ),
-        (Some((_, why)), _) => format!(
-            "\n\n**Safety aborts:** {} probes ended in `safety_abort` (o3's watchdog stopped the server: \"{why}\") with little other work on the machine: the probes themselves crossed a safety limit of `config/short.yaml` here.",
-            aborts.len()
+        (Some(_), _) => format!(
+            "\n\n**Safety aborts:** {} ended in `safety_abort` (o3's watchdog stopped the server; {}) with little other work on the machine: the probes themselves crossed a safety limit of `config/short.yaml` on this 2-core machine. Each costs the watchdog's wait and changes what the run does next, so the whole-run times of the runs concerned are not comparable; the context stage is unaffected unless an abort is listed there.",
+            probes(aborts.len()),
+            aborts.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join("; "),
         ),
         (None, _) => String::new(),
     };
     Ok(format!(
-        "{title}`o3 optimize --backend llama-server --server-bin ~/.cache/o3/llama-server/bin/llama-server --model ~/.cache/o3/models/o3-tiny-llama.gguf --config config/short.yaml --strategy binary|linear --json --quiet --out <tmp>`, \
-run {REAL_ROUNDS} times each, interleaved (binary, linear, binary, linear). \
-Searched {low}..{high} step {gran}: ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound: {o3_bound}); binary's first probe: {start}. \
+        "{title}`o3 optimize --backend llama-server --server-bin ~/.cache/o3/llama-server/bin/llama-server --model ~/.cache/o3/models/o3-tiny-llama.gguf --config config/short.yaml --strategy binary|linear --json --quiet --out <tmp>` \
+(without prediction: `config/short.yaml` followed by `bench/optimize/{NO_PREDICTION}`), \
+{REAL_ROUNDS} rounds, each running binary, binary without prediction and linear in turn. \
+Searched {low}..{high} step {gran}: ceil(log2({n})) + 1 = {bound} search probes at most (o3's own bound: {o3_bound}). \
+First probe of binary (o3): {start}; without prediction: {np_start}. \
 Wall time is o3's own `wall_s` (start of the search to the presets); the context stage is the sum of the context-stage probes' wall times from each run's journal. \
-Medians of the runs; % of linear from the medians of this one run (per round, binary / linear: whole run {round_whole}; context stage {round_ctx}). \
+Medians of the runs; % of linear from the medians of this one run (binary (o3) / linear per round: whole run {round_b}, context stage {round_b_ctx}; without prediction: {round_np}, context stage {round_np_ctx}). \
 Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after}. {others_line}\n\n\
 | strategy | runs | probes | search probes | found | error (granules) | probes that did not pass | wall time | % of linear | context stage | % of linear |\n\
 |---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n{grid_line}{disturbed}\n\n",
@@ -818,15 +931,18 @@ Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after
         bound = log_bound(first),
         o3_bound = first.probe_bound,
         start = same_or_all(&runs[0].iter().map(|r| show_ctx(r.start)).collect::<Vec<_>>()),
-        round_whole = per_round(|r| r.time_s),
-        round_ctx = per_round(|r| r.context_stage_s),
+        np_start = same_or_all(&runs[1].iter().map(|r| show_ctx(r.start)).collect::<Vec<_>>()),
+        round_b = per_round(0, |r| r.time_s),
+        round_b_ctx = per_round(0, |r| r.context_stage_s),
+        round_np = per_round(1, |r| r.time_s),
+        round_np_ctx = per_round(1, |r| r.context_stage_s),
     ))
 }
 
 fn verdicts(v: &Verdicts) -> String {
     let yes = |b: bool| if b { "yes" } else { "no" };
     let within = format!(
-        "- **Within one granule every time: {}** ({} of {} binary runs within one granule, {} exact; on the simulator against its truth, whole runs and discovery-only runs; {}).{}\n",
+        "- **Within one granule every time: {}** ({} of {} binary runs, with and without prediction, within one granule, {} exact; on the simulator against its truth, whole runs and discovery-only runs; {}).{}\n",
         yes(v.within == v.checked),
         v.within,
         v.checked,
@@ -836,7 +952,7 @@ fn verdicts(v: &Verdicts) -> String {
         } else if v.real_reference {
             "on the real server against the full grid's answer"
         } else {
-            "the real server's runs are not counted: the grid did not run there, so there is no reference"
+            "the real server's runs are not counted: the grid did not run there to the end, so there is no reference"
         },
         if v.misses.is_empty() {
             String::new()
@@ -851,42 +967,55 @@ fn verdicts(v: &Verdicts) -> String {
         v.bound_checked,
         v.bound_detail.join(", ")
     );
+    let firsts = |xs: &[(f64, f64)]| xs.iter().map(|x| x.0).collect::<Vec<_>>();
+    let seconds = |xs: &[(f64, f64)]| xs.iter().map(|x| x.1).collect::<Vec<_>>();
     let met = |xs: &[f64]| xs.iter().all(|&x| x <= TARGET_PERCENT);
-    let mut whole: Vec<f64> = v.sim_whole.clone();
-    whole.extend(v.real_whole);
-    let real = match v.real_whole {
-        Some(w) => format!("real server {w:.1} %"),
+    let mut whole = firsts(&v.sim_whole);
+    whole.extend(v.real_whole.map(|x| x.0));
+    let mut whole_np = seconds(&v.sim_whole);
+    whole_np.extend(v.real_whole.map(|x| x.1));
+    let real = |x: Option<(f64, f64)>| match x {
+        Some((a, b)) => format!("real server {a:.1} % ({b:.1} % without prediction)"),
         None => "real server not measured (skipped)".into(),
     };
-    let real_ctx = match v.real_context {
-        Some(c) => format!("; real server, context stage {c:.1} %"),
-        None => String::new(),
+    let mut discovery = firsts(&v.sim_discovery);
+    discovery.extend(firsts(&v.sim_context));
+    discovery.extend(v.real_context.map(|x| x.0));
+    let mut discovery_np = seconds(&v.sim_discovery);
+    discovery_np.extend(seconds(&v.sim_context));
+    discovery_np.extend(v.real_context.map(|x| x.1));
+    let status = |xs: &[f64]| {
+        let n = xs.iter().filter(|&&x| x <= TARGET_PERCENT).count();
+        if met(xs) {
+            "met".to_string()
+        } else {
+            format!("not met ({n} of {} measurements within it)", xs.len())
+        }
     };
-    let mut discovery: Vec<f64> = v.sim_discovery.clone();
-    discovery.extend(&v.sim_context);
-    discovery.extend(v.real_context);
     let time = format!(
-        "- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time: {}** for the whole run (to the presets): simulator {} (per truth: {}), {real}.{} \
-Context discovery only: {} — simulator discovery-only runs {}, context stage alone {}{real_ctx}.\n",
-        if met(&whole) { "met" } else { "not met" },
-        range(&v.sim_whole),
+        "- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time: {}** for the whole run (to the presets), o3 as shipped: simulator {} (per truth: {}), {}. Without prediction ({}): simulator {}. \
+The whole run includes the validation, batch and concurrency stages, which cost the same for both strategies once they agree on the maximum, so the search's saving is diluted by them. \
+**Context discovery only: {}** ({} without prediction): simulator discovery-only runs {} ({} without prediction), context stage alone {} ({} without prediction); {}.\n",
+        status(&whole),
+        range(&firsts(&v.sim_whole)),
         v.sim_whole
             .iter()
-            .map(|x| format!("{x:.1} %"))
+            .map(|x| format!("{:.1} %", x.0))
             .collect::<Vec<_>>()
             .join(", "),
-        if met(&whole) {
-            ""
-        } else {
-            " The whole run includes the validation, batch and concurrency stages, which cost the same for both strategies once they agree on the maximum, so the search's saving is diluted by them."
+        real(v.real_whole),
+        status(&whole_np),
+        range(&seconds(&v.sim_whole)),
+        status(&discovery),
+        status(&discovery_np),
+        range(&firsts(&v.sim_discovery)),
+        range(&seconds(&v.sim_discovery)),
+        range(&firsts(&v.sim_context)),
+        range(&seconds(&v.sim_context)),
+        match v.real_context {
+            Some((a, b)) => format!("real server, context stage {a:.1} % ({b:.1} % without prediction)"),
+            None => "real server not measured (skipped)".into(),
         },
-        if met(&discovery) {
-            "met"
-        } else {
-            "not met everywhere"
-        },
-        range(&v.sim_discovery),
-        range(&v.sim_context),
     );
     format!("### Verdicts (o3's binary search)\n\n{within}{bound}{time}")
 }
@@ -923,20 +1052,23 @@ pub fn optimize_bench() -> Result<()> {
         "{START}\n\
 ## optimize: search vs linear sweep vs full grid\n\n\
 `cargo xtask bench optimize`: builds o3 in release, then for each simulated truth \
-`o3 optimize --simulate bench/optimize/<truth>.json --strategy binary|linear|grid --json --quiet --out target/bench/optimize/<run> [--config bench/optimize/<config>.yaml]`, \
+`o3 optimize --simulate bench/optimize/<truth>.json --strategy binary|linear|grid --json --quiet --out target/bench/optimize/<run> [--config target/bench/optimize/<run>.yaml]`, \
 then the real test server (below). Measured on {machine}, {date}; this run took {took:.0} s.\n\n\
-Strategies: **binary** is o3's search (starts at `search.initial_context`, then bisects the grid of multiples of the granularity between the largest context that passed and the smallest that failed); \
-**linear** probes upward one granule at a time from the bottom of the range until the first failure; both then run the same stages (validation of the maximum with step-down, batch adaptation, concurrency levels at the presets' contexts). \
+Strategies: **binary (o3)** is o3's search as it runs by default: its memory model picks the first probe (the largest context predicted to fit; `learning.predict`), then it bisects the grid of multiples of the granularity between the largest context that passed and the smallest that failed; \
+**binary, no prediction** is the same search with `learning.predict: false` (`bench/optimize/{NO_PREDICTION}`), starting at `search.initial_context`; \
+**linear** probes upward one granule at a time from the bottom of the range until the first failure. All three then run the same stages (validation of the maximum with step-down, batch adaptation, concurrency levels at the presets' contexts). \
 **grid** validates every context of the grid at every batch of the ladder, with no early stop (a llama-bench-style sweep). \
-Search probes are the context stage's single-request probes; found is the validated maximum (`context.validated`).\n\n\
+Search probes are the context stage's single-request probes; found is the validated maximum (`context.validated`). \
+Every o3 run has an empty learning store of its own (`XDG_DATA_HOME` beside its run directory), so none reuses or learns from another's results: this is o3 on a model and machine it has not seen (runs that reused learned results anyway: {reused}).\n\n\
 Truth of a simulated server (o3-user/src/optimize/sim.rs): at the search's first batch b (32 from 3B to under 27B parameters, 64 below, 16 at 27B and above) with one slot, the largest context that loads is \
 floor((capacity − weights − compute_base − compute_per_batch × b) / kv_bytes_per_token), capped by the trained context; with `flaky_above`, the largest stable one is the smaller of that and `flaky_above`. \
 The expected answer is the largest multiple of the granularity in the searched range at or below it. \
+The simulator's memory accounting has the same form as o3's memory model (weights + KV cache × context + compute buffer), so there the prediction lands close to the truth; the rows without prediction show the search alone. \
 Simulator times are simulated seconds (loads plus requests at the truth's rates; the simulator is deterministic, one run each). \
 Time to presets is the whole run; it includes the batch and concurrency stages, which cost the same for binary and linear. \
-Discovery only is the same truth run with batch.enabled: false and concurrency.enabled: false (the search, validation with step-down, one validation per preset context); \
+Discovery only is the same truth run with `bench/optimize/{DISCOVERY_ONLY}` added (batch.enabled: false, concurrency.enabled: false: the search, validation with step-down, one validation per preset context); \
 context stage is the sum of the context-stage probes' simulated times from the run's journal. \
-Every o3 run has an empty learning store of its own (`XDG_DATA_HOME` beside its run directory), so none reuses or is predicted from another's results: this is o3 on a model and machine it has not seen (runs that reused learned results anyway: {reused}).\n\n\
+A run's configuration is the concatenation of the fragments named (written beside its run directory).\n\n\
 {sim}{real}{verdicts}\n{END}\n",
         machine = machine(),
         date = today(),

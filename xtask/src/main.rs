@@ -210,7 +210,9 @@ fn main() -> ExitCode {
         ["bench", "learn"] => bench_learn::learn_bench(),
         ["server"] => server(),
         _ => {
-            eprintln!("usage: cargo xtask setup | run | test | bench record|optimize|learn | server");
+            eprintln!(
+                "usage: cargo xtask setup | run | test | bench record|optimize|learn | server"
+            );
             return ExitCode::from(2);
         }
     };

@@ -136,6 +136,8 @@ struct RunFile {
     learned: Option<search::Learned>,
     learning_notes: Vec<String>,
     start_context: Option<u32>,
+    #[serde(default)]
+    gallop: bool,
     /// The results database and this run's ids in it (`None`: not stored).
     #[serde(default)]
     store: Option<StoreRef>,
@@ -564,6 +566,7 @@ fn learn_at_start(
             top,
             c.search.granularity,
         );
+        rf.gallop = rf.start_context.is_some() && !p.is_cold();
         if let Some(s) = rf.start_context {
             rf.learning_notes.push(format!(
                 "the search starts at ctx {s}, the largest context predicted to work ({})",
@@ -687,6 +690,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 learned: None,
                 learning_notes: Vec::new(),
                 start_context: None,
+                gallop: false,
                 store: None,
             };
             std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
@@ -787,6 +791,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         trained_context: runfile.shape.trained_context,
         parameters: runfile.shape.parameters,
         start_context: runfile.start_context,
+        gallop: runfile.gallop,
         strategy: a.strategy,
         learned: runfile.learned.clone(),
     };

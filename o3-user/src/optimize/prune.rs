@@ -183,6 +183,7 @@ mod tests {
                 131072,
                 1024,
             ),
+            gallop: true,
             strategy: Strategy::Binary,
             learned: None,
         };
@@ -204,6 +205,7 @@ mod tests {
                 trained_context: Some(m.trained_context),
                 parameters: Some(m.parameters),
                 start_context: None,
+                gallop: false,
                 strategy: Strategy::Binary,
                 learned: None,
             };

@@ -25,6 +25,10 @@ pub struct Inputs<'a> {
     /// Where the binary search starts (a prediction); the configuration's initial probe when
     /// `None`.
     pub start_context: Option<u32>,
+    /// Gallop from `start_context` instead of bisecting from it: for a prediction trained on
+    /// this model's own measurements (cheap when right, up to about twice the bisection bound
+    /// when wrong). A memory-model guess only sets the first probe, keeping the bound.
+    pub gallop: bool,
     pub strategy: Strategy,
     /// What an earlier run on this host with this model found: verified with one probe each
     /// instead of searched; a failed verification reopens the search.
@@ -454,8 +458,7 @@ pub fn run<P: Prober, O: Observer>(inp: &Inputs, prober: &mut P, obs: &mut O) ->
         let start_k =
             ((start_ctx as f64 / g as f64).round() as i64).clamp(lo_k as i64, hi_k as i64);
         let mut iterations = 0;
-        // A predicted start (`Inputs::start_context`) is galloped from, not bisected from.
-        let gallop = inp.start_context.is_some() && inp.strategy == Strategy::Binary;
+        let gallop = inp.gallop && inp.start_context.is_some() && inp.strategy == Strategy::Binary;
         let (mut dir, mut stride) = (0i64, 1i64);
         while lo < hi {
             if iterations >= c.search.max_iterations && inp.strategy == Strategy::Binary {

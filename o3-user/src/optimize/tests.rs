@@ -16,6 +16,7 @@ fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
         trained_context: Some(m.trained_context),
         parameters: Some(m.parameters),
         start_context: None,
+        gallop: false,
         strategy: search::Strategy::Binary,
         learned: None,
     }
@@ -418,6 +419,7 @@ fn a_predicted_start_is_galloped_from_and_finds_the_truth_either_way() {
     ] {
         let mut inp = inputs(&cfg, &m);
         inp.start_context = Some(start);
+        inp.gallop = true;
         let r = search::run(&inp, &mut Sim::new(m.clone()), &mut Silent);
         assert_eq!(r.context.validated, want, "start {start}");
         assert!(
