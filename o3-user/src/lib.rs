@@ -10,6 +10,7 @@ pub mod learn;
 pub mod optimize;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod telemetry;
 pub mod trace;
 pub mod util;

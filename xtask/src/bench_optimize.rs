@@ -974,48 +974,54 @@ fn verdicts(v: &Verdicts) -> String {
     whole.extend(v.real_whole.map(|x| x.0));
     let mut whole_np = seconds(&v.sim_whole);
     whole_np.extend(v.real_whole.map(|x| x.1));
-    let real = |x: Option<(f64, f64)>| match x {
-        Some((a, b)) => format!("real server {a:.1} % ({b:.1} % without prediction)"),
-        None => "real server not measured (skipped)".into(),
-    };
     let mut discovery = firsts(&v.sim_discovery);
     discovery.extend(firsts(&v.sim_context));
     discovery.extend(v.real_context.map(|x| x.0));
     let mut discovery_np = seconds(&v.sim_discovery);
     discovery_np.extend(seconds(&v.sim_context));
     discovery_np.extend(v.real_context.map(|x| x.1));
-    let status = |xs: &[f64]| {
+    let word = |xs: &[f64]| if met(xs) { "met" } else { "not met" };
+    let count = |xs: &[f64]| {
         let n = xs.iter().filter(|&&x| x <= TARGET_PERCENT).count();
-        if met(xs) {
-            "met".to_string()
-        } else {
-            format!("not met ({n} of {} measurements within it)", xs.len())
-        }
+        format!("{n} of {} measurements within it", xs.len())
+    };
+    let real_whole = |pick: fn(&(f64, f64)) -> f64| match &v.real_whole {
+        Some(x) => format!("real server {:.1} %", pick(x)),
+        None => "real server not measured (skipped)".into(),
+    };
+    let real_ctx = |pick: fn(&(f64, f64)) -> f64| match &v.real_context {
+        Some(x) => format!("real server, context stage {:.1} %", pick(x)),
+        None => "real server not measured (skipped)".into(),
     };
     let time = format!(
-        "- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time: {}** for the whole run (to the presets), o3 as shipped: simulator {} (per truth: {}), {}. Without prediction ({}): simulator {}. \
-The whole run includes the validation, batch and concurrency stages, which cost the same for both strategies once they agree on the maximum, so the search's saving is diluted by them. \
-**Context discovery only: {}** ({} without prediction): simulator discovery-only runs {} ({} without prediction), context stage alone {} ({} without prediction); {}.\n",
-        status(&whole),
+        "- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time, whole run (to the presets): {}** ({}). \
+o3 as shipped: simulator {} (per truth: {}), {}. Without prediction, {} ({}): simulator {}, {}. \
+The whole run includes the validation, batch and concurrency stages, which cost the same for both strategies once they agree on the maximum, so the search's saving is diluted by them.\n\
+- **≤ {TARGET_PERCENT:.0} % of the linear sweep's wall time, context discovery only: {}** ({}). \
+o3 as shipped: simulator discovery-only runs {}, context stage alone {}, {}. Without prediction, {} ({}): {}, {}, {}.\n",
+        word(&whole),
+        count(&whole),
         range(&firsts(&v.sim_whole)),
         v.sim_whole
             .iter()
             .map(|x| format!("{:.1} %", x.0))
             .collect::<Vec<_>>()
             .join(", "),
-        real(v.real_whole),
-        status(&whole_np),
+        real_whole(|x| x.0),
+        word(&whole_np),
+        count(&whole_np),
         range(&seconds(&v.sim_whole)),
-        status(&discovery),
-        status(&discovery_np),
+        real_whole(|x| x.1),
+        word(&discovery),
+        count(&discovery),
         range(&firsts(&v.sim_discovery)),
-        range(&seconds(&v.sim_discovery)),
         range(&firsts(&v.sim_context)),
+        real_ctx(|x| x.0),
+        word(&discovery_np),
+        count(&discovery_np),
+        range(&seconds(&v.sim_discovery)),
         range(&seconds(&v.sim_context)),
-        match v.real_context {
-            Some((a, b)) => format!("real server, context stage {a:.1} % ({b:.1} % without prediction)"),
-            None => "real server not measured (skipped)".into(),
-        },
+        real_ctx(|x| x.1),
     );
     format!("### Verdicts (o3's binary search)\n\n{within}{bound}{time}")
 }

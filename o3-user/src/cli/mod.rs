@@ -1,7 +1,9 @@
 //! Command line: one file per subcommand, thin; the work is in the stages below.
 
+mod analyze;
 mod config;
 mod doctor;
+mod export;
 mod history;
 mod import_legacy;
 mod monitor;
@@ -77,6 +79,12 @@ pub enum Command {
     /// Import the legacy O3 tool's logs/*.jsonl and defaults/*.yaml into the results store, as
     /// untrusted results.
     ImportLegacy(import_legacy::ImportLegacyArgs),
+    /// Export a trace file as CSV (one row per sample) or Chrome trace-event JSON for
+    /// ui.perfetto.dev.
+    Export(export::ExportArgs),
+    /// Summarise a trace file offline: peaks with their time, percentiles, time above the
+    /// safety thresholds, CPU per process, the recording's overhead.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit status.
@@ -120,6 +128,8 @@ pub fn main() -> i32 {
         Command::History(a) => history::run(&cli.roots, a),
         Command::Profiles(a) => profiles::run(&cli.roots, a),
         Command::ImportLegacy(a) => import_legacy::run(&cli.roots, a),
+        Command::Export(a) => export::run(&cli.roots, a),
+        Command::Analyze(a) => analyze::run(&cli.roots, a),
     };
     match result {
         Ok(code) => code,

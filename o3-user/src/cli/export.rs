@@ -1,0 +1,66 @@
+//! `o3 export`: a trace file as CSV or Chrome trace-event JSON (Perfetto).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::report::{self, Trace};
+
+use super::{CliResult, Roots};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One row per sample, one column per metric (units in the names).
+    Csv,
+    /// Chrome trace-event JSON: open it in ui.perfetto.dev or chrome://tracing.
+    Perfetto,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  o3 export trace.jsonl --format csv --out trace.csv\n  o3 export trace.jsonl --format perfetto --out trace.json   (then open it in ui.perfetto.dev)"
+)]
+pub struct ExportArgs {
+    /// The trace written by `o3 record --out` or `o3 probe --out`.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Format,
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Reads a trace and prints its problems and warnings to stderr, one per line.
+pub(super) fn load(cmd: &str, path: &std::path::Path) -> Result<Trace, (anyhow::Error, i32)> {
+    let trace = report::read_file(path).map_err(|e| (anyhow::Error::new(e), 1))?;
+    for p in &trace.problems {
+        eprintln!("o3 {cmd}: {}: {p} (skipped)", path.display());
+    }
+    for w in &trace.warnings {
+        eprintln!("o3 {cmd}: {}: warning: {w}", path.display());
+    }
+    Ok(trace)
+}
+
+pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
+    let trace = load("export", &a.trace)?;
+    let bytes = match a.format {
+        Format::Csv => report::csv::csv(&trace),
+        Format::Perfetto => report::perfetto::perfetto(&trace),
+    };
+    let written = match &a.out {
+        Some(path) => std::fs::write(path, &bytes)
+            .with_context(|| format!("cannot write {} (choose a writable --out)", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|_| out.flush())
+                .context("writing to stdout")
+        }
+    };
+    written.map_err(|e| (e, 1))?;
+    Ok(0)
+}

@@ -1,0 +1,546 @@
+//! `o3 analyze`: an offline summary of a trace: peaks with their time, percentiles per
+//! metric, time above the safety thresholds, CPU per process, and the recording's overhead.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::perfetto::number;
+use super::read::{tree_cpu_percent, Trace};
+
+/// Version of the `o3 analyze --json` object.
+pub const ANALYSIS_SCHEMA_VERSION: u32 = 1;
+
+/// Defaults of the watchdog (`o3 record --safety`), used when the trace names none.
+pub const DEFAULT_MAX_RAM_PERCENT: f64 = 85.0;
+pub const DEFAULT_MAX_VRAM_PERCENT: f64 = 90.0;
+
+/// GPU fields summarised per GPU (peaks and percentiles).
+const GPU_METRICS: &[&str] = &[
+    "vram_used_bytes",
+    "gtt_used_bytes",
+    "usable_used_bytes",
+    "gpu_busy_percent",
+    "mem_busy_percent",
+    "temp_edge_c",
+    "temp_junction_c",
+    "temp_mem_c",
+    "power_w",
+];
+
+/// A highest value and when it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peak {
+    pub value: Value,
+    pub t_ms: f64,
+    /// `summary` (as the recording measured it, exact with eBPF) or `samples`.
+    pub source: &'static str,
+}
+
+/// Nearest-rank percentiles of one metric over the samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Time one metric spent above one limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Above {
+    /// What is compared, units in the name (`ram_used_percent`, `gpu0_usable_used_percent`).
+    pub metric: String,
+    pub limit: f64,
+    pub above_ms: f64,
+    pub samples_above: usize,
+    pub samples_measured: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Thresholds {
+    /// `trace` (the summary's safety thresholds) or `default` (85 % RAM, 90 % VRAM).
+    pub source: &'static str,
+    pub items: Vec<Above>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCpu {
+    pub pid: u64,
+    pub comm: String,
+    pub cpu_ns: Option<u64>,
+    /// Share of the tree's CPU time summed over processes.
+    pub cpu_share_percent: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemOut {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The whole analysis; `--json` prints it as one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub schema_version: u32,
+    pub trace: String,
+    pub trace_schema_version: u32,
+    pub samples: usize,
+    pub duration_ms: Option<f64>,
+    /// Keyed by metric with its unit (`rss_bytes`, `gpu0_temp_edge_c`).
+    pub peaks: BTreeMap<String, Peak>,
+    pub percentiles: BTreeMap<String, Stats>,
+    pub thresholds: Thresholds,
+    pub processes: Vec<ProcessCpu>,
+    /// The summary's `overhead` object (`o3_cpu_ns`, `percent_of_one_core`, ...).
+    pub overhead: Option<Value>,
+    pub problems: Vec<ProblemOut>,
+    pub warnings: Vec<String>,
+}
+
+fn ms(t_ns: u64) -> f64 {
+    t_ns as f64 / 1e6
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn stats(mut v: Vec<f64>) -> Option<Stats> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(Stats {
+        count: v.len(),
+        p50: percentile(&v, 50.0),
+        p90: percentile(&v, 90.0),
+        p99: percentile(&v, 99.0),
+        max: v[v.len() - 1],
+    })
+}
+
+/// Series per metric: (t_ns, value) for every sample that measured it.
+fn series(trace: &Trace) -> BTreeMap<String, Vec<(u64, f64)>> {
+    let mut m: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    let mut add = |k: String, t: u64, v: Option<f64>| {
+        if let Some(v) = v {
+            m.entry(k).or_default().push((t, v));
+        }
+    };
+    let mut prev = None;
+    for s in &trace.samples {
+        let t = s.t_ns;
+        add("rss_bytes".into(), t, s.rss_bytes.map(|x| x as f64));
+        add(
+            "rss_anon_bytes".into(),
+            t,
+            s.rss_anon_bytes.map(|x| x as f64),
+        );
+        add(
+            "mem_used_bytes".into(),
+            t,
+            s.mem_used_bytes.map(|x| x as f64),
+        );
+        add("system_cpu_percent".into(), t, s.system_cpu_percent);
+        add(
+            "tree_cpu_percent".into(),
+            t,
+            prev.and_then(|p| tree_cpu_percent(p, s)),
+        );
+        if let (Some(u), Some(tot)) = (s.mem_used_bytes, s.mem_total_bytes) {
+            if tot > 0 {
+                add(
+                    "ram_used_percent".into(),
+                    t,
+                    Some(u as f64 * 100.0 / tot as f64),
+                );
+            }
+        }
+        for g in &s.gpus {
+            for f in GPU_METRICS {
+                add(format!("gpu{}_{f}", g.index), t, g.num(f));
+            }
+            let pct = match (g.num("usable_used_bytes"), g.num("usable_total_bytes")) {
+                (Some(u), Some(tot)) if tot > 0.0 => Some(u * 100.0 / tot),
+                _ => match (g.num("vram_used_bytes"), g.num("vram_total_bytes")) {
+                    (Some(u), Some(tot)) if tot > 0.0 => Some(u * 100.0 / tot),
+                    _ => None,
+                },
+            };
+            add(format!("gpu{}_usable_used_percent", g.index), t, pct);
+        }
+        prev = Some(s);
+    }
+    m
+}
+
+fn max_of(points: &[(u64, f64)]) -> Option<(u64, f64)> {
+    points
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.1.total_cmp(&a.1).is_gt() { b } else { a })
+}
+
+fn peaks(trace: &Trace, series: &BTreeMap<String, Vec<(u64, f64)>>) -> BTreeMap<String, Peak> {
+    let mut out = BTreeMap::new();
+    let summary = trace.summary.as_ref();
+    let from_summary = |obj: &str, bytes: &str, t: &str| -> Option<Peak> {
+        let o = summary?.get(obj)?;
+        Some(Peak {
+            value: json!(o.get(bytes)?.as_u64()?),
+            t_ms: ms(o.get(t)?.as_u64()?),
+            source: "summary",
+        })
+    };
+    let from_samples = |key: &str| -> Option<Peak> {
+        let (t, v) = max_of(series.get(key)?)?;
+        Some(Peak {
+            value: number(v),
+            t_ms: ms(t),
+            source: "samples",
+        })
+    };
+    // Samples carry the source's own running peak (exact with eBPF) when there is no summary.
+    let rss_from_samples = || -> Option<Peak> {
+        let s = trace
+            .samples
+            .iter()
+            .filter(|s| s.rss_peak_bytes.is_some() && s.rss_peak_t_ns.is_some())
+            .max_by_key(|s| s.rss_peak_bytes)?;
+        Some(Peak {
+            value: json!(s.rss_peak_bytes?),
+            t_ms: ms(s.rss_peak_t_ns?),
+            source: "samples",
+        })
+    };
+    let rss = from_summary("rss", "peak_bytes", "peak_t_ns")
+        .or_else(rss_from_samples)
+        .or_else(|| from_samples("rss_bytes"));
+    let mem = from_summary("system_memory", "used_peak_bytes", "used_peak_t_ns")
+        .or_else(|| from_samples("mem_used_bytes"));
+    out.extend(rss.map(|p| ("rss_bytes".to_string(), p)));
+    out.extend(mem.map(|p| ("system_memory_used_bytes".to_string(), p)));
+    for key in series.keys().filter(|k| k.starts_with("gpu")) {
+        let wanted = [
+            "_vram_used_bytes",
+            "_gtt_used_bytes",
+            "_usable_used_bytes",
+            "_temp_edge_c",
+            "_temp_junction_c",
+            "_temp_mem_c",
+            "_power_w",
+        ];
+        if wanted.iter().any(|w| key.ends_with(w)) {
+            out.extend(from_samples(key).map(|p| (key.clone(), p)));
+        }
+    }
+    out
+}
+
+fn thresholds(trace: &Trace, series: &BTreeMap<String, Vec<(u64, f64)>>) -> Thresholds {
+    let given = trace
+        .summary
+        .as_ref()
+        .and_then(|s| s.pointer("/safety/thresholds"))
+        .filter(|t| t.is_object());
+    let get = |k: &str| given.and_then(|t| t.get(k)).and_then(Value::as_f64);
+    let (source, ram, vram, temp, cpu) = match given {
+        Some(_) => (
+            "trace",
+            get("max_ram_percent"),
+            get("max_vram_percent"),
+            get("max_temperature_c"),
+            get("max_cpu_percent"),
+        ),
+        None => (
+            "default",
+            Some(DEFAULT_MAX_RAM_PERCENT),
+            Some(DEFAULT_MAX_VRAM_PERCENT),
+            None,
+            None,
+        ),
+    };
+    // Each sample stands for the time until the next one (the last: one interval).
+    let last_dt = trace.header.interval_ns.unwrap_or(0);
+    let mut items = Vec::new();
+    let mut check = |metric: &str, limit: Option<f64>| {
+        let (Some(limit), Some(points)) = (limit, series.get(metric)) else {
+            return;
+        };
+        let mut above_ns = 0u64;
+        let mut n = 0;
+        for (t, v) in points {
+            if *v > limit {
+                n += 1;
+                let next = trace
+                    .samples
+                    .iter()
+                    .map(|s| s.t_ns)
+                    .find(|n| n > t)
+                    .map_or(last_dt, |n| n - t);
+                above_ns = above_ns.saturating_add(next);
+            }
+        }
+        items.push(Above {
+            metric: metric.to_string(),
+            limit,
+            above_ms: ms(above_ns),
+            samples_above: n,
+            samples_measured: points.len(),
+        });
+    };
+    check("ram_used_percent", ram);
+    check("system_cpu_percent", cpu);
+    for i in trace.gpu_indices() {
+        check(&format!("gpu{i}_usable_used_percent"), vram);
+        check(&format!("gpu{i}_temp_edge_c"), temp);
+    }
+    Thresholds { source, items }
+}
+
+fn processes(trace: &Trace) -> Vec<ProcessCpu> {
+    let list = trace
+        .summary
+        .as_ref()
+        .and_then(|s| s.get("processes"))
+        .and_then(Value::as_array);
+    let mut v: Vec<ProcessCpu> = list
+        .into_iter()
+        .flatten()
+        .map(|p| ProcessCpu {
+            pid: p.get("pid").and_then(Value::as_u64).unwrap_or(0),
+            comm: p
+                .get("comm")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            cpu_ns: p.get("cpu_ns").and_then(Value::as_u64),
+            cpu_share_percent: None,
+            peak_rss_bytes: p.get("peak_rss_bytes").and_then(Value::as_u64),
+        })
+        .collect();
+    let total: u64 = v.iter().filter_map(|p| p.cpu_ns).sum();
+    for p in &mut v {
+        p.cpu_share_percent = p
+            .cpu_ns
+            .filter(|_| total > 0)
+            .map(|c| c as f64 * 100.0 / total as f64);
+    }
+    v.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.pid.cmp(&b.pid)));
+    v
+}
+
+/// Analyses a parsed trace.
+pub fn analyze(trace: &Trace) -> Analysis {
+    let series = series(trace);
+    Analysis {
+        schema_version: ANALYSIS_SCHEMA_VERSION,
+        trace: trace.path.display().to_string(),
+        trace_schema_version: trace.header.schema_version,
+        samples: trace.samples.len(),
+        duration_ms: trace
+            .summary
+            .as_ref()
+            .and_then(|s| s.get("wall_ns"))
+            .and_then(Value::as_u64)
+            .or_else(|| trace.samples.last().map(|s| s.t_ns))
+            .map(ms),
+        peaks: peaks(trace, &series),
+        percentiles: series
+            .iter()
+            .filter_map(|(k, v)| stats(v.iter().map(|p| p.1).collect()).map(|s| (k.clone(), s)))
+            .collect(),
+        thresholds: thresholds(trace, &series),
+        processes: processes(trace),
+        overhead: trace
+            .summary
+            .as_ref()
+            .and_then(|s| s.get("overhead"))
+            .cloned(),
+        problems: trace
+            .problems
+            .iter()
+            .map(|p| ProblemOut {
+                line: p.line,
+                reason: p.reason.clone(),
+            })
+            .collect(),
+        warnings: trace.warnings.clone(),
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The analysis as text, one fact per line.
+pub fn text(a: &Analysis) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "trace {} (schema {}): {} samples over {}",
+        a.trace,
+        a.trace_schema_version,
+        a.samples,
+        a.duration_ms.map_or("?".into(), |d| format!("{d:.3} ms"))
+    );
+    let _ = writeln!(o, "peaks");
+    for (k, p) in &a.peaks {
+        let _ = writeln!(
+            o,
+            "  {k:<32} {:>16} at {:.3} ms  ({})",
+            p.value, p.t_ms, p.source
+        );
+    }
+    let _ = writeln!(
+        o,
+        "percentiles (nearest rank)\n  {:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
+        "metric", "n", "p50", "p90", "p99", "max"
+    );
+    for (k, s) in &a.percentiles {
+        let _ = writeln!(
+            o,
+            "  {k:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
+            s.count,
+            num(s.p50),
+            num(s.p90),
+            num(s.p99),
+            num(s.max)
+        );
+    }
+    let which = match a.thresholds.source {
+        "trace" => "thresholds from the trace",
+        _ => "default thresholds: 85 % RAM, 90 % VRAM (the trace names none)",
+    };
+    let _ = writeln!(o, "time above safety thresholds ({which})");
+    if a.thresholds.items.is_empty() {
+        let _ = writeln!(o, "  (no measured metric has a threshold)");
+    }
+    for t in &a.thresholds.items {
+        let _ = writeln!(
+            o,
+            "  {:<32} > {:<8} {:.3} ms ({} of {} samples)",
+            t.metric,
+            num(t.limit),
+            t.above_ms,
+            t.samples_above,
+            t.samples_measured
+        );
+    }
+    if !a.processes.is_empty() {
+        let _ = writeln!(
+            o,
+            "CPU per process\n  {:>8} {:>14} {:>8} {:>16}  COMMAND",
+            "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES"
+        );
+        for p in &a.processes {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:>14} {:>8} {:>16}  {}",
+                p.pid,
+                p.cpu_ns.map_or("-".into(), |c| c.to_string()),
+                p.cpu_share_percent
+                    .map_or("-".into(), |s| format!("{s:.1}")),
+                p.peak_rss_bytes.map_or("-".into(), |b| b.to_string()),
+                p.comm
+            );
+        }
+    }
+    match &a.overhead {
+        Some(Value::Object(m)) => {
+            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(o, "recording overhead  {}", parts.join(" "));
+        }
+        _ => {
+            let _ = writeln!(o, "recording overhead  unknown (no summary)");
+        }
+    }
+    for w in &a.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    if !a.problems.is_empty() {
+        let _ = writeln!(o, "{} unreadable line(s) skipped", a.problems.len());
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn trace(extra: &str) -> Trace {
+        let mut text = String::from(
+            r#"{"type":"header","schema_version":1,"interval_ns":10,"gpus":[{"index":0}]}"#,
+        );
+        text.push('\n');
+        for (t, used, vram, cpu) in [
+            (0u64, 50u64, 10u64, 0u64),
+            (10, 90, 95, 5),
+            (20, 60, 50, 10),
+        ] {
+            text.push_str(&format!(
+                r#"{{"type":"sample","t_ns":{t},"rss_bytes":{used},"cpu_ns":{cpu},"mem_used_bytes":{used},"mem_total_bytes":100,"gpus":[{{"index":0,"vram_used_bytes":{vram},"vram_total_bytes":100}}]}}"#
+            ));
+            text.push('\n');
+        }
+        text.push_str(extra);
+        super::super::read::parse(&text, Path::new("t.jsonl")).unwrap()
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s = stats((1..=100).map(f64::from).collect()).unwrap();
+        assert_eq!((s.p50, s.p90, s.p99, s.max), (50.0, 90.0, 99.0, 100.0));
+        let s = stats(vec![3.0]).unwrap();
+        assert_eq!((s.p50, s.p99), (3.0, 3.0));
+        assert!(stats(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn defaults_apply_without_a_summary_and_time_above_counts_intervals() {
+        let a = analyze(&trace(""));
+        assert_eq!(a.thresholds.source, "default");
+        let ram = &a.thresholds.items[0];
+        assert_eq!(ram.metric, "ram_used_percent");
+        assert_eq!((ram.limit, ram.samples_above), (85.0, 1));
+        assert_eq!(ram.above_ms, 10.0 / 1e6);
+        let vram = a
+            .thresholds
+            .items
+            .iter()
+            .find(|i| i.metric == "gpu0_usable_used_percent")
+            .unwrap();
+        assert_eq!((vram.limit, vram.samples_above), (90.0, 1));
+        assert_eq!(a.peaks["rss_bytes"].value, json!(90));
+        assert_eq!(a.peaks["rss_bytes"].source, "samples");
+        assert_eq!(a.peaks["gpu0_vram_used_bytes"].t_ms, 10.0 / 1e6);
+        assert_eq!(a.percentiles["tree_cpu_percent"].max, 50.0);
+        assert!(text(&a).contains("default thresholds"));
+    }
+
+    #[test]
+    fn summary_gives_peaks_thresholds_processes_and_overhead() {
+        let summary = r#"{"type":"summary","rss":{"peak_bytes":123,"peak_t_ns":15},"processes":[{"pid":1,"comm":"a","cpu_ns":1},{"pid":2,"comm":"b","cpu_ns":3}],"overhead":{"o3_cpu_ns":7},"safety":{"thresholds":{"max_ram_percent":55.0,"max_vram_percent":40.0}}}"#;
+        let a = analyze(&trace(summary));
+        assert_eq!(a.peaks["rss_bytes"].value, json!(123));
+        assert_eq!(a.peaks["rss_bytes"].source, "summary");
+        assert_eq!(a.thresholds.source, "trace");
+        assert_eq!(a.thresholds.items[0].samples_above, 2);
+        assert_eq!(a.processes[0].pid, 2);
+        assert_eq!(a.processes[0].cpu_share_percent, Some(75.0));
+        assert_eq!(a.overhead, Some(json!({"o3_cpu_ns": 7})));
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["schema_version"], 1);
+    }
+}
