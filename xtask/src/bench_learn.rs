@@ -207,7 +207,7 @@ pub fn learn_bench() -> Result<()> {
     }
     let section = format!(
         "{START}\n## learning: probes saved (`cargo xtask bench learn`)\n\n\
-Measured on {machine}, {date}; this run took {took:.0} s. Simulated models and machines \
+Measured on {machine}, {date}; this run took {took:.1} s. Simulated models and machines \
 (`o3 optimize --simulate`, truths from the simulator's memory model: the largest context on the \
 1024-token grid that loads at the initial batch with one slot). Each scenario: o3 with learning \
 off (`learning.*: false`) on machine A and on machine B (50 % more memory), then with learning on \
@@ -219,7 +219,7 @@ probes picks the first probe and skips configurations under P = 0.05). Cells: pr
 |---|---|---|---|---|---|---|---|---|\n{rows}\n\
 - Second run on the same machine: at most {worst_second} context-search probes (target ≤ 3): {second_ok}.\n\
 - Answers against the truth: {wrong_txt}.\n\
-- The predictor skipped {skips_total} configurations, {skipped_optimum} of which would have fit \
+- Configurations the predictor skipped: {skips_total}; of them would have fit: {skipped_optimum} \
 (target: never skip one that fits, in particular the optimum): {skip_ok}.\n{END}\n",
         machine = machine(),
         date = date(),
