@@ -81,22 +81,33 @@ fn main_job() -> Result<()> {
     // configuration, then presets and the peak resources of the server, measured.
     let server = setup::test_server()?;
     let llama_server = setup::llama_server_bin()?;
-    let run_dir = out_dir.join("optimize");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    run(Command::new(&o3)
-        .args(["optimize", "--backend", "llama-server", "--server-bin"])
-        .arg(&llama_server)
-        .arg("--model")
-        .arg(&server.model)
-        .arg("--config")
-        .arg(root().join("config/short.yaml"))
-        .arg("--out")
-        .arg(&run_dir))?;
-    eprintln!(
-        "xtask: presets in {}, the artefacts to paste in {}",
-        run_dir.join("presets.yaml").display(),
-        run_dir.join("artefacts").display()
-    );
+    // A results store of its own, emptied first, so the search runs in full; the second run
+    // shows learning: it verifies what the first found instead of searching.
+    let db = out_dir.join("o3.db");
+    for f in ["o3.db", "o3.db-wal", "o3.db-shm"] {
+        let _ = std::fs::remove_file(out_dir.join(f));
+    }
+    for (name, what) in [("optimize", "search"), ("optimize-again", "reuse")] {
+        let run_dir = out_dir.join(name);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        eprintln!("xtask: o3 optimize ({what})");
+        run(Command::new(&o3)
+            .args(["optimize", "--backend", "llama-server", "--server-bin"])
+            .arg(&llama_server)
+            .arg("--model")
+            .arg(&server.model)
+            .arg("--config")
+            .arg(root().join("config/short.yaml"))
+            .arg("--db")
+            .arg(&db)
+            .arg("--out")
+            .arg(&run_dir))?;
+        eprintln!(
+            "xtask: presets in {}, the artefacts to paste in {}",
+            run_dir.join("presets.yaml").display(),
+            run_dir.join("artefacts").display()
+        );
+    }
     Ok(())
 }
 
