@@ -379,15 +379,15 @@ pub fn tag_size(body: &str, model: &str) -> Option<u64> {
     })
 }
 
-/// The size of `model` (its weights, bytes) from a running server's `/api/tags`.
-pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
+/// The body of one request to a running server, blocking, 10 s at most (`None` on any failure).
+fn fetch(req: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder) -> Option<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
-    let body = rt.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/api/tags", url.trim_end_matches('/')))
+    let client = reqwest::Client::new();
+    rt.block_on(async {
+        req(&client)
             .timeout(std::time::Duration::from_secs(10))
             .send()
             .await
@@ -395,30 +395,23 @@ pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
             .text()
             .await
             .ok()
-    })?;
+    })
+}
+
+/// The size of `model` (its weights, bytes) from a running server's `/api/tags`.
+pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
+    let body = fetch(|c| c.get(format!("{}/api/tags", url.trim_end_matches('/'))))?;
     tag_size(&body, model)
 }
 
 /// What a running Ollama server's `/api/show` says about `model` (`None` when it cannot be
 /// reached or does not know the model).
 pub fn show(url: &str, model: &str) -> Option<ModelInfo> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    let body = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/api/show", url.trim_end_matches('/')))
+    let body = fetch(|c| {
+        c.post(format!("{}/api/show", url.trim_end_matches('/')))
             .json(&serde_json::json!({ "model": model }))
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    });
-    parse_show(body.as_deref()?).ok()
+    })?;
+    parse_show(&body).ok()
 }
 
 /// What `/api/show` says about a model's architecture (all optional: keys vary by model).
