@@ -148,10 +148,7 @@ pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
     if a.json {
         let v = serde_json::json!({
             "schema_version": 1,
-            "generated_unix_s": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            "generated_unix_s": crate::record::unix_now_ns() / 1_000_000_000,
             "db": path.display().to_string(),
             "exists": true,
             "hosts": profiles,
