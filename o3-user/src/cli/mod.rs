@@ -12,6 +12,7 @@ mod predict;
 mod probe;
 mod profiles;
 mod record;
+mod report;
 
 use std::path::PathBuf;
 
@@ -85,6 +86,9 @@ pub enum Command {
     /// Summarise a trace file offline: peaks with their time, percentiles, time above the
     /// safety thresholds, CPU per process, the recording's overhead.
     Analyze(analyze::AnalyzeArgs),
+    /// Report on an `o3 optimize` run directory: Markdown with SVG plots, or one
+    /// self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit status.
@@ -130,6 +134,7 @@ pub fn main() -> i32 {
         Command::ImportLegacy(a) => import_legacy::run(&cli.roots, a),
         Command::Export(a) => export::run(&cli.roots, a),
         Command::Analyze(a) => analyze::run(&cli.roots, a),
+        Command::Report(a) => report::run(&cli.roots, a),
     };
     match result {
         Ok(code) => code,
