@@ -185,3 +185,203 @@ fn analyze_json_is_one_object_with_units_in_keys() {
     assert_eq!(v["processes"][0]["cpu_share_percent"], 80.0);
     assert_eq!(v["overhead"]["percent_of_one_core"], 1.1);
 }
+
+/// The python of the tools venv, with DuckDB (`cargo xtask setup` installs it; `cargo xtask
+/// test` sets O3_TEST_TOOLS_PYTHON). Unset: skip with the reason printed, unless
+/// O3_REQUIRE_SERVER=1 (CI), where that is a failure.
+fn tools_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("O3_TEST_TOOLS_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
+        panic!(
+            "O3_REQUIRE_SERVER=1 but the tools venv is missing (O3_TEST_TOOLS_PYTHON is unset): run `cargo xtask setup`, then the tests through `cargo xtask test`"
+        );
+    }
+    eprintln!(
+        "skipped: the tools venv with DuckDB is missing (set O3_TEST_TOOLS_PYTHON; `cargo xtask setup` installs it)"
+    );
+    None
+}
+
+/// DuckDB's view of a Parquet file: its columns with their SQL types, the row count, and per
+/// column the count of non-null values and their sum (`count_if` for booleans).
+const DUCKDB_SCRIPT: &str = r#"
+import json, sys, duckdb
+con = duckdb.connect()
+src = "read_parquet('%s')" % sys.argv[1].replace("'", "''")
+cols = [(r[0], r[1]) for r in con.execute("DESCRIBE SELECT * FROM " + src).fetchall()]
+aggs = ["count(*)"]
+for name, typ in cols:
+    q = '"%s"' % name
+    aggs.append("count(%s)" % q)
+    aggs.append("count_if(%s)" % q if typ == "BOOLEAN" else "sum(%s)" % q if typ in ("BIGINT", "DOUBLE") else "NULL")
+row = con.execute("SELECT " + ", ".join(aggs) + " FROM " + src).fetchone()
+stats = {name: {"count": row[1 + 2 * i], "sum": str(row[2 + 2 * i])} for i, (name, _) in enumerate(cols)}
+print(json.dumps({"columns": cols, "rows": row[0], "stats": stats}))
+"#;
+
+fn duckdb(python: &std::path::Path, parquet: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(python)
+        .args(["-c", DUCKDB_SCRIPT])
+        .arg(parquet)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "DuckDB could not read {} with {}: {}",
+        parquet.display(),
+        python.display(),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The SQL type the Parquet export gives a CSV column (docs/exports.md).
+fn sql_type(column: &str) -> &'static str {
+    if column.ends_with("_bytes") || column == "cpu_ns" || column == "processes" {
+        "BIGINT"
+    } else if column.ends_with("_asleep") {
+        "BOOLEAN"
+    } else {
+        "DOUBLE"
+    }
+}
+
+#[test]
+fn export_parquet_reads_back_in_duckdb_as_the_csv_numbers() {
+    let Some(python) = tools_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["record", "handmade-gpu"] {
+        let trace = fixture(&format!("{name}.jsonl"));
+        let dest = dir.path().join(format!("{name}.parquet"));
+        let out = o3()
+            .args(["export", "--format", "parquet", "--out"])
+            .arg(&dest)
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty() && out.stderr.is_empty());
+        let csv = o3()
+            .args(["export", "--format", "csv"])
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert_eq!(csv.status.code(), Some(0), "{}", text(&csv.stderr));
+        let csv = text(&csv.stdout);
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+
+        let got = duckdb(&python, &dest);
+        let columns: Vec<(String, String)> =
+            serde_json::from_value(got["columns"].clone()).unwrap();
+        let want: Vec<(String, String)> = header
+            .iter()
+            .map(|h| (h.to_string(), sql_type(h).to_string()))
+            .collect();
+        assert_eq!(columns, want, "{name}: DESCRIBE");
+        assert_eq!(got["rows"], rows.len(), "{name}: count(*)");
+        for (i, column) in header.iter().enumerate() {
+            let cells: Vec<&str> = rows
+                .iter()
+                .map(|r| r[i])
+                .filter(|c| !c.is_empty())
+                .collect();
+            let stats = &got["stats"][column];
+            let at = format!("{name}: {column}: DuckDB {stats} vs CSV {cells:?}");
+            assert_eq!(
+                stats["count"],
+                cells.len(),
+                "{at}: count (nulls where the CSV is empty)"
+            );
+            let sum = stats["sum"].as_str().unwrap();
+            match sql_type(column) {
+                "BIGINT" if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
+                "BIGINT" => {
+                    let csv_sum: i128 = cells.iter().map(|c| c.parse::<i128>().unwrap()).sum();
+                    assert_eq!(sum.parse::<i128>().unwrap(), csv_sum, "{at}: sum");
+                }
+                "BOOLEAN" => {
+                    let trues = cells.iter().filter(|c| **c == "true").count();
+                    assert_eq!(sum.parse::<usize>().unwrap(), trues, "{at}: count_if");
+                }
+                _ if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
+                _ => {
+                    let csv_sum: f64 = cells.iter().map(|c| c.parse::<f64>().unwrap()).sum();
+                    let got: f64 = sum.parse().unwrap();
+                    assert!(
+                        (got - csv_sum).abs() <= 1e-9 * csv_sum.abs().max(1.0),
+                        "{at}: sum {got} vs {csv_sum}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn export_parquet_to_a_pipe_is_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("trace.parquet");
+    let to_file = o3()
+        .args(["export", "--format", "parquet", "--out"])
+        .arg(&dest)
+        .arg(fixture("tree.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(to_file.status.code(), Some(0), "{}", text(&to_file.stderr));
+    let piped = o3()
+        .args(["export", "--format", "parquet"])
+        .arg(fixture("tree.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
+    assert!(piped.stdout.starts_with(b"PAR1") && piped.stdout.ends_with(b"PAR1"));
+    assert_eq!(piped.stdout, std::fs::read(&dest).unwrap());
+}
+
+#[test]
+fn export_parquet_to_a_terminal_is_a_one_line_error() {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the provided ints; name, termios and
+    // winsize may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and are owned by nothing else.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_o3"))
+        .args(["export", "--format", "parquet"])
+        .arg(fixture("record.jsonl"))
+        .stdout(std::process::Stdio::from(slave))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    drop(master);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("o3: ")
+            && err.contains("stdout is a terminal")
+            && err.contains("--out FILE"),
+        "{err}"
+    );
+}

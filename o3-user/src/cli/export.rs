@@ -1,6 +1,6 @@
-//! `o3 export`: a trace file as CSV or Chrome trace-event JSON (Perfetto).
+//! `o3 export`: a trace file as CSV, Chrome trace-event JSON (Perfetto) or Apache Parquet.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -15,11 +15,13 @@ pub enum Format {
     Csv,
     /// Chrome trace-event JSON: open it in ui.perfetto.dev or chrome://tracing.
     Perfetto,
+    /// Apache Parquet: one row per sample, typed columns, for DuckDB, Polars or Spark.
+    Parquet,
 }
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  o3 export trace.jsonl --format csv --out trace.csv\n  o3 export trace.jsonl --format perfetto --out trace.json   (then open it in ui.perfetto.dev)"
+    after_help = "Examples:\n  o3 export trace.jsonl --format csv --out trace.csv\n  o3 export trace.jsonl --format perfetto --out trace.json   (then open it in ui.perfetto.dev)\n  o3 export trace.jsonl --format parquet --out trace.parquet   (then: duckdb -c \"SELECT max(rss_bytes) FROM 'trace.parquet'\")\n  o3 export trace.jsonl --format parquet > trace.parquet   (a file or a pipe, never a terminal)"
 )]
 pub struct ExportArgs {
     /// The trace written by `o3 record --out` or `o3 probe --out`.
@@ -46,10 +48,19 @@ pub(super) fn load(cmd: &str, path: &std::path::Path) -> Result<Trace, (anyhow::
 }
 
 pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
+    if a.format == Format::Parquet && a.out.is_none() && std::io::stdout().is_terminal() {
+        return Err((
+            anyhow::anyhow!(
+                "Parquet is binary and stdout is a terminal: add --out FILE, or redirect stdout to a file or a pipe"
+            ),
+            2,
+        ));
+    }
     let trace = load("export", &a.trace)?;
     let bytes = match a.format {
         Format::Csv => report::csv::csv(&trace),
         Format::Perfetto => report::perfetto::perfetto(&trace),
+        Format::Parquet => report::parquet::parquet(&trace),
     };
     let written = match &a.out {
         Some(path) => std::fs::write(path, &bytes)
