@@ -297,3 +297,29 @@ fn ctrl_c_ends_an_attached_recording_with_a_summary() {
     assert!((50_000_000..5_000_000_000).contains(&wall), "wall {wall}");
     assert!(i(&s["rss"]["peak_bytes"]) > 0);
 }
+
+#[test]
+fn completions_bash_prints_a_script_naming_the_subcommands() {
+    let out = o3_cmd().args(["completions", "bash"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("optimize"), "{script}");
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn completions_for_an_unknown_shell_exit_2_with_one_line() {
+    let out = o3_cmd()
+        .args(["completions", "nosuchshell"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = one_line_stderr(&out);
+    assert!(err.contains("nosuchshell"), "{err}");
+}

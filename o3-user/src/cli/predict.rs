@@ -35,6 +35,7 @@ pub struct PredictArgs {
     /// A GGUF file (llama-server) or an Ollama model name.
     #[arg(long)]
     pub model: String,
+    /// Where the model's shape is read from.
     #[arg(long, value_enum, default_value = "llama-server")]
     pub backend: ShapeFrom,
     /// Ollama's address.
@@ -43,8 +44,10 @@ pub struct PredictArgs {
     /// Context length per slot (tokens).
     #[arg(long)]
     pub ctx: u32,
+    /// Logical batch size (tokens; llama-server's -b, Ollama's num_batch).
     #[arg(long)]
     pub batch: Option<u32>,
+    /// Physical batch size (tokens; llama-server's -ub).
     #[arg(long)]
     pub ubatch: Option<u32>,
     /// Parallel slots (each gets --ctx tokens).
@@ -56,8 +59,10 @@ pub struct PredictArgs {
     /// KV cache type of K (f16, q8_0, q4_0, ...).
     #[arg(long, value_name = "TYPE")]
     pub cache_type_k: Option<String>,
+    /// KV cache type of V (f16, q8_0, q4_0, ...).
     #[arg(long, value_name = "TYPE")]
     pub cache_type_v: Option<String>,
+    /// Flash attention on or off (true, false).
     #[arg(long, value_name = "BOOL")]
     pub flash_attn: Option<bool>,
     /// Memory the configuration may use, in GiB (default: this machine's GPU-usable memory,
