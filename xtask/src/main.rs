@@ -3,13 +3,15 @@
 //!   setup          install what building and testing need: rust-src, bpf-linker (matching
 //!                  rustc's LLVM), and real LLM servers for the tests (llama-cpp-python in
 //!                  ~/.cache/o3/venv, llama.cpp's llama-server, a tiny GGUF model; see
-//!                  tests/server/README.md)
+//!                  tests/server/README.md), DuckDB and Chromium to check exports and reports
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
 //!   bench learn    probes learning saves on simulated machines -> docs/benchmarks.md
 //!   server         setup, then serve the test model in the foreground (OpenAI-compatible, at
 //!                  http://127.0.0.1:8000/v1) for manual use
+//!   dist-docs      build the release binary and write its shell completions and man pages
+//!                  into target/dist/completions and target/dist/man
 //!
 //! Nothing here depends on o3 itself, so it builds on a fresh machine before anything else.
 
@@ -125,6 +127,8 @@ fn test() -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "o3-ebpf"])
         .env("O3_TEST_PYTHON", &server.python)
+        .env("O3_TEST_TOOLS_PYTHON", setup::tools_python()?)
+        .env("O3_TEST_CHROMIUM", setup::chromium()?)
         .env("O3_TEST_MODEL", &server.model)
         .env("O3_TEST_LLAMA_SERVER", &llama_server);
     eprintln!("xtask: {cmd:?}");
@@ -192,6 +196,37 @@ extern "C" {
     fn geteuid() -> u32;
 }
 
+/// Shell completions and man pages, written by the release binary itself (xtask does not link
+/// o3, whose build needs what `setup` installs).
+fn dist_docs() -> Result<()> {
+    let o3 = build_release()?.join("o3");
+    let dist = root().join("target/dist");
+    let completions = dist.join("completions");
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("creating {}", completions.display()))?;
+    for (shell, file) in [("bash", "o3.bash"), ("zsh", "_o3"), ("fish", "o3.fish")] {
+        let mut cmd = Command::new(&o3);
+        cmd.args(["completions", shell]);
+        eprintln!("xtask: {cmd:?}");
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting {}", o3.display()))?;
+        if !out.status.success() {
+            bail!(
+                "o3 completions {shell} failed with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let path = completions.join(file);
+        std::fs::write(&path, &out.stdout)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    // Prints the path of each page it writes.
+    run(Command::new(&o3).arg("manpages").arg(dist.join("man")))
+}
+
 /// Serves the test model in the foreground: this process becomes the server.
 fn server() -> Result<()> {
     setup::setup()?;
@@ -220,9 +255,10 @@ fn main() -> ExitCode {
         ["bench", "optimize"] => bench_optimize::optimize_bench(),
         ["bench", "learn"] => bench_learn::learn_bench(),
         ["server"] => server(),
+        ["dist-docs"] => dist_docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | run | test | bench record|optimize|learn | server"
+                "usage: cargo xtask setup | run | test | bench record|optimize|learn | server | dist-docs"
             );
             return ExitCode::from(2);
         }

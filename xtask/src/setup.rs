@@ -10,7 +10,11 @@
 //!   sha256), so a second run is instant;
 //! - llama.cpp's `llama-server` for the llama-server backend's tests, built with PyPI's cmake
 //!   from the llama.cpp vendored in the same llama-cpp-python release's sdist (about 7 minutes
-//!   on 2 cores) at ~/.cache/o3/llama-server/bin/llama-server, keyed by a stamp likewise.
+//!   on 2 cores) at ~/.cache/o3/llama-server/bin/llama-server, keyed by a stamp likewise;
+//! - the tools the tests read o3's output with (DuckDB, for the Parquet export), a PyPI wheel
+//!   in a second venv at ~/.cache/o3/tools-venv, keyed by its own stamp;
+//! - a headless browser for the HTML report's test: Debian's chromium package (as root on
+//!   Debian; elsewhere install Chromium and set O3_TEST_CHROMIUM to it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -371,9 +375,64 @@ pub fn llama_server_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// DuckDB, the independent reader the Parquet export is checked with; a wheel, pinned.
+const DUCKDB: &str = "duckdb==2.0.1";
+
+/// The venv at ~/.cache/o3/tools-venv with the pinned tools; returns its python. Separate from
+/// the test server's venv, so changing a tool never rebuilds llama-cpp-python.
+pub fn tools_python() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("tools-venv");
+    let python = dir.join("bin/python");
+    let stamp_file = dir.join("o3-stamp");
+    let stamp = format!("{DUCKDB}\n");
+    // is_file follows the symlink: false when the python the venv was made from is gone.
+    if python.is_file() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(python);
+    }
+    if !python.is_file() {
+        make_venv(&dir)?;
+    }
+    eprintln!("xtask: installing {DUCKDB} into {}", dir.display());
+    // Wheels only: building DuckDB from source would take an hour.
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check"])
+        .args(["--only-binary", ":all:", DUCKDB]))
+    .with_context(|| {
+        format!("installing {DUCKDB} from PyPI (needs network and a Python with a DuckDB wheel)")
+    })?;
+    std::fs::write(&stamp_file, stamp)?;
+    Ok(python)
+}
+
+/// The browser the HTML report is checked in: $O3_TEST_CHROMIUM, else /usr/bin/chromium,
+/// installed from Debian's packages when missing (root on Debian only).
+pub fn chromium() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("O3_TEST_CHROMIUM") {
+        return Ok(PathBuf::from(p));
+    }
+    let bin = PathBuf::from("/usr/bin/chromium");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    if !(is_root() && Path::new("/etc/debian_version").exists()) {
+        bail!(
+            "no /usr/bin/chromium: install Chromium (Debian: apt-get install chromium) or set O3_TEST_CHROMIUM to a Chromium binary"
+        );
+    }
+    eprintln!("xtask: installing Debian's chromium (the HTML report's browser test)");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing chromium from Debian's packages")?;
+    Ok(bin)
+}
+
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     test_server()?;
+    tools_python()?;
+    chromium()?;
     llama_server_bin().map(drop)
 }
