@@ -36,6 +36,7 @@ pub const SCHEMA_VERSION: u32 = 1;
       --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn true\n  \
     o3 optimize --resume ~/.local/share/o3/runs/<run>")]
 pub struct OptimizeArgs {
+    /// The server to optimize.
     #[arg(long, value_enum, default_value = "ollama")]
     pub backend: BackendArg,
     /// Model name (Ollama) or GGUF path (llama-server's -m, a template's {model}).
@@ -74,12 +75,16 @@ pub struct OptimizeArgs {
     /// Layers on the GPU (fixed for the whole search).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
+    /// Flash attention on or off (true, false; fixed for the whole search).
     #[arg(long)]
     pub flash_attn: Option<bool>,
+    /// KV cache type of K (f16, q8_0, q4_0, ...; fixed for the whole search).
     #[arg(long)]
     pub cache_type_k: Option<String>,
+    /// KV cache type of V (f16, q8_0, q4_0, ...; fixed for the whole search).
     #[arg(long)]
     pub cache_type_v: Option<String>,
+    /// CPU threads the server uses (fixed for the whole search).
     #[arg(long)]
     pub threads: Option<u32>,
     /// The results database (default: learning.db, else $XDG_DATA_HOME/o3/o3.db).
@@ -744,7 +749,10 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                     false
                 }
             };
-            let live = Live::new(spec.clone(), cfg.clone(), roots.sysfs_root.clone(), ebpf);
+            let traces = dir.join("traces");
+            let live = Live::new(spec.clone(), cfg.clone(), roots.sysfs_root.clone(), ebpf)
+                .with_traces(traces.clone())
+                .map_err(|e| io_err("create", &traces, e))?;
             (Any::Live(Box::new(live)), Some(spec))
         }
     };
@@ -906,6 +914,13 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             gpu_used_peak_bytes: max_by(&|m| m.gpu_used_peak_bytes),
         },
         simulated_s: match &prober {
+            Any::Live(l) if l.trace_error.is_some() => {
+                eprintln!(
+                    "o3: warning: probe traces incomplete: {} (the results are not affected)",
+                    l.trace_error.as_deref().unwrap_or_default()
+                );
+                None
+            }
             Any::Sim(s) => Some(s.wall_ms / 1000.0),
             Any::Live(_) => None,
         },

@@ -43,6 +43,7 @@ fn parse_fill(s: &str) -> Result<f64, String> {
     after_help = "Example (llama-cpp-python's server):\n  o3 probe --backend openai --model model.gguf --ctx 8192 --batch 256 \\\n    --launch 'python3 -m llama_cpp.server --model {model} --n_ctx {ctx} --n_batch {batch} --port {port}'"
 )]
 pub struct ProbeArgs {
+    /// The server to measure.
     #[arg(long, value_enum, default_value = "ollama")]
     pub backend: BackendArg,
     /// Model name (Ollama) or path (the {model} placeholder; llama-server's -m).
@@ -73,20 +74,28 @@ pub struct ProbeArgs {
     /// Context length per slot (tokens).
     #[arg(long)]
     pub ctx: u32,
+    /// Logical batch size (tokens; llama-server's -b, Ollama's num_batch).
     #[arg(long)]
     pub batch: Option<u32>,
+    /// Physical batch size (tokens; llama-server's -ub).
     #[arg(long)]
     pub ubatch: Option<u32>,
+    /// Parallel slots (each gets --ctx tokens).
     #[arg(long)]
     pub parallel: Option<u32>,
+    /// Layers offloaded to the GPU (-1: all).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
+    /// Flash attention on or off (true, false).
     #[arg(long)]
     pub flash_attn: Option<bool>,
+    /// KV cache type of K (f16, q8_0, q4_0, ...).
     #[arg(long)]
     pub cache_type_k: Option<String>,
+    /// KV cache type of V (f16, q8_0, q4_0, ...).
     #[arg(long)]
     pub cache_type_v: Option<String>,
+    /// CPU threads the server uses.
     #[arg(long)]
     pub threads: Option<u32>,
     /// Measured samples after one warm-up request.
@@ -114,6 +123,7 @@ pub struct ProbeArgs {
     /// Longest wait for the server to become ready.
     #[arg(long, default_value = "300s", value_parser = parse_timeout)]
     pub load_timeout: Duration,
+    /// Seed of the generated prompts and of the server's sampling (same seed, same prompts).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Watch safety limits (as `o3 record --safety`): a breach stops the server and the
@@ -176,10 +186,9 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         }),
     };
     // The output file first: a bad --out fails before a server starts.
-    let mut trace = match &a.out {
-        Some(p) => Some(crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?),
-        None => None,
-    };
+    if let Some(p) = &a.out {
+        crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?;
+    }
     let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     let mut loaded = match Loaded::load(&roots.sysfs_root, 1 << 20) {
         Ok(l) => Some(l),
@@ -191,34 +200,10 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
             None
         }
     };
-    let method = if loaded.is_some() {
-        crate::telemetry::Method::Ebpf
-    } else {
-        crate::telemetry::Method::ProcfsPolling
-    };
     let r = probe::run(&spec, loaded.as_mut());
-    if let Some(t) = trace.as_mut() {
-        let (host, kernel) = crate::record::uname();
-        let header = crate::trace::Header {
-            schema_version: crate::trace::SCHEMA_VERSION,
-            o3_version: env!("CARGO_PKG_VERSION"),
-            host,
-            kernel,
-            interval_ns: spec.interval.as_nanos() as u64,
-            start_unix_ns: crate::record::unix_now_ns(),
-            target: serde_json::json!({ "probe": { "model": a.model, "backend": format!("{:?}", a.backend).to_lowercase() } }),
-            methods: crate::trace::Methods {
-                rss: method,
-                cpu: method,
-                mem_used: crate::telemetry::Method::ProcfsPolling,
-                gpu_mem: "sampled",
-            },
-            gpus: Vec::new(),
-        };
-        let v = serde_json::to_value(&r).expect("result serialises");
-        t.header(&header)
-            .and_then(|_| t.probe(&v))
-            .map_err(|e| (e.into(), 1))?;
+    if let Some(path) = &a.out {
+        let target = serde_json::json!({ "probe": { "model": a.model, "backend": format!("{:?}", a.backend).to_lowercase() } });
+        probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
     }
     if a.json {
         println!("{}", serde_json::to_string(&r).expect("result serialises"));

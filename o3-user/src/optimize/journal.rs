@@ -132,6 +132,48 @@ impl Journal {
     }
 }
 
+/// One journal line as a report reads it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub request: ProbeRequest,
+    pub outcome: ProbeOutcome,
+    /// Unix time the probe finished, ns.
+    pub finished_unix_ns: u64,
+}
+
+/// A journal line that could not be read: 1-based line number, why.
+pub type BadLine = (usize, String);
+
+/// Reads a journal without changing it (reports): the probes in the order they ran, and the
+/// lines that could not be read, which are skipped.
+pub fn read_entries(path: &Path) -> std::io::Result<(Vec<Entry>, Vec<BadLine>)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        if !l.ends_with('\n') {
+            problems.push((
+                i + 1,
+                "truncated line (the run was killed while writing it)".into(),
+            ));
+            continue;
+        }
+        match serde_json::from_str::<Line>(l) {
+            Ok(line) => entries.push(Entry {
+                request: line.request,
+                outcome: line.outcome,
+                finished_unix_ns: line.finished_unix_ns,
+            }),
+            Err(e) => problems.push((i + 1, e.to_string())),
+        }
+    }
+    Ok((entries, problems))
+}
+
 /// Where the full result of the last probe can be had (the live prober keeps it for the
 /// journal; simulators have none).
 pub trait Raw {

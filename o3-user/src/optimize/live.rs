@@ -26,6 +26,12 @@ pub struct Live {
     raw: Option<serde_json::Value>,
     /// Set when a probe's eBPF session could not load (the probe fell back to procfs).
     pub ebpf_error: Option<String>,
+    /// Where each probe's trace file goes (`NNN-stage-config.jsonl`), if anywhere.
+    traces: Option<PathBuf>,
+    /// The next trace file's number.
+    next_trace: usize,
+    /// Set when a trace file could not be written (the probe's result is kept regardless).
+    pub trace_error: Option<String>,
 }
 
 impl Live {
@@ -38,6 +44,42 @@ impl Live {
             stop: Arc::new(AtomicBool::new(false)),
             raw: None,
             ebpf_error: None,
+            traces: None,
+            next_trace: 0,
+            trace_error: None,
+        }
+    }
+
+    /// Writes each probe's samples as a trace file into `dir` (created), numbered after the
+    /// files already there, so a resumed run continues the sequence.
+    pub fn with_traces(mut self, dir: PathBuf) -> std::io::Result<Live> {
+        std::fs::create_dir_all(&dir)?;
+        self.next_trace = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+            .count();
+        self.traces = Some(dir);
+        Ok(self)
+    }
+
+    fn write_trace(&mut self, req: &ProbeRequest, r: &ProbeResult) {
+        let Some(dir) = &self.traces else { return };
+        let c = &req.config;
+        let name = format!(
+            "{:03}-{}-c{}-b{}-p{}-n{}.jsonl",
+            self.next_trace,
+            req.stage.name(),
+            c.ctx,
+            c.batch.map_or("x".to_string(), |b| b.to_string()),
+            c.parallel.unwrap_or(1),
+            req.concurrency
+        );
+        self.next_trace += 1;
+        let target =
+            serde_json::json!({ "optimize": { "stage": req.stage.name(), "key": req.key() } });
+        let interval = Duration::from_millis(u64::from(self.config.monitoring.interval_ms));
+        if let Err(e) = probe::trace::write(&dir.join(name), r, target, interval) {
+            self.trace_error.get_or_insert(e.to_string());
         }
     }
 
@@ -165,6 +207,7 @@ impl Prober for Live {
             return None;
         }
         self.raw = serde_json::to_value(&r).ok();
+        self.write_trace(req, &r);
         Some(outcome_of(&r, wall_ms))
     }
 

@@ -4,6 +4,7 @@
 //! resource peaks of the server's own process tree during the sample.
 
 pub mod prompt;
+pub mod trace;
 
 use std::time::{Duration, Instant};
 
@@ -246,6 +247,18 @@ pub struct ProbeResult {
     pub error: Option<String>,
     /// The server's last output lines when something failed.
     pub log_tail: Option<String>,
+    /// Every sample of the server tree taken during the probe (for trace files; not in the
+    /// JSON result).
+    #[serde(skip)]
+    pub timeline: Option<Timeline>,
+}
+
+/// The samples of one probe, from the server's start (or attach) to the probe's end.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// Wall-clock time of `t_ns = 0`, ns since the Unix epoch.
+    pub start_unix_ns: u64,
+    pub samples: Vec<Sample>,
 }
 
 /// One round of simultaneous requests.
@@ -270,6 +283,7 @@ struct Watch {
     rx: std::sync::mpsc::Receiver<Vec<Tick>>,
     ticks: Vec<Tick>,
     t0: u64,
+    t0_unix_ns: u64,
 }
 
 impl Watch {
@@ -318,6 +332,7 @@ impl Watch {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let t0 = monotonic_ns();
+        let t0_unix_ns = crate::record::unix_now_ns();
         let sampler = sampler::spawn(sources, interval, Duration::ZERO, t0, move |b| {
             tx.send(b).is_ok()
         });
@@ -328,6 +343,7 @@ impl Watch {
             rx,
             ticks: Vec::new(),
             t0,
+            t0_unix_ns,
         }
     }
 
@@ -378,13 +394,25 @@ impl Watch {
         p
     }
 
-    /// Stops sampling; returns the last sample's exact running RSS peak if eBPF measured it.
-    fn finish(mut self) -> Option<u64> {
+    /// Stops sampling; returns the last sample's exact running RSS peak if eBPF measured it,
+    /// and every sample.
+    fn finish(mut self) -> (Option<u64>, Timeline) {
         if let Some(s) = self.sampler.take() {
             s.finish();
         }
         self.drain();
-        self.ticks.last().and_then(|t| t.sample.rss_peak_bytes)
+        let peak = self.ticks.last().and_then(|t| t.sample.rss_peak_bytes);
+        let samples = std::mem::take(&mut self.ticks)
+            .into_iter()
+            .map(|t| t.sample)
+            .collect();
+        (
+            peak,
+            Timeline {
+                start_unix_ns: self.t0_unix_ns,
+                samples,
+            },
+        )
     }
 }
 
@@ -420,11 +448,15 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         server_exit: None,
         error: None,
         log_tail: None,
+        timeline: None,
     };
+    // Where the watch's samples go when it stops, on every path out of this function.
+    let timeline: std::cell::RefCell<Option<Timeline>> = std::cell::RefCell::new(None);
     let fail = |mut r: ProbeResult, class: OutcomeClass, error: String, tail: Option<String>| {
         r.outcome = class;
         r.error = Some(error);
         r.log_tail = tail;
+        r.timeline = timeline.take();
         r
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -602,7 +634,11 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         None => None,
     };
     result.rss_method = watch.as_ref().map_or("not_measured", |w| w.method);
-    let finish_watch = |w: Option<Watch>| w.and_then(Watch::finish);
+    let finish_watch = |w: Option<Watch>| {
+        let (peak, t) = w.map(Watch::finish)?;
+        *timeline.borrow_mut() = Some(t);
+        peak
+    };
     let tail = |server: &Option<Launched>| server.as_ref().map(Launched::tail);
 
     // Readiness.
@@ -1009,6 +1045,7 @@ pub fn run(spec: &ProbeSpec, mut ebpf: Option<&mut Loaded>) -> ProbeResult {
         l.stop(Duration::from_secs(5));
     }
     result.rss_peak_bytes = finish_watch(watch);
+    result.timeline = timeline.take();
     result
 }
 
