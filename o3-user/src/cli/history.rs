@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::learn::store::{self, RunRow, Store};
+use crate::util::units::utc;
 
 use super::{CliResult, Roots};
 
@@ -14,27 +15,6 @@ pub struct HistoryArgs {
     /// Print the runs as one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `2025-01-14 09:30` (UTC) of unix seconds.
-pub(super) fn utc(unix_s: u64) -> String {
-    let days = (unix_s / 86_400) as i64;
-    let secs = unix_s % 86_400;
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        secs / 3600,
-        (secs % 3600) / 60
-    )
 }
 
 /// The store at `--db` (or the default), when it exists: `Ok(None)` prints "no history yet".
@@ -188,13 +168,6 @@ pub fn run(_roots: &Roots, a: HistoryArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00");
-        assert_eq!(utc(1_736_847_015), "2025-01-14 09:30");
-        assert_eq!(utc(1_709_164_800 + 86_399), "2024-02-29 23:59");
-    }
 
     #[test]
     fn rows_per_host_with_trust() {

@@ -2,6 +2,7 @@
 
 mod analyze;
 mod config;
+mod docs;
 mod doctor;
 mod export;
 mod history;
@@ -80,8 +81,8 @@ pub enum Command {
     /// Import the legacy O3 tool's logs/*.jsonl and defaults/*.yaml into the results store, as
     /// untrusted results.
     ImportLegacy(import_legacy::ImportLegacyArgs),
-    /// Export a trace file as CSV (one row per sample) or Chrome trace-event JSON for
-    /// ui.perfetto.dev.
+    /// Export a trace file as CSV (one row per sample), Chrome trace-event JSON for
+    /// ui.perfetto.dev, or Parquet for DuckDB, Polars or Spark.
     Export(export::ExportArgs),
     /// Summarise a trace file offline: peaks with their time, percentiles, time above the
     /// safety thresholds, CPU per process, the recording's overhead.
@@ -89,6 +90,12 @@ pub enum Command {
     /// Report on an `o3 optimize` run directory: Markdown with SVG plots, or one
     /// self-contained HTML page.
     Report(report::ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (o3.1 and one o3-<subcommand>.1 per subcommand) into DIR, creating
+    /// it (used by `cargo xtask dist-docs`).
+    #[command(hide = true)]
+    Manpages(docs::ManpagesArgs),
 }
 
 /// Parses arguments, runs the subcommand, returns the process exit status.
@@ -135,6 +142,8 @@ pub fn main() -> i32 {
         Command::Export(a) => export::run(&cli.roots, a),
         Command::Analyze(a) => analyze::run(&cli.roots, a),
         Command::Report(a) => report::run(&cli.roots, a),
+        Command::Completions(a) => docs::completions(&cli.roots, a),
+        Command::Manpages(a) => docs::manpages(&cli.roots, a),
     };
     match result {
         Ok(code) => code,

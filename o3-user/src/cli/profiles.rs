@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use crate::backend::ProbeConfig;
 use crate::learn::store::{PresetRow, Profile};
 
-use super::history::{no_history_yet, open_existing, table, utc};
+use super::history::{no_history_yet, open_existing, table};
 use super::{CliResult, Roots};
+use crate::util::units::utc;
 
 #[derive(Debug, clap::Args)]
 pub struct ProfilesArgs {

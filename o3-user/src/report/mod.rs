@@ -1,10 +1,16 @@
-//! Offline reports from a trace file: the reader, exporters (pure `fn(&Trace) -> Vec<u8>`),
-//! and the analysis behind `o3 analyze`. See docs/exports.md.
+//! Offline reports. From a trace file: the reader, exporters (pure `fn(&Trace) -> Vec<u8>`),
+//! and the analysis behind `o3 analyze` (docs/exports.md). From an `o3 optimize` run
+//! directory: the report (`run`, `run_report`, rendered by `doc` with `plot`; docs/report.md).
 
 pub mod analyze;
 pub mod csv;
+pub mod doc;
+pub mod parquet;
 pub mod perfetto;
+pub mod plot;
 pub mod read;
+pub mod run;
+pub mod run_report;
 
 pub use read::{read_file, Problem, ReadError, Trace};
 

@@ -1,0 +1,1111 @@
+//! The report on one `o3 optimize` run: what was searched and found, the presets with their
+//! artefacts, the statistics per configuration, what learning reused or predicted, and the
+//! resources over time. Pure: a `Run` in, a `Doc` out.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::optimize::journal::Entry;
+use crate::optimize::prober::Stage;
+use crate::util::units::{bytes, utc};
+
+use super::doc::Doc;
+use super::plot::{self, Chart, Marker, Rule, Series, Style};
+use super::read::tree_cpu_percent;
+use super::run::Run;
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Nearest-rank 95th percentile.
+fn p95(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((0.95 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+fn f1(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.1}"))
+}
+
+fn f0(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.0}"))
+}
+
+fn opt_bytes(v: Option<u64>) -> String {
+    v.map_or("–".into(), bytes)
+}
+
+fn str_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "–".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `ctx 4096 · batch 128 · 2 slots` of a serialised `ProbeConfig`.
+fn describe(c: &Value) -> String {
+    let mut s = format!("ctx {}", str_of(&c["ctx"]));
+    for (k, label) in [("batch", "batch"), ("ubatch", "ubatch")] {
+        if !c[k].is_null() {
+            s.push_str(&format!(" · {label} {}", str_of(&c[k])));
+        }
+    }
+    if let Some(p) = c["parallel"].as_u64() {
+        s.push_str(&format!(" · {p} slot{}", if p == 1 { "" } else { "s" }));
+    }
+    for (k, label) in [
+        ("gpu_layers", "gpu layers"),
+        ("flash_attn", "flash attn"),
+        ("cache_type_k", "K cache"),
+        ("cache_type_v", "V cache"),
+        ("threads", "threads"),
+    ] {
+        if !c[k].is_null() {
+            s.push_str(&format!(" · {label} {}", str_of(&c[k])));
+        }
+    }
+    s
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    s.name()
+}
+
+fn decode_of(e: &Entry) -> Vec<f64> {
+    e.outcome
+        .observations
+        .iter()
+        .filter(|o| o.ok)
+        .filter_map(|o| o.decode_tokens_per_s)
+        .collect()
+}
+
+fn prefill_of(e: &Entry) -> Vec<f64> {
+    e.outcome
+        .observations
+        .iter()
+        .filter(|o| o.ok)
+        .filter_map(|o| o.prefill_tokens_per_s)
+        .collect()
+}
+
+fn ttft_of(e: &Entry) -> Vec<f64> {
+    e.outcome
+        .observations
+        .iter()
+        .filter(|o| o.ok)
+        .filter_map(|o| o.ttft_ms)
+        .collect()
+}
+
+/// Builds the report.
+pub fn build(run: &Run) -> Doc {
+    let s = run.summary.as_ref().unwrap_or(&Value::Null);
+    let r = &run.run;
+    let model = r["target"]["model"].as_str().unwrap_or("?");
+    let model_name = model.rsplit('/').next().unwrap_or(model);
+    let mut d = Doc {
+        title: format!("o3 optimize report: {model_name}"),
+        ..Doc::default()
+    };
+    overview(&mut d, run, s);
+    presets(&mut d, s);
+    context(&mut d, run, s);
+    batch(&mut d, run);
+    concurrency(&mut d, run);
+    resources(&mut d, run, s);
+    statistics(&mut d, s);
+    learning(&mut d, run, s);
+    notes(&mut d, run, s);
+    d
+}
+
+fn overview(d: &mut Doc, run: &Run, s: &Value) {
+    let r = &run.run;
+    let t = &r["target"];
+    let host = &r["host"];
+    let started = r["created_unix_ns"].as_u64().unwrap_or(0) / 1_000_000_000;
+    let mut rows = vec![
+        vec!["model".into(), str_of(&t["model"])],
+        vec!["server".into(), str_of(&t["backend"])],
+        vec![
+            "host".into(),
+            format!(
+                "{} ({} cores), {} RAM, kernel {}",
+                str_of(&host["cpu_model"]),
+                str_of(&host["cpu_cores"]),
+                host["ram_bytes"].as_u64().map_or("?".into(), bytes),
+                str_of(&host["kernel"])
+            ),
+        ],
+        vec![
+            "GPUs".into(),
+            match host["gpus"].as_array() {
+                Some(g) if !g.is_empty() => g
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{}{}",
+                            str_of(&g["name"]),
+                            if g["apu"].as_bool() == Some(true) {
+                                " (APU, unified memory)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "none".into(),
+            },
+        ],
+        vec!["started".into(), format!("{} UTC", utc(started))],
+        vec!["o3".into(), str_of(&r["o3_version"])],
+        vec!["run directory".into(), run.dir.display().to_string()],
+    ];
+    if !s.is_null() {
+        let p = &s["probes"];
+        rows.push(vec![
+            "probes".into(),
+            format!(
+                "{} ({} run in this session, {} answered from the journal); context search {} of at most {}",
+                str_of(&p["total"]),
+                str_of(&p["ran_now"]),
+                str_of(&p["from_journal"]),
+                str_of(&p["context_search"]),
+                str_of(&p["context_search_bound"])
+            ),
+        ]);
+        rows.push(vec![
+            "wall time".into(),
+            format!(
+                "{:.1} s{}",
+                s["wall_s"].as_f64().unwrap_or(0.0),
+                if s["interrupted"].as_bool() == Some(true) {
+                    " (interrupted: resume with `o3 optimize --resume`)"
+                } else {
+                    ""
+                }
+            ),
+        ]);
+        if s["simulated"].as_bool() == Some(true) {
+            rows.push(vec![
+                "simulated".into(),
+                "yes: the probes were answered by a simulator, not a server".into(),
+            ]);
+        }
+    } else {
+        rows.push(vec![
+            "probes".into(),
+            format!("{} in the journal", run.probes.len()),
+        ]);
+    }
+    d.h2("Run");
+    d.table(&["", ""], rows);
+}
+
+fn presets(d: &mut Doc, s: &Value) {
+    let Some(ps) = s["presets"].as_array() else {
+        return;
+    };
+    d.h2("Presets");
+    d.para("Chosen among the configurations that passed validation; each row says why.");
+    let rows = ps
+        .iter()
+        .map(|p| {
+            vec![
+                str_of(&p["name"]),
+                if p["config"].is_null() {
+                    "none".into()
+                } else {
+                    describe(&p["config"])
+                },
+                str_of(&p["concurrency"]),
+                f1(p["output_tokens_per_s"].as_f64()),
+                f0(p["ttft_p95_ms"].as_f64()),
+                p["score"]
+                    .as_f64()
+                    .map_or("–".into(), |x| format!("{x:.3}")),
+                str_of(&p["constraint"]),
+                str_of(&p["why"]),
+            ]
+        })
+        .collect();
+    d.table(
+        &[
+            "preset",
+            "configuration",
+            "streams",
+            "decode tok/s",
+            "TTFT p95 ms",
+            "score",
+            "constraint",
+            "why",
+        ],
+        rows,
+    );
+    for p in ps {
+        let a = &p["artefacts"];
+        if a.is_null() {
+            continue;
+        }
+        let mut text = String::new();
+        if let Some(env) = a["server_env"].as_array().filter(|e| !e.is_empty()) {
+            for e in env {
+                text.push_str(&format!("{}\n", str_of(e)));
+            }
+        }
+        if let Some(m) = a["modelfile"].as_str() {
+            text.push_str(m.trim_end());
+            text.push('\n');
+        }
+        if let Some(c) = a["command_line"].as_str() {
+            text.push_str(c);
+            text.push('\n');
+        }
+        if !text.is_empty() {
+            d.h3(format!("{}: how to serve it", str_of(&p["name"])));
+            d.code(text.trim_end());
+        }
+    }
+}
+
+fn context(d: &mut Doc, run: &Run, s: &Value) {
+    let c = &s["context"];
+    d.h2("Context search");
+    if !c.is_null() {
+        d.para(format!(
+            "Range {}–{} tokens in steps of {}, first probe at {}, at most {} search probes. Largest passing context {}; validated {} after {} step-down{}{}.",
+            str_of(&c["low"]),
+            str_of(&c["high"]),
+            str_of(&c["granularity"]),
+            str_of(&c["start"]),
+            str_of(&c["probe_bound"]),
+            str_of(&c["max_passing"]),
+            str_of(&c["validated"]),
+            str_of(&c["step_downs"]),
+            if c["step_downs"].as_u64() == Some(1) { "" } else { "s" },
+            if c["cut_short"].as_bool() == Some(true) {
+                " (cut short by search.max_iterations)"
+            } else {
+                ""
+            }
+        ));
+    }
+    // Single-stream probes outside the batch stage: context is the variable.
+    let single: Vec<&Entry> = run
+        .probes
+        .iter()
+        .filter(|e| e.request.concurrency == 1 && e.request.stage != Stage::Batch)
+        .filter(|e| e.request.stage != Stage::Concurrency)
+        .collect();
+    let by_ctx = |f: &dyn Fn(&Entry) -> Vec<f64>| -> BTreeMap<u32, Vec<f64>> {
+        let mut m: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for e in &single {
+            let v = f(e);
+            if !v.is_empty() {
+                m.entry(e.request.config.ctx).or_default().extend(v);
+            }
+        }
+        m
+    };
+    let decode = by_ctx(&decode_of);
+    let path: Vec<&Entry> = run
+        .probes
+        .iter()
+        .filter(|e| e.request.stage == Stage::Context)
+        .collect();
+
+    let mut rates = Chart::new(
+        "Decode rate by context, and the search path",
+        "context (tokens)",
+        "decode tokens/s",
+    );
+    rates.add(
+        Series::new("decode (median)", plot::BLUE, Style::LinePoints).points(
+            decode
+                .iter()
+                .filter_map(|(c, v)| Some((f64::from(*c), median(v.clone())?)))
+                .collect(),
+        ),
+    );
+    let mut trail = Series::new("search path (probe order)", plot::GREY, Style::Dashed);
+    let mut pts = Vec::new();
+    let mut failed = Series::new("failed probe", plot::RED, Style::Points).marker(Marker::Cross);
+    let mut fails = Vec::new();
+    for (i, e) in path.iter().enumerate() {
+        let x = f64::from(e.request.config.ctx);
+        let y = if e.outcome.passed() {
+            median(decode_of(e)).unwrap_or(0.0)
+        } else {
+            fails.push((x, 0.0));
+            0.0
+        };
+        pts.push((x, y));
+        trail.labels.push((x, y, format!("{}", i + 1)));
+    }
+    trail = trail.points(pts);
+    failed = failed.points(fails);
+    rates.add(trail);
+    rates.add(failed);
+    if let Some(v) = c["validated"].as_f64() {
+        rates.vrules.push(Rule {
+            label: format!("validated {v:.0}"),
+            at: v,
+            color: plot::GREEN,
+        });
+    }
+    d.plot("context-decode", rates);
+
+    let prefill = by_ctx(&prefill_of);
+    let mut pf = Chart::new(
+        "Prefill rate by context",
+        "context (tokens)",
+        "prefill tokens/s",
+    );
+    pf.add(
+        Series::new("prefill (median)", plot::ORANGE, Style::LinePoints).points(
+            prefill
+                .iter()
+                .filter_map(|(c, v)| Some((f64::from(*c), median(v.clone())?)))
+                .collect(),
+        ),
+    );
+    d.plot("context-prefill", pf);
+
+    let ttft = by_ctx(&ttft_of);
+    let mut tt = Chart::new(
+        "Time to first token by context",
+        "context (tokens)",
+        "TTFT (ms)",
+    );
+    tt.add(
+        Series::new("median", plot::BLUE, Style::LinePoints).points(
+            ttft.iter()
+                .filter_map(|(c, v)| Some((f64::from(*c), median(v.clone())?)))
+                .collect(),
+        ),
+    );
+    tt.add(
+        Series::new("p95", plot::PURPLE, Style::LinePoints).points(
+            ttft.iter()
+                .filter_map(|(c, v)| Some((f64::from(*c), p95(v.clone())?)))
+                .collect(),
+        ),
+    );
+    d.plot("context-ttft", tt);
+
+    if !path.is_empty() {
+        d.table(
+            &[
+                "#",
+                "context",
+                "result",
+                "prompt tokens",
+                "decode tok/s",
+                "why it failed",
+            ],
+            path.iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    vec![
+                        (i + 1).to_string(),
+                        e.request.config.ctx.to_string(),
+                        if e.outcome.passed() {
+                            "passed".into()
+                        } else {
+                            format!("failed ({})", outcome_name(e))
+                        },
+                        e.outcome
+                            .prompt_tokens
+                            .map_or("–".into(), |p| p.to_string()),
+                        f1(median(decode_of(e))),
+                        e.outcome.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+fn outcome_name(e: &Entry) -> String {
+    serde_json::to_value(e.outcome.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Probes of `stages` grouped by context, in probe order.
+fn by_context<'a>(run: &'a Run, stages: &[Stage]) -> BTreeMap<u32, Vec<&'a Entry>> {
+    let mut m: BTreeMap<u32, Vec<&Entry>> = BTreeMap::new();
+    for e in &run.probes {
+        if stages.contains(&e.request.stage) {
+            m.entry(e.request.config.ctx).or_default().push(e);
+        }
+    }
+    m
+}
+
+fn batch(d: &mut Doc, run: &Run) {
+    let groups = by_context(run, &[Stage::Batch]);
+    if groups.is_empty() {
+        return;
+    }
+    d.h2("Batch size");
+    d.para("Batch adaptation at each chosen context: the batch doubles until a probe fails, breaches a safety threshold, turns unstable or gains under the configured minimum.");
+    let mut ch = Chart::new(
+        "Prefill rate by batch size",
+        "batch (tokens)",
+        "prefill tokens/s",
+    );
+    ch.x_log2 = true;
+    let mut fails = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (ctx, es)) in groups.iter().enumerate() {
+        // The validated configuration at this context is the batch curve's first point.
+        let base = run.probes.iter().filter(|e| {
+            e.request.stage == Stage::Validate
+                && e.request.config.ctx == *ctx
+                && e.request.concurrency == 1
+                && e.outcome.passed()
+        });
+        let mut pts = Vec::new();
+        for e in base.chain(es.iter().copied()) {
+            let Some(b) = e.request.config.batch else {
+                continue;
+            };
+            let x = f64::from(b).log2();
+            if e.outcome.passed() {
+                if let Some(y) = median(prefill_of(e)) {
+                    pts.push((x, y));
+                }
+            } else {
+                fails.push((x, 0.0));
+            }
+            rows.push(vec![
+                ctx.to_string(),
+                b.to_string(),
+                stage_name(e.request.stage).into(),
+                if e.outcome.passed() {
+                    "passed".into()
+                } else {
+                    format!("failed ({})", outcome_name(e))
+                },
+                f0(median(prefill_of(e))),
+                f1(median(decode_of(e))),
+                f0(median(ttft_of(e))),
+            ]);
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts.dedup_by(|a, b| a.0 == b.0);
+        ch.add(
+            Series::new(
+                format!("ctx {ctx}"),
+                plot::PALETTE[i % plot::PALETTE.len()],
+                Style::LinePoints,
+            )
+            .points(pts),
+        );
+    }
+    ch.add(
+        Series::new("failed", plot::RED, Style::Points)
+            .marker(Marker::Cross)
+            .points(fails),
+    );
+    d.plot("batch", ch);
+    d.table(
+        &[
+            "context",
+            "batch",
+            "stage",
+            "result",
+            "prefill tok/s",
+            "decode tok/s",
+            "TTFT ms",
+        ],
+        rows,
+    );
+}
+
+fn concurrency(d: &mut Doc, run: &Run) {
+    let groups = by_context(run, &[Stage::Concurrency]);
+    if groups.is_empty() {
+        return;
+    }
+    d.h2("Concurrency");
+    d.para("Each level restarts the server with that many slots and sends that many streams at once; throughput is the streams' decode rates summed per round.");
+    let mut thr = Chart::new(
+        "Aggregate decode throughput by streams",
+        "simultaneous streams",
+        "tokens/s (all streams)",
+    );
+    let mut lat = Chart::new(
+        "TTFT p95 by streams",
+        "simultaneous streams",
+        "TTFT p95 (ms)",
+    );
+    let mut fails = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (ctx, es)) in groups.iter().enumerate() {
+        let color = plot::PALETTE[i % plot::PALETTE.len()];
+        let (mut t, mut l) = (Vec::new(), Vec::new());
+        for e in es {
+            let x = f64::from(e.request.concurrency);
+            let agg = median(e.outcome.round_tokens_per_s.clone());
+            let tp95 = p95(ttft_of(e));
+            if e.outcome.passed() {
+                if let Some(y) = agg {
+                    t.push((x, y));
+                }
+                if let Some(y) = tp95 {
+                    l.push((x, y));
+                }
+            } else {
+                fails.push((x, 0.0));
+            }
+            rows.push(vec![
+                ctx.to_string(),
+                e.request.concurrency.to_string(),
+                if e.outcome.passed() {
+                    "passed".into()
+                } else {
+                    format!("failed ({})", outcome_name(e))
+                },
+                f1(agg),
+                f0(tp95),
+                e.outcome.timeouts.to_string(),
+            ]);
+        }
+        t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        l.sort_by(|a, b| a.0.total_cmp(&b.0));
+        thr.add(Series::new(format!("ctx {ctx}"), color, Style::LinePoints).points(t));
+        lat.add(Series::new(format!("ctx {ctx}"), color, Style::LinePoints).points(l));
+    }
+    thr.add(
+        Series::new("failed", plot::RED, Style::Points)
+            .marker(Marker::Cross)
+            .points(fails),
+    );
+    d.plot("concurrency-throughput", thr);
+    d.plot("concurrency-ttft", lat);
+    d.table(
+        &[
+            "context",
+            "streams",
+            "result",
+            "tok/s (all streams)",
+            "TTFT p95 ms",
+            "timeouts",
+        ],
+        rows,
+    );
+}
+
+/// Bytes as the unit that suits the largest value.
+fn byte_unit(max: f64) -> (f64, &'static str) {
+    if max >= 2.0 * (1u64 << 30) as f64 {
+        ((1u64 << 30) as f64, "GiB")
+    } else {
+        ((1u64 << 20) as f64, "MiB")
+    }
+}
+
+const MAX_POINTS: usize = 600;
+
+fn resources(d: &mut Doc, run: &Run, s: &Value) {
+    let peaks = &s["peaks"];
+    if run.traces.is_empty() && peaks.is_null() {
+        return;
+    }
+    d.h2("Resources");
+    if !peaks.is_null() {
+        d.table(
+            &[
+                "server RSS peak",
+                "measured by",
+                "system RAM used peak",
+                "GPU memory peak",
+            ],
+            vec![vec![
+                opt_bytes(peaks["rss_peak_bytes"].as_u64()),
+                match peaks["rss_method"].as_str() {
+                    Some("ebpf") => "eBPF (exact)".into(),
+                    Some("procfs_polling") => "procfs polling (sampled)".into(),
+                    other => other.unwrap_or("–").to_string(),
+                },
+                opt_bytes(peaks["mem_used_peak_bytes"].as_u64()),
+                opt_bytes(peaks["gpu_used_peak_bytes"].as_u64()),
+            ]],
+        );
+    }
+    if run.traces.is_empty() {
+        d.para("No per-probe traces in this run directory (simulated runs and runs by o3 before 0.1 have none), so no timelines.");
+        return;
+    }
+    d.para(format!(
+        "Every sample of the server's process tree during the {} probes (traces/), on one time line; gaps are the time between probes. Dashed lines are the safety thresholds of the run's configuration.",
+        run.traces.len()
+    ));
+    let safety = &run.run["config"]["safety"];
+    let t0 = run.traces[0].start_unix_ns();
+    let at = |tr: &super::run::ProbeTrace, t_ns: u64| {
+        (tr.start_unix_ns().saturating_sub(t0) + t_ns) as f64 / 1e9
+    };
+
+    // Memory: the server's own tree on its scale, the whole system against the threshold.
+    let mut mem_total = None;
+    let mut rss_max = 0f64;
+    for tr in &run.traces {
+        for x in &tr.trace.samples {
+            rss_max = rss_max.max(x.rss_peak_bytes.or(x.rss_bytes).unwrap_or(0) as f64);
+            mem_total = mem_total.or(x.mem_total_bytes);
+        }
+    }
+    let series_of = |name: &str,
+                     color: plot::Rgb,
+                     div: f64,
+                     f: &dyn Fn(&super::read::SampleRec) -> Option<u64>| {
+        let mut s = Series::new(name, color, Style::Line);
+        for tr in &run.traces {
+            s = s.points(plot::thin(
+                &tr.trace
+                    .samples
+                    .iter()
+                    .filter_map(|x| Some((at(tr, x.t_ns), f(x)? as f64 / div)))
+                    .collect::<Vec<_>>(),
+                MAX_POINTS,
+            ));
+        }
+        s
+    };
+    let probe_starts = |y: f64| {
+        let mut starts = Series::new("probe start (number)", plot::GREY, Style::Points);
+        for (i, tr) in run.traces.iter().enumerate() {
+            if let Some(first) = tr.trace.samples.first() {
+                let x = at(tr, first.t_ns);
+                starts = starts.points(vec![(x, y)]);
+                starts.labels.push((x, y, format!("{}", i + 1)));
+            }
+        }
+        starts
+    };
+    // The exact running peak (eBPF) with its instant; else the largest sample.
+    let mut best_rss: Option<(f64, u64, bool)> = None;
+    let mut best_used: Option<(f64, u64)> = None;
+    for tr in &run.traces {
+        for x in &tr.trace.samples {
+            let cand = match (x.rss_peak_bytes, x.rss_peak_t_ns) {
+                (Some(p), Some(t)) => Some((at(tr, t), p, true)),
+                _ => x.rss_bytes.map(|p| (at(tr, x.t_ns), p, false)),
+            };
+            if let Some(c) = cand {
+                if best_rss.is_none_or(|(_, b, _)| c.1 > b) {
+                    best_rss = Some(c);
+                }
+            }
+            if let Some(u) = x.mem_used_bytes {
+                if best_used.is_none_or(|(_, b)| u > b) {
+                    best_used = Some((at(tr, x.t_ns), u));
+                }
+            }
+        }
+    }
+    let (div, unit) = byte_unit(rss_max);
+    let mut own = Chart::new(
+        "Server memory (RSS of its process tree)",
+        "time since the first probe (s)",
+        &format!("RSS ({unit})"),
+    );
+    own.add(series_of("server RSS", plot::BLUE, div, &|x| x.rss_bytes));
+    own.add(probe_starts(0.0));
+    if let Some((x, b, exact)) = best_rss {
+        let y = b as f64 / div;
+        let mut pk = Series::new("peak", plot::RED, Style::Points)
+            .marker(Marker::Triangle)
+            .points(vec![(x, y)]);
+        pk.labels.push((
+            x,
+            y,
+            format!(
+                " peak {} at {x:.1} s{}",
+                bytes(b),
+                if exact { " (exact)" } else { " (sampled)" }
+            ),
+        ));
+        own.add(pk);
+    }
+    d.plot("memory-server", own);
+
+    let ram_limit = match (safety["max_ram_percent"].as_f64(), mem_total) {
+        (Some(p), Some(t)) => Some((p, t as f64 * p / 100.0)),
+        _ => None,
+    };
+    let used_max = best_used.map_or(0.0, |(_, b)| b as f64);
+    let (div, unit) = byte_unit(used_max.max(ram_limit.map_or(0.0, |(_, l)| l)));
+    let mut sys = Chart::new(
+        "System RAM in use",
+        "time since the first probe (s)",
+        &format!("RAM used ({unit})"),
+    );
+    sys.add(series_of("system RAM used", plot::ORANGE, div, &|x| {
+        x.mem_used_bytes
+    }));
+    sys.add(probe_starts(0.0));
+    if let Some((x, b)) = best_used {
+        let y = b as f64 / div;
+        let mut pk = Series::new("peak", plot::RED, Style::Points)
+            .marker(Marker::Triangle)
+            .points(vec![(x, y)]);
+        pk.labels
+            .push((x, y, format!(" peak {} at {x:.1} s", bytes(b))));
+        sys.add(pk);
+    }
+    if let Some((p, l)) = ram_limit {
+        sys.hrules.push(Rule {
+            label: format!("RAM safety limit {p:.0} % ({})", bytes(l as u64)),
+            at: l / div,
+            color: plot::RED,
+        });
+    }
+    d.plot("memory-system", sys);
+
+    // CPU, in % of all cores (the unit of the safety threshold).
+    let cores = run.run["host"]["cpu_cores"]
+        .as_f64()
+        .unwrap_or(1.0)
+        .max(1.0);
+    let mut cpu = Chart::new(
+        "CPU over the run",
+        "time since the first probe (s)",
+        "% of all cores",
+    );
+    let mut tree = Series::new("server process tree", plot::BLUE, Style::Line);
+    let mut system = Series::new("whole system", plot::ORANGE, Style::Line);
+    for tr in &run.traces {
+        // Rates over ≥ 100 ms: a 10 ms tick holds a scheduler slice or none.
+        let mut pts = Vec::new();
+        let mut prev: Option<&super::read::SampleRec> = None;
+        for x in &tr.trace.samples {
+            match prev {
+                Some(p) if x.t_ns.saturating_sub(p.t_ns) >= 100_000_000 => {
+                    if let Some(c) = tree_cpu_percent(p, x) {
+                        pts.push((at(tr, x.t_ns), c / cores));
+                    }
+                    prev = Some(x);
+                }
+                None => prev = Some(x),
+                _ => {}
+            }
+        }
+        tree = tree.points(pts);
+        system = system.points(plot::thin(
+            &tr.trace
+                .samples
+                .iter()
+                .filter_map(|x| Some((at(tr, x.t_ns), x.system_cpu_percent?)))
+                .collect::<Vec<_>>(),
+            MAX_POINTS,
+        ));
+    }
+    cpu.add(tree);
+    cpu.add(system);
+    if let Some(p) = safety["max_cpu_percent"].as_f64() {
+        cpu.hrules.push(Rule {
+            label: format!("CPU safety limit {p:.0} %"),
+            at: p,
+            color: plot::RED,
+        });
+    }
+    d.plot("cpu", cpu);
+
+    gpu(d, run, safety, &at);
+}
+
+fn gpu(d: &mut Doc, run: &Run, safety: &Value, at: &dyn Fn(&super::run::ProbeTrace, u64) -> f64) {
+    let mut idx: Vec<u32> = run
+        .traces
+        .iter()
+        .flat_map(|t| t.trace.gpu_indices())
+        .collect();
+    idx.sort_unstable();
+    idx.dedup();
+    if idx.is_empty() {
+        return;
+    }
+    let mut max_b = 0f64;
+    let mut totals: BTreeMap<u32, f64> = BTreeMap::new();
+    for tr in &run.traces {
+        for x in &tr.trace.samples {
+            for g in &x.gpus {
+                max_b = max_b.max(g.num("usable_used_bytes").unwrap_or(0.0));
+                if let Some(t) = g.num("usable_total_bytes") {
+                    totals.insert(g.index, t);
+                }
+            }
+        }
+    }
+    let vram_p = safety["max_vram_percent"].as_f64();
+    if let Some(p) = vram_p {
+        for t in totals.values() {
+            max_b = max_b.max(t * p / 100.0);
+        }
+    }
+    let (div, unit) = byte_unit(max_b);
+    let mut mem = Chart::new(
+        "GPU memory over the run (usable: VRAM, or GTT on an APU)",
+        "time since the first probe (s)",
+        &format!("GPU memory ({unit})"),
+    );
+    let mut temp = Chart::new(
+        "GPU temperature over the run",
+        "time since the first probe (s)",
+        "°C",
+    );
+    for (k, i) in idx.iter().enumerate() {
+        let color = plot::PALETTE[k % plot::PALETTE.len()];
+        let mut used = Series::new(format!("GPU {i} used"), color, Style::Line);
+        let mut hot = Series::new(format!("GPU {i} hottest sensor"), color, Style::Line);
+        let mut best: Option<(f64, f64)> = None;
+        for tr in &run.traces {
+            let mut u = Vec::new();
+            let mut h = Vec::new();
+            for x in &tr.trace.samples {
+                for g in x.gpus.iter().filter(|g| g.index == *i) {
+                    let t = at(tr, x.t_ns);
+                    if let Some(b) = g.num("usable_used_bytes") {
+                        u.push((t, b / div));
+                        if best.is_none_or(|(_, v)| b > v) {
+                            best = Some((t, b));
+                        }
+                    }
+                    let hottest = ["temp_edge_c", "temp_junction_c", "temp_mem_c"]
+                        .iter()
+                        .filter_map(|k| g.num(k))
+                        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                    if let Some(c) = hottest {
+                        h.push((t, c));
+                    }
+                }
+            }
+            used = used.points(plot::thin(&u, MAX_POINTS));
+            hot = hot.points(plot::thin(&h, MAX_POINTS));
+        }
+        mem.add(used);
+        temp.add(hot);
+        if let Some((x, b)) = best {
+            let mut pk = Series::new(format!("GPU {i} peak"), plot::RED, Style::Points)
+                .marker(Marker::Triangle)
+                .points(vec![(x, b / div)]);
+            pk.labels
+                .push((x, b / div, format!(" peak {} at {x:.1} s", bytes(b as u64))));
+            mem.add(pk);
+        }
+        if let (Some(p), Some(t)) = (vram_p, totals.get(i)) {
+            mem.hrules.push(Rule {
+                label: format!(
+                    "GPU {i} safety limit {p:.0} % ({})",
+                    bytes((t * p / 100.0) as u64)
+                ),
+                at: t * p / 100.0 / div,
+                color: plot::RED,
+            });
+        }
+    }
+    if let Some(c) = safety["max_temperature_c"].as_f64() {
+        temp.hrules.push(Rule {
+            label: format!("temperature limit {c:.0} °C"),
+            at: c,
+            color: plot::RED,
+        });
+    }
+    d.plot("gpu-memory", mem);
+    d.plot("gpu-temperature", temp);
+}
+
+fn statistics(d: &mut Doc, s: &Value) {
+    let Some(cs) = s["configurations"].as_array().filter(|c| !c.is_empty()) else {
+        return;
+    };
+    d.h2("Statistics per configuration");
+    d.para("n samples per configuration; success rate with its Wilson 95 % lower bound; means with t-based 95 % intervals after MAD outlier removal; CV = stddev / mean.");
+    let ci = |m: &Value| -> String {
+        if m.is_null() {
+            return "–".into();
+        }
+        format!(
+            "{:.1} [{:.1}, {:.1}]",
+            m["mean"].as_f64().unwrap_or(f64::NAN),
+            m["ci95_low"].as_f64().unwrap_or(f64::NAN),
+            m["ci95_high"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    let rows = cs
+        .iter()
+        .map(|c| {
+            let v = &c["validation"];
+            let dec = &v["decode_tokens_per_s"];
+            vec![
+                str_of(&c["id"]),
+                str_of(&c["stage"]),
+                str_of(&c["concurrency"]),
+                if c["stable"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    let why: Vec<String> = v["reasons"]
+                        .as_array()
+                        .map(|r| r.iter().map(str_of).collect())
+                        .unwrap_or_default();
+                    format!(
+                        "no ({})",
+                        if why.is_empty() {
+                            str_of(&c["outcome"])
+                        } else {
+                            why.join("; ")
+                        }
+                    )
+                },
+                format!(
+                    "{}/{} (≥ {:.2})",
+                    str_of(&v["successes"]),
+                    str_of(&v["n"]),
+                    v["success_rate_wilson_low"].as_f64().unwrap_or(0.0)
+                ),
+                ci(dec),
+                dec["cv"].as_f64().map_or("–".into(), |x| format!("{x:.3}")),
+                ci(&v["prefill_tokens_per_s"]),
+                format!(
+                    "{} / {}",
+                    f0(c["ttft_p50_ms"].as_f64()),
+                    f0(c["ttft_p95_ms"].as_f64())
+                ),
+                f1(c["output_tokens_per_s"].as_f64()),
+                format!(
+                    "{}{}",
+                    opt_bytes(c["rss_peak_bytes"].as_u64()),
+                    if c["rss_method"].as_str() == Some("ebpf") {
+                        " (exact)"
+                    } else {
+                        ""
+                    }
+                ),
+            ]
+        })
+        .collect();
+    d.table(
+        &[
+            "configuration",
+            "stage",
+            "streams",
+            "stable",
+            "successes (Wilson low)",
+            "decode tok/s mean [95 % CI]",
+            "decode CV",
+            "prefill tok/s mean [95 % CI]",
+            "TTFT p50 / p95 ms",
+            "tok/s all streams",
+            "server RSS peak",
+        ],
+        rows,
+    );
+}
+
+fn learning(d: &mut Doc, run: &Run, s: &Value) {
+    let r = &run.run;
+    let mut items: Vec<String> = Vec::new();
+    if let Some(l) = r["learned"].as_object() {
+        items.push(format!(
+            "reuse: a learned result ({}) with maximum context {} was verified instead of searched",
+            l.get("source").map(str_of).unwrap_or_default(),
+            l.get("max_context").map(str_of).unwrap_or_default()
+        ));
+    }
+    for n in r["learning_notes"].as_array().into_iter().flatten() {
+        items.push(str_of(n));
+    }
+    if let Some(c) = r["start_context"].as_u64() {
+        items.push(format!(
+            "predicted: the first context probe was {c}{}",
+            if r["gallop"].as_bool() == Some(true) {
+                ", galloping from the trained predictor's answer"
+            } else {
+                ""
+            }
+        ));
+    }
+    for x in s["reused"].as_array().into_iter().flatten() {
+        items.push(format!("reused {}", str_of(x)));
+    }
+    for x in s["learning_notes"].as_array().into_iter().flatten() {
+        let t = str_of(x);
+        if !items.contains(&t) {
+            items.push(t);
+        }
+    }
+    for k in s["skipped"].as_array().into_iter().flatten() {
+        items.push(format!(
+            "skipped without probing: {} {} (P(success) = {:.3}, {})",
+            str_of(&k["stage"]),
+            describe(&k["config"]),
+            k["p_success"].as_f64().unwrap_or(0.0),
+            str_of(&k["basis"])
+        ));
+    }
+    for k in s["explored"].as_array().into_iter().flatten() {
+        items.push(format!(
+            "measured anyway to keep the predictor honest: {} (P(success) = {:.3}): {}",
+            describe(&k["config"]),
+            k["p_success"].as_f64().unwrap_or(0.0),
+            str_of(&k["outcome"])
+        ));
+    }
+    let verified = run
+        .probes
+        .iter()
+        .filter(|e| e.request.stage == Stage::Verify)
+        .count();
+    if verified > 0 {
+        items.push(format!(
+            "{verified} verification probe{} re-measured learned configurations",
+            if verified == 1 { "" } else { "s" }
+        ));
+    }
+    if items.is_empty() {
+        return;
+    }
+    d.h2("Learning: reused and predicted");
+    d.list(items);
+}
+
+fn notes(d: &mut Doc, run: &Run, s: &Value) {
+    let mut items: Vec<String> = Vec::new();
+    for n in s["notes"].as_array().into_iter().flatten() {
+        items.push(str_of(n));
+    }
+    for n in run.run["config_notices"].as_array().into_iter().flatten() {
+        items.push(format!("configuration: {}", str_of(n)));
+    }
+    if !items.is_empty() {
+        d.h2("Notes");
+        d.list(items);
+    }
+    if !run.problems.is_empty() {
+        d.h2("Problems reading the run");
+        d.list(run.problems.clone());
+    }
+}
