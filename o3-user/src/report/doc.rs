@@ -139,7 +139,7 @@ pub fn esc(s: &str) -> String {
 }
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
-h1{font-size:1.7em;border-bottom:2px solid #1f77b4;padding-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}\
+h1{font-size:1.7em;border-bottom:2px solid #444;padding-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}\
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
 th{background:#f3f6fa}tr:nth-child(even) td{background:#fafafa}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}\
 pre{background:#f6f8fa;padding:.8em;white-space:pre-wrap;word-break:break-all;font-size:.85em}code{font-size:.9em}";
