@@ -104,10 +104,13 @@ fn main_job() -> Result<()> {
             .arg(&db)
             .arg("--out")
             .arg(&run_dir))?;
+        // The report: Markdown with SVG plots and one HTML page.
+        run(Command::new(&o3).arg("report").arg(&run_dir).arg("--html"))?;
         eprintln!(
-            "xtask: presets in {}, the artefacts to paste in {}",
+            "xtask: presets in {}, the artefacts to paste in {}, the report in {}",
             run_dir.join("presets.yaml").display(),
-            run_dir.join("artefacts").display()
+            run_dir.join("artefacts").display(),
+            run_dir.join("report/report.html").display()
         );
     }
     Ok(())

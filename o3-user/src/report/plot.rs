@@ -323,9 +323,16 @@ fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
             4,
             style,
         ))?;
+        // Right of the line, or left of it near the right edge, so the text stays inside.
+        let right_half = r.at > x0 + (x1 - x0) * 0.6;
+        let lx = if right_half {
+            r.at - (x1 - x0) * (0.012 * r.label.chars().count() as f64 + 0.01)
+        } else {
+            r.at + (x1 - x0) * 0.01
+        };
         chart.draw_series(std::iter::once(Text::new(
             r.label.clone(),
-            (r.at, y1 * 0.05),
+            (lx, y1 * 0.05),
             ("sans-serif", 12).into_font().color(&color(r.color)),
         )))?;
     }

@@ -814,14 +814,19 @@ fn resources(d: &mut Doc, run: &Run, s: &Value) {
             }
         }
         tree = tree.points(pts);
-        system = system.points(plot::thin(
-            &tr.trace
-                .samples
-                .iter()
-                .filter_map(|x| Some((at(tr, x.t_ns), x.system_cpu_percent?)))
-                .collect::<Vec<_>>(),
-            MAX_POINTS,
-        ));
+        // The system figure is per tick too: averaged over the same 100 ms windows.
+        let mut win: BTreeMap<u64, (f64, f64, u32)> = BTreeMap::new();
+        for x in &tr.trace.samples {
+            if let Some(c) = x.system_cpu_percent {
+                let w = win.entry(x.t_ns / 100_000_000).or_insert((0.0, 0.0, 0));
+                *w = (at(tr, x.t_ns), w.1 + c, w.2 + 1);
+            }
+        }
+        system = system.points(
+            win.values()
+                .map(|(t, sum, n)| (*t, sum / f64::from(*n)))
+                .collect(),
+        );
     }
     cpu.add(tree);
     cpu.add(system);
