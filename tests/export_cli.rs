@@ -1,7 +1,7 @@
 //! `o3 export` and `o3 analyze` on the fixture traces in tests/fixtures/traces (real recordings
 //! and hand-made malformed ones). No root needed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
@@ -248,6 +248,74 @@ fn sql_type(column: &str) -> &'static str {
     }
 }
 
+/// Exports `trace` as Parquet and as CSV, and checks DuckDB reads the Parquet file as the CSV's
+/// columns, types, row count, null counts and sums.
+fn assert_duckdb_reads_the_csv_numbers(python: &Path, trace: &Path, dest: &Path) {
+    let name = trace.file_name().unwrap().to_string_lossy().into_owned();
+    let out = o3()
+        .args(["export", "--format", "parquet", "--out"])
+        .arg(dest)
+        .arg(trace)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    let csv = o3()
+        .args(["export", "--format", "csv"])
+        .arg(trace)
+        .output()
+        .unwrap();
+    assert_eq!(csv.status.code(), Some(0), "{}", text(&csv.stderr));
+    let csv = text(&csv.stdout);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+
+    let got = duckdb(python, dest);
+    let columns: Vec<(String, String)> = serde_json::from_value(got["columns"].clone()).unwrap();
+    let want: Vec<(String, String)> = header
+        .iter()
+        .map(|h| (h.to_string(), sql_type(h).to_string()))
+        .collect();
+    assert_eq!(columns, want, "{name}: DESCRIBE");
+    assert_eq!(got["rows"], rows.len(), "{name}: count(*)");
+    for (i, column) in header.iter().enumerate() {
+        let cells: Vec<&str> = rows
+            .iter()
+            .map(|r| r[i])
+            .filter(|c| !c.is_empty())
+            .collect();
+        let stats = &got["stats"][column];
+        let at = format!("{name}: {column}: DuckDB {stats} vs CSV {cells:?}");
+        assert_eq!(
+            stats["count"],
+            cells.len(),
+            "{at}: count (nulls where the CSV is empty)"
+        );
+        let sum = stats["sum"].as_str().unwrap();
+        match sql_type(column) {
+            "BIGINT" if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
+            "BIGINT" => {
+                let csv_sum: i128 = cells.iter().map(|c| c.parse::<i128>().unwrap()).sum();
+                assert_eq!(sum.parse::<i128>().unwrap(), csv_sum, "{at}: sum");
+            }
+            "BOOLEAN" => {
+                let trues = cells.iter().filter(|c| **c == "true").count();
+                assert_eq!(sum.parse::<usize>().unwrap(), trues, "{at}: count_if");
+            }
+            _ if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
+            _ => {
+                let csv_sum: f64 = cells.iter().map(|c| c.parse::<f64>().unwrap()).sum();
+                let got: f64 = sum.parse().unwrap();
+                assert!(
+                    (got - csv_sum).abs() <= 1e-9 * csv_sum.abs().max(1.0),
+                    "{at}: sum {got} vs {csv_sum}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn export_parquet_reads_back_in_duckdb_as_the_csv_numbers() {
     let Some(python) = tools_python() else {
@@ -255,71 +323,85 @@ fn export_parquet_reads_back_in_duckdb_as_the_csv_numbers() {
     };
     let dir = tempfile::tempdir().unwrap();
     for name in ["record", "handmade-gpu"] {
-        let trace = fixture(&format!("{name}.jsonl"));
-        let dest = dir.path().join(format!("{name}.parquet"));
-        let out = o3()
-            .args(["export", "--format", "parquet", "--out"])
-            .arg(&dest)
-            .arg(&trace)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        assert!(out.stdout.is_empty() && out.stderr.is_empty());
-        let csv = o3()
-            .args(["export", "--format", "csv"])
-            .arg(&trace)
-            .output()
-            .unwrap();
-        assert_eq!(csv.status.code(), Some(0), "{}", text(&csv.stderr));
-        let csv = text(&csv.stdout);
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_duckdb_reads_the_csv_numbers(
+            &python,
+            &fixture(&format!("{name}.jsonl")),
+            &dir.path().join(format!("{name}.parquet")),
+        );
+    }
+}
 
-        let got = duckdb(&python, &dest);
-        let columns: Vec<(String, String)> =
-            serde_json::from_value(got["columns"].clone()).unwrap();
-        let want: Vec<(String, String)> = header
-            .iter()
-            .map(|h| (h.to_string(), sql_type(h).to_string()))
-            .collect();
-        assert_eq!(columns, want, "{name}: DESCRIBE");
-        assert_eq!(got["rows"], rows.len(), "{name}: count(*)");
-        for (i, column) in header.iter().enumerate() {
-            let cells: Vec<&str> = rows
-                .iter()
-                .map(|r| r[i])
-                .filter(|c| !c.is_empty())
-                .collect();
-            let stats = &got["stats"][column];
-            let at = format!("{name}: {column}: DuckDB {stats} vs CSV {cells:?}");
-            assert_eq!(
-                stats["count"],
-                cells.len(),
-                "{at}: count (nulls where the CSV is empty)"
-            );
-            let sum = stats["sum"].as_str().unwrap();
-            match sql_type(column) {
-                "BIGINT" if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
-                "BIGINT" => {
-                    let csv_sum: i128 = cells.iter().map(|c| c.parse::<i128>().unwrap()).sum();
-                    assert_eq!(sum.parse::<i128>().unwrap(), csv_sum, "{at}: sum");
-                }
-                "BOOLEAN" => {
-                    let trues = cells.iter().filter(|c| **c == "true").count();
-                    assert_eq!(sum.parse::<usize>().unwrap(), trues, "{at}: count_if");
-                }
-                _ if cells.is_empty() => assert_eq!(sum, "None", "{at}"),
-                _ => {
-                    let csv_sum: f64 = cells.iter().map(|c| c.parse::<f64>().unwrap()).sum();
-                    let got: f64 = sum.parse().unwrap();
-                    assert!(
-                        (got - csv_sum).abs() <= 1e-9 * csv_sum.abs().max(1.0),
-                        "{at}: sum {got} vs {csv_sum}"
-                    );
-                }
-            }
-        }
+/// A recording made now (eBPF as root, else procfs polling) exports in all three formats: the
+/// CSV's largest `rss_peak_bytes` is the recording's own peak, which covers the workload's
+/// 64 MiB spikes when eBPF kept it, Perfetto gets RSS counters, DuckDB reads the Parquet file as
+/// the CSV, and analyze finds the same peak.
+#[test]
+fn a_fresh_recording_exports_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let rec = o3()
+        .args(["record", "--interval", "10ms", "--json", "--out"])
+        .arg(&trace)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_o3-workload"))
+        .args(["spike", "--mib", "64", "--hold-us", "2000", "--repeat", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(rec.status.code(), Some(0), "{}", text(&rec.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(text(&rec.stdout).lines().last().unwrap()).unwrap();
+    let peak = summary["rss"]["peak_bytes"].as_u64().unwrap();
+    if summary["rss"]["method"] == "ebpf" {
+        assert!(peak >= 64 << 20, "{summary}");
+    }
+
+    let csv = o3()
+        .args(["export", "--format", "csv"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_eq!(csv.status.code(), Some(0), "{}", text(&csv.stderr));
+    let csv = text(&csv.stdout);
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "rss_peak_bytes").unwrap();
+    let csv_peak = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(col)?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert_eq!(csv_peak, peak);
+
+    let pf = o3()
+        .args(["export", "--format", "perfetto"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_eq!(pf.status.code(), Some(0), "{}", text(&pf.stderr));
+    let pf: serde_json::Value = serde_json::from_slice(&pf.stdout).unwrap();
+    let counters = pf["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "C")
+        .count();
+    assert!(counters >= 10, "{counters} counter events");
+
+    let an = o3()
+        .args(["analyze", "--json"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_eq!(an.status.code(), Some(0), "{}", text(&an.stderr));
+    let an: serde_json::Value = serde_json::from_slice(&an.stdout).unwrap();
+    assert_eq!(
+        an["peaks"]["rss_bytes"]["value"].as_u64(),
+        Some(peak),
+        "{an}"
+    );
+
+    if let Some(python) = tools_python() {
+        assert_duckdb_reads_the_csv_numbers(&python, &trace, &dir.path().join("t.parquet"));
     }
 }
 
