@@ -68,9 +68,14 @@ fn a_configuration_that_fits_is_measured_with_the_servers_timings() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // A header, the samples of the server's tree taken during the probe, then the result.
     assert_eq!(lines[0]["type"], "header");
-    assert_eq!(lines[1]["type"], "probe");
-    assert_eq!(lines[1]["outcome"], r["outcome"]);
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "probe");
+    assert_eq!(last["outcome"], r["outcome"]);
+    assert!(lines[1..lines.len() - 1]
+        .iter()
+        .all(|l| l["type"] == "sample"));
 }
 
 #[test]
