@@ -151,7 +151,7 @@ fn analyze_text_names_peaks_thresholds_processes_and_overhead() {
         "rss_bytes                        24047616 at 18.766 ms  (summary)",
         "percentiles (nearest rank)",
         "time above safety thresholds (thresholds from the trace)",
-        "CPU per process",
+        "CPU and GPU per process",
         "recording overhead",
     ] {
         assert!(s.contains(want), "missing {want:?} in\n{s}");

@@ -75,6 +75,11 @@ pub struct ProcessCpu {
     /// Share of the tree's CPU time summed over processes.
     pub cpu_share_percent: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// GPU engine time over the samples the process was seen in, in % of that time: 100 % is
+    /// one engine busy throughout (the engines of all GPUs summed, so it can exceed 100).
+    pub gpu_busy_percent: Option<f64>,
+    /// Largest GPU memory the process held in one sample: VRAM + GTT + KFD VRAM.
+    pub gpu_mem_peak_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -323,8 +328,42 @@ fn processes(trace: &Trace) -> Vec<ProcessCpu> {
             cpu_ns: p.get("cpu_ns").and_then(Value::as_u64),
             cpu_share_percent: None,
             peak_rss_bytes: p.get("peak_rss_bytes").and_then(Value::as_u64),
+            gpu_busy_percent: None,
+            gpu_mem_peak_bytes: None,
         })
         .collect();
+    // GPU use from the samples' per-process readings; a process only seen there is added.
+    let mut gpu: BTreeMap<u32, ((u64, u64), (u64, u64), u64)> = BTreeMap::new();
+    for s in &trace.samples {
+        for g in &s.gpu_processes {
+            let mem = g.vram_bytes + g.gtt_bytes + g.kfd_vram_bytes;
+            let e = gpu
+                .entry(g.pid)
+                .or_insert(((s.t_ns, g.engine_ns), (s.t_ns, g.engine_ns), 0));
+            e.1 = (s.t_ns, g.engine_ns);
+            e.2 = e.2.max(mem);
+        }
+    }
+    for (pid, ((t0, e0), (t1, e1), mem)) in gpu {
+        let busy = (t1 > t0).then(|| e1.saturating_sub(e0) as f64 * 100.0 / (t1 - t0) as f64);
+        let i = match v.iter().position(|p| p.pid == u64::from(pid)) {
+            Some(i) => i,
+            None => {
+                v.push(ProcessCpu {
+                    pid: u64::from(pid),
+                    comm: String::new(),
+                    cpu_ns: None,
+                    cpu_share_percent: None,
+                    peak_rss_bytes: None,
+                    gpu_busy_percent: None,
+                    gpu_mem_peak_bytes: None,
+                });
+                v.len() - 1
+            }
+        };
+        v[i].gpu_busy_percent = busy;
+        v[i].gpu_mem_peak_bytes = Some(mem);
+    }
     let total: u64 = v.iter().filter_map(|p| p.cpu_ns).sum();
     for p in &mut v {
         p.cpu_share_percent = p
@@ -440,18 +479,20 @@ pub fn text(a: &Analysis) -> String {
     if !a.processes.is_empty() {
         let _ = writeln!(
             o,
-            "CPU per process\n  {:>8} {:>14} {:>8} {:>16}  COMMAND",
-            "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES"
+            "CPU and GPU per process\n  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  COMMAND",
+            "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES", "GPU_BUSY_%", "GPU_MEM_PEAK_B"
         );
         for p in &a.processes {
             let _ = writeln!(
                 o,
-                "  {:>8} {:>14} {:>8} {:>16}  {}",
+                "  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  {}",
                 p.pid,
                 p.cpu_ns.map_or("-".into(), |c| c.to_string()),
                 p.cpu_share_percent
                     .map_or("-".into(), |s| format!("{s:.1}")),
                 p.peak_rss_bytes.map_or("-".into(), |b| b.to_string()),
+                p.gpu_busy_percent.map_or("-".into(), |s| format!("{s:.1}")),
+                p.gpu_mem_peak_bytes.map_or("-".into(), |b| b.to_string()),
                 p.comm
             );
         }

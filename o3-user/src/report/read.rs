@@ -94,6 +94,24 @@ pub struct SampleRec {
     pub system_cpu_percent: Option<f64>,
     #[serde(default)]
     pub gpus: Vec<GpuRec>,
+    /// GPU memory and engine time per tracked process, on the ticks it is read (fdinfo, KFD).
+    #[serde(default)]
+    pub gpu_processes: Vec<GpuProcRec>,
+}
+
+/// One process's GPU use in a sample (`gpu_processes`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GpuProcRec {
+    pub pid: u32,
+    #[serde(default)]
+    pub vram_bytes: u64,
+    #[serde(default)]
+    pub gtt_bytes: u64,
+    #[serde(default)]
+    pub kfd_vram_bytes: u64,
+    /// Engine busy time summed over the process's DRM clients and engines, cumulative, ns.
+    #[serde(default)]
+    pub engine_ns: u64,
 }
 
 /// CPU of the tree in % of one core between two samples, at the instants `cpu_ns` holds
