@@ -333,7 +333,9 @@ fn processes(trace: &Trace) -> Vec<ProcessCpu> {
         })
         .collect();
     // GPU use from the samples' per-process readings; a process only seen there is added.
-    let mut gpu: BTreeMap<u32, ((u64, u64), (u64, u64), u64)> = BTreeMap::new();
+    // Per pid: (t_ns, engine_ns) when first and last seen, largest memory.
+    type Seen = ((u64, u64), (u64, u64), u64);
+    let mut gpu: BTreeMap<u32, Seen> = BTreeMap::new();
     for s in &trace.samples {
         for g in &s.gpu_processes {
             let mem = g.vram_bytes + g.gtt_bytes + g.kfd_vram_bytes;
