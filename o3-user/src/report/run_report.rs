@@ -655,7 +655,7 @@ fn resources(d: &mut Doc, run: &Run, s: &Value) {
         );
     }
     if run.traces.is_empty() {
-        d.para("No per-probe traces in this run directory (simulated runs and runs by o3 before 0.1 have none), so no timelines.");
+        d.para("No per-probe traces in this run directory (a simulated run has none, nor has a run written before o3 kept them), so no timelines.");
         return;
     }
     d.para(format!(
@@ -1370,6 +1370,30 @@ mod tests {
         assert_eq!(points(series(m, "GPU 0 used")).len(), n_used);
         let t = chart(&d, "gpu-temperature");
         assert_eq!(t.hrules[0].at, 85.0);
+    }
+
+    #[test]
+    fn each_preset_says_how_to_serve_it() {
+        let mut r = run(vec![], &[]);
+        r.summary = Some(json!({"presets": [
+            {"name": "max_context", "config": {"ctx": 65536, "batch": 512, "parallel": 2},
+             "concurrency": 2, "output_tokens_per_s": 41.25, "ttft_p95_ms": 1830.0, "score": 0.5,
+             "constraint": "context ≥ 65536", "why": "highest score",
+             "artefacts": {"modelfile": "FROM qwen3:30b-a3b\nPARAMETER num_ctx 65536\n",
+                           "server_env": ["OLLAMA_NUM_PARALLEL=2"], "command_line": null}},
+            {"name": "balanced", "config": null, "concurrency": null, "constraint": "context in 8192..32768",
+             "why": "no stable configuration meets it", "artefacts": null}
+        ]}));
+        let md = super::super::doc::markdown(&build(&r), "plots");
+        assert!(
+            md.contains(
+                "| max_context | ctx 65536 · batch 512 · 2 slots | 2 | 41.2 | 1830 | 0.500 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| balanced | none | – | – | – | – |"), "{md}");
+        assert!(md.contains("### max_context: how to serve it\n\n```\nOLLAMA_NUM_PARALLEL=2\nFROM qwen3:30b-a3b\nPARAMETER num_ctx 65536\n```"), "{md}");
+        assert!(!md.contains("balanced: how to serve it"));
     }
 
     #[test]
