@@ -875,6 +875,11 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let max_by = |f: &dyn Fn(&search::Measured) -> Option<u64>| {
         report.configurations.iter().filter_map(f).max()
     };
+    if let Any::Live(l) = &prober {
+        if let Some(e) = &l.trace_error {
+            eprintln!("o3: warning: probe traces incomplete: {e} (the results are not affected)");
+        }
+    }
     let summary = Summary {
         schema_version: SCHEMA_VERSION,
         o3_version: env!("CARGO_PKG_VERSION"),
@@ -914,13 +919,6 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             gpu_used_peak_bytes: max_by(&|m| m.gpu_used_peak_bytes),
         },
         simulated_s: match &prober {
-            Any::Live(l) if l.trace_error.is_some() => {
-                eprintln!(
-                    "o3: warning: probe traces incomplete: {} (the results are not affected)",
-                    l.trace_error.as_deref().unwrap_or_default()
-                );
-                None
-            }
             Any::Sim(s) => Some(s.wall_ms / 1000.0),
             Any::Live(_) => None,
         },

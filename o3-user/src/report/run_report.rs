@@ -83,10 +83,6 @@ fn describe(c: &Value) -> String {
     s
 }
 
-fn stage_name(s: Stage) -> &'static str {
-    s.name()
-}
-
 fn decode_of(e: &Entry) -> Vec<f64> {
     e.outcome
         .observations
@@ -501,7 +497,7 @@ fn batch(d: &mut Doc, run: &Run) {
             rows.push(vec![
                 ctx.to_string(),
                 b.to_string(),
-                stage_name(e.request.stage).into(),
+                e.request.stage.name().into(),
                 if e.outcome.passed() {
                     "passed".into()
                 } else {
