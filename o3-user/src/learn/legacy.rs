@@ -25,6 +25,7 @@ use super::fingerprint::Host;
 use super::store::{ImportedRun, Store, StoreError};
 use super::{ModelShape, Record};
 use crate::backend::{classify, OutcomeClass, ProbeConfig};
+use crate::util::order::median;
 
 /// What the stored runs' backend column says.
 pub const BACKEND: &str = "ollama (legacy O3)";
@@ -217,19 +218,6 @@ pub fn parse_request(line_no: usize, text: &str) -> Result<Request, String> {
         ttft_ms: f("ttft_ms"),
         tokens_per_s: f("tokens_per_sec"),
         raw: v,
-    })
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     })
 }
 

@@ -9,14 +9,10 @@ use crate::learn::{ModelShape, Record};
 use super::prober::{ProbeOutcome, ProbeRequest};
 use super::search::Learned;
 
+/// Median of the finite values.
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
+    crate::util::order::median(v)
 }
 
 /// A finished probe as a store record.

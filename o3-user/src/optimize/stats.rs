@@ -57,20 +57,9 @@ pub struct Describe {
     pub ci95_high: Option<f64>,
 }
 
-/// Median of values sorted ascending (mean of the two middle ones for an even count).
-fn median_sorted(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
+/// Median of a non-empty slice.
 fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    median_sorted(&sorted)
+    crate::util::order::median(values.to_vec()).expect("median of a non-empty slice")
 }
 
 /// Removes outliers by the modified z-score (Iglewicz & Hoaglin 1993):
@@ -167,7 +156,7 @@ pub fn describe(values: &[f64]) -> Option<Describe> {
         n,
         outliers_removed,
         mean,
-        median: median_sorted(&kept),
+        median: crate::util::order::median_sorted(&kept),
         stddev,
         cv,
         min: kept[0],

@@ -1,6 +1,7 @@
 //! `o3 analyze`: an offline summary of a trace: peaks with their time, percentiles per
 //! metric, time above the safety thresholds, CPU per process, and the recording's overhead.
 
+use crate::util::order::nearest_rank as percentile;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -109,11 +110,6 @@ pub struct Analysis {
 
 fn ms(t_ns: u64) -> f64 {
     t_ns as f64 / 1e6
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn stats(mut v: Vec<f64>) -> Option<Stats> {

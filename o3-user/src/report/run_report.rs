@@ -8,6 +8,8 @@ use serde_json::Value;
 
 use crate::optimize::journal::Entry;
 use crate::optimize::prober::Stage;
+use crate::optimize::stats::Observation;
+use crate::util::order::{median, nearest_rank};
 use crate::util::units::{bytes, utc};
 
 use super::doc::Doc;
@@ -15,27 +17,13 @@ use super::plot::{self, Chart, Marker, Rule, Series, Style};
 use super::read::tree_cpu_percent;
 use super::run::Run;
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 /// Nearest-rank 95th percentile.
 fn p95(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
     v.sort_by(f64::total_cmp);
-    let rank = ((0.95 * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    Some(v[rank - 1])
+    Some(nearest_rank(&v, 95.0))
 }
 
 fn f1(v: Option<f64>) -> String {
@@ -83,31 +71,26 @@ fn describe(c: &Value) -> String {
     s
 }
 
-fn decode_of(e: &Entry) -> Vec<f64> {
+/// One metric of a probe's successful requests.
+fn of(e: &Entry, pick: fn(&Observation) -> Option<f64>) -> Vec<f64> {
     e.outcome
         .observations
         .iter()
         .filter(|o| o.ok)
-        .filter_map(|o| o.decode_tokens_per_s)
+        .filter_map(pick)
         .collect()
+}
+
+fn decode_of(e: &Entry) -> Vec<f64> {
+    of(e, |o| o.decode_tokens_per_s)
 }
 
 fn prefill_of(e: &Entry) -> Vec<f64> {
-    e.outcome
-        .observations
-        .iter()
-        .filter(|o| o.ok)
-        .filter_map(|o| o.prefill_tokens_per_s)
-        .collect()
+    of(e, |o| o.prefill_tokens_per_s)
 }
 
 fn ttft_of(e: &Entry) -> Vec<f64> {
-    e.outcome
-        .observations
-        .iter()
-        .filter(|o| o.ok)
-        .filter_map(|o| o.ttft_ms)
-        .collect()
+    of(e, |o| o.ttft_ms)
 }
 
 /// Builds the report.
