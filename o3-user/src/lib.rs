@@ -12,5 +12,6 @@ pub mod probe;
 pub mod record;
 pub mod report;
 pub mod telemetry;
+pub mod timing;
 pub mod trace;
 pub mod util;

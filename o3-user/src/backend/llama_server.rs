@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::{ProbeConfig, ProtocolError, StreamEvent, Timings};
+use super::{ProbeConfig, PromptProgress, ProtocolError, StreamEvent, Timings};
 
 /// One entry of `llama-server --help`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,17 +345,24 @@ pub fn command_args(
     Ok(args)
 }
 
-/// The body of `POST /completion`: streamed, no prompt cache (every request evaluates its whole
-/// prompt, so prefill timings are honest), greedy, seeded.
-pub fn completion_request(prompt: &str, n_predict: u32, seed: u32) -> Value {
-    json!({
+/// The body of `POST /completion`: streamed with prompt-progress events (one per batch read,
+/// so a long prefill shows life), greedy, seeded. With `slot`, the request is pinned to that
+/// slot and may reuse the prefix the slot holds (`cache_prompt`); without, every request
+/// evaluates its whole prompt.
+pub fn completion_request(prompt: &str, n_predict: u32, seed: u32, slot: Option<u32>) -> Value {
+    let mut v = json!({
         "prompt": prompt,
         "n_predict": n_predict,
         "stream": true,
-        "cache_prompt": false,
+        "return_progress": true,
+        "cache_prompt": slot.is_some(),
         "temperature": 0.0,
         "seed": seed,
-    })
+    });
+    if let Some(s) = slot {
+        v["id_slot"] = json!(s);
+    }
+    v
 }
 
 /// Readiness as `GET /health` reports it.
@@ -553,6 +560,27 @@ fn final_timings(obj: &Map<String, Value>, line: &str) -> Result<Timings, Protoc
     Ok(timings)
 }
 
+/// `prompt_progress`: `{total, cache, processed, time_ms}`.
+fn progress(v: &Value, line: &str) -> Result<PromptProgress, ProtocolError> {
+    let Value::Object(o) = v else {
+        return Err(ProtocolError::new("prompt_progress is not an object", line));
+    };
+    let n = |k: &str| -> Result<u64, ProtocolError> {
+        o.get(k).and_then(Value::as_u64).ok_or_else(|| {
+            ProtocolError::new(format!("prompt_progress.{k} is not a whole number"), line)
+        })
+    };
+    Ok(PromptProgress {
+        total: n("total")?,
+        cache: n("cache")?,
+        processed: n("processed")?,
+        time_ms: o
+            .get("time_ms")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| ProtocolError::new("prompt_progress.time_ms is not a number", line))?,
+    })
+}
+
 /// One JSON payload of the `/completion` stream.
 fn parse_payload(payload: &str, line: &str) -> Result<Option<StreamEvent>, ProtocolError> {
     let v: Value = serde_json::from_str(payload)
@@ -576,14 +604,16 @@ fn parse_payload(payload: &str, line: &str) -> Result<Option<StreamEvent>, Proto
             ))
         }
     }
+    // Progress reports (`return_progress`) carry an empty content beside `prompt_progress`.
+    if let Some(p) = obj.get("prompt_progress") {
+        return progress(p, line).map(|p| Some(StreamEvent::Progress(p)));
+    }
     match obj.get("content") {
         Some(Value::String(s)) => Ok(Some(StreamEvent::Token(s.clone()))),
         Some(_) => Err(ProtocolError::new(
             "stream event's content is not a string",
             line,
         )),
-        // Progress reports (`return_progress`) carry no content.
-        None if obj.contains_key("prompt_progress") => Ok(None),
         None => Err(ProtocolError::new(
             "stream event has neither content, stop nor error",
             line,
@@ -941,12 +971,16 @@ mod tests {
 
     #[test]
     fn the_completion_request() {
-        let r = completion_request("Hello", 64, 42);
+        let r = completion_request("Hello", 64, 42, None);
         assert_eq!(
             r,
-            json!({"prompt": "Hello", "n_predict": 64, "stream": true, "cache_prompt": false,
-                   "temperature": 0.0, "seed": 42})
+            json!({"prompt": "Hello", "n_predict": 64, "stream": true, "return_progress": true,
+                   "cache_prompt": false, "temperature": 0.0, "seed": 42})
         );
+        // Pinned to a slot, the prefix that slot holds may be reused.
+        let r = completion_request("Hello", 64, 42, Some(1));
+        assert_eq!(r["cache_prompt"], json!(true));
+        assert_eq!(r["id_slot"], json!(1));
     }
 
     #[test]
@@ -1017,10 +1051,52 @@ mod tests {
             "retry: 1000",
             "data: [DONE]",
             "data:[DONE]\r\n",
-            r#"data: {"index":0,"prompt_progress":{"total":20,"cache":0,"processed":8,"time_ms":12.5}}"#,
         ] {
             assert_eq!(parse_sse_line(line), Ok(None), "{line:?}");
         }
+    }
+
+    #[test]
+    fn progress_events_and_a_reused_prefix() {
+        // Captured from the test server (see the fixtures' README).
+        let fill = events(include_str!(
+            "../../../tests/fixtures/llama-server/stream-progress-fill.sse"
+        ));
+        let progress: Vec<&PromptProgress> = fill
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Progress(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(progress.len(), 8, "one at the start, one per batch of 256");
+        assert_eq!((progress[0].processed, progress[0].cache), (0, 0));
+        let last = progress[progress.len() - 1];
+        assert_eq!(last.processed, last.total);
+        // No empty token comes out of a progress event.
+        assert!(fill
+            .iter()
+            .all(|e| !matches!(e, StreamEvent::Token(t) if t.is_empty())));
+        let cached = events(include_str!(
+            "../../../tests/fixtures/llama-server/stream-progress-cached.sse"
+        ));
+        let Some(StreamEvent::Progress(first)) = cached.first() else {
+            panic!("{cached:?}")
+        };
+        assert_eq!(first.cache, first.processed);
+        let Some(StreamEvent::Done(t)) = cached.last() else {
+            panic!("{cached:?}")
+        };
+        assert_eq!(t.cached_tokens, Some(first.cache));
+        assert_eq!(t.prompt_tokens, Some(15), "only the suffix is read");
+        assert_eq!(
+            parse_sse_line(
+                r#"data: {"prompt_progress":{"total":1,"cache":0,"processed":"x","time_ms":0}}"#
+            )
+            .unwrap_err()
+            .what,
+            "prompt_progress.processed is not a whole number"
+        );
     }
 
     #[test]

@@ -115,6 +115,21 @@ pub enum StreamEvent {
     Done(Timings),
     /// An error reported inside the stream after a 200 status.
     Error(String),
+    /// Prompt processing progress (llama-server's `return_progress`): one per batch read.
+    Progress(PromptProgress),
+}
+
+/// How far the server has read a prompt, as llama-server's `prompt_progress` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PromptProgress {
+    /// Prompt tokens in all.
+    pub total: u64,
+    /// Tokens served from the slot's cache.
+    pub cache: u64,
+    /// Tokens in the slot so far (cached ones included).
+    pub processed: u64,
+    /// Server time since the prompt started, ms.
+    pub time_ms: f64,
 }
 
 /// A malformed line or body: names the offending text.

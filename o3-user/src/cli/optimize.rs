@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -17,17 +17,39 @@ use crate::learn::ModelShape;
 use crate::optimize::journal::{Journal, Journaled};
 use crate::optimize::learned;
 use crate::optimize::live::Live;
-use crate::optimize::prober::{describe_config, ProbeOutcome, ProbeRequest, Prober};
+use crate::optimize::prober::{ProbeOutcome, ProbeRequest, Prober};
 use crate::optimize::prune::{self, Chance, Pruned};
-use crate::optimize::search::{self, Inputs, Observer, Report};
+use crate::optimize::search::{self, Eta, Inputs, Observer, Report};
 use crate::optimize::sim::{Sim, SimModel};
-use crate::optimize::{artefacts, presets};
+use crate::optimize::{artefacts, plan, presets};
 use crate::probe::BackendSpec;
 
 use super::probe::{backend_spec, BackendArg, BackendFlags};
 use super::{CliResult, Roots};
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `--budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BudgetArg {
+    Auto,
+    None,
+    Seconds(f64),
+}
+
+fn parse_budget(s: &str) -> Result<BudgetArg, String> {
+    match s {
+        "auto" => Ok(BudgetArg::Auto),
+        "none" => Ok(BudgetArg::None),
+        _ => crate::util::duration::parse_in_range(
+            s,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(365 * 86_400),
+        )
+        .map(|d| BudgetArg::Seconds(d.as_secs_f64()))
+        .map_err(|e| format!("{e} (or `auto`, `none`)")),
+    }
+}
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -104,6 +126,12 @@ pub struct OptimizeArgs {
     /// demonstrations and benchmarks) instead of a real one.
     #[arg(long, value_name = "FILE", hide = true)]
     pub simulate: Option<PathBuf>,
+    /// How long the whole run may take (e.g. 6h, 90m): optional work predicted not to fit is
+    /// cut, and the output says what. `auto`: plan.floor_multiple (default 2) times the floor
+    /// (one load, one prompt filled to the validated maximum, one sample's decode); `none`:
+    /// everything. The context search and the proof of the maximum are never cut.
+    #[arg(long, value_name = "DURATION|auto|none", value_parser = parse_budget)]
+    pub budget: Option<BudgetArg>,
     /// Context discovery: o3's binary search, or a baseline the benchmark compares it with.
     #[arg(long, value_enum, default_value = "binary", hide = true)]
     pub strategy: search::Strategy,
@@ -307,85 +335,189 @@ fn host_facts(roots: &Roots, t: &Target) -> (Host, Option<u64>) {
     (h, cap)
 }
 
+/// What the progress bar shows between redraws: times in ms since the run started (atomics,
+/// read by the bar's own redraw tick; the search thread writes them).
+#[derive(Default)]
+struct Clock {
+    /// When the probe in flight started.
+    probe_started_ms: AtomicU64,
+    /// Its predicted duration.
+    probe_ms: AtomicU64,
+    /// Predicted work after it.
+    after_ms: AtomicU64,
+    /// Probe time spent before it.
+    spent_ms: AtomicU64,
+}
+
+impl Clock {
+    /// (done, total, remaining) in s at `now_ms`: within a probe the remaining time falls as
+    /// it runs and stops at the work after it (never grows), however long the probe overruns.
+    fn read(&self, now_ms: u64) -> (f64, f64, f64) {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1000.0;
+        let elapsed = (now_ms as f64 / 1000.0 - ld(&self.probe_started_ms)).max(0.0);
+        let probe = ld(&self.probe_ms);
+        let left_in_probe = (probe - elapsed).max(0.0);
+        let done = ld(&self.spent_ms) + elapsed.min(probe);
+        let remaining = left_in_probe + ld(&self.after_ms);
+        (done, done + remaining, remaining)
+    }
+}
+
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     lines: bool,
+    quiet: bool,
     started: Instant,
     probe_started: Instant,
+    clock: std::sync::Arc<Clock>,
 }
 
 impl Progress {
     fn new(quiet: bool) -> Progress {
         let tty = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        let clock = std::sync::Arc::new(Clock::default());
         let bar = (!quiet && tty).then(|| {
             let b = indicatif::ProgressBar::new(1);
+            let (c1, c2) = (clock.clone(), clock.clone());
+            let ms = move || started.elapsed().as_millis() as u64;
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} probes (ETA {eta}) {msg}",
+                    "{spinner} [{elapsed_precise}] {work} (ETA {model_eta}) {msg}",
                 )
-                .expect("valid template"),
+                .expect("valid template")
+                .with_key(
+                    "work",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let (done, total, _) = c1.read(ms());
+                        let filled = if total > 0.0 {
+                            ((done / total) * 30.0).round() as usize
+                        } else {
+                            0
+                        };
+                        let _ = write!(
+                            w,
+                            "{}{} {}/{}",
+                            "█".repeat(filled.min(30)),
+                            "░".repeat(30 - filled.min(30)),
+                            plan::human(done),
+                            plan::human(total)
+                        );
+                    },
+                )
+                .with_key(
+                    "model_eta",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let (_, _, left) = c2.read(started.elapsed().as_millis() as u64);
+                        let _ = write!(w, "{}", plan::human(left));
+                    },
+                ),
             );
-            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b.enable_steady_tick(std::time::Duration::from_millis(500));
             b
         });
         Progress {
             bar,
             lines: !quiet && !tty,
-            started: Instant::now(),
-            probe_started: Instant::now(),
+            quiet,
+            started,
+            probe_started: started,
+            clock,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None if self.lines => eprintln!("o3: {line}"),
+            None => {}
         }
     }
 }
 
+fn streams(req: &ProbeRequest) -> String {
+    if req.concurrency > 1 {
+        format!(" · {} streams", req.concurrency)
+    } else {
+        String::new()
+    }
+}
+
 impl Observer for Progress {
-    fn before(&mut self, req: &ProbeRequest, done: u32, estimate: u32) {
-        self.probe_started = Instant::now();
-        let what = format!(
-            "{} · {}{}",
-            req.stage.name(),
-            req.describe(),
-            if req.concurrency > 1 {
-                format!(" · {} streams", req.concurrency)
-            } else {
-                String::new()
-            }
+    fn plan(&mut self, items: &[plan::Item], budget: &str) {
+        if self.quiet {
+            return;
+        }
+        let total: f64 = items.iter().map(|i| i.cost.expected_s).sum();
+        let mut text = format!(
+            "plan ({budget}; predicted before any measurement, re-planned as rates are measured):"
         );
-        if let Some(b) = &self.bar {
-            b.set_length(estimate as u64);
-            b.set_position(done as u64);
-            b.set_message(what);
+        for i in items {
+            text += &format!(
+                "\n    {:<58} {:>10}{}",
+                i.what,
+                plan::human(i.cost.expected_s),
+                if i.priority == plan::Priority::Required {
+                    ""
+                } else {
+                    "  (optional)"
+                }
+            );
+        }
+        text += &format!("\n    all of it: {}", plan::human(total));
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("o3: {text}"),
         }
     }
 
-    fn after(&mut self, req: &ProbeRequest, out: &ProbeOutcome) {
+    fn before(&mut self, req: &ProbeRequest, eta: &Eta) {
+        self.probe_started = Instant::now();
+        let now = self.started.elapsed().as_millis() as u64;
+        let ms = |s: f64| (s.max(0.0) * 1000.0) as u64;
+        self.clock.probe_started_ms.store(now, Ordering::Relaxed);
+        self.clock
+            .probe_ms
+            .store(ms(eta.probe.expected_s), Ordering::Relaxed);
+        self.clock
+            .after_ms
+            .store(ms(eta.after_s), Ordering::Relaxed);
+        self.clock
+            .spent_ms
+            .store(ms(eta.spent_s), Ordering::Relaxed);
         if let Some(b) = &self.bar {
-            b.inc(1);
-        }
-        if self.lines {
-            let ok = out.observations.iter().filter(|o| o.ok).count();
-            eprintln!(
-                "o3: [{:>6.1} s] {:<11} {:<40} {} ({ok}/{} requests ok, {:.1} s)",
-                self.started.elapsed().as_secs_f64(),
+            b.set_message(format!(
+                "{} · {}{} (predicted {})",
                 req.stage.name(),
-                describe_config(&req.config)
-                    + &if req.concurrency > 1 {
-                        format!(" · {} streams", req.concurrency)
-                    } else {
-                        String::new()
-                    },
-                format!("{:?}", out.outcome).to_lowercase(),
-                out.observations.len(),
-                self.probe_started.elapsed().as_secs_f64()
-            );
+                req.describe(),
+                streams(req),
+                plan::human(eta.probe.expected_s)
+            ));
         }
+    }
+
+    fn after(&mut self, req: &ProbeRequest, out: &ProbeOutcome, eta: &Eta) {
+        let ok = out.observations.iter().filter(|o| o.ok).count();
+        let outcome = serde_json::to_value(out.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let line = format!(
+            "[{:>8}] {:<11} {:<54} {} ({ok}/{} requests ok, {} where {} was predicted; ETA {})",
+            plan::human(self.started.elapsed().as_secs_f64()),
+            req.stage.name(),
+            req.describe() + &streams(req),
+            outcome,
+            out.observations.len(),
+            plan::human(out.wall_ms / 1000.0),
+            plan::human(eta.probe.expected_s),
+            plan::human(eta.after_s)
+        );
+        self.say(&line);
     }
 
     fn note(&mut self, msg: &str) {
-        match &self.bar {
-            Some(b) => b.println(format!("note: {msg}")),
-            None if self.lines => eprintln!("o3: note: {msg}"),
-            None => {}
-        }
+        self.say(&format!("note: {msg}"));
     }
 }
 
@@ -405,6 +537,12 @@ impl crate::optimize::journal::Raw for Any {
 }
 
 impl Prober for Any {
+    fn know(&mut self, model: &crate::timing::TimeModel) {
+        if let Any::Live(l) = self {
+            l.know(model);
+        }
+    }
+
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
         match self {
             Any::Live(l) => l.probe(req),
@@ -454,6 +592,8 @@ struct Summary<'a> {
     explored: Vec<prune::Explored>,
     probes: ProbesOut,
     peaks: PeaksOut,
+    /// Predicted, spent, floor, budget, and what the budget cut.
+    plan: &'a plan::Report,
     /// Simulated time of all probes (simulator only), s.
     simulated_s: Option<f64>,
     wall_s: f64,
@@ -640,7 +780,6 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                         .map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
                     let mut m: SimModel = serde_json::from_str(&text)
                         .map_err(|e| usage(format!("{}: {e}", p.display())))?;
-                    m.fill = loaded.config.prompt.fill;
                     m.output_tokens = loaded.config.prompt.output_tokens;
                     Some(m)
                 }
@@ -719,6 +858,22 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         Some(r) => Some(Store::open(&r.db).map_err(|e| (e.into(), 1))?),
         None => None,
     };
+    let mut runfile = runfile;
+    match a.budget {
+        Some(BudgetArg::Seconds(x)) => runfile.config.plan.budget_s = Some(x),
+        Some(BudgetArg::None) => {
+            runfile.config.plan.budget_s = None;
+            runfile.config.plan.floor_multiple = 0.0;
+        }
+        Some(BudgetArg::Auto) => {
+            runfile.config.plan.budget_s = None;
+            if runfile.config.plan.floor_multiple == 0.0 {
+                runfile.config.plan.floor_multiple = crate::config::Plan::default().floor_multiple;
+            }
+        }
+        None => {}
+    }
+    let runfile = runfile;
     let t = &runfile.target;
     let cfg = &runfile.config;
 
@@ -798,10 +953,12 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         base: t.base.clone(),
         trained_context: runfile.shape.trained_context,
         parameters: runfile.shape.parameters,
+        weights_bytes: runfile.shape.weights_bytes,
         start_context: runfile.start_context,
         gallop: runfile.gallop,
         strategy: a.strategy,
         learned: runfile.learned.clone(),
+        time_model: None,
     };
     // Skipping needs a trained predictor: the memory model alone is only trusted to pick the
     // first probe (an estimate 10 % high would otherwise skip the optimum).
@@ -918,6 +1075,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             mem_used_peak_bytes: max_by(&|m| m.mem_used_peak_bytes),
             gpu_used_peak_bytes: max_by(&|m| m.gpu_used_peak_bytes),
         },
+        plan: &report.plan,
         simulated_s: match &prober {
             Any::Sim(s) => Some(s.wall_ms / 1000.0),
             Any::Live(_) => None,
@@ -1030,8 +1188,14 @@ fn print_table(s: &Summary) {
                     .configurations
                     .iter()
                     .find(|m| Some(&m.id) == pr.chosen.as_ref() && m.stable);
+                let depth = match m {
+                    Some(m) if !m.proven_at_depth => {
+                        " [NOT PROVEN AT DEPTH: prompts capped by prompt.max_prompt_tokens]"
+                    }
+                    _ => "",
+                };
                 eprintln!(
-                    "{:<14} {:>8} {:>6} {:>6} {:>8.1} {:>7.0} ms {:>11.0}%  {}",
+                    "{:<14} {:>8} {:>6} {:>6} {:>8.1} {:>7.0} ms {:>11.0}%  {}{depth}",
                     pr.name,
                     c.ctx,
                     c.batch.map_or("-".into(), |b| b.to_string()),
@@ -1048,15 +1212,48 @@ fn print_table(s: &Summary) {
     let c = s.context;
     eprintln!();
     eprintln!(
-        "context search: {} probes (bound {}) over {}..{} step {}: largest passing {}, validated {}",
+        "context search: {} probes (bound {}{}) over {}..{} step {}: largest that {} {}, validated filled to depth {}",
         c.probes.len(),
         c.probe_bound,
+        if c.load_only { ", each a load and a short request" } else { ", each filled" },
         c.low,
         c.high,
         c.granularity,
+        if c.load_only { "loads" } else { "passed" },
         c.max_passing.map_or("none".into(), |x| x.to_string()),
         c.validated.map_or("none".into(), |x| x.to_string())
     );
+    if let Some(f) = &c.fails_filled {
+        eprintln!(
+            "  loads at {} but fails filled: {}",
+            f.ctx,
+            f.error.as_deref().unwrap_or("no detail")
+        );
+    }
+    if let Some(cap) = s.max_prompt_tokens {
+        eprintln!(
+            "NOT PROVEN AT DEPTH: prompts were capped at {cap} tokens (prompt.max_prompt_tokens); contexts above {} were not filled to {:.0} %",
+            (cap as f64 / s.fill) as u64,
+            s.fill * 100.0
+        );
+    }
+    let p = s.plan;
+    eprintln!(
+        "time: {} of probes{}{}; {}; predicted {} at the start",
+        plan::human(p.spent_s),
+        p.floor_s.map_or(String::new(), |f| format!(
+            " = {:.2}× the floor of {} (one load, one fill to the maximum, one decode)",
+            p.spent_s / f.max(1e-9),
+            plan::human(f)
+        )),
+        if s.simulated { " (simulated)" } else { "" },
+        p.budget,
+        p.predicted_at_start_s.map_or("-".into(), plan::human)
+    );
+    for cut in &p.cut {
+        eprintln!("  cut by the budget: {cut}");
+    }
+    eprintln!("time model: {}", p.time_model);
     eprintln!(
         "peaks: server RSS {} ({}), system RAM in use {}, GPU memory {}",
         mb(s.peaks.rss_peak_bytes),

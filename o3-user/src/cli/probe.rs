@@ -28,6 +28,16 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     duration::parse_in_range(s, Duration::from_secs(1), Duration::from_secs(3600))
 }
 
+fn parse_margin(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number (1.5 to 100)"))?;
+    if !(1.5..=100.0).contains(&v) {
+        return Err(format!("{v} is out of range: accepted 1.5 to 100"));
+    }
+    Ok(v)
+}
+
 fn parse_fill(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -113,13 +123,23 @@ pub struct ProbeArgs {
     /// Exact prompt length in tokens instead of --fill (may exceed the context, to test it).
     #[arg(long, value_name = "N")]
     pub prompt_tokens: Option<u32>,
-    /// Cap on prompt tokens (huge contexts stay affordable; the result states the target).
-    #[arg(long, default_value_t = 32768)]
-    pub max_prompt_tokens: u32,
-    /// Per-request timeout (default: 60 s + 0.5 s per 1k context + 0.2 s per batch unit,
-    /// within 30–300 s).
-    #[arg(long, value_parser = parse_timeout)]
-    pub timeout: Option<Duration>,
+    /// Cap on prompt tokens (default: none). A capped probe does not prove the context at
+    /// depth; the result states the target.
+    #[arg(long, value_name = "N")]
+    pub max_prompt_tokens: Option<u32>,
+    /// Give every sample a fresh prompt read whole, instead of filling once and reusing that
+    /// prefix with a fresh suffix for the following samples.
+    #[arg(long)]
+    pub fresh_prompts: bool,
+    /// Longest silence tolerated from a request that has started to show progress (prompt
+    /// progress events, tokens); deep batches get more, by the time model. A request that
+    /// makes progress is never cut for being slow.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    pub stall: Duration,
+    /// A server that shows no progress while reading a prompt is abandoned after this many
+    /// times the time model's upper estimate.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_margin)]
+    pub margin: f64,
     /// Longest wait for the server to become ready.
     #[arg(long, default_value = "300s", value_parser = parse_timeout)]
     pub load_timeout: Duration,
@@ -172,8 +192,17 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         output_tokens: a.output_tokens,
         fill: a.fill,
         prompt_tokens: a.prompt_tokens,
-        max_prompt_tokens: Some(a.max_prompt_tokens),
-        timeout: a.timeout,
+        max_prompt_tokens: a.max_prompt_tokens,
+        prompts: if a.fresh_prompts {
+            probe::Prompts::Fresh
+        } else {
+            probe::Prompts::ReusePrefix
+        },
+        limits: crate::timing::Limits {
+            stall_s: a.stall.as_secs_f64(),
+            margin: a.margin,
+        },
+        time_model: None,
         load_timeout: a.load_timeout,
         interval: Duration::from_millis(10),
         seed: a.seed,
@@ -218,18 +247,31 @@ fn med(v: &mut [f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
-/// One row like llama-bench's, plus peaks.
+/// One row like llama-bench's, plus peaks: prefill over the prompts read whole, TTFT of the
+/// fill (the whole prompt) and of the cached samples (a reused prefix) apart.
 fn render(r: &probe::ProbeResult) -> String {
+    use probe::SampleKind;
     let c = &r.config;
     let ok: Vec<_> = r
         .samples
         .iter()
         .filter(|s| s.outcome == OutcomeClass::Ok)
         .collect();
-    let pick = |f: &dyn Fn(&probe::SampleResult) -> Option<f64>| {
-        let mut v: Vec<f64> = ok.iter().filter_map(|s| f(s)).collect();
+    let pick = |kinds: &[SampleKind], f: &dyn Fn(&probe::SampleResult) -> Option<f64>| {
+        let mut v: Vec<f64> = ok
+            .iter()
+            .filter(|s| kinds.contains(&s.kind))
+            .filter_map(|s| f(s))
+            .collect();
         med(&mut v).map_or("-".to_string(), |x| format!("{x:.1}"))
     };
+    let whole = [SampleKind::Fill, SampleKind::Fresh, SampleKind::Short];
+    let all = [
+        SampleKind::Fill,
+        SampleKind::Fresh,
+        SampleKind::Short,
+        SampleKind::Cached,
+    ];
     let mut out = format!(
         "{:<10} ctx {:>7} batch {:>5} slots {:>2}  prompt {:>6} tok  pp {:>8} tok/s  tg {:>7} tok/s  ttft {:>8} ms  samples {}/{}",
         serde_json::to_value(r.outcome)
@@ -240,12 +282,23 @@ fn render(r: &probe::ProbeResult) -> String {
         c.batch.map_or("-".into(), |b| b.to_string()),
         c.parallel.unwrap_or(1),
         r.prompt_tokens_target,
-        pick(&|s| s.prefill_tokens_per_s),
-        pick(&|s| s.decode_tokens_per_s),
-        pick(&|s| s.ttft_ms),
+        pick(&whole, &|s| s.prefill_tokens_per_s),
+        pick(&all, &|s| s.decode_tokens_per_s),
+        pick(&whole, &|s| s.ttft_ms),
         ok.len(),
         r.samples.len()
     );
+    if ok.iter().any(|s| s.kind == SampleKind::Cached) {
+        out += &format!(
+            "\n  cached prefix: ttft {} ms, reused {}",
+            pick(&[SampleKind::Cached], &|s| s.ttft_ms),
+            match r.prefix_reuse {
+                Some(true) => "in every sample",
+                Some(false) => "NOT in every sample (see the note)",
+                None => "unknown (the server does not say)",
+            }
+        );
+    }
     if let Some(p) = r.rss_peak_bytes {
         out += &format!(
             "  peak RSS {} ({})",
@@ -255,6 +308,9 @@ fn render(r: &probe::ProbeResult) -> String {
     }
     if !r.fixed_by_server.is_empty() {
         out += &format!("\n  fixed by the server: {}", r.fixed_by_server.join(", "));
+    }
+    for n in &r.notes {
+        out += &format!("\n  note: {n}");
     }
     if let Some(e) = &r.error {
         out += &format!("\n  error: {e}");

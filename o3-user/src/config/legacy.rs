@@ -116,17 +116,6 @@ pub(crate) const LEGACY_MAP: &[(&str, &str)] = &[
         "testing.concurrency_progression.max_concurrent_timeouts",
         "concurrency.max_timeouts",
     ),
-    ("testing.adaptive_timeouts.base_timeout", "timeouts.base_s"),
-    (
-        "testing.adaptive_timeouts.context_multiplier",
-        "timeouts.per_1k_context_s",
-    ),
-    (
-        "testing.adaptive_timeouts.batch_multiplier",
-        "timeouts.per_batch_unit_s",
-    ),
-    ("testing.adaptive_timeouts.min_timeout", "timeouts.min_s"),
-    ("testing.adaptive_timeouts.max_timeout", "timeouts.max_s"),
     (
         "hardware_monitoring.peak_detection.sampling_interval_ms",
         "monitoring.interval_ms",
@@ -184,6 +173,7 @@ pub(crate) const IGNORED: &[(&str, &str)] = &[
     ("objectives", "the legacy tool never used this section; what each preset favours is set by its weights (presets.*)"),
     ("ai_guidance", NEVER_USED),
     ("search_strategy.context_discovery", "o3 always bisects on measured results"),
+    ("testing.adaptive_timeouts", "a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it"),
     ("search_strategy.binary_search_factor", "no meaning now: o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity"),
     ("preset_categories.max_context.description", "a description is not a setting"),
     ("preset_categories.balanced.description", "a description is not a setting"),

@@ -34,6 +34,7 @@ pub struct Config {
     pub validation: Validation,
     pub concurrency: Concurrency,
     pub timeouts: Timeouts,
+    pub plan: Plan,
     pub safety: Safety,
     pub prompt: Prompt,
     pub learning: Learning,
@@ -53,6 +54,9 @@ pub struct Search {
     pub max_context: u32,
     /// Most contexts tried in one search.
     pub max_iterations: u32,
+    /// Search probes load the configuration and send one short request (llama.cpp and Ollama
+    /// allocate the KV cache and compute buffers at load); false fills each one to depth.
+    pub load_only: bool,
 }
 
 impl Default for Search {
@@ -63,6 +67,7 @@ impl Default for Search {
             min_context: 2048,
             max_context: 131_072,
             max_iterations: 16,
+            load_only: true,
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct Batch {
     pub ubatch: Option<u32>,
     /// The sweep stops when throughput improves by less than this fraction (0.05 = 5 %).
     pub min_gain: f64,
+    /// Prompt tokens of the ranking requests (a moderate depth, every one read whole).
+    pub rank_tokens: u32,
+    /// Ranking requests per batch.
+    pub rank_samples: u32,
 }
 
 impl Default for Batch {
@@ -99,6 +108,8 @@ impl Default for Batch {
             max_batch: 256,
             ubatch: None,
             min_gain: 0.05,
+            rank_tokens: 2048,
+            rank_samples: 2,
         }
     }
 }
@@ -247,48 +258,99 @@ impl Default for Concurrency {
     }
 }
 
-/// Request timeouts grow with context and batch.
+/// How long a request may take. A request that makes progress is never cut for being slow:
+/// only silence (`stall_s`) and, for a server that shows no progress while it reads a prompt,
+/// `margin` times the time model's upper estimate end it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    pub base_s: f64,
-    /// Added per 1000 tokens of context, s.
-    pub per_1k_context_s: f64,
-    /// Added per unit of batch, s.
-    pub per_batch_unit_s: f64,
-    pub min_s: f64,
-    pub max_s: f64,
+    /// Longest silence once a request shows progress, s (deeper batches get more).
+    pub stall_s: f64,
+    /// Multiple of the time model's upper estimate before a silent request is abandoned.
+    pub margin: f64,
     /// Longest wait for a server to load a model, s.
     pub load_s: f64,
+    /// Keys of the fixed-formula timeouts of earlier versions: accepted, ignored, each with a
+    /// notice.
+    #[serde(default, skip_serializing)]
+    pub base_s: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub per_1k_context_s: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub per_batch_unit_s: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub min_s: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub max_s: Option<f64>,
 }
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
-            base_s: 60.0,
-            per_1k_context_s: 0.5,
-            per_batch_unit_s: 0.2,
-            min_s: 30.0,
-            max_s: 300.0,
+            stall_s: 60.0,
+            margin: 3.0,
             load_s: 600.0,
+            base_s: None,
+            per_1k_context_s: None,
+            per_batch_unit_s: None,
+            min_s: None,
+            max_s: None,
         }
     }
 }
 
 impl Timeouts {
-    /// `base + per_1k_context × ctx / 1000 + per_batch_unit × batch`, within `[min_s, max_s]`.
-    pub fn request_timeout(&self, ctx: u32, batch: Option<u32>) -> Duration {
-        let s = self.base_s
-            + self.per_1k_context_s * f64::from(ctx) / 1000.0
-            + self.per_batch_unit_s * f64::from(batch.unwrap_or(0));
-        // max then min (not f64::clamp, which panics when min > max).
-        let s = s.max(self.min_s).min(self.max_s);
-        Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(1))
-    }
-
     /// `load_s` as a duration.
     pub fn load_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.load_s).unwrap_or(Duration::from_secs(600))
+    }
+
+    /// The stall bound and margin the probe applies.
+    pub fn limits(&self) -> crate::timing::Limits {
+        crate::timing::Limits {
+            stall_s: self.stall_s,
+            margin: self.margin,
+        }
+    }
+
+    /// The keys of earlier versions present in the file.
+    pub fn retired_keys(&self) -> Vec<&'static str> {
+        [
+            ("timeouts.base_s", self.base_s),
+            ("timeouts.per_1k_context_s", self.per_1k_context_s),
+            ("timeouts.per_batch_unit_s", self.per_batch_unit_s),
+            ("timeouts.min_s", self.min_s),
+            ("timeouts.max_s", self.max_s),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|_| k))
+        .collect()
+    }
+}
+
+/// The time the whole run may take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plan {
+    /// Seconds the whole run may take; None: `floor_multiple` times the floor.
+    pub budget_s: Option<f64>,
+    /// Without `budget_s`, the budget is this multiple of the floor (one load, one prompt
+    /// filled to the validated maximum, one sample's decode); 0: no budget.
+    pub floor_multiple: f64,
+    /// The budget from `floor_multiple` is never less than this, s.
+    pub min_budget_s: f64,
+    /// Concurrency levels at the validated maximum too (each stream fills the whole depth).
+    pub concurrency_at_max_context: bool,
+}
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            budget_s: None,
+            floor_multiple: 2.0,
+            min_budget_s: 600.0,
+            concurrency_at_max_context: true,
+        }
     }
 }
 
@@ -344,19 +406,38 @@ impl Safety {
 pub struct Prompt {
     /// Fraction of the context the prompt fills.
     pub fill: f64,
-    /// Cap on prompt tokens, so huge contexts stay affordable; None: no cap.
+    /// Cap on prompt tokens; None: no cap. A capped result is not proven at depth.
     pub max_prompt_tokens: Option<u32>,
     /// Tokens generated per request.
     pub output_tokens: u32,
+    /// Samples after the first of a filled configuration repeat its prompt's prefix with a
+    /// fresh suffix (depth paid once per loaded configuration); false reads every prompt whole.
+    pub reuse_prefix: bool,
 }
 
 impl Default for Prompt {
     fn default() -> Prompt {
         Prompt {
             fill: 0.9,
-            max_prompt_tokens: Some(32_768),
+            max_prompt_tokens: None,
             output_tokens: 64,
+            reuse_prefix: true,
         }
+    }
+}
+
+impl Prompt {
+    /// Prompt tokens that prove a context at depth: `fill` of it less the output.
+    pub fn depth_tokens(&self, ctx: u32) -> u32 {
+        ((f64::from(ctx) * self.fill) as u32)
+            .saturating_sub(self.output_tokens)
+            .max(1)
+    }
+
+    /// The prompt tokens a filled probe of `ctx` sends: the depth, capped.
+    pub fn filled_tokens(&self, ctx: u32) -> u32 {
+        let d = self.depth_tokens(ctx);
+        self.max_prompt_tokens.map_or(d, |cap| d.min(cap))
     }
 }
 
@@ -477,7 +558,18 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
         Layout::Current => {
             let config: Config = serde_yaml::from_str(text)
                 .map_err(|e| error::from_serde(&e, &doc, Layout::Current))?;
-            (config, Vec::new())
+            let notices = config
+                .timeouts
+                .retired_keys()
+                .into_iter()
+                .map(|k| {
+                    let at = doc
+                        .line_of(k)
+                        .map_or(origin.to_string(), |l| format!("{origin}:{l}"));
+                    format!("{at}: {k}: ignored; a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it (docs/optimizer.md)")
+                })
+                .collect();
+            (config, notices)
         }
         Layout::Legacy => legacy::map(&doc)?,
     };
@@ -497,6 +589,7 @@ const CURRENT_TOP_KEYS: &[&str] = &[
     "validation",
     "concurrency",
     "timeouts",
+    "plan",
     "safety",
     "prompt",
     "learning",

@@ -72,6 +72,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("search.min_context", CTX),
     ("search.max_context", CTX),
     ("search.max_iterations", int(1, 64)),
+    ("search.load_only", Rule::Bool),
     ("batch.enabled", Rule::Bool),
     ("batch.initial_large", BATCH),
     ("batch.initial_medium", BATCH),
@@ -80,6 +81,8 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("batch.max_batch", BATCH),
     ("batch.ubatch", Rule::Opt(&BATCH)),
     ("batch.min_gain", num(0.0, 1.0)),
+    ("batch.rank_tokens", int(16, CONTEXT_MAX)),
+    ("batch.rank_samples", int(1, 100)),
     (
         "presets.max_context.target_context_percentile",
         num(1.0, 100.0),
@@ -110,12 +113,13 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("concurrency.levels", Rule::Ascending { min: 1, max: 256 }),
     ("concurrency.stabilization_delay_s", num(0.0, 600.0)),
     ("concurrency.max_timeouts", int(0, 100)),
-    ("timeouts.base_s", num(1.0, 3600.0)),
-    ("timeouts.per_1k_context_s", num(0.0, 60.0)),
-    ("timeouts.per_batch_unit_s", num(0.0, 60.0)),
-    ("timeouts.min_s", num(1.0, 3600.0)),
-    ("timeouts.max_s", num(1.0, 86_400.0)),
+    ("timeouts.stall_s", num(1.0, 86_400.0)),
+    ("timeouts.margin", num(1.5, 100.0)),
     ("timeouts.load_s", num(1.0, 86_400.0)),
+    ("plan.budget_s", Rule::Opt(&num(60.0, 31_536_000.0))),
+    ("plan.floor_multiple", num(0.0, 1000.0)),
+    ("plan.min_budget_s", num(0.0, 31_536_000.0)),
+    ("plan.concurrency_at_max_context", Rule::Bool),
     ("safety.max_vram_percent", PERCENT),
     ("safety.max_ram_percent", PERCENT),
     ("safety.max_temperature_c", num(30.0, 120.0)),
@@ -125,6 +129,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("prompt.fill", num(0.05, 1.0)),
     ("prompt.max_prompt_tokens", Rule::Opt(&int(16, CONTEXT_MAX))),
     ("prompt.output_tokens", int(1, 4096)),
+    ("prompt.reuse_prefix", Rule::Bool),
     ("learning.store_results", Rule::Bool),
     ("learning.reuse_learned_configs", Rule::Bool),
     ("learning.predict", Rule::Bool),
@@ -507,23 +512,6 @@ fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
                 ctx.other("search.max_context", s.max_context)
             ),
             format!("lower it or raise {}", ctx.name("search.max_context")),
-        ));
-    }
-    let t = &c.timeouts;
-    if t.min_s > t.max_s {
-        return Err(ctx.err(
-            "timeouts.min_s",
-            &["timeouts.max_s"],
-            format!(
-                "{} is above {}",
-                fmt_num(t.min_s),
-                ctx.other("timeouts.max_s", fmt_num(t.max_s))
-            ),
-            format!(
-                "make {} at most {}",
-                ctx.name("timeouts.min_s"),
-                ctx.name("timeouts.max_s")
-            ),
         ));
     }
     Ok(())

@@ -221,6 +221,10 @@ impl<'j, P> Journaled<'j, P> {
 }
 
 impl<P: Prober + Raw> Prober for Journaled<'_, P> {
+    fn know(&mut self, model: &crate::timing::TimeModel) {
+        self.inner.know(model)
+    }
+
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
         if self.error.is_some() {
             return None;

@@ -132,6 +132,7 @@ mod tests {
                 batch: Some(64),
                 ..Default::default()
             },
+            depth: crate::optimize::prober::Depth::Filled { tokens: 7309 },
             rounds: 2,
             concurrency: 1,
         };
@@ -143,12 +144,14 @@ mod tests {
                 ttft_ms: Some(100.0),
                 prefill_tokens_per_s: Some(1000.0),
                 decode_tokens_per_s: Some(50.0),
+                cached: false,
             },
             Observation {
                 ok: true,
                 ttft_ms: Some(120.0),
                 prefill_tokens_per_s: Some(900.0),
                 decode_tokens_per_s: Some(40.0),
+                cached: true,
             },
         ];
         let rec = record_of(

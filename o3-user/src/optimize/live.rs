@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{OutcomeClass, ProbeConfig};
 use crate::config::Config;
-use crate::probe::{self, BackendSpec, ProbeResult, ProbeSpec};
+use crate::probe::{self, BackendSpec, ProbeResult, ProbeSpec, Prompts, SampleKind};
 use crate::telemetry::ebpf::Loaded;
+use crate::timing::TimeModel;
 
 use super::journal::Raw;
-use super::prober::{ProbeOutcome, ProbeRequest, Prober, Stage};
+use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
 use super::stats::Observation;
 
 pub struct Live {
@@ -32,6 +33,8 @@ pub struct Live {
     next_trace: usize,
     /// Set when a trace file could not be written (the probe's result is kept regardless).
     pub trace_error: Option<String>,
+    /// What the search knows of the server's speed: request deadlines come from it.
+    model: Option<TimeModel>,
 }
 
 impl Live {
@@ -47,6 +50,7 @@ impl Live {
             traces: None,
             next_trace: 0,
             trace_error: None,
+            model: None,
         }
     }
 
@@ -85,6 +89,18 @@ impl Live {
 
     fn spec(&self, req: &ProbeRequest) -> ProbeSpec {
         let c = &self.config;
+        let (prompts, prompt_tokens) = match req.depth {
+            Depth::Load => (Prompts::Short, None),
+            Depth::Fresh { tokens } => (Prompts::Fresh, Some(tokens)),
+            Depth::Filled { tokens } => (
+                if c.prompt.reuse_prefix {
+                    Prompts::ReusePrefix
+                } else {
+                    Prompts::Fresh
+                },
+                Some(tokens),
+            ),
+        };
         ProbeSpec {
             backend: self.backend.clone(),
             config: req.config.clone(),
@@ -92,9 +108,11 @@ impl Live {
             concurrency: req.concurrency,
             output_tokens: c.prompt.output_tokens,
             fill: c.prompt.fill,
-            prompt_tokens: None,
-            max_prompt_tokens: c.prompt.max_prompt_tokens,
-            timeout: Some(c.timeouts.request_timeout(req.config.ctx, req.config.batch)),
+            prompt_tokens,
+            max_prompt_tokens: None,
+            prompts,
+            limits: c.timeouts.limits(),
+            time_model: self.model.clone(),
             load_timeout: Duration::from_secs_f64(c.timeouts.load_s),
             interval: Duration::from_millis(c.monitoring.interval_ms as u64),
             // The same request always sends the same prompts.
@@ -128,6 +146,8 @@ pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
                 ttft_ms: s.ttft_ms.filter(|_| ok),
                 prefill_tokens_per_s: s.prefill_tokens_per_s.filter(|_| ok),
                 decode_tokens_per_s: s.decode_tokens_per_s.filter(|_| ok),
+                // A sample meant to reuse the prefix that did not is a whole-prompt read.
+                cached: s.kind == SampleKind::Cached && s.prefix_hit != Some(false),
             }
         })
         .collect();
@@ -172,6 +192,9 @@ pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
         gpu_used_peak_bytes: max(&|s| s.peaks.gpu_usable_used_peak_bytes),
         load_ms: r.load_ms,
         wall_ms,
+        timing: r.timing.clone(),
+        prefix_reuse: r.prefix_reuse,
+        notes: r.notes.clone(),
     }
 }
 
@@ -182,6 +205,10 @@ impl Raw for Live {
 }
 
 impl Prober for Live {
+    fn know(&mut self, model: &TimeModel) {
+        self.model = Some(model.clone());
+    }
+
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
         if self.stop.load(Ordering::SeqCst) {
             return None;

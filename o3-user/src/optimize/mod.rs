@@ -5,6 +5,7 @@ pub mod artefacts;
 pub mod journal;
 pub mod learned;
 pub mod live;
+pub mod plan;
 pub mod presets;
 pub mod prober;
 pub mod prune;

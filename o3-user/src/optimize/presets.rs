@@ -1,5 +1,5 @@
 //! Presets: max_context, balanced and fast_response, each chosen only among statistically
-//! stable configurations, by the category's context constraint, the optional SLOs and a
+//! stable configurations filled to their depth, by the category's context constraint, the optional SLOs and a
 //! weighted score of throughput and TTFT normalised over the configurations actually measured.
 
 use serde::Serialize;
@@ -55,7 +55,11 @@ type Category = (&'static str, f64, f64, Box<dyn Fn(u32) -> bool>, String);
 pub fn choose(measured: &[Measured], cfg: &PresetConfig) -> Vec<Preset> {
     let pool: Vec<&Measured> = measured
         .iter()
-        .filter(|m| m.stable && m.output_tokens_per_s.is_some() && m.ttft_p95_ms.is_some())
+        // Only configurations proven filled to their depth: a batch ranking at a moderate
+        // depth says nothing of its context.
+        .filter(|m| {
+            m.stable && m.filled() && m.output_tokens_per_s.is_some() && m.ttft_p95_ms.is_some()
+        })
         .collect();
     let thr = |m: &Measured| m.output_tokens_per_s.unwrap_or(0.0);
     let ttft = |m: &Measured| m.ttft_p95_ms.unwrap_or(f64::INFINITY);

@@ -1,10 +1,12 @@
-//! The seam between the search and a server: a probe request (one configuration, how many
-//! rounds, how many simultaneous streams) and what came back, reduced to what the search needs.
-//! The live implementation drives `crate::probe`; tests use simulators whose truth is known.
+//! The seam between the search and a server: a probe request (one configuration, how deep its
+//! prompts go, how many rounds, how many simultaneous streams) and what came back, reduced to
+//! what the search needs. The live implementation drives `crate::probe`; tests use simulators
+//! whose truth is known.
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::timing::{Obs, TimeModel};
 
 use super::stats::Observation;
 
@@ -12,11 +14,11 @@ use super::stats::Observation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// Binary search for the largest context (one sample per probe).
+    /// Binary search for the largest context that loads (one short request per probe).
     Context,
-    /// Statistical validation of a configuration.
+    /// Statistical validation of a configuration, filled to depth (its proof).
     Validate,
-    /// Batch adaptation at a chosen context.
+    /// Batch ranking at a moderate depth, at the largest context that loads.
     Batch,
     /// A concurrency level: that many server slots and simultaneous streams.
     Concurrency,
@@ -36,10 +38,36 @@ impl Stage {
     }
 }
 
+/// How deep a probe's prompts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Depth {
+    /// Load and one short request: whether the configuration fits (llama.cpp and Ollama
+    /// allocate the KV cache and compute buffers at load).
+    Load,
+    /// Every request a fresh prompt of `tokens`, read whole: prefill ranked at a moderate
+    /// depth.
+    Fresh { tokens: u32 },
+    /// Prompts of `tokens` (`prompt.fill` of the context less the output, unless capped): the
+    /// first request of each stream reads it whole, the rest reuse that prefix with a fresh
+    /// suffix (where the model allows).
+    Filled { tokens: u32 },
+}
+
+impl Depth {
+    pub fn tokens(self) -> Option<u32> {
+        match self {
+            Depth::Load => None,
+            Depth::Fresh { tokens } | Depth::Filled { tokens } => Some(tokens),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeRequest {
     pub stage: Stage,
     pub config: ProbeConfig,
+    pub depth: Depth,
     /// Rounds of `concurrency` simultaneous requests.
     pub rounds: u32,
     pub concurrency: u32,
@@ -51,9 +79,14 @@ impl ProbeRequest {
         serde_json::to_string(self).expect("a probe request serialises")
     }
 
-    /// A short human description: `ctx 8192 · batch 64 · 2 slots`.
+    /// A short human description: `ctx 8192 · batch 64 · 2 slots · filled to 7309`.
     pub fn describe(&self) -> String {
-        describe_config(&self.config)
+        let d = match self.depth {
+            Depth::Load => " · load + short request".to_string(),
+            Depth::Fresh { tokens } => format!(" · fresh {tokens}-token prompts"),
+            Depth::Filled { tokens } => format!(" · filled to {tokens}"),
+        };
+        describe_config(&self.config) + &d
     }
 }
 
@@ -93,6 +126,15 @@ pub struct ProbeOutcome {
     pub gpu_used_peak_bytes: Option<u64>,
     pub load_ms: Option<f64>,
     pub wall_ms: f64,
+    /// The server's answers as spans of work, for the time model.
+    #[serde(default)]
+    pub timing: Vec<Obs>,
+    /// Whether requests meant to reuse a filled prefix did (`None`: none measured).
+    #[serde(default)]
+    pub prefix_reuse: Option<bool>,
+    /// What the reader must know about this probe.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl ProbeOutcome {
@@ -115,6 +157,9 @@ impl ProbeOutcome {
             gpu_used_peak_bytes: None,
             load_ms: None,
             wall_ms: 0.0,
+            timing: Vec::new(),
+            prefix_reuse: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -124,6 +169,10 @@ impl ProbeOutcome {
 pub trait Prober {
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome>;
 
+    /// What the search knows of the server's speed before the next probe (a live server
+    /// derives request deadlines from it).
+    fn know(&mut self, _model: &TimeModel) {}
+
     /// Configuration fields this server cannot set (e.g. `batch` for a template without
     /// `{batch}`, `parallel` for an Ollama server o3 did not start).
     fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str>;
@@ -132,6 +181,9 @@ pub trait Prober {
 impl<P: Prober + ?Sized> Prober for &mut P {
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
         (**self).probe(req)
+    }
+    fn know(&mut self, model: &TimeModel) {
+        (**self).know(model)
     }
     fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
         (**self).fixed_by_server(cfg)

@@ -62,6 +62,10 @@ impl<P: Raw> Raw for Pruned<'_, P> {
 }
 
 impl<P: Prober> Prober for Pruned<'_, P> {
+    fn know(&mut self, model: &crate::timing::TimeModel) {
+        self.inner.know(model)
+    }
+
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
         if matches!(req.stage, Stage::Validate | Stage::Verify) {
             return self.inner.probe(req);
@@ -161,7 +165,10 @@ mod tests {
     }
 
     fn run(bias: f64, explore: u32) -> (search::Report, Vec<Skip>, u32) {
-        let cfg = crate::config::Config::default();
+        // No budget: every stage runs, among them the concurrency levels at the maximum, which
+        // the predictor can tell will not load.
+        let mut cfg = crate::config::Config::default();
+        cfg.plan.floor_multiple = 0.0;
         let m = SimModel {
             capacity_bytes: 12 << 30,
             ..SimModel::default()
@@ -173,6 +180,8 @@ mod tests {
             base: ProbeConfig::default(),
             trained_context: Some(m.trained_context),
             parameters: Some(m.parameters),
+            weights_bytes: Some(m.weights_bytes),
+            time_model: None,
             start_context: start_context(
                 &chance,
                 &ProbeConfig {
@@ -196,7 +205,8 @@ mod tests {
     #[test]
     fn pruning_saves_probes_and_never_skips_the_optimum() {
         let (plain, _, plain_probes) = {
-            let cfg = crate::config::Config::default();
+            let mut cfg = crate::config::Config::default();
+            cfg.plan.floor_multiple = 0.0;
             let m = SimModel::default();
             let mut sim = Sim::new(m.clone());
             let inp = Inputs {
@@ -204,6 +214,8 @@ mod tests {
                 base: ProbeConfig::default(),
                 trained_context: Some(m.trained_context),
                 parameters: Some(m.parameters),
+                weights_bytes: Some(m.weights_bytes),
+                time_model: None,
                 start_context: None,
                 gallop: false,
                 strategy: Strategy::Binary,

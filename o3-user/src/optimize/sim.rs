@@ -1,21 +1,42 @@
-//! An in-process server simulator whose truth is known: memory decides which configurations
-//! load (weights + KV cache × context × slots + compute buffer by batch ≤ capacity), rates
-//! follow a simple roofline, requests carry seeded noise, and failures are injected
-//! deterministically. It answers the same [`Prober`] questions the live server does, with the
-//! simulated time each probe would have taken, so the search and its baselines can be checked
-//! against the truth and compared without a GPU.
+//! An in-process server simulator whose truth is known. Memory decides which configurations
+//! load (weights + KV cache × context × slots + compute buffer by batch ≤ capacity, all
+//! allocated at load as llama.cpp and Ollama do); time behaves like the real servers at depth:
+//!
+//! - a load costs `load_ms`;
+//! - the marginal prefill rate falls with depth, r(d) = r0 / (1 + d/h), r0 reduced below the
+//!   batch knee as (batch / knee)^0.5: filling from C to D takes
+//!   ((D − C) + (D² − C²)/(2h)) / r0;
+//! - decode at depth d runs at g0 / (1 + d/k); n simultaneous streams each get
+//!   n^efficiency / n of it, and their prompts share the prefill;
+//! - within one loaded configuration (one probe) a stream's filled prefix is reused by its
+//!   later requests (prefix + fresh suffix), unless the model cannot (`prefix_reuse: false`,
+//!   sliding-window or recurrent attention); a new probe is a new load with an empty cache.
+//!
+//! Failures are injected deterministically: a flaky zone (intermittent request failures), a
+//! zone that loads but fails when filled (`fill_fails_above`), streams beyond a count that time
+//! out. It answers the same [`Prober`] questions the live server does, with the simulated time
+//! each probe would have taken, and the spans the time model fits, so the search, its plan and
+//! its baselines can be checked against the truth without a GPU. Profiles calibrated to
+//! published figures are in bench/optimize/ (docs/optimizer.md cites them).
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::probe::SUFFIX_TOKENS;
+use crate::timing::Obs;
 
 use super::journal::Raw;
-use super::prober::{ProbeOutcome, ProbeRequest, Prober};
+use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober};
 use super::stats::Observation;
+
+/// Tokens of the short request of a load-only probe.
+pub const SHORT_TOKENS: u64 = 96;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimModel {
+    /// Where the figures come from (free text, for reports).
+    pub source: String,
     pub capacity_bytes: u64,
     pub weights_bytes: u64,
     pub kv_bytes_per_token: u64,
@@ -23,26 +44,31 @@ pub struct SimModel {
     pub compute_per_batch_bytes: u64,
     pub trained_context: u32,
     pub parameters: u64,
-    /// Prefill tokens/s at and above the knee batch; below it ∝ (batch / knee)^0.5.
+    /// Prefill tokens/s at depth 0, at and above the knee batch; below it ∝ (batch / knee)^0.5.
     pub prefill_tps: f64,
     pub batch_knee: u32,
-    /// Decode tokens/s of one stream at an empty context.
+    /// Depth at which the marginal prefill rate halves, tokens.
+    pub prefill_half_depth: f64,
+    /// Decode tokens/s of one stream at depth 0.
     pub decode_tps: f64,
-    /// Both rates halve at this context.
-    pub ctx_half: u32,
+    /// Depth at which the decode rate halves, tokens.
+    pub decode_half_depth: f64,
     /// Aggregate decode with n streams = n^efficiency × one stream.
     pub parallel_efficiency: f64,
     pub load_ms: f64,
     pub noise_cv: f64,
     /// Contexts above this (and below the memory limit) fail every `flaky_every`-th request
-    /// of a probe (a single-request search probe passes; validation does not).
+    /// of a probe (a single short request passes; validation does not).
     pub flaky_above: Option<u32>,
     pub flaky_every: u32,
+    /// Contexts above this load but fail (out of memory) when a prompt fills them.
+    pub fill_fails_above: Option<u32>,
     /// Each request of a stream beyond this many simultaneous ones times out.
     pub max_streams_in_time: Option<u32>,
+    /// A filled prefix is reused by the next request of the same stream.
+    pub prefix_reuse: bool,
     pub seed: u64,
-    /// Fill depth and output length the probes use (as in the configuration).
-    pub fill: f64,
+    /// Output tokens per request (as in the configuration).
     pub output_tokens: u32,
 }
 
@@ -50,6 +76,7 @@ impl Default for SimModel {
     fn default() -> SimModel {
         // An 8B Q4_K_M model on a 12 GiB device (the Ollama simulator's example).
         SimModel {
+            source: String::new(),
             capacity_bytes: 12 << 30,
             weights_bytes: 4_920_000_000,
             kv_bytes_per_token: 131_072,
@@ -59,16 +86,18 @@ impl Default for SimModel {
             parameters: 8_030_261_248,
             prefill_tps: 2400.0,
             batch_knee: 512,
+            prefill_half_depth: 24_576.0,
             decode_tps: 62.0,
-            ctx_half: 65_536,
+            decode_half_depth: 65_536.0,
             parallel_efficiency: 0.7,
             load_ms: 3000.0,
             noise_cv: 0.02,
             flaky_above: None,
             flaky_every: 3,
+            fill_fails_above: None,
             max_streams_in_time: None,
+            prefix_reuse: true,
             seed: 1,
-            fill: 0.9,
             output_tokens: 64,
         }
     }
@@ -89,24 +118,55 @@ impl SimModel {
         by_memory.min(self.trained_context as u64) as u32
     }
 
-    /// The largest context that also passes validation (below the flaky zone).
+    /// The largest context that also passes validation filled (below the flaky zone and the
+    /// zone that fails filled).
     pub fn max_stable_context(&self, batch: Option<u32>, slots: u32) -> u32 {
         let m = self.max_context(batch, slots);
-        self.flaky_above.map_or(m, |f| m.min(f))
+        let m = self.flaky_above.map_or(m, |f| m.min(f));
+        self.fill_fails_above.map_or(m, |f| m.min(f))
     }
 
     fn fits(&self, c: &ProbeConfig) -> bool {
         c.ctx <= self.max_context(c.batch, c.parallel.unwrap_or(1))
     }
 
-    pub fn prefill_rate(&self, c: &ProbeConfig) -> f64 {
-        let b = c.batch.unwrap_or(512) as f64;
-        let knee = (b / self.batch_knee as f64).min(1.0).sqrt();
-        self.prefill_tps * knee / (1.0 + c.ctx as f64 / self.ctx_half as f64)
+    /// Prefill rate at depth 0 at this batch, tokens/s.
+    fn r0(&self, batch: Option<u32>) -> f64 {
+        let b = batch.unwrap_or(512) as f64;
+        self.prefill_tps * (b / self.batch_knee.max(1) as f64).min(1.0).sqrt()
     }
 
-    pub fn decode_rate(&self, c: &ProbeConfig) -> f64 {
-        self.decode_tps / (1.0 + c.ctx as f64 / self.ctx_half as f64)
+    /// Seconds to read prompt tokens `from..to` alone.
+    pub fn fill_s(&self, batch: Option<u32>, from: u64, to: u64) -> f64 {
+        if to <= from {
+            return 0.0;
+        }
+        let (c, d) = (from as f64, to as f64);
+        ((d - c) + (d * d - c * c) / (2.0 * self.prefill_half_depth)) / self.r0(batch)
+    }
+
+    /// Seconds for one stream to generate `n` tokens after a prompt of `depth` tokens.
+    pub fn decode_s(&self, depth: u64, n: u64) -> f64 {
+        let (d, n) = (depth as f64, n as f64);
+        (n + (n * d + n * n / 2.0) / self.decode_half_depth) / self.decode_tps
+    }
+
+    /// The floor of a run whose answer is `ctx`: one load, one fill to `tokens`, one sample's
+    /// decode, s.
+    pub fn floor_s(&self, batch: Option<u32>, tokens: u64) -> f64 {
+        self.load_ms / 1000.0
+            + self.fill_s(batch, 0, tokens)
+            + self.decode_s(tokens, self.output_tokens as u64)
+    }
+
+    /// Prefill rate at depth `d` (for tests and reports).
+    pub fn prefill_rate(&self, c: &ProbeConfig, d: u64) -> f64 {
+        self.r0(c.batch) / (1.0 + d as f64 / self.prefill_half_depth)
+    }
+
+    /// Decode rate of one stream at depth `d`.
+    pub fn decode_rate(&self, d: u64) -> f64 {
+        self.decode_tps / (1.0 + d as f64 / self.decode_half_depth)
     }
 }
 
@@ -167,13 +227,12 @@ impl Prober for Sim {
         let c = &req.config;
         self.probes += 1;
         let mut rng = Rng(m.seed ^ hash(&req.key()));
-        let prompt = ((c.ctx as f64 * m.fill) as u64).saturating_sub(m.output_tokens as u64);
+        let load_s = m.load_ms / 1000.0;
         if !m.fits(c) {
-            self.wall_ms += m.load_ms;
             let mut o = ProbeOutcome::failed(
                 OutcomeClass::Oom,
                 format!(
-                    "out of memory: ctx {} × {} slots at batch {:?} needs more than {} bytes",
+                    "out of memory at load: ctx {} × {} slots at batch {:?} needs more than {} bytes",
                     c.ctx,
                     c.parallel.unwrap_or(1),
                     c.batch,
@@ -181,52 +240,103 @@ impl Prober for Sim {
                 ),
             );
             o.wall_ms = m.load_ms;
+            o.load_ms = Some(m.load_ms);
+            o.timing.push(Obs::Load { s: load_s });
+            self.wall_ms += m.load_ms;
             return Some(o);
         }
         let streams = req.concurrency.max(1);
+        let out_tokens = m.output_tokens as u64;
+        let prompt = match req.depth {
+            Depth::Load => SHORT_TOKENS,
+            Depth::Fresh { tokens } | Depth::Filled { tokens } => tokens as u64,
+        };
+        let reuse = matches!(req.depth, Depth::Filled { .. })
+            && prompt >= 4 * SUFFIX_TOKENS
+            && m.prefix_reuse;
         let mut out = ProbeOutcome::failed(OutcomeClass::Ok, "");
         out.error = None;
         out.prompt_tokens = Some(prompt);
         out.rss_method = "simulated".into();
+        out.load_ms = Some(m.load_ms);
+        out.timing.push(Obs::Load { s: load_s });
         out.gpu_used_peak_bytes = Some(
             m.weights_bytes
                 + m.kv_bytes_per_token * c.ctx as u64 * c.parallel.unwrap_or(1) as u64
                 + m.compute_bytes(c.batch.unwrap_or(512)),
         );
-        let mut wall = m.load_ms;
+        if matches!(req.depth, Depth::Filled { .. }) && m.prefix_reuse && !reuse {
+            out.notes.push("prompt too short to reuse a prefix".into());
+        }
+        let mut wall = load_s;
         let share = (streams as f64).powf(m.parallel_efficiency) / streams as f64;
-        'rounds: for _ in 0..req.rounds {
-            let mut round_ms: f64 = 0.0;
-            for k in 0..streams {
+        let fills_at_depth = m
+            .fill_fails_above
+            .is_some_and(|f| c.ctx > f && prompt > SHORT_TOKENS);
+        'rounds: for round in 0..req.rounds {
+            // Reads first: the round's prompts share the prefill; then decode together.
+            let mut reads = Vec::with_capacity(streams as usize);
+            for _ in 0..streams {
                 let np = (1.0 + m.noise_cv * rng.normal()).max(0.1);
+                let cached = if reuse && round > 0 {
+                    prompt - SUFFIX_TOKENS
+                } else {
+                    0
+                };
+                reads.push((cached, m.fill_s(c.batch, cached, prompt) / np));
+            }
+            let read_all: f64 = reads.iter().map(|r| r.1).sum();
+            let mut round_s: f64 = 0.0;
+            for (k, (cached, read_s)) in reads.into_iter().enumerate() {
                 let nd = (1.0 + m.noise_cv * rng.normal()).max(0.1);
-                let prefill = m.prefill_rate(c) * np / streams as f64;
-                let decode = m.decode_rate(c) * nd * share;
-                let ttft = prompt as f64 / prefill * 1000.0;
-                let e2e = ttft + m.output_tokens as f64 / decode * 1000.0;
+                let decode_s = m.decode_s(prompt, out_tokens) / nd / share;
+                // Streams sharing the server wait for every prompt of the round.
+                let ttft = read_all.max(read_s) + decode_s / out_tokens.max(1) as f64;
+                let e2e = read_all.max(read_s) + decode_s;
                 let flaky = m.flaky_above.is_some_and(|f| c.ctx > f);
-                let timed_out = m.max_streams_in_time.is_some_and(|n| k >= n);
+                let timed_out = m.max_streams_in_time.is_some_and(|n| k as u32 >= n);
                 // Stateless, so a replayed journal and a live run agree: request i of a probe
                 // fails when (i + 1) is a multiple of `flaky_every`.
                 let i = out.observations.len() as u32;
-                let fails = flaky && (i + 1) % m.flaky_every.max(1) == 0;
+                let oom_filled = fills_at_depth && cached == 0;
+                let fails = oom_filled || (flaky && (i + 1) % m.flaky_every.max(1) == 0);
                 let ok = !fails && !timed_out;
-                round_ms = round_ms.max(e2e);
+                round_s = round_s.max(e2e);
                 if timed_out {
                     out.timeouts += 1;
                 }
                 out.observations.push(Observation {
                     ok,
-                    ttft_ms: ok.then_some(ttft),
-                    prefill_tokens_per_s: ok.then_some(prefill),
-                    decode_tokens_per_s: ok.then_some(decode),
+                    ttft_ms: ok.then_some(ttft * 1000.0),
+                    prefill_tokens_per_s: ok.then_some((prompt - cached) as f64 / read_s),
+                    decode_tokens_per_s: ok.then_some(out_tokens as f64 / decode_s),
+                    cached: cached > 0,
                 });
-                if fails {
+                if ok && streams == 1 {
+                    out.timing.push(Obs::Prefill {
+                        from: cached,
+                        to: prompt,
+                        s: read_s,
+                        batch: c.batch,
+                    });
+                    out.timing.push(Obs::Decode {
+                        depth: prompt,
+                        tokens: out_tokens,
+                        s: decode_s,
+                    });
+                }
+                if oom_filled {
+                    out.outcome = OutcomeClass::Oom;
+                    out.error = Some(format!(
+                        "out of memory at depth: a {prompt}-token prompt at ctx {} (loads, fails filled)",
+                        c.ctx
+                    ));
+                } else if fails {
                     out.outcome = OutcomeClass::HttpError;
                     out.error = Some("simulated intermittent failure".into());
                 }
             }
-            wall += round_ms;
+            wall += round_s;
             out.round_tokens_per_s.push(
                 out.observations[out.observations.len() - streams as usize..]
                     .iter()
@@ -237,16 +347,111 @@ impl Prober for Sim {
                 break 'rounds;
             }
         }
+        if reuse && req.rounds > 1 {
+            out.prefix_reuse = Some(true);
+        } else if matches!(req.depth, Depth::Filled { .. }) && !m.prefix_reuse && req.rounds > 1 {
+            out.prefix_reuse = Some(false);
+            out.notes
+                .push("the model cannot reuse a filled prefix: every sample re-read it".into());
+        }
         if out.outcome == OutcomeClass::Ok && out.timeouts > 0 {
             out.outcome = OutcomeClass::Timeout;
             out.error = Some(format!("{} requests timed out", out.timeouts));
         }
-        out.wall_ms = wall;
-        self.wall_ms += wall;
+        out.wall_ms = wall * 1000.0;
+        self.wall_ms += out.wall_ms;
         Some(out)
     }
 
     fn fixed_by_server(&self, _cfg: &ProbeConfig) -> Vec<&'static str> {
         self.fixed.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimize::prober::Stage;
+
+    fn req(depth: Depth, rounds: u32, streams: u32, ctx: u32) -> ProbeRequest {
+        ProbeRequest {
+            stage: Stage::Validate,
+            config: ProbeConfig {
+                ctx,
+                batch: Some(512),
+                parallel: Some(streams),
+                ..ProbeConfig::default()
+            },
+            depth,
+            rounds,
+            concurrency: streams,
+        }
+    }
+
+    #[test]
+    fn depth_is_paid_once_when_the_prefix_is_reused() {
+        let m = SimModel {
+            noise_cv: 0.0,
+            ..SimModel::default()
+        };
+        let mut sim = Sim::new(m.clone());
+        let filled = sim
+            .probe(&req(Depth::Filled { tokens: 40_000 }, 5, 1, 45_056))
+            .unwrap();
+        let once = m.load_ms / 1000.0
+            + m.fill_s(Some(512), 0, 40_000)
+            + 4.0 * m.fill_s(Some(512), 40_000 - SUFFIX_TOKENS, 40_000)
+            + 5.0 * m.decode_s(40_000, 64);
+        assert!(
+            (filled.wall_ms / 1000.0 - once).abs() < 1e-6,
+            "{}",
+            filled.wall_ms
+        );
+        assert_eq!(filled.prefix_reuse, Some(true));
+        assert!(filled.observations[1].cached && !filled.observations[0].cached);
+        // A model that cannot reuse pays every fill.
+        let mut sim = Sim::new(SimModel {
+            prefix_reuse: false,
+            ..m.clone()
+        });
+        let every = sim
+            .probe(&req(Depth::Filled { tokens: 40_000 }, 5, 1, 45_056))
+            .unwrap();
+        assert!(every.wall_ms > 4.0 * filled.wall_ms / 1.5);
+        assert_eq!(every.prefix_reuse, Some(false));
+    }
+
+    #[test]
+    fn marginal_prefill_falls_with_depth_as_calibrated() {
+        // 30B-A3B on Vulkan: ~1065 tok/s at depth 0, ~152 at 32K: half-rate depth ~5455.
+        let m = SimModel {
+            prefill_tps: 1065.0,
+            prefill_half_depth: 5455.0,
+            ..SimModel::default()
+        };
+        let c = ProbeConfig {
+            batch: Some(512),
+            ..ProbeConfig::default()
+        };
+        assert!((m.prefill_rate(&c, 32_768) - 152.0).abs() < 1.0);
+        // Filling 32K takes about 2 minutes (docs: serving-time A5).
+        let t = m.fill_s(Some(512), 0, 32_768);
+        assert!((110.0..135.0).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn loads_but_fails_filled() {
+        let m = SimModel {
+            fill_fails_above: Some(30_000),
+            ..SimModel::default()
+        };
+        let mut sim = Sim::new(m);
+        let short = sim.probe(&req(Depth::Load, 1, 1, 40_960)).unwrap();
+        assert!(short.passed());
+        let filled = sim
+            .probe(&req(Depth::Filled { tokens: 36_000 }, 3, 1, 40_960))
+            .unwrap();
+        assert_eq!(filled.outcome, OutcomeClass::Oom);
+        assert!(!filled.observations[0].ok);
     }
 }

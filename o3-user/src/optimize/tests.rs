@@ -3,7 +3,7 @@
 //! never from the code under test.
 
 use super::journal::{Journal, Journaled};
-use super::prober::{ProbeOutcome, ProbeRequest, Prober, Stage};
+use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
 use super::search::{self, Inputs, Report, Silent};
 use super::sim::{Sim, SimModel};
 use crate::backend::ProbeConfig;
@@ -15,6 +15,8 @@ fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
         base: ProbeConfig::default(),
         trained_context: Some(m.trained_context),
         parameters: Some(m.parameters),
+        weights_bytes: Some(m.weights_bytes),
+        time_model: None,
         start_context: None,
         gallop: false,
         strategy: search::Strategy::Binary,
@@ -147,7 +149,7 @@ fn noisy_rates_still_validate() {
 }
 
 #[test]
-fn batch_stops_at_the_knee_where_the_gain_falls_under_the_threshold() {
+fn batch_ranking_stops_at_the_knee_and_every_context_uses_its_winner() {
     let mut cfg = Config::default();
     cfg.concurrency.enabled = false;
     let m = SimModel {
@@ -157,29 +159,43 @@ fn batch_stops_at_the_knee_where_the_gain_falls_under_the_threshold() {
     };
     let mut sim = Sim::new(m.clone());
     let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
-    // 8B model: initial batch 32; 64 and 128 gain √2 each, 256 gains nothing.
-    for ctx in [r.context.validated.unwrap(), 12288, 4096] {
-        let batches: Vec<u32> = r
-            .configurations
-            .iter()
-            .filter(|c| c.config.ctx == ctx)
-            .filter_map(|c| c.config.batch)
-            .collect();
-        assert_eq!(batches, vec![32, 64, 128, 256], "ctx {ctx}");
-        assert!(r
-            .notes
-            .iter()
-            .any(|n| n.starts_with(&format!("ctx {ctx}: batch 256 gains"))
-                && n.ends_with("keeping 128")));
+    // 8B model: initial batch 32; 64 and 128 gain √2 each, 256 gains nothing. The ranking runs
+    // once, at the largest context that loads, with fresh prompts of batch.rank_tokens.
+    let ranked: Vec<(u32, Option<u32>, Depth)> = r
+        .configurations
+        .iter()
+        .filter(|c| c.stage == Stage::Batch)
+        .map(|c| (c.config.ctx, c.config.batch, c.depth))
+        .collect();
+    let top = r.context.max_passing.unwrap();
+    let fresh = Depth::Fresh {
+        tokens: cfg.batch.rank_tokens,
+    };
+    assert_eq!(
+        ranked,
+        [32, 64, 128, 256].map(|b| (top, Some(b), fresh)).to_vec()
+    );
+    assert!(r.notes.iter().any(|n| n
+        .starts_with(&format!("batch ranking at ctx {top}: batch 256 gains"))
+        && n.ends_with("keeping 128")));
+    let proofs: Vec<_> = r
+        .configurations
+        .iter()
+        .filter(|c| c.stage == Stage::Validate)
+        .collect();
+    assert!(proofs.len() >= 3, "the maximum and the presets' contexts");
+    for c in proofs {
+        assert_eq!(c.config.batch, Some(128), "{}", c.id);
+        assert!(c.proven_at_depth && c.stable, "{}", c.id);
     }
 }
 
 #[test]
-fn batch_stops_where_memory_runs_out() {
+fn batch_ranking_stops_where_memory_runs_out() {
     let mut cfg = Config::default();
     cfg.concurrency.enabled = false;
-    // Compute buffers grow fast with batch: at the validated maximum, a larger batch no longer
-    // fits, so the maximum keeps its initial batch.
+    // Compute buffers grow fast with batch: at the largest context that loads, a larger batch
+    // no longer fits, so the ranking keeps the initial batch.
     let m = SimModel {
         compute_per_batch_bytes: 16 << 20,
         noise_cv: 0.0,
@@ -187,20 +203,26 @@ fn batch_stops_where_memory_runs_out() {
     };
     let mut sim = Sim::new(m.clone());
     let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
-    let vmax = r.context.validated.unwrap();
-    let truth_batch = [64u32, 128, 256]
-        .into_iter()
-        .take_while(|&b| m.max_context(Some(b), 1) >= vmax)
-        .last();
-    assert_eq!(truth_batch, None, "the test needs 64 not to fit at {vmax}");
-    let at_max: Vec<_> = r
+    let top = r.context.max_passing.unwrap();
+    assert!(
+        m.max_context(Some(64), 1) < top,
+        "the test needs 64 not to fit at {top}"
+    );
+    let ranked: Vec<_> = r
         .configurations
         .iter()
-        .filter(|c| c.config.ctx == vmax && c.stage == Stage::Batch)
+        .filter(|c| c.stage == Stage::Batch)
         .collect();
-    assert_eq!(at_max.len(), 1);
-    assert!(!at_max[0].stable);
-    assert_eq!(at_max[0].outcome, crate::backend::OutcomeClass::Oom);
+    assert_eq!(ranked.len(), 2);
+    assert!(ranked[0].stable && ranked[0].config.batch == Some(32));
+    assert!(!ranked[1].stable);
+    assert_eq!(ranked[1].outcome, crate::backend::OutcomeClass::Oom);
+    assert_eq!(r.context.validated, Some(top));
+    assert!(r
+        .configurations
+        .iter()
+        .filter(|c| c.stage == Stage::Validate)
+        .all(|c| c.config.batch == Some(32)));
 }
 
 #[test]
@@ -314,7 +336,8 @@ fn a_resumed_run_repeats_nothing_and_ends_where_an_uninterrupted_one_does() {
 
 #[test]
 fn presets_come_only_from_stable_configurations_and_respect_their_constraints() {
-    let cfg = Config::default();
+    let mut cfg = Config::default();
+    cfg.plan.floor_multiple = 0.0;
     let m = SimModel {
         flaky_above: Some(57_000),
         ..model(12.0)
@@ -427,5 +450,144 @@ fn a_predicted_start_is_galloped_from_and_finds_the_truth_either_way() {
             "start {start}: {:?}",
             r.context.probes
         );
+    }
+}
+
+#[test]
+fn a_context_that_loads_but_fails_filled_is_bisected_with_filled_probes() {
+    let mut cfg = Config::default();
+    cfg.batch.enabled = false;
+    cfg.concurrency.enabled = false;
+    let m = SimModel {
+        fill_fails_above: Some(40_000),
+        ..model(12.0)
+    };
+    let batch0 = cfg.batch.initial_for(Some(m.parameters));
+    let r = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    let loads = expected(m.max_context(Some(batch0), 1), &cfg, m.trained_context).unwrap();
+    assert_eq!(
+        r.context.max_passing,
+        Some(loads),
+        "the search answers what loads"
+    );
+    assert_eq!(
+        r.context.validated,
+        Some(m.max_stable_context(Some(batch0), 1) / 1024 * 1024)
+    );
+    let f = r.context.fails_filled.as_ref().expect("said");
+    assert_eq!(f.ctx, loads);
+    assert!(r
+        .notes
+        .iter()
+        .any(|n| n.starts_with(&format!("loads at {loads} but fails filled: oom"))));
+    // Bisection, not one granule at a time: 19 granules apart in at most ⌈log2(37)⌉ + 1.
+    assert!(r.context.proofs.len() <= 7, "{:?}", r.context.proofs);
+}
+
+#[test]
+fn every_answer_is_proven_filled_to_depth_and_a_cap_says_otherwise() {
+    let cfg = Config::default();
+    let m = model(24.0);
+    let r = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    let vmax = r.context.validated.unwrap();
+    let proof = r
+        .configurations
+        .iter()
+        .find(|c| c.stage == Stage::Validate && c.config.ctx == vmax && c.stable)
+        .unwrap();
+    assert_eq!(
+        proof.depth,
+        Depth::Filled {
+            tokens: cfg.prompt.depth_tokens(vmax)
+        }
+    );
+    assert_eq!(
+        proof.prompt_tokens,
+        Some(cfg.prompt.depth_tokens(vmax) as u64)
+    );
+    assert!(proof.proven_at_depth);
+    assert_eq!(proof.prefix_reuse, Some(true));
+    for p in super::presets::choose(&r.configurations, &cfg.presets) {
+        let id = p.chosen.expect("a preset");
+        let c = r
+            .configurations
+            .iter()
+            .find(|c| c.id == id && c.stable)
+            .unwrap();
+        assert!(c.proven_at_depth && c.filled(), "{id}");
+    }
+    // With a cap below the depth, nothing above it is proven, and the measurements say so.
+    let mut capped = Config::default();
+    capped.prompt.max_prompt_tokens = Some(8192);
+    let r = search::run(&inputs(&capped, &m), &mut Sim::new(m.clone()), &mut Silent);
+    for c in r.configurations.iter().filter(|c| c.filled()) {
+        let deep = capped.prompt.depth_tokens(c.config.ctx) > 8192;
+        assert_eq!(c.proven_at_depth, !deep && c.fill_ok, "{}", c.id);
+    }
+}
+
+#[test]
+fn a_model_that_cannot_reuse_its_prefix_is_measured_anyway_and_said() {
+    let mut cfg = Config::default();
+    cfg.concurrency.enabled = false;
+    let m = SimModel {
+        prefix_reuse: false,
+        ..model(12.0)
+    };
+    let r = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    assert!(r.context.validated.is_some());
+    assert_eq!(r.time_model.prefix_reuse, Some(false));
+    assert!(r
+        .configurations
+        .iter()
+        .filter(|c| c.stage == Stage::Validate)
+        .all(|c| c.prefix_reuse == Some(false) && c.validation.n == cfg.validation.samples));
+}
+
+#[test]
+fn the_time_model_learns_the_servers_law_as_the_run_goes() {
+    let m = SimModel {
+        noise_cv: 0.0,
+        ..model(24.0)
+    };
+    let cfg = Config::default();
+    let r = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    let h = r.time_model.prefill_half_depth().expect("depth measured");
+    assert!((h / m.prefill_half_depth - 1.0).abs() < 0.01, "{h}");
+    assert!((r.time_model.decode_rate_at(0) / m.decode_tps - 1.0).abs() < 0.01);
+    assert_eq!(r.time_model.load_median_s, Some(m.load_ms / 1000.0));
+    assert!(r.plan.floor_s.is_some() && r.plan.predicted_at_start_s.is_some());
+}
+
+#[test]
+fn the_budget_cuts_only_optional_work_and_says_what() {
+    let m = model(12.0);
+    for (budget_s, floor_multiple) in [(None, 0.0), (Some(60.0), 2.0), (None, 1.0), (None, 2.0)] {
+        let mut cfg = Config::default();
+        cfg.plan.budget_s = budget_s;
+        cfg.plan.floor_multiple = floor_multiple;
+        cfg.plan.min_budget_s = 0.0;
+        let r = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+        let what = format!("budget {budget_s:?} × {floor_multiple}");
+        // The answer is never cut.
+        assert!(r.context.validated.is_some(), "{what}");
+        let said = r
+            .notes
+            .iter()
+            .filter(|n| n.starts_with("cut by the"))
+            .count();
+        assert_eq!(said, r.plan.cut.len(), "{what}");
+        if budget_s.is_none() && floor_multiple == 0.0 {
+            assert!(r.plan.cut.is_empty(), "{what}: {:?}", r.plan.cut);
+            assert_eq!(r.plan.budget_s, None);
+        } else {
+            assert!(!r.plan.cut.is_empty(), "{what}");
+        }
+        if budget_s == Some(60.0) {
+            // Less than the proof itself: only required work ran.
+            assert!(r.configurations.iter().all(
+                |c| c.stage == Stage::Validate && c.config.ctx == r.context.validated.unwrap()
+            ));
+        }
     }
 }

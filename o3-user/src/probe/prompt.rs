@@ -1,7 +1,8 @@
-//! Prompts of an exact token count. Text is made of common words after a fresh random prefix
-//! (so no two samples share a cacheable prefix); its length is found with the server's own
-//! tokenizer where it has one, else from a characters-per-token ratio calibrated once against
-//! the server's reported prompt token count.
+//! Prompts of an exact token count. Text is made of common words after a fresh random tag (so
+//! no two prompts share a cacheable prefix unless made to); its length is found with the
+//! server's own tokenizer where it has one, else from a words-per-token ratio calibrated once
+//! against the server's reported prompt token count. A prompt that reuses a filled prefix is
+//! that prefix, a newline, and a fresh suffix fitted so the whole has the target length.
 
 /// Words the filler draws from (short, common, mostly one token each in BPE/SPM vocabularies).
 const WORDS: &[&str] = &[
@@ -84,6 +85,24 @@ pub fn fit<F: FnMut(&str) -> Option<usize>>(
     best
 }
 
+/// A fresh suffix after `prefix` (of `prefix_tokens` tokens) such that `prefix\nsuffix` has
+/// at most `target` tokens, as close as the tokenizer allows: the whole text and its count.
+pub fn fit_suffix<F: FnMut(&str) -> Option<usize>>(
+    prefix: &str,
+    prefix_tokens: usize,
+    seed: u64,
+    target: usize,
+    mut count: F,
+) -> Option<(String, usize)> {
+    let want = target.checked_sub(prefix_tokens)?.max(1);
+    let (suffix, _) = fit(seed, want, 1.0, |t: &str| {
+        count(&format!("{prefix}\n{t}")).map(|c| c.saturating_sub(prefix_tokens))
+    })?;
+    let text = format!("{prefix}\n{suffix}");
+    let n = count(&text)?;
+    Some((text, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +139,23 @@ mod tests {
         assert!((48..=50).contains(&n), "{n}");
         assert!(calls <= 12);
         assert!(fit(3, 50, 1.0, |_: &str| None).is_none());
+    }
+
+    #[test]
+    fn a_suffix_completes_a_prefix_to_the_target() {
+        let count = |t: &str| Some(t.split_whitespace().count());
+        let (prefix, p) = fit(4, 900, 1.0, count).unwrap();
+        let (a, n) = fit_suffix(&prefix, p, 5, 1000, count).unwrap();
+        let (b, m) = fit_suffix(&prefix, p, 6, 1000, count).unwrap();
+        assert!(
+            (995..=1000).contains(&n) && (995..=1000).contains(&m),
+            "{n} {m}"
+        );
+        assert!(a.starts_with(&prefix) && b.starts_with(&prefix));
+        assert_ne!(a, b, "a fresh suffix per seed");
+        assert!(
+            fit_suffix(&prefix, p, 5, 10, count).is_none(),
+            "prefix over target"
+        );
     }
 }

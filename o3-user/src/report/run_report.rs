@@ -1119,6 +1119,9 @@ mod tests {
                     parallel: (streams > 1).then_some(streams),
                     ..ProbeConfig::default()
                 },
+                depth: crate::optimize::prober::Depth::Filled {
+                    tokens: ctx * 9 / 10,
+                },
                 rounds: decode.len().max(1) as u32,
                 concurrency: streams,
             },
@@ -1136,6 +1139,7 @@ mod tests {
                         ttft_ms: Some(1e5 / d),
                         prefill_tokens_per_s: Some(d * 10.0),
                         decode_tokens_per_s: Some(*d),
+                        cached: false,
                     })
                     .collect(),
                 round_tokens_per_s: decode.iter().map(|d| d * f64::from(streams)).collect(),
@@ -1147,6 +1151,9 @@ mod tests {
                 gpu_used_peak_bytes: None,
                 load_ms: None,
                 wall_ms: 1.0,
+                timing: Vec::new(),
+                prefix_reuse: None,
+                notes: Vec::new(),
             },
             finished_unix_ns: 0,
         }
