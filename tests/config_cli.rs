@@ -171,7 +171,7 @@ fn legacy_notices_are_printed_one_per_line() {
         .lines()
         .filter(|l| l.starts_with("notice: "))
         .collect();
-    assert_eq!(notices.len(), 19, "{stdout}");
+    assert_eq!(notices.len(), 20, "{stdout}");
     assert_eq!(notices.iter().filter(|n| n.contains("SMI")).count(), 1);
     assert_eq!(
         notices

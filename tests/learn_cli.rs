@@ -173,6 +173,9 @@ fn seed_measured_run(db: &Path) {
             model: ModelShape::default(),
             trusted: true,
             unix_s: 1_760_000_000,
+            prompt_tokens: Some(29_427),
+            proven_at_depth: Some(true),
+            timing: Vec::new(),
         },
         None,
     )
@@ -183,8 +186,14 @@ fn seed_measured_run(db: &Path) {
         "output_tokens_per_s": 78.5,
         "ttft_p95_ms": 412.0
     });
-    s.finish_run(run, "finished", Some(32768), &[("balanced".into(), preset)])
-        .unwrap();
+    s.finish_run(
+        run,
+        "finished",
+        Some(32768),
+        Some(true),
+        &[("balanced".into(), preset)],
+    )
+    .unwrap();
 }
 
 #[test]

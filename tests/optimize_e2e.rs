@@ -50,13 +50,13 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     let probes = c["probes"].as_array().unwrap();
     assert!(probes.len() as u64 <= c["probe_bound"].as_u64().unwrap());
     assert!(probes.iter().all(|p| p["passed"] == true));
-    // Prompts really fill the context (90 % minus the output tokens), counted by the server's
-    // tokenizer.
+    // The answer is proven by prompts that really fill the context (90 % minus the output
+    // tokens), counted by the server's tokenizer.
     let top = s["configurations"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["config"]["ctx"] == 4096)
+        .find(|m| m["config"]["ctx"] == 4096 && m["stage"] == "validate")
         .unwrap();
     let pt = top["prompt_tokens"].as_u64().unwrap() as f64;
     let target = (4096.0f64 * 0.9).floor() - 16.0;
@@ -64,6 +64,29 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         (pt / target - 1.0).abs() <= 0.01,
         "prompt tokens {pt} vs {target}"
     );
+    assert_eq!(top["proven_at_depth"], true, "{top}");
+    // Depth is paid once: after the fill, each sample repeats the prefix with a fresh suffix
+    // and the server serves at least 90 % of its prompt from the slot's cache (its own
+    // `timings.cache_n`).
+    assert_eq!(top["prefix_reuse"], true, "{top}");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let proof: Value = journal
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|j| j["request"]["stage"] == "validate" && j["request"]["config"]["ctx"] == 4096)
+        .unwrap();
+    let samples = proof["raw"]["samples"].as_array().unwrap();
+    assert_eq!(samples[0]["kind"], "fill");
+    let cached: Vec<&Value> = samples.iter().filter(|x| x["kind"] == "cached").collect();
+    assert!(!cached.is_empty());
+    for x in cached {
+        let (hit, all) = (
+            x["cached_tokens"].as_u64().unwrap() as f64,
+            x["prompt_tokens"].as_u64().unwrap() as f64,
+        );
+        assert!(hit >= 0.9 * all, "cache_n {hit} of {all}: {x}");
+        assert_eq!(x["prefix_hit"], true);
+    }
     // Presets: each from a stable configuration, meeting its category.
     let presets = s["presets"].as_array().unwrap();
     assert_eq!(presets.len(), 3);
@@ -77,11 +100,10 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         }
         assert!(p["output_tokens_per_s"].as_f64().unwrap() > 0.0);
         let cmd = p["artefacts"]["command_line"].as_str().unwrap();
+        // The server's context is the total over its slots.
+        let total = ctx * p["config"]["parallel"].as_u64().unwrap_or(1);
         assert!(
-            cmd.contains(&format!(
-                "-c {}",
-                ctx * p["config"]["parallel"].as_u64().unwrap_or(1)
-            )) || cmd.contains(&format!("--ctx-size {ctx}")),
+            cmd.contains(&format!("-c {total}")) || cmd.contains(&format!("--ctx-size {total}")),
             "{cmd}"
         );
         let sh = run.join(format!("artefacts/{}.sh", p["name"].as_str().unwrap()));

@@ -306,6 +306,9 @@ fn synthetic_records(host: &str, shape: &ModelShape) -> Vec<Record> {
                 model: shape.clone(),
                 trusted: true,
                 unix_s: 1_750_000_000,
+                prompt_tokens: None,
+                proven_at_depth: None,
+                timing: Vec::new(),
                 config,
             });
         }
@@ -582,6 +585,9 @@ fn kv_cache_matches_llama_server_rss() {
             model: shape.clone(),
             trusted: true,
             unix_s: 0,
+            prompt_tokens: None,
+            proven_at_depth: None,
+            timing: Vec::new(),
         })
         .collect();
     eprintln!(

@@ -61,9 +61,10 @@ DEFAULTS = {
     "prefill_tps_max": 2000.0,
     "prefill_batch_knee": 512,
     "prefill_batch_exponent": 0.5,
-    "prefill_ctx_half": 65536,
+    "prefill_depth_half": 65536,
     "decode_tps0": 60.0,
-    "decode_ctx_half": 32768,
+    "decode_depth_half": 32768,
+    "prefix_cache": True,
     "cpu_slowdown": 8.0,
     "parallel_efficiency": 0.7,
     "load_base_ms": 500.0,
@@ -206,7 +207,8 @@ class SimCrash(Exception):
 
 
 class Loaded:
-    """A model loaded with one set of options: the memory placement and rates in effect."""
+    """A model loaded with one set of options: the memory placement and rates in effect, and
+    the prompt each slot holds (its prefix cache; a reload starts empty)."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -274,15 +276,16 @@ class Simulator:
         frac = layers / n
         slowdown = frac + (1.0 - frac) * c["cpu_slowdown"]
         knee = c["prefill_batch_knee"]
+        # Rates at depth 0; they fall with the depth a token lands at (generate()).
         prefill = (c["prefill_tps_max"] * (min(batch, knee) / knee) ** c["prefill_batch_exponent"]
-                   / (1.0 + ctx / c["prefill_ctx_half"]) / slowdown)
-        decode = c["decode_tps0"] / (1.0 + ctx / c["decode_ctx_half"]) / slowdown
+                   / slowdown)
+        decode = c["decode_tps0"] / slowdown
         load_s = c["load_base_ms"] / 1e3 + weights / c["load_bytes_per_s"]
         return Loaded(
             key=self.options_key(options), requested_ctx=req_ctx, ctx=ctx, batch=batch,
             parallel=parallel, kv_type=kv_type, gpu_layers=layers,
             size=int(round(total)), size_vram=int(round(vram)), prefill_tps=prefill,
-            decode_tps=decode, load_s=load_s)
+            decode_tps=decode, load_s=load_s, slots=[""] * parallel)
 
     @staticmethod
     def options_key(options):
@@ -357,6 +360,27 @@ class Simulator:
     @staticmethod
     def touch(m, keep_alive):
         m.expires_at = None if keep_alive is None else time.time() + keep_alive
+
+    def take_slot(self, m, prompt):
+        """The idle slot sharing the longest prefix with ``prompt`` (llama-server's slot choice
+        under Ollama), and how many characters of it are cached there."""
+        with self.cond:
+            best, best_n = None, -1
+            for i, held in enumerate(m.slots):
+                if held is None:
+                    continue  # busy
+                n = len(os.path.commonprefix([held, prompt])) if self.cfg["prefix_cache"] else 0
+                if n > best_n:
+                    best, best_n = i, n
+            if best is None:
+                return None, 0
+            m.slots[best] = None
+            return best, best_n
+
+    def put_slot(self, m, slot, prompt):
+        with self.cond:
+            if slot is not None:
+                m.slots[slot] = prompt
 
     def release(self, m, keep_alive, died=False):
         with self.cond:
@@ -639,10 +663,15 @@ class Handler(BaseHTTPRequestHandler):
                 n, reason = c["eos_after_tokens"], "stop"
 
             share = 1.0 + (concurrent - 1) * (1.0 - c["parallel_efficiency"])
-            prefill_tps = m.prefill_tps / share * noise_p
-            decode_tps = m.decode_tps / share * noise_d
-            prompt_s = prompt_tokens / prefill_tps
-            token_s = 1.0 / decode_tps
+            # The prefix the slot already holds is not read again (Ollama sends cache_prompt;
+            # its prompt_eval_count still counts it, its prompt_eval_duration does not).
+            slot, same_chars = sim.take_slot(m, prompt)
+            cached = min(int(same_chars // c["chars_per_token"]), max(prompt_tokens - 1, 0))
+            h, k = c["prefill_depth_half"], c["decode_depth_half"]
+            d0, d1 = float(cached), float(prompt_tokens)
+            prompt_s = ((d1 - d0) + (d1 * d1 - d0 * d0) / (2.0 * h)) / (m.prefill_tps / share
+                                                                       * noise_p)
+            token_s = 1.0 / (m.decode_tps / (1.0 + d1 / k) / share * noise_d)
             load_ns = int(round((load_s if load_s is not None else c["warm_load_ms"] / 1e3) * 1e9))
             prompt_ns = int(round(prompt_s * 1e9))
             eval_ns = int(round(n * token_s * 1e9))
@@ -703,7 +732,11 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 final["response"] = "".join(text)
                 self.send_json(200, final)
+            sim.put_slot(m, slot, prompt)
+            slot = None
         finally:
+            if "slot" in locals() and slot is not None:
+                sim.put_slot(m, slot, "")
             sim.release(m, keep_alive, died=died)
 
 

@@ -38,9 +38,9 @@ BASE = {
     "prefill_tps_max": 1000.0,
     "prefill_batch_knee": 512,
     "prefill_batch_exponent": 0.5,
-    "prefill_ctx_half": 16384,
+    "prefill_depth_half": 16384,
     "decode_tps0": 50.0,
-    "decode_ctx_half": 4096,
+    "decode_depth_half": 4096,
     "cpu_slowdown": 10.0,
     "load_base_ms": 100.0,
     "load_bytes_per_s": 4.0e9,
@@ -202,12 +202,14 @@ class Streaming(SimTestCase):
         self.assertEqual(final["done_reason"], "length")
         self.assertEqual(final["prompt_eval_count"], 101)
         self.assertEqual(final["eval_count"], 6)
-        # Truth: prefill = 1000 * (512/512)^0.5 / (1 + 4096/16384) = 800 tok/s,
-        #        decode = 50 / (1 + 4096/4096) = 25 tok/s; load = 0.1 s + 4e9 / 4e9 s.
-        self.assertAlmostEqual(final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9,
-                               800.0, places=3)
-        self.assertAlmostEqual(final["eval_count"] / final["eval_duration"] * 1e9, 25.0,
-                               places=3)
+        # Truth: reading 101 tokens takes (101 + 101² / (2 · 16384)) / 1000 s (the marginal
+        # rate 1000 / (1 + d / 16384) at depth d); decode at depth 101 runs at
+        # 50 / (1 + 101 / 4096) tok/s; load = 0.1 s + 4e9 / 4e9 s. The configured context
+        # does not matter, the depth does.
+        self.assertAlmostEqual(final["prompt_eval_duration"] / 1e9,
+                               (101 + 101 ** 2 / 32768) / 1000, places=6)
+        self.assertAlmostEqual(final["eval_count"] / final["eval_duration"] * 1e9,
+                               50 / (1 + 101 / 4096), places=3)
         self.assertEqual(final["load_duration"], 1_100_000_000)
         self.assertGreaterEqual(final["total_duration"],
                                 final["load_duration"] + final["prompt_eval_duration"]
@@ -228,19 +230,46 @@ class Streaming(SimTestCase):
                          [l["response"] for l in again[:-1]], "seeded output")
         other = s.generate(num_ctx=2048, num_batch=128, num_predict=2, seed=5)[1]
         self.assertGreater(other[-1]["load_duration"], 0)
-        # Prefill below the batch knee: 1000 * (128/512)^0.5 / (1 + 2048/16384).
-        tps = other[-1]["prompt_eval_count"] / other[-1]["prompt_eval_duration"] * 1e9
-        self.assertAlmostEqual(tps, 1000 * 0.5 / 1.125, places=2)
+        # Prefill below the batch knee: 1000 * (128/512)^0.5 at depth 0; a reload empties the
+        # prefix cache, so the whole (5-token) prompt is read again.
+        n = other[-1]["prompt_eval_count"]
+        self.assertAlmostEqual(other[-1]["prompt_eval_duration"] / 1e9,
+                               (n + n * n / 32768) / 500.0, places=6)
         self.assertEqual(s.ps()["size"], total_bytes(2048, batch=128))
 
-    def test_decode_slows_with_context(self):
+    def test_decode_slows_with_depth_and_prefill_costs_more_deeper(self):
         s = self.sim()
-        rates = []
-        for ctx in (1024, 4096, 12288):
-            final = s.generate(num_ctx=ctx, num_predict=4)[1][-1]
-            rates.append(final["eval_count"] / final["eval_duration"] * 1e9)
-        for got, ctx in zip(rates, (1024, 4096, 12288)):
-            self.assertAlmostEqual(got, 50 / (1 + ctx / 4096), places=3)
+        for depth, ch in ((1024, "a"), (4096, "b"), (12000, "c")):
+            # Distinct prompts: no prefix in common.
+            final = s.generate(ch * 4 * depth, num_ctx=16000 if depth > 4096 else 8192,
+                               num_batch=128, num_predict=4)[1]
+            if final[-1].get("error"):
+                continue
+            f = final[-1]
+            self.assertEqual(f["prompt_eval_count"], depth)
+            self.assertAlmostEqual(f["eval_count"] / f["eval_duration"] * 1e9,
+                                   50 / (1 + depth / 4096), places=3)
+            self.assertAlmostEqual(f["prompt_eval_duration"] / 1e9,
+                                   (depth + depth ** 2 / 32768) / 500.0, places=4)
+
+    def test_a_shared_prefix_is_reused_and_ollama_counts_it(self):
+        s = self.sim()
+        prefix = "the model reads a long report " * 100  # 3000 chars: 750 tokens
+        fill = s.generate(prefix + "[a] one", num_ctx=4096, num_predict=2)[1][-1]
+        hit = s.generate(prefix + "[b] two", num_ctx=4096, num_predict=2)[1][-1]
+        # Ollama's count includes the cached tokens, its duration only the rest.
+        self.assertEqual(hit["prompt_eval_count"], fill["prompt_eval_count"])
+        self.assertLess(hit["prompt_eval_duration"], fill["prompt_eval_duration"] / 20)
+        # A reload (other options) starts with an empty cache; so does a model that cannot.
+        again = s.generate(prefix + "[c] three", num_ctx=2048, num_predict=2)[1][-1]
+        self.assertGreater(again["load_duration"], 0)
+        self.assertAlmostEqual(again["prompt_eval_duration"], fill["prompt_eval_duration"],
+                               delta=fill["prompt_eval_duration"] * 0.01)
+        s2 = self.sim(prefix_cache=False)
+        a = s2.generate(prefix + "[a] one", num_ctx=4096, num_predict=2)[1][-1]
+        b = s2.generate(prefix + "[b] two", num_ctx=4096, num_predict=2)[1][-1]
+        self.assertAlmostEqual(a["prompt_eval_duration"], b["prompt_eval_duration"],
+                               delta=a["prompt_eval_duration"] * 0.01)
 
     def test_non_streaming_and_default_num_predict(self):
         s = self.sim(default_num_predict=9)
@@ -324,10 +353,10 @@ class MemoryModel(SimTestCase):
         self.assertEqual(layers, 9)
         self.assertEqual(ps["size_vram"], round(layers * per_layer + 612_000_000))
         self.assertLess(ps["size_vram"], ps["size"])
-        # Decode: 50 / (1 + 16384/4096) / (0.9 + 0.1 * 10).
+        # Decode at the prompt's depth (5 tokens): 50 / (1 + 5/4096) / (0.9 + 0.1 * 10).
         final = lines[-1]
         got = final["eval_count"] / final["eval_duration"] * 1e9
-        self.assertAlmostEqual(got, 50 / 5 / 1.9, places=3)
+        self.assertAlmostEqual(got, 50 / (1 + 5 / 4096) / 1.9, places=3)
         self.assertLess(got, fits["eval_count"] / fits["eval_duration"] * 1e9)
 
     def test_explicit_num_gpu_places_layers(self):

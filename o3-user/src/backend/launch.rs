@@ -140,8 +140,12 @@ impl Launched {
             unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };
             return;
         }
-        // SAFETY: signalling the process group o3 created for this server.
-        unsafe { libc::kill(-(self.pid as i32), libc::SIGTERM) };
+        // SAFETY: signalling the process group o3 created for this server. A stopped server
+        // (SIGSTOP, a debugger) acts on SIGTERM only once continued.
+        unsafe {
+            libc::kill(-(self.pid as i32), libc::SIGTERM);
+            libc::kill(-(self.pid as i32), libc::SIGCONT);
+        }
         let t = Instant::now();
         while t.elapsed() < grace {
             if self.exited().is_some() {

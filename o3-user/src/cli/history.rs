@@ -118,7 +118,11 @@ pub fn render(runs: &[RunRow]) -> String {
                 r.backend.clone(),
                 utc(r.started_unix_s),
                 r.status.clone(),
-                r.max_context.map_or("-".into(), |c| c.to_string()),
+                match (r.max_context, r.max_context_proven) {
+                    (None, _) => "-".into(),
+                    (Some(c), Some(false)) => format!("{c} (not proven at depth)"),
+                    (Some(c), _) => c.to_string(),
+                },
                 if r.skips > 0 {
                     format!("{} (+{} skipped)", r.probes, r.skips)
                 } else {
@@ -182,6 +186,7 @@ mod tests {
             finished_unix_s: Some(1_736_847_100),
             status: "finished".into(),
             max_context: (!imported).then_some(32768),
+            max_context_proven: None,
             probes: 6,
             trusted_probes: if imported { 0 } else { 6 },
             skips: 0,

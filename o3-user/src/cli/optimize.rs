@@ -171,6 +171,10 @@ struct RunFile {
     start_context: Option<u32>,
     #[serde(default)]
     gallop: bool,
+    /// Earlier spans of work of this model on this host (the time model's start), kept so a
+    /// resumed run plans the same.
+    #[serde(default)]
+    time_seed: Vec<crate::timing::Obs>,
     /// The results database and this run's ids in it (`None`: not stored).
     #[serde(default)]
     store: Option<StoreRef>,
@@ -680,6 +684,19 @@ fn learn_at_start(
     let model_id = store
         .upsert_model(&rf.target.model, &rf.model_digest, &rf.shape)
         .map_err(|e| (e.into(), 1))?;
+    if l.reuse_learned_configs || l.predict {
+        // The time model starts from this model's last probes on this host (at most 4000
+        // spans: the newest).
+        let mut seed = store.timing(&host_id, &model_id, 64).unwrap_or_default();
+        seed.truncate(4000);
+        if !seed.is_empty() {
+            rf.learning_notes.push(format!(
+                "the time model starts from {} spans of work measured by earlier runs",
+                seed.len()
+            ));
+        }
+        rf.time_seed = seed;
+    }
     if l.reuse_learned_configs && !a.no_reuse && a.strategy == search::Strategy::Binary {
         let now = crate::record::unix_now_ns() / 1_000_000_000;
         match learned::to_verify(&store, &rf.host, &host_id, &model_id, l.max_age_days, now) {
@@ -835,6 +852,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 learning_notes: Vec::new(),
                 start_context: None,
                 gallop: false,
+                time_seed: Vec::new(),
                 store: None,
             };
             std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
@@ -958,7 +976,15 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         gallop: runfile.gallop,
         strategy: a.strategy,
         learned: runfile.learned.clone(),
-        time_model: None,
+        time_model: (!runfile.time_seed.is_empty()).then(|| {
+            let mut m = crate::timing::TimeModel::new(crate::timing::Prior::from_size(
+                runfile.shape.parameters,
+                runfile.shape.weights_bytes,
+            ));
+            m.prior.source = "earlier runs of this model on this machine".into();
+            m.observe(&runfile.time_seed);
+            m
+        }),
     };
     // Skipping needs a trained predictor: the memory model alone is only trusted to pick the
     // first probe (an estimate 10 % high would otherwise skip the optimum).
@@ -985,8 +1011,10 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let mut jp = Journaled::new(&mut pruned, &mut journal);
     if let (Some(st), Some(r)) = (&store, &runfile.store) {
         let (shape, cap) = (runfile.shape.clone(), runfile.capacity_bytes);
+        let prompt = cfg.prompt.clone();
         jp.sink = Some(Box::new(move |req, out, raw| {
-            let rec = learned::record_of(req, out, &r.host_id, &r.model_id, &shape, cap);
+            let depth = prompt.depth_tokens(req.config.ctx);
+            let rec = learned::record_of(req, out, depth, &r.host_id, &r.model_id, &shape, cap);
             let raw = raw.map(|v| v.to_string());
             st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())
                 .map_err(|e| e.to_string())
@@ -1104,6 +1132,12 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 "finished"
             },
             report.context.validated,
+            report.context.validated.map(|v| {
+                report
+                    .configurations
+                    .iter()
+                    .any(|m| m.config.ctx == v && m.stable && m.proven_at_depth)
+            }),
             &presets,
         )
         .map_err(|e| (e.into(), 1))?;

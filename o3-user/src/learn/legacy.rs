@@ -264,6 +264,9 @@ fn probes_of(file: &Path, reqs: &[Request]) -> Vec<(Record, Value)> {
                 model: ModelShape::default(),
                 trusted: false,
                 unix_s: g.iter().map(|r| r.unix_s).max().unwrap_or(0),
+                prompt_tokens: None,
+                proven_at_depth: None,
+                timing: Vec::new(),
             };
             let raw = serde_json::json!({
                 "source": "legacy O3",

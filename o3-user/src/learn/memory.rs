@@ -758,6 +758,9 @@ mod tests {
             model: shape.clone(),
             trusted: true,
             unix_s: 0,
+            prompt_tokens: None,
+            proven_at_depth: None,
+            timing: Vec::new(),
         }
     }
 

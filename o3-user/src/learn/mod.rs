@@ -100,4 +100,15 @@ pub struct Record {
     /// False for imported legacy measurements (TTFT was total time, tokens/s from words).
     pub trusted: bool,
     pub unix_s: u64,
+    /// Prompt tokens of the probe's requests (its depth).
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    /// A request filled to `prompt.fill` of the context succeeded; `Some(false)` for a filled
+    /// probe whose prompts a cap shortened ("not proven at depth"); `None`: not a filled probe.
+    #[serde(default)]
+    pub proven_at_depth: Option<bool>,
+    /// The server's answers as spans of work (the time model's input), stored so a later run
+    /// of the same model on the same host starts from them.
+    #[serde(default)]
+    pub timing: Vec<crate::timing::Obs>,
 }

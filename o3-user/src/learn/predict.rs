@@ -567,6 +567,9 @@ mod tests {
             model: shape(),
             trusted: true,
             unix_s: 0,
+            prompt_tokens: None,
+            proven_at_depth: None,
+            timing: Vec::new(),
         }
     }
 

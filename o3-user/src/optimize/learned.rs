@@ -6,7 +6,7 @@ use crate::learn::fingerprint::Host;
 use crate::learn::store::Store;
 use crate::learn::{ModelShape, Record};
 
-use super::prober::{ProbeOutcome, ProbeRequest};
+use super::prober::{Depth, ProbeOutcome, ProbeRequest};
 use super::search::Learned;
 
 /// Median of the finite values.
@@ -15,16 +15,19 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     crate::util::order::median(v)
 }
 
-/// A finished probe as a store record.
+/// A finished probe as a store record. `depth_tokens`: the prompt tokens that prove its
+/// context at depth (`prompt.fill` of it less the output).
 pub fn record_of(
     req: &ProbeRequest,
     out: &ProbeOutcome,
+    depth_tokens: u32,
     host_id: &str,
     model_id: &str,
     shape: &ModelShape,
     capacity_bytes: Option<u64>,
 ) -> Record {
     let ok = || out.observations.iter().filter(|o| o.ok);
+    let fill_ok = out.observations.iter().any(|o| o.ok && !o.cached);
     Record {
         host_id: host_id.to_string(),
         model_id: model_id.to_string(),
@@ -41,6 +44,12 @@ pub fn record_of(
         model: shape.clone(),
         trusted: true,
         unix_s: crate::record::unix_now_ns() / 1_000_000_000,
+        prompt_tokens: out.prompt_tokens,
+        proven_at_depth: match req.depth {
+            Depth::Filled { tokens } => Some(fill_ok && tokens >= depth_tokens),
+            _ => None,
+        },
+        timing: out.timing.clone(),
     }
 }
 
@@ -157,6 +166,7 @@ mod tests {
         let rec = record_of(
             &req,
             &out,
+            7309,
             &hid,
             &mid,
             &ModelShape::default(),
@@ -171,6 +181,7 @@ mod tests {
                 run,
                 "finished",
                 Some(8192),
+                Some(true),
                 &[("max_context".into(), preset)],
             )
             .unwrap();

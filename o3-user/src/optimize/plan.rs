@@ -46,7 +46,10 @@ pub fn probe_cost(
             let reuse = model.prefix_reuse != Some(false) && t >= 4 * SUFFIX;
             let first = model.fill(0, t).times(k).plus(model.decode(t, out));
             let again = if reuse {
-                model.fill(t - SUFFIX, t).times(k).plus(model.decode(t, out))
+                model
+                    .fill(t - SUFFIX, t)
+                    .times(k)
+                    .plus(model.decode(t, out))
             } else {
                 first
             };

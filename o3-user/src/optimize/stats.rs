@@ -13,6 +13,10 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
+/// TTFTs whose mean is under this are not judged by their CV, ms: at a few milliseconds (a
+/// cached prefix on a small model) scheduler jitter, not the server, makes the spread.
+pub const TTFT_CV_FLOOR_MS: f64 = 50.0;
+
 /// z of a two-sided 95% interval, as used for the Wilson bound reported by [`validate`].
 pub const Z_95: f64 = 1.96;
 
@@ -229,8 +233,8 @@ fn cv_reason(name: &str, unit: &str, d: Option<&Describe>, max_cv: f64) -> Optio
 /// requests that reused a filled prefix are apart (the first is seconds to an hour at depth,
 /// the second a suffix's worth). Stable means: success rate ≥ `min_success_rate` (the rate
 /// itself; its Wilson lower bound at z = 1.96 is reported), CV of TTFT ≤ `max_cv` (the cached
-/// TTFT where there are two or more, else the whole-prompt TTFT) and CV of decode tokens/s ≤
-/// `max_cv`. A metric with fewer than 2 values passes the CV test; no successful observation
+/// TTFT where there are two or more, else the whole-prompt TTFT; not judged under
+/// [`TTFT_CV_FLOOR_MS`]) and CV of decode tokens/s ≤ `max_cv`. A metric with fewer than 2 values passes the CV test; no successful observation
 /// at all is not stable.
 pub fn validate(obs: &[Observation], min_success_rate: f64, max_cv: f64) -> Validation {
     let n = u32::try_from(obs.len()).unwrap_or(u32::MAX);
@@ -253,7 +257,8 @@ pub fn validate(obs: &[Observation], min_success_rate: f64, max_cv: f64) -> Vali
     let steady_ttft = match &cached_ttft_ms {
         Some(d) if d.n >= 2 => Some(d),
         _ => ttft_ms.as_ref(),
-    };
+    }
+    .filter(|d| d.mean >= TTFT_CV_FLOOR_MS);
 
     let mut reasons = Vec::new();
     if n == 0 {

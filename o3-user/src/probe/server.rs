@@ -223,6 +223,7 @@ pub(super) fn ollama_models(
     let body = rt.block_on(async {
         client
             .get(format!("{base}/api/tags"))
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .ok()?

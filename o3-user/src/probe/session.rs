@@ -220,8 +220,11 @@ impl<'a> Session<'a> {
     pub fn count(&self, text: &str) -> Option<usize> {
         let (url, key) = self.driver.tokenize.as_ref()?;
         let body = serde_json::json!({ *key: text });
+        // A stuck server must not hang the probe in its tokenizer.
+        let limit = Duration::from_secs_f64(self.spec.limits.stall_s.max(10.0));
         let v: serde_json::Value = self.rt.block_on(async {
-            let r = self.client.post(url).json(&body).send().await.ok()?;
+            let r = self.client.post(url).json(&body).timeout(limit);
+            let r = r.send().await.ok()?;
             if !r.status().is_success() {
                 return None;
             }
@@ -340,9 +343,10 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let url = format!("{}/api/ps", self.driver.base);
-        let ps = self
-            .rt
-            .block_on(async { self.client.get(&url).send().await.ok()?.text().await.ok() });
+        let ps = self.rt.block_on(async {
+            let r = self.client.get(&url).timeout(Duration::from_secs(10));
+            r.send().await.ok()?.text().await.ok()
+        });
         let cfg = &self.spec.config;
         if let Some(Ok(Some(m))) = ps.map(|b| ollama::parse_ps(&b, &self.driver.model)) {
             if m.cpu_spill() {

@@ -157,6 +157,8 @@ pub struct RunRow {
     /// `running`, `finished` or `interrupted` (`running` for a run whose o3 was killed).
     pub status: String,
     pub max_context: Option<u32>,
+    /// `Some(false)`: the maximum was not proven at depth (prompts capped).
+    pub max_context_proven: Option<bool>,
     pub probes: u64,
     pub trusted_probes: u64,
     pub skips: u64,
@@ -506,11 +508,18 @@ impl Store {
         raw: Option<&str>,
     ) -> Result<(), StoreError> {
         let cfg = serde_json::to_string(&rec.config).map_err(self.data_err("probe config"))?;
+        let timing = if rec.timing.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&rec.timing).map_err(self.data_err("probe timing"))?)
+        };
         conn.execute(
             "INSERT INTO probes (run_id, stage, config_json, concurrency, outcome, success,
                  prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, rss_peak_bytes,
-                 gpu_used_peak_bytes, capacity_bytes, trusted, unix_s, raw_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 gpu_used_peak_bytes, capacity_bytes, trusted, unix_s, raw_json,
+                 prompt_tokens, proven_at_depth, timing_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18)",
             params![
                 run_id,
                 stage,
@@ -527,6 +536,9 @@ impl Store {
                 trusted,
                 to_i64(rec.unix_s),
                 raw,
+                rec.prompt_tokens.map(to_i64),
+                rec.proven_at_depth,
+                timing,
             ],
         )
         .map_err(|e| self.no_run_or(run_id, "storing a probe", e))?;
@@ -582,6 +594,7 @@ impl Store {
         run_id: i64,
         status: &str,
         max_context: Option<u32>,
+        max_context_proven: Option<bool>,
         presets: &[(String, serde_json::Value)],
     ) -> Result<(), StoreError> {
         if !matches!(status, "finished" | "interrupted") {
@@ -596,6 +609,11 @@ impl Store {
             .unchecked_transaction()
             .map_err(self.err("finishing a run"))?;
         self.finish_in(&tx, run_id, status, now_s(), max_context, presets)?;
+        tx.execute(
+            "UPDATE runs SET max_context_proven = ?2 WHERE id = ?1",
+            params![run_id, max_context_proven],
+        )
+        .map_err(self.err("finishing a run"))?;
         tx.commit().map_err(self.err("finishing a run"))
     }
 
@@ -690,7 +708,7 @@ impl Store {
                 "SELECT r.host_id, r.model_id, p.config_json, p.concurrency, p.outcome, p.success,
                         p.prefill_tokens_per_s, p.decode_tokens_per_s, p.ttft_ms,
                         p.rss_peak_bytes, p.gpu_used_peak_bytes, p.capacity_bytes,
-                        m.shape_json, p.trusted, p.unix_s
+                        m.shape_json, p.trusted, p.unix_s, p.prompt_tokens, p.proven_at_depth
                  FROM probes p JOIN runs r ON r.id = p.run_id JOIN models m ON m.id = r.model_id
                  WHERE (?1 IS NULL OR r.host_id = ?1) AND (?2 IS NULL OR r.model_id = ?2)
                  ORDER BY p.unix_s DESC, p.id DESC",
@@ -712,6 +730,8 @@ impl Store {
             String,
             bool,
             i64,
+            Option<i64>,
+            Option<bool>,
         );
         let rows: Vec<Row> = s
             .query_map(params![host_id, model_id], |r| {
@@ -731,6 +751,8 @@ impl Store {
                     r.get(12)?,
                     r.get(13)?,
                     r.get(14)?,
+                    r.get(15)?,
+                    r.get(16)?,
                 ))
             })
             .map_err(self.err("reading probes"))?
@@ -755,6 +777,9 @@ impl Store {
                     model: serde_json::from_str(&r.12).map_err(self.data_err("model shape"))?,
                     trusted: r.13,
                     unix_s: from_i64(r.14),
+                    prompt_tokens: r.15.map(from_i64),
+                    proven_at_depth: r.16,
+                    timing: Vec::new(),
                 })
             })
             .collect()
@@ -784,6 +809,37 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The spans of work stored with this host's and model's probes, newest probes first, at
+    /// most `limit` probes' worth: a new run's time model starts from them.
+    pub fn timing(
+        &self,
+        host_id: &str,
+        model_id: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::timing::Obs>, StoreError> {
+        let mut s = self
+            .conn
+            .prepare(
+                "SELECT p.timing_json FROM probes p JOIN runs r ON r.id = p.run_id
+                 WHERE r.host_id = ?1 AND r.model_id = ?2 AND p.trusted
+                       AND p.timing_json IS NOT NULL
+                 ORDER BY p.unix_s DESC, p.id DESC LIMIT ?3",
+            )
+            .map_err(self.err("reading probe timings"))?;
+        let rows: Vec<String> = s
+            .query_map(params![host_id, model_id, limit], |r| r.get(0))
+            .map_err(self.err("reading probe timings"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.err("reading probe timings"))?;
+        let mut out = Vec::new();
+        for text in rows {
+            let obs: Vec<crate::timing::Obs> =
+                serde_json::from_str(&text).map_err(self.data_err("probe timing"))?;
+            out.extend(obs);
+        }
+        Ok(out)
     }
 
     /// The newest finished measured run of this host and model: its validated maximum context,
@@ -828,7 +884,8 @@ impl Store {
                         r.finished_unix_s, r.status, r.max_context, r.source, r.run_dir,
                         (SELECT COUNT(*) FROM probes p WHERE p.run_id = r.id),
                         (SELECT COUNT(*) FROM probes p WHERE p.run_id = r.id AND p.trusted),
-                        (SELECT COUNT(*) FROM skips k WHERE k.run_id = r.id)
+                        (SELECT COUNT(*) FROM skips k WHERE k.run_id = r.id),
+                        r.max_context_proven
                  FROM runs r JOIN hosts h ON h.id = r.host_id JOIN models m ON m.id = r.model_id
                  ORDER BY h.label, r.host_id, m.name, r.model_id, r.started_unix_s DESC, r.id DESC",
             )
@@ -852,6 +909,7 @@ impl Store {
                     probes: from_i64(r.get(12)?),
                     trusted_probes: from_i64(r.get(13)?),
                     skips: from_i64(r.get(14)?),
+                    max_context_proven: r.get(15)?,
                 })
             })
             .map_err(self.err("reading runs"))?

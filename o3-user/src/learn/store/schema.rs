@@ -78,8 +78,17 @@ CREATE INDEX skips_run ON skips(run_id);
 CREATE INDEX runs_host_model ON runs(host_id, model_id, status, finished_unix_s);
 ";
 
+/// Version 3: the depth of each probe and whether it proved its context at depth, the same for
+/// a run's maximum, and each probe's spans of work for the time model.
+const V3: &str = "
+ALTER TABLE probes ADD COLUMN prompt_tokens INTEGER;
+ALTER TABLE probes ADD COLUMN proven_at_depth INTEGER;  -- NULL: not a filled probe
+ALTER TABLE probes ADD COLUMN timing_json TEXT;         -- [timing::Obs], or NULL
+ALTER TABLE runs ADD COLUMN max_context_proven INTEGER; -- 0: not proven at depth (capped)
+";
+
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this o3 writes.
 pub const LATEST: u32 = MIGRATIONS.len() as u32;

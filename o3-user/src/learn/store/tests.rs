@@ -60,6 +60,9 @@ pub(crate) fn rec(ctx: u32, success: bool, unix_s: u64) -> Record {
         model: ModelShape::default(),
         trusted: true,
         unix_s,
+        prompt_tokens: None,
+        proven_at_depth: None,
+        timing: Vec::new(),
     }
 }
 
@@ -147,6 +150,7 @@ fn run_roundtrip_records_learned_history_profiles() {
         run,
         "finished",
         Some(32768),
+        Some(true),
         &[
             ("max_context".into(), preset),
             ("fast_response".into(), none),
@@ -207,13 +211,14 @@ fn learned_is_the_newest_finished_measured_run_with_the_host_as_it_was() {
     let s = Store::open(&d.path().join("o3.db")).unwrap();
     let (h, m, first) = setup(&s);
     assert!(s.learned(&h, &m).unwrap().is_none(), "still running");
-    s.finish_run(first, "finished", Some(16384), &[]).unwrap();
+    s.finish_run(first, "finished", Some(16384), None, &[])
+        .unwrap();
     // The kernel is updated: same host id, new fingerprint.
     let mut newer = host();
     newer.kernel = "6.18.2".into();
     assert_eq!(s.upsert_host(&newer).unwrap(), h);
     let second = s.begin_run(&h, &m, "ollama", "/tmp/run2", "{}").unwrap();
-    s.finish_run(second, "interrupted", Some(65536), &[])
+    s.finish_run(second, "interrupted", Some(65536), None, &[])
         .unwrap();
     let l = s.learned(&h, &m).unwrap().unwrap();
     assert_eq!(l.run_id, first, "an interrupted run is not learned from");
@@ -223,7 +228,8 @@ fn learned_is_the_newest_finished_measured_run_with_the_host_as_it_was() {
     );
     assert_eq!(newer.changes_from(&l.host), vec!["kernel 6.18.1 -> 6.18.2"]);
     let third = s.begin_run(&h, &m, "ollama", "/tmp/run3", "{}").unwrap();
-    s.finish_run(third, "finished", Some(24576), &[]).unwrap();
+    s.finish_run(third, "finished", Some(24576), None, &[])
+        .unwrap();
     let l = s.learned(&h, &m).unwrap().unwrap();
     assert_eq!((l.run_id, l.max_context), (third, Some(24576)));
     assert_eq!(l.host.kernel, "6.18.2");
@@ -269,13 +275,15 @@ fn misuse_gives_clear_errors() {
         .unwrap_err();
     assert!(matches!(e, StoreError::NoRun { .. }), "{e}");
     assert!(e.to_string().contains(&format!("no run {}", run + 100)));
-    let e = s.finish_run(run, "done", None, &[]).unwrap_err();
+    let e = s.finish_run(run, "done", None, None, &[]).unwrap_err();
     assert!(
         e.to_string()
             .contains("neither `finished` nor `interrupted`"),
         "{e}"
     );
-    let e = s.finish_run(run + 100, "finished", None, &[]).unwrap_err();
+    let e = s
+        .finish_run(run + 100, "finished", None, None, &[])
+        .unwrap_err();
     assert!(matches!(e, StoreError::NoRun { .. }), "{e}");
     let e = s.begin_run("nohost", &m, "ollama", "/x", "{}").unwrap_err();
     assert!(e.to_string().contains("unknown host nohost"), "{e}");
@@ -323,11 +331,13 @@ fn a_version_1_file_is_migrated_and_keeps_its_data() {
     let p = d.path().join("o3.db");
     v1_file(&p);
     let s = Store::open(&p).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.schema_version().unwrap(), schema::LATEST);
     let r = s.records(None, None).unwrap();
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].config.ctx, 8192);
     assert_eq!(r[0].decode_tokens_per_s, Some(30.0));
+    // Probes stored before version 3 say nothing of their depth.
+    assert_eq!((r[0].prompt_tokens, r[0].proven_at_depth), (None, None));
     let l = s.learned(&host().id(), "m1").unwrap().unwrap();
     assert_eq!(l.max_context, Some(8192));
     // The table version 2 added works.
@@ -335,6 +345,46 @@ fn a_version_1_file_is_migrated_and_keeps_its_data() {
         .unwrap();
     assert_eq!(count(&s, "SELECT COUNT(*) FROM skips"), 1);
     assert_eq!(s.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn depth_and_timing_are_stored_and_seed_the_next_run() {
+    use crate::timing::Obs;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(&d.path().join("o3.db")).unwrap();
+    let h = s.upsert_host(&host()).unwrap();
+    let m = s.upsert_model("m", "d", &ModelShape::default()).unwrap();
+    let run = s.begin_run(&h, &m, "llama-server", "/r", "{}").unwrap();
+    let mut deep = rec(32768, true, 10);
+    deep.prompt_tokens = Some(29_427);
+    deep.proven_at_depth = Some(true);
+    deep.timing = vec![
+        Obs::Load { s: 12.0 },
+        Obs::Prefill {
+            from: 0,
+            to: 29_427,
+            s: 40.0,
+            batch: Some(256),
+        },
+    ];
+    s.add_probe(run, "validate", &deep, None).unwrap();
+    let mut capped = rec(65536, true, 20);
+    capped.prompt_tokens = Some(32_768);
+    capped.proven_at_depth = Some(false);
+    s.add_probe(run, "validate", &capped, None).unwrap();
+    s.finish_run(run, "finished", Some(65536), Some(false), &[])
+        .unwrap();
+    let r = s.records(Some(&h), Some(&m)).unwrap();
+    assert_eq!(r[0].proven_at_depth, Some(false));
+    assert_eq!(r[1].prompt_tokens, Some(29_427));
+    assert_eq!(s.timing(&h, &m, 10).unwrap(), deep.timing);
+    let row = s
+        .history()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.run_id == run)
+        .unwrap();
+    assert_eq!(row.max_context_proven, Some(false));
 }
 
 #[test]
@@ -465,7 +515,8 @@ fn two_writers_on_one_file_both_succeed() {
                     s.add_probe(run, "batch", &rec(1024 + i, i % 5 != 0, u64::from(i)), None)
                         .unwrap();
                 }
-                s.finish_run(run, "finished", Some(4096), &[]).unwrap();
+                s.finish_run(run, "finished", Some(4096), None, &[])
+                    .unwrap();
                 run
             })
         })
