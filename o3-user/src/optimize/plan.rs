@@ -17,9 +17,6 @@ use crate::timing::{Estimate, TimeModel};
 use super::prober::Depth;
 use super::sim::SHORT_TOKENS;
 
-/// Tokens of the fresh suffix a cached sample reads.
-const SUFFIX: u64 = crate::probe::SUFFIX_TOKENS;
-
 /// One probe's predicted duration, s.
 pub fn probe_cost(
     model: &TimeModel,
@@ -43,11 +40,11 @@ pub fn probe_cost(
         }
         Depth::Filled { tokens } => {
             let t = tokens as u64;
-            let reuse = model.prefix_reuse != Some(false) && t >= 4 * SUFFIX;
+            let reuse = model.prefix_reuse != Some(false) && crate::probe::reusable(t);
             let first = model.fill(0, t).times(k).plus(model.decode(t, out));
             let again = if reuse {
                 model
-                    .fill(t - SUFFIX, t)
+                    .fill(t - crate::probe::suffix_tokens(t), t)
                     .times(k)
                     .plus(model.decode(t, out))
             } else {
@@ -140,6 +137,9 @@ impl Budget {
 /// what ranks above it.
 pub const RESERVE: f64 = 1.5;
 
+/// The item being decided is admitted only with this margin on its own expected cost.
+pub const MARGIN: f64 = 1.1;
+
 /// Whether `next` (the first of `remaining`, in execution order) fits: items are admitted by
 /// priority (ties in execution order) while their costs fit what is left, the ones ranked above
 /// `next` counted with the [`RESERVE`] margin; required items always are. Returns `Err(why)`
@@ -160,7 +160,7 @@ pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
     for i in order {
         let it = &remaining[i];
         let cost = if i == 0 {
-            it.cost.expected_s
+            it.cost.expected_s * MARGIN
         } else {
             it.cost.expected_s * RESERVE
         };
@@ -289,13 +289,14 @@ mod tests {
             item("batch ranking", Priority::Batch, 50.0),
             item("2 streams at max", Priority::ConcurrencyAtMax, 900.0),
         ];
-        // The work above the balanced proof is reserved with a margin: 1.5 × (500 + 50) = 825.
-        let e = admit(&plan, Some(860.0)).unwrap_err();
+        // The work above the balanced proof is reserved with a margin, 1.5 × (500 + 50) = 825,
+        // and the proof itself needs 1.1 × 40 = 44.
+        let e = admit(&plan, Some(865.0)).unwrap_err();
         assert!(
             e.starts_with("balanced (predicted 40 s) does not fit"),
             "{e}"
         );
-        assert!(admit(&plan, Some(866.0)).is_ok());
+        assert!(admit(&plan, Some(870.0)).is_ok());
         assert!(admit(&plan, None).is_ok());
         // Required work runs even with nothing left.
         assert!(admit(&plan[1..], Some(0.0)).is_ok());

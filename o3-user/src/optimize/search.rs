@@ -249,6 +249,8 @@ struct Todo {
     contexts: Vec<u32>,
     /// Concurrency levels: (context, streams).
     concurrency: Vec<(u32, u32)>,
+    /// Learned configurations to verify: (context, streams).
+    verify: Vec<(u32, u32)>,
     /// The maximum (known or predicted), for the floor and what counts as "at max".
     max_ctx: u32,
 }
@@ -346,6 +348,24 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         let t = &self.todo;
         let c = self.cfg();
         let mut v = Vec::new();
+        for &(ctx, streams) in &t.verify {
+            v.push(Item {
+                what: format!(
+                    "verification of a learned configuration: ctx {ctx}{}, filled",
+                    if streams > 1 {
+                        format!(", {streams} streams")
+                    } else {
+                        String::new()
+                    }
+                ),
+                priority: Priority::Required,
+                cost: self.cost(
+                    self.filled(ctx),
+                    self.samples().div_ceil(streams.max(1)),
+                    streams,
+                ),
+            });
+        }
         if t.search > 0 {
             let one = self.cost(self.search_depth(t.max_ctx), 1, 1);
             v.push(Item {
@@ -750,6 +770,17 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         let (contexts, _) = self.chosen_contexts(self.todo.max_ctx / self.g, false);
         self.todo.contexts = contexts[1..].to_vec();
         self.todo.concurrency = self.concurrency_plan(&contexts);
+        if let (Some(l), Strategy::Binary) = (&self.inp.learned, self.inp.strategy) {
+            // Verification first; the search only if one fails.
+            let mut verify = vec![(l.max_context, 1)];
+            verify.extend(l.presets.iter().map(|(_, cfg, n)| (cfg.ctx, *n)));
+            verify.dedup();
+            self.todo = Todo {
+                verify,
+                max_ctx: l.max_context,
+                ..Todo::default()
+            };
+        }
         let items = self.items();
         self.plan.predicted_at_start_s = Some(self.admitted_s(&items));
         let budget = self.budget.describe(self.floor_s());
@@ -763,6 +794,11 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
                 false => {
                     start_ctx = l.max_context;
                     report.context.start = start_ctx;
+                    self.todo = Todo {
+                        search: report.context.probe_bound,
+                        max_ctx: l.max_context,
+                        ..Todo::default()
+                    };
                 }
             }
         }
@@ -847,6 +883,14 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
             }
             let depth = self.filled(cfg.ctx);
             let rounds = self.samples().div_ceil(streams.max(1));
+            if let Some(i) = self
+                .todo
+                .verify
+                .iter()
+                .position(|&v| v == (cfg.ctx, streams))
+            {
+                self.todo.verify.remove(i);
+            }
             let m = self.measure(Stage::Verify, cfg, depth, rounds, streams)?;
             if m.stable {
                 verified.push(format!("{name} ({}) from {}", m.id, l.source));

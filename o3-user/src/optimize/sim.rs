@@ -22,7 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{OutcomeClass, ProbeConfig};
-use crate::probe::SUFFIX_TOKENS;
+use crate::probe::{reusable, suffix_tokens};
 use crate::timing::Obs;
 
 use super::journal::Raw;
@@ -251,9 +251,7 @@ impl Prober for Sim {
             Depth::Load => SHORT_TOKENS,
             Depth::Fresh { tokens } | Depth::Filled { tokens } => tokens as u64,
         };
-        let reuse = matches!(req.depth, Depth::Filled { .. })
-            && prompt >= 4 * SUFFIX_TOKENS
-            && m.prefix_reuse;
+        let reuse = matches!(req.depth, Depth::Filled { .. }) && reusable(prompt) && m.prefix_reuse;
         let mut out = ProbeOutcome::failed(OutcomeClass::Ok, "");
         out.error = None;
         out.prompt_tokens = Some(prompt);
@@ -279,7 +277,7 @@ impl Prober for Sim {
             for _ in 0..streams {
                 let np = (1.0 + m.noise_cv * rng.normal()).max(0.1);
                 let cached = if reuse && round > 0 {
-                    prompt - SUFFIX_TOKENS
+                    prompt - suffix_tokens(prompt)
                 } else {
                     0
                 };
@@ -400,7 +398,7 @@ mod tests {
             .unwrap();
         let once = m.load_ms / 1000.0
             + m.fill_s(Some(512), 0, 40_000)
-            + 4.0 * m.fill_s(Some(512), 40_000 - SUFFIX_TOKENS, 40_000)
+            + 4.0 * m.fill_s(Some(512), 40_000 - suffix_tokens(40_000), 40_000)
             + 5.0 * m.decode_s(40_000, 64);
         assert!(
             (filled.wall_ms / 1000.0 - once).abs() < 1e-6,

@@ -120,8 +120,18 @@ pub struct ProbeSpec {
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Tokens of the fresh suffix after a reused prefix (a random tag and a few words).
-pub const SUFFIX_TOKENS: u64 = 48;
+/// Tokens of the fresh suffix after a reused prefix (a random tag and a few words) for a
+/// prompt of `target` tokens: a thirty-second of it, 16 to 48, so even a short prompt is
+/// served over 95 % from the cache.
+pub fn suffix_tokens(target: u64) -> u64 {
+    (target / 32).clamp(16, 48)
+}
+
+/// Whether a prompt of `target` tokens is long enough to split into a reused prefix and a
+/// fresh suffix.
+pub fn reusable(target: u64) -> bool {
+    target >= 4 * suffix_tokens(target)
+}
 
 impl ProbeSpec {
     fn cancelled(&self) -> bool {

@@ -11,7 +11,9 @@ use crate::timing::{Obs, Policy, Shape};
 
 use super::server::{self, Backend};
 use super::session::{Session, Stop};
-use super::{prompt, Peaks, Prompts, Round, SampleKind, SampleResult, INTERRUPTED, SUFFIX_TOKENS};
+use super::{
+    prompt, reusable, suffix_tokens, Peaks, Prompts, Round, SampleKind, SampleResult, INTERRUPTED,
+};
 
 /// Words of a short prompt (`Prompts::Short`).
 const SHORT_WORDS: usize = 64;
@@ -53,7 +55,7 @@ impl Session<'_> {
         let streams = spec.concurrency.max(1);
         let target = spec.target_tokens();
         let mut mode = spec.prompts;
-        if mode == Prompts::ReusePrefix && target < 4 * SUFFIX_TOKENS {
+        if mode == Prompts::ReusePrefix && !reusable(target) {
             // Too short to split into a prefix and a suffix: every request reads it whole.
             mode = Prompts::Fresh;
         }
@@ -180,7 +182,7 @@ impl Session<'_> {
                 }
             }
             Prompts::ReusePrefix => {
-                let want = target - SUFFIX_TOKENS;
+                let want = target - suffix_tokens(target);
                 if prefix.is_none() {
                     let pseed = spec.seed ^ 0x5eed_0000_0000 ^ (k as u64 + 1);
                     *prefix = Some(if self.has_tokenizer {
@@ -213,7 +215,7 @@ impl Session<'_> {
                     )?;
                     Some(made(text, Some(n), kind, cached))
                 } else {
-                    let n = (SUFFIX_TOKENS as f64 / self.per_word).max(1.0) as usize;
+                    let n = (suffix_tokens(target) as f64 / self.per_word).max(1.0) as usize;
                     let text = format!(
                         "{}\n{}",
                         p.text,

@@ -104,6 +104,7 @@ pub fn build(run: &Run) -> Doc {
         ..Doc::default()
     };
     overview(&mut d, run, s);
+    time(&mut d, s);
     presets(&mut d, s);
     context(&mut d, run, s);
     batch(&mut d, run);
@@ -199,6 +200,54 @@ fn overview(d: &mut Doc, run: &Run, s: &Value) {
     d.table(&["", ""], rows);
 }
 
+/// The plan against what it cost: the prediction at the start, the time spent, the floor and the
+/// run in floor units, the budget and what it cut, the time model.
+fn time(d: &mut Doc, s: &Value) {
+    let p = &s["plan"];
+    if p.is_null() {
+        return;
+    }
+    let human = |x: Option<f64>| x.map_or("–".into(), crate::optimize::plan::human);
+    let mut rows = vec![
+        vec![
+            "predicted at the start".into(),
+            human(p["predicted_at_start_s"].as_f64()),
+        ],
+        vec![
+            "probe time spent".into(),
+            format!(
+                "{}{}",
+                human(p["spent_s"].as_f64()),
+                if s["simulated"].as_bool() == Some(true) {
+                    " (simulated)"
+                } else {
+                    ""
+                }
+            ),
+        ],
+        vec![
+            "floor".into(),
+            format!(
+                "{} (one load, one prompt filled to the validated maximum, one sample's decode); this run: {}",
+                human(p["floor_s"].as_f64()),
+                p["floor_units"]
+                    .as_f64()
+                    .map_or("–".into(), |u| format!("{u:.2}× the floor"))
+            ),
+        ],
+        vec![
+            "budget".into(),
+            str_of(&p["budget"]).trim_start_matches("budget ").to_string(),
+        ],
+        vec!["time model".into(), str_of(&p["time_model"])],
+    ];
+    for c in p["cut"].as_array().into_iter().flatten() {
+        rows.push(vec!["cut by the budget".into(), str_of(c)]);
+    }
+    d.h2("Time");
+    d.table(&["", ""], rows);
+}
+
 fn presets(d: &mut Doc, s: &Value) {
     let Some(ps) = s["presets"].as_array() else {
         return;
@@ -286,6 +335,25 @@ fn context(d: &mut Doc, run: &Run, s: &Value) {
                 ""
             }
         ));
+        let mut depth = String::new();
+        if c["load_only"].as_bool() == Some(true) {
+            depth += "Search probes load the configuration and send one short request (the server allocates its KV cache at load); the largest passing context is the largest that loads, and the validated one is proven with prompts filled to depth.";
+        }
+        if let Some(f) = c["fails_filled"].as_object() {
+            depth += &format!(
+                " Loads at {} but fails filled: {}.",
+                str_of(&f["ctx"]),
+                str_of(&f["error"])
+            );
+        }
+        if let Some(cap) = s["max_prompt_tokens"].as_u64() {
+            depth += &format!(
+                " **Not proven at depth**: prompts were capped at {cap} tokens (prompt.max_prompt_tokens)."
+            );
+        }
+        if !depth.is_empty() {
+            d.para(depth.trim().to_string());
+        }
     }
     // Single-stream probes outside the batch stage: context is the variable.
     let single: Vec<&Entry> = run
@@ -447,7 +515,7 @@ fn batch(d: &mut Doc, run: &Run) {
         return;
     }
     d.h2("Batch size");
-    d.para("Batch adaptation at each chosen context: the batch doubles until a probe fails, breaches a safety threshold, turns unstable or gains under the configured minimum.");
+    d.para("Batch ranking at the largest context that loads, with fresh prompts of a moderate depth (batch.rank_tokens, each read whole): the batch doubles until a probe fails (it does not load there), turns unstable or gains under the configured minimum; the winner serves every later stage.");
     let mut ch = Chart::new(
         "Prefill rate by batch size",
         "batch (tokens)",
@@ -927,7 +995,7 @@ fn statistics(d: &mut Doc, s: &Value) {
         return;
     };
     d.h2("Statistics per configuration");
-    d.para("n samples per configuration; success rate with its Wilson 95 % lower bound; means with t-based 95 % intervals after MAD outlier removal; CV = stddev / mean.");
+    d.para("n samples per configuration; success rate with its Wilson 95 % lower bound; means with t-based 95 % intervals after MAD outlier removal; CV = stddev / mean. TTFT of the requests that read their whole prompt (the fill) and of those that reused the filled prefix are apart; prompt tokens say whether the configuration's context was proven filled to depth.");
     let ci = |m: &Value| -> String {
         if m.is_null() {
             return "–".into();
@@ -978,6 +1046,17 @@ fn statistics(d: &mut Doc, s: &Value) {
                     f0(c["ttft_p50_ms"].as_f64()),
                     f0(c["ttft_p95_ms"].as_f64())
                 ),
+                f0(c["cached_ttft_p50_ms"].as_f64()),
+                match (c["depth"]["kind"].as_str(), c["proven_at_depth"].as_bool()) {
+                    (Some("filled"), Some(true)) => {
+                        format!("{} (proven)", str_of(&c["prompt_tokens"]))
+                    }
+                    (Some("filled"), _) => {
+                        format!("{} (NOT proven at depth)", str_of(&c["prompt_tokens"]))
+                    }
+                    (Some(k), _) => format!("{} ({k})", str_of(&c["prompt_tokens"])),
+                    _ => str_of(&c["prompt_tokens"]),
+                },
                 f1(c["output_tokens_per_s"].as_f64()),
                 format!(
                     "{}{}",
@@ -1001,7 +1080,9 @@ fn statistics(d: &mut Doc, s: &Value) {
             "decode tok/s mean [95 % CI]",
             "decode CV",
             "prefill tok/s mean [95 % CI]",
-            "TTFT p50 / p95 ms",
+            "TTFT p50 / p95 ms (whole prompt)",
+            "TTFT p50 ms (cached prefix)",
+            "prompt tokens",
             "tok/s all streams",
             "server RSS peak",
         ],

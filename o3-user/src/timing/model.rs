@@ -55,16 +55,17 @@ pub struct Prior {
 }
 
 impl Prior {
-    /// A deliberately slow guess from the model's size, used until the first measurement:
-    /// prefill ≈ 2·10¹² / parameters tokens/s, decode ≈ 10¹¹ / weight bytes tokens/s, load at
-    /// 0.5 GB/s plus 10 s. The half-rate depths bracket the published curves: 16384 central,
+    /// A slow guess from the model's size, used until the first measurement: prefill ≈
+    /// 6·10¹² / parameters tokens/s (a dense 70B on Strix Halo reads 79 tok/s at depth 0;
+    /// mixtures of experts are much faster than their size says), decode ≈ 10¹¹ / weight
+    /// bytes tokens/s, load at 0.5 GB/s plus 10 s. The half-rate depths bracket the published curves: 16384 central,
     /// 4096 pessimistic for prefill (a dense 70B on Vulkan halves its rate within ~4.4K
     /// tokens); 32768 and 8192 for decode.
     pub fn from_size(parameters: Option<u64>, weights_bytes: Option<u64>) -> Prior {
         let params = parameters.unwrap_or(8_000_000_000).max(1) as f64;
         let bytes = weights_bytes.unwrap_or(5_000_000_000).max(1) as f64;
         Prior {
-            prefill_tps: (2e12 / params).clamp(5.0, 20_000.0),
+            prefill_tps: (6e12 / params).clamp(5.0, 20_000.0),
             prefill_half_depth: 16_384.0,
             prefill_half_depth_low: 4_096.0,
             decode_tps: (1e11 / bytes).clamp(0.5, 2_000.0),
