@@ -91,6 +91,26 @@ fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Stops and continues `server` in turns (`stop_ms` stopped, `run_ms` running) until `done`.
+fn throttle(
+    server: u32,
+    stop_ms: u64,
+    run_ms: u64,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !done.load(Ordering::SeqCst) {
+            signal(server, libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(stop_ms));
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+            signal(server, libc::SIGCONT);
+            std::thread::sleep(Duration::from_millis(run_ms));
+        }
+    })
+}
+
 fn probe_args(bin: &Path, model: &Path, stall: &str) -> std::process::Command {
     let mut c = o3();
     c.args([
@@ -121,20 +141,10 @@ fn a_request_that_makes_progress_outlives_the_old_formulas_deadline() {
     // The server runs 25 ms in every 500 ms: every batch of 32 prompt tokens still reports its
     // progress within a stop, far inside the 3 s stall bound.
     let done = Arc::new(AtomicBool::new(false));
-    let throttle = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                signal(server, libc::SIGSTOP);
-                std::thread::sleep(Duration::from_millis(475));
-                signal(server, libc::SIGCONT);
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        })
-    };
+    let slow = throttle(server, 475, 25, done.clone());
     let out = child.wait_with_output().unwrap();
     done.store(true, Ordering::SeqCst);
-    throttle.join().unwrap();
+    slow.join().unwrap();
     let r = last_json(&out);
     assert_eq!(r["outcome"], "ok", "{r}");
     let fill = &r["samples"][0];
@@ -163,20 +173,7 @@ fn a_server_stopped_mid_prefill_is_a_stall_within_its_bound_and_is_cleaned_up() 
     let server = wait_for_server(child.id(), &bin);
     let port = port_of(server);
     let done = Arc::new(AtomicBool::new(false));
-    let throttle = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                signal(server, libc::SIGSTOP);
-                std::thread::sleep(Duration::from_millis(150));
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                signal(server, libc::SIGCONT);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let slow = throttle(server, 150, 50, done.clone());
     // Mid-prefill: the busy slot has read more than the warm-up's prompt (about 80 tokens) of the
     // measured one (3670).
     let t0 = Instant::now();
@@ -184,7 +181,7 @@ fn a_server_stopped_mid_prefill_is_a_stall_within_its_bound_and_is_cleaned_up() 
         assert!(t0.elapsed() < Duration::from_secs(120), "never mid-prefill");
         if slot_progress(port).is_some_and(|n| (512..3000).contains(&n)) {
             done.store(true, Ordering::SeqCst);
-            throttle.join().unwrap();
+            slow.join().unwrap();
             signal(server, libc::SIGSTOP);
             break Instant::now();
         }

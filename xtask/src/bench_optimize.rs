@@ -83,7 +83,7 @@ const PROFILES: [Profile; 5] = [
 
 /// Configuration fragments under bench/optimize/.
 const EVERY_PROBE_FILLED: &str = "every-probe-filled.yaml";
-const NO_MIN_BUDGET: &str = "no-min-budget.yaml";
+const MIN_BUDGET: &str = "min-budget-10min.yaml";
 
 /// How a run is made.
 #[derive(Clone, Copy, PartialEq)]
@@ -95,8 +95,8 @@ struct Variant {
     no_budget: bool,
     /// The probe design before the time model (bench/optimize/every-probe-filled.yaml).
     every_filled: bool,
-    /// The budget in floor units alone (bench/optimize/no-min-budget.yaml).
-    no_min_budget: bool,
+    /// A minimum budget of 10 minutes (bench/optimize/min-budget-10min.yaml).
+    min_budget: bool,
 }
 
 const O3: Variant = Variant {
@@ -105,15 +105,15 @@ const O3: Variant = Variant {
     strategy: "binary",
     no_budget: false,
     every_filled: false,
-    no_min_budget: false,
+    min_budget: false,
 };
 const STRICT: Variant = Variant {
-    key: "strict",
-    label: "o3, `plan.min_budget_s: 0` (2× the floor, however short)",
+    key: "min-budget",
+    label: "o3, `plan.min_budget_s: 600` (a run under 10 minutes is not cut)",
     strategy: "binary",
     no_budget: false,
     every_filled: false,
-    no_min_budget: true,
+    min_budget: true,
 };
 const NO_BUDGET: Variant = Variant {
     key: "no-budget",
@@ -121,7 +121,7 @@ const NO_BUDGET: Variant = Variant {
     strategy: "binary",
     no_budget: true,
     every_filled: false,
-    no_min_budget: false,
+    min_budget: false,
 };
 const FILLED: Variant = Variant {
     key: "every-filled",
@@ -129,7 +129,7 @@ const FILLED: Variant = Variant {
     strategy: "binary",
     no_budget: true,
     every_filled: true,
-    no_min_budget: false,
+    min_budget: false,
 };
 const LINEAR: Variant = Variant {
     key: "linear",
@@ -137,7 +137,7 @@ const LINEAR: Variant = Variant {
     strategy: "linear",
     no_budget: false,
     every_filled: false,
-    no_min_budget: false,
+    min_budget: false,
 };
 const GRID: Variant = Variant {
     key: "grid",
@@ -145,7 +145,7 @@ const GRID: Variant = Variant {
     strategy: "grid",
     no_budget: true,
     every_filled: false,
-    no_min_budget: false,
+    min_budget: false,
 };
 
 /// The sections of a configuration fragment: each top-level key with its indented lines
@@ -503,7 +503,7 @@ struct Verdicts {
     own_floors: Vec<(String, f64)>,
     /// (profile, the earlier design's whole run in floors).
     before: Vec<(String, f64)>,
-    /// (profile, o3's whole run in floors with no minimum budget).
+    /// (profile, o3's whole run in floors with a 10-minute minimum budget).
     strict: Vec<(String, f64)>,
     within: usize,
     checked: usize,
@@ -558,8 +558,8 @@ fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
             if x.every_filled {
                 parts.push(dir.join(EVERY_PROBE_FILLED));
             }
-            if x.no_min_budget {
-                parts.push(dir.join(NO_MIN_BUDGET));
+            if x.min_budget {
+                parts.push(dir.join(MIN_BUDGET));
             }
             let mut args: Vec<OsString> = vec!["--simulate".into(), truth_file.clone().into()];
             if let Some(c) = compose(&tmp.join(format!("{name}.yaml")), &parts)? {
@@ -801,24 +801,13 @@ fn verdicts(v: &Verdicts) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let over: Vec<&(String, f64)> = v
-        .floors
-        .iter()
-        .filter(|(_, x)| *x > TARGET_FLOORS)
-        .collect();
     let mut out = format!(
-        "### Verdicts\n\n- **Whole run ≤ {TARGET_FLOORS:.1}× the floor on every profile, o3 as shipped: {}** ({}){}. In the floor o3 measured itself (the proof's load, fill and decode, with the simulator's 2 % noise on its rates), which its budget holds to: {}.\n\
-- **The same with o3's budget in floor units alone (`plan.min_budget_s: 0`): {}** ({}).\n\
+        "### Verdicts\n\n- **Whole run ≤ {TARGET_FLOORS:.1}× the floor on every profile, o3 as shipped: {}** ({}). In the floor o3 estimates itself (its time model, or the proof's own load, fill and decode where less; the simulator adds 2 % noise to its rates), which its budget holds to: {}.\n\
+- With `plan.min_budget_s: 600` (a run whose whole plan takes under 10 minutes is not cut): {}.\n\
 - The earlier design (every probe filled, no prefix reuse, no budget) on the same profiles: {}.\n",
-        yes(over.is_empty()),
+        yes(v.floors.iter().all(|(_, x)| *x <= TARGET_FLOORS)),
         show(&v.floors),
-        if over.is_empty() {
-            String::new()
-        } else {
-            "; over it only where the whole plan takes less than `plan.min_budget_s` (10 minutes), which o3 does not cut, or by the noise between the floor o3 measures and the simulator's noise-free one".into()
-        },
         show(&v.own_floors),
-        yes(v.strict.iter().all(|(_, x)| *x <= TARGET_FLOORS)),
         show(&v.strict),
         v.before
             .iter()
@@ -827,7 +816,7 @@ fn verdicts(v: &Verdicts) -> String {
             .join(", "),
     );
     out += &format!(
-        "- **The maximum within one granule of the truth: {}** ({} of {} runs of o3, o3 without a minimum budget, o3 without a budget, the earlier design and the linear sweep, on every simulated profile).{}\n",
+        "- **The maximum within one granule of the truth: {}** ({} of {} runs of o3, o3 with a minimum budget, o3 without a budget, the earlier design and the linear sweep, on every simulated profile).{}\n",
         yes(v.within == v.checked),
         v.within,
         v.checked,
@@ -898,7 +887,7 @@ then the real test server (below). Measured on {machine}, {date}; this run took 
 **The floor** of a profile is what proving its answer at depth cannot go below: one load, one prompt filled to `prompt.fill` (90 %) of the true answer less the output tokens, and one sample's decode, \
 at the simulator's own rates and the fastest batch of the ladder that loads there. A whole run (search, batch ranking, proof of the maximum, the presets' own contexts, concurrency levels, to the presets) is given in floor units, and so is each stage (probe times from the run's journal). \
 Simulated times are simulated seconds: loads, and every request at the profile's rates: the marginal prefill rate of a token at depth d is r0 / (1 + d/h) (r0 reduced below the batch knee), decode falls likewise with depth, a filled prefix is reused by the next request of the same stream on the same loaded configuration and lost on reload (o3-user/src/optimize/sim.rs). The simulator is deterministic: one run each.\n\n\
-Runs: **o3** as shipped (its default budget: twice the floor it measures, at least `plan.min_budget_s` (10 minutes), optional work beyond it cut and said); **o3 with `plan.min_budget_s: 0`** (`bench/optimize/{NO_MIN_BUDGET}`: twice the floor however short the run); **o3 with `--budget none`** (everything); **every probe filled** (`bench/optimize/{EVERY_PROBE_FILLED}`, no budget): the probe design before the time model, where search probes fill their context and every validation sample reads its whole prompt; \
+Runs: **o3** as shipped (its default budget: twice the floor, optional work beyond it cut and said); **o3 with `plan.min_budget_s: 600`** (`bench/optimize/{MIN_BUDGET}`: a run whose whole plan takes under 10 minutes is not cut); **o3 with `--budget none`** (everything); **every probe filled** (`bench/optimize/{EVERY_PROBE_FILLED}`, no budget): the probe design before the time model, where search probes fill their context and every validation sample reads its whole prompt; \
 **linear** (search upward one granule at a time, o3's stages after it); **grid** (every context of the grid at every batch of the ladder, each validated filled, no early stop: a llama-bench-style sweep). \
 Every run has an empty learning store of its own. Found is the validated maximum (`context.validated`); cut is how many items o3's budget cut; predicted at start is o3's own prediction of the whole run before its first probe (from a prior by model size, nothing measured yet).\n\n\
 Truth of a simulated server: at the search's first batch b (16 at 27B parameters and above, 32 from 3B, 64 below) with one slot, the largest context that loads is \

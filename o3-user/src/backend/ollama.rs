@@ -398,6 +398,12 @@ fn fetch(req: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder) -> Optio
     })
 }
 
+/// The models a running server has (`/api/tags`), for an unknown-model message.
+pub fn models_at(url: &str) -> Option<Vec<String>> {
+    let body = fetch(|c| c.get(format!("{}/api/tags", url.trim_end_matches('/'))))?;
+    parse_tags(&body).ok()
+}
+
 /// The size of `model` (its weights, bytes) from a running server's `/api/tags`.
 pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
     let body = fetch(|c| c.get(format!("{}/api/tags", url.trim_end_matches('/'))))?;

@@ -348,7 +348,7 @@ impl Default for Plan {
         Plan {
             budget_s: None,
             floor_multiple: 2.0,
-            min_budget_s: 600.0,
+            min_budget_s: 0.0,
             concurrency_at_max_context: true,
         }
     }

@@ -413,11 +413,13 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         v
     }
 
+    /// The floor: the time model's (fitted on every measurement so far), or the proof's own
+    /// load, fill and decode where that is less: one slow request must not raise a budget set
+    /// in floors.
     fn floor_s(&self) -> f64 {
-        self.floor_measured.unwrap_or_else(|| {
-            let tokens = self.cfg().prompt.filled_tokens(self.todo.max_ctx) as u64;
-            plan::floor(&self.model, tokens, self.cfg().prompt.output_tokens).expected_s
-        })
+        let tokens = self.cfg().prompt.filled_tokens(self.todo.max_ctx) as u64;
+        let model = plan::floor(&self.model, tokens, self.cfg().prompt.output_tokens).expected_s;
+        self.floor_measured.map_or(model, |m| m.min(model))
     }
 
     fn left_s(&self) -> Option<f64> {
@@ -438,7 +440,9 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
             Err(why) => {
                 let budget = self.budget.describe(self.floor_s());
                 self.plan.cut.push(why.clone());
-                self.note(format!("cut by the {budget}: {why}"));
+                self.note(format!(
+                    "cut by the {budget}: {why} (`--budget none` or a longer `--budget` runs it)"
+                ));
                 false
             }
         }

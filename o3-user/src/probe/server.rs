@@ -215,24 +215,9 @@ pub fn listener_pid(port: u16) -> Option<u32> {
 }
 
 /// The models an Ollama server has, for an unknown-model message.
-pub(super) fn ollama_models(
-    rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    base: &str,
-) -> String {
-    let body = rt.block_on(async {
-        client
-            .get(format!("{base}/api/tags"))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    });
-    match body.map(|b| ollama::parse_tags(&b)) {
-        Some(Ok(names)) if !names.is_empty() => names.join(", "),
+pub(super) fn ollama_models(base: &str) -> String {
+    match ollama::models_at(base) {
+        Some(names) if !names.is_empty() => names.join(", "),
         _ => "no models".into(),
     }
 }

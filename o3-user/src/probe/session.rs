@@ -288,7 +288,7 @@ impl<'a> Session<'a> {
                 class = OutcomeClass::LoadFailed;
                 error = format!(
                     "{error} (the server has: {})",
-                    server::ollama_models(&self.rt, &self.client, &self.driver.base)
+                    server::ollama_models(&self.driver.base)
                 );
             }
             return Err(self.fail(class, error));
