@@ -99,6 +99,7 @@ fn a_short_optimization_produces_presets_and_artefacts() {
             n => panic!("unexpected preset {n}"),
         }
         assert!(p["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(p["proven_at_depth"], true, "{p}");
         let cmd = p["artefacts"]["command_line"].as_str().unwrap();
         // The server's context is the total over its slots.
         let total = ctx * p["config"]["parallel"].as_u64().unwrap_or(1);

@@ -314,3 +314,67 @@ fn learning_reuses_a_verified_run_and_predicts_for_a_new_machine() {
     let h = String::from_utf8_lossy(&out.stdout);
     assert_eq!(h.matches("\"finished\"").count(), 3, "{h}");
 }
+
+#[test]
+fn the_plan_the_budget_and_a_prompt_cap_are_said_where_the_user_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim.json");
+    std::fs::write(&sim, "{}").unwrap();
+    // A cap below the depth of every context above 9.2K: those are not proven at depth.
+    let cfg = dir.path().join("o3.yaml");
+    std::fs::write(&cfg, "prompt:\n  max_prompt_tokens: 8192\n").unwrap();
+    let out = o3()
+        .args(["optimize", "--json", "--simulate"])
+        .arg(&sim)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--budget", "2m", "--db"])
+        .arg(dir.path().join("o3.db"))
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The plan before the first probe, the cuts of a 2-minute budget, the cap.
+    assert!(err.contains("plan (budget 2.0 min (--budget)"), "{err}");
+    assert!(
+        err.contains("cut by the budget 2.0 min (--budget)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("NOT PROVEN AT DEPTH: prompts were capped at 8192 tokens"),
+        "{err}"
+    );
+    assert!(!s["plan"]["cut"].as_array().unwrap().is_empty(), "{s}");
+    let max = s["presets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "max_context")
+        .unwrap();
+    assert_eq!(max["proven_at_depth"], false, "{max}");
+    let vmax = s["context"]["validated"].as_u64().unwrap();
+    let proof = s["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["config"]["ctx"] == vmax && m["stage"] == "validate")
+        .unwrap();
+    assert_eq!(proof["prompt_tokens"], 8192, "{proof}");
+    assert_eq!(proof["proven_at_depth"], false);
+    // The required work ran whatever the budget: the maximum is there.
+    assert!(vmax > 8192);
+    // The store and `o3 history` say so too.
+    let h = o3()
+        .args(["history", "--db"])
+        .arg(dir.path().join("o3.db"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&h.stdout);
+    assert!(
+        text.contains(&format!("{vmax} (not proven at depth)")),
+        "{text}"
+    );
+}

@@ -565,6 +565,9 @@ impl Prober for Any {
 struct PresetOut {
     #[serde(flatten)]
     preset: presets::Preset,
+    /// Its context was proven by a request filled to `prompt.fill` of it (false: prompts were
+    /// capped, "not proven at depth"); `None` for an empty category.
+    proven_at_depth: Option<bool>,
     artefacts: Option<artefacts::Artefacts>,
 }
 
@@ -1051,8 +1054,15 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 .config
                 .as_ref()
                 .and_then(|c| artefacts_for(backend.as_ref(), c));
+            let proven = p.chosen.as_ref().map(|id| {
+                report
+                    .configurations
+                    .iter()
+                    .any(|m| &m.id == id && m.stable && m.proven_at_depth)
+            });
             PresetOut {
                 preset: p,
+                proven_at_depth: proven,
                 artefacts: art,
             }
         })
