@@ -17,9 +17,9 @@ use serde_json::Value;
 
 /// The request timeout earlier versions computed, `base + per_1k × ctx / 1000 + per_batch ×
 /// batch` within `[min, max]`, with its keys shrunk to `base 1 s, per_1k 0, per_batch 0, min 1 s,
-/// max 2 s`: what this test's request must outlive.
+/// max 1 s`: what this test's request must outlive.
 fn old_formula_s(ctx: u32, batch: u32) -> f64 {
-    let (base, per_1k, per_batch, min, max) = (1.0, 0.0, 0.0, 1.0, 2.0);
+    let (base, per_1k, per_batch, min, max) = (1.0, 0.0, 0.0, 1.0, 1.0);
     (base + per_1k * f64::from(ctx) / 1000.0 + per_batch * f64::from(batch)).clamp(min, max)
 }
 
@@ -111,7 +111,7 @@ fn throttle(
     })
 }
 
-fn probe_args(bin: &Path, model: &Path, stall: &str) -> std::process::Command {
+fn probe_args(bin: &Path, model: &Path, ctx: &str, stall: &str) -> std::process::Command {
     let mut c = o3();
     c.args([
         "probe",
@@ -136,10 +136,11 @@ fn a_request_that_makes_progress_outlives_the_old_formulas_deadline() {
     let Some((bin, model)) = server() else {
         return;
     };
-    let child = probe_args(&bin, &model, "3s").spawn().unwrap();
+    let child = probe_args(&bin, &model, "4096", "3s").spawn().unwrap();
     let server = wait_for_server(child.id(), &bin);
-    // The server runs 25 ms in every 500 ms: every batch of 32 prompt tokens still reports its
-    // progress within a stop, far inside the 3 s stall bound.
+    // The server runs 25 ms in every 500 ms (twenty times slower, whatever this machine's
+    // speed): every batch of 32 prompt tokens still reports its progress within a stop, far
+    // inside the 3 s stall bound.
     let done = Arc::new(AtomicBool::new(false));
     let slow = throttle(server, 475, 25, done.clone());
     let out = child.wait_with_output().unwrap();
@@ -169,7 +170,7 @@ fn a_server_stopped_mid_prefill_is_a_stall_within_its_bound_and_is_cleaned_up() 
         return;
     };
     // Throttled as above so the prefill lasts long enough to be caught in the middle.
-    let child = probe_args(&bin, &model, "2s").spawn().unwrap();
+    let child = probe_args(&bin, &model, "4096", "2s").spawn().unwrap();
     let server = wait_for_server(child.id(), &bin);
     let port = port_of(server);
     let done = Arc::new(AtomicBool::new(false));
