@@ -123,7 +123,7 @@ fn probe_args(bin: &Path, model: &Path, ctx: &str, stall: &str) -> std::process:
     .arg(bin)
     .arg("--model")
     .arg(model)
-    .args(["--ctx", "4096", "--batch", "32", "--ubatch", "32"])
+    .args(["--ctx", ctx, "--batch", "32", "--ubatch", "32"])
     .args(["--samples", "1", "--output-tokens", "4", "--fresh-prompts"])
     .args(["--stall", stall])
     .stdout(std::process::Stdio::piped())
