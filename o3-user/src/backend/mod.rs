@@ -59,6 +59,25 @@ pub enum OutcomeClass {
     Skipped,
 }
 
+impl OutcomeClass {
+    /// The snake_case name, as in JSON (`load_failed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeClass::Ok => "ok",
+            OutcomeClass::Oom => "oom",
+            OutcomeClass::LoadFailed => "load_failed",
+            OutcomeClass::ContextExceeded => "context_exceeded",
+            OutcomeClass::Clamped => "clamped",
+            OutcomeClass::CpuSpill => "cpu_spill",
+            OutcomeClass::Timeout => "timeout",
+            OutcomeClass::Crashed => "crashed",
+            OutcomeClass::HttpError => "http_error",
+            OutcomeClass::SafetyAbort => "safety_abort",
+            OutcomeClass::Skipped => "skipped",
+        }
+    }
+}
+
 /// Server-side timings of one request, as the server reports them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timings {
@@ -173,5 +192,25 @@ mod tests {
         let e = ProtocolError::new("bad JSON", &"x".repeat(500));
         assert_eq!(e.line.len(), 200);
         assert!(e.to_string().starts_with("bad JSON: `xxx"));
+    }
+
+    #[test]
+    fn outcome_names_are_their_json_names() {
+        use OutcomeClass::*;
+        for o in [
+            Ok,
+            Oom,
+            LoadFailed,
+            ContextExceeded,
+            Clamped,
+            CpuSpill,
+            Timeout,
+            Crashed,
+            HttpError,
+            SafetyAbort,
+            Skipped,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+        }
     }
 }

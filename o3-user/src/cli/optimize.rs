@@ -404,8 +404,8 @@ impl Progress {
                             "{}{} {}/{}",
                             "█".repeat(filled.min(30)),
                             "░".repeat(30 - filled.min(30)),
-                            plan::human(done),
-                            plan::human(total)
+                            crate::util::units::span(done),
+                            crate::util::units::span(total)
                         );
                     },
                 )
@@ -413,7 +413,7 @@ impl Progress {
                     "model_eta",
                     move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                         let (_, _, left) = c2.read(started.elapsed().as_millis() as u64);
-                        let _ = write!(w, "{}", plan::human(left));
+                        let _ = write!(w, "{}", crate::util::units::span(left));
                     },
                 ),
             );
@@ -454,13 +454,13 @@ impl Observer for Progress {
         }
         let total: f64 = items.iter().map(|i| i.cost.expected_s).sum();
         let mut text = format!(
-            "plan ({budget}; predicted before any measurement, re-planned as rates are measured):"
+            "plan ({budget}; predicted from what is known before the first probe, re-planned as rates are measured):"
         );
         for i in items {
             text += &format!(
                 "\n    {:<58} {:>10}{}",
                 i.what,
-                plan::human(i.cost.expected_s),
+                crate::util::units::span(i.cost.expected_s),
                 if i.priority == plan::Priority::Required {
                     ""
                 } else {
@@ -468,7 +468,7 @@ impl Observer for Progress {
                 }
             );
         }
-        text += &format!("\n    all of it: {}", plan::human(total));
+        text += &format!("\n    all of it: {}", crate::util::units::span(total));
         match &self.bar {
             Some(b) => b.println(text),
             None => eprintln!("o3: {text}"),
@@ -495,27 +495,24 @@ impl Observer for Progress {
                 req.stage.name(),
                 req.describe(),
                 streams(req),
-                plan::human(eta.probe.expected_s)
+                crate::util::units::span(eta.probe.expected_s)
             ));
         }
     }
 
     fn after(&mut self, req: &ProbeRequest, out: &ProbeOutcome, eta: &Eta) {
         let ok = out.observations.iter().filter(|o| o.ok).count();
-        let outcome = serde_json::to_value(out.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let outcome = out.outcome.name();
         let line = format!(
             "[{:>8}] {:<11} {:<54} {} ({ok}/{} requests ok, {} where {} was predicted; ETA {})",
-            plan::human(self.started.elapsed().as_secs_f64()),
+            crate::util::units::span(self.started.elapsed().as_secs_f64()),
             req.stage.name(),
             req.describe() + &streams(req),
             outcome,
             out.observations.len(),
-            plan::human(out.wall_ms / 1000.0),
-            plan::human(eta.probe.expected_s),
-            plan::human(eta.after_s)
+            crate::util::units::span(out.wall_ms / 1000.0),
+            crate::util::units::span(eta.probe.expected_s),
+            crate::util::units::span(eta.after_s)
         );
         self.say(&line);
     }
@@ -1284,15 +1281,16 @@ fn print_table(s: &Summary) {
     let p = s.plan;
     eprintln!(
         "time: {} of probes{}{}; {}; predicted {} at the start",
-        plan::human(p.spent_s),
+        crate::util::units::span(p.spent_s),
         p.floor_s.map_or(String::new(), |f| format!(
             " = {:.2}× the floor of {} (one load, one fill to the maximum, one decode)",
             p.spent_s / f.max(1e-9),
-            plan::human(f)
+            crate::util::units::span(f)
         )),
         if s.simulated { " (simulated)" } else { "" },
         p.budget,
-        p.predicted_at_start_s.map_or("-".into(), plan::human)
+        p.predicted_at_start_s
+            .map_or("-".into(), crate::util::units::span)
     );
     for cut in &p.cut {
         eprintln!("  cut by the budget: {cut}");

@@ -274,10 +274,7 @@ fn render(r: &probe::ProbeResult) -> String {
     ];
     let mut out = format!(
         "{:<10} ctx {:>7} batch {:>5} slots {:>2}  prompt {:>6} tok  pp {:>8} tok/s  tg {:>7} tok/s  ttft {:>8} ms  samples {}/{}",
-        serde_json::to_value(r.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        r.outcome.name(),
         c.ctx,
         c.batch.map_or("-".into(), |b| b.to_string()),
         c.parallel.unwrap_or(1),

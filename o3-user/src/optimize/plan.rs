@@ -13,6 +13,7 @@
 use serde::Serialize;
 
 use crate::timing::{Estimate, TimeModel};
+use crate::util::units::span as human;
 
 use super::prober::Depth;
 use super::sim::SHORT_TOKENS;
@@ -154,10 +155,8 @@ pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
     let Some(left) = left_s else {
         return Ok(());
     };
-    let mut order: Vec<usize> = (0..remaining.len()).collect();
-    order.sort_by_key(|&i| (remaining[i].priority, i));
     let mut used = 0.0;
-    for i in order {
+    for i in by_priority(remaining) {
         let it = &remaining[i];
         let cost = if i == 0 {
             it.cost.expected_s * MARGIN
@@ -176,7 +175,7 @@ pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
                     "{} (predicted {}) does not fit the {} left after higher-priority work",
                     next.what,
                     human(next.cost.expected_s),
-                    human((left - (used)).max(0.0))
+                    human((left - used).max(0.0))
                 ))
             };
         }
@@ -184,17 +183,26 @@ pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
     Ok(())
 }
 
-/// `95 s`, `12.5 min`, `3.2 h`.
-pub fn human(s: f64) -> String {
-    if !s.is_finite() {
-        "∞".into()
-    } else if s < 120.0 {
-        format!("{s:.0} s")
-    } else if s < 7200.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{:.1} h", s / 3600.0)
+/// Indices of `items` by priority, ties in execution order: the order admission goes in.
+fn by_priority(items: &[Item]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| (items[i].priority, i));
+    order
+}
+
+/// Expected time of the work in `items` that admission would let through with `left_s` left
+/// (no margins: the ETA's view), s.
+pub fn admitted_s(items: &[Item], left_s: Option<f64>) -> f64 {
+    let mut used = 0.0;
+    for i in by_priority(items) {
+        let it = &items[i];
+        let fits = it.priority == Priority::Required
+            || left_s.is_none_or(|l| used + it.cost.expected_s <= l);
+        if fits {
+            used += it.cost.expected_s;
+        }
     }
+    used
 }
 
 /// What the run planned, spent and cut (summary.json `plan`).
@@ -327,7 +335,5 @@ mod tests {
             min_s: 600.0,
         };
         assert_eq!(fixed.total_s(1e9), Some(7200.0));
-        assert_eq!(human(90.0), "90 s");
-        assert_eq!(human(7200.0), "2.0 h");
     }
 }

@@ -450,18 +450,7 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
 
     /// Predicted time of the admitted work in `items`, s.
     fn admitted_s(&self, items: &[Item]) -> f64 {
-        let left = self.left_s();
-        let mut order: Vec<&Item> = items.iter().collect();
-        order.sort_by_key(|i| i.priority);
-        let mut used = 0.0;
-        for it in order {
-            let fits = it.priority == Priority::Required
-                || left.is_none_or(|l| used + it.cost.expected_s <= l);
-            if fits {
-                used += it.cost.expected_s;
-            }
-        }
-        used
+        plan::admitted_s(items, self.left_s())
     }
 
     fn ask(&mut self, req: ProbeRequest) -> Option<ProbeOutcome> {
@@ -585,7 +574,7 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         if m.outcome != OutcomeClass::Ok && m.outcome != OutcomeClass::Timeout {
             return format!(
                 "{}: {}",
-                outcome_name(m.outcome),
+                m.outcome.name(),
                 m.error.as_deref().unwrap_or("no detail")
             );
         }
@@ -595,13 +584,6 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         }
         r.join("; ")
     }
-}
-
-fn outcome_name(o: OutcomeClass) -> String {
-    serde_json::to_value(o)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{o:?}").to_lowercase())
 }
 
 /// How a filled validation failed.
@@ -1028,7 +1010,7 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
                 .map(|p| {
                     format!(
                         " ({} at ctx {}: {})",
-                        outcome_name(p.outcome),
+                        p.outcome.name(),
                         p.ctx,
                         p.error.as_deref().unwrap_or("no detail")
                     )
@@ -1165,15 +1147,13 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
             let batch = batches.get(bi).copied().unwrap_or(self.batch0);
             self.todo.proof = Some(ctx);
             self.todo.max_ctx = ctx;
-            let depth = self.filled(ctx);
-            let req = ProbeRequest {
-                stage: Stage::Validate,
-                config: self.at(ctx, batch, None),
-                depth,
-                rounds: self.samples(),
-                concurrency: 1,
-            };
-            let m = self.measure(req.stage, req.config, depth, req.rounds, 1)?;
+            let m = self.measure(
+                Stage::Validate,
+                self.at(ctx, batch, None),
+                self.filled(ctx),
+                self.samples(),
+                1,
+            )?;
             if attempts > 1 || bi > 0 {
                 self.extra_required_s += m.wall_s;
             }

@@ -163,11 +163,6 @@ impl SimModel {
     pub fn prefill_rate(&self, c: &ProbeConfig, d: u64) -> f64 {
         self.r0(c.batch) / (1.0 + d as f64 / self.prefill_half_depth)
     }
-
-    /// Decode rate of one stream at depth `d`.
-    pub fn decode_rate(&self, d: u64) -> f64 {
-        self.decode_tps / (1.0 + d as f64 / self.decode_half_depth)
-    }
 }
 
 /// Deterministic generator (splitmix64).

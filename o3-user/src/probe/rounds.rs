@@ -269,7 +269,6 @@ impl Session<'_> {
                         Prompts::Short => SHORT_WORDS as u64 * 2,
                         _ => target,
                     }),
-                    output: spec.output_tokens as u64,
                     batch: cfg.batch.map_or(2048, u64::from),
                     progress_events: self.driver.progress_events(),
                     streams,
@@ -310,7 +309,6 @@ impl Session<'_> {
                 &Shape {
                     cached: 0,
                     prompt: req.tokens.unwrap_or(1),
-                    output: 1,
                     batch: 2048,
                     progress_events: false,
                     streams: 1,

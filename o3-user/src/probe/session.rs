@@ -235,11 +235,10 @@ impl<'a> Session<'a> {
 
     /// A short request's limits: the server may still be loading the model inside it
     /// (Ollama loads on the first request).
-    fn short_policy(&self, words: u64, out: u32) -> Policy {
+    fn short_policy(&self, words: u64) -> Policy {
         let shape = Shape {
             cached: 0,
             prompt: words * 2 + 16,
-            output: out as u64,
             batch: 2048,
             progress_events: self.driver.progress_events(),
             streams: 1,
@@ -260,7 +259,7 @@ impl<'a> Session<'a> {
         let body = self
             .driver
             .body(cfg, &warm_prompt, 4, spec.seed as u32, None);
-        let policy = self.short_policy(warm_words as u64, 4);
+        let policy = self.short_policy(warm_words as u64);
         let stream = crate::backend::http::stream(
             &self.client,
             &self.driver.request_url,
@@ -318,7 +317,7 @@ impl<'a> Session<'a> {
         let body = self
             .driver
             .body(&spec.config, &long_prompt, 1, spec.seed as u32, None);
-        let policy = self.short_policy(long_words as u64, 1);
+        let policy = self.short_policy(long_words as u64);
         let c = self.rt.block_on(crate::backend::http::stream(
             &self.client,
             &self.driver.request_url,

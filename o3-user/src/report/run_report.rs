@@ -207,7 +207,7 @@ fn time(d: &mut Doc, s: &Value) {
     if p.is_null() {
         return;
     }
-    let human = |x: Option<f64>| x.map_or("–".into(), crate::optimize::plan::human);
+    let human = |x: Option<f64>| x.map_or("–".into(), crate::util::units::span);
     let mut rows = vec![
         vec![
             "predicted at the start".into(),
@@ -477,7 +477,7 @@ fn context(d: &mut Doc, run: &Run, s: &Value) {
                         if e.outcome.passed() {
                             "passed".into()
                         } else {
-                            format!("failed ({})", outcome_name(e))
+                            format!("failed ({})", e.outcome.outcome.name())
                         },
                         e.outcome
                             .prompt_tokens
@@ -489,13 +489,6 @@ fn context(d: &mut Doc, run: &Run, s: &Value) {
                 .collect(),
         );
     }
-}
-
-fn outcome_name(e: &Entry) -> String {
-    serde_json::to_value(e.outcome.outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Probes of `stages` grouped by context, in probe order.
@@ -552,7 +545,7 @@ fn batch(d: &mut Doc, run: &Run) {
                 if e.outcome.passed() {
                     "passed".into()
                 } else {
-                    format!("failed ({})", outcome_name(e))
+                    format!("failed ({})", e.outcome.outcome.name())
                 },
                 f0(median(prefill_of(e))),
                 f1(median(decode_of(e))),
@@ -632,7 +625,7 @@ fn concurrency(d: &mut Doc, run: &Run) {
                 if e.outcome.passed() {
                     "passed".into()
                 } else {
-                    format!("failed ({})", outcome_name(e))
+                    format!("failed ({})", e.outcome.outcome.name())
                 },
                 f1(agg),
                 f0(tp95),

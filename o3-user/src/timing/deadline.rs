@@ -40,7 +40,6 @@ pub struct Shape {
     /// Prompt tokens expected from the cache, and in all.
     pub cached: u64,
     pub prompt: u64,
-    pub output: u64,
     /// The server's batch (tokens per progress event while reading the prompt).
     pub batch: u64,
     /// The server streams progress events while it reads the prompt.
@@ -103,16 +102,6 @@ impl Policy {
             margin: limits.margin,
         }
     }
-
-    /// Limits that only a stall can trip (no model): for short calls such as a warm-up.
-    pub fn stall_only(stall_s: f64, first_event_s: f64) -> Policy {
-        Policy {
-            stall_s,
-            first_event_s,
-            expected_first_s: None,
-            margin: 1.0,
-        }
-    }
 }
 
 /// Why a request was abandoned.
@@ -150,10 +139,6 @@ impl Judge {
             last_event: None,
             events: 0,
         }
-    }
-
-    pub fn policy(&self) -> &Policy {
-        &self.policy
     }
 
     /// The server showed progress (a progress event, a token, the final answer).
@@ -238,7 +223,6 @@ mod tests {
         Shape {
             cached: 0,
             prompt: 32_768,
-            output: 64,
             batch: 2048,
             progress_events: progress,
             streams: 1,

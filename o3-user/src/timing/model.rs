@@ -141,8 +141,9 @@ pub struct TimeModel {
 
 /// Relative uncertainty never assumed smaller than this (run-to-run noise on a shared box).
 const MIN_REL: f64 = 0.25;
-/// Most observations kept per part (the latest win; progress events can be many).
-const MAX_OBS: usize = 4096;
+/// Most observations kept, of all parts together (the latest win; progress events can be
+/// many).
+const MAX_OBS: usize = 12_288;
 
 impl TimeModel {
     pub fn new(prior: Prior) -> TimeModel {
@@ -174,8 +175,8 @@ impl TimeModel {
             Obs::Load { s } => s.is_finite() && s >= 0.0,
         });
         self.obs.extend(valid);
-        if self.obs.len() > 3 * MAX_OBS {
-            let cut = self.obs.len() - 3 * MAX_OBS;
+        if self.obs.len() > MAX_OBS {
+            let cut = self.obs.len() - MAX_OBS;
             self.obs.drain(..cut);
         }
         self.refit();
@@ -184,10 +185,6 @@ impl TimeModel {
     /// Records whether a cached prefix was reused (a miss wins over earlier hits).
     pub fn observe_reuse(&mut self, reused: bool) {
         self.prefix_reuse = Some(self.prefix_reuse.unwrap_or(true) && reused);
-    }
-
-    pub fn observations(&self) -> &[Obs] {
-        &self.obs
     }
 
     fn refit(&mut self) {
@@ -294,16 +291,6 @@ impl TimeModel {
     /// One request: a prompt of `to` tokens of which `from` are cached, then `out` tokens.
     pub fn request(&self, from: u64, to: u64, out: u64) -> Estimate {
         self.fill(from, to).plus(self.decode(to, out))
-    }
-
-    /// Prefill rate at depth `d`, tokens/s (expected).
-    pub fn prefill_rate_at(&self, d: u64) -> f64 {
-        let e = self.fill(d, d + 1).expected_s;
-        if e > 0.0 {
-            1.0 / e
-        } else {
-            f64::INFINITY
-        }
     }
 
     /// Decode rate at depth `d`, tokens/s (expected).

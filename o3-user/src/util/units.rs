@@ -15,6 +15,19 @@ pub fn bytes(v: u64) -> String {
     format!("{x:.1} {}", UNITS[i])
 }
 
+/// A duration in seconds for people: `95 s`, `12.5 min`, `3.2 h`.
+pub fn span(s: f64) -> String {
+    if !s.is_finite() {
+        "∞".into()
+    } else if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
 /// Seconds with millisecond precision from ns.
 pub fn secs(ns: u64) -> String {
     format!("{:.3} s", ns as f64 / 1e9)
@@ -43,6 +56,14 @@ pub fn utc(unix_s: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spans() {
+        assert_eq!(span(90.0), "90 s");
+        assert_eq!(span(7200.0), "2.0 h");
+        assert_eq!(span(750.0), "12.5 min");
+        assert_eq!(span(f64::INFINITY), "∞");
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0), "1970-01-01 00:00");

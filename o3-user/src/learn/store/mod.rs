@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::fingerprint::{self, Host};
 use super::{ModelShape, Record};
-use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::backend::ProbeConfig;
 
 /// How long a writer waits for another one before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,13 +262,6 @@ fn split_preset(v: &serde_json::Value) -> (Option<ProbeConfig>, serde_json::Valu
         }
     }
     (None, v.clone())
-}
-
-fn outcome_name(o: OutcomeClass) -> String {
-    serde_json::to_value(o)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "http_error".into())
 }
 
 impl Store {
@@ -525,7 +518,7 @@ impl Store {
                 stage,
                 cfg,
                 rec.concurrency,
-                outcome_name(rec.outcome),
+                rec.outcome.name(),
                 rec.success,
                 rec.prefill_tokens_per_s,
                 rec.decode_tokens_per_s,

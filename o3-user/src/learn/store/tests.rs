@@ -1,6 +1,7 @@
 use std::io::BufRead;
 
 use super::*;
+use crate::backend::OutcomeClass;
 use crate::learn::fingerprint::Gpu;
 
 pub(crate) fn host() -> Host {
