@@ -1,5 +1,6 @@
 //! Servers o3 launches: a free loopback port, the process in a group of its own (so its
-//! workers stop with it), its output captured into a bounded tail for failure classification,
+//! workers stop with it) that the kernel kills should o3 die (see `util::owner`), its output
+//! captured into a bounded tail for failure classification,
 //! readiness polling, and a teardown that always runs (also on drop).
 
 use std::ffi::OsString;
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::classify::StderrTail;
+use crate::util::owner;
 use crate::util::spawn::{self, Prepared, SpawnError};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released: a small race with other programs is
@@ -46,13 +48,22 @@ impl Launched {
         before_exec: impl FnOnce(u32) -> Result<(), String>,
     ) -> Result<Launched, String> {
         let command: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        let prepared = Prepared::with_env(&command, env).map_err(|e| e.to_string())?;
+        // The owner mark lets a later o3 find this server (and its workers) should o3 die
+        // in a way the kernel's parent-death signal does not cover for the workers.
+        let mut env = env.to_vec();
+        env.push(owner::marker());
+        let prepared = Prepared::with_env(&command, &env).map_err(|e| e.to_string())?;
         let mut fds = [0; 2];
         // SAFETY: valid out-array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return Err(format!("pipe: {}", std::io::Error::last_os_error()));
         }
-        let held = match spawn::fork_held_with(&prepared, Some(fds[1]), true) {
+        let opts = spawn::Options {
+            output: Some(fds[1]),
+            own_group: true,
+            die_with_parent: true,
+        };
+        let held = match spawn::fork_held_with(&prepared, opts) {
             Ok(h) => h,
             Err(e) => {
                 // SAFETY: closing the pipe we created.
@@ -78,6 +89,7 @@ impl Launched {
             }
             Err(e) => return Err(e.to_string()),
         };
+        owner::started(pid, &argv.join(" "));
         let tail = Arc::new(Mutex::new(StderrTail::default()));
         let t = tail.clone();
         // SAFETY: we own the read end; the File closes it when the thread ends.
@@ -135,6 +147,7 @@ impl Launched {
 
     /// Stops the whole process group: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
+        owner::stopped(self.pid);
         if self.exited().is_some() {
             // SAFETY: the group may have survivors; signalling a missing group is harmless.
             unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };

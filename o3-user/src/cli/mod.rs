@@ -148,11 +148,52 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err((e, code)) => {
-            eprintln!("o3: {e:#}");
+            eprintln!("o3: {}", one_reason(&e));
             code
         }
     }
 }
 
+/// An error and its causes on one line, each reason once: a message that already quotes its
+/// cause (most do, to read well on their own) is not followed by the cause again.
+pub fn one_reason(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
 /// A subcommand's failure: the message and o3's exit status.
 pub type CliResult = Result<i32, (anyhow::Error, i32)>;
+
+#[cfg(test)]
+mod tests {
+    use super::one_reason;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create /x: {source}")]
+    struct Quoting {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_reason_is_said_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::EEXIST);
+        let e = anyhow::Error::new(Quoting { source: io() }).context("writing the run");
+        let text = one_reason(&e);
+        assert_eq!(text.matches("File exists").count(), 1, "{text}");
+        assert!(
+            text.starts_with("writing the run: cannot create /x"),
+            "{text}"
+        );
+        // A cause the message does not quote is still shown.
+        let e = anyhow::Error::new(io()).context("cannot create /y");
+        assert_eq!(one_reason(&e), format!("cannot create /y: {}", io()));
+    }
+}

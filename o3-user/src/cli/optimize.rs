@@ -670,16 +670,12 @@ fn learn_at_start(
     a: &OptimizeArgs,
     rf: &mut RunFile,
     dir: &Path,
+    opened: Option<(PathBuf, Store)>,
 ) -> Result<(), (anyhow::Error, i32)> {
     let l = &rf.config.learning;
-    if !(l.store_results || l.reuse_learned_configs || l.predict) {
+    let Some((db, store)) = opened else {
         return Ok(());
-    }
-    let db =
-        a.db.clone()
-            .or_else(|| l.db.as_ref().map(PathBuf::from))
-            .unwrap_or_else(crate::learn::store::default_path);
-    let store = Store::open(&db).map_err(|e| (e.into(), 1))?;
+    };
     let host_id = store.upsert_host(&rf.host).map_err(|e| (e.into(), 1))?;
     let model_id = store
         .upsert_model(&rf.target.model, &rf.model_digest, &rf.shape)
@@ -761,6 +757,42 @@ fn learn_at_start(
     Ok(())
 }
 
+/// The store learning uses, opened and checked before anything is written anywhere (a damaged
+/// store is refused before o3 writes to it or creates the run directory); None when learning
+/// is off.
+fn open_store(
+    a: &OptimizeArgs,
+    c: &Config,
+) -> Result<Option<(PathBuf, Store)>, (anyhow::Error, i32)> {
+    let l = &c.learning;
+    if !(l.store_results || l.reuse_learned_configs || l.predict) {
+        return Ok(None);
+    }
+    let db =
+        a.db.clone()
+            .or_else(|| l.db.as_ref().map(PathBuf::from))
+            .unwrap_or_else(crate::learn::store::default_path);
+    let store = Store::open(&db).map_err(|e| (e.into(), 1))?;
+    Ok(Some((db, store)))
+}
+
+/// The model file a launched llama-server or template would load must be a complete GGUF
+/// file: a truncated or inconsistent one is refused here, in one line, before any probe.
+fn check_model_file(t: &Target) -> Result<(), (anyhow::Error, i32)> {
+    if t.simulate.is_some() || t.backend == BackendArg::Ollama {
+        return Ok(());
+    }
+    let p = Path::new(&t.model);
+    let is_file = p.is_file() || t.model.ends_with(".gguf");
+    if t.backend != BackendArg::LlamaServer && !is_file {
+        // A template's model may be a name its server resolves.
+        return Ok(());
+    }
+    crate::learn::gguf::read(p)
+        .map(|_| ())
+        .map_err(|e| (anyhow::anyhow!("{e}"), 2))
+}
+
 pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let usage = |e: String| (anyhow::anyhow!(e), 2);
     // 1. What to search, and where the run lives.
@@ -835,6 +867,8 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                     dir.display()
                 )));
             }
+            check_model_file(&target)?;
+            let opened = open_store(&a, &loaded.config)?;
             let (shape, model_digest) = model_facts(&target);
             let (host, capacity_bytes) = host_facts(roots, &target);
             let mut rf = RunFile {
@@ -856,7 +890,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 store: None,
             };
             std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-            learn_at_start(&a, &mut rf, &dir)?;
+            learn_at_start(&a, &mut rf, &dir, opened)?;
             // The run file first: a bad --out fails before a server starts.
             write_file(
                 &dir.join("run.json"),
@@ -922,6 +956,15 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                     false
                 }
             };
+            // Servers of earlier runs that outlived their o3 (this run's, on --resume, first:
+            // its ledger names them) are stopped before this run starts its own.
+            let ledger = dir.join("servers");
+            let mut swept = crate::util::owner::stop_recorded(Path::new("/proc"), &ledger);
+            swept.extend(crate::util::owner::reap_orphans(Path::new("/proc")));
+            if let Some(n) = crate::util::owner::notice(&swept) {
+                eprintln!("o3: notice: {n}");
+            }
+            crate::util::owner::keep_ledger(ledger);
             let traces = dir.join("traces");
             let live = Live::new(spec.clone(), cfg.clone(), roots.sysfs_root.clone(), ebpf)
                 .with_traces(traces.clone())
@@ -1000,8 +1043,9 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         capacity: runfile.capacity_bytes,
     });
     let never = NeverSkip;
+    let mut retried = crate::optimize::retry::Retried::new(&mut prober);
     let mut pruned = Pruned::new(
-        &mut prober,
+        &mut retried,
         chance
             .as_ref()
             .map_or(&never as &dyn Chance, |c| c as &dyn Chance),

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod presets;
 pub mod prober;
 pub mod prune;
+pub mod retry;
 pub mod search;
 pub mod sim;
 pub mod stats;

@@ -6,7 +6,7 @@ use super::journal::{Journal, Journaled};
 use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
 use super::search::{self, Inputs, Report, Silent};
 use super::sim::{Sim, SimModel};
-use crate::backend::ProbeConfig;
+use crate::backend::{OutcomeClass, ProbeConfig};
 use crate::config::Config;
 
 fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
@@ -589,5 +589,50 @@ fn the_budget_cuts_only_optional_work_and_says_what() {
                 |c| c.stage == Stage::Validate && c.config.ctx == r.context.validated.unwrap()
             ));
         }
+    }
+}
+
+/// Crashes (as a server killed by a stray signal would) the `at`-th probe's first attempt.
+struct CrashOnce {
+    sim: Sim,
+    n: u32,
+    at: u32,
+}
+impl super::journal::Raw for CrashOnce {}
+impl Prober for CrashOnce {
+    fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
+        self.n += 1;
+        if self.n == self.at {
+            return Some(ProbeOutcome::failed(
+                OutcomeClass::Crashed,
+                "the stream ended before its final message",
+            ));
+        }
+        self.sim.probe(req)
+    }
+    fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
+        self.sim.fixed_by_server(cfg)
+    }
+}
+
+#[test]
+fn one_transient_crash_anywhere_leaves_the_answer_unchanged() {
+    let cfg = Config::default();
+    let m = model(12.0);
+    let full = search::run(&inputs(&cfg, &m), &mut Sim::new(m.clone()), &mut Silent);
+    let answer = |r: &Report| {
+        let configs: Vec<_> = r.configurations.iter().map(|c| &c.config).collect();
+        serde_json::to_string(&(&r.context, configs)).unwrap()
+    };
+    for at in 1..=full.probes {
+        let mut p = super::retry::Retried::new(CrashOnce {
+            sim: Sim::new(m.clone()),
+            n: 0,
+            at,
+        });
+        let r = search::run(&inputs(&cfg, &m), &mut p, &mut Silent);
+        assert_eq!(p.retries, 1, "crash at probe {at}");
+        assert_eq!(answer(&r), answer(&full), "crash at probe {at}");
+        assert_eq!(r.probes, full.probes, "crash at probe {at}");
     }
 }

@@ -16,6 +16,7 @@ mod session;
 pub mod trace;
 mod watch;
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -270,6 +271,7 @@ pub struct Round {
 /// Runs one probe to its end. Never fails: every way of failing is an outcome class. The
 /// server o3 started is stopped and the telemetry finished on every path.
 pub fn run(spec: &ProbeSpec, ebpf: Option<&mut Loaded>) -> ProbeResult {
+    let kills = oom_kills(Path::new("/proc/vmstat"));
     let mut s = match session::Session::start(spec, ebpf) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -280,5 +282,99 @@ pub fn run(spec: &ProbeSpec, ebpf: Option<&mut Loaded>) -> ProbeResult {
         .and_then(|()| s.in_effect())
         .and_then(|()| s.settle())
         .and_then(|()| s.rounds());
-    s.end()
+    let mut r = s.end();
+    attribute_oom(&mut r, kills, oom_kills(Path::new("/proc/vmstat")));
+    r
+}
+
+/// The kernel's count of OOM kills since boot (`oom_kill` in /proc/vmstat, Linux 4.13+).
+fn oom_kills(vmstat: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(vmstat).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A server killed by SIGKILL while the kernel's OOM killer ran (its count went up during the
+/// probe) died of memory, not of a stray signal: the OOM killer writes nothing the server
+/// could print. Other deaths stay as they are (and may be retried as transient).
+fn attribute_oom(r: &mut ProbeResult, before: Option<u64>, after: Option<u64>) {
+    if let Some(note) = oom_attribution(r.outcome, r.server_exit.as_deref(), before, after) {
+        r.outcome = OutcomeClass::Oom;
+        r.notes.push(note);
+    }
+}
+
+/// Why a failed probe is an OOM kill (see [`attribute_oom`]), or None. `server_exit`: the
+/// server's exit as the probe records it (`Exit { code: None, signal: Some(9) }`).
+fn oom_attribution(
+    outcome: OutcomeClass,
+    server_exit: Option<&str>,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> Option<String> {
+    let killed =
+        server_exit.is_some_and(|e| e.contains(&format!("signal: Some({})", libc::SIGKILL)));
+    let failed = matches!(
+        outcome,
+        OutcomeClass::Crashed | OutcomeClass::LoadFailed | OutcomeClass::HttpError
+    );
+    let n = after?.checked_sub(before?)?;
+    (n > 0 && killed && failed).then(|| {
+        format!(
+            "the server was killed by SIGKILL while the kernel's OOM killer ran ({n} OOM kill{} \
+             during the probe, /proc/vmstat oom_kill): counted as out of memory",
+            if n == 1 { "" } else { "s" }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_vmstat() {
+        // The format of /proc/vmstat on Linux 6.x: one "name value" per line.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmstat");
+        std::fs::write(&p, "nr_free_pages 12345\noom_kill 3\npgfault 99\n").unwrap();
+        assert_eq!(oom_kills(&p), Some(3));
+        std::fs::write(&p, "nr_free_pages 12345\n").unwrap();
+        assert_eq!(oom_kills(&p), None);
+        std::fs::write(&p, "oom_kill x\n").unwrap();
+        assert_eq!(oom_kills(&p), None);
+        assert!(
+            oom_kills(Path::new("/proc/vmstat")).is_some(),
+            "this kernel counts OOM kills"
+        );
+    }
+
+    #[test]
+    fn a_sigkill_is_an_oom_only_when_the_oom_killer_ran() {
+        let k = Some("Exit { code: None, signal: Some(9) }");
+        let term = Some("Exit { code: None, signal: Some(15) }");
+        let c = OutcomeClass::Crashed;
+        assert!(oom_attribution(c, k, Some(2), Some(3)).is_some());
+        assert!(
+            oom_attribution(OutcomeClass::LoadFailed, k, Some(2), Some(4))
+                .unwrap()
+                .contains("2 OOM kills")
+        );
+        assert!(
+            oom_attribution(c, k, Some(3), Some(3)).is_none(),
+            "no OOM kill"
+        );
+        assert!(
+            oom_attribution(c, term, Some(2), Some(3)).is_none(),
+            "not SIGKILL"
+        );
+        assert!(
+            oom_attribution(c, None, Some(2), Some(3)).is_none(),
+            "server alive"
+        );
+        assert!(oom_attribution(c, k, None, Some(3)).is_none(), "no counter");
+        assert!(oom_attribution(OutcomeClass::Ok, k, Some(2), Some(3)).is_none());
+        assert!(oom_attribution(OutcomeClass::Timeout, k, Some(2), Some(3)).is_none());
+    }
 }

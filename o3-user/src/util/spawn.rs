@@ -136,23 +136,38 @@ fn pipe() -> Result<(libc::c_int, libc::c_int), SpawnError> {
 /// Forks; the child blocks until [`Held::release`]. Call before starting any thread that
 /// holds locks the child could need (the child calls only read, execve, write, _exit).
 pub fn fork_held(p: &Prepared) -> Result<Held, SpawnError> {
-    fork_held_with(p, None, false)
+    fork_held_with(p, Options::default())
 }
 
-/// As [`fork_held`], with the child's stderr (and stdout) sent to `output` when given, and
-/// the child in a new process group of its own when `own_group` (so the whole group can be
-/// stopped: a server's workers included).
-pub fn fork_held_with(
-    p: &Prepared,
-    output: Option<libc::c_int>,
-    own_group: bool,
-) -> Result<Held, SpawnError> {
+/// How [`fork_held_with`] sets up the child.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The child's stdout and stderr go to this fd.
+    pub output: Option<libc::c_int>,
+    /// The child leads a new process group of its own (so the whole group can be stopped: a
+    /// server's workers included).
+    pub own_group: bool,
+    /// The kernel kills the child (SIGKILL) when the thread that forked it ends: o3's
+    /// servers fork from the main thread, so they die with o3 whatever kills it (kill -9
+    /// included). A parent already gone when the child starts makes the child exit at once.
+    pub die_with_parent: bool,
+}
+
+/// As [`fork_held`], set up as `opts` says.
+pub fn fork_held_with(p: &Prepared, opts: Options) -> Result<Held, SpawnError> {
+    let Options {
+        output,
+        own_group,
+        die_with_parent,
+    } = opts;
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: fork in a process whose other threads (if any) hold no locks the child uses: the
     // child only calls async-signal-safe functions on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
@@ -170,6 +185,19 @@ pub fn fork_held_with(
             }
             if own_group {
                 libc::setpgid(0, 0);
+            }
+            if die_with_parent {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                // The parent may have died before the prctl: then nobody would kill us.
+                if libc::getppid() != parent {
+                    libc::_exit(127);
+                }
             }
             let mut b = 0u8;
             loop {

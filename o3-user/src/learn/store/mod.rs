@@ -292,6 +292,9 @@ impl Store {
             path: path.to_path_buf(),
         };
         store.check_version(version)?;
+        if version > 0 {
+            store.check_integrity()?;
+        }
         store
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
@@ -304,6 +307,30 @@ impl Store {
             store.migrate_to(schema::LATEST)?;
         }
         Ok(store)
+    }
+
+    /// SQLite's own structural check (b-trees, free list, index order), read-only: a damaged
+    /// store is refused before anything is written to it. Linear in the file's size: a few
+    /// milliseconds for a store of thousands of probes.
+    fn check_integrity(&self) -> Result<(), StoreError> {
+        let first: String = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(self.err("checking integrity"))?;
+        if first == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            path: self.path_str(),
+            detail: format!(
+                "integrity check: {}",
+                first
+                    .replace("*** in database main ***", "")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        })
     }
 
     fn check_version(&self, found: u32) -> Result<(), StoreError> {

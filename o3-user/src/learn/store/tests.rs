@@ -696,3 +696,27 @@ fn imported_runs_are_untrusted_once_and_never_learned_from() {
     assert!(p[0].models[0].imported);
     assert_eq!(p[0].models[0].presets[0].config.as_ref().unwrap().ctx, 4096);
 }
+
+#[test]
+fn a_damaged_store_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("o3.db");
+    {
+        let s = Store::open(&p).unwrap();
+        setup(&s);
+    }
+    // Every page after the first (the header and the schema stay intact) overwritten, as a
+    // bad sector or a stray writer would leave them.
+    let mut bytes = std::fs::read(&p).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    assert!(bytes.len() > 2 * page, "the store has more than one page");
+    for (i, b) in bytes[page..].iter_mut().enumerate() {
+        *b = (i % 251) as u8 ^ 0x5a;
+    }
+    std::fs::write(&p, &bytes).unwrap();
+    let e = Store::open(&p).err().expect("a damaged store is refused");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("damaged") && !msg.contains('\n'), "{msg}");
+    assert_eq!(std::fs::read(&p).unwrap(), bytes, "nothing was written");
+}
