@@ -212,3 +212,140 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
         s["probes"]["total"].as_u64().unwrap()
     );
 }
+
+/// The pid of the server `bin` that process `parent` started, waiting up to 120 s for one.
+fn server_of(parent: u32, bin: &Path) -> u32 {
+    let t0 = std::time::Instant::now();
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+            if ppid == Some(parent) && Path::new(std::str::from_utf8(argv0).unwrap_or("")) == bin {
+                return pid;
+            }
+        }
+        assert!(t0.elapsed().as_secs() < 120, "no server started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet: it runs no more) within `limit`.
+fn gone_within(pid: u32, limit: std::time::Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rfind(')')
+                    .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    false
+}
+
+fn optimize_cmd(bin: &Path, model: &Path, run: &Path) -> std::process::Command {
+    let mut c = o3();
+    c.args([
+        "optimize",
+        "--backend",
+        "llama-server",
+        "--quiet",
+        "--json",
+        "--config",
+    ])
+    .arg(short_config())
+    .arg("--server-bin")
+    .arg(bin)
+    .arg("--model")
+    .arg(model)
+    .arg("--out")
+    .arg(run);
+    c
+}
+
+#[test]
+fn kill_9_of_o3_leaves_no_server_and_the_resumed_run_leaves_none_either() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = optimize_cmd(&bin, &model, &run)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-probe: the server of the first probe is up.
+    let server = server_of(child.id(), &bin);
+    child.kill().unwrap(); // SIGKILL: o3 runs no code of its own after it.
+    child.wait().unwrap();
+    assert!(
+        gone_within(server, std::time::Duration::from_secs(2)),
+        "server {server} outlived o3 by more than 2 s"
+    );
+    // The run's ledger named it; the resumed run finishes and leaves no server behind.
+    let ledger = std::fs::read_to_string(run.join("servers")).unwrap();
+    assert!(ledger.starts_with(&format!("{server} ")), "{ledger}");
+    let out = o3()
+        .args(["optimize", "--json", "--quiet", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    assert_no_server_left(&bin);
+    assert_eq!(std::fs::read_to_string(run.join("servers")).unwrap(), "");
+}
+
+#[test]
+fn a_server_killed_once_mid_probe_is_retried_and_the_answer_stands() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = optimize_cmd(&bin, &model, &run)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server of the first probe, as a stray `kill -9` would.
+    let server = server_of(child.id(), &bin);
+    // SAFETY: signalling the server o3 started.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let s = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    // The killed probe (the first: does ctx 4096 load?) was run again and its answer is the
+    // undisturbed one: the tiny model loads at every context up to 4096 on any machine. (The
+    // validated context is not compared: on a loaded machine validation may step down for
+    // variance, a verdict that depends on timing, disturbed or not.)
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(journal.lines().next().unwrap()).unwrap();
+    assert_eq!(first["request"]["config"]["ctx"], 4096, "{first}");
+    assert_eq!(first["outcome"]["outcome"], "ok", "{first}");
+    let notes = first["outcome"]["notes"].to_string();
+    assert!(notes.contains("retried once"), "{first}");
+    assert_eq!(
+        first["raw"]["first_attempt"]["outcome"], "crashed",
+        "{first}"
+    );
+    assert_eq!(s["context"]["max_passing"], 4096, "{}", s["context"]);
+    assert_no_server_left(&bin);
+}

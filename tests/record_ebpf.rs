@@ -536,3 +536,37 @@ fn safety_breach_stops_the_command_within_one_interval() {
     let text = std::fs::read_to_string(&trace).unwrap();
     assert!(text.contains("\"event\":\"safety_breach\""), "{text}");
 }
+
+#[test]
+fn attached_to_an_ancestor_o3_does_not_measure_itself() {
+    if !ebpf_or_skip("attach_ancestor") {
+        return;
+    }
+    let _g = serial();
+    // The shell is the root of the recorded tree and o3 is its child (the trailing command
+    // keeps the shell from replacing itself with o3).
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            r#""$0" record --method ebpf --json --duration 300ms --pid $$; echo done >&2"#,
+            env!("CARGO_BIN_EXE_o3"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let procs = s["processes"].as_array().unwrap();
+    assert!(
+        procs.iter().any(|p| p["comm"] == "sh"),
+        "the root is measured: {procs:?}"
+    );
+    assert!(
+        !procs.iter().any(|p| p["comm"] == "o3"),
+        "o3 measured itself: {procs:?}"
+    );
+}

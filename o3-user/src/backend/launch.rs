@@ -76,20 +76,26 @@ impl Launched {
         };
         // SAFETY: the parent's copy of the write end is not needed.
         unsafe { libc::close(fds[1]) };
+        // In the run's ledger before it can exec: o3 may die at any instant from here on.
+        owner::started(held.pid, &argv.join(" "));
         if let Err(e) = before_exec(held.pid) {
+            owner::stopped(held.pid);
             held.abandon();
             // SAFETY: closing the read end.
             unsafe { libc::close(fds[0]) };
             return Err(e);
         }
+        let held_pid = held.pid;
         let pid = match held.release() {
             Ok(pid) => pid,
-            Err(SpawnError::NotFound(p)) => {
-                return Err(format!("server command not found: `{p}` (check the path in the launch template or --server-bin)"))
+            Err(e) => {
+                owner::stopped(held_pid);
+                return Err(match e {
+                    SpawnError::NotFound(p) => format!("server command not found: `{p}` (check the path in the launch template or --server-bin)"),
+                    e => e.to_string(),
+                });
             }
-            Err(e) => return Err(e.to_string()),
         };
-        owner::started(pid, &argv.join(" "));
         let tail = Arc::new(Mutex::new(StderrTail::default()));
         let t = tail.clone();
         // SAFETY: we own the read end; the File closes it when the thread ends.

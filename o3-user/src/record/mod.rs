@@ -339,8 +339,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             root = *pid;
             t0 = monotonic_ns();
             if let Some(l) = loaded.as_mut() {
-                let parents = procfs::scan_parents(&opts.procfs_root)
+                let mut parents = procfs::scan_parents(&opts.procfs_root)
                     .map_err(|e| RecordError::Io("scanning procfs".into(), e))?;
+                // o3 itself is in the tree of any of its ancestors (`--pid 1`, the shell that
+                // started it): it measures, it is not measured. Without its entry, neither it
+                // nor anything it started is reached from the root.
+                parents.remove(&std::process::id());
                 l.attach_existing(&opts.procfs_root, &procfs::descendants(&parents, root))?;
             }
         }
