@@ -378,3 +378,57 @@ fn the_plan_the_budget_and_a_prompt_cap_are_said_where_the_user_reads() {
         "{text}"
     );
 }
+
+#[test]
+fn a_damaged_store_or_model_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o3.db");
+    simulated(dir.path(), "{}", "a", &db);
+    // Every page after the first overwritten (the header and schema stay readable), as a bad
+    // sector or a stray writer would leave them.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    for (i, b) in bytes[page..].iter_mut().enumerate() {
+        *b = (i % 251) as u8 ^ 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let f = dir.path().join("b.json");
+    std::fs::write(&f, "{}").unwrap();
+    let run = dir.path().join("b");
+    let out = o3()
+        .args(["optimize", "--quiet", "--json", "--simulate"])
+        .arg(&f)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is damaged") && err.contains(&db.display().to_string()), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "the store was written to");
+    assert!(!run.exists(), "--out was created for a run that never started");
+
+    // A model file that is not a complete GGUF file: one line, before any server starts.
+    let model = dir.path().join("cut.gguf");
+    std::fs::write(&model, b"GGUF\x03\x00\x00\x00").unwrap();
+    let run = dir.path().join("c");
+    let out = o3()
+        .args(["optimize", "--backend", "llama-server", "--server-bin", "/bin/false"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(dir.path().join("fresh.db"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+    assert!(!run.exists());
+    assert!(!dir.path().join("fresh.db").exists(), "the store was created");
+}
