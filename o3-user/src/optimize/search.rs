@@ -464,6 +464,10 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         self.prober.know(&self.model);
         self.obs.before(&req, &eta);
         let out = self.prober.probe(&req)?;
+        // A retried hiccup is part of the run's story: the report's notes say where.
+        for n in out.notes.iter().filter(|n| n.starts_with("retried once")) {
+            self.note(format!("{}: {n}", req.describe()));
+        }
         self.probes += 1;
         self.spent_s += out.wall_ms / 1000.0;
         self.model.observe(&out.timing);

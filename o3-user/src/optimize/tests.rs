@@ -632,6 +632,15 @@ fn one_transient_crash_anywhere_leaves_the_answer_unchanged() {
         });
         let r = search::run(&inputs(&cfg, &m), &mut p, &mut Silent);
         assert_eq!(p.retries, 1, "crash at probe {at}");
+        assert_eq!(
+            r.notes
+                .iter()
+                .filter(|n| n.contains("retried once"))
+                .count(),
+            1,
+            "crash at probe {at}: {:?}",
+            r.notes
+        );
         assert_eq!(answer(&r), answer(&full), "crash at probe {at}");
         assert_eq!(r.probes, full.probes, "crash at probe {at}");
     }
