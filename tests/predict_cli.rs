@@ -1,6 +1,7 @@
-//! `o3 predict` on the real tiny test model and on the Llama 3.1 8B header fixture (estimate
-//! terms exact for their shapes), with capacities from fixture machines, trained from a store and
-//! from a records file; bad input is one line. Then the memory model against what llama.cpp's
+//! `o3 predict` on the real tiny test model and on the Llama 3.1 8B header fixture completed to
+//! its declared size (estimate terms exact for their shapes), with capacities from fixture
+//! machines, trained from a store and from a records file; bad input, a truncated model file
+//! included (`o3 probe` too), is one line. Then the memory model against what llama.cpp's
 //! llama-server really holds (its RSS on this CPU-only machine).
 //!
 //! The tiny model and llama-server come from `cargo xtask setup`; without them those tests skip
@@ -20,8 +21,12 @@ use serde_json::Value;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-fn fixture_8b() -> PathBuf {
-    common::fixtures().join("gguf/llama31-8b-q4km.gguf")
+/// The Llama 3.1 8B header fixture, completed to its declared size (a sparse file of 825 MiB)
+/// in a directory that lives as long as the returned guard.
+fn fixture_8b() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::complete_gguf("llama31-8b-q4km.gguf", dir.path());
+    (dir, model)
 }
 
 /// The tiny test model (O3_TEST_MODEL or ~/.cache/o3/models/o3-tiny-llama.gguf).
@@ -157,7 +162,7 @@ fn tiny_model_estimate_terms_are_exact() {
 
 #[test]
 fn llama31_8b_fixture_fits_small_contexts_not_the_trained_one() {
-    let model = fixture_8b();
+    let (_dir, model) = fixture_8b();
     let m = model.to_str().unwrap();
     let info = gguf::read(&model).unwrap();
     let v = json(
@@ -209,7 +214,7 @@ fn llama31_8b_fixture_fits_small_contexts_not_the_trained_one() {
 
 #[test]
 fn capacity_is_the_apus_gtt_or_system_ram() {
-    let m = fixture_8b();
+    let (_dir, m) = fixture_8b();
     let m = m.to_str().unwrap();
     let root = common::fixtures();
     let strix = root.join("strix-halo");
@@ -318,7 +323,7 @@ fn synthetic_records(host: &str, shape: &ModelShape) -> Vec<Record> {
 
 #[test]
 fn trained_from_the_store_with_this_hosts_records() {
-    let model = fixture_8b();
+    let (_dir, model) = fixture_8b();
     let m = model.to_str().unwrap();
     let shape = ModelShape::from_gguf(&gguf::read(&model).unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -372,7 +377,7 @@ fn trained_from_the_store_with_this_hosts_records() {
 
 #[test]
 fn trained_from_a_records_file_of_another_host() {
-    let model = fixture_8b();
+    let (_dir, model) = fixture_8b();
     let m = model.to_str().unwrap();
     let shape = ModelShape::from_gguf(&gguf::read(&model).unwrap());
     let recs = synthetic_records("another-host", &shape);
@@ -415,7 +420,7 @@ fn one_line_error(out: &Output, code: i32) -> String {
 
 #[test]
 fn bad_input_is_one_line_naming_the_problem() {
-    let fixture = fixture_8b();
+    let (_dir, fixture) = fixture_8b();
     let m = fixture.to_str().unwrap();
     let cases: [(&[&str], i32, &str); 7] = [
         (
@@ -476,6 +481,69 @@ fn bad_input_is_one_line_naming_the_problem() {
     let (out, _d) = run(&[], &["--model", file.to_str().unwrap(), "--ctx", "4096"]);
     let err = one_line_error(&out, 1);
     assert!(err.contains("not a GGUF file"), "{err}");
+}
+
+/// `o3 probe --backend llama-server --model FILE` with a server binary that does not exist:
+/// a model file that is refused up front fails before the server is even looked at.
+fn probe_without_server(model: &Path) -> Output {
+    common::o3()
+        .args(["probe", "--backend", "llama-server"])
+        .args(["--server-bin", "/nonexistent/llama-server", "--model"])
+        .arg(model)
+        .args(["--ctx", "1024"])
+        .output()
+        .unwrap()
+}
+
+/// A model file whose header is intact but whose tensor data is cut short (an interrupted
+/// download) is refused by `o3 predict` (exit 1) and by `o3 probe` (exit 2, before any server
+/// starts) with one line naming the file, the first tensor past the end and "truncated", as
+/// llama-server refuses it ("tensor 'token_embd.weight' data is not within the file bounds"):
+/// the header fixture as it is (no data at all), and the first 100000 bytes of the real tiny
+/// model.
+#[test]
+fn a_truncated_model_file_is_refused_before_anything_runs() {
+    let header_only = common::fixtures().join("gguf/llama31-8b-q4km.gguf");
+    let want = format!(
+        "{}: tensor \"token_embd.weight\" data ends at byte {} but the file has 2476 bytes; \
+         the file is truncated (interrupted download or copy?): fetch it again",
+        header_only.display(),
+        2496 + 4096 * 128256 / 256 * 144
+    );
+    let (out, _d) = run(
+        &[],
+        &["--model", header_only.to_str().unwrap(), "--ctx", "4096"],
+    );
+    assert_eq!(one_line_error(&out, 1).trim_end(), format!("o3: {want}"));
+    let out = probe_without_server(&header_only);
+    assert_eq!(one_line_error(&out, 2).trim_end(), format!("o3: {want}"));
+
+    let Some(model) = tiny_model() else { return };
+    let whole = gguf::read(&model).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &std::fs::read(&model).unwrap()[..100_000]).unwrap();
+    // The header is intact: it reads, and declares the whole model's data.
+    assert_eq!(gguf::read_header(&cut).unwrap().data_end, whole.data_end);
+    // make_model.py writes token_embd.weight first: 611 tokens × 256 × f32.
+    let start = whole.data_end - whole.tensor_bytes;
+    let want = format!(
+        "o3: {}: tensor \"token_embd.weight\" data ends at byte {} but the file has 100000 \
+         bytes; the file is truncated (interrupted download or copy?): fetch it again",
+        cut.display(),
+        start + 611 * 256 * 4
+    );
+    let (out, _d) = run(&[], &["--model", cut.to_str().unwrap(), "--ctx", "4096"]);
+    assert_eq!(one_line_error(&out, 1).trim_end(), want);
+    let out = probe_without_server(&cut);
+    assert_eq!(one_line_error(&out, 2).trim_end(), want);
+    // The whole model gets past the model check to the missing server.
+    let out = probe_without_server(&model);
+    let err = one_line_error(&out, 1);
+    assert!(
+        err.contains("cannot run `/nonexistent/llama-server --help`"),
+        "{err}"
+    );
 }
 
 /// `o3 probe --backend llama-server` of the tiny model at `ctx` and `batch`: its RSS peak.

@@ -28,6 +28,24 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
+/// A copy in `dir` of the GGUF fixture `name` (tests/fixtures/gguf: real llama.cpp header
+/// layouts without their tensor data), extended to the data end its header declares as a
+/// sparse file (the data reads as zeros), so that the model reader of `o3 predict` and
+/// `o3 probe`, which refuses a file too short for its data, reads it.
+pub fn complete_gguf(name: &str, dir: &Path) -> PathBuf {
+    let src = fixtures().join("gguf").join(name);
+    let info = o3::learn::gguf::read_header(&src).unwrap();
+    let dst = dir.join(name);
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dst)
+        .unwrap()
+        .set_len(info.data_end)
+        .unwrap();
+    dst
+}
+
 /// True when eBPF tests can run here. Without root they are skipped with the reason printed,
 /// unless O3_REQUIRE_EBPF=1 (CI), where a missing capability is a failure.
 pub fn ebpf_or_skip(test: &str) -> bool {

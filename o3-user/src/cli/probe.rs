@@ -1,10 +1,12 @@
 //! `o3 probe`: measure one configuration of a server and print one result row.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::llama_server;
 use crate::backend::openai::Template;
 use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::learn::gguf;
 use crate::probe::{self, BackendSpec, ProbeSpec};
 use crate::telemetry::ebpf::Loaded;
 use crate::util::duration;
@@ -162,6 +164,7 @@ pub struct ProbeArgs {
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
+    check_model_file(a.backend, &a.model)?;
     let backend = backend_spec(BackendFlags {
         kind: a.backend,
         model: &a.model,
@@ -336,6 +339,28 @@ pub(super) struct BackendFlags<'a> {
     pub ready: &'a str,
     pub tokenize: &'a str,
     pub ollama_serve: Option<&'a str>,
+}
+
+/// Reads the model file a server is about to load as the server will ([`gguf::read`]), so a
+/// file cut short or corrupt is refused (exit 2, like `o3 optimize`) before any server
+/// starts: llama-server's model (any file: it loads nothing but GGUF), and an
+/// OpenAI-compatible server's model where it is a `.gguf` file. Ollama's model names, other
+/// servers' names, and paths that do not exist (left to the server, whose own error then says
+/// so in the probe's result) are not read.
+fn check_model_file(kind: BackendArg, model: &str) -> Result<(), (anyhow::Error, i32)> {
+    let path = Path::new(model);
+    let is_gguf_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let read = match kind {
+        BackendArg::Ollama => false,
+        BackendArg::LlamaServer => path.is_file(),
+        BackendArg::Openai => is_gguf_name && path.is_file(),
+    };
+    if read {
+        gguf::read(path).map_err(|e| (anyhow::Error::new(e), 2))?;
+    }
+    Ok(())
 }
 
 pub(super) fn backend_spec(f: BackendFlags) -> Result<BackendSpec, (anyhow::Error, i32)> {

@@ -1,21 +1,29 @@
 //! GGUF model files: architecture, shapes, quantization and exact parameter count, read from
-//! the header alone.
+//! the header; and whether the file is long enough to hold the tensor data the header declares.
 //!
 //! Layout (ggml `docs/gguf.md`, versions 2 and 3, little endian): the magic `"GGUF"`, version
 //! `u32`, tensor count `u64`, metadata key/value count `u64`; then each key/value (key: `u64`
 //! length + UTF-8 bytes, value type `u32`, value); then each tensor info (name, `n_dims` `u32`,
-//! `n_dims` × `u64` dimensions, ggml type `u32`, data offset `u64`); then padding and the
-//! tensor data, which this reader never touches.
+//! `n_dims` × `u64` dimensions, ggml type `u32`, data offset `u64`); then padding to
+//! `general.alignment` (a `u32` power of two, default 32) and the tensor data. Each tensor's data
+//! starts at the start of the data section plus its offset, a multiple of the alignment.
+//!
+//! [`read`] (what `o3 predict`, `o3 probe` and `o3 optimize` use) is strict, as llama.cpp is:
+//! every offset must be aligned and every tensor's data must end within the file, so a file cut
+//! short (an interrupted download) is refused although its header is intact. The data itself
+//! is never read: only the file size is compared. [`read_header`] and [`parse`] read the header
+//! alone and accept a file without its data (the fixtures are such files).
 //!
 //! Value types: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array
 //! (element type `u32`, count `u64`, elements), 10 u64, 11 i64, 12 f64.
 //!
-//! The header is read front to back through one buffered reader; nothing is sought, and
-//! nothing after the last tensor info is read, so a file whose tensor data is missing still
-//! reads (the fixtures are such files). Large arrays (a 128k-token vocabulary) are streamed
-//! past without being kept. Every length is checked against the bytes left in the file and
-//! against the limits below *before* anything is read or allocated, so a truncated or
-//! malformed file gives a one-line [`GgufError`], never a panic or a huge allocation.
+//! The header is read front to back through one buffered reader, and nothing after the last
+//! tensor info is read; nothing is sought, except a rewind for a second pass when a strict
+//! read finds data past the end (to name the first tensor cut). Large arrays (a 128k-token
+//! vocabulary) are streamed past without being kept. Every length is checked against the bytes
+//! left in the file and against the limits below *before* anything is read or allocated, so a
+//! truncated or malformed file gives a one-line [`GgufError`], never a panic or a huge
+//! allocation.
 //!
 //! Version 1 files (2023, 32-bit lengths) and big-endian files are refused with a message that
 //! says so. Like llama.cpp, nested arrays are refused.
@@ -23,7 +31,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +48,9 @@ pub const MAX_DIMS: u32 = 8;
 pub const MAX_TENSOR_COUNT: u64 = 1 << 20;
 /// Most metadata key/values accepted (2^20); real files have a few dozen.
 pub const MAX_KV_COUNT: u64 = 1 << 20;
+/// Alignment of the data section and of every tensor's offset without `general.alignment`.
+pub const DEFAULT_ALIGNMENT: u32 = 32;
+const ALIGNMENT_KEY: &str = "general.alignment";
 
 const MAGIC: [u8; 4] = *b"GGUF";
 /// Buffer of [`read`]: headers are a few MiB at most (the vocabulary), read in large chunks.
@@ -117,16 +128,24 @@ pub struct ModelInfo {
     /// Exact parameter count: the sum over tensors of the product of their dimensions.
     pub parameters: u64,
     pub tensor_count: u64,
-    /// Bytes of tensor data (without alignment padding), from the ggml types' block sizes:
-    /// F32 4 B/element, F16/BF16 2, Q4_0 18 B per 32, Q4_1 20/32, Q5_0 22/32, Q5_1 24/32,
-    /// Q8_0 34/32, Q8_1 36/32, Q2_K 84/256, Q3_K 110/256, Q4_K 144/256, Q5_K 176/256,
-    /// Q6_K 210/256, Q8_K 292/256, I8 1, I16 2, I32 4, I64 8, F64 8. Tensors of any other type
-    /// (the IQ*, TQ* and MXFP4 families, unknown types) count 0 bytes here, making this a
-    /// lower bound: see `tensor_bytes_exact`.
+    /// Bytes of tensor data (without alignment padding), from the ggml types' block sizes
+    /// (ggml-common.h): F32 4 B/element, F16/BF16 2, I8 1, I16 2, I32 4, I64 8, F64 8; per 32
+    /// elements Q4_0 18 B, Q4_1 20, Q5_0 22, Q5_1 24, Q8_0 34, Q8_1 36, IQ4_NL 18, MXFP4 17;
+    /// per 256 Q2_K 84, Q3_K 110, Q4_K 144, Q5_K 176, Q6_K 210, Q8_K 292, IQ2_XXS 66,
+    /// IQ2_XS 74, IQ2_S 82, IQ3_XXS 98, IQ3_S 110, IQ1_S 50, IQ1_M 56, IQ4_XS 136, TQ1_0 54,
+    /// TQ2_0 66. Tensors of any other type (removed or unknown types) count 0 bytes here,
+    /// making this a lower bound: see `tensor_bytes_exact`.
     pub tensor_bytes: u64,
     /// False when some tensor's type has no block size above: `tensor_bytes` is then a lower
     /// bound (the file size is an upper bound).
     pub tensor_bytes_exact: bool,
+    /// Bytes the file needs to hold its tensor data: the start of the data section (the end of
+    /// the tensor infos rounded up to the alignment) plus the furthest end of a tensor's data
+    /// (its offset plus its bytes; a tensor of an unsized type counts its offset alone). The
+    /// end of the tensor infos for a file without tensors. A complete file is at least this
+    /// long; [`read`] refuses a shorter one.
+    #[serde(default)]
+    pub data_end: u64,
 }
 
 impl ModelInfo {
@@ -213,11 +232,44 @@ pub enum GgufError {
         offset: u64,
         what: String,
     },
+    #[error(
+        "{path}: tensor \"{tensor}\" data ends at byte {end} but the file has {file_size} \
+         bytes; the file is truncated (interrupted download or copy?): fetch it again"
+    )]
+    DataPastEnd {
+        path: String,
+        tensor: String,
+        end: u64,
+        file_size: u64,
+    },
+    #[error(
+        "{path}: tensor \"{tensor}\" has data offset {offset}, not a multiple of the alignment \
+         {alignment}; the file is corrupt: fetch it again"
+    )]
+    Misaligned {
+        path: String,
+        tensor: String,
+        offset: u64,
+        alignment: u32,
+    },
 }
 
-/// Reads the GGUF header of the model file at `path` (buffered; the tensor data is never
-/// read).
+/// Reads the model file at `path` as a model server loads it: its header (buffered; the
+/// tensor data is never read), then checks every tensor's data offset is aligned and its data
+/// ends within the file ([`parse_strict`]). A file cut short is an error.
 pub fn read(path: &Path) -> Result<ModelInfo, GgufError> {
+    let (r, file_size, shown) = open(path)?;
+    parse_strict(r, file_size, &shown)
+}
+
+/// Reads the GGUF header of the model file at `path` alone ([`parse`]): a file without its
+/// tensor data reads.
+pub fn read_header(path: &Path) -> Result<ModelInfo, GgufError> {
+    let (r, file_size, shown) = open(path)?;
+    parse(r, file_size, &shown)
+}
+
+fn open(path: &Path) -> Result<(BufReader<File>, u64, String), GgufError> {
     let shown = path.display().to_string();
     let open_err = |error| GgufError::Open {
         path: shown.clone(),
@@ -228,16 +280,82 @@ pub fn read(path: &Path) -> Result<ModelInfo, GgufError> {
     if !meta.is_file() {
         return Err(GgufError::NotAFile { path: shown });
     }
-    parse(
+    Ok((
         BufReader::with_capacity(READ_BUF_BYTES, file),
         meta.len(),
-        &shown,
-    )
+        shown,
+    ))
 }
 
 /// Parses a GGUF header from `r`, a stream of a file of `file_size` bytes shown as `path` in
-/// errors. Reads up to the end of the tensor infos, not further.
+/// errors. Reads up to the end of the tensor infos, not further; the tensor data may be
+/// missing (see [`parse_strict`]).
 pub fn parse<R: Read>(r: R, file_size: u64, path: &str) -> Result<ModelInfo, GgufError> {
+    parse_layout(r, file_size, path, None).map(|(info, _)| info)
+}
+
+/// [`parse`], then the checks a model server makes before it maps the data: every tensor's
+/// data offset is a multiple of the alignment, and every tensor's data ends within the
+/// `file_size` bytes ([`ModelInfo::data_end`] ≤ `file_size`). The error names the first
+/// tensor (in header order) that is misaligned or whose data is past the end, as llama.cpp
+/// does; finding the latter takes a second pass over the header, on that error only.
+pub fn parse_strict<R: Read + Seek>(
+    mut r: R,
+    file_size: u64,
+    path: &str,
+) -> Result<ModelInfo, GgufError> {
+    let (info, layout) = parse_layout(&mut r, file_size, path, None)?;
+    if let Some((tensor, offset)) = layout.misaligned {
+        return Err(GgufError::Misaligned {
+            path: path.to_owned(),
+            tensor,
+            offset,
+            alignment: layout.alignment,
+        });
+    }
+    if info.data_end <= file_size {
+        return Ok(info);
+    }
+    r.rewind().map_err(|error| GgufError::Read {
+        path: path.to_owned(),
+        offset: 0,
+        error,
+    })?;
+    let (_, again) = parse_layout(&mut r, file_size, path, Some(layout.data_start))?;
+    // Without a first one (the file changed between the passes): the one that ends last.
+    let (tensor, end) = again
+        .first_past
+        .unwrap_or((layout.furthest.unwrap_or_default(), info.data_end));
+    Err(GgufError::DataPastEnd {
+        path: path.to_owned(),
+        tensor,
+        end,
+        file_size,
+    })
+}
+
+/// Where the header says the tensor data lies, for [`parse_strict`].
+struct Layout {
+    alignment: u32,
+    data_start: u64,
+    /// The first tensor (in header order) whose data offset is not a multiple of the
+    /// alignment, and that offset.
+    misaligned: Option<(String, u64)>,
+    /// The tensor whose data ends furthest into the file (the first of equals).
+    furthest: Option<String>,
+    /// With the data start given: the first tensor whose data ends past the end of the file,
+    /// and where it ends.
+    first_past: Option<(String, u64)>,
+}
+
+/// The header; with `data_start` (known from a first pass), also the first tensor whose data
+/// ends past the end of the file.
+fn parse_layout<R: Read>(
+    r: R,
+    file_size: u64,
+    path: &str,
+    data_start: Option<u64>,
+) -> Result<(ModelInfo, Layout), GgufError> {
     let mut r = Reader {
         inner: r,
         offset: 0,
@@ -288,21 +406,42 @@ pub fn parse<R: Read>(r: R, file_size: u64, path: &str) -> Result<ModelInfo, Ggu
     for index in 0..kv_count {
         r.kv(index, &mut meta)?;
     }
+    let alignment = meta.alignment.unwrap_or(DEFAULT_ALIGNMENT);
     let mut tensors = Tensors {
         exact: true,
+        alignment: u64::from(alignment),
+        past: data_start.map(|start| (start, file_size)),
         ..Tensors::default()
     };
     for index in 0..tensor_count {
         r.tensor_info(index, &mut tensors)?;
     }
-    Ok(meta.into_info(path, file_size, version, tensor_count, tensors))
+    // The data section starts at the end of the tensor infos, padded to the alignment.
+    let data_start = r.offset.next_multiple_of(u64::from(alignment));
+    let data_end = if tensor_count == 0 {
+        r.offset
+    } else {
+        data_start.saturating_add(tensors.furthest_end)
+    };
+    let layout = Layout {
+        alignment,
+        data_start,
+        misaligned: tensors.misaligned.take(),
+        furthest: tensors.furthest.take(),
+        first_past: tensors.first_past.take(),
+    };
+    let info = meta.into_info(path, file_size, version, tensor_count, tensors, data_end);
+    Ok((info, layout))
 }
 
-/// The metadata kept while reading: two strings and the integers of [`wanted`] keys.
+/// The metadata kept while reading: two strings, the alignment and the integers of [`wanted`]
+/// keys.
 #[derive(Default)]
 struct Meta {
     architecture: Option<String>,
     name: Option<String>,
+    /// `general.alignment`, checked to be a power of two.
+    alignment: Option<u32>,
     ints: HashMap<String, u64>,
 }
 
@@ -314,6 +453,17 @@ struct Tensors {
     exact: bool,
     /// Elements per ggml type, for the dominant type.
     elements_by_type: BTreeMap<u32, u64>,
+    /// The alignment every data offset must be a multiple of.
+    alignment: u64,
+    /// The furthest end of a tensor's data, from the start of the data section, and whose.
+    furthest_end: u64,
+    furthest: Option<String>,
+    /// The first misaligned tensor and its offset.
+    misaligned: Option<(String, u64)>,
+    /// The data start and the file size, when the first tensor past the end is looked for;
+    /// that tensor and where its data ends.
+    past: Option<(u64, u64)>,
+    first_past: Option<(String, u64)>,
 }
 
 impl Meta {
@@ -324,6 +474,7 @@ impl Meta {
         version: u32,
         tensor_count: u64,
         tensors: Tensors,
+        data_end: u64,
     ) -> ModelInfo {
         let int = |key: &str| self.ints.get(key).and_then(|&v| u32::try_from(v).ok());
         let field = |f: &str| {
@@ -362,6 +513,7 @@ impl Meta {
             tensor_count,
             tensor_bytes: tensors.bytes,
             tensor_bytes_exact: tensors.exact,
+            data_end,
             architecture: self.architecture,
             name: self.name,
         }
@@ -454,27 +606,40 @@ pub fn ggml_type_name(ty: u32) -> Option<&'static str> {
 }
 
 /// (elements per block, bytes per block) of the ggml types this reader sizes (see
-/// [`ModelInfo::tensor_bytes`]); None for the others.
+/// [`ModelInfo::tensor_bytes`]); None for the others. The block structs of ggml-common.h
+/// (QK_K = 256); "d" is an f16 scale.
 fn ggml_block(ty: u32) -> Option<(u64, u64)> {
     Some(match ty {
         0 => (1, 4),       // F32
         1 | 30 => (1, 2),  // F16, BF16
-        2 => (32, 18),     // Q4_0: f16 scale + 16 B
-        3 => (32, 20),     // Q4_1: f16 scale, f16 min + 16 B
+        2 => (32, 18),     // Q4_0: d + 16 B
+        3 => (32, 20),     // Q4_1: d, f16 min + 16 B
         6 => (32, 22),     // Q5_0
         7 => (32, 24),     // Q5_1
-        8 => (32, 34),     // Q8_0: f16 scale + 32 B
-        9 => (32, 36),     // Q8_1: f16 scale, f16 sum + 32 B
+        8 => (32, 34),     // Q8_0: d + 32 B
+        9 => (32, 36),     // Q8_1: d, f16 sum + 32 B
         10 => (256, 84),   // Q2_K
         11 => (256, 110),  // Q3_K
         12 => (256, 144),  // Q4_K
         13 => (256, 176),  // Q5_K
         14 => (256, 210),  // Q6_K
         15 => (256, 292),  // Q8_K
+        16 => (256, 66),   // IQ2_XXS: d + 32 u16
+        17 => (256, 74),   // IQ2_XS: d + 32 u16 + 8 scales
+        18 => (256, 98),   // IQ3_XXS: d + 96 B
+        19 => (256, 50),   // IQ1_S: d + 32 B + 8 u16
+        20 => (32, 18),    // IQ4_NL: d + 16 B
+        21 => (256, 110),  // IQ3_S: d + 64 + 8 + 32 + 4 B
+        22 => (256, 82),   // IQ2_S: d + 64 + 8 + 8 B
+        23 => (256, 136),  // IQ4_XS: d, u16 scales_h + 4 + 128 B
         24 => (1, 1),      // I8
         25 => (1, 2),      // I16
         26 => (1, 4),      // I32
         27 | 28 => (1, 8), // I64, F64
+        29 => (256, 56),   // IQ1_M: 32 + 16 + 8 B (no d)
+        34 => (256, 54),   // TQ1_0: 48 + 4 B + d
+        35 => (256, 66),   // TQ2_0: 64 B + d
+        39 => (32, 17),    // MXFP4: u8 exponent + 16 B
         _ => return None,
     })
 }
@@ -666,6 +831,12 @@ impl<R: Read> Reader<'_, R> {
         let ty_at = self.offset;
         let ty = self.u32(&|| format!("the value type of key \"{key}\""))?;
         let what = || format!("the value of key \"{key}\"");
+        if key == ALIGNMENT_KEY && !is_integer(ty) {
+            return Err(self.malformed(
+                ty_at,
+                format!("key \"{key}\" has value type {ty}, not an integer"),
+            ));
+        }
         match ty {
             T_STRING => match key.as_str() {
                 "general.architecture" => meta.architecture = Some(self.string(&what)?),
@@ -680,8 +851,20 @@ impl<R: Read> Reader<'_, R> {
                         format!("key \"{key}\" has unknown value type {ty} (known: 0 to 12)"),
                     ));
                 };
+                let value_at = self.offset;
                 let value = self.scalar(size, &what)?;
-                if wanted(&key) {
+                if key == ALIGNMENT_KEY {
+                    let alignment = int_value(ty, &value)
+                        .and_then(|a| u32::try_from(a).ok())
+                        .filter(|a| a.is_power_of_two());
+                    let Some(alignment) = alignment else {
+                        return Err(self.malformed(
+                            value_at,
+                            format!("\"{key}\" is not a power of two that fits 32 bits"),
+                        ));
+                    };
+                    meta.alignment = Some(alignment);
+                } else if wanted(&key) {
                     if let Some(v) = int_value(ty, &value) {
                         meta.ints.insert(key, v);
                     }
@@ -795,8 +978,9 @@ impl<R: Read> Reader<'_, R> {
         }
         let ty_at = self.offset;
         let ty = self.u32(&|| format!("the type of tensor \"{name}\""))?;
-        let _data_offset = self.u64(&|| format!("the data offset of tensor \"{name}\""))?;
+        let data_offset = self.u64(&|| format!("the data offset of tensor \"{name}\""))?;
 
+        let mut tensor_bytes = 0;
         match ggml_block(ty) {
             Some((block, block_bytes)) => {
                 if first_dim % block != 0 {
@@ -809,17 +993,32 @@ impl<R: Read> Reader<'_, R> {
                         ),
                     ));
                 }
-                acc.bytes = (elements / block)
+                let too_big = || {
+                    self.malformed(
+                        ty_at,
+                        "the tensor sizes add up to more than 2^64 bytes".into(),
+                    )
+                };
+                tensor_bytes = (elements / block)
                     .checked_mul(block_bytes)
-                    .and_then(|b| acc.bytes.checked_add(b))
-                    .ok_or_else(|| {
-                        self.malformed(
-                            ty_at,
-                            "the tensor sizes add up to more than 2^64 bytes".into(),
-                        )
-                    })?;
+                    .ok_or_else(too_big)?;
+                acc.bytes = acc.bytes.checked_add(tensor_bytes).ok_or_else(too_big)?;
             }
             None => acc.exact = false,
+        }
+        if acc.misaligned.is_none() && data_offset % acc.alignment != 0 {
+            acc.misaligned = Some((name.clone(), data_offset));
+        }
+        let end = data_offset.saturating_add(tensor_bytes);
+        if let Some((data_start, file_size)) = acc.past {
+            let end = data_start.saturating_add(end);
+            if acc.first_past.is_none() && end > file_size {
+                acc.first_past = Some((name.clone(), end));
+            }
+        }
+        if acc.furthest.is_none() || end > acc.furthest_end {
+            acc.furthest_end = end;
+            acc.furthest = Some(name);
         }
         acc.parameters = acc.parameters.checked_add(elements).ok_or_else(|| {
             self.malformed(
@@ -843,8 +1042,9 @@ mod tests {
             .join(name)
     }
 
+    /// The header of a fixture (the fixtures hold no tensor data).
     fn read_fixture(name: &str) -> Result<ModelInfo, GgufError> {
-        read(&fixture(name))
+        read_header(&fixture(name))
     }
 
     fn err_text(name: &str) -> String {
@@ -893,14 +1093,32 @@ mod tests {
             self.str(key).u32(T_U32).u32(v)
         }
         fn tensor(self, name: &str, dims: &[u64], ty: u32) -> Self {
+            self.tensor_at(name, dims, ty, 0)
+        }
+        fn tensor_at(self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
             let mut g = self.str(name).u32(dims.len() as u32);
             for &d in dims {
                 g = g.u64(d);
             }
-            g.u32(ty).u64(0)
+            g.u32(ty).u64(offset)
+        }
+        /// Zero bytes up to a length of `len` (padding and tensor data).
+        fn zeros_to(mut self, len: usize) -> Self {
+            self.0.resize(len, 0);
+            self
         }
         fn parse(&self) -> Result<ModelInfo, GgufError> {
             parse(&self.0[..], self.0.len() as u64, "mem.gguf")
+        }
+        fn strict(&self) -> Result<ModelInfo, GgufError> {
+            let r = io::Cursor::new(&self.0[..]);
+            parse_strict(r, self.0.len() as u64, "mem.gguf")
+        }
+        fn strict_err(&self) -> String {
+            match self.strict() {
+                Ok(info) => panic!("parsed without error: {info:?}"),
+                Err(e) => e.to_string(),
+            }
         }
         fn err(&self) -> String {
             match self.parse() {
@@ -950,6 +1168,9 @@ mod tests {
             tensor_count: 13,
             tensor_bytes: bytes,
             tensor_bytes_exact: true,
+            // The header's 2476 bytes padded to 32, then every tensor's data (each a multiple
+            // of 32 bytes, so no padding between them).
+            data_end: 2496 + bytes,
         };
         assert_eq!(info, expected);
         assert_eq!(info.parameters, 1_268_789_312);
@@ -959,7 +1180,7 @@ mod tests {
     }
 
     #[test]
-    fn gemma2_v2_with_sliding_window_and_unsized_tensor_type() {
+    fn gemma2_v2_with_sliding_window_and_an_iq4_xs_tensor() {
         let info = read_fixture("gemma2-2b-v2.gguf").unwrap();
         assert_eq!(info.gguf_version, 2);
         // general.architecture is the last key: the gemma2.* keys before it still count.
@@ -978,9 +1199,12 @@ mod tests {
         let q8 = e * 256000 + e * 2048 + 2 * e * 1024 + 2048 * e;
         let iq4_xs = 9216 * e;
         assert_eq!(info.parameters, q8 + iq4_xs + 2 * e);
-        // IQ4_XS has no block size in the table: its tensor counts 0 bytes, a lower bound.
-        assert!(!info.tensor_bytes_exact);
-        assert_eq!(info.tensor_bytes, q(q8, 32, 34) + 4 * 2 * e);
+        // IQ4_XS: 136 bytes per 256 elements.
+        assert!(info.tensor_bytes_exact);
+        assert_eq!(
+            info.tensor_bytes,
+            q(q8, 32, 34) + 4 * 2 * e + q(iq4_xs, 256, 136)
+        );
         // Explicit key/value lengths (256 each), not embedding / heads (288).
         assert_eq!(info.kv_bytes_per_token_f16(), Some(26 * 4 * 512 * 2));
     }
@@ -1155,6 +1379,213 @@ mod tests {
         );
     }
 
+    /// Two tensors, F32 [8] (32 bytes) at offset 0 and Q8_0 [32, 2] (2 × 34 bytes) at
+    /// `b_offset`, after `kvs` (general.alignment, when given). Tensor infos end at byte 98
+    /// without a key/value.
+    fn two_tensors(alignment: Option<u32>, b_offset: u64) -> Gguf {
+        let g = match alignment {
+            Some(a) => Gguf::new(3, 2, 1).kv_u32(ALIGNMENT_KEY, a),
+            None => Gguf::new(3, 2, 0),
+        };
+        g.tensor_at("a", &[8], 0, 0)
+            .tensor_at("b", &[32, 2], 8, b_offset)
+    }
+
+    #[test]
+    fn a_complete_file_passes_and_one_byte_short_is_truncated() {
+        let header = two_tensors(None, 32);
+        assert_eq!(header.0.len(), 98);
+        // The data section starts at 128 (98 padded to 32); "b" ends at 128 + 32 + 68.
+        let whole = two_tensors(None, 32).zeros_to(228);
+        let info = whole.strict().unwrap();
+        assert_eq!(info.data_end, 228);
+        assert_eq!(info.tensor_bytes, 32 + 68);
+        assert!(info.tensor_bytes_exact);
+        // One byte short: refused by the strict reader, read by the header reader.
+        let cut = two_tensors(None, 32).zeros_to(227);
+        assert_eq!(
+            cut.strict_err(),
+            "mem.gguf: tensor \"b\" data ends at byte 228 but the file has 227 bytes; the file \
+             is truncated (interrupted download or copy?): fetch it again"
+        );
+        assert_eq!(cut.parse().unwrap().data_end, 228);
+        // Cut inside the first tensor's data, or the header alone: the first tensor (in header
+        // order) past the end is named, as llama.cpp does.
+        assert_contains(
+            &two_tensors(None, 32).zeros_to(150).strict_err(),
+            "tensor \"a\" data ends at byte 160 but the file has 150 bytes",
+        );
+        assert_contains(
+            &header.strict_err(),
+            "tensor \"a\" data ends at byte 160 but the file has 98 bytes",
+        );
+        // Extra bytes after the data (a writer's final padding) are fine.
+        two_tensors(None, 32).zeros_to(256).strict().unwrap();
+    }
+
+    #[test]
+    fn a_misaligned_data_offset_is_refused() {
+        let g = two_tensors(None, 40).zeros_to(4096);
+        assert_eq!(
+            g.strict_err(),
+            "mem.gguf: tensor \"b\" has data offset 40, not a multiple of the alignment 32; \
+             the file is corrupt: fetch it again"
+        );
+        // The header reader does not check offsets.
+        assert_eq!(g.parse().unwrap().data_end, 128 + 40 + 68);
+    }
+
+    #[test]
+    fn general_alignment_moves_the_data_and_sets_the_offsets_multiple() {
+        // The key adds 8 + 17 + 4 + 4 bytes: infos end at 131.
+        let header = two_tensors(Some(64), 64);
+        assert_eq!(header.0.len(), 131);
+        // Data from 192 (131 padded to 64); "b" at 64 ends at 192 + 64 + 68.
+        let whole = two_tensors(Some(64), 64).zeros_to(324);
+        assert_eq!(whole.strict().unwrap().data_end, 324);
+        assert_contains(
+            &two_tensors(Some(64), 64).zeros_to(323).strict_err(),
+            "tensor \"b\" data ends at byte 324 but the file has 323 bytes",
+        );
+        // 32 is aligned by default but not to 64.
+        assert_contains(
+            &two_tensors(Some(64), 32).zeros_to(4096).strict_err(),
+            "tensor \"b\" has data offset 32, not a multiple of the alignment 64",
+        );
+        // 16: infos end at 131, data from 144; "b" at 48 is aligned.
+        let small = two_tensors(Some(16), 48).zeros_to(144 + 48 + 68);
+        assert_eq!(small.strict().unwrap().data_end, 260);
+    }
+
+    #[test]
+    fn general_alignment_must_be_a_power_of_two() {
+        for bad in [0, 48] {
+            assert_contains(
+                &two_tensors(Some(bad), 0).err(),
+                "offset 53: \"general.alignment\" is not a power of two that fits 32 bits",
+            );
+        }
+        assert_contains(
+            &Gguf::new(3, 0, 1).kv_str(ALIGNMENT_KEY, "32").err(),
+            "offset 49: key \"general.alignment\" has value type 8, not an integer",
+        );
+        // Any integer type that fits is taken, as for the other keys.
+        let g = Gguf::new(3, 1, 1)
+            .str(ALIGNMENT_KEY)
+            .u32(T_U64)
+            .u64(16)
+            .tensor_at("a", &[4], 0, 16);
+        assert_eq!(
+            g.parse().unwrap().data_end,
+            g.0.len().next_multiple_of(16) as u64 + 32
+        );
+    }
+
+    #[test]
+    fn a_tensor_of_an_unsized_type_has_only_its_offset_checked() {
+        // Type 77 (unknown): 0 bytes counted, so its offset is where the file must reach.
+        let g = Gguf::new(3, 2, 0)
+            .tensor_at("a", &[8], 0, 0)
+            .tensor_at("x", &[4, 4], 77, 64);
+        let len = g.0.len();
+        let start = len.next_multiple_of(32);
+        let info = g.zeros_to(start + 64).strict().unwrap();
+        assert!(!info.tensor_bytes_exact);
+        assert_eq!(info.tensor_bytes, 32);
+        assert_eq!(info.data_end, start as u64 + 64);
+        let short = Gguf::new(3, 2, 0)
+            .tensor_at("a", &[8], 0, 0)
+            .tensor_at("x", &[4, 4], 77, 64)
+            .zeros_to(start + 63);
+        assert_contains(
+            &short.strict_err(),
+            &format!("tensor \"x\" data ends at byte {} but", start + 64),
+        );
+        let misaligned = Gguf::new(3, 1, 0)
+            .tensor_at("x", &[4, 4], 77, 8)
+            .zeros_to(4096);
+        assert_contains(
+            &misaligned.strict_err(),
+            "tensor \"x\" has data offset 8, not a multiple of the alignment 32",
+        );
+    }
+
+    #[test]
+    fn a_file_without_tensors_needs_no_data() {
+        let g = Gguf::new(3, 0, 1).kv_str("general.architecture", "llama");
+        let info = g.strict().unwrap();
+        assert_eq!(info.data_end, g.0.len() as u64);
+    }
+
+    /// The header-only fixtures (real llama.cpp layouts without their data) are refused by
+    /// [`read`], naming the first tensor, until they are extended (sparsely) to their declared
+    /// data end: then they read exactly as their header does.
+    #[test]
+    fn fixtures_need_their_data_to_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each fixture's first tensor is token_embd.weight (at offset 0), with its size.
+        for (name, first_bytes, last) in [
+            (
+                "llama31-8b-q4km.gguf",
+                q(4096 * 128256, 256, 144),
+                "output.weight",
+            ),
+            (
+                "gemma2-2b-v2.gguf",
+                q(2304 * 256000, 32, 34),
+                "output_norm.weight",
+            ),
+            (
+                "openelm-per-layer-kv.gguf",
+                2 * 1280 * 32000,
+                "output_norm.weight",
+            ),
+            (
+                "mixtral-8x7b-q4km.gguf",
+                q(4096 * 32000, 256, 144),
+                "output.weight",
+            ),
+        ] {
+            let header = read_fixture(name).unwrap();
+            let start = header.file_size_bytes.next_multiple_of(32);
+            // Every tensor's size is a multiple of 32 here: no padding between them.
+            assert_eq!(header.data_end, start + header.tensor_bytes, "{name}");
+            assert_contains(
+                &err_of(read(&fixture(name))),
+                &format!(
+                    "{name}: tensor \"token_embd.weight\" data ends at byte {} but the file has \
+                     {} bytes; the file is truncated",
+                    start + first_bytes,
+                    header.file_size_bytes
+                ),
+            );
+
+            let copy = dir.path().join(name);
+            std::fs::copy(fixture(name), &copy).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+            f.set_len(header.data_end - 1).unwrap();
+            assert_contains(
+                &err_of(read(&copy)),
+                &format!(
+                    "tensor \"{last}\" data ends at byte {} but the file has {} bytes",
+                    header.data_end,
+                    header.data_end - 1
+                ),
+            );
+            f.set_len(header.data_end).unwrap();
+            let info = read(&copy).unwrap();
+            assert_eq!(info.file_size_bytes, header.data_end);
+            assert_eq!(
+                ModelInfo {
+                    path: header.path.clone(),
+                    file_size_bytes: header.file_size_bytes,
+                    ..info
+                },
+                header
+            );
+        }
+    }
+
     #[test]
     fn integers_of_any_type_that_fit_u32_are_accepted() {
         let g = Gguf::new(3, 0, 6)
@@ -1259,6 +1690,7 @@ mod tests {
                 b[i] = (state >> 17) as u8;
             }
             let _ = parse(&b[..], b.len() as u64, "fuzz.gguf");
+            let _ = parse_strict(io::Cursor::new(&b[..]), b.len() as u64, "fuzz.gguf");
         }
     }
 
@@ -1380,9 +1812,11 @@ mod tests {
         assert_eq!(info.parameters, parameters);
         assert_eq!(info.tensor_bytes, 4 * parameters);
         assert!(info.tensor_bytes_exact);
-        // The data follows a header of a few KiB.
+        // The data follows a header of a few KiB, and ends the file (every tensor's size is a
+        // multiple of the alignment, so the writer added no padding after the last).
         assert!(info.tensor_bytes < info.file_size_bytes);
         assert!(info.file_size_bytes - info.tensor_bytes < 64 * 1024);
+        assert_eq!(info.data_end, info.file_size_bytes);
         assert_eq!(
             info.kv_bytes_per_token_f16(),
             Some(blocks * kv_heads * 2 * head_dim * 2)
