@@ -371,3 +371,120 @@ fn bad_input_is_one_line_naming_the_problem() {
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("run.json"), "{e}");
 }
+
+/// A simulated run whose journal's last line was cut by a full disk inside the "è" (C3 A8) of a
+/// model path, as a live probe's line holds it (its full result names the model file): the
+/// report skips that line with one notice naming the file, the line and the bytes dropped, and
+/// `--resume` drops the fragment and runs that probe again, nothing else. Then files of the
+/// wrong kind or type refuse the report with one line: journal.jsonl a directory, summary.json
+/// whose `presets` is not an array.
+#[test]
+fn a_journal_cut_inside_a_character_and_files_of_the_wrong_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim.json");
+    std::fs::write(&sim, "{}").unwrap();
+    let run = dir.path().join("run");
+    let out = o3()
+        .args(["optimize", "--quiet", "--json", "--simulate"])
+        .arg(&sim)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(dir.path().join("o3.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let total = last_json(&out)["probes"]["total"].as_u64().unwrap();
+    let jpath = run.join("journal.jsonl");
+    let whole = std::fs::read(&jpath).unwrap();
+    assert_eq!(whole.iter().filter(|&&b| b == b'\n').count() as u64, total);
+    // The last probe's line replaced by a cut one.
+    let last = whole[..whole.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let fragment = b"{\"key\":\"x\",\"raw\":{\"model\":\"/models/mod\xC3";
+    let mut cut = whole[..last].to_vec();
+    cut.extend_from_slice(fragment);
+    std::fs::write(&jpath, &cut).unwrap();
+
+    let report = |out: &str| {
+        o3().arg("report")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let rep = report("r1");
+    let stderr = String::from_utf8_lossy(&rep.stderr);
+    assert_eq!(rep.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "o3 report: {}: journal.jsonl line {total}: truncated last line: {} bytes without a \
+             newline (a write interrupted by a kill or a full disk) (skipped)\n",
+            run.display(),
+            fragment.len()
+        )
+    );
+
+    let out = o3()
+        .args(["optimize", "--quiet", "--json", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let r = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "o3: warning: {}: dropped its last {} bytes, a line without a newline that is not a \
+             whole record (a write interrupted by a kill or a full disk); that probe runs again",
+            jpath.display(),
+            fragment.len()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(r["probes"]["from_journal"].as_u64(), Some(total - 1));
+    assert_eq!(r["probes"]["ran_now"].as_u64(), Some(1));
+    let lines: Vec<Value> = std::fs::read_to_string(&jpath)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, total);
+    let rep = report("r2");
+    assert_eq!(rep.status.code(), Some(0));
+    assert!(
+        rep.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+
+    let refused = |want: String| {
+        let rep = report("r3");
+        let stderr = String::from_utf8_lossy(&rep.stderr);
+        assert_eq!(rep.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr, format!("o3: {want}\n"));
+        assert!(rep.stdout.is_empty());
+    };
+    std::fs::rename(&jpath, run.join("journal.moved")).unwrap();
+    std::fs::create_dir(&jpath).unwrap();
+    refused(format!(
+        "{} is a directory, but o3 optimize writes a file of one JSON line per probe there; move \
+         it away, or give the directory `o3 optimize --out` wrote",
+        jpath.display()
+    ));
+    std::fs::remove_dir(&jpath).unwrap();
+    std::fs::rename(run.join("journal.moved"), &jpath).unwrap();
+    let spath = run.join("summary.json");
+    std::fs::write(&spath, r#"{"presets": "fast"}"#).unwrap();
+    refused(format!(
+        "{}: `presets` is a string, not an array of objects; the file is damaged or not written \
+         by o3 optimize: move it away to report from the journal, and `o3 optimize --resume DIR` \
+         writes it again",
+        spath.display()
+    ));
+}

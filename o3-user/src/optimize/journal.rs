@@ -1,15 +1,20 @@
 //! The run journal: one JSON line per finished probe, written and fsync'd before the next probe
 //! starts. On resume the search asks for the same probes in the same order (it is
 //! deterministic in the outcomes), and every one already in the journal is answered from it.
+//!
+//! The journal is read as bytes, line by line ([`crate::trace::lines`]): a write cut short by a
+//! kill or a full disk, anywhere (inside a multi-byte UTF-8 character of a model path too),
+//! loses only the line it was writing.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ProbeConfig;
+use crate::trace::lines;
 
 use super::prober::{ProbeOutcome, ProbeRequest, Prober};
 
@@ -55,9 +60,15 @@ pub struct Journal {
     pub loaded: usize,
 }
 
+/// One journal line's record; why not, in words.
+fn parse_line(line: &lines::Line) -> Result<Line, String> {
+    serde_json::from_str(line.text()?).map_err(|e| e.to_string())
+}
+
 impl Journal {
-    /// Opens (creating) the journal. A last line cut short by a kill is dropped; any other
-    /// unreadable line is an error.
+    /// Opens (creating) the journal. A last line without a newline is kept when it is a whole
+    /// record (its newline is added); otherwise it is cut off the file, with a notice on
+    /// stderr, and that probe runs again. Any other unreadable line is an error.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let open_err = |source| JournalError::Open {
             path: path.to_path_buf(),
@@ -69,28 +80,51 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(open_err)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(open_err)?;
-        let complete = match text.rfind('\n') {
-            Some(i) => i + 1,
-            None => 0,
-        };
-        if complete < text.len() {
-            // A torn last line: drop it so the next append starts on a fresh line.
-            file.set_len(complete as u64).map_err(open_err)?;
-            file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        }
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(open_err)?;
         let mut done = HashMap::new();
-        for (i, l) in text[..complete].lines().enumerate() {
-            if l.trim().is_empty() {
+        for l in lines::split(&data) {
+            if l.is_blank() {
                 continue;
             }
-            let line: Line = serde_json::from_str(l).map_err(|e| JournalError::Corrupt {
-                path: path.to_path_buf(),
-                line: i + 1,
-                what: e.to_string(),
-            })?;
-            done.insert(line.key, line.outcome);
+            match parse_line(&l) {
+                Ok(line) => {
+                    if !l.terminated {
+                        // A whole record whose newline was not written: complete the line so
+                        // the next one starts on its own.
+                        file.write_all(b"\n")
+                            .and_then(|()| file.sync_data())
+                            .map_err(|source| JournalError::Write {
+                                path: path.to_path_buf(),
+                                source,
+                            })?;
+                    }
+                    done.insert(line.key, line.outcome);
+                }
+                Err(_) if !l.terminated => {
+                    // Appends then start where the cut line started.
+                    file.set_len(l.offset)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|source| JournalError::Write {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
+                    eprintln!(
+                        "o3: warning: {}: dropped its last {} bytes, a line without a newline \
+                         that is not a whole record (a write interrupted by a kill or a full \
+                         disk); that probe runs again",
+                        path.display(),
+                        l.bytes.len()
+                    );
+                }
+                Err(what) => {
+                    return Err(JournalError::Corrupt {
+                        path: path.to_path_buf(),
+                        line: l.number,
+                        what,
+                    })
+                }
+            }
         }
         let loaded = done.len();
         Ok(Journal {
@@ -145,30 +179,31 @@ pub struct Entry {
 pub type BadLine = (usize, String);
 
 /// Reads a journal without changing it (reports): the probes in the order they ran, and the
-/// lines that could not be read, which are skipped.
+/// lines that could not be read, which are skipped: a damaged line anywhere, and a last line
+/// cut short (a last line without a newline that is a whole record is read).
 pub fn read_entries(path: &Path) -> std::io::Result<(Vec<Entry>, Vec<BadLine>)> {
-    let text = std::fs::read_to_string(path)?;
+    let data = std::fs::read(path)?;
     let mut entries = Vec::new();
     let mut problems = Vec::new();
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    for (i, l) in lines.iter().enumerate() {
-        if l.trim().is_empty() {
+    for l in lines::split(&data) {
+        if l.is_blank() {
             continue;
         }
-        if !l.ends_with('\n') {
-            problems.push((
-                i + 1,
-                "truncated line (the run was killed while writing it)".into(),
-            ));
-            continue;
-        }
-        match serde_json::from_str::<Line>(l) {
+        match parse_line(&l) {
             Ok(line) => entries.push(Entry {
                 request: line.request,
                 outcome: line.outcome,
                 finished_unix_ns: line.finished_unix_ns,
             }),
-            Err(e) => problems.push((i + 1, e.to_string())),
+            Err(_) if !l.terminated => problems.push((
+                l.number,
+                format!(
+                    "truncated last line: {} bytes without a newline (a write interrupted by a \
+                     kill or a full disk)",
+                    l.bytes.len()
+                ),
+            )),
+            Err(e) => problems.push((l.number, e)),
         }
     }
     Ok((entries, problems))
@@ -251,5 +286,137 @@ impl<P: Prober + Raw> Prober for Journaled<'_, P> {
 
     fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
         self.inner.fixed_by_server(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::OutcomeClass;
+    use crate::optimize::prober::{Depth, Stage};
+
+    fn req(ctx: u32) -> ProbeRequest {
+        ProbeRequest {
+            stage: Stage::Context,
+            config: ProbeConfig {
+                ctx,
+                ..ProbeConfig::default()
+            },
+            depth: Depth::Load,
+            rounds: 1,
+            concurrency: 1,
+        }
+    }
+
+    /// A journal of three probes of a model whose path has an "è" (C3 A8 in UTF-8) in every
+    /// line, as the live prober's full results do; its bytes.
+    fn three_probes(path: &Path) -> Vec<u8> {
+        let mut j = Journal::open(path).unwrap();
+        for ctx in [1024, 2048, 4096] {
+            let out = ProbeOutcome::failed(OutcomeClass::Oom, "out of memory");
+            let raw = serde_json::json!({ "model": "/models/modèle.gguf", "ctx": ctx });
+            j.append(&req(ctx), &out, Some(raw)).unwrap();
+        }
+        std::fs::read(path).unwrap()
+    }
+
+    /// Where line `n` (1-based) starts.
+    fn line_start(bytes: &[u8], n: usize) -> usize {
+        lines::split(bytes).nth(n - 1).unwrap().offset as usize
+    }
+
+    #[test]
+    fn a_line_cut_inside_a_multibyte_character_is_dropped_and_resume_appends_after_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let whole = three_probes(&path);
+        let third = line_start(&whole, 3);
+        let e_grave = third + whole[third..].iter().position(|&b| b == 0xC3).unwrap();
+        // Cut between the two bytes of "è".
+        std::fs::write(&path, &whole[..e_grave + 1]).unwrap();
+
+        let (entries, bad) = read_entries(&path).unwrap();
+        assert_eq!(entries.len(), 2);
+        let cut = e_grave + 1 - third;
+        assert_eq!(
+            bad,
+            vec![(
+                3,
+                format!(
+                    "truncated last line: {cut} bytes without a newline (a write interrupted \
+                     by a kill or a full disk)"
+                )
+            )]
+        );
+
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.loaded, 2);
+        assert!(j.get(&req(2048)).is_some() && j.get(&req(4096)).is_none());
+        // The fragment is gone: the file ends after the second line.
+        assert_eq!(std::fs::read(&path).unwrap(), &whole[..third]);
+        // The probe that was being written runs again and lands on a line of its own.
+        let raw = serde_json::json!({ "model": "/models/modèle.gguf", "ctx": 4096 });
+        let out = ProbeOutcome::failed(OutcomeClass::Oom, "out of memory");
+        j.append(&req(4096), &out, Some(raw)).unwrap();
+        drop(j);
+        let (entries, bad) = read_entries(&path).unwrap();
+        assert_eq!((entries.len(), bad.len()), (3, 0));
+        assert_eq!(Journal::open(&path).unwrap().loaded, 3);
+    }
+
+    #[test]
+    fn a_whole_last_record_without_its_newline_is_kept_and_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let whole = three_probes(&path);
+        std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+        let (entries, bad) = read_entries(&path).unwrap();
+        assert_eq!((entries.len(), bad.len()), (3, 0));
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.loaded, 3);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+    }
+
+    /// A damaged line with lines after it is not a cut write: resuming refuses it (its probe
+    /// would silently run again out of order), a report skips it.
+    #[test]
+    fn a_damaged_line_in_the_middle_is_an_error_to_resume_and_skipped_by_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut bytes = three_probes(&path);
+        let second = line_start(&bytes, 2);
+        let at = second + bytes[second..].iter().position(|&b| b == 0xA8).unwrap();
+        // "è" becomes C3 28: not UTF-8.
+        bytes[at] = b'(';
+        std::fs::write(&path, &bytes).unwrap();
+        let column = at - second;
+        let e = Journal::open(&path).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} line 2: not UTF-8 text (an invalid byte at column {column}); the journal \
+                 is damaged (move it away to start over)",
+                path.display()
+            )
+        );
+        let (entries, bad) = read_entries(&path).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            bad,
+            vec![(
+                2,
+                format!("not UTF-8 text (an invalid byte at column {column})")
+            )]
+        );
+        // Not JSON at all.
+        let mut garbage = bytes[..second].to_vec();
+        garbage.extend_from_slice(b"{\"key\": \n");
+        garbage.extend_from_slice(&bytes[line_start(&bytes, 3)..]);
+        std::fs::write(&path, &garbage).unwrap();
+        assert!(Journal::open(&path).err().unwrap().to_string().contains(
+            "line 2: EOF while parsing a value at line 1 column 8; the journal is damaged"
+        ));
+        let (entries, bad) = read_entries(&path).unwrap();
+        assert_eq!((entries.len(), bad[0].0), (2, 2));
     }
 }

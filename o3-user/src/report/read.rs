@@ -1,5 +1,7 @@
-//! Trace reader: a JSON Lines trace (docs/trace-format.md) into typed records. Malformed or
-//! truncated lines are reported with their line number and skipped; the rest is kept.
+//! Trace reader: a JSON Lines trace (docs/trace-format.md) into typed records. The file is
+//! split into lines as bytes ([`crate::trace::lines`]); malformed lines (not UTF-8, not JSON,
+//! not a record) and a truncated last line are reported with their line number and skipped;
+//! the rest is kept.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::trace::SCHEMA_VERSION;
+use crate::trace::{lines, SCHEMA_VERSION};
 
 #[derive(Debug, Error)]
 pub enum ReadError {
@@ -221,11 +223,16 @@ pub fn read_file(path: &Path) -> Result<Trace, ReadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&String::from_utf8_lossy(&bytes), path)
+    parse_bytes(&bytes, path)
 }
 
 /// Parses trace text; `path` names it in messages.
 pub fn parse(text: &str, path: &Path) -> Result<Trace, ReadError> {
+    parse_bytes(text.as_bytes(), path)
+}
+
+/// Parses the bytes of a trace file; `path` names it in messages.
+pub fn parse_bytes(data: &[u8], path: &Path) -> Result<Trace, ReadError> {
     let mut header: Option<Header> = None;
     let mut samples = Vec::new();
     let mut events = Vec::new();
@@ -233,26 +240,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ReadError> {
     let mut probes = Vec::new();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let ends_with_newline = text.ends_with('\n');
-    let lines: Vec<&str> = text.lines().collect();
-    let last = lines.len();
-    for (i, raw) in lines.iter().enumerate() {
-        let line = i + 1;
-        let raw = raw.trim();
-        if raw.is_empty() {
+    for l in lines::split(data) {
+        let line = l.number;
+        if l.is_blank() {
             continue;
         }
         let mut problem = |reason: String| problems.push(Problem { line, reason });
-        let v: Value = match serde_json::from_str(raw) {
+        let parsed = l.text().and_then(|text| {
+            serde_json::from_str::<Value>(text).map_err(|e| format!("not a JSON object: {e}"))
+        });
+        let v = match parsed {
             Ok(v) => v,
-            Err(e) if line == last && !ends_with_newline => {
+            Err(_) if !l.terminated => {
                 problem(format!(
-                    "truncated last line (the recording was probably killed): {e}"
+                    "truncated last line: {} bytes without a newline (the recording was \
+                     probably killed)",
+                    l.bytes.len()
                 ));
                 continue;
             }
-            Err(e) => {
-                problem(format!("not a JSON object: {e}"));
+            Err(reason) => {
+                problem(reason);
                 continue;
             }
         };
@@ -395,6 +403,43 @@ mod tests {
         assert!(t.problems[3].reason.contains("truncated last line"));
         assert_eq!(t.problems[3].to_string().split(':').next(), Some("line 7"));
         assert!(t.warnings.iter().any(|w| w.contains("no summary")));
+    }
+
+    /// A recording cut inside the "è" (C3 A8) of an exec event's file name, after a line
+    /// whose "è" was damaged (C3 28): both lines are reported, the rest read.
+    #[test]
+    fn lines_that_are_not_utf8_are_reported_and_a_cut_one_is_dropped() {
+        let exec =
+            r#"{"type":"event","event":"exec","t_ns":6,"pid":7,"comm":"x","filename":"/m/modèle"}"#;
+        let mut data = format!("{HEADER}\n{exec}\n{SAMPLE}\n{exec}\n{exec}").into_bytes();
+        let column = exec.find('è').unwrap() + 1;
+        // Line 2's "è" is damaged; the last line is cut between the two bytes of its own.
+        data[HEADER.len() + 1 + column] = b'(';
+        data.truncate(data.len() - exec.len() + column);
+        let t = parse_bytes(&data, Path::new("t.jsonl")).unwrap();
+        assert_eq!(t.samples.len(), 1);
+        assert_eq!(t.events.len(), 1, "{:?}", t.problems);
+        assert_eq!(
+            t.problems,
+            vec![
+                Problem {
+                    line: 2,
+                    reason: format!("not UTF-8 text (an invalid byte at column {column})"),
+                },
+                Problem {
+                    line: 5,
+                    reason: format!(
+                        "truncated last line: {column} bytes without a newline (the recording \
+                         was probably killed)"
+                    ),
+                },
+            ]
+        );
+        // The same through the file reader.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.jsonl");
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_file(&path).unwrap().problems, t.problems);
     }
 
     #[test]

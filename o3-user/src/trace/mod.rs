@@ -1,6 +1,8 @@
 //! Trace files: JSON Lines with a header, then sample and event records in time order, then a
 //! summary. Field names carry units (`rss_bytes`, `cpu_ns`, `t_ns`). See docs/trace-format.md.
 
+pub mod lines;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
