@@ -777,20 +777,19 @@ fn open_store(
 }
 
 /// The model file a launched llama-server or template would load must be a complete GGUF
-/// file: a truncated or inconsistent one is refused here, in one line, before any probe.
+/// file (`o3 probe`'s check), and for llama-server it must exist: a whole run is not spent on
+/// load failures that a missing file makes certain.
 fn check_model_file(t: &Target) -> Result<(), (anyhow::Error, i32)> {
-    if t.simulate.is_some() || t.backend == BackendArg::Ollama {
+    if t.simulate.is_some() {
         return Ok(());
     }
     let p = Path::new(&t.model);
-    let is_file = p.is_file() || t.model.ends_with(".gguf");
-    if t.backend != BackendArg::LlamaServer && !is_file {
-        // A template's model may be a name its server resolves.
-        return Ok(());
+    if t.backend == BackendArg::LlamaServer && !p.exists() {
+        if let Err(e) = crate::learn::gguf::read(p) {
+            return Err((anyhow::Error::new(e), 2));
+        }
     }
-    crate::learn::gguf::read(p)
-        .map(|_| ())
-        .map_err(|e| (anyhow::anyhow!("{e}"), 2))
+    super::probe::check_model_file(t.backend, &t.model)
 }
 
 pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {

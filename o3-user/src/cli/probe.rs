@@ -165,6 +165,12 @@ pub struct ProbeArgs {
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     check_model_file(a.backend, &a.model)?;
+    // Servers an earlier o3 left behind (killed in a way that spared their workers) would
+    // share the machine with this probe's server: stopped first, with a notice.
+    let swept = crate::util::owner::reap_orphans(Path::new("/proc"));
+    if let Some(n) = crate::util::owner::notice(&swept) {
+        eprintln!("o3: notice: {n}");
+    }
     let backend = backend_spec(BackendFlags {
         kind: a.backend,
         model: &a.model,
@@ -347,7 +353,7 @@ pub(super) struct BackendFlags<'a> {
 /// OpenAI-compatible server's model where it is a `.gguf` file. Ollama's model names, other
 /// servers' names, and paths that do not exist (left to the server, whose own error then says
 /// so in the probe's result) are not read.
-fn check_model_file(kind: BackendArg, model: &str) -> Result<(), (anyhow::Error, i32)> {
+pub(super) fn check_model_file(kind: BackendArg, model: &str) -> Result<(), (anyhow::Error, i32)> {
     let path = Path::new(model);
     let is_gguf_name = path
         .extension()

@@ -247,7 +247,7 @@ mod tests {
         while t.elapsed() < limit {
             match stat(proc(), pid) {
                 None => return true,
-                Some((s, _)) if s == 'Z' => return true,
+                Some(('Z', _)) => return true,
                 _ => std::thread::sleep(Duration::from_millis(10)),
             }
         }
