@@ -407,16 +407,32 @@ fn a_damaged_store_or_model_is_refused_before_anything_is_written() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("is damaged") && err.contains(&db.display().to_string()), "{err}");
-    assert_eq!(std::fs::read(&db).unwrap(), bytes, "the store was written to");
-    assert!(!run.exists(), "--out was created for a run that never started");
+    assert!(
+        err.contains("is damaged") && err.contains(&db.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the store was written to"
+    );
+    assert!(
+        !run.exists(),
+        "--out was created for a run that never started"
+    );
 
     // A model file that is not a complete GGUF file: one line, before any server starts.
     let model = dir.path().join("cut.gguf");
     std::fs::write(&model, b"GGUF\x03\x00\x00\x00").unwrap();
     let run = dir.path().join("c");
     let out = o3()
-        .args(["optimize", "--backend", "llama-server", "--server-bin", "/bin/false"])
+        .args([
+            "optimize",
+            "--backend",
+            "llama-server",
+            "--server-bin",
+            "/bin/false",
+        ])
         .arg("--model")
         .arg(&model)
         .arg("--out")
@@ -428,7 +444,13 @@ fn a_damaged_store_or_model_is_refused_before_anything_is_written() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
     assert!(!run.exists());
-    assert!(!dir.path().join("fresh.db").exists(), "the store was created");
+    assert!(
+        !dir.path().join("fresh.db").exists(),
+        "the store was created"
+    );
 }
