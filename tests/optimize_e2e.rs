@@ -213,7 +213,8 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
     );
 }
 
-/// The pid of the server `bin` that process `parent` started, waiting up to 120 s for one.
+/// The pid of the server `bin` that process `parent` started (not a `--version` query of the
+/// same binary), waiting up to 120 s for one.
 fn server_of(parent: u32, bin: &Path) -> u32 {
     let t0 = std::time::Instant::now();
     loop {
@@ -232,7 +233,12 @@ fn server_of(parent: u32, bin: &Path) -> u32 {
             let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
-            if ppid == Some(parent) && Path::new(std::str::from_utf8(argv0).unwrap_or("")) == bin {
+            // A server listens (`--port`); o3 also runs the binary for its `--version`.
+            let serves = cmd.split(|&b| b == 0).any(|a| a == b"--port");
+            if ppid == Some(parent)
+                && serves
+                && Path::new(std::str::from_utf8(argv0).unwrap_or("")) == bin
+            {
                 return pid;
             }
         }
@@ -300,7 +306,12 @@ fn kill_9_of_o3_leaves_no_server_and_the_resumed_run_leaves_none_either() {
         "server {server} outlived o3 by more than 2 s"
     );
     // The run's ledger named it; the resumed run finishes and leaves no server behind.
-    let ledger = std::fs::read_to_string(run.join("servers")).unwrap();
+    let ledger = std::fs::read_to_string(run.join("servers")).unwrap_or_else(|e| {
+        let files: Vec<_> = std::fs::read_dir(&run)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        panic!("no ledger ({e}); the run directory holds {files:?}")
+    });
     assert!(ledger.starts_with(&format!("{server} ")), "{ledger}");
     let out = o3()
         .args(["optimize", "--json", "--quiet", "--resume"])
