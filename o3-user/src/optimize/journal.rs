@@ -419,4 +419,41 @@ mod tests {
         let (entries, bad) = read_entries(&path).unwrap();
         assert_eq!((entries.len(), bad[0].0), (2, 2));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 128, ..Default::default() })]
+
+        /// A journal cut at any byte (a kill or a full disk mid-write) opens, keeps exactly
+        /// the whole records before the cut, and takes the next append as a line of its own:
+        /// a resume loses nothing journaled and repeats only the cut probe.
+        #[test]
+        fn a_journal_cut_anywhere_resumes_exactly(cut_at in 0.0f64..1.0, tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal.jsonl");
+            let whole = three_probes(&path);
+            let cut = (whole.len() as f64 * cut_at) as usize;
+            // Whole records before the cut: lines that are still complete JSON (a cut right
+            // after a record's closing brace leaves it whole, only its newline missing).
+            let kept = whole[..cut]
+                .split(|&b| b == b'\n')
+                .filter(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
+                .count();
+            // The cut line may also end in bytes no writer wrote (a sector of garbage).
+            let mut damaged = whole[..cut].to_vec();
+            if cut > 0 && whole[cut - 1] != b'\n' {
+                damaged.extend(tail.iter().filter(|&&b| b != b'\n'));
+            }
+            std::fs::write(&path, &damaged).unwrap();
+            let mut j = Journal::open(&path).unwrap();
+            let garbage_kept_whole = damaged.len() > cut
+                && serde_json::from_slice::<serde_json::Value>(damaged.rsplit(|&b| b == b'\n').next().unwrap()).is_ok();
+            proptest::prop_assume!(!garbage_kept_whole);
+            proptest::prop_assert_eq!(j.loaded, kept);
+            j.append(&req(8192), &ProbeOutcome::failed(OutcomeClass::Ok, ""), None).unwrap();
+            drop(j);
+            let j = Journal::open(&path).unwrap();
+            proptest::prop_assert_eq!(j.loaded, kept + 1);
+            proptest::prop_assert!(j.get(&req(8192)).is_some());
+        }
+    }
 }
