@@ -6,6 +6,12 @@
 //!                  tests/server/README.md), DuckDB and Chromium to check exports and reports
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
+//!   faults         setup, then the fault suite: the real o3 binary killed, interrupted, given a
+//!                  crashed or stopped server, a full disk, a damaged store or journal, fuzzed
+//!                  inputs, a shared store and recordings at once; one row per scenario and a
+//!                  closing `N scenarios, M survived: L lost, O orphans, H hangs, P panics`,
+//!                  failing on any of them (root for the full disk; docs/faults.md);
+//!                  `faults NAME...` runs the scenarios whose names contain a NAME
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
 //!   bench learn    probes learning saves on simulated machines -> docs/benchmarks.md
 //!   server         setup, then serve the test model in the foreground (OpenAI-compatible, at
@@ -18,6 +24,7 @@
 mod bench;
 mod bench_learn;
 mod bench_optimize;
+mod faults;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -254,6 +261,7 @@ fn main() -> ExitCode {
         ["setup"] => setup::setup(),
         ["run"] => main_job(),
         ["test"] => test(),
+        ["faults", only @ ..] => faults::faults(only),
         ["bench", "record"] => bench::record(),
         ["bench", "optimize"] => bench_optimize::optimize_bench(),
         ["bench", "learn"] => bench_learn::learn_bench(),
@@ -261,7 +269,7 @@ fn main() -> ExitCode {
         ["dist-docs"] => dist_docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | run | test | bench record|optimize|learn | server | dist-docs"
+                "usage: cargo xtask setup | run | test | faults [SCENARIO]... | bench record|optimize|learn | server | dist-docs"
             );
             return ExitCode::from(2);
         }
