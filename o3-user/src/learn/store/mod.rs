@@ -295,10 +295,7 @@ impl Store {
         if version > 0 {
             store.check_integrity()?;
         }
-        store
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .map_err(err("switching to WAL"))?;
+        store.switch_to_wal()?;
         store
             .conn
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
@@ -307,6 +304,43 @@ impl Store {
             store.migrate_to(schema::LATEST)?;
         }
         Ok(store)
+    }
+
+    /// WAL mode, persistent in the file once set. Switching needs the file to itself and
+    /// SQLite answers "busy" at once instead of calling the busy handler, so two o3 creating a
+    /// new store at the same moment would see one of them fail: the switch is retried for up
+    /// to [`BUSY_TIMEOUT`]. A store already in WAL mode is only read.
+    fn switch_to_wal(&self) -> Result<(), StoreError> {
+        let mode = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, String>(0));
+        let started = std::time::Instant::now();
+        loop {
+            // The pragma answers the mode in effect: the old one when it could not switch.
+            let res = match mode("PRAGMA journal_mode") {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(_) => mode("PRAGMA journal_mode = WAL"),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(m) if started.elapsed() >= BUSY_TIMEOUT => {
+                    return Err(StoreError::Invalid {
+                        path: self.path_str(),
+                        what: "switching to WAL",
+                        detail: format!("the journal mode stayed {m}"),
+                    })
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(StoreError::from_sqlite(&self.path, "switching to WAL", e)),
+            }
+        }
     }
 
     /// SQLite's own structural check (b-trees, free list, index order), read-only: a damaged

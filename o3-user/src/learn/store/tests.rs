@@ -720,3 +720,53 @@ fn a_damaged_store_is_refused_before_anything_is_written() {
     assert!(msg.contains("damaged") && !msg.contains('\n'), "{msg}");
     assert_eq!(std::fs::read(&p).unwrap(), bytes, "nothing was written");
 }
+
+const WRITER_ENV: &str = "O3_STORE_WRITER_DB";
+
+/// Not a test on its own: the child of the test below, another process in a write
+/// transaction on a new store for 300 ms, as an o3 migrating it is (it returns at once when
+/// the variable is unset).
+#[test]
+fn writer_helper_holds_a_write_transaction() {
+    let Some(p) = std::env::var_os(WRITER_ENV) else {
+        return;
+    };
+    let c = Connection::open(Path::new(&p)).unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t(x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+        .unwrap();
+    println!("writing");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn a_new_store_opened_while_another_process_writes_it_waits_instead_of_failing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("o3.db");
+    // Another o3 writes the new (still rollback-journal) file: the switch to WAL needs the
+    // file to itself, and SQLite answers "busy" at once instead of calling the busy handler.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "learn::store::tests::writer_helper_holds_a_write_transaction",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WRITER_ENV, &p)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(lines.any(|l| l.unwrap().ends_with("writing")));
+    let s = Store::open(&p).expect("the open waits for the other process");
+    child.wait().unwrap();
+    let mode: String = s
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
