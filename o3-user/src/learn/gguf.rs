@@ -686,6 +686,25 @@ pub fn ftype_name(ftype: u32) -> Option<&'static str> {
     })
 }
 
+/// A string of the file as o3 shows it: control characters (a newline in a key, a NUL)
+/// escaped, so every message naming a key or tensor stays on one line. Real keys, names and
+/// architectures have none, so nothing o3 matches on changes.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Describes the item being read, for errors; called only when there is one.
 type What<'a> = &'a dyn Fn() -> String;
 
@@ -817,7 +836,7 @@ impl<R: Read> Reader<'_, R> {
         // Bounded by MAX_STRING_BYTES and by the bytes left in the file.
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         self.fill(&mut buf, what)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        Ok(printable(&String::from_utf8_lossy(&buf)))
     }
 
     fn skip_string(&mut self, what: What) -> Result<(), GgufError> {
@@ -1821,5 +1840,14 @@ mod tests {
             info.kv_bytes_per_token_f16(),
             Some(blocks * kv_heads * 2 * head_dim * 2)
         );
+    }
+
+    #[test]
+    fn control_characters_in_keys_stay_on_one_line() {
+        // A key with a newline, whose value type is unknown: the error names the key.
+        let e = Gguf::new(3, 0, 1).str("general.na\nme\0").u32(512).err();
+        assert!(!e.contains('\n') && !e.contains('\0'), "{e}");
+        assert!(e.contains("general.na\\nme\\u{0}"), "{e}");
+        assert_eq!(printable("llama.context_length"), "llama.context_length");
     }
 }
