@@ -581,12 +581,15 @@ impl Out {
         }
     }
 
-    /// A failure's message: stderr must be exactly one line, starting with "o3: ".
+    /// A failure's message: exactly one error line, starting with "o3: ". Warnings and
+    /// notices o3 printed on the way (`o3: warning: …`, `o3: notice: …`, one line each) may
+    /// precede it: a full disk may first cost a trace file, which o3 says before it stops.
     fn one_line(&self) -> Result<&str, String> {
         let lines: Vec<&str> = self
             .stderr
             .lines()
             .filter(|l| !l.trim().is_empty())
+            .filter(|l| !l.starts_with("o3: warning: ") && !l.starts_with("o3: notice: "))
             .collect();
         match lines.as_slice() {
             [l] if l.starts_with("o3: ") => Ok(l),
