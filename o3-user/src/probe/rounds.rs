@@ -237,6 +237,18 @@ impl Session<'_> {
                     format!("the server exited ({exit:?})"),
                 )
             }
+            // The tokenizer answers: the words could not be fitted to the target.
+            None if self.count("a b c").is_some() => {
+                let target = self.spec.target_tokens();
+                self.fail(
+                    OutcomeClass::HttpError,
+                    format!(
+                        "no prompt of at most {target} tokens (with a fresh suffix of {}) could \
+                         be made with this server's tokenizer",
+                        super::suffix_tokens(target)
+                    ),
+                )
+            }
             None => self.fail(
                 OutcomeClass::HttpError,
                 "the server's tokenizer stopped answering".into(),

@@ -223,12 +223,18 @@ impl<'a> Session<'a> {
         // A stuck server must not hang the probe in its tokenizer.
         let limit = Duration::from_secs_f64(self.spec.limits.stall_s.max(10.0));
         let v: serde_json::Value = self.rt.block_on(async {
-            let r = self.client.post(url).json(&body).timeout(limit);
-            let r = r.send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
+            // llama-server closes idle keep-alive connections: the first send may go out on
+            // a pooled connection the server has just closed; the second opens a new one.
+            for _ in 0..2 {
+                let r = self.client.post(url).json(&body).timeout(limit);
+                match r.send().await {
+                    Ok(r) if r.status().is_success() => return r.json().await.ok(),
+                    Ok(_) => return None,
+                    Err(e) if e.is_timeout() => return None,
+                    Err(_) => continue,
+                }
             }
-            r.json().await.ok()
+            None
         })?;
         v.get("tokens")?.as_array().map(|a| a.len())
     }
