@@ -101,12 +101,19 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         assert!(p["output_tokens_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(p["proven_at_depth"], true, "{p}");
         let cmd = p["artefacts"]["command_line"].as_str().unwrap();
-        // The server's context is the total over its slots.
-        let total = ctx * p["config"]["parallel"].as_u64().unwrap_or(1);
-        assert!(
-            cmd.contains(&format!("-c {total}")) || cmd.contains(&format!("--ctx-size {total}")),
-            "{cmd}"
-        );
+        // The command pins the slot count (also 1) and gives the server the context of all
+        // its slots, each slot its own share; whichever spelling the build uses.
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let value = |names: &[&str]| -> Option<u64> {
+            let i = words.iter().position(|w| names.contains(w))?;
+            words.get(i + 1)?.parse().ok()
+        };
+        let slots = p["config"]["parallel"].as_u64().unwrap_or(1);
+        assert_eq!(value(&["--parallel", "-np"]), Some(slots), "{cmd}");
+        assert_eq!(value(&["--ctx-size", "-c"]), Some(ctx * slots), "{cmd}");
+        for pinned in ["--no-kv-unified", "--cache-ram", "--load-mode", "--fit"] {
+            assert!(words.contains(&pinned), "{pinned} not pinned: {cmd}");
+        }
         let sh = run.join(format!("artefacts/{}.sh", p["name"].as_str().unwrap()));
         assert!(std::fs::read_to_string(&sh).unwrap().contains(cmd));
     }

@@ -52,6 +52,16 @@ pub struct Flags {
     pub fit: Option<String>,
     pub metrics: Option<String>,
     pub no_webui: Option<String>,
+    /// `--no-kv-unified`: each slot gets its own `c / np` of the cache, as o3 measures it.
+    pub no_kv_unified: Option<String>,
+    /// `--cache-ram N` (MiB): host-RAM prompt cache, 8 GiB by default in recent builds.
+    pub cache_ram: Option<String>,
+    /// `--load-mode MODE` (auto, none, mmap, mlock, mmap+mlock, dio in recent builds).
+    pub load_mode: Option<String>,
+    /// The loading mode o3 pins where the build has `--load-mode` (not read from the help:
+    /// chosen per platform by the caller; unset: [`default_load_mode`] without an integrated
+    /// GPU).
+    pub load_mode_value: Option<String>,
     pub host: Option<String>,
     pub port: Option<String>,
     /// Every option spelling the help lists.
@@ -192,9 +202,25 @@ pub fn parse_help(text: &str) -> Flags {
         fit: fit.map(|(name, _)| name),
         metrics: spelling(&["--metrics"]),
         no_webui: spelling(&["--no-webui", "--no-ui"]),
+        no_kv_unified: spelling(&["--no-kv-unified", "-no-kvu"]),
+        cache_ram: spelling(&["--cache-ram", "-cram"]),
+        load_mode: spelling(&["--load-mode", "-lm"]),
+        load_mode_value: None,
         host: spelling(&["--host"]),
         port: spelling(&["--port"]),
         known,
+    }
+}
+
+/// The loading mode o3 pins: `dio` (direct I/O) on a machine with an integrated AMD GPU, as
+/// Ollama passes it there (ROCm stalls loading models over ~64 GB through mmap, and on unified
+/// memory the page cache would hold a second copy of the weights); `mmap` elsewhere, the
+/// builds' own default before `auto`.
+pub fn default_load_mode(integrated_gpu: bool) -> &'static str {
+    if integrated_gpu {
+        "dio"
+    } else {
+        "mmap"
     }
 }
 
@@ -263,12 +289,33 @@ pub fn command_args(
         require(&flags.ctx_size, "-c/--ctx-size", "a context size")?,
         Some(total_ctx.to_string()),
     );
-    if let Some(p) = cfg.parallel {
-        let asked = format!("parallel = {p}");
-        push(
-            require(&flags.parallel, "-np/--parallel", &asked)?,
-            Some(p.to_string()),
-        );
+    // Every flag that changes memory or speed is written, searched or not, so the command
+    // is the configuration measured whatever the build's defaults: the slot count (recent
+    // builds default to "auto", 4 slots), each slot's own share of the cache, no host-RAM
+    // prompt cache (up to 8 GiB a probe would not see grow), the loading mode.
+    match (&flags.parallel, cfg.parallel) {
+        (Some(flag), _) => push(flag, Some(slots.to_string())),
+        (None, Some(p)) => {
+            require(
+                &flags.parallel,
+                "-np/--parallel",
+                &format!("parallel = {p}"),
+            )?;
+        }
+        (None, None) => {}
+    }
+    if let Some(flag) = &flags.no_kv_unified {
+        push(flag, None);
+    }
+    if let Some(flag) = &flags.cache_ram {
+        push(flag, Some("0".to_string()));
+    }
+    if let Some(flag) = &flags.load_mode {
+        let mode = flags
+            .load_mode_value
+            .clone()
+            .unwrap_or_else(|| default_load_mode(false).to_string());
+        push(flag, Some(mode));
     }
     if let (Some(b), Some(ub)) = (cfg.batch, cfg.ubatch) {
         if ub > b {
@@ -302,14 +349,22 @@ pub fn command_args(
         };
         push(flag, Some(value));
     }
-    if let Some(on) = cfg.flash_attn {
-        let asked = format!("flash_attn = {on}");
-        let flag = require(&flags.flash_attn, "-fa/--flash-attn", &asked)?;
-        if flags.flash_attn_takes_value {
-            push(flag, Some(if on { "on" } else { "off" }.to_string()));
-        } else if on {
-            // A plain switch: off is that build's default, there is nothing to pass.
-            push(flag, None);
+    match cfg.flash_attn {
+        Some(on) => {
+            let asked = format!("flash_attn = {on}");
+            let flag = require(&flags.flash_attn, "-fa/--flash-attn", &asked)?;
+            if flags.flash_attn_takes_value {
+                push(flag, Some(if on { "on" } else { "off" }.to_string()));
+            } else if on {
+                // A plain switch: off is that build's default, there is nothing to pass.
+                push(flag, None);
+            }
+        }
+        // Unset: the build decides ("auto" where it takes a value), and the command says so.
+        None => {
+            if let (Some(flag), true) = (&flags.flash_attn, flags.flash_attn_takes_value) {
+                push(flag, Some("auto".to_string()));
+            }
         }
     }
     if let Some(t) = &cfg.cache_type_k {
@@ -834,6 +889,11 @@ mod tests {
                 "8192",
                 "--parallel",
                 "2",
+                "--no-kv-unified",
+                "--cache-ram",
+                "0",
+                "--load-mode",
+                "mmap",
                 "--batch-size",
                 "1024",
                 "--ubatch-size",
@@ -874,6 +934,8 @@ mod tests {
                 "8080",
                 "--ctx-size",
                 "2048",
+                "--parallel",
+                "1",
                 "--n-gpu-layers",
                 "999",
                 "--flash-attn",

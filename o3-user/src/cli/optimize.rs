@@ -932,7 +932,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     let (mut prober, backend) = match &t.simulate {
         Some(m) => (Any::Sim(Box::new(Sim::new(m.clone()))), None),
         None => {
-            let spec = backend_spec(BackendFlags {
+            let mut spec = backend_spec(BackendFlags {
                 kind: t.backend,
                 model: &t.model,
                 url: &t.url,
@@ -942,6 +942,12 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 tokenize: &t.tokenize,
                 ollama_serve: t.ollama_serve.as_deref(),
             })?;
+            let integrated = runfile.host.gpus.iter().any(|g| g.apu);
+            if let Some(n) = super::probe::pin_load_mode(&mut spec, integrated) {
+                if !a.quiet {
+                    eprintln!("o3: notice: {n}");
+                }
+            }
             let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
             let ebpf = match crate::telemetry::ebpf::Loaded::load(&roots.sysfs_root, 1 << 20) {
                 Ok(_) => true,

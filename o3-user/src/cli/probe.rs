@@ -171,7 +171,7 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     if let Some(n) = crate::util::owner::notice(&swept) {
         eprintln!("o3: notice: {n}");
     }
-    let backend = backend_spec(BackendFlags {
+    let mut backend = backend_spec(BackendFlags {
         kind: a.backend,
         model: &a.model,
         url: &a.url,
@@ -181,6 +181,10 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         tokenize: &a.tokenize,
         ollama_serve: a.ollama_serve.as_deref(),
     })?;
+    let integrated = crate::telemetry::gpu::amd::discover(&roots.sysfs_root, &roots.dev_root)
+        .iter()
+        .any(|d| d.apu);
+    pin_load_mode(&mut backend, integrated);
     let spec = ProbeSpec {
         backend,
         config: ProbeConfig {
@@ -367,6 +371,26 @@ pub(super) fn check_model_file(kind: BackendArg, model: &str) -> Result<(), (any
         gguf::read(path).map_err(|e| (anyhow::Error::new(e), 2))?;
     }
     Ok(())
+}
+
+/// Pins llama-server's loading mode for this machine (see
+/// [`llama_server::default_load_mode`]); returns what was pinned, for a notice, where the
+/// build has the flag.
+pub(super) fn pin_load_mode(spec: &mut BackendSpec, integrated_gpu: bool) -> Option<String> {
+    let BackendSpec::LlamaServer { flags, .. } = spec else {
+        return None;
+    };
+    let mode = llama_server::default_load_mode(integrated_gpu);
+    flags.load_mode_value = Some(mode.to_string());
+    let flag = flags.load_mode.as_ref()?;
+    Some(format!(
+        "llama-server loads the model with `{flag} {mode}` in every probe and artefact ({})",
+        if integrated_gpu {
+            "an integrated AMD GPU: direct I/O, as Ollama loads there; mmap stalls ROCm on models over ~64 GB"
+        } else {
+            "mmap, the builds' long-standing default"
+        }
+    ))
 }
 
 pub(super) fn backend_spec(f: BackendFlags) -> Result<BackendSpec, (anyhow::Error, i32)> {

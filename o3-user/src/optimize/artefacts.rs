@@ -227,8 +227,9 @@ mod tests {
             a.command_line.as_deref(),
             Some(
                 "/opt/llama.cpp/llama-server --model '/models/My Models/m.gguf' \
-                 --host 127.0.0.1 --port 8080 --ctx-size 4096 --n-gpu-layers all \
-                 --flash-attn on --fit off --metrics --no-webui"
+                 --host 127.0.0.1 --port 8080 --ctx-size 4096 --parallel 1 --no-kv-unified \
+                 --cache-ram 0 --load-mode mmap --n-gpu-layers all --flash-attn on --fit off \
+                 --metrics --no-webui"
             )
         );
         assert_eq!((a.modelfile, a.server_env.len()), (None, 0));
