@@ -2,6 +2,7 @@
 //! statistics, the presets chosen from it, and the journal that makes a run resumable.
 
 pub mod artefacts;
+pub mod heat;
 pub mod journal;
 pub mod learned;
 pub mod live;

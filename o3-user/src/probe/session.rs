@@ -288,6 +288,11 @@ impl<'a> Session<'a> {
                 None => w.outcome,
             };
             self.result.server_exit = exited.map(|e| format!("{e:?}"));
+            // A watchdog that stopped the server during the warm-up is the reason, not the
+            // broken stream it left (which would read as a transient crash).
+            if let Some(b) = self.breach() {
+                return Err(self.fail(OutcomeClass::SafetyAbort, b.to_string()));
+            }
             let mut error = w.error.clone().unwrap_or_default();
             if self.driver.backend == Backend::Ollama && w.status == Some(404) {
                 class = OutcomeClass::LoadFailed;

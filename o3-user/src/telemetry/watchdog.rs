@@ -5,6 +5,11 @@
 //! It runs as the last [`Source`] on the sampler thread, so a breach is acted on within the
 //! interval that saw it: the `on_breach` callback (the recorder stops the workload) and a
 //! `safety_breach` event in the trace.
+//!
+//! Two kinds of breach: a memory one (RAM, VRAM or GTT percentages and reserves) is about the
+//! configuration, which asked for too much; a temperature or sustained-CPU one is about the
+//! machine at that moment (a hot afternoon, another job), which `crate::optimize::heat`
+//! waits out instead of failing the configuration ([`machine_breach`]).
 
 use std::time::Duration;
 
@@ -43,6 +48,55 @@ impl Default for Thresholds {
     }
 }
 
+/// Junction and memory temperatures breach this far below their device's critical limit.
+pub const CRIT_MARGIN_C: f64 = 5.0;
+
+/// How a breach's text begins ([`Breach`]'s `Display`, the probe's `error`).
+pub const BREACH_PREFIX: &str = "safety limit: ";
+
+/// Whether a breach of `metric` is about the machine (temperature, sustained CPU) rather than
+/// the configuration (memory): the first is waited out, the second fails the configuration.
+pub fn machine_breach(metric: &str) -> bool {
+    matches!(metric, "temperature_c" | "cpu_percent")
+}
+
+/// What a breach's text states, read back (a probe result keeps the breach only as its
+/// `error` text). Byte metrics come back in MiB, as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stated {
+    pub metric: String,
+    pub gpu: Option<u32>,
+    pub value: f64,
+    pub limit: f64,
+}
+
+impl Stated {
+    /// Reads `safety limit: [GPU <n> ]<metric> <value>[ MiB] over|below <limit>[ MiB] at ..`
+    /// anywhere in `text`; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Stated> {
+        let rest = &text[text.find(BREACH_PREFIX)? + BREACH_PREFIX.len()..];
+        let mut w = rest.split_whitespace().peekable();
+        let mut gpu = None;
+        if w.peek() == Some(&"GPU") {
+            w.next();
+            gpu = Some(w.next()?.parse().ok()?);
+        }
+        let metric = w.next()?.to_string();
+        let value = w.next()?.parse().ok()?;
+        w.next_if_eq(&"MiB");
+        if !matches!(w.next()?, "over" | "below") {
+            return None;
+        }
+        let limit = w.next()?.parse().ok()?;
+        Some(Stated {
+            metric,
+            gpu,
+            value,
+            limit,
+        })
+    }
+}
+
 /// A threshold crossed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Breach {
@@ -76,7 +130,7 @@ impl std::fmt::Display for Breach {
         };
         write!(
             f,
-            "safety limit: {what} {v} {cmp} {l} at {:.3} s",
+            "{BREACH_PREFIX}{what} {v} {cmp} {l} at {:.3} s",
             self.t_ns as f64 / 1e9
         )
     }
@@ -169,7 +223,7 @@ impl Watchdog {
                 (g.reading.temp_mem_c, crit.and_then(|c| c.2)),
             ] {
                 if let (Some(t), Some(crit)) = (t, limit) {
-                    let limit = crit - 5.0;
+                    let limit = crit - CRIT_MARGIN_C;
                     if t > limit {
                         hit("temperature_c", t, limit, Some(g.index));
                     }
@@ -327,6 +381,53 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].0, 15, "over the limit for 50 ms: samples 10..=15");
         assert_eq!(b[0].1.metric, "cpu_percent");
+    }
+
+    #[test]
+    fn a_breach_text_reads_back_and_says_its_class() {
+        let heat = Breach {
+            metric: "temperature_c",
+            value: 86.04,
+            limit: 85.0,
+            t_ns: 3_000_000_000,
+            gpu: Some(1),
+        };
+        let s = Stated::parse(&format!("probe failed: {heat}")).unwrap();
+        assert_eq!(
+            s,
+            Stated {
+                metric: "temperature_c".into(),
+                gpu: Some(1),
+                value: 86.0,
+                limit: 85.0
+            }
+        );
+        assert!(machine_breach(&s.metric));
+        let reserve = Breach {
+            metric: "vram_reserve_bytes",
+            value: (1u64 << 30) as f64,
+            limit: (4096u64 << 20) as f64,
+            t_ns: 0,
+            gpu: Some(0),
+        };
+        let s = Stated::parse(&reserve.to_string()).unwrap();
+        assert_eq!((s.value, s.limit), (1024.0, 4096.0));
+        assert!(!machine_breach(&s.metric));
+        let cpu = Breach {
+            metric: "cpu_percent",
+            value: 97.5,
+            limit: 90.0,
+            t_ns: 0,
+            gpu: None,
+        };
+        let s = Stated::parse(&cpu.to_string()).unwrap();
+        assert_eq!((s.gpu, s.value), (None, 97.5));
+        assert!(machine_breach(&s.metric));
+        for m in ["ram_percent", "ram_reserve_bytes", "vram_percent"] {
+            assert!(!machine_breach(m), "{m}");
+        }
+        assert_eq!(Stated::parse("the server exited while loading"), None);
+        assert_eq!(Stated::parse("safety limit: GPU x temperature_c"), None);
     }
 
     #[test]
