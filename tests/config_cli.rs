@@ -171,7 +171,7 @@ fn legacy_notices_are_printed_one_per_line() {
         .lines()
         .filter(|l| l.starts_with("notice: "))
         .collect();
-    assert_eq!(notices.len(), 20, "{stdout}");
+    assert_eq!(notices.len(), 19, "{stdout}");
     assert_eq!(notices.iter().filter(|n| n.contains("SMI")).count(), 1);
     assert_eq!(
         notices
@@ -180,6 +180,85 @@ fn legacy_notices_are_printed_one_per_line() {
             .count(),
         1
     );
+}
+
+#[test]
+fn the_legacy_tools_own_file_checks_ok_with_its_unused_keys_named() {
+    let f = fixtures().join("config/valid/legacy-full.yaml");
+    let out = check(&[], &f);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let name = f.display().to_string();
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{name}: ok (legacy layout)").as_str())
+    );
+    let notices: Vec<&str> = lines.collect();
+    assert_eq!(notices.len(), 21, "{stdout}");
+    for (line, key) in [
+        (6, "objectives: ignored (max_context_priority, throughput_priority, ttft_priority, stability_margin); "),
+        (20, "search_strategy.binary_search_factor: ignored; "),
+        (76, "hardware_monitoring.gpu_handling: ignored (nvidia, amd); "),
+        (112, "learning_system.auto_improvement: ignored (adaptive_search_params, range_expansion, test_prioritization); "),
+        (129, "fine_tuning: ignored (throughput_targets, ttft_targets); o3 does not train models"),
+        (156, "deployment: ignored (auto_deployment, persistence); "),
+    ] {
+        let want = format!("notice: {name}:{line}: {key}");
+        assert_eq!(
+            notices.iter().filter(|n| n.starts_with(&want)).count(),
+            1,
+            "{want}\n{stdout}"
+        );
+    }
+    // No key is named twice.
+    let mut keys: Vec<&str> = notices
+        .iter()
+        .map(|n| n.split(": ").nth(1).unwrap())
+        .collect();
+    keys.sort();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "{stdout}");
+
+    // The mapped values are in the effective configuration.
+    let out = check(&["--json"], &f);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v = common::last_json(&out);
+    assert_eq!(v["layout"], "legacy");
+    assert_eq!(v["notices"].as_array().unwrap().len(), 21);
+    let c = &v["config"];
+    assert_eq!(c["search"]["initial_context"], 262144);
+    assert_eq!(c["search"]["max_context"], 262144);
+    assert_eq!(c["search"]["max_iterations"], 7);
+    assert_eq!(c["monitoring"]["interval_ms"], 100);
+    assert_eq!(c["batch"]["max_batch"], 256);
+    assert_eq!(c["learning"]["max_age_days"], 7.0);
+    assert_eq!(c["learning"]["store_results"], true);
+}
+
+#[test]
+fn the_current_layout_still_refuses_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("o3.yaml");
+    std::fs::write(
+        &f,
+        "search:\n  initial_context: 16384\n  binary_search_factor: 1.3\n",
+    )
+    .unwrap();
+    let out = check(&[], &f);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: search.binary_search_factor: unknown key; known keys here: initial_context,",
+            f.display()
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
 #[test]

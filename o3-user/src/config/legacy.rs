@@ -1,7 +1,8 @@
-//! The legacy layout (`o3_ai_config.yaml` of the Python tool), accepted as is: its names and
-//! types are checked by the structs below (unknown keys are errors, as in the current layout),
-//! then every meaningful key is copied to its current name through [`LEGACY_MAP`], and every
-//! key with no meaning now is listed in a notice ([`IGNORED`]).
+//! The legacy layout (`o3_ai_config.yaml` of the Python tool), accepted as is. Every key with a
+//! meaning now is copied to its current name through [`LEGACY_MAP`]; the structs below check
+//! the types of those keys only. Every other key is accepted and named in exactly one notice:
+//! those of [`IGNORED`] with the reason given there (a section's notice covers everything under
+//! it), any other with the keys o3 maps beside it.
 
 use serde_yaml::{Mapping, Value};
 
@@ -25,7 +26,8 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "deployment",
 ];
 
-/// Legacy key → current key. Two legacy booleans mapped to one key must both be true.
+/// Legacy key → current key. Legacy booleans mapped to one key must all be true; a legacy key
+/// listed twice sets both current keys (the first is the one its errors are checked against).
 pub(crate) const LEGACY_MAP: &[(&str, &str)] = &[
     (
         "search_strategy.initial_context_probe",
@@ -164,30 +166,99 @@ pub(crate) const LEGACY_MAP: &[(&str, &str)] = &[
         "learning_system.prediction_model.pre_test_prediction",
         "learning.predict",
     ),
+    (
+        "learning_system.configuration_learning.enabled",
+        "learning.store_results",
+    ),
+    (
+        "learning_system.configuration_learning.enabled",
+        "learning.reuse_learned_configs",
+    ),
 ];
 
-const NEVER_USED: &str = "the legacy tool never used this section";
-
-/// Legacy keys with no meaning now, and why; each present one gives one notice.
+/// Legacy keys o3 cannot use, and why. Each present one gives one notice; the notice of a
+/// section covers everything under it and names the keys it holds.
 pub(crate) const IGNORED: &[(&str, &str)] = &[
-    ("objectives", "the legacy tool never used this section; what each preset favours is set by its weights (presets.*)"),
-    ("ai_guidance", NEVER_USED),
-    ("search_strategy.context_discovery", "o3 always bisects on measured results"),
-    ("testing.adaptive_timeouts", "a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it"),
-    ("search_strategy.binary_search_factor", "no meaning now: o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity"),
-    ("preset_categories.max_context.description", "a description is not a setting"),
-    ("preset_categories.balanced.description", "a description is not a setting"),
-    ("preset_categories.fast_response.description", "a description is not a setting"),
-    ("hardware_monitoring.peak_detection.enabled", "o3 always records peaks while it measures"),
-    ("hardware_monitoring.peak_detection.track_vram_peak", "o3 always tracks GPU memory peaks"),
-    ("hardware_monitoring.peak_detection.track_ram_peak", "o3 always tracks RAM peaks"),
-    ("hardware_monitoring.peak_detection.track_temperature", "o3 always tracks temperatures (limit: safety.max_temperature_c)"),
-    ("hardware_monitoring.resource_headroom.context_scaling_factor", "no meaning now: contexts come from measurements"),
-    ("learning_system.prediction_model.failure_pattern_learning", "no separate setting: failures are part of the stored results (learning.store_results)"),
-    ("model_intelligence", NEVER_USED),
-    ("fine_tuning", NEVER_USED),
-    ("quality_assurance", NEVER_USED),
-    ("deployment", NEVER_USED),
+    (
+        "objectives",
+        "o3's presets take their weights from presets.* (preset_categories.* in this layout) and its resource limits from safety.* (hardware_monitoring.safety_thresholds.*)",
+    ),
+    (
+        "ai_guidance",
+        "o3 has no such switches: it always searches on measured results, and predicts from earlier runs as learning.predict says (learning_system.prediction_model.*)",
+    ),
+    (
+        "search_strategy.context_discovery",
+        "o3 always bisects on measured results",
+    ),
+    (
+        "search_strategy.binary_search_factor",
+        "no meaning now: the legacy tool widened a fixed list of contexts by it; o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity",
+    ),
+    (
+        "preset_categories.max_context.description",
+        "a description is not a setting",
+    ),
+    (
+        "preset_categories.balanced.description",
+        "a description is not a setting",
+    ),
+    (
+        "preset_categories.fast_response.description",
+        "a description is not a setting",
+    ),
+    (
+        "testing.adaptive_timeouts",
+        "a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it",
+    ),
+    (
+        "hardware_monitoring.peak_detection.enabled",
+        "o3 always records peaks while it measures",
+    ),
+    (
+        "hardware_monitoring.peak_detection.track_vram_peak",
+        "o3 always tracks GPU memory peaks",
+    ),
+    (
+        "hardware_monitoring.peak_detection.track_ram_peak",
+        "o3 always tracks RAM peaks",
+    ),
+    (
+        "hardware_monitoring.peak_detection.track_temperature",
+        "o3 always tracks temperatures (limit: safety.max_temperature_c)",
+    ),
+    (
+        "hardware_monitoring.gpu_handling",
+        "o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML) and runs SMI tools only as a fallback, with its own commands; memory_field_index took a column of rocm-smi's CSV, which on an APU is not the GTT where the model lives",
+    ),
+    (
+        "hardware_monitoring.resource_headroom.context_scaling_factor",
+        "no meaning now: contexts come from measurements",
+    ),
+    (
+        "learning_system.prediction_model.failure_pattern_learning",
+        "no separate setting: failures are part of the stored results (learning.store_results)",
+    ),
+    (
+        "learning_system.auto_improvement",
+        "o3's search always adapts to measured results and earlier runs (learning.*); there is nothing to switch on",
+    ),
+    (
+        "model_intelligence",
+        "o3 reads a model's size from its metadata and starts the batch by it (batch.initial_*); what a use favours is a preset's weights (presets.*)",
+    ),
+    (
+        "fine_tuning",
+        "o3 does not train models, and ranks by measurements, not per-size targets; objectives every preset must meet are presets.slo.*",
+    ),
+    (
+        "quality_assurance",
+        "o3's checks are not optional: outliers are dropped by their median absolute deviation, and stability is judged by validation.*",
+    ),
+    (
+        "deployment",
+        "o3 applies no configuration by itself: it writes each preset's server settings (artefacts/ of the run) for you to apply",
+    ),
 ];
 
 /// The legacy name of a current key, if the legacy layout had one.
@@ -206,41 +277,33 @@ pub(crate) fn current_name(legacy: &str) -> Option<&'static str> {
         .map(|(_, c)| *c)
 }
 
-// The structs below only check names and types (serde reads them; the mapping walks the
-// document through LEGACY_MAP), so their fields are never read.
+// The structs below check the types of the mapped keys only (serde reads them; the mapping
+// walks the document through LEGACY_MAP), so their fields are never read. Any other key is
+// skipped here and named in a notice by `ignored`.
 #[allow(dead_code)]
 mod schema {
     use serde::Deserialize;
-    use serde_yaml::Value;
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     pub struct File {
-        objectives: Option<Value>,
-        ai_guidance: Option<Value>,
         search_strategy: Option<Search>,
         preset_categories: Option<Presets>,
         testing: Option<Testing>,
         hardware_monitoring: Option<Hardware>,
         learning_system: Option<Learning>,
-        model_intelligence: Option<Value>,
-        fine_tuning: Option<Value>,
-        quality_assurance: Option<Value>,
-        deployment: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Search {
-        context_discovery: Option<Value>,
         initial_context_probe: Option<u32>,
-        binary_search_factor: Option<Value>,
         max_binary_iterations: Option<u32>,
         batch_adaptation: Option<Batch>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Batch {
         enabled: Option<bool>,
         initial_batch_large: Option<u32>,
@@ -251,7 +314,7 @@ mod schema {
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Presets {
         max_context: Option<MaxContext>,
         balanced: Option<Balanced>,
@@ -259,42 +322,38 @@ mod schema {
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct MaxContext {
         target_context_percentile: Option<f64>,
         throughput_weight: Option<f64>,
         ttft_weight: Option<f64>,
-        description: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Balanced {
         target_context_range: Option<[u32; 2]>,
         throughput_weight: Option<f64>,
         ttft_weight: Option<f64>,
-        description: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct FastResponse {
         target_context_min: Option<u32>,
         throughput_weight: Option<f64>,
         ttft_weight: Option<f64>,
-        description: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Testing {
         statistical_validation: Option<Statistics>,
         concurrency_progression: Option<Concurrency>,
-        adaptive_timeouts: Option<Timeouts>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Statistics {
         min_samples_per_config: Option<u32>,
         confidence_threshold: Option<f64>,
@@ -302,7 +361,7 @@ mod schema {
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Concurrency {
         levels: Option<Vec<u32>>,
         stabilization_delay: Option<f64>,
@@ -310,37 +369,21 @@ mod schema {
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
-    struct Timeouts {
-        base_timeout: Option<f64>,
-        context_multiplier: Option<f64>,
-        batch_multiplier: Option<f64>,
-        min_timeout: Option<f64>,
-        max_timeout: Option<f64>,
-    }
-
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Hardware {
         peak_detection: Option<Peaks>,
-        /// nvidia-smi / rocm-smi command strings and `memory_field_index`: any content.
-        gpu_handling: Option<Value>,
         safety_thresholds: Option<Safety>,
         resource_headroom: Option<Headroom>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Peaks {
-        enabled: Option<Value>,
         sampling_interval_ms: Option<u32>,
-        track_vram_peak: Option<Value>,
-        track_ram_peak: Option<Value>,
-        track_temperature: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Safety {
         max_vram_percent: Option<f64>,
         max_ram_percent: Option<f64>,
@@ -349,40 +392,39 @@ mod schema {
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Headroom {
         vram_reserve_mb: Option<u64>,
         ram_reserve_mb: Option<u64>,
-        context_scaling_factor: Option<Value>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Learning {
         configuration_learning: Option<ConfigurationLearning>,
         prediction_model: Option<Prediction>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct ConfigurationLearning {
+        enabled: Option<bool>,
         hardware_profiles: Option<Profiles>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Profiles {
         store_results: Option<bool>,
         reuse_learned_configs: Option<bool>,
-        update_frequency_days: Option<Value>,
+        update_frequency_days: Option<f64>,
     }
 
     #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
+    #[serde(default)]
     struct Prediction {
         enabled: Option<bool>,
         pre_test_prediction: Option<bool>,
-        failure_pattern_learning: Option<Value>,
     }
 }
 
@@ -410,17 +452,91 @@ fn set(root: &mut Mapping, path: &str, v: Value) {
     }
 }
 
-/// Every path under `v` (prefixed with `at`) whose last key is `name`.
-fn find_key(v: &Value, at: &str, name: &str, out: &mut Vec<String>) {
-    if let Some(m) = v.as_mapping() {
-        for (k, child) in m {
-            let Some(k) = k.as_str() else { continue };
-            let p = format!("{at}.{k}");
-            if k == name {
-                out.push(p.clone());
+/// A mapping key as a name: a string as is, any other scalar as YAML writes it.
+fn key_name(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Whether the layout has keys under `path` (mapped or listed in [`IGNORED`]).
+fn is_section(path: &str) -> bool {
+    LEGACY_MAP
+        .iter()
+        .map(|(l, _)| *l)
+        .chain(IGNORED.iter().map(|(k, _)| *k))
+        .any(|k| {
+            k.strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+}
+
+/// Why a key that is neither mapped nor listed in [`IGNORED`] is ignored.
+fn unknown_reason(parent: &str) -> String {
+    if parent.is_empty() {
+        return "not a section of the legacy layout; o3 has no setting for it".into();
+    }
+    let prefix = format!("{parent}.");
+    let mut mapped: Vec<&str> = Vec::new();
+    for (l, _) in LEGACY_MAP {
+        if let Some(name) = l.strip_prefix(&prefix).filter(|n| !n.contains('.')) {
+            if !mapped.contains(&name) {
+                mapped.push(name);
             }
-            find_key(child, &p, name, out);
         }
+    }
+    if mapped.is_empty() {
+        "not a key of the legacy layout; o3 has no setting for it".into()
+    } else {
+        format!(
+            "not a key of the legacy layout; o3 has no setting for it (the keys it maps here: {})",
+            mapped.join(", ")
+        )
+    }
+}
+
+/// Every key of the document o3 does not use, once, with why: (dotted key, text after the
+/// key). A mapped key is not listed; a key listed covers everything under it.
+pub(crate) fn ignored(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    walk(v, "", &mut out);
+    out
+}
+
+fn walk(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    let Some(m) = v.as_mapping() else { return };
+    for (k, child) in m {
+        let name = key_name(k);
+        let path = if at.is_empty() {
+            name
+        } else {
+            format!("{at}.{name}")
+        };
+        if current_name(&path).is_some() {
+            continue;
+        }
+        let why = match IGNORED.iter().find(|(k, _)| *k == path) {
+            Some((_, why)) => why.to_string(),
+            None if is_section(&path) && (child.is_mapping() || child.is_null()) => {
+                walk(child, &path, out);
+                continue;
+            }
+            None => unknown_reason(at),
+        };
+        let held: Vec<String> = child
+            .as_mapping()
+            .map(|m| m.keys().map(key_name).collect())
+            .unwrap_or_default();
+        let text = if held.is_empty() {
+            format!("ignored; {why}")
+        } else {
+            format!("ignored ({}); {why}", held.join(", "))
+        };
+        out.push((path, text));
     }
 }
 
@@ -452,25 +568,8 @@ pub(crate) fn map(doc: &Doc) -> Result<(Config, Vec<String>), ConfigError> {
             fix: "convert it by hand (docs/config.md maps each legacy key)".into(),
         })?;
 
-    for (path, why) in IGNORED {
-        if doc.get(path).is_some() {
-            notice(path, format!("ignored; {why}"));
-        }
-    }
-    const GPU: &str = "hardware_monitoring.gpu_handling";
-    if let Some(g) = doc.get(GPU).filter(|v| !v.is_null()) {
-        notice(
-            GPU,
-            "ignored with its SMI command strings; o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML), SMI tools only as a fallback".into(),
-        );
-        let mut found = Vec::new();
-        find_key(g, GPU, "memory_field_index", &mut found);
-        if let Some(p) = found.first() {
-            notice(
-                p,
-                "ignored; o3 reads GPU memory directly instead of taking a column of rocm-smi's CSV (on an APU that column is not the GTT where the model lives)".into(),
-            );
-        }
+    for (path, text) in ignored(&doc.value) {
+        notice(&path, text);
     }
 
     // A probe outside the default bounds moves the bound rather than failing.

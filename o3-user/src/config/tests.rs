@@ -677,29 +677,28 @@ fn legacy_file_maps_onto_the_current_layout() {
     assert_eq!(c.learning, d.learning);
     assert_eq!(c.monitoring.interval_ms, 100);
     let expected = [
-        "o3_ai_config.yaml:5: objectives: ignored; the legacy tool never used this section; what each preset favours is set by its weights (presets.*)",
-        "o3_ai_config.yaml:11: ai_guidance: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:5: objectives: ignored (max_context_priority, throughput_priority, ttft_priority, stability_margin); o3's presets take their weights from presets.* (preset_categories.* in this layout) and its resource limits from safety.* (hardware_monitoring.safety_thresholds.*)",
+        "o3_ai_config.yaml:11: ai_guidance: ignored (autonomous_tuning, predictive_optimization, adaptive_search); o3 has no such switches: it always searches on measured results, and predicts from earlier runs as learning.predict says (learning_system.prediction_model.*)",
         "o3_ai_config.yaml:17: search_strategy.context_discovery: ignored; o3 always bisects on measured results",
-        "o3_ai_config.yaml:19: search_strategy.binary_search_factor: ignored; no meaning now: o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity",
+        "o3_ai_config.yaml:19: search_strategy.binary_search_factor: ignored; no meaning now: the legacy tool widened a fixed list of contexts by it; o3 bisects between the largest context that worked and the smallest that failed, down to search.granularity",
         "o3_ai_config.yaml:31: preset_categories.max_context.description: ignored; a description is not a setting",
         "o3_ai_config.yaml:36: preset_categories.balanced.description: ignored; a description is not a setting",
         "o3_ai_config.yaml:41: preset_categories.fast_response.description: ignored; a description is not a setting",
-        "o3_ai_config.yaml:55: testing.adaptive_timeouts: ignored; a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it",
+        "o3_ai_config.yaml:55: testing.adaptive_timeouts: ignored (base_timeout, context_multiplier, batch_multiplier, min_timeout, max_timeout); a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it",
         "o3_ai_config.yaml:64: hardware_monitoring.peak_detection.enabled: ignored; o3 always records peaks while it measures",
         "o3_ai_config.yaml:66: hardware_monitoring.peak_detection.track_vram_peak: ignored; o3 always tracks GPU memory peaks",
         "o3_ai_config.yaml:67: hardware_monitoring.peak_detection.track_ram_peak: ignored; o3 always tracks RAM peaks",
         "o3_ai_config.yaml:68: hardware_monitoring.peak_detection.track_temperature: ignored; o3 always tracks temperatures (limit: safety.max_temperature_c)",
-        "o3_ai_config.yaml:69: hardware_monitoring.gpu_handling: ignored with its SMI command strings; o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML), SMI tools only as a fallback",
-        "o3_ai_config.yaml:76: hardware_monitoring.gpu_handling.amd.memory_field_index: ignored; o3 reads GPU memory directly instead of taking a column of rocm-smi's CSV (on an APU that column is not the GTT where the model lives)",
+        "o3_ai_config.yaml:69: hardware_monitoring.gpu_handling: ignored (nvidia, amd); o3 reads GPUs directly (amdgpu sysfs and ioctls, NVML) and runs SMI tools only as a fallback, with its own commands; memory_field_index took a column of rocm-smi's CSV, which on an APU is not the GTT where the model lives",
         "o3_ai_config.yaml:87: hardware_monitoring.resource_headroom.context_scaling_factor: ignored; no meaning now: contexts come from measurements",
         "o3_ai_config.yaml:98: learning_system.prediction_model.failure_pattern_learning: ignored; no separate setting: failures are part of the stored results (learning.store_results)",
-        "o3_ai_config.yaml:100: model_intelligence: ignored; the legacy tool never used this section",
-        "o3_ai_config.yaml:105: fine_tuning: ignored; the legacy tool never used this section",
-        "o3_ai_config.yaml:109: quality_assurance: ignored; the legacy tool never used this section",
-        "o3_ai_config.yaml:113: deployment: ignored; the legacy tool never used this section",
+        "o3_ai_config.yaml:100: model_intelligence: ignored (architecture_detection, parameter_estimation, quantization_awareness); o3 reads a model's size from its metadata and starts the batch by it (batch.initial_*); what a use favours is a preset's weights (presets.*)",
+        "o3_ai_config.yaml:105: fine_tuning: ignored (enabled, learning_rate); o3 does not train models, and ranks by measurements, not per-size targets; objectives every preset must meet are presets.slo.*",
+        "o3_ai_config.yaml:109: quality_assurance: ignored (regression_detection, benchmark_suite); o3's checks are not optional: outliers are dropped by their median absolute deviation, and stability is judged by validation.*",
+        "o3_ai_config.yaml:113: deployment: ignored (auto_apply_presets, export_formats); o3 applies no configuration by itself: it writes each preset's server settings (artefacts/ of the run) for you to apply",
     ];
     assert_eq!(l.notices, expected);
-    // One notice for all SMI command strings, one for memory_field_index.
+    // One notice for the SMI command strings and memory_field_index together.
     assert_eq!(l.notices.iter().filter(|n| n.contains("SMI")).count(), 1);
     assert_eq!(
         l.notices
@@ -787,10 +786,6 @@ fn every_legacy_key_reaches_its_current_key() {
 #[test]
 fn legacy_errors_name_the_legacy_keys() {
     assert_eq!(
-        err("testing:\n  adaptive_timeouts:\n    min_timeout: soon\n").to_string(),
-        "t.yaml:3: testing.adaptive_timeouts.min_timeout: wrong type (string \"soon\"); expected a number"
-    );
-    assert_eq!(
         err("testing:\n  statistical_validation:\n    confidence_threshold: 85\n").to_string(),
         "t.yaml:3: testing.statistical_validation.confidence_threshold: 85 is out of range; allowed 0 to 1"
     );
@@ -799,10 +794,222 @@ fn legacy_errors_name_the_legacy_keys() {
         "t.yaml:3: search_strategy.batch_adaptation.max_batch: wrong type (string \"big\"); expected a whole number 1 to 65536"
     );
     assert_eq!(
-        err("testing:\n  concurrency_progression:\n    levels: [1, 2, 4, 8]\n    ramp: 3\n").to_string(),
-        "t.yaml:4: testing.concurrency_progression.ramp: unknown key; known keys here: levels, stabilization_delay, max_concurrent_timeouts"
+        err("learning_system:\n  configuration_learning:\n    enabled: yes\n").to_string(),
+        "t.yaml:3: learning_system.configuration_learning.enabled: wrong type (string \"yes\"); expected true or false"
     );
-    assert!(err("objectives: {}\nreporting: {}\n")
-        .to_string()
-        .starts_with("t.yaml:2: reporting: unknown key; known top-level keys: objectives, ai_guidance, search_strategy,"));
+    assert_eq!(
+        err("learning_system:\n  configuration_learning:\n    hardware_profiles:\n      update_frequency_days: weekly\n").to_string(),
+        "t.yaml:4: learning_system.configuration_learning.hardware_profiles.update_frequency_days: wrong type (string \"weekly\"); expected a number, allowed 0 to 3650"
+    );
+    // A section that holds mapped keys must be a mapping.
+    assert_eq!(
+        err("hardware_monitoring:\n  peak_detection: true\n").to_string(),
+        "t.yaml:2: hardware_monitoring.peak_detection: wrong type (boolean true); expected a mapping of `key: value` lines indented under it"
+    );
+}
+
+#[test]
+fn every_mapped_legacy_key_refuses_a_wrong_type() {
+    for (old, _) in LEGACY_MAP {
+        let depth = old.split('.').count();
+        let e = err(&yaml_at(old, "\"x\""));
+        let s = e.to_string();
+        assert_eq!(e.key(), Some(*old), "{s}");
+        assert_eq!(e.line(), Some(depth), "{s}");
+        assert!(s.contains(": wrong type (string \"x\"); expected "), "{s}");
+    }
+}
+
+#[test]
+fn legacy_keys_without_a_use_are_accepted_with_a_notice() {
+    // Keys of an ignored section are not checked: any value is accepted.
+    let l = ok("testing:\n  adaptive_timeouts:\n    min_timeout: soon\n");
+    assert_eq!(
+        l.notices,
+        ["t.yaml:2: testing.adaptive_timeouts: ignored (min_timeout); a request is no longer cut by a fixed formula: only a stall (timeouts.stall_s) or, for a server that shows no progress, timeouts.margin times the time model's estimate ends it"]
+    );
+    assert_eq!(l.config, Config::default());
+    // A key the legacy layout never had: named with the keys o3 maps beside it.
+    let l = ok("testing:\n  concurrency_progression:\n    levels: [1, 2, 4]\n    ramp: 3\n");
+    assert_eq!(l.config.concurrency.levels, [1, 2, 4]);
+    assert_eq!(
+        l.notices,
+        ["t.yaml:4: testing.concurrency_progression.ramp: ignored; not a key of the legacy layout; o3 has no setting for it (the keys it maps here: levels, stabilization_delay, max_concurrent_timeouts)"]
+    );
+    // A section the legacy layout never had, and one with no mapped key beside it.
+    let l = ok("objectives: {}\nreporting:\n  html: true\nfine_tuning:\n  lora:\n    rank: 8\n");
+    assert_eq!(
+        l.notices,
+        [
+            "t.yaml:1: objectives: ignored; o3's presets take their weights from presets.* (preset_categories.* in this layout) and its resource limits from safety.* (hardware_monitoring.safety_thresholds.*)",
+            "t.yaml:2: reporting: ignored (html); not a section of the legacy layout; o3 has no setting for it",
+            "t.yaml:4: fine_tuning: ignored (lora); o3 does not train models, and ranks by measurements, not per-size targets; objectives every preset must meet are presets.slo.*",
+        ]
+    );
+    let l = ok("learning_system:\n  configuration_learning:\n    enabled: true\n    history: 3\n");
+    assert_eq!(
+        l.notices,
+        ["t.yaml:4: learning_system.configuration_learning.history: ignored; not a key of the legacy layout; o3 has no setting for it (the keys it maps here: enabled)"]
+    );
+}
+
+#[test]
+fn every_ignored_legacy_key_takes_any_value() {
+    for (key, why) in IGNORED {
+        for value in ["true", "\"text\"", "[1, 2]", "{a: 1}", "~"] {
+            let l = parse(&yaml_at(key, value), "t.yaml")
+                .unwrap_or_else(|e| panic!("{key}: {value}: {e}"));
+            assert_eq!(l.layout, Layout::Legacy);
+            assert_eq!(l.config, Config::default(), "{key}: {value}");
+            assert_eq!(l.notices.len(), 1, "{key}: {value}: {:?}", l.notices);
+            let depth = key.split('.').count();
+            assert!(
+                l.notices[0].starts_with(&format!("t.yaml:{depth}: {key}: ignored"))
+                    && l.notices[0].ends_with(why),
+                "{:?}",
+                l.notices
+            );
+        }
+    }
+}
+
+#[test]
+fn configuration_learning_off_stores_and_reuses_nothing() {
+    let l = ok("learning_system:\n  configuration_learning:\n    enabled: false\n    hardware_profiles:\n      store_results: true\n      reuse_learned_configs: true\n");
+    assert!(!l.config.learning.store_results);
+    assert!(!l.config.learning.reuse_learned_configs);
+    assert!(l.config.learning.predict);
+    assert!(l.notices.is_empty(), "{:?}", l.notices);
+    let l = ok("learning_system:\n  configuration_learning:\n    enabled: true\n    hardware_profiles:\n      store_results: false\n");
+    assert!(!l.config.learning.store_results);
+    assert!(l.config.learning.reuse_learned_configs);
+}
+
+/// Every leaf of a document (a scalar, a list or an empty mapping), dotted.
+fn doc_leaves(v: &serde_yaml::Value, at: &str, out: &mut Vec<String>) {
+    match v.as_mapping().filter(|m| !m.is_empty()) {
+        Some(m) => {
+            for (k, child) in m {
+                let k = k.as_str().unwrap();
+                let p = if at.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{at}.{k}")
+                };
+                doc_leaves(child, &p, out);
+            }
+        }
+        None => out.push(at.to_string()),
+    }
+}
+
+fn under(leaf: &str, key: &str) -> bool {
+    leaf == key
+        || leaf
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+#[test]
+fn the_real_legacy_file_maps_its_meaningful_keys() {
+    let l = parse(&fixture("legacy-full.yaml"), "o3_ai_config.yaml").unwrap();
+    assert_eq!(l.layout, Layout::Legacy);
+    let c = &l.config;
+    let d = Config::default();
+    assert_eq!(c.search.initial_context, 262_144);
+    assert_eq!(c.search.max_context, 262_144);
+    assert_eq!(c.search.max_iterations, 7);
+    assert_eq!(c.search.granularity, d.search.granularity);
+    assert_eq!(c.batch, d.batch);
+    assert_eq!(c.presets, d.presets);
+    assert_eq!(c.validation, d.validation);
+    assert_eq!(c.concurrency, d.concurrency);
+    assert_eq!(c.timeouts, d.timeouts);
+    assert_eq!(c.safety, d.safety);
+    assert_eq!(c.learning, d.learning);
+    assert_eq!(c.monitoring.interval_ms, 100);
+    let keys: Vec<&str> = l
+        .notices
+        .iter()
+        .map(|n| n.split(": ").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "objectives",
+            "ai_guidance",
+            "search_strategy.context_discovery",
+            "search_strategy.initial_context_probe",
+            "search_strategy.binary_search_factor",
+            "preset_categories.max_context.description",
+            "preset_categories.balanced.description",
+            "preset_categories.fast_response.description",
+            "testing.adaptive_timeouts",
+            "hardware_monitoring.peak_detection.enabled",
+            "hardware_monitoring.peak_detection.track_vram_peak",
+            "hardware_monitoring.peak_detection.track_ram_peak",
+            "hardware_monitoring.peak_detection.track_temperature",
+            "hardware_monitoring.gpu_handling",
+            "hardware_monitoring.resource_headroom.context_scaling_factor",
+            "learning_system.prediction_model.failure_pattern_learning",
+            "learning_system.auto_improvement",
+            "model_intelligence",
+            "fine_tuning",
+            "quality_assurance",
+            "deployment",
+        ]
+    );
+    assert!(l.notices[3].ends_with("search.max_context raised to 262144"));
+    assert!(l.notices[0].starts_with("o3_ai_config.yaml:6: objectives: ignored (max_context_priority, throughput_priority, ttft_priority, stability_margin); o3's presets take their weights from presets.*"));
+    assert_eq!(
+        l.notices[16],
+        "o3_ai_config.yaml:112: learning_system.auto_improvement: ignored (adaptive_search_params, range_expansion, test_prioritization); o3's search always adapts to measured results and earlier runs (learning.*); there is nothing to switch on"
+    );
+}
+
+#[test]
+fn every_legacy_key_is_mapped_or_named_once() {
+    for name in [
+        "legacy-full.yaml",
+        "legacy_o3_ai_config.yaml",
+        "legacy_high_context.yaml",
+        "legacy_unknown_key.yaml",
+    ] {
+        let text = fixture(name);
+        let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let named = legacy::ignored(&value);
+        let mut leaves = Vec::new();
+        doc_leaves(&value, "", &mut leaves);
+        for leaf in &leaves {
+            let covering: Vec<_> = named.iter().filter(|(k, _)| under(leaf, k)).collect();
+            let mapped = legacy::current_name(leaf).is_some();
+            let want = usize::from(!mapped);
+            assert_eq!(covering.len(), want, "{name}: {leaf}: {covering:?}");
+        }
+        // Every notice names keys of the file, and the notices are the ignored keys plus the
+        // probe's.
+        for (k, _) in &named {
+            assert!(leaves.iter().any(|l| under(l, k)), "{name}: {k}");
+        }
+        let l = parse(&text, name).unwrap();
+        let probe = l
+            .notices
+            .iter()
+            .filter(|n| n.contains("initial_context_probe"))
+            .count();
+        assert_eq!(l.notices.len(), named.len() + probe, "{name}");
+    }
+}
+
+#[test]
+fn the_current_layout_still_refuses_unknown_keys() {
+    // The legacy tool's names are unknown keys in the current layout.
+    assert_eq!(
+        err("search:\n  initial_context: 16384\n  binary_search_factor: 1.3\n").to_string(),
+        "t.yaml:3: search.binary_search_factor: unknown key; known keys here: initial_context, granularity, min_context, max_context, max_iterations, load_only"
+    );
+    assert_eq!(
+        err("learning:\n  enabled: true\n").to_string(),
+        "t.yaml:2: learning.enabled: unknown key; known keys here: store_results, reuse_learned_configs, predict, max_age_days, min_p_success, exploration_probes, db"
+    );
 }
