@@ -43,10 +43,23 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         .unwrap();
     let s: Value = last_json(&out);
     assert_eq!(out.status.code(), Some(0), "{s}");
-    // The tiny model loads at every context of 512..4096 on this machine: the search ends at
-    // the top of the range, within its probe bound, and validation confirms it.
+    // The tiny model loads at every context of 512..4096 on any machine: the search ends at
+    // the top of the range, within its probe bound. Validation confirms it, unless the machine
+    // is so busy that the rates vary beyond validation.max_cv (timing, not the model): then it
+    // steps down, and the failed proof says so.
     let c = &s["context"];
-    assert_eq!(c["validated"], 4096, "{c}");
+    assert_eq!(c["max_passing"], 4096, "{c}");
+    let v = c["validated"].as_u64().unwrap_or_else(|| panic!("{c}"));
+    assert!((512..=4096).contains(&v), "{c}");
+    if v < 4096 {
+        let proofs = c["proofs"].as_array().unwrap();
+        assert!(
+            proofs
+                .iter()
+                .any(|p| p["ctx"] == 4096 && p["passed"] == false),
+            "{c}"
+        );
+    }
     let probes = c["probes"].as_array().unwrap();
     assert!(probes.len() as u64 <= c["probe_bound"].as_u64().unwrap());
     assert!(probes.iter().all(|p| p["passed"] == true));
@@ -56,10 +69,10 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["config"]["ctx"] == 4096 && m["stage"] == "validate")
+        .find(|m| m["config"]["ctx"] == v && m["stage"] == "validate")
         .unwrap();
     let pt = top["prompt_tokens"].as_u64().unwrap() as f64;
-    let target = (4096.0f64 * 0.9).floor() - 16.0;
+    let target = (v as f64 * 0.9).floor() - 16.0;
     assert!(
         (pt / target - 1.0).abs() <= 0.01,
         "prompt tokens {pt} vs {target}"
@@ -73,7 +86,7 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     let proof: Value = journal
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|j| j["request"]["stage"] == "validate" && j["request"]["config"]["ctx"] == 4096)
+        .find(|j| j["request"]["stage"] == "validate" && j["request"]["config"]["ctx"] == v)
         .unwrap();
     let samples = proof["raw"]["samples"].as_array().unwrap();
     assert_eq!(samples[0]["kind"], "fill");
@@ -87,13 +100,22 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         assert!(hit >= 0.9 * all, "cache_n {hit} of {all}: {x}");
         assert_eq!(x["prefix_hit"], true);
     }
-    // Presets: each from a stable configuration, meeting its category.
+    // Presets: each from a stable configuration, meeting its category; a category no stable
+    // configuration meets (a busy machine can make a context's rates vary too much) has none,
+    // and says so.
     let presets = s["presets"].as_array().unwrap();
     assert_eq!(presets.len(), 3);
+    assert!(presets
+        .iter()
+        .any(|p| p["name"] == "max_context" && p["config"].is_object()));
     for p in presets {
-        let ctx = p["config"]["ctx"].as_u64().unwrap_or_else(|| panic!("{p}"));
+        let Some(ctx) = p["config"]["ctx"].as_u64() else {
+            let why = p["why"].as_str().unwrap();
+            assert!(why.starts_with("no stable configuration meets"), "{p}");
+            continue;
+        };
         match p["name"].as_str().unwrap() {
-            "max_context" => assert_eq!(ctx, 4096),
+            "max_context" => assert_eq!(ctx, v),
             "balanced" => assert!((1024..=2048).contains(&ctx)),
             "fast_response" => assert!(ctx >= 512),
             n => panic!("unexpected preset {n}"),
@@ -115,8 +137,13 @@ fn a_short_optimization_produces_presets_and_artefacts() {
             assert!(words.contains(&pinned), "{pinned} not pinned: {cmd}");
         }
         let sh = run.join(format!("artefacts/{}.sh", p["name"].as_str().unwrap()));
-        assert!(std::fs::read_to_string(&sh).unwrap().contains(cmd));
+        let script = std::fs::read_to_string(&sh).unwrap();
+        assert!(
+            script.contains(&cmd.replacen(" --port 8080", " --port \"${PORT:-8080}\"", 1)),
+            "{script}"
+        );
     }
+    reproduce_presets(&run, &s);
     // Peaks of the server tree were measured (exactly, with eBPF, when root).
     let rss = s["peaks"]["rss_peak_bytes"].as_u64().unwrap();
     assert!(rss > 8 << 20, "server RSS peak {rss}");
@@ -136,6 +163,94 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     let yaml = std::fs::read_to_string(run.join("presets.yaml")).unwrap();
     assert!(yaml.contains("max_context:") && yaml.contains("fast_response:"));
     assert_no_server_left(&bin);
+}
+
+/// One HTTP/1.1 exchange on 127.0.0.1:`port` (the tests need no HTTP client beyond this):
+/// the status code and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .ok()?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Each preset's start script, run exactly as written (on a free port through `$PORT`), serves
+/// one request filled to the preset's depth with the server's peak RSS (the kernel's VmHWM)
+/// within 5 % of what the probe measured for that configuration.
+fn reproduce_presets(run: &Path, s: &Value) {
+    for p in s["presets"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let Some(chosen) = p["chosen"].as_str() else {
+            continue;
+        };
+        let m = s["configurations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == chosen)
+            .unwrap_or_else(|| panic!("{chosen} not among the configurations"));
+        let measured = m["rss_peak_bytes"].as_f64().unwrap();
+        let tokens = m["prompt_tokens"].as_u64().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new(run.join(format!("artefacts/{name}.sh")))
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while http(port, "GET", "/health", "").map(|r| r.0) != Some(200) {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "{name}: the server never became ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A prompt of exactly the measured depth: one token id repeated.
+        let (_, tok) = http(port, "POST", "/tokenize", r#"{"content": "the"}"#).unwrap();
+        let id = serde_json::from_str::<Value>(&tok).unwrap()["tokens"][0].clone();
+        // The probe's sequence: a short warm-up, then the filled prompt once per sample (the
+        // server reuses its prefix after the first, as in the probe).
+        let short = serde_json::json!({"prompt": "the", "n_predict": 4}).to_string();
+        assert_eq!(http(port, "POST", "/completion", &short).unwrap().0, 200);
+        let prompt = vec![id; tokens as usize];
+        let body = serde_json::json!({"prompt": prompt, "n_predict": 16}).to_string();
+        let samples = m["validation"]["n"].as_u64().unwrap_or(1).max(1);
+        for _ in 0..samples {
+            let (status, answer) = http(port, "POST", "/completion", &body).unwrap();
+            assert_eq!(status, 200, "{name}: {answer}");
+        }
+        let hwm = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap()
+            * 1024.0;
+        server.kill().unwrap();
+        server.wait().unwrap();
+        assert!(
+            (hwm / measured - 1.0).abs() <= 0.05,
+            "{name}: the preset's command peaks at {hwm} B, the probe measured {measured} B \
+             ({samples} filled requests of {tokens} tokens; {m})"
+        );
+    }
 }
 
 /// No llama-server o3 started outlives it.

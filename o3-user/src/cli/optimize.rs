@@ -1218,10 +1218,11 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             )?;
         }
         if let Some(c) = &art.command_line {
-            write_file(
-                &adir.join(format!("{}.sh", p.preset.name)),
-                format!("#!/bin/sh\nexec {c}\n").as_bytes(),
-            )?;
+            let sh = adir.join(format!("{}.sh", p.preset.name));
+            write_file(&sh, preset_script(p.preset.name, c).as_bytes())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| io_err("make executable", &sh, e))?;
         }
     }
     print_table(&summary);
@@ -1237,6 +1238,16 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         return Ok(130);
     }
     Ok(0)
+}
+
+/// A preset's start script: the command measured, with the port (8080 in the command) taken
+/// from `$PORT` when set, so a second server can start beside the first.
+fn preset_script(name: &str, command: &str) -> String {
+    let command = command.replacen(" --port 8080", " --port \"${PORT:-8080}\"", 1);
+    format!(
+        "#!/bin/sh\n# o3 preset {name}: the server command as measured (every flag that changes \
+         memory or speed pinned); PORT overrides the port.\nexec {command}\n"
+    )
 }
 
 fn presets_yaml(s: &Summary) -> String {
