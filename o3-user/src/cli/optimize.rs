@@ -21,7 +21,7 @@ use crate::optimize::prober::{ProbeOutcome, ProbeRequest, Prober};
 use crate::optimize::prune::{self, Chance, Pruned};
 use crate::optimize::search::{self, Eta, Inputs, Observer, Report};
 use crate::optimize::sim::{Sim, SimModel};
-use crate::optimize::{artefacts, plan, presets};
+use crate::optimize::{artefacts, heat, plan, presets};
 use crate::probe::BackendSpec;
 
 use super::probe::{backend_spec, BackendArg, BackendFlags};
@@ -1048,9 +1048,22 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         capacity: runfile.capacity_bytes,
     });
     let never = NeverSkip;
+    // A temperature or CPU breach is waited out (a stop request ends the wait) and retried
+    // once; a second one stops the run, resumably.
+    let stop = match &prober {
+        Any::Live(l) => l.stop.clone(),
+        Any::Sim(_) => std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let machine = heat::Machine::new(
+        roots.procfs_root.clone(),
+        roots.sysfs_root.clone(),
+        roots.dev_root.clone(),
+        cfg.safety.thresholds(),
+    );
     let mut retried = crate::optimize::retry::Retried::new(&mut prober);
+    let mut cooled = heat::Cooled::new(&mut retried, machine).with_sleep(heat::sleep_unless(stop));
     let mut pruned = Pruned::new(
-        &mut retried,
+        &mut cooled,
         chance
             .as_ref()
             .map_or(&never as &dyn Chance, |c| c as &dyn Chance),
@@ -1069,7 +1082,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 .map_err(|e| e.to_string())
         }));
     }
-    let report: Report = search::run(&inputs, &mut jp, &mut progress);
+    let mut report: Report = search::run(&inputs, &mut jp, &mut progress);
     let (ran, replayed, jerr) = (jp.ran, jp.replayed, jp.error.take());
     drop(jp);
     let (skips, explored) = (
@@ -1077,6 +1090,8 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         std::mem::take(&mut pruned.explored),
     );
     drop(pruned);
+    let heat_stop = cooled.stopped.take();
+    drop(cooled);
     if let (Some(st), Some(r)) = (&store, &runfile.store) {
         for k in &skips {
             st.add_skip(r.run_id, &k.config, k.p_success, &k.basis)
@@ -1088,6 +1103,10 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     }
     if let Some(e) = jerr {
         return Err((e.into(), 1));
+    }
+    if let Some(why) = heat_stop {
+        eprintln!("o3: {why}");
+        report.notes.push(why);
     }
     let interrupted = report.interrupted;
 
