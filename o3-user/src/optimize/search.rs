@@ -502,39 +502,27 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
         };
         let out = self.ask(req)?;
         let c = self.cfg();
-        let mut validation = stats::validate(
+        // Timeouts among simultaneous streams are judged by their allowance (a single stream
+        // has none); the steadiness of simultaneous streams is that of each round's aggregate
+        // throughput (see `stats::validate`).
+        let validation = stats::validate(
             &out.observations,
-            c.validation.min_success_rate,
-            c.validation.max_cv,
+            out.timeouts,
+            (concurrency > 1).then_some(out.round_tokens_per_s.as_slice()),
+            &stats::Criteria {
+                min_success_rate: c.validation.min_success_rate,
+                max_cv: c.validation.max_cv,
+                max_timeouts: if concurrency > 1 {
+                    c.concurrency.max_timeouts
+                } else {
+                    0
+                },
+            },
         );
-        if concurrency > 1 {
-            // Simultaneous streams start together and overlap only partly, so per-request
-            // TTFT and decode rates spread by design; what must be steady is the aggregate
-            // throughput of each round, next to the success rate.
-            validation.reasons.retain(|r| {
-                r.starts_with("success rate")
-                    || r.starts_with("all ")
-                    || r.starts_with("no requests")
-            });
-            if let Some(d) = stats::describe(&out.round_tokens_per_s) {
-                if d.n >= 2 && d.cv > c.validation.max_cv {
-                    validation.reasons.push(format!(
-                        "aggregate decode throughput varies too much between rounds: CV {:.3} > {:.3}",
-                        d.cv, c.validation.max_cv
-                    ));
-                }
-            }
-            validation.stable = validation.reasons.is_empty();
-        }
-        let allowed = if concurrency > 1 {
-            c.concurrency.max_timeouts
-        } else {
-            0
-        };
-        // Timeouts among concurrent streams are judged by the allowance; anything else failing
-        // (a crash, a breach) makes the configuration unusable.
+        // Anything but timeouts among concurrent streams ending the probe (a crash, a breach,
+        // an error) makes the configuration unusable.
         let clean = out.passed() || (out.outcome == OutcomeClass::Timeout && concurrency > 1);
-        let stable = validation.stable && clean && out.timeouts <= allowed;
+        let stable = validation.stable && clean;
         let fill_ok = out.observations.iter().any(|o| o.ok && !o.cached);
         let proven_at_depth = match depth {
             Depth::Filled { tokens } => fill_ok && tokens >= c.prompt.depth_tokens(config.ctx),

@@ -988,23 +988,28 @@ fn statistics(d: &mut Doc, s: &Value) {
         return;
     };
     d.h2("Statistics per configuration");
-    d.para("n samples per configuration; success rate with its Wilson 95 % lower bound; means with t-based 95 % intervals after MAD outlier removal; CV = stddev / mean. TTFT of the requests that read their whole prompt (the fill) and of those that reused the filled prefix are apart; prompt tokens say whether the configuration's context was proven filled to depth.");
+    d.para("n requests per configuration. Stable means: at least one success, timeouts within concurrency.max_timeouts (none for one stream), success rate ≥ validation.min_success_rate over the requests that did not time out, and every CV judged ≤ validation.max_cv: TTFT and decode rate for one stream, the aggregate throughput of each round for simultaneous streams. The success column gives successes of the requests judged, timeouts apart, and the Wilson 95 % lower bound of the rate (reported, not deciding; marked \"< min\" where n is too small to show the minimum). Rates are geometric means with 95 % intervals from Student's t on the logarithms (never below 0), after MAD outlier removal; CVs (stddev / mean) carry Vangel's 95 % interval. TTFT of the requests that read their whole prompt (the fill) and of those that reused the filled prefix are apart; prompt tokens say whether the configuration's context was proven filled to depth.");
     let ci = |m: &Value| -> String {
         if m.is_null() {
             return "–".into();
         }
-        format!(
-            "{:.1} [{:.1}, {:.1}]",
-            m["mean"].as_f64().unwrap_or(f64::NAN),
-            m["ci95_low"].as_f64().unwrap_or(f64::NAN),
-            m["ci95_high"].as_f64().unwrap_or(f64::NAN)
-        )
+        match (
+            m["gmean"].as_f64(),
+            m["gmean_ci95_low"].as_f64(),
+            m["gmean_ci95_high"].as_f64(),
+        ) {
+            (Some(g), Some(lo), Some(hi)) => format!("{g:.1} [{lo:.1}, {hi:.1}]"),
+            (Some(g), _, _) => format!("{g:.1}"),
+            // A summary of an earlier version (arithmetic mean only), or values ≤ 0.
+            _ => f1(m["mean"].as_f64()),
+        }
     };
     let rows = cs
         .iter()
         .map(|c| {
             let v = &c["validation"];
             let dec = &v["decode_tokens_per_s"];
+            let failed_probe = !matches!(c["outcome"].as_str(), Some("ok" | "timeout") | None);
             vec![
                 str_of(&c["id"]),
                 str_of(&c["stage"]),
@@ -1012,27 +1017,22 @@ fn statistics(d: &mut Doc, s: &Value) {
                 if c["stable"].as_bool() == Some(true) {
                     "yes".into()
                 } else {
-                    let why: Vec<String> = v["reasons"]
+                    let mut why: Vec<String> = v["reasons"]
                         .as_array()
                         .map(|r| r.iter().map(str_of).collect())
                         .unwrap_or_default();
-                    format!(
-                        "no ({})",
-                        if why.is_empty() {
-                            str_of(&c["outcome"])
-                        } else {
-                            why.join("; ")
+                    if failed_probe || why.is_empty() {
+                        let mut o = str_of(&c["outcome"]);
+                        if let Some(e) = c["error"].as_str() {
+                            o = format!("{o}: {e}");
                         }
-                    )
+                        why.insert(0, o);
+                    }
+                    format!("no ({})", why.join("; "))
                 },
-                format!(
-                    "{}/{} (≥ {:.2})",
-                    str_of(&v["successes"]),
-                    str_of(&v["n"]),
-                    v["success_rate_wilson_low"].as_f64().unwrap_or(0.0)
-                ),
+                successes_cell(v),
                 ci(dec),
-                dec["cv"].as_f64().map_or("–".into(), |x| format!("{x:.3}")),
+                cv_checks_cell(v),
                 ci(&v["prefill_tokens_per_s"]),
                 format!(
                     "{} / {}",
@@ -1069,10 +1069,10 @@ fn statistics(d: &mut Doc, s: &Value) {
             "stage",
             "streams",
             "stable",
-            "successes (Wilson low)",
-            "decode tok/s mean [95 % CI]",
-            "decode CV",
-            "prefill tok/s mean [95 % CI]",
+            "successes (Wilson 95 % low)",
+            "decode tok/s geo. mean [95 % CI]",
+            "CV judged [95 % CI] vs max",
+            "prefill tok/s geo. mean [95 % CI]",
             "TTFT p50 / p95 ms (whole prompt)",
             "TTFT p50 ms (cached prefix)",
             "prompt tokens",
@@ -1081,6 +1081,71 @@ fn statistics(d: &mut Doc, s: &Value) {
         ],
         rows,
     );
+}
+
+/// `5/6 + 2 timeouts (≥ 0.57 < min)`: successes of the requests judged by the success rate,
+/// timeouts apart, and the Wilson 95 % lower bound, marked where it is under the minimum.
+fn successes_cell(v: &Value) -> String {
+    let n = v["n"].as_u64().unwrap_or(0);
+    let t = v["timeouts"].as_u64().unwrap_or(0);
+    let low = v["success_rate_wilson_low"].as_f64().unwrap_or(0.0);
+    let timeouts = match t {
+        0 => String::new(),
+        t => format!(" + {t} timeout{}", if t == 1 { "" } else { "s" }),
+    };
+    let under = match v["min_success_rate"].as_f64() {
+        Some(m) if low < m => " < min",
+        _ => "",
+    };
+    format!(
+        "{}/{}{timeouts} (≥ {low:.2}{under})",
+        str_of(&v["successes"]),
+        n.saturating_sub(t)
+    )
+}
+
+/// The CVs the verdict judged, each with its interval and the maximum: `decode 0.041 [0.025,
+/// 0.118] ≤ 0.15`; the same numbers as the verdict, from `validation.cv_checks`.
+fn cv_checks_cell(v: &Value) -> String {
+    let Some(checks) = v["cv_checks"].as_array() else {
+        // A summary of an earlier version: the per-request decode CV, not necessarily judged.
+        return v["decode_tokens_per_s"]["cv"]
+            .as_f64()
+            .map_or("–".into(), |x| format!("decode {x:.3}"));
+    };
+    if checks.is_empty() {
+        return if v["successes"].as_u64().unwrap_or(0) > 0 {
+            "– (fewer than 2 values)".into()
+        } else {
+            "–".into()
+        };
+    }
+    checks
+        .iter()
+        .map(|c| {
+            let name = match c["metric"].as_str() {
+                Some("ttft_ms") => "TTFT",
+                Some("cached_ttft_ms") => "cached TTFT",
+                Some("decode_tokens_per_s") => "decode",
+                Some("round_tokens_per_s") => "round tok/s",
+                _ => "?",
+            };
+            let cv = c["cv"].as_f64().unwrap_or(f64::NAN);
+            let max = c["max_cv"].as_f64().unwrap_or(f64::NAN);
+            let interval = match (c["cv_ci95_low"].as_f64(), c["cv_ci95_high"].as_f64()) {
+                (Some(lo), Some(hi)) => format!(" [{lo:.3}, {hi:.3}]"),
+                (Some(lo), None) => format!(" [{lo:.3}, ∞)"),
+                _ => String::new(),
+            };
+            let op = if c["passed"].as_bool() == Some(true) {
+                "≤"
+            } else {
+                ">"
+            };
+            format!("{name} {cv:.3}{interval} {op} {max:.2}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn learning(d: &mut Doc, run: &Run, s: &Value) {
@@ -1467,5 +1532,82 @@ mod tests {
         assert!(md.contains("## Problems reading the run\n\n- no summary.json: cut"));
         assert_eq!(d.plots().count(), 0);
         super::super::doc::html(&d);
+    }
+
+    #[test]
+    fn statistics_show_the_numbers_the_verdict_used() {
+        use crate::optimize::stats::{validate, Criteria};
+        let ok = |decode: f64| Observation {
+            ok: true,
+            ttft_ms: Some(1000.0),
+            prefill_tokens_per_s: Some(500.0),
+            decode_tokens_per_s: Some(decode),
+            cached: false,
+        };
+        // 4 simultaneous streams: per-request decode CV 0.77, steady rounds, 2 timeouts of 8.
+        let mut obs: Vec<Observation> = [4.0, 30.0, 5.0, 1.0, 29.0, 6.0, 30.0, 1.0]
+            .into_iter()
+            .map(ok)
+            .collect();
+        obs[3] = Observation::default();
+        obs[7] = Observation::default();
+        let k = Criteria {
+            min_success_rate: 0.85,
+            max_cv: 0.5,
+            max_timeouts: 2,
+        };
+        let v = validate(&obs, 2, Some(&[39.0, 40.0]), &k);
+        assert!(v.stable && v.decode_tokens_per_s.as_ref().unwrap().cv > 0.7);
+        let noisy = validate(&obs, 2, Some(&[10.0, 40.0]), &k);
+        let s = json!({"configurations": [
+            {"id": "c4096-b64-p4", "stage": "concurrency", "concurrency": 4, "stable": true,
+             "outcome": "timeout", "validation": v},
+            {"id": "c8192-b64-p4", "stage": "concurrency", "concurrency": 4, "stable": false,
+             "outcome": "timeout", "validation": noisy},
+            {"id": "c16384-b64-p1", "stage": "validate", "concurrency": 1, "stable": false,
+             "outcome": "oom", "error": "out of memory at depth",
+             "validation": validate(&obs[3..4], 0, None, &k)},
+        ]});
+        let mut d = Doc::default();
+        statistics(&mut d, &s);
+        let Some(super::super::doc::Block::Table(head, rows)) = d.blocks.last() else {
+            panic!("no table");
+        };
+        let col = |name: &str| head.iter().position(|h| h.starts_with(name)).unwrap();
+        let (st, su, cv, dec) = (
+            col("stable"),
+            col("successes"),
+            col("CV judged"),
+            col("decode tok/s"),
+        );
+        assert_eq!(rows[0][st], "yes");
+        // Successes of the 6 judged, timeouts apart; 6/6 has a Wilson bound of 0.61 < 0.85.
+        assert_eq!(rows[0][su], "6/6 + 2 timeouts (≥ 0.61 < min)");
+        // The CV shown is the one judged (the rounds'), not the per-request decode CV.
+        assert!(
+            rows[0][cv] == "round tok/s 0.018 [0.008, 0.571] ≤ 0.50",
+            "{}",
+            rows[0][cv]
+        );
+        assert!(rows[1][cv].starts_with("round tok/s 0.849 [") && rows[1][cv].ends_with("> 0.50"));
+        assert!(rows[1][st].starts_with("no (aggregate decode throughput per round varies"));
+        // A probe that failed says how, before the statistics' reasons.
+        assert_eq!(
+            rows[2][st],
+            "no (oom: out of memory at depth; all 1 requests failed)"
+        );
+        assert_eq!(
+            (rows[2][su].as_str(), rows[2][cv].as_str()),
+            ("0/1 (≥ 0.00 < min)", "–")
+        );
+        // A geometric mean with a positive interval, though the spread is wide.
+        let low: f64 = rows[0][dec]
+            .split(['[', ','])
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(low > 0.0, "{}", rows[0][dec]);
     }
 }
