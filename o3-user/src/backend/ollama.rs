@@ -58,6 +58,18 @@ pub fn generate_request(
     })
 }
 
+/// The configuration a server o3 starts itself runs with, every setting that changes memory or
+/// speed explicit: one slot unless more are asked (Ollama's default is "auto", 1 or 4 by
+/// memory), an f16 KV cache unless another is asked (its default, written down).
+pub fn pinned(cfg: &ProbeConfig) -> ProbeConfig {
+    let mut c = cfg.clone();
+    c.parallel.get_or_insert(1);
+    if c.cache_type_k.is_none() && c.cache_type_v.is_none() {
+        c.cache_type_k = Some("f16".to_string());
+    }
+    c
+}
+
 /// Fields of `cfg` that are set but that Ollama cannot apply per request, by field name.
 ///
 /// With `managed` (o3 starts the server itself) parallel slots, flash attention and the KV
@@ -142,6 +154,8 @@ pub fn server_env(
         env.push(("OLLAMA_CONTEXT_LENGTH".to_string(), cfg.ctx.to_string()));
     }
     env.push(("OLLAMA_KEEP_ALIVE".to_string(), KEEP_ALIVE.to_string()));
+    // One model in memory: the one measured (another loaded beside it would share the GPU).
+    env.push(("OLLAMA_MAX_LOADED_MODELS".to_string(), "1".to_string()));
     env.push(("OLLAMA_HOST".to_string(), host.to_string()));
     Ok(env)
 }
@@ -1042,5 +1056,40 @@ mod tests {
         assert_eq!(tag_size("not json", "x"), None);
         assert_eq!(canonical("ns/model"), "ns/model:latest");
         assert_eq!(canonical("host:5000/ns/model"), "host:5000/ns/model:latest");
+    }
+
+    #[test]
+    fn a_managed_server_runs_pinned() {
+        let c = ProbeConfig {
+            ctx: 8192,
+            ..ProbeConfig::default()
+        };
+        let p = pinned(&c);
+        assert_eq!(p.parallel, Some(1));
+        assert_eq!(p.cache_type_k.as_deref(), Some("f16"));
+        let env = server_env(&p, "127.0.0.1:1").unwrap();
+        for want in [
+            ("OLLAMA_NUM_PARALLEL", "1"),
+            ("OLLAMA_KV_CACHE_TYPE", "f16"),
+            ("OLLAMA_CONTEXT_LENGTH", "8192"),
+            ("OLLAMA_MAX_LOADED_MODELS", "1"),
+        ] {
+            assert!(
+                env.iter().any(|(k, v)| (k.as_str(), v.as_str()) == want),
+                "{want:?} in {env:?}"
+            );
+        }
+        // What is asked stays as asked.
+        let asked = ProbeConfig {
+            parallel: Some(3),
+            flash_attn: Some(true),
+            cache_type_v: Some("q8_0".into()),
+            ..c
+        };
+        let p = pinned(&asked);
+        assert_eq!(
+            (p.parallel, p.cache_type_k, p.cache_type_v.as_deref()),
+            (Some(3), None, Some("q8_0"))
+        );
     }
 }

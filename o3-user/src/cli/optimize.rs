@@ -625,6 +625,13 @@ struct PeaksOut {
 
 fn artefacts_for(backend: Option<&BackendSpec>, cfg: &ProbeConfig) -> Option<artefacts::Artefacts> {
     match backend? {
+        // A server o3 started ran pinned (one slot, f16 cache unless asked): so do its
+        // artefacts. A server o3 reached at --url ran as its owner set it up.
+        BackendSpec::Ollama {
+            model,
+            serve: Some(_),
+            ..
+        } => artefacts::ollama(model, &crate::backend::ollama::pinned(cfg)).ok(),
         BackendSpec::Ollama { model, .. } => artefacts::ollama(model, cfg).ok(),
         BackendSpec::LlamaServer { bin, model, flags } => {
             artefacts::llama_server(bin, flags, Path::new(model), cfg, "127.0.0.1", 8080).ok()

@@ -124,7 +124,8 @@ pub(super) fn start(
                 None => (None, url.trim_end_matches('/').to_string()),
                 Some(argv) => {
                     let host = format!("127.0.0.1:{port}");
-                    let env = ollama::server_env(cfg, &host).map_err(|e| e.to_string())?;
+                    let env = ollama::server_env(&ollama::pinned(cfg), &host)
+                        .map_err(|e| e.to_string())?;
                     (
                         Some(launch(argv, port, &env, ebpf)?),
                         format!("http://{host}"),
