@@ -571,7 +571,8 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
             );
         }
         let mut r = m.validation.reasons.clone();
-        if m.timeouts > 0 {
+        // The verdict's reasons count timeouts themselves where they decided it.
+        if m.timeouts > 0 && !r.iter().any(|x| x.contains("timeout")) {
             r.push(format!("{} timeouts", m.timeouts));
         }
         r.join("; ")
