@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::backend::ProbeConfig;
 use crate::config::Presets as PresetConfig;
 
+use super::prober::Stage;
 use super::search::Measured;
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +94,13 @@ pub fn choose(measured: &[Measured], cfg: &PresetConfig) -> Vec<Preset> {
         None
     };
 
+    // The batch the largest context was proven with: the one the batch stage kept (or the
+    // largest that loads there); a preset at another batch says why.
+    let proven_batch = pool
+        .iter()
+        .filter(|m| m.stage == Stage::Validate)
+        .max_by_key(|m| m.config.ctx)
+        .map(|m| (m.config.ctx, m.config.batch));
     let mut contexts: Vec<u32> = pool.iter().map(|m| m.config.ctx).collect();
     contexts.sort_unstable();
     let mut out = Vec::new();
@@ -218,7 +226,202 @@ pub fn choose(measured: &[Measured], cfg: &PresetConfig) -> Vec<Preset> {
             p.why
                 .push_str(&format!("; excluded by the SLOs: {}", rejected.join(", ")));
         }
+        if let Some((ctx, b)) = proven_batch.filter(|(_, b)| *b != best.config.batch) {
+            let show = |b: Option<u32>| b.map_or("the server's default".into(), |b| b.to_string());
+            p.why.push_str(&format!(
+                "; batch {} as measured by the {} stage, not the batch {} the maximum (ctx {ctx}) \
+                 was proven with",
+                show(best.config.batch),
+                best.stage.name(),
+                show(b)
+            ));
+        }
         out.push(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::OutcomeClass;
+    use crate::optimize::prober::Depth;
+    use crate::optimize::stats::{self, Criteria, Observation};
+
+    /// A stable configuration filled to its depth, with its decode rate and TTFT p95.
+    fn m(stage: Stage, ctx: u32, batch: u32, tok_s: f64, ttft_ms: f64) -> Measured {
+        let obs: Vec<Observation> = (0..3)
+            .map(|_| Observation {
+                ok: true,
+                ttft_ms: Some(ttft_ms),
+                prefill_tokens_per_s: Some(1000.0),
+                decode_tokens_per_s: Some(tok_s),
+                cached: false,
+            })
+            .collect();
+        let k = Criteria {
+            min_success_rate: 0.85,
+            max_cv: 0.5,
+            max_timeouts: 0,
+        };
+        Measured {
+            id: format!("c{ctx}-b{batch}-p1"),
+            stage,
+            config: ProbeConfig {
+                ctx,
+                batch: Some(batch),
+                ..ProbeConfig::default()
+            },
+            depth: Depth::Filled {
+                tokens: ctx * 9 / 10,
+            },
+            concurrency: 1,
+            outcome: OutcomeClass::Ok,
+            error: None,
+            stable: true,
+            proven_at_depth: true,
+            loaded: true,
+            fill_ok: true,
+            validation: stats::validate(&obs, 0, None, &k),
+            timeouts: 0,
+            output_tokens_per_s: Some(tok_s),
+            ttft_p50_ms: Some(ttft_ms),
+            ttft_p95_ms: Some(ttft_ms),
+            cached_ttft_p50_ms: None,
+            prompt_tokens: Some(u64::from(ctx) * 9 / 10),
+            prefix_reuse: Some(true),
+            rss_peak_bytes: None,
+            rss_method: "ebpf".into(),
+            mem_used_peak_bytes: None,
+            gpu_used_peak_bytes: None,
+            wall_s: 1.0,
+        }
+    }
+
+    fn cfg() -> PresetConfig {
+        PresetConfig::default()
+    }
+
+    fn by_name<'a>(p: &'a [Preset], name: &str) -> &'a Preset {
+        p.iter().find(|x| x.name == name).unwrap()
+    }
+
+    #[test]
+    fn weights_decide_between_throughput_and_ttft() {
+        // Same context range: one faster at decoding, one quicker to answer.
+        let pool = [
+            m(Stage::Validate, 32768, 512, 40.0, 9000.0),
+            m(Stage::Validate, 8192, 512, 50.0, 2000.0),
+            m(Stage::Validate, 4096, 512, 30.0, 500.0),
+        ];
+        let mut c = cfg();
+        c.fast_response.target_context_min = 4096;
+        c.fast_response.throughput_weight = 0.0;
+        c.fast_response.ttft_weight = 1.0;
+        let p = choose(&pool, &c);
+        assert_eq!(
+            by_name(&p, "fast_response").chosen.as_deref(),
+            Some("c4096-b512-p1")
+        );
+        c.fast_response.throughput_weight = 1.0;
+        c.fast_response.ttft_weight = 0.0;
+        let p = choose(&pool, &c);
+        assert_eq!(
+            by_name(&p, "fast_response").chosen.as_deref(),
+            Some("c8192-b512-p1")
+        );
+        // max_context only among the largest contexts (the default percentile).
+        assert_eq!(
+            by_name(&p, "max_context").chosen.as_deref(),
+            Some("c32768-b512-p1")
+        );
+    }
+
+    #[test]
+    fn slos_exclude_and_say_which() {
+        let pool = [
+            m(Stage::Validate, 8192, 512, 50.0, 2000.0),
+            m(Stage::Validate, 4096, 512, 30.0, 500.0),
+        ];
+        let mut c = cfg();
+        c.fast_response.target_context_min = 4096;
+        c.slo.ttft_p95_ms = Some(1000.0);
+        let p = choose(&pool, &c);
+        let f = by_name(&p, "fast_response");
+        assert_eq!(f.chosen.as_deref(), Some("c4096-b512-p1"));
+        assert!(
+            f.why
+                .contains("excluded by the SLOs: c8192-b512-p1 (TTFT p95 2000 ms > 1000 ms)"),
+            "{}",
+            f.why
+        );
+        c.slo.min_decode_tokens_per_s = Some(100.0);
+        let p = choose(&pool, &c);
+        let f = by_name(&p, "fast_response");
+        assert!(f.chosen.is_none());
+        assert!(
+            f.why.starts_with("every candidate misses the SLOs"),
+            "{}",
+            f.why
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_larger_context_and_say_so() {
+        let pool = [
+            m(Stage::Validate, 4096, 512, 30.0, 500.0),
+            m(Stage::Validate, 8192, 512, 30.0, 500.0),
+        ];
+        let mut c = cfg();
+        c.fast_response.target_context_min = 4096;
+        let p = choose(&pool, &c);
+        let f = by_name(&p, "fast_response");
+        assert_eq!(f.chosen.as_deref(), Some("c8192-b512-p1"));
+        assert!(f.why.contains("tied with c4096-b512-p1"), "{}", f.why);
+    }
+
+    #[test]
+    fn empty_categories_say_why() {
+        let p = choose(&[], &cfg());
+        assert!(p.iter().all(|x| x.chosen.is_none()));
+        assert!(p
+            .iter()
+            .all(|x| x.why == "no configuration passed statistical validation"));
+        let pool = [m(Stage::Validate, 65536, 512, 30.0, 500.0)];
+        let mut c = cfg();
+        c.balanced.target_context_range = [4096, 16384];
+        let b = choose(&pool, &c);
+        let b = by_name(&b, "balanced");
+        assert!(b.chosen.is_none());
+        assert_eq!(
+            b.why,
+            "no stable configuration meets context in 4096..16384 (stable contexts: 65536)"
+        );
+        // Unstable or unfilled measurements are never candidates.
+        let mut shaky = m(Stage::Validate, 8192, 512, 90.0, 100.0);
+        shaky.stable = false;
+        let mut ranking = m(Stage::Batch, 8192, 1024, 99.0, 50.0);
+        ranking.depth = Depth::Fresh { tokens: 2048 };
+        let p = choose(&[shaky, ranking], &cfg());
+        assert!(p.iter().all(|x| x.chosen.is_none()));
+    }
+
+    #[test]
+    fn a_preset_at_another_batch_than_the_proof_says_so() {
+        let pool = [
+            m(Stage::Validate, 32768, 512, 40.0, 9000.0),
+            m(Stage::Verify, 8192, 1024, 60.0, 800.0),
+        ];
+        let mut c = cfg();
+        c.fast_response.target_context_min = 4096;
+        let p = choose(&pool, &c);
+        let f = by_name(&p, "fast_response");
+        assert_eq!(f.chosen.as_deref(), Some("c8192-b1024-p1"));
+        assert!(
+            f.why.contains("batch 1024 as measured by the verify stage, not the batch 512 the maximum (ctx 32768) was proven with"),
+            "{}",
+            f.why
+        );
+        assert!(!by_name(&p, "max_context").why.contains("not the batch"));
+    }
 }
