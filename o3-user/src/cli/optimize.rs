@@ -1009,6 +1009,15 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             .map_err(|e| (e.into(), 1))?;
     }
 
+    // How busy the machine is from outside, before o3 starts measuring.
+    if matches!(prober, Any::Live(_)) && !a.quiet {
+        let window = std::time::Duration::from_secs(1);
+        let share = crate::optimize::noise::measure(Path::new("/proc"), window);
+        if let Some(w) = share.and_then(|s| crate::optimize::noise::warning(s, window)) {
+            eprintln!("o3: warning: {w}");
+        }
+    }
+
     // 4. Search, journaled.
     let jpath = dir.join("journal.jsonl");
     let mut journal = Journal::open(&jpath).map_err(|e| (e.into(), 1))?;
@@ -1099,6 +1108,12 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     drop(pruned);
     let heat_stop = cooled.stopped.take();
     drop(cooled);
+    drop(retried);
+    if let Any::Live(l) = &prober {
+        if let Some(n) = crate::optimize::noise::note(&l.busy) {
+            report.notes.push(n);
+        }
+    }
     if let (Some(st), Some(r)) = (&store, &runfile.store) {
         for k in &skips {
             st.add_skip(r.run_id, &k.config, k.p_success, &k.basis)

@@ -2,7 +2,7 @@
 //! o3 with that configuration, or reached where it runs), measured with a fresh eBPF session
 //! when the kernel allows it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,10 @@ use crate::timing::TimeModel;
 use super::journal::Raw;
 use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
 use super::stats::Observation;
+
+/// How long the machine's load from outside is measured before each probe: short beside a
+/// probe of the target machine (minutes), long enough to see a busy core.
+const BUSY_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct Live {
     pub backend: BackendSpec,
@@ -35,6 +39,8 @@ pub struct Live {
     pub trace_error: Option<String>,
     /// What the search knows of the server's speed: request deadlines come from it.
     model: Option<TimeModel>,
+    /// Other processes' share of the CPUs just before each probe (see `noise`).
+    pub busy: Vec<f64>,
 }
 
 impl Live {
@@ -51,6 +57,7 @@ impl Live {
             next_trace: 0,
             trace_error: None,
             model: None,
+            busy: Vec::new(),
         }
     }
 
@@ -214,6 +221,10 @@ impl Prober for Live {
             return None;
         }
         let spec = self.spec(req);
+        // No server of o3's runs now: what keeps the CPUs busy is someone else.
+        if let Some(share) = super::noise::measure(Path::new("/proc"), BUSY_WINDOW) {
+            self.busy.push(share);
+        }
         let mut loaded = if self.ebpf {
             match Loaded::load(&self.sysfs_root, 1 << 20) {
                 Ok(l) => Some(l),

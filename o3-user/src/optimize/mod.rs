@@ -6,6 +6,7 @@ pub mod heat;
 pub mod journal;
 pub mod learned;
 pub mod live;
+pub mod noise;
 pub mod plan;
 pub mod presets;
 pub mod prober;
