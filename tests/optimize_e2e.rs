@@ -335,8 +335,8 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
     );
 }
 
-/// The pid of the server `bin` that process `parent` started (not a `--version` query of the
-/// same binary), waiting up to 120 s for one.
+/// The pid of the server `bin` that process `parent` started (not a `--help` or `--version`
+/// query of the same binary), waiting up to 120 s for one.
 fn server_of(parent: u32, bin: &Path) -> u32 {
     let t0 = std::time::Instant::now();
     loop {
@@ -355,7 +355,7 @@ fn server_of(parent: u32, bin: &Path) -> u32 {
             let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
-            // A server listens (`--port`); o3 also runs the binary for its `--version`.
+            // A server listens (`--port`); o3 also runs the binary for its `--help` and `--version`.
             let serves = cmd.split(|&b| b == 0).any(|a| a == b"--port");
             if ppid == Some(parent)
                 && serves

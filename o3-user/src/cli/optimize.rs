@@ -178,6 +178,9 @@ struct RunFile {
     /// The results database and this run's ids in it (`None`: not stored).
     #[serde(default)]
     store: Option<StoreRef>,
+    /// What the server binary says of itself (`llama-server --version`), for the run header.
+    #[serde(default)]
+    server_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +285,24 @@ fn model_facts(t: &Target) -> (ModelShape, String) {
             (shape, digest)
         }
     }
+}
+
+/// `llama-server --version`'s version line (`version: 0.5.0-dev (build 1, commit 0c1e570)`),
+/// for llama-server targets.
+fn server_version(t: &Target) -> Option<String> {
+    if t.simulate.is_some() || t.backend != BackendArg::LlamaServer {
+        return None;
+    }
+    let out = std::process::Command::new(&t.server_bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("version:"))
+        .map(|v| format!("llama-server {}", v.trim()))
 }
 
 /// Starts the managed Ollama once, just to ask it about the model.
@@ -876,6 +897,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             check_model_file(&target)?;
             let opened = open_store(&a, &loaded.config)?;
             let (shape, model_digest) = model_facts(&target);
+            let server_version = server_version(&target);
             let (host, capacity_bytes) = host_facts(roots, &target);
             let mut rf = RunFile {
                 schema_version: SCHEMA_VERSION,
@@ -894,6 +916,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 gallop: false,
                 time_seed: Vec::new(),
                 store: None,
+                server_version,
             };
             std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
             learn_at_start(&a, &mut rf, &dir, opened)?;
@@ -910,6 +933,9 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
     if !a.quiet {
         for n in runfile.config_notices.iter().chain(&runfile.learning_notes) {
             eprintln!("o3: notice: {n}");
+        }
+        if let Some(v) = &runfile.server_version {
+            eprintln!("o3: notice: server: {v}");
         }
     }
     let store = match &runfile.store {

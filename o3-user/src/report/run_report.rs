@@ -159,6 +159,9 @@ fn overview(d: &mut Doc, run: &Run, s: &Value) {
         vec!["o3".into(), str_of(&r["o3_version"])],
         vec!["run directory".into(), run.dir.display().to_string()],
     ];
+    if let Some(v) = r["server_version"].as_str() {
+        rows.push(vec!["server version".into(), v.to_string()]);
+    }
     if !s.is_null() {
         let p = &s["probes"];
         rows.push(vec![
