@@ -133,7 +133,15 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         let slots = p["config"]["parallel"].as_u64().unwrap_or(1);
         assert_eq!(value(&["--parallel", "-np"]), Some(slots), "{cmd}");
         assert_eq!(value(&["--ctx-size", "-c"]), Some(ctx * slots), "{cmd}");
-        for pinned in ["--no-kv-unified", "--cache-ram", "--load-mode", "--fit"] {
+        for pinned in [
+            "--no-kv-unified",
+            "--cache-ram",
+            "--load-mode",
+            "--fit",
+            "--ubatch-size",
+            "--cache-type-k",
+            "--cache-type-v",
+        ] {
             assert!(words.contains(&pinned), "{pinned} not pinned: {cmd}");
         }
         let sh = run.join(format!("artefacts/{}.sh", p["name"].as_str().unwrap()));

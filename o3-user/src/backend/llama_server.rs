@@ -224,6 +224,10 @@ pub fn default_load_mode(integrated_gpu: bool) -> &'static str {
     }
 }
 
+/// llama.cpp's default logical batch (`-b`) and physical batch (`-ub`), tokens.
+const DEFAULT_BATCH: u32 = 2048;
+const DEFAULT_UBATCH: u32 = 512;
+
 /// What `-ngl` gets for "all layers" on a build without `all`: more layers than any model has.
 const ALL_LAYERS: &str = "999";
 
@@ -331,12 +335,26 @@ pub fn command_args(
             Some(b.to_string()),
         );
     }
-    if let Some(ub) = cfg.ubatch {
-        let asked = format!("ubatch = {ub}");
-        push(
-            require(&flags.ubatch_size, "-ub/--ubatch-size", &asked)?,
-            Some(ub.to_string()),
-        );
+    match (cfg.ubatch, &flags.ubatch_size) {
+        (Some(ub), _) => {
+            let asked = format!("ubatch = {ub}");
+            push(
+                require(&flags.ubatch_size, "-ub/--ubatch-size", &asked)?,
+                Some(ub.to_string()),
+            );
+        }
+        // Unset: what llama.cpp uses, written down (its default 512, never above the batch,
+        // whose own default is 2048).
+        (None, Some(flag)) => push(
+            flag,
+            Some(
+                cfg.batch
+                    .unwrap_or(DEFAULT_BATCH)
+                    .min(DEFAULT_UBATCH)
+                    .to_string(),
+            ),
+        ),
+        (None, None) => {}
     }
     if let Some(n) = cfg.gpu_layers {
         let asked = format!("gpu_layers = {n}");
@@ -367,19 +385,27 @@ pub fn command_args(
             }
         }
     }
-    if let Some(t) = &cfg.cache_type_k {
-        let asked = format!("cache_type_k = {t}");
-        push(
-            require(&flags.cache_type_k, "-ctk/--cache-type-k", &asked)?,
-            Some(t.clone()),
-        );
-    }
-    if let Some(t) = &cfg.cache_type_v {
-        let asked = format!("cache_type_v = {t}");
-        push(
-            require(&flags.cache_type_v, "-ctv/--cache-type-v", &asked)?,
-            Some(t.clone()),
-        );
+    // Unset KV cache types are llama.cpp's f16, written down.
+    for (asked, flag, name) in [
+        (
+            &cfg.cache_type_k,
+            &flags.cache_type_k,
+            "-ctk/--cache-type-k",
+        ),
+        (
+            &cfg.cache_type_v,
+            &flags.cache_type_v,
+            "-ctv/--cache-type-v",
+        ),
+    ] {
+        match (asked, flag) {
+            (Some(t), _) => push(
+                require(flag, name, &format!("{name} = {t}"))?,
+                Some(t.clone()),
+            ),
+            (None, Some(f)) => push(f, Some("f16".to_string())),
+            (None, None) => {}
+        }
     }
     if let Some(t) = cfg.threads {
         let asked = format!("threads = {t}");
@@ -936,9 +962,15 @@ mod tests {
                 "2048",
                 "--parallel",
                 "1",
+                "--ubatch-size",
+                "512",
                 "--n-gpu-layers",
                 "999",
                 "--flash-attn",
+                "--cache-type-k",
+                "f16",
+                "--cache-type-v",
+                "f16",
                 "--metrics",
                 "--no-webui",
             ])

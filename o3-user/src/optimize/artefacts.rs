@@ -228,8 +228,9 @@ mod tests {
             Some(
                 "/opt/llama.cpp/llama-server --model '/models/My Models/m.gguf' \
                  --host 127.0.0.1 --port 8080 --ctx-size 4096 --parallel 1 --no-kv-unified \
-                 --cache-ram 0 --load-mode mmap --n-gpu-layers all --flash-attn on --fit off \
-                 --metrics --no-webui"
+                 --cache-ram 0 --load-mode mmap --ubatch-size 512 --n-gpu-layers all \
+                 --flash-attn on --cache-type-k f16 --cache-type-v f16 --fit off --metrics \
+                 --no-webui"
             )
         );
         assert_eq!((a.modelfile, a.server_env.len()), (None, 0));
