@@ -269,7 +269,12 @@ fn samples_after_the_fill_are_served_from_the_prefix_cache() {
     }
     // Whole-prompt TTFT and cached TTFT are apart: the fill read its whole prompt, the others
     // only their suffix (the server's counts, not times).
-    assert_eq!(samples[0]["cached_tokens"], 0, "{}", samples[0]);
+    // (A few tokens of a common start, the BOS and the tag's opening, may come from the slot.)
+    assert!(
+        samples[0]["cached_tokens"].as_u64().unwrap() <= 16,
+        "{}",
+        samples[0]
+    );
     assert!(samples.iter().all(|s| s["ttft_ms"].as_f64().is_some()));
     // The server's answers became spans for the time model: the load, the prompt read batch
     // by batch (progress events), the decode.
