@@ -276,16 +276,40 @@ fn reproduce_presets(run: &Path, s: &Value) {
     }
 }
 
-/// No llama-server o3 started outlives it.
+/// No llama-server an o3 started outlives that o3. Each server o3 starts carries
+/// `O3_SERVER_OWNER=<pid>:<start time>` of its o3: a server whose owner is gone is left behind.
+/// Servers of an o3 still running (another run on this machine) are its own business.
 fn assert_no_server_left(bin: &Path) {
+    let stat = |pid: &str| -> Option<(char, u64)> {
+        let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest: Vec<&str> = t[t.rfind(')')? + 1..].split_whitespace().collect();
+        Some((rest.first()?.chars().next()?, rest.get(19)?.parse().ok()?))
+    };
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+        if Path::new(std::str::from_utf8(argv0).unwrap_or("")) != bin {
+            continue;
+        }
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let Some(owner) = env
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"O3_SERVER_OWNER="))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.split_once(':'))
+        else {
+            continue;
+        };
+        let (state, _) = stat(&entry.file_name().to_string_lossy()).unwrap_or(('X', 0));
+        if state == 'Z' || state == 'X' {
+            continue;
+        }
+        let owner_alive =
+            stat(owner.0).is_some_and(|(st, start)| st != 'Z' && start.to_string() == owner.1);
         assert!(
-            Path::new(std::ffi::OsStr::new(
-                std::str::from_utf8(argv0).unwrap_or("")
-            )) != bin,
-            "a server is still running: {}",
+            owner_alive,
+            "a server outlived its o3 (pid {}): {}",
+            owner.0,
             String::from_utf8_lossy(&cmd)
         );
     }
