@@ -150,3 +150,83 @@ fn a_missing_model_file_is_load_failed_with_the_servers_output() {
     // The server exited by itself while loading; its status is recorded.
     assert!(r["server_exit"].as_str().is_some(), "{r}");
 }
+
+#[test]
+fn a_chat_stream_beside_a_stream_at_depth_is_reported_apart() {
+    let Some((r, out)) = probe(&[
+        "--ctx",
+        "1024",
+        "--batch",
+        "64",
+        "--parallel",
+        "2",
+        "--concurrency",
+        "2",
+        "--chat-streams",
+        "1",
+        "--samples",
+        "2",
+        "--output-tokens",
+        "8",
+    ]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    let samples = r["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 4, "{r}");
+    for s in samples {
+        assert_eq!(s["outcome"], "ok", "{r}");
+        // Stream 0 stays at depth (a fill, then its prefix reused); stream 1 sends chat turns.
+        let (kind, stream) = (s["kind"].as_str().unwrap(), i(&s["stream"]));
+        match stream {
+            0 => assert!(kind == "fill" || kind == "cached", "{r}"),
+            _ => assert_eq!(kind, "chat", "{r}"),
+        }
+    }
+    let chat: Vec<_> = samples.iter().filter(|s| s["kind"] == "chat").collect();
+    let target = i(&r["prompt_tokens_target"]);
+    for s in &chat {
+        // A short turn (64 words), far below the target at depth.
+        let n = i(&s["prompt_tokens"]);
+        assert!(n > 0 && n < target / 4, "{n} vs {target}: {r}");
+    }
+    let kinds = r["kinds"].as_array().unwrap();
+    assert_eq!(kinds.len(), 2, "{r}");
+    for (k, name) in kinds.iter().zip(["chat", "long"]) {
+        assert_eq!(k["kind"], name, "{r}");
+        assert_eq!(k["streams"], 1, "{r}");
+        assert_eq!(k["n"], 2, "{r}");
+        assert_eq!(k["ok"], 2, "{r}");
+        assert!(k["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(k["ttft_p95_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            k["decode_tokens_per_s_median"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn chat_streams_must_leave_a_stream_at_depth() {
+    // Refused before any model or server is looked at.
+    let out = o3()
+        .args([
+            "probe",
+            "--backend",
+            "llama-server",
+            "--model",
+            "/nonexistent.gguf",
+        ])
+        .args(["--ctx", "512", "--concurrency", "2", "--chat-streams", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--chat-streams 2 leaves no stream at depth among --concurrency 2; give at most 1"
+        ),
+        "{err}"
+    );
+}

@@ -116,6 +116,11 @@ pub struct ProbeArgs {
     /// Simultaneous requests per sample (the server needs as many slots: --parallel).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
+    /// Of the --concurrency streams, this many send short chat turns beside the others'
+    /// prompts at depth (mixed workloads; at most --concurrency minus 1); each kind's TTFT
+    /// and decode rate are reported apart.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub chat_streams: u32,
     /// Tokens generated per sample.
     #[arg(long, default_value_t = 32)]
     pub output_tokens: u32,
@@ -164,6 +169,17 @@ pub struct ProbeArgs {
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
+    if a.chat_streams > 0 && a.chat_streams >= a.concurrency {
+        return Err((
+            anyhow::anyhow!(
+                "--chat-streams {} leaves no stream at depth among --concurrency {}; give at most {}",
+                a.chat_streams,
+                a.concurrency,
+                a.concurrency - 1
+            ),
+            2,
+        ));
+    }
     check_model_file(a.backend, &a.model)?;
     // Servers an earlier o3 left behind (killed in a way that spared their workers) would
     // share the machine with this probe's server: stopped first, with a notice.
@@ -200,6 +216,7 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         },
         samples: a.samples,
         concurrency: a.concurrency,
+        chat_streams: a.chat_streams,
         stabilize: Duration::ZERO,
         cancel: None,
         output_tokens: a.output_tokens,
@@ -315,6 +332,9 @@ fn render(r: &probe::ProbeResult) -> String {
             crate::util::units::bytes(p),
             r.rss_method
         );
+    }
+    for k in &r.kinds {
+        out += &format!("\n  {}", k.line());
     }
     if !r.fixed_by_server.is_empty() {
         out += &format!("\n  fixed by the server: {}", r.fixed_by_server.join(", "));

@@ -245,6 +245,9 @@ pub struct Concurrency {
     pub stabilization_delay_s: f64,
     /// Timeouts tolerated at one level before the progression stops.
     pub max_timeouts: u32,
+    /// Mixed workloads: at each level of n ≥ 2 streams, this many of them (at most n − 1)
+    /// send short chat turns beside the streams at depth, reported apart; 0: none.
+    pub mixed_short_streams: u32,
 }
 
 impl Default for Concurrency {
@@ -254,6 +257,7 @@ impl Default for Concurrency {
             levels: vec![1, 2, 4, 8],
             stabilization_delay_s: 2.0,
             max_timeouts: 2,
+            mixed_short_streams: 0,
         }
     }
 }

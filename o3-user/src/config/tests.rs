@@ -88,6 +88,10 @@ fn defaults_are_the_documented_values() {
     assert_eq!(c.concurrency.levels, vec![1, 2, 4, 8]);
     assert_eq!(c.concurrency.stabilization_delay_s, 2.0);
     assert_eq!(c.concurrency.max_timeouts, 2);
+    assert_eq!(
+        c.concurrency.mixed_short_streams, 0,
+        "mixed workloads are opt-in"
+    );
     assert_eq!(c.timeouts.load_s, 600.0);
     assert_eq!(c.safety.vram_reserve_mb, 4096);
     assert_eq!(c.prompt.max_prompt_tokens, None);
@@ -311,6 +315,10 @@ fn range_messages() {
         "t.yaml:2: concurrency.levels: 300 is out of range; each level allowed 1 to 256"
     );
     assert_eq!(
+        err("concurrency:\n  mixed_short_streams: 256\n").to_string(),
+        "t.yaml:2: concurrency.mixed_short_streams: 256 is out of range; allowed 0 to 255"
+    );
+    assert_eq!(
         err("validation:\n  max_cv: 0\n").to_string(),
         "t.yaml:2: validation.max_cv: 0 is out of range; allowed more than 0 up to 1"
     );
@@ -323,6 +331,7 @@ fn boundaries_are_accepted() {
     ok("batch:\n  scale_factor: 16\n  min_gain: 0\n");
     ok("validation:\n  samples: 1\n  min_success_rate: 1\n  max_cv: 1\n");
     ok("concurrency:\n  levels: [256]\n  max_timeouts: 0\n");
+    ok("concurrency:\n  mixed_short_streams: 255\n");
     ok("prompt:\n  fill: 0.05\n  output_tokens: 4096\n");
     ok("prompt:\n  fill: 1\n  max_prompt_tokens: null\n  output_tokens: 1\n");
     ok("monitoring:\n  interval_ms: 10000\n");

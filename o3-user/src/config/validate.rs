@@ -113,6 +113,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("concurrency.levels", Rule::Ascending { min: 1, max: 256 }),
     ("concurrency.stabilization_delay_s", num(0.0, 600.0)),
     ("concurrency.max_timeouts", int(0, 100)),
+    ("concurrency.mixed_short_streams", int(0, 255)),
     ("timeouts.stall_s", num(1.0, 86_400.0)),
     ("timeouts.margin", num(1.5, 100.0)),
     ("timeouts.load_s", num(1.0, 86_400.0)),

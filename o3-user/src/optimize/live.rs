@@ -118,6 +118,13 @@ impl Live {
             prompt_tokens,
             max_prompt_tokens: None,
             prompts,
+            // Mixed workloads: chat turns beside the streams at depth, in the concurrency
+            // stage only (the probe keeps at least one stream at depth).
+            chat_streams: if req.stage == Stage::Concurrency {
+                c.concurrency.mixed_short_streams
+            } else {
+                0
+            },
             limits: c.timeouts.limits(),
             time_model: self.model.clone(),
             load_timeout: Duration::from_secs_f64(c.timeouts.load_s),
@@ -141,10 +148,16 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// Reduces a probe result to what the search needs.
+/// Reduces a probe result to what the search needs. Chat turns sent beside the streams at
+/// depth (mixed workloads) are carried as their summary only: stability, timeouts and the
+/// metrics come from the streams at depth, as without them.
 pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
-    let observations = r
+    let long: Vec<&probe::SampleResult> = r
         .samples
+        .iter()
+        .filter(|s| s.kind != SampleKind::Chat)
+        .collect();
+    let observations = long
         .iter()
         .map(|s| {
             let ok = s.outcome == OutcomeClass::Ok;
@@ -158,18 +171,14 @@ pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
             }
         })
         .collect();
-    let timeouts = r
-        .samples
+    let timeouts = long
         .iter()
         .filter(|s| s.outcome == OutcomeClass::Timeout)
         .count() as u32;
     let (outcome, error) = if r.outcome == OutcomeClass::Ok && timeouts > 0 {
         (
             OutcomeClass::Timeout,
-            Some(format!(
-                "{timeouts} of {} requests timed out",
-                r.samples.len()
-            )),
+            Some(format!("{timeouts} of {} requests timed out", long.len())),
         )
     } else {
         (r.outcome, r.error.clone())
@@ -184,15 +193,14 @@ pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
         // which decode at the same time, summed.
         round_tokens_per_s: (0..r.rounds.len() as u32)
             .map(|k| {
-                r.samples
-                    .iter()
+                long.iter()
                     .filter(|s| s.round == k && s.outcome == OutcomeClass::Ok)
                     .filter_map(|s| s.decode_tokens_per_s)
                     .sum()
             })
             .collect(),
         timeouts,
-        prompt_tokens: r.samples.iter().find_map(|s| s.prompt_tokens),
+        prompt_tokens: long.iter().find_map(|s| s.prompt_tokens),
         rss_peak_bytes: r.rss_peak_bytes,
         rss_method: r.rss_method.to_string(),
         mem_used_peak_bytes: max(&|s| s.peaks.mem_used_peak_bytes),
@@ -202,6 +210,7 @@ pub fn outcome_of(r: &ProbeResult, wall_ms: f64) -> ProbeOutcome {
         timing: r.timing.clone(),
         prefix_reuse: r.prefix_reuse,
         notes: r.notes.clone(),
+        chat: r.kinds.iter().find(|k| k.kind == "chat").cloned(),
     }
 }
 
@@ -251,5 +260,75 @@ impl Prober for Live {
 
     fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
         self.backend.fixed_by_server(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{kind_summaries, sample};
+
+    fn result(samples: Vec<probe::SampleResult>) -> ProbeResult {
+        ProbeResult {
+            outcome: OutcomeClass::Ok,
+            config: ProbeConfig::default(),
+            fixed_by_server: Vec::new(),
+            prompts: Prompts::ReusePrefix,
+            prompt_tokens_target: 100,
+            load_ms: None,
+            kinds: kind_summaries(&samples),
+            samples,
+            // Two rounds of three streams.
+            rounds: (0..2)
+                .map(|_| probe::Round {
+                    streams: 3,
+                    wall_ms: 1000.0,
+                    output_tokens: 24,
+                    output_tokens_per_s: 24.0,
+                })
+                .collect(),
+            rss_peak_bytes: None,
+            rss_method: "not_measured",
+            server_pid: None,
+            server_exit: None,
+            error: None,
+            log_tail: None,
+            prefix_reuse: None,
+            timing: Vec::new(),
+            notes: Vec::new(),
+            timeline: None,
+        }
+    }
+
+    #[test]
+    fn chat_turns_decide_nothing_and_are_carried_apart() {
+        // Two streams at depth and one chat stream whose second turn timed out.
+        let mut chat_late = sample(2, SampleKind::Chat, false, 0.0, 0.0);
+        chat_late.round = 1;
+        let r = result(vec![
+            sample(0, SampleKind::Fill, true, 900.0, 40.0),
+            sample(1, SampleKind::Fill, true, 950.0, 38.0),
+            sample(2, SampleKind::Chat, true, 30.0, 90.0),
+            chat_late,
+        ]);
+        let o = outcome_of(&r, 1.0);
+        assert_eq!(
+            o.outcome,
+            OutcomeClass::Ok,
+            "the chat timeout decides nothing"
+        );
+        assert_eq!(o.timeouts, 0);
+        assert_eq!(o.observations.len(), 2);
+        assert_eq!(
+            o.round_tokens_per_s,
+            [78.0, 0.0],
+            "the streams at depth only"
+        );
+        let chat = o.chat.expect("carried");
+        assert_eq!((chat.streams, chat.n, chat.ok), (1, 2, 1));
+        assert_eq!(chat.ttft_p95_ms, Some(30.0));
+        // Without chat turns the outcome is as before: no summary.
+        let plain = result(vec![sample(0, SampleKind::Fill, true, 900.0, 40.0)]);
+        assert!(outcome_of(&plain, 1.0).chat.is_none());
     }
 }

@@ -295,6 +295,7 @@ mod tests {
             mem_used_peak_bytes: None,
             gpu_used_peak_bytes: None,
             wall_s: 1.0,
+            chat: None,
         }
     }
 

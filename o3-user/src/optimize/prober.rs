@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::probe::KindSummary;
 use crate::timing::{Obs, TimeModel};
 
 use super::stats::Observation;
@@ -135,6 +136,10 @@ pub struct ProbeOutcome {
     /// What the reader must know about this probe.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The chat turns sent beside the streams at depth (`concurrency.mixed_short_streams`),
+    /// measured apart; `None` without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<KindSummary>,
 }
 
 impl ProbeOutcome {
@@ -160,6 +165,7 @@ impl ProbeOutcome {
             timing: Vec::new(),
             prefix_reuse: None,
             notes: Vec::new(),
+            chat: None,
         }
     }
 }

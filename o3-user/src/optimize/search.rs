@@ -177,6 +177,10 @@ pub struct Measured {
     pub gpu_used_peak_bytes: Option<u64>,
     /// The probe's own time, s.
     pub wall_s: f64,
+    /// Chat turns sent beside the streams at depth (`concurrency.mixed_short_streams`),
+    /// measured apart; they decide nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::probe::KindSummary>,
 }
 
 impl Measured {
@@ -558,6 +562,7 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
             mem_used_peak_bytes: out.mem_used_peak_bytes,
             gpu_used_peak_bytes: out.gpu_used_peak_bytes,
             wall_s: out.wall_ms / 1000.0,
+            chat: out.chat.clone(),
             validation,
         })
     }
@@ -1334,6 +1339,14 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
                     self.samples().div_ceil(level),
                     level,
                 )?;
+                if let Some(chat) = &m.chat {
+                    self.note(format!(
+                        "ctx {ctx}, {level} streams: {} beside {} stream{} at depth",
+                        chat.line(),
+                        level - chat.streams,
+                        if level - chat.streams == 1 { "" } else { "s" }
+                    ));
+                }
                 if !m.stable {
                     let why = Self::why_unstable(&m);
                     self.note(format!(

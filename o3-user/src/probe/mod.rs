@@ -102,6 +102,9 @@ pub struct ProbeSpec {
     /// Cap on prompt tokens (stated in the result: a capped probe is not proven at depth).
     pub max_prompt_tokens: Option<u32>,
     pub prompts: Prompts,
+    /// Streams of a round that send a short chat turn beside the others' prompts at depth
+    /// (mixed workloads): the last ones, at most `concurrency - 1`; 0: none.
+    pub chat_streams: u32,
     /// Stall bound and margin on the time model (`timeouts.*`).
     pub limits: Limits,
     /// What is known of this server's speed (deadlines start from it; the probe refines a copy
@@ -184,6 +187,104 @@ pub enum SampleKind {
     Fill,
     /// The stream's prefix again with a fresh suffix (served from the cache when reused).
     Cached,
+    /// A short chat turn sent beside streams at depth (`ProbeSpec::chat_streams`).
+    Chat,
+}
+
+impl SampleKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SampleKind::Short => "short",
+            SampleKind::Fresh => "fresh",
+            SampleKind::Fill => "fill",
+            SampleKind::Cached => "cached",
+            SampleKind::Chat => "chat",
+        }
+    }
+}
+
+/// Whether stream `k` of `streams` sends short chat turns when `chat` of them are asked to:
+/// the last ones, never the first (at least one stream stays at depth), none alone.
+pub fn chat_stream(k: u32, streams: u32, chat: u32) -> bool {
+    let chat = chat.min(streams.saturating_sub(1));
+    k >= streams - chat
+}
+
+/// What the streams of one kind measured in a probe with mixed workloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindSummary {
+    /// `chat` (short turns) or `long` (the streams at depth: fills, cached and fresh reads).
+    pub kind: String,
+    /// Streams of this kind per round.
+    pub streams: u32,
+    /// Requests sent, and of them answered.
+    pub n: u32,
+    pub ok: u32,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p95_ms: Option<f64>,
+    pub decode_tokens_per_s_median: Option<f64>,
+}
+
+impl KindSummary {
+    /// `chat turns (1 stream): TTFT p50 40 / p95 52 ms, decode 31.0 tok/s, 6/6 answered`.
+    pub fn line(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+        format!(
+            "{} ({} stream{}): TTFT p50 {} / p95 {} ms, decode {} tok/s, {}/{} answered",
+            if self.kind == "chat" {
+                "chat turns"
+            } else {
+                "streams at depth"
+            },
+            self.streams,
+            if self.streams == 1 { "" } else { "s" },
+            ms(self.ttft_p50_ms),
+            ms(self.ttft_p95_ms),
+            self.decode_tokens_per_s_median
+                .map_or("-".to_string(), |x| format!("{x:.1}")),
+            self.ok,
+            self.n
+        )
+    }
+}
+
+/// Nearest-rank 95th percentile; `None` when there are no values.
+fn p95(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| crate::util::order::nearest_rank(&v, 95.0))
+}
+
+/// The samples summarized per kind (`chat` and `long`), when the probe mixed them; empty
+/// otherwise. TTFT (median, nearest-rank p95) and decode rates over the answered requests.
+pub fn kind_summaries(samples: &[SampleResult]) -> Vec<KindSummary> {
+    if !samples.iter().any(|s| s.kind == SampleKind::Chat) {
+        return Vec::new();
+    }
+    let summary = |kind: &str, chat: bool| {
+        let of: Vec<&SampleResult> = samples
+            .iter()
+            .filter(|s| (s.kind == SampleKind::Chat) == chat)
+            .collect();
+        let ok: Vec<&&SampleResult> = of
+            .iter()
+            .filter(|s| s.outcome == OutcomeClass::Ok)
+            .collect();
+        let mut streams: Vec<u32> = of.iter().map(|s| s.stream).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let ttft: Vec<f64> = ok.iter().filter_map(|s| s.ttft_ms).collect();
+        let decode: Vec<f64> = ok.iter().filter_map(|s| s.decode_tokens_per_s).collect();
+        KindSummary {
+            kind: kind.into(),
+            streams: streams.len() as u32,
+            n: of.len() as u32,
+            ok: ok.len() as u32,
+            ttft_p50_ms: crate::util::order::median(ttft.clone()),
+            ttft_p95_ms: p95(ttft),
+            decode_tokens_per_s_median: crate::util::order::median(decode),
+        }
+    };
+    vec![summary("chat", true), summary("long", false)]
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -244,6 +345,10 @@ pub struct ProbeResult {
     pub timing: Vec<Obs>,
     /// Things the reader must know (e.g. that the prefix was not reused).
     pub notes: Vec<String>,
+    /// With mixed workloads (`ProbeSpec::chat_streams`): the chat turns and the streams at
+    /// depth measured apart; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<KindSummary>,
     /// Every sample of the server tree taken during the probe (for trace files; not in the
     /// JSON result).
     #[serde(skip)]
@@ -331,9 +436,118 @@ fn oom_attribution(
     })
 }
 
+/// A sample for tests: one request of `stream` in round 0.
+#[cfg(test)]
+pub(crate) fn sample(
+    stream: u32,
+    kind: SampleKind,
+    ok: bool,
+    ttft: f64,
+    decode: f64,
+) -> SampleResult {
+    SampleResult {
+        outcome: if ok {
+            OutcomeClass::Ok
+        } else {
+            OutcomeClass::Timeout
+        },
+        round: 0,
+        stream,
+        kind,
+        prompt_tokens: Some(100),
+        prompt_tokens_source: "server_tokenizer",
+        cached_tokens: None,
+        prefix_hit: None,
+        output_tokens: Some(8),
+        ttft_ms: Some(ttft),
+        e2e_ms: ttft + 100.0,
+        prefill_tokens_per_s: Some(1000.0),
+        decode_tokens_per_s: Some(decode),
+        rates_source: "server",
+        peaks: Peaks::default(),
+        error: None,
+        timeout: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_streams_are_the_last_and_never_all() {
+        let chat =
+            |n: u32, m: u32| -> Vec<u32> { (0..n).filter(|&k| chat_stream(k, n, m)).collect() };
+        assert_eq!(chat(4, 0), Vec::<u32>::new(), "off");
+        assert_eq!(
+            chat(1, 1),
+            Vec::<u32>::new(),
+            "a lone stream stays at depth"
+        );
+        assert_eq!(chat(2, 1), [1]);
+        assert_eq!(chat(4, 1), [3]);
+        assert_eq!(chat(4, 2), [2, 3]);
+        assert_eq!(chat(8, 3), [5, 6, 7]);
+        // At most n - 1: stream 0 stays at depth, and its slot keeps its prefix.
+        assert_eq!(chat(2, 5), [1]);
+        assert_eq!(chat(4, 4), [1, 2, 3]);
+        assert_eq!(chat(0, 2), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn kinds_are_summarized_apart_only_when_mixed() {
+        use SampleKind::*;
+        let long = vec![
+            sample(0, Fill, true, 900.0, 40.0),
+            sample(0, Cached, true, 30.0, 50.0),
+        ];
+        assert!(kind_summaries(&long).is_empty(), "nothing mixed");
+        let mut mixed = long.clone();
+        mixed.extend([
+            sample(2, Chat, true, 20.0, 100.0),
+            sample(1, Chat, true, 40.0, 120.0),
+            sample(1, Chat, true, 60.0, 140.0),
+            // Not answered: counted, its TTFT and rate left out.
+            sample(2, Chat, false, 9000.0, 1.0),
+        ]);
+        let k = kind_summaries(&mixed);
+        assert_eq!(
+            k[0],
+            KindSummary {
+                kind: "chat".into(),
+                streams: 2,
+                n: 4,
+                ok: 3,
+                ttft_p50_ms: Some(40.0),
+                ttft_p95_ms: Some(60.0),
+                decode_tokens_per_s_median: Some(120.0),
+            }
+        );
+        assert_eq!(
+            k[1],
+            KindSummary {
+                kind: "long".into(),
+                streams: 1,
+                n: 2,
+                ok: 2,
+                ttft_p50_ms: Some(465.0),
+                ttft_p95_ms: Some(900.0),
+                decode_tokens_per_s_median: Some(45.0),
+            }
+        );
+        assert_eq!(
+            k[0].line(),
+            "chat turns (2 streams): TTFT p50 40 / p95 60 ms, decode 120.0 tok/s, 3/4 answered"
+        );
+        assert_eq!(
+            k[1].line(),
+            "streams at depth (1 stream): TTFT p50 465 / p95 900 ms, decode 45.0 tok/s, 2/2 answered"
+        );
+        // Serialized with snake_case keys and units in their names.
+        let v = serde_json::to_value(&k[0]).unwrap();
+        assert_eq!(v["ttft_p95_ms"], 60.0);
+        assert_eq!(serde_json::to_value(SampleKind::Chat).unwrap(), "chat");
+    }
 
     #[test]
     fn oom_kills_are_read_from_vmstat() {

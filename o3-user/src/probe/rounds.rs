@@ -12,7 +12,8 @@ use crate::timing::{Obs, Policy, Shape};
 use super::server::{self, Backend};
 use super::session::{Session, Stop};
 use super::{
-    prompt, reusable, suffix_tokens, Peaks, Prompts, Round, SampleKind, SampleResult, INTERRUPTED,
+    chat_stream, prompt, reusable, suffix_tokens, Peaks, Prompts, Round, SampleKind, SampleResult,
+    INTERRUPTED,
 };
 
 /// Words of a short prompt (`Prompts::Short`).
@@ -162,16 +163,21 @@ impl Session<'_> {
             kind,
             prefix_tokens,
         };
+        let short = |kind| {
+            let text = prompt::words(&mut prompt::Rng::new(seed), SHORT_WORDS);
+            let n = if self.has_tokenizer {
+                Some(count(&text)?)
+            } else {
+                None
+            };
+            Some(made(text, n, kind, None))
+        };
+        if mode != Prompts::Short && chat_stream(k, streams as u32, spec.chat_streams) {
+            // A chat turn beside the streams at depth: short, fresh each round.
+            return short(SampleKind::Chat);
+        }
         match mode {
-            Prompts::Short => {
-                let text = prompt::words(&mut prompt::Rng::new(seed), SHORT_WORDS);
-                let n = if self.has_tokenizer {
-                    Some(count(&text)?)
-                } else {
-                    None
-                };
-                Some(made(text, n, SampleKind::Short, None))
-            }
+            Prompts::Short => short(SampleKind::Short),
             Prompts::Fresh => {
                 if self.has_tokenizer {
                     let (text, n) = prompt::fit(seed, target as usize, 1.0, count)?;
@@ -277,8 +283,8 @@ impl Session<'_> {
                     .body(cfg, &r.text, spec.output_tokens, r.seed as u32, slot);
                 let shape = Shape {
                     cached: r.prefix_tokens.unwrap_or(0),
-                    prompt: r.tokens.unwrap_or(match mode {
-                        Prompts::Short => SHORT_WORDS as u64 * 2,
+                    prompt: r.tokens.unwrap_or(match r.kind {
+                        SampleKind::Short | SampleKind::Chat => SHORT_WORDS as u64 * 2,
                         _ => target,
                     }),
                     batch: cfg.batch.map_or(2048, u64::from),

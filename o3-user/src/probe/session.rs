@@ -53,6 +53,7 @@ fn blank(spec: &ProbeSpec) -> ProbeResult {
         prefix_reuse: None,
         timing: Vec::new(),
         notes: Vec::new(),
+        kinds: Vec::new(),
         timeline: None,
     }
 }
@@ -411,6 +412,7 @@ impl<'a> Session<'a> {
             self.result.rss_peak_bytes = peak;
             self.result.timeline = Some(t);
         }
+        self.result.kinds = super::kind_summaries(&self.result.samples);
         self.result
     }
 }

@@ -1296,6 +1296,7 @@ mod tests {
                 timing: Vec::new(),
                 prefix_reuse: None,
                 notes: Vec::new(),
+                chat: None,
             },
             finished_unix_ns: 0,
         }
