@@ -1340,11 +1340,10 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
                     level,
                 )?;
                 if let Some(chat) = &m.chat {
+                    let long = level.saturating_sub(chat.streams);
                     self.note(format!(
-                        "ctx {ctx}, {level} streams: {} beside {} stream{} at depth",
-                        chat.line(),
-                        level - chat.streams,
-                        if level - chat.streams == 1 { "" } else { "s" }
+                        "ctx {ctx}, {level} streams ({long} at depth): {}",
+                        chat.line()
                     ));
                 }
                 if !m.stable {
