@@ -701,14 +701,17 @@ fn cmdline(pid: u32) -> String {
         .join(" ")
 }
 
-/// The processes `parent` started whose argv[0] is `bin` (the servers an o3 started).
+/// The servers `parent` started: its children whose argv[0] is `bin` and that listen
+/// (`--port`; o3 also runs the binary for its `--help` and `--version`).
 fn children(parent: u32, bin: &Path) -> Vec<u32> {
     pids()
         .into_iter()
         .filter(|&pid| {
             matches!(stat(pid), Some((state, _, ppid)) if ppid == parent && state != 'Z')
                 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    c.split(|&b| b == 0).next() == Some(bin.as_os_str().as_encoded_bytes())
+                    let mut argv = c.split(|&b| b == 0);
+                    argv.next() == Some(bin.as_os_str().as_encoded_bytes())
+                        && argv.any(|a| a == b"--port")
                 })
         })
         .collect()
