@@ -333,25 +333,12 @@ impl<P: Prober + Raw, S: Sensors> Prober for Cooled<P, S> {
                 heat.describe()
             ),
         );
-        out.wall_ms += first.wall_ms;
-        // What the first attempt measured of the server's speed is still true.
-        let mut timing = first.timing;
-        timing.append(&mut out.timing);
-        out.timing = timing;
-        if let Some(serde_json::Value::Object(m)) = raw.as_mut() {
-            m.insert(
-                "cooled_down".into(),
-                serde_json::json!({
-                    "breach": first.error,
-                    "paused_s": paused.as_secs_f64(),
-                    "first_attempt": {
-                        "outcome": first.outcome,
-                        "wall_ms": first.wall_ms,
-                        "server_exit": first_raw.as_ref().and_then(|r| r.get("server_exit")).cloned(),
-                    },
-                }),
-            );
-        }
+        let entry = serde_json::json!({
+            "breach": first.error,
+            "paused_s": paused.as_secs_f64(),
+            "first_attempt": super::retry::first_attempt(&first, first_raw.as_ref()),
+        });
+        super::retry::carry_first_attempt(first, &mut out, &mut raw, "cooled_down", entry);
         self.raw = raw;
         Some(out)
     }

@@ -43,6 +43,38 @@ pub fn transient(out: &ProbeOutcome, raw: Option<&serde_json::Value>) -> Option<
     }
 }
 
+/// The first attempt of a probe run again, as its raw result keeps it.
+pub(super) fn first_attempt(
+    first: &ProbeOutcome,
+    first_raw: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "outcome": first.outcome,
+        "error": first.error,
+        "wall_ms": first.wall_ms,
+        "server_exit": first_raw.and_then(|r| r.get("server_exit")).cloned(),
+    })
+}
+
+/// A probe run again carries its first attempt: the time it took counts in the run's time,
+/// what it measured of the server's speed is still true, and the raw result keeps `entry`
+/// under `key`.
+pub(super) fn carry_first_attempt(
+    first: ProbeOutcome,
+    out: &mut ProbeOutcome,
+    raw: &mut Option<serde_json::Value>,
+    key: &str,
+    entry: serde_json::Value,
+) {
+    out.wall_ms += first.wall_ms;
+    let mut timing = first.timing;
+    timing.append(&mut out.timing);
+    out.timing = timing;
+    if let Some(serde_json::Value::Object(m)) = raw.as_mut() {
+        m.insert(key.into(), entry);
+    }
+}
+
 /// A prober that retries a transient failure once.
 pub struct Retried<P> {
     pub inner: P,
@@ -91,22 +123,8 @@ impl<P: Prober + Raw> Prober for Retried<P> {
                 first.outcome.name()
             ),
         );
-        out.wall_ms += first.wall_ms;
-        // What the first attempt measured of the server's speed is still true.
-        let mut timing = first.timing;
-        timing.append(&mut out.timing);
-        out.timing = timing;
-        if let Some(serde_json::Value::Object(m)) = raw.as_mut() {
-            m.insert(
-                "first_attempt".into(),
-                serde_json::json!({
-                    "outcome": first.outcome,
-                    "error": first.error,
-                    "wall_ms": first.wall_ms,
-                    "server_exit": first_raw.as_ref().and_then(|r| r.get("server_exit")).cloned(),
-                }),
-            );
-        }
+        let entry = first_attempt(&first, first_raw.as_ref());
+        carry_first_attempt(first, &mut out, &mut raw, "first_attempt", entry);
         self.raw = raw;
         Some(out)
     }
