@@ -280,8 +280,18 @@ mod tests {
         };
         let mut orphan = spawn(&format!("{dead}:{dead_start}"));
         let mut owned = spawn(&me);
-        // Let both exec so their environment is the marked one.
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait until both have exec'd: only then is their environment the marked one.
+        let t = Instant::now();
+        while [orphan.id(), owned.id()]
+            .iter()
+            .any(|&pid| owner_of(proc(), pid).is_none())
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the children never exec'd"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let stopped = reap_orphans(proc());
         assert!(stopped.iter().any(|p| p.pid == orphan.id()), "{stopped:?}");
         assert!(!stopped.iter().any(|p| p.pid == owned.id()), "{stopped:?}");
