@@ -280,11 +280,8 @@ fn reproduce_presets(run: &Path, s: &Value) {
 /// `O3_SERVER_OWNER=<pid>:<start time>` of its o3: a server whose owner is gone is left behind.
 /// Servers of an o3 still running (another run on this machine) are its own business.
 fn assert_no_server_left(bin: &Path) {
-    let stat = |pid: &str| -> Option<(char, u64)> {
-        let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest: Vec<&str> = t[t.rfind(')')? + 1..].split_whitespace().collect();
-        Some((rest.first()?.chars().next()?, rest.get(19)?.parse().ok()?))
-    };
+    use o3::util::owner;
+    let proc = Path::new("/proc");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
@@ -292,7 +289,7 @@ fn assert_no_server_left(bin: &Path) {
             continue;
         }
         let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let Some(owner) = env
+        let Some(mark) = env
             .split(|&b| b == 0)
             .find_map(|kv| kv.strip_prefix(b"O3_SERVER_OWNER="))
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -300,16 +297,18 @@ fn assert_no_server_left(bin: &Path) {
         else {
             continue;
         };
-        let (state, _) = stat(&entry.file_name().to_string_lossy()).unwrap_or(('X', 0));
-        if state == 'Z' || state == 'X' {
+        let pid: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        if !matches!(owner::stat(proc, pid), Some((st, _)) if st != 'Z' && st != 'X') {
             continue;
         }
-        let owner_alive =
-            stat(owner.0).is_some_and(|(st, start)| st != 'Z' && start.to_string() == owner.1);
+        let owner_alive = match (mark.0.parse(), mark.1.parse()) {
+            (Ok(p), Ok(start)) => owner::alive(proc, p, start),
+            _ => false,
+        };
         assert!(
             owner_alive,
             "a server outlived its o3 (pid {}): {}",
-            owner.0,
+            mark.0,
             String::from_utf8_lossy(&cmd)
         );
     }
@@ -420,15 +419,9 @@ fn server_of(parent: u32, bin: &Path) -> u32 {
 fn gone_within(pid: u32, limit: std::time::Duration) -> bool {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < limit {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(s)
-                if s.rfind(')')
-                    .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z')) =>
-            {
-                return true
-            }
-            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        match o3::util::owner::stat(Path::new("/proc"), pid) {
+            None | Some(('Z', _)) => return true,
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
     }
     false
