@@ -56,6 +56,72 @@ pub struct Offsets {
     pub peak_event_step_bytes: u64,
 }
 
+/// Most CPUs the raw rss_stat program sums a counter over (`nr_cpu_ids` above this: the
+/// classic program is used).
+pub const MAX_CPUS: u32 = 512;
+
+/// Which rss_stat program runs. `RSS_RAW` and `RSS_CLASSIC` measure; the others exist for
+/// `cargo xtask bench record`, which measures the cost of each step of the raw program and
+/// the two floors (a program that only filters on the root's pid), and measure nothing.
+pub const RSS_RAW: u32 = 0;
+pub const RSS_CLASSIC: u32 = 1;
+/// Bench: the raw program stops after its early exit (the per-mm lookup).
+pub const RSS_RAW_LOOKUP: u32 = 2;
+/// Bench: the raw program stops after reading the counter's exact value.
+pub const RSS_RAW_READ: u32 = 3;
+/// Bench: floor programs that only compare the current pid with the root's.
+pub const RSS_FLOOR_CLASSIC: u32 = 4;
+pub const RSS_FLOOR_RAW: u32 = 5;
+
+/// What the raw tracepoint programs need: byte offsets of kernel struct members from the
+/// kernel's BTF, the CPU count, and which rss_stat program runs. The rss_stat program reads
+/// an mm's RSS counters itself. On Linux 6.2 and later
+/// `mm->rss_stat[member]` is a `struct percpu_counter`: the exact value is `count` plus every
+/// CPU's `*per_cpu_ptr(counters, cpu)`, in pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawTp {
+    /// `struct mm_struct` → `rss_stat` (array of `struct percpu_counter`).
+    pub mm_rss_stat: u32,
+    /// `sizeof(struct percpu_counter)`: the array's stride.
+    pub counter_size: u32,
+    /// `struct percpu_counter` → `lock` (raw_spinlock_t; a fold holds it).
+    pub counter_lock: u32,
+    /// `struct percpu_counter` → `count` (s64).
+    pub counter_count: u32,
+    /// `struct percpu_counter` → `counters` (`s32 __percpu *`).
+    pub counter_counters: u32,
+    /// `struct bpf_array` → `pptrs` (per-CPU value pointers of a per-CPU array map).
+    pub array_pptrs: u32,
+    /// `struct task_struct` → `mm`.
+    pub task_mm: u32,
+    /// `struct task_struct` → `pid` (raw task_newtask and sched_switch).
+    pub task_pid: u32,
+    /// `struct linux_binprm` → `filename` (raw sched_process_exec).
+    pub binprm_filename: u32,
+    /// 1 if raw sched_process_exit has its `group_dead` argument (Linux 6.16 and later).
+    pub exit_group_dead: u32,
+    /// CPUs to sum over (`nr_cpu_ids`), at most [`MAX_CPUS`].
+    pub ncpus: u32,
+    /// log2 of the page size.
+    pub page_shift: u32,
+    /// `RSS_*`: which program runs.
+    pub mode: u32,
+}
+
+/// Bytes of `struct percpu_counter` the raw program copies at once (lock, count, counters).
+pub const COUNTER_READ_MAX: u32 = 64;
+
+/// Slots of the per-CPU call counters (`CALLS`), one per attached tracepoint program.
+pub const CALL_NEWTASK: u32 = 0;
+pub const CALL_EXEC: u32 = 1;
+pub const CALL_EXIT: u32 = 2;
+pub const CALL_SWITCH: u32 = 3;
+pub const CALL_RSS: u32 = 4;
+/// The kernel sampler (`o3_tick`).
+pub const CALL_TICK: u32 = 5;
+pub const NR_CALLS: u32 = 6;
+
 /// Value of the tracked-process map, keyed by tgid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,7 +142,8 @@ pub const TRACK_WAIT_EXEC: u32 = 1;
 /// Inserted by user space (the root of the tree, or a process found at attach).
 pub const TRACK_ROOT: u32 = 2;
 
-/// Current RSS counters of one tracked mm, keyed by the tracepoint's `mm_id`.
+/// Current RSS counters of one tracked mm, keyed by its kernel address (raw program) or by
+/// the classic tracepoint's `mm_id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MmState {
@@ -134,18 +201,39 @@ pub struct Tree {
     pub last_event_peak: i64,
     /// Events that did not fit into the ring buffer.
     pub events_lost: u64,
-    pub _reserved: u64,
+    /// Kernel samples that did not fit into their ring buffer.
+    pub ticks_lost: u64,
 }
 
-/// Per-CPU: what runs on this CPU since when, for in-flight CPU time.
-/// Per-CPU CPU-time state of the tracked tree, written only by `sched_switch` on its own CPU.
-///
-/// User space reads all CPUs with one lookup; the kernel copies each CPU's value in ascending
-/// 8-byte words. The fields form a sequence lock in that order: the writer bumps `seq_begin`
-/// first and copies it into `seq_end` last, the reader sees `seq_end` first and `seq_begin` last,
-/// so a copy with `seq_end == seq_begin` is one consistent snapshot of `total_ns` and the slice
-/// in flight.
+/// Ring buffer size for kernel samples (bytes, power of two): about 3 s of samples at 1 kHz.
+pub const TICKS_BYTES: u32 = 256 * 1024;
+
+/// A sample of the tree taken in the kernel at the sampling interval (a perf-event timer on
+/// one CPU runs the program; no user-space thread wakes for it).
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KTick {
+    /// CLOCK_MONOTONIC ns.
+    pub t_ns: u64,
+    /// The tree's RSS by kind, bytes (as [`Tree::cur`]).
+    pub cur: [i64; NR_RSS],
+    pub rss: i64,
+    pub rss_peak: i64,
+    pub rss_peak_ns: u64,
+    /// The tree's CPU time at `t_ns` (finished slices plus those in flight), ns; `u64::MAX`
+    /// when a CPU's state could not be read consistently.
+    pub cpu_ns: u64,
+}
+
+/// CPU-time state of the tracked tree on one CPU (slot `cpu` of an array), written only by
+/// `sched_switch` on that CPU. One cache line each, so CPUs never write a shared line.
+///
+/// User space reads the slots from a memory mapping, each field with one load, in ascending
+/// order. The fields form a sequence lock in that order: the writer bumps `seq_begin` first and
+/// copies it into `seq_end` last, the reader sees `seq_end` first and `seq_begin` last, so a
+/// copy with `seq_end == seq_begin` is one consistent snapshot of `total_ns` and the slice in
+/// flight (stores and loads keep their order on x86-64).
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunState {
     pub seq_end: u64,
@@ -157,6 +245,7 @@ pub struct RunState {
     pub tgid: u32,
     pub _pad: u32,
     pub seq_begin: u64,
+    pub _line: [u64; 3],
 }
 
 impl RunState {
@@ -265,6 +354,7 @@ mod pod {
     // and have explicit padding fields, so every bit pattern is valid and there is no
     // uninitialised padding.
     unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::RawTp {}
     unsafe impl aya::Pod for super::Tracked {}
     unsafe impl aya::Pod for super::MmState {}
     unsafe impl aya::Pod for super::Pending {}
@@ -272,6 +362,7 @@ mod pod {
     unsafe impl aya::Pod for super::Tree {}
     unsafe impl aya::Pod for super::RunState {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::KTick {}
     unsafe impl aya::Pod for super::GpuMemOffsets {}
     unsafe impl aya::Pod for super::GpuMem {}
     unsafe impl aya::Pod for super::GpuPending {}
@@ -285,13 +376,15 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Offsets>(), 12 * 4 + 8);
+        assert_eq!(size_of::<RawTp>(), 13 * 4);
         assert_eq!(size_of::<Tracked>(), 16);
         assert_eq!(size_of::<MmState>(), 8 + 32 + 16);
         assert_eq!(size_of::<Pending>(), 16 + 32);
         assert_eq!(size_of::<ProcPeak>(), 16);
         assert_eq!(size_of::<Tree>(), 32 + 6 * 8);
-        assert_eq!(size_of::<RunState>(), 40);
+        assert_eq!(size_of::<RunState>(), 64);
         assert_eq!(size_of::<Event>(), 8 + 8 + 16 + 16 + EVENT_FILENAME_LEN);
+        assert_eq!(size_of::<KTick>(), 8 * 9);
     }
 
     #[test]
@@ -310,6 +403,7 @@ mod tests {
             tgid: 7,
             _pad: 0,
             seq_begin: 4,
+            _line: [0; 3],
         };
         assert_eq!(r.cpu_at(800), Some(1_300));
         // A clock read that is older than the switch never counts negative time.

@@ -19,14 +19,16 @@
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{kprobe, kretprobe, map, tracepoint},
+    macros::{kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use core::ptr::write_volatile;
 use o3_common::*;
@@ -48,26 +50,65 @@ static OFFSETS: Offsets = Offsets {
     peak_event_step_bytes: 1 << 20,
 };
 
+#[no_mangle]
+static RAW: RawTp = RawTp {
+    mm_rss_stat: 0,
+    counter_size: 0,
+    counter_lock: 0,
+    counter_count: 0,
+    counter_counters: 0,
+    array_pptrs: 0,
+    task_mm: 0,
+    task_pid: 0,
+    binprm_filename: 0,
+    exit_group_dead: 0,
+    ncpus: 0,
+    page_shift: 12,
+    mode: RSS_CLASSIC,
+};
+
 #[map]
-static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_TRACKED, 0);
+// The hash maps are not preallocated (BPF_F_NO_PREALLOC): their entries are few and made
+// rarely (a process, a thread, an address space), and preallocating 16384-65536 of each took a
+// third of the load time.
+static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_TRACKED, 1);
 #[map]
-static MMS: HashMap<u32, MmState> = HashMap::with_max_entries(MAX_TRACKED, 0);
+static MMS: HashMap<u64, MmState> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 #[map]
-static SEEDS: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_TRACKED, 0);
+static SEEDS: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_TRACKED, 1);
 #[map]
-static PROC_PEAK: HashMap<u32, ProcPeak> = HashMap::with_max_entries(MAX_TRACKED, 0);
+static PROC_PEAK: HashMap<u32, ProcPeak> = HashMap::with_max_entries(MAX_TRACKED, 1);
 #[map]
-static TREE: Array<Tree> = Array::with_max_entries(1, 0);
+// TREE and RUN are memory-mapped by user space (BPF_F_MMAPABLE): the sampler reads them with
+// plain loads, no system call per tick.
+static TREE: Array<Tree> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
-static PROC_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
+static PROC_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 1);
 #[map]
-static RUN: PerCpuArray<RunState> = PerCpuArray::with_max_entries(1, 0);
+static RUN: Array<RunState> = Array::with_max_entries(MAX_CPUS, BPF_F_MMAPABLE);
 #[map]
-static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED * 4, 0);
+static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED * 4, 1);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// Per-CPU offsets (`__per_cpu_offset[cpu]`), learned once from a per-CPU array of o3's own;
+/// entry MAX_CPUS is 1 once they are known.
+#[map]
+static PCPU_OFF: Array<u64> = Array::with_max_entries(MAX_CPUS + 1, 0);
+/// The per-CPU array whose value addresses give the per-CPU offsets (its value is unused).
+#[map]
+static PCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Kernel samples of the tree, at the sampling interval.
+#[map]
+static TICKS: RingBuf = RingBuf::with_byte_size(TICKS_BYTES, 0);
+/// Calls of each program on each CPU (`CALL_*`): with the run-time statistics o3 samples now
+/// and then, they give the programs' whole cost without timing every call.
+#[map]
+static CALLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NR_CALLS, 0);
+/// The root's tgid, for the bench's floor programs.
+#[map]
+static FLOOR_TGID: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Atomic read-modify-write on map memory (BPF_ATOMIC instructions, cpu v3).
 ///
@@ -105,11 +146,27 @@ mod atomic {
     }
 }
 
+/// Counts one call of program `slot` on this CPU (no atomics: only this CPU writes it, and
+/// programs do not nest on one CPU).
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(c) = CALLS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's value of the per-CPU array.
+        unsafe { *c += 1 };
+    }
+}
+
 #[inline(always)]
 fn offsets() -> Offsets {
     // SAFETY: OFFSETS is a plain global in .rodata, written by the loader before load; a
     // volatile read keeps the compiler from folding the placeholder values.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn raw() -> RawTp {
+    // SAFETY: as for `offsets`.
+    unsafe { core::ptr::read_volatile(&RAW) }
 }
 
 #[inline(always)]
@@ -163,6 +220,7 @@ fn emit(kind: u32, pid: u32, aux: u32, value: i64, now: u64, fill: impl FnOnce(*
 
 #[tracepoint]
 pub fn o3_newtask(ctx: TracePointContext) -> u32 {
+    count(CALL_NEWTASK);
     let _ = try_newtask(&ctx);
     0
 }
@@ -176,7 +234,30 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let child: i32 = read(ctx, o.newtask_pid)?;
-    let child = child as u32;
+    on_newtask(parent, child as u32, flags)
+}
+
+/// Raw `task_newtask(struct task_struct *task, unsigned long clone_flags)`.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn o3_newtask_raw(ctx: RawTracePointContext) -> i32 {
+    count(CALL_NEWTASK);
+    let _ = try_newtask_raw(&ctx);
+    0
+}
+
+fn try_newtask_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (parent, _) = current();
+    // SAFETY: map lookup result is only read.
+    if unsafe { TRACKED.get(&parent) }.is_none() {
+        return Ok(());
+    }
+    let (task, flags) = (raw_arg(ctx, 0), raw_arg(ctx, 1));
+    let child = task_pid(task, &raw())?;
+    on_newtask(parent, child, flags)
+}
+
+#[inline(always)]
+fn on_newtask(parent: u32, child: u32, flags: u64) -> Result<(), i64> {
     // Known from its first slice on, so its in-flight CPU time is visible before it is first
     // switched out.
     let tgid = if flags & CLONE_THREAD != 0 {
@@ -201,6 +282,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn o3_exec(ctx: TracePointContext) -> u32 {
+    count(CALL_EXEC);
     let _ = try_exec(&ctx);
     0
 }
@@ -208,20 +290,53 @@ pub fn o3_exec(ctx: TracePointContext) -> u32 {
 fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
     let (tgid, _) = current();
+    if TRACKED.get_ptr_mut(&tgid).is_none() {
+        return Ok(());
+    }
+    let old_pid: i32 = read(ctx, o.exec_old_pid).unwrap_or(0);
+    let loc: u32 = read(ctx, o.exec_filename).unwrap_or(0);
+    let off = (loc & 0xffff) as usize;
+    // SAFETY: the __data_loc offset points inside the tracepoint record.
+    let name = (off != 0).then(|| unsafe { (ctx.as_ptr() as *const u8).add(off) });
+    on_exec(tgid, old_pid as u32, name)
+}
+
+/// Raw `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn o3_exec_raw(ctx: RawTracePointContext) -> i32 {
+    count(CALL_EXEC);
+    let _ = try_exec_raw(&ctx);
+    0
+}
+
+fn try_exec_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (tgid, _) = current();
+    if TRACKED.get_ptr_mut(&tgid).is_none() {
+        return Ok(());
+    }
+    let (old_pid, bprm) = (raw_arg(ctx, 1) as u32, raw_arg(ctx, 2));
+    let r = raw();
+    // SAFETY: reads `bprm->filename` (a kernel pointer) without faulting.
+    let name = unsafe { bpf_probe_read_kernel((bprm + r.binprm_filename as u64) as *const u64) }
+        .ok()
+        .filter(|p| *p != 0)
+        .map(|p| p as *const u8);
+    on_exec(tgid, old_pid, name)
+}
+
+/// `name`: the executed file's name (a NUL-terminated kernel string).
+#[inline(always)]
+fn on_exec(tgid: u32, old_pid: u32, name: Option<*const u8>) -> Result<(), i64> {
     let Some(t) = TRACKED.get_ptr_mut(&tgid) else {
         return Ok(());
     };
     // SAFETY: pointer into the hash map's value, valid for the program's run.
     unsafe { (*t).flags &= !TRACK_WAIT_EXEC };
-    let old_pid: i32 = read(ctx, o.exec_old_pid).unwrap_or(0);
-    let loc: u32 = read(ctx, o.exec_filename).unwrap_or(0);
-    let off = (loc & 0xffff) as usize;
-    emit(EVENT_EXEC, tgid, old_pid as u32, 0, now_ns(), |ev| {
-        if off != 0 {
-            // SAFETY: the __data_loc offset points inside the tracepoint record; the
-            // destination is the reserved event's buffer.
+    emit(EVENT_EXEC, tgid, old_pid, 0, now_ns(), |ev| {
+        if let Some(src) = name {
+            // SAFETY: copies a kernel string into the reserved event's buffer, without
+            // faulting.
             unsafe {
-                let src = (ctx.as_ptr() as *const u8).add(off);
                 let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename);
             }
         }
@@ -231,6 +346,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn o3_exit(ctx: TracePointContext) -> u32 {
+    count(CALL_EXIT);
     let _ = try_exit(&ctx);
     0
 }
@@ -238,13 +354,43 @@ pub fn o3_exit(ctx: TracePointContext) -> u32 {
 fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
     let (tgid, tid) = current();
-    let Some(t) = TRACKED.get_ptr_mut(&tgid) else {
+    if TRACKED.get_ptr_mut(&tgid).is_none() {
         return Ok(());
-    };
+    }
     let group_dead = if o.exit_group_dead == NO_FIELD {
         tid == tgid
     } else {
         read::<u8>(ctx, o.exit_group_dead)? != 0
+    };
+    on_exit(tgid, tid, group_dead)
+}
+
+/// Raw `sched_process_exit(struct task_struct *p[, bool group_dead])` (the second argument
+/// since Linux 6.16).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn o3_exit_raw(ctx: RawTracePointContext) -> i32 {
+    count(CALL_EXIT);
+    let _ = try_exit_raw(&ctx);
+    0
+}
+
+fn try_exit_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (tgid, tid) = current();
+    if TRACKED.get_ptr_mut(&tgid).is_none() {
+        return Ok(());
+    }
+    let group_dead = if raw().exit_group_dead != 0 {
+        raw_arg(ctx, 1) & 0xff != 0
+    } else {
+        tid == tgid
+    };
+    on_exit(tgid, tid, group_dead)
+}
+
+#[inline(always)]
+fn on_exit(tgid: u32, tid: u32, group_dead: bool) -> Result<(), i64> {
+    let Some(t) = TRACKED.get_ptr_mut(&tgid) else {
+        return Ok(());
     };
     if group_dead {
         // SAFETY: pointer into the hash map's value, valid for the program's run.
@@ -258,14 +404,40 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn o3_switch(ctx: TracePointContext) -> u32 {
+    count(CALL_SWITCH);
     let _ = try_switch(&ctx);
     0
 }
 
 fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
+    let state: i64 = read(ctx, o.switch_prev_state).unwrap_or(0);
+    let next: i32 = read(ctx, o.switch_next_pid).unwrap_or(0);
+    on_switch(state, next as u32)
+}
+
+/// Raw `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)` (Linux 5.18 and later).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn o3_switch_raw(ctx: RawTracePointContext) -> i32 {
+    count(CALL_SWITCH);
+    let _ = try_switch_raw(&ctx);
+    0
+}
+
+fn try_switch_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let (next, state) = (raw_arg(ctx, 2), raw_arg(ctx, 3) as u32 as i64);
+    let next = task_pid(next, &raw()).unwrap_or(0);
+    on_switch(state, next)
+}
+
+/// `prev_state`: the state of the task switched out (current); `next`: the tid switched in.
+#[inline(always)]
+fn on_switch(state: i64, next: u32) -> Result<(), i64> {
     let now = now_ns();
-    let run = RUN.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: bpf_get_smp_processor_id has no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::gen::bpf_get_smp_processor_id() };
+    let run = RUN.get_ptr_mut(cpu).ok_or(-1)?;
     // SAFETY: per-CPU array value of this CPU; only this program on this CPU writes it, and
     // tracepoint programs do not nest on one CPU.
     let since = unsafe { (*run).since_ns };
@@ -283,7 +455,6 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
                     }
                 }
             }
-            let state: i64 = read(ctx, o.switch_prev_state).unwrap_or(0);
             if state & TASK_STATE_DEAD_MASK != 0 {
                 let _ = THREADS.remove(&tid);
                 // SAFETY: pointer into the hash map's value, valid for the program's run.
@@ -295,8 +466,8 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
     }
-    let next: i32 = read(ctx, o.switch_next_pid).unwrap_or(0);
-    let next_tgid = unsafe { THREADS.get(&(next as u32)) }.copied().unwrap_or(0);
+    // SAFETY: map lookup result is copied.
+    let next_tgid = unsafe { THREADS.get(&next) }.copied().unwrap_or(0);
     // Sequence-locked update (see `RunState`): volatile stores keep this order, which is the
     // order a reader on another CPU observes them in.
     // SAFETY: `run` is this CPU's value; all pointers are into it.
@@ -315,6 +486,7 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint]
 pub fn o3_rss(ctx: TracePointContext) -> u32 {
+    count(CALL_RSS);
     let _ = try_rss(&ctx);
     0
 }
@@ -353,7 +525,7 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let k = (member as u32 & 3) as usize;
-    let mm_id = rec.u32_at(o.rss_mm_id);
+    let mm_id = rec.u32_at(o.rss_mm_id) as u64;
     let size = rec.i64_at(o.rss_size);
 
     if let Some(mm) = MMS.get_ptr_mut(&mm_id) {
@@ -400,9 +572,9 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
     let mm = MMS.get_ptr_mut(&mm_id).ok_or(-1)?;
     replay(mm, &replay_seed, &o);
     // SAFETY: map lookup result is copied.
-    if let Some(p) = unsafe { PENDING.get(&mm_id) } {
+    if let Some(p) = unsafe { PENDING.get(&(mm_id as u32)) } {
         let p = *p;
-        let _ = PENDING.remove(&mm_id);
+        let _ = PENDING.remove(&(mm_id as u32));
         if p.t_ns >= newer_than {
             replay(mm, &p, &o);
         }
@@ -435,7 +607,8 @@ fn replay(mm: *mut MmState, p: &Pending, o: &Offsets) {
     }
 }
 
-fn note_pending(mm_id: u32, k: usize, size: i64, now: u64) {
+fn note_pending(mm_id: u64, k: usize, size: i64, now: u64) {
+    let mm_id = mm_id as u32;
     match PENDING.get_ptr_mut(&mm_id) {
         // SAFETY: pointer into the LRU map's value, valid for the program's run.
         Some(p) => unsafe {
@@ -460,7 +633,7 @@ fn note_pending(mm_id: u32, k: usize, size: i64, now: u64) {
 /// record, and it is forgotten so a new mm that happens to get the same id is not mistaken
 /// for it.
 #[inline(always)]
-fn forget_if_empty(mm_id: u32, mm: *mut MmState) {
+fn forget_if_empty(mm_id: u64, mm: *mut MmState) {
     // SAFETY: pointer into the hash map's value, valid for the program's run.
     let m = unsafe { *mm };
     if m.cur[0] == 0 && m.cur[1] == 0 && m.cur[2] == 0 && m.cur[3] == 0 {
@@ -562,6 +735,324 @@ fn raise_tree_peak(tree: *mut Tree, rss: i64, now: u64, owner: u32, o: &Offsets)
     // SAFETY: as above.
     if rss >= prev + step && unsafe { atomic::cas(last, prev, rss) }.1 {
         emit(EVENT_PEAK, owner, 0, rss, now, |_| {});
+    }
+}
+
+
+// ---------------------------------------------------------------- RSS, raw tracepoint
+//
+// The classic tracepoint above gets a record the kernel filled before any program runs: a
+// keyed hash of the mm and an exact sum of the counter over all CPUs under the counter's lock,
+// paid on every RSS change of every process on the machine. The raw tracepoint hands over
+// (mm, member) only. Untracked mms leave after one hash lookup; for tracked ones the program
+// sums the counter itself: `count` plus each CPU's part, read at `counters` +
+// `__per_cpu_offset[cpu]`. The per-CPU offsets are learned once from a per-CPU array of o3's
+// own (the address of its value on each CPU less its per-CPU base pointer).
+
+/// `PCPU_OFF` filled in, or why not.
+#[inline(always)]
+fn pcpu_ready(r: &RawTp) -> Result<(), i64> {
+    let ready = PCPU_OFF.get_ptr_mut(MAX_CPUS).ok_or(-1)?;
+    // SAFETY: pointer into the array map's value.
+    if unsafe { core::ptr::read_volatile(ready) } != 0 {
+        return Ok(());
+    }
+    // The map's kernel address, as a number: through the stack, since the verifier forbids
+    // arithmetic on map pointers.
+    let map = &PCPU_PROBE as *const PerCpuArray<u64> as u64;
+    let map = launder(&map)?;
+    // SAFETY: bpf_probe_read_kernel reads kernel memory without faulting.
+    let pptr = unsafe { bpf_probe_read_kernel((map + r.array_pptrs as u64) as *const u64) }?;
+    let key = 0u32;
+    let mut cpu = 0u32;
+    while cpu < MAX_CPUS {
+        if cpu >= r.ncpus {
+            break;
+        }
+        // SAFETY: helper call with a valid map and key; the result is checked for NULL.
+        let v = unsafe {
+            aya_ebpf::helpers::gen::bpf_map_lookup_percpu_elem(
+                &PCPU_PROBE as *const PerCpuArray<u64> as *mut core::ffi::c_void,
+                &key as *const u32 as *const core::ffi::c_void,
+                cpu,
+            )
+        } as u64;
+        if v == 0 {
+            return Err(-1);
+        }
+        let v = launder(&v)?;
+        let slot = PCPU_OFF.get_ptr_mut(cpu).ok_or(-1)?;
+        // SAFETY: pointer into the array map's value.
+        unsafe { *slot = v.wrapping_sub(pptr) };
+        cpu += 1;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(ready, 1) };
+    Ok(())
+}
+
+/// Argument `i` of a raw tracepoint (its context is an array of u64 arguments).
+#[inline(always)]
+fn raw_arg(ctx: &RawTracePointContext, i: usize) -> u64 {
+    // SAFETY: the verifier checks the context read; every caller reads an argument the
+    // tracepoint has (its count is checked against the kernel's BTF before load).
+    unsafe { *(ctx.as_ptr() as *const u64).add(i) }
+}
+
+/// `task->pid` (the thread id).
+#[inline(always)]
+fn task_pid(task: u64, r: &RawTp) -> Result<u32, i64> {
+    // SAFETY: bpf_probe_read_kernel reads kernel memory without faulting.
+    let pid = unsafe { bpf_probe_read_kernel((task + r.task_pid as u64) as *const i32) }?;
+    Ok(pid as u32)
+}
+
+/// A pointer's value as a plain number (copied through memory, so the verifier sees a scalar).
+#[inline(always)]
+fn launder(v: &u64) -> Result<u64, i64> {
+    // SAFETY: reads 8 bytes of this program's stack.
+    unsafe { bpf_probe_read_kernel(v as *const u64) }
+}
+
+/// The current task's mm.
+#[inline(always)]
+fn current_mm(r: &RawTp) -> Result<u64, i64> {
+    // SAFETY: the current task is valid while the program runs; the read cannot fault.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((task + r.task_mm as u64) as *const u64) }
+}
+
+/// The exact value of `mm->rss_stat[k]` in bytes. A fold of one CPU's part into `count` (done
+/// under the counter's lock, `count` first) could be seen half-done: the copy is retried while
+/// the lock is held or `count` moved during the sum.
+#[inline(always)]
+fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
+    let fbc = mm + r.mm_rss_stat as u64 + (k as u64 & 3) * r.counter_size as u64;
+    let mut tries = 0;
+    while tries < 2 {
+        tries += 1;
+        let mut head = [0u64; COUNTER_READ_MAX as usize / 8];
+        // SAFETY: copies the counter's head (lock, count, counters) from kernel memory.
+        unsafe { bpf_probe_read_kernel_buf(fbc as *const u8, as_bytes(&mut head))? };
+        let word = |off: u32| head[((off & (COUNTER_READ_MAX - 8)) / 8) as usize];
+        let lock = word(r.counter_lock & !7) >> ((r.counter_lock & 4) * 8);
+        if lock as u32 != 0 {
+            continue;
+        }
+        let count = word(r.counter_count) as i64;
+        let counters = word(r.counter_counters);
+        let mut sum = count;
+        let mut cpu = 0u32;
+        while cpu < MAX_CPUS {
+            if cpu >= r.ncpus {
+                break;
+            }
+            let off = PCPU_OFF.get(cpu).copied().ok_or(-1)?;
+            // SAFETY: reads one CPU's part of the counter; cannot fault.
+            let part = unsafe { bpf_probe_read_kernel(counters.wrapping_add(off) as *const i32) }?;
+            sum += part as i64;
+            cpu += 1;
+        }
+        // SAFETY: as above.
+        let again = unsafe { bpf_probe_read_kernel((fbc + r.counter_count as u64) as *const i64) }?;
+        if again == count {
+            return Ok(if sum < 0 { 0 } else { sum << (r.page_shift & 31) });
+        }
+    }
+    Err(-1)
+}
+
+#[inline(always)]
+fn as_bytes(words: &mut [u64; COUNTER_READ_MAX as usize / 8]) -> &mut [u8] {
+    // SAFETY: a u64 array viewed as its bytes.
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, COUNTER_READ_MAX as usize) }
+}
+
+/// Starts tracking `mm` for `tgid` with all four counters read exactly.
+#[inline(always)]
+fn first_sight(mm: u64, tgid: u32, r: &RawTp, o: &Offsets) -> Result<(), i64> {
+    pcpu_ready(r)?;
+    let mut state = MmState {
+        owner: tgid,
+        _pad: 0,
+        cur: [0; NR_RSS],
+        peak: 0,
+        peak_ns: 0,
+    };
+    // SAFETY: map lookup result is copied.
+    if let Some(seed) = unsafe { SEEDS.get(&tgid) } {
+        let seed = *seed;
+        let _ = SEEDS.remove(&tgid);
+        if seed.add_to_tree == 0 {
+            // Already in the tree totals (user space wrote them before tracking began).
+            state.cur = masked(&seed);
+        }
+    }
+    let _ = MMS.insert(&mm, &state, BPF_NOEXIST as u64);
+    let p = MMS.get_ptr_mut(&mm).ok_or(-1)?;
+    let mut k = 0;
+    while k < NR_RSS {
+        if let Ok(v) = exact(mm, k, r) {
+            apply(p, k, v, o);
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
+#[raw_tracepoint(tracepoint = "rss_stat")]
+pub fn o3_rss_raw(ctx: RawTracePointContext) -> i32 {
+    count(CALL_RSS);
+    let _ = try_rss_raw(&ctx);
+    0
+}
+
+fn try_rss_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
+    // rss_stat(struct mm_struct *mm, int member).
+    let (mm, member) = (raw_arg(ctx, 0), raw_arg(ctx, 1) as i32);
+    if !(0..NR_RSS as i32).contains(&member) {
+        return Ok(());
+    }
+    let k = member as usize & 3;
+    let r = raw();
+    if let Some(st) = MMS.get_ptr_mut(&mm) {
+        if r.mode == RSS_RAW_LOOKUP {
+            return Ok(());
+        }
+        let v = exact(mm, k, &r)?;
+        if r.mode == RSS_RAW_READ {
+            return Ok(());
+        }
+        let o = offsets();
+        apply(st, k, v, &o);
+        forget_if_empty(mm, st);
+        return Ok(());
+    }
+    let (tgid, _) = current();
+    // SAFETY: map lookup result is only read.
+    let Some(t) = (unsafe { TRACKED.get(&tgid) }) else {
+        return Ok(());
+    };
+    if t.flags & TRACK_WAIT_EXEC != 0 {
+        return Ok(());
+    }
+    // An mm being built by a tracked task for another (a fork's copy, exec's new image) is
+    // read whole when it becomes its owner's: at exec, or at its owner's first change.
+    if current_mm(&r)? != mm {
+        return Ok(());
+    }
+    first_sight(mm, tgid, &r, &offsets())
+}
+
+
+// ---------------------------------------------------------------- kernel samples
+
+/// A perf-event timer (cpu-clock on one CPU, period = the sampling interval) runs this: it
+/// copies the tree totals and sums the CPU time of every CPU's slot, so samples at 1 ms cost
+/// no user-space wake-up. Submitted without a wake-up; user space drains the ring at its own
+/// cadence.
+#[perf_event]
+pub fn o3_tick(_ctx: PerfEventContext) -> u32 {
+    count(CALL_TICK);
+    let _ = try_tick();
+    0
+}
+
+fn try_tick() -> Result<(), i64> {
+    let r = raw();
+    let tree = TREE.get_ptr_mut(0).ok_or(-1)?;
+    let Some(mut entry) = TICKS.reserve::<KTick>(0) else {
+        // SAFETY: pointer into the array map's value, aligned for u64.
+        unsafe { atomic::add(&mut (*tree).ticks_lost, 1u64) };
+        return Ok(());
+    };
+    let now = now_ns();
+    let mut cpu_ns = 0u64;
+    let mut cpu = 0u32;
+    while cpu < MAX_CPUS {
+        if cpu >= r.ncpus {
+            break;
+        }
+        match RUN.get_ptr_mut(cpu) {
+            Some(slot) if cpu_ns != u64::MAX => cpu_ns = cpu_of(slot, now).map_or(u64::MAX, |v| cpu_ns + v),
+            _ => {}
+        }
+        cpu += 1;
+    }
+    let t = entry.as_mut_ptr();
+    // SAFETY: `t` is the reserved entry; `tree` points into the array map's value. Each field
+    // is loaded once; fields may be one update apart (as for a map lookup).
+    unsafe {
+        (*t).t_ns = now;
+        let mut k = 0;
+        while k < NR_RSS {
+            (*t).cur[k] = core::ptr::read_volatile(&(*tree).cur[k]);
+            k += 1;
+        }
+        (*t).rss = core::ptr::read_volatile(&(*tree).rss);
+        (*t).rss_peak = core::ptr::read_volatile(&(*tree).rss_peak);
+        (*t).rss_peak_ns = core::ptr::read_volatile(&(*tree).rss_peak_ns);
+        (*t).cpu_ns = cpu_ns;
+    }
+    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+    Ok(())
+}
+
+/// The tree's CPU time on one CPU at `now`, read under its sequence lock (see `RunState`);
+/// None when three reads were all torn by context switches.
+#[inline(always)]
+fn cpu_of(slot: *mut RunState, now: u64) -> Option<u64> {
+    let mut tries = 0;
+    while tries < 3 {
+        tries += 1;
+        // SAFETY: `slot` points into the array map's value; loads in the lock's order.
+        let (end, total, since, tgid, begin) = unsafe {
+            (
+                core::ptr::read_volatile(&(*slot).seq_end),
+                core::ptr::read_volatile(&(*slot).total_ns),
+                core::ptr::read_volatile(&(*slot).since_ns),
+                core::ptr::read_volatile(&(*slot).tgid),
+                core::ptr::read_volatile(&(*slot).seq_begin),
+            )
+        };
+        if end == begin {
+            let running = if tgid != 0 && since != 0 && now > since {
+                now - since
+            } else {
+                0
+            };
+            return Some(total + running);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------- bench floors
+
+/// Floor of the classic tracepoint: the kernel fills the record, the program compares a pid.
+#[tracepoint]
+pub fn o3_floor_tp(_ctx: TracePointContext) -> u32 {
+    count(CALL_RSS);
+    floor();
+    0
+}
+
+/// Floor of the raw tracepoint: the program compares a pid.
+#[raw_tracepoint(tracepoint = "rss_stat")]
+pub fn o3_floor_raw(_ctx: RawTracePointContext) -> i32 {
+    count(CALL_RSS);
+    floor();
+    0
+}
+
+#[inline(always)]
+fn floor() {
+    let (tgid, _) = current();
+    if let Some(root) = FLOOR_TGID.get_ptr_mut(0) {
+        // SAFETY: pointer into the array map's value. The volatile read is the whole filter;
+        // a real program would start its work where the pids match.
+        let _ = unsafe { core::ptr::read_volatile(root) } == tgid;
     }
 }
 

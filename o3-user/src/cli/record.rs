@@ -1,5 +1,6 @@
 //! `o3 record`.
 
+use crate::telemetry::ebpf::RssProgram;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("the duration must be longer than 0".into());
     }
     Ok(d)
+}
+
+fn parse_rss_program(s: &str) -> Result<RssProgram, String> {
+    RssProgram::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = RssProgram::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown rss program {s:?} (one of: {})", all.join(", "))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +71,11 @@ pub struct RecordArgs {
     /// recording just ends), and the breach is in the summary and the trace.
     #[arg(long)]
     pub safety: bool,
+    /// The kernel program that follows RSS changes: raw (default; classic where the kernel
+    /// lacks what raw needs) or classic; the other values are the benchmark's steps and floors
+    /// and measure nothing.
+    #[arg(long, value_name = "P", default_value = "raw", hide = true, value_parser = parse_rss_program)]
+    pub rss_program: RssProgram,
     /// The command to run, after `--`.
     #[arg(
         trailing_var_arg = true,
@@ -112,6 +125,7 @@ pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
         dev_root: roots.dev_root.clone(),
         gpu: a.gpu.gpu,
         safety: a.safety.then(Thresholds::default),
+        rss_program: a.rss_program,
     };
     match record::run(&opts) {
         Ok(o) => {

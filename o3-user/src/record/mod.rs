@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::telemetry::ebpf::{EbpfError, Loaded, RuntimeStats};
+use crate::telemetry::ebpf::{EbpfError, Loaded, RssProgram};
 use crate::telemetry::gpu::source::{GpuOptions, GpuSelect, GpuSource};
 use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
 use crate::telemetry::watchdog::{Breach, Thresholds, Watchdog};
@@ -59,6 +59,8 @@ pub struct Options {
     pub gpu: GpuSelect,
     /// Watchdog limits; `None` records without a watchdog.
     pub safety: Option<Thresholds>,
+    /// The rss_stat kernel program (raw unless a benchmark asks otherwise).
+    pub rss_program: RssProgram,
 }
 
 #[derive(Debug, Error)]
@@ -287,13 +289,27 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
 
     let mut loaded = match opts.mode {
         Mode::Procfs => None,
-        mode => match Loaded::load(&opts.sysfs_root, opts.peak_event_step) {
+        mode => match Loaded::load_with(&opts.sysfs_root, opts.peak_event_step, opts.rss_program)
+        {
             Ok(l) => {
                 if l.report.mounted_tracefs {
                     eprintln!(
                         "o3: mounted tracefs at {}",
                         opts.sysfs_root.join("kernel/tracing").display()
                     );
+                }
+                if let Some(why) = &l.report.rss_fallback {
+                    let w = format!("RSS follows the classic rss_stat tracepoint, which costs more per page fault: {why}");
+                    eprintln!("o3: note: {w}");
+                    warnings.push(w);
+                }
+                if !opts.rss_program.measures() {
+                    let w = format!(
+                        "benchmark variant {}: RSS is not measured",
+                        opts.rss_program.name()
+                    );
+                    eprintln!("o3: warning: {w}");
+                    warnings.push(w);
                 }
                 Some(l)
             }
@@ -327,7 +343,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         (Target::Command(_), Some(prepared)) => {
             let held = spawn::fork_held(&prepared)?;
             if let Some(l) = loaded.as_mut() {
-                if let Err(e) = l.track(held.pid, true) {
+                if let Err(e) = l.track(held.pid, true).and_then(|_| l.start_ticks(opts.interval)) {
                     held.abandon();
                     return Err(e.into());
                 }
@@ -346,6 +362,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
                 // nor anything it started is reached from the root.
                 parents.remove(&std::process::id());
                 l.attach_existing(&opts.procfs_root, &procfs::descendants(&parents, root))?;
+                l.start_ticks(opts.interval)?;
             }
         }
         _ => unreachable!("prepared exactly for commands"),
@@ -362,8 +379,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         Target::Pid { pid, .. } => (serde_json::json!({ "pid": pid }), format!("pid {pid}")),
     };
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut kernel_ticks = false;
     match loaded.as_mut().and_then(|l| l.take_source()) {
-        Some(s) => sources.push(Box::new(s)),
+        Some(s) => {
+            kernel_ticks = s.kernel_ticks();
+            sources.push(Box::new(s))
+        }
         None => sources.push(Box::new(ProcTree::new(&opts.procfs_root, root).map_err(
             |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),
         )?)),
@@ -401,11 +422,9 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     }
 
     let liveness = Liveness::new(opts, root)?;
-    let stats = if loaded.is_some() {
-        Some(RuntimeStats::enable()?)
-    } else {
-        None
-    };
+    if let Some(l) = loaded.as_mut() {
+        l.sample_cost(monotonic_ns())?;
+    }
     let cpu_self0 = self_cpu_ns();
     let interval_ns = opts.interval.as_nanos() as u64;
     let (tx, rx) = channel();
@@ -452,7 +471,13 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         sources.push(Box::new(dog));
     }
     let ticks_tx = tx.clone();
-    let sampler = sampler::spawn(sources, opts.interval, flush, t0, move |b| {
+    let user_every = sampler::user_cadence(
+        opts.interval,
+        kernel_ticks,
+        !gpu_infos.is_empty() || opts.safety.is_some(),
+    );
+    let flush = flush.max(user_every);
+    let sampler = sampler::spawn(sources, user_every, flush, t0, move |b| {
         ticks_tx.send(Msg::Ticks(b)).is_ok()
     });
     let stop = sampler.stop_flag();
@@ -503,7 +528,13 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     while end_ns.is_none() {
         let Ok(msg) = rx.recv() else { break };
         match msg {
-            Msg::Ticks(batch) => handle(batch, &mut trace, &mut write_error),
+            Msg::Ticks(batch) => {
+                handle(batch, &mut trace, &mut write_error);
+                if let Some(l) = loaded.as_mut() {
+                    // It worked at the start; a later failure only shortens the sampling.
+                    let _ = l.sample_cost(monotonic_ns());
+                }
+            }
             Msg::Exited(now) => {
                 if matches!(opts.target, Target::Command(_)) {
                     let mut status = 0;
@@ -557,8 +588,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             handle(batch, &mut trace, &mut write_error);
         }
     }
-    let (bpf_ns, bpf_cnt) = loaded.as_ref().map_or((0, 0), |l| l.program_stats());
-    drop(stats);
+    let (bpf_ns, bpf_cnt) = loaded.as_mut().map_or((0, 0), |l| l.program_stats());
     let wall_ns = end_ns.unwrap_or_else(monotonic_ns).saturating_sub(t0);
 
     let mut processes: Vec<ProcessPeak> = match loaded.as_ref() {
@@ -594,6 +624,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             peak_t_ns: last.rss_peak_t_ns.unwrap_or(0),
             final_bytes: last.rss_bytes.unwrap_or(0),
             method,
+            program: loaded.as_ref().map(|l| l.report.rss_program),
         },
         processes,
         cpu: CpuSummary {
@@ -611,6 +642,8 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         rusage: child_rusage,
         sampling: Sampling {
             interval_ns,
+            kernel: kernel_ticks,
+            sources_every_ns: user_every.as_nanos() as u64,
             samples: agg.samples,
             late_ticks: sstats.late_ticks,
             max_tick_ns: sstats.max_tick_ns,

@@ -53,6 +53,9 @@ pub struct RssSummary {
     pub peak_t_ns: u64,
     pub final_bytes: u64,
     pub method: Method,
+    /// With eBPF: the rss_stat program that measured (`raw` or `classic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +87,10 @@ pub struct Rusage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Sampling {
     pub interval_ns: u64,
+    /// The tree's samples are taken in the kernel at `interval_ns` (no wake-up of o3 each).
+    pub kernel: bool,
+    /// How often o3 itself reads its other sources (system memory, GPUs, the watchdog).
+    pub sources_every_ns: u64,
     pub samples: u64,
     pub late_ticks: u64,
     pub max_tick_ns: u64,
@@ -95,8 +102,10 @@ pub struct Overhead {
     pub o3_cpu_ns: u64,
     /// Of which the sampler thread, ns.
     pub sampler_cpu_ns: u64,
-    /// Run time of o3's kernel programs (BPF run-time statistics), ns.
+    /// Run time of o3's kernel programs, ns: the time per run measured by BPF run-time
+    /// statistics in windows (100 ms of every 2 s, from the start), times every run.
     pub bpf_run_ns: u64,
+    /// Runs of o3's kernel programs (counted by the programs themselves).
     pub bpf_run_count: u64,
     /// (o3 + kernel programs) / wall time, in % of one core.
     pub percent_of_one_core: f64,

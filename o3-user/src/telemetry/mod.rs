@@ -117,6 +117,9 @@ pub trait Source: Send {
     fn processes(&self) -> Vec<ProcessPeak> {
         Vec::new()
     }
+    /// Samples taken without the sampler (by a kernel timer) up to `up_to_ns`
+    /// (CLOCK_MONOTONIC), oldest first; later ones wait for the next call.
+    fn drain_samples(&mut self, _up_to_ns: u64, _t0_ns: u64, _out: &mut Vec<Sample>) {}
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.

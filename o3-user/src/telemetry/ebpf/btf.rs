@@ -306,6 +306,36 @@ impl Btf {
         Some(&rest[..end])
     }
 
+    /// Id of the first type of `kind` named `name`: this blob's own types first, then the
+    /// base's.
+    fn find_named(&self, kind: u32, name: &str) -> Option<u32> {
+        let own = (0..self.index.len() as u32).map(|i| self.first_id + i);
+        for id in own {
+            if let Some(t) = self.ty(id) {
+                if t.kind == kind && self.name(t.name_off) == Some(name.as_bytes()) {
+                    return Some(id);
+                }
+            }
+        }
+        self.base.as_ref()?.find_named(kind, name)
+    }
+
+    /// Arguments a raw tracepoint hands its programs: the parameters of the kernel's
+    /// `btf_trace_<name>` typedef (a pointer to `void (*)(void *__data, <tracepoint args>)`),
+    /// less `__data`. None when the typedef is missing or has another shape.
+    pub fn raw_tracepoint_args(&self, tracepoint: &str) -> Option<u32> {
+        let id = self.find_named(KIND_TYPEDEF, &format!("btf_trace_{tracepoint}"))?;
+        let (_, ptr) = self.resolve(id)?;
+        if ptr.kind != KIND_PTR {
+            return None;
+        }
+        let (_, proto) = self.resolve(ptr.size_or_type)?;
+        if proto.kind != KIND_FUNC_PROTO || proto.vlen == 0 {
+            return None;
+        }
+        Some(proto.vlen - 1)
+    }
+
     /// Id of the first struct named `name`: this blob's own types first, then the base's.
     fn find_struct(&self, name: &str) -> Option<u32> {
         let own = (0..self.index.len() as u32).map(|i| self.first_id + i);
@@ -388,6 +418,22 @@ impl Btf {
             return None;
         }
         u32::try_from(bits / 8).ok()
+    }
+
+    /// Name of the struct a member is (or, for an array member, holds): `Some("percpu_counter")`
+    /// for `struct percpu_counter rss_stat[4]`. None for other types or a missing member.
+    pub fn member_struct_name(&self, struct_name: &str, member: &str) -> Option<String> {
+        let t = self.ty(self.find_struct(struct_name)?)?;
+        let (_, m_type) = self.find_member(&t, member.as_bytes(), 0)?;
+        let (_, mut inner) = self.resolve(m_type)?;
+        if inner.kind == KIND_ARRAY {
+            // btf_array: type, index_type, nelems.
+            inner = self.resolve(inner.u32_at(0)?)?.1;
+        }
+        if inner.kind != KIND_STRUCT {
+            return None;
+        }
+        Some(String::from_utf8_lossy(self.name(inner.name_off)?).into_owned())
     }
 
     /// Size in bytes of `struct name`.

@@ -6,16 +6,17 @@ pub mod btf;
 pub mod gpu_mem;
 pub mod tracefs;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::TracePoint;
+use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::perf_event::{PerfEventScope, PerfTypeId, SamplePolicy};
+use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use o3_common::{
-    Event, MmState, Offsets, Pending, ProcPeak, RunState, Tracked, Tree, EVENT_EXEC, EVENT_EXIT,
-    EVENT_FORK, EVENT_PEAK, NO_FIELD, NR_RSS, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, TRACK_ROOT,
-    TRACK_WAIT_EXEC,
+    Event, KTick, MmState, Offsets, Pending, ProcPeak, RunState, Tracked, Tree, EVENT_EXEC,
+    EVENT_EXIT, EVENT_FORK, EVENT_PEAK, NO_FIELD, NR_RSS, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
+    TRACK_ROOT, TRACK_WAIT_EXEC,
 };
 use thiserror::Error;
 
@@ -25,7 +26,8 @@ use tracefs::{Format, TracefsError};
 /// The kernel programs, built for bpfel-unknown-none by build.rs.
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/o3-ebpf"));
 
-/// (program, category, tracepoint) for every program o3 attaches.
+/// (program, category, tracepoint) for every program o3 attaches, as classic tracepoint
+/// programs; [`raw_program`] names their raw tracepoint twins.
 pub const PROGRAMS: [(&str, &str, &str); 5] = [
     ("o3_newtask", "task", "task_newtask"),
     ("o3_exec", "sched", "sched_process_exec"),
@@ -33,6 +35,21 @@ pub const PROGRAMS: [(&str, &str, &str); 5] = [
     ("o3_switch", "sched", "sched_switch"),
     ("o3_rss", "kmem", "rss_stat"),
 ];
+
+/// The raw tracepoint twin of a classic program.
+fn raw_program(classic: &'static str) -> &'static str {
+    match classic {
+        "o3_newtask" => "o3_newtask_raw",
+        "o3_exec" => "o3_exec_raw",
+        "o3_exit" => "o3_exit_raw",
+        "o3_switch" => "o3_switch_raw",
+        other => other,
+    }
+}
+
+pub mod cost;
+pub mod rss;
+pub use rss::RssProgram;
 
 #[derive(Debug, Error)]
 pub enum EbpfError {
@@ -142,6 +159,10 @@ impl RuntimeStats {
 pub struct LoadReport {
     pub mounted_tracefs: bool,
     pub has_group_dead: bool,
+    /// The rss_stat program attached (`raw` or `classic`, or a bench variant).
+    pub rss_program: &'static str,
+    /// Why the raw rss_stat program is not used, where it is not.
+    pub rss_fallback: Option<String>,
 }
 
 /// Loaded and attached programs plus the maps the main thread uses.
@@ -151,7 +172,14 @@ pub struct Loaded {
     seeds: HashMap<MapData, u32, Pending>,
     proc_peak: HashMap<MapData, u32, ProcPeak>,
     proc_cpu: PerCpuHashMap<MapData, u32, u64>,
-    mms: HashMap<MapData, u32, MmState>,
+    mms: HashMap<MapData, u64, MmState>,
+    floor_tgid: Array<MapData, u32>,
+    calls: PerCpuArray<MapData, u64>,
+    /// Run-time statistics while a sampling window is open, with each program's counts at
+    /// its opening.
+    stats_window: Option<(RuntimeStats, Vec<(u64, u64)>)>,
+    sampled: Vec<cost::Sampled>,
+    windows: Option<cost::Windows>,
     live: Option<EbpfSource>,
     /// The GPU-memory kprobes, or why they are not attached.
     pub gpu_mem: Result<gpu_mem::GpuMemProbes, String>,
@@ -172,16 +200,64 @@ impl Loaded {
     /// Mounts tracefs if needed (root only), reads the tracepoint formats, loads the programs
     /// with those offsets and attaches them.
     pub fn load(sysfs_root: &Path, peak_event_step: u64) -> Result<Loaded, EbpfError> {
+        Self::load_with(sysfs_root, peak_event_step, RssProgram::Raw)
+    }
+
+    /// [`Loaded::load`] with a chosen rss_stat program. `Raw` falls back to `Classic` where
+    /// the kernel lacks what it needs (said in [`LoadReport::rss_fallback`]).
+    pub fn load_with(
+        sysfs_root: &Path,
+        peak_event_step: u64,
+        want: RssProgram,
+    ) -> Result<Loaded, EbpfError> {
+        match Self::load_once(sysfs_root, peak_event_step, want) {
+            Err(EbpfError::Program { prog, source }) if want == RssProgram::Raw => {
+                // The kernel refused the raw program (e.g. no bpf_map_lookup_percpu_elem
+                // before Linux 5.19): the classic one measures the same, at a higher cost.
+                let mut l = Self::load_once(sysfs_root, peak_event_step, RssProgram::Classic)?;
+                l.report.rss_fallback = Some(format!("loading {prog} failed: {}", one_line(&source.to_string())));
+                Ok(l)
+            }
+            other => other,
+        }
+    }
+
+    fn load_once(
+        sysfs_root: &Path,
+        peak_event_step: u64,
+        want: RssProgram,
+    ) -> Result<Loaded, EbpfError> {
         let dir = tracefs::tracefs_dir(sysfs_root);
         let mounted_tracefs = tracefs::ensure_mounted(&dir)?;
         let offsets = read_offsets(&dir, peak_event_step)?;
         let gpu_offsets = gpu_mem::loader_offsets(sysfs_root);
+        let (rss, raw, rss_fallback) = rss::choose(want, sysfs_root);
         let mut ebpf = EbpfLoader::new()
             .set_global("OFFSETS", &offsets, true)
             .set_global("GPU_OFFSETS", &gpu_offsets, true)
+            .set_global("RAW", &raw, true)
             .load(EBPF_OBJ)
             .map_err(EbpfError::Load)?;
         for (prog, cat, name) in PROGRAMS {
+            let (prog, raw_tp) = if name == "rss_stat" {
+                (rss.program(), rss.is_raw())
+            } else if rss.is_raw() {
+                (raw_program(prog), true)
+            } else {
+                (prog, false)
+            };
+            if raw_tp {
+                let p: &mut RawTracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or(EbpfError::MissingProgram(prog))?
+                    .try_into()
+                    .map_err(|source| EbpfError::Program { prog, source })?;
+                p.load()
+                    .map_err(|source| EbpfError::Program { prog, source })?;
+                p.attach(name)
+                    .map_err(|source| EbpfError::Program { prog, source })?;
+                continue;
+            }
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(EbpfError::MissingProgram(prog))?
@@ -194,17 +270,33 @@ impl Loaded {
         }
         // Exact GPU-memory peaks where the kernel has kprobes and amdgpu is loaded.
         let gpu_mem = gpu_mem::attach(&mut ebpf, sysfs_root);
+        let tree: Array<MapData, Tree> = take(&mut ebpf, "TREE")?;
+        let run: Array<MapData, RunState> = take(&mut ebpf, "RUN")?;
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(p, e)| EbpfError::Map("RUN", format!("{p}: {e}")))?
+            .min(o3_common::MAX_CPUS as usize);
         let live = EbpfSource {
-            tree: take(&mut ebpf, "TREE")?,
-            run: take(&mut ebpf, "RUN")?,
+            tree_map: Mapped::new(tree.map(), std::mem::size_of::<Tree>())
+                .map_err(|e| EbpfError::Map("TREE", format!("mmap: {e}")))?,
+            run_map: Mapped::new(
+                run.map(),
+                std::mem::size_of::<RunState>() * o3_common::MAX_CPUS as usize,
+            )
+            .map_err(|e| EbpfError::Map("RUN", format!("mmap: {e}")))?,
+            tree,
+            _run: run,
             events: take(&mut ebpf, "EVENTS")?,
-            ncpus: aya::util::nr_cpus()
-                .map_err(|(p, e)| EbpfError::Map("RUN", format!("{p}: {e}")))?,
-            run_buf: Vec::new(),
+            ticks: take(&mut ebpf, "TICKS")?,
+            kernel_ticks: false,
+            pending: None,
+            ncpus,
+            states: Vec::new(),
             last_cpu: 0,
             last_cpu_at: 0,
             processes: 0,
         };
+        let floor_tgid = take(&mut ebpf, "FLOOR_TGID")?;
+        let calls = take(&mut ebpf, "CALLS")?;
         Ok(Loaded {
             tracked: take(&mut ebpf, "TRACKED")?,
             seeds: take(&mut ebpf, "SEEDS")?,
@@ -214,9 +306,16 @@ impl Loaded {
             live: Some(live),
             gpu_mem,
             ebpf,
+            floor_tgid,
+            calls,
+            stats_window: None,
+            sampled: vec![cost::Sampled::default(); o3_common::NR_CALLS as usize],
+            windows: None,
             report: LoadReport {
                 mounted_tracefs,
                 has_group_dead: offsets.exit_group_dead != NO_FIELD,
+                rss_program: rss.name(),
+                rss_fallback,
             },
         })
     }
@@ -235,6 +334,11 @@ impl Loaded {
         self.tracked
             .insert(pid, v, 0)
             .map_err(|e| EbpfError::Map("TRACKED", e.to_string()))?;
+        if self.report.rss_program.starts_with("floor") {
+            self.floor_tgid
+                .set(0, pid, 0)
+                .map_err(|e| EbpfError::Map("FLOOR_TGID", e.to_string()))?;
+        }
         if let Some(live) = self.live.as_mut() {
             live.processes += 1;
         }
@@ -296,6 +400,33 @@ impl Loaded {
         Ok(())
     }
 
+    /// Starts kernel samples of the tree every `interval` (a cpu-clock perf event on CPU 0
+    /// runs `o3_tick`), so no user-space thread has to wake at that rate. Call before
+    /// [`Loaded::take_source`].
+    pub fn start_ticks(&mut self, interval: std::time::Duration) -> Result<(), EbpfError> {
+        let prog = "o3_tick";
+        let p: &mut PerfEvent = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or(EbpfError::MissingProgram(prog))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { prog, source })?;
+        p.load()
+            .map_err(|source| EbpfError::Program { prog, source })?;
+        p.attach(
+            PerfTypeId::Software,
+            0, // PERF_COUNT_SW_CPU_CLOCK
+            PerfEventScope::AllProcessesOneCpu { cpu: 0 },
+            SamplePolicy::Period(interval.as_nanos().max(1) as u64),
+            false,
+        )
+        .map_err(|source| EbpfError::Program { prog, source })?;
+        if let Some(live) = self.live.as_mut() {
+            live.kernel_ticks = true;
+        }
+        Ok(())
+    }
+
     /// The per-tick source; taken once by the sampler.
     pub fn take_source(&mut self) -> Option<EbpfSource> {
         self.live.take()
@@ -346,53 +477,148 @@ impl Loaded {
         out
     }
 
-    /// Total run time (ns) and run count of all programs while run-time stats were enabled.
-    pub fn program_stats(&self) -> (u64, u64) {
-        let mut ns = 0;
-        let mut cnt = 0;
-        for (_, prog) in self.ebpf.programs() {
+    /// (run time, runs) of each attached program by `CALL_*` slot, as the kernel's run-time
+    /// statistics count them (only while statistics are on).
+    fn program_counts(&self) -> Vec<(u64, u64)> {
+        let mut out = vec![(0, 0); o3_common::NR_CALLS as usize];
+        for (name, prog) in self.ebpf.programs() {
+            let Some(slot) = call_slot(name) else {
+                continue;
+            };
             if let Ok(info) = prog.info() {
-                ns += info.run_time().as_nanos() as u64;
-                cnt += info.run_count();
+                let e = &mut out[slot as usize];
+                e.0 += info.run_time().as_nanos() as u64;
+                e.1 += info.run_count();
             }
         }
-        (ns, cnt)
+        out
+    }
+
+    /// Opens or closes the run-time statistics window due at `now_ns` (CLOCK_MONOTONIC); call
+    /// it every ~100 ms. The first call starts the schedule.
+    pub fn sample_cost(&mut self, now_ns: u64) -> Result<(), EbpfError> {
+        let w = *self.windows.get_or_insert_with(|| cost::Windows::new(now_ns));
+        match (w.open_at(now_ns), self.stats_window.is_some()) {
+            (true, false) => {
+                let stats = RuntimeStats::enable()?;
+                self.stats_window = Some((stats, self.program_counts()));
+            }
+            (false, true) => self.close_window(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn close_window(&mut self) {
+        let Some((stats, base)) = self.stats_window.take() else {
+            return;
+        };
+        let now = self.program_counts();
+        drop(stats);
+        for (i, ((ns0, n0), (ns1, n1))) in base.iter().zip(&now).enumerate() {
+            self.sampled[i].ns += ns1.saturating_sub(*ns0);
+            self.sampled[i].runs += n1.saturating_sub(*n0);
+        }
+    }
+
+    /// The programs' estimated run time (ns) and their exact number of runs: the time per
+    /// run measured in the statistics windows, times every run counted.
+    pub fn program_stats(&mut self) -> (u64, u64) {
+        self.close_window();
+        let calls: Vec<u64> = (0..o3_common::NR_CALLS)
+            .map(|slot| {
+                self.calls
+                    .get(&slot, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let per: Vec<(cost::Sampled, u64)> =
+            self.sampled.iter().copied().zip(calls.iter().copied()).collect();
+        (cost::estimate(&per), calls.iter().sum())
     }
 }
 
-/// Minimal BPF_MAP_LOOKUP_ELEM into a caller-owned buffer, so the sampler's hot path does
-/// not allocate (aya's per-CPU getters return a fresh Vec each call).
-fn lookup_raw(fd: RawFd, key: u32, out: &mut [u8]) -> std::io::Result<()> {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = Attr {
-        map_fd: fd as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: out.as_mut_ptr() as u64,
-        flags: 0,
+/// A load error in one line: a verifier log is cut to its verdict (its last line before the
+/// statistics).
+fn one_line(err: &str) -> String {
+    let Some((head, log)) = err.split_once("Verifier output:") else {
+        return err.lines().next().unwrap_or("").to_string();
     };
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    // SAFETY: `attr` is a valid bpf_attr prefix for MAP_LOOKUP_ELEM; `key` and `out` outlive
-    // the call and `out` is as large as the map's value (checked by the callers' sizing).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take_while(|l| !l.starts_with("verification time"))
+        .last()
+        .unwrap_or("");
+    format!("{} the verifier said: {verdict}", head.trim_end())
+}
+
+/// The `CALL_*` slot a program counts its calls in.
+fn call_slot(program: &str) -> Option<u32> {
+    use o3_common::{CALL_EXEC, CALL_EXIT, CALL_NEWTASK, CALL_RSS, CALL_SWITCH, CALL_TICK};
+    Some(match program {
+        "o3_newtask" | "o3_newtask_raw" => CALL_NEWTASK,
+        "o3_exec" | "o3_exec_raw" => CALL_EXEC,
+        "o3_exit" | "o3_exit_raw" => CALL_EXIT,
+        "o3_switch" | "o3_switch_raw" => CALL_SWITCH,
+        "o3_rss" | "o3_rss_raw" | "o3_floor_tp" | "o3_floor_raw" => CALL_RSS,
+        "o3_tick" => CALL_TICK,
+        _ => return None,
+    })
+}
+
+/// A read-only shared mapping of a BPF_F_MMAPABLE array map: its values, read with plain
+/// loads.
+struct Mapped {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; reading it from another thread is
+// reading kernel-written memory, which the readers do with volatile loads.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(map: &MapData, bytes: usize) -> std::io::Result<Mapped> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = bytes.next_multiple_of(page);
+        // SAFETY: maps `len` bytes of the map's values read-only; the kernel checks that the
+        // map is mmapable and at least that large.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            ptr: ptr as *const u8,
+            len,
+        })
     }
-    Ok(())
+
+    /// The u64 at byte offset `off`, loaded once.
+    fn u64_at(&self, off: usize) -> u64 {
+        assert!(off % 8 == 0 && off + 8 <= self.len, "read inside the mapping");
+        // SAFETY: aligned, inside the live mapping (checked above).
+        unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u64) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the region this value mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
 }
 
 fn cstr(bytes: &[u8]) -> String {
@@ -434,11 +660,20 @@ pub fn convert_event(ev: &Event, t0_ns: u64) -> Option<TreeEvent> {
 /// Reads the tree totals, CPU time (committed plus in flight on each CPU) and the event ring
 /// buffer each tick: three map lookups and no allocation.
 pub struct EbpfSource {
+    tree_map: Mapped,
+    run_map: Mapped,
+    /// The maps behind the mappings (TREE is also written through it at attach).
     tree: Array<MapData, Tree>,
-    run: PerCpuArray<MapData, RunState>,
+    _run: Array<MapData, RunState>,
     events: RingBuf<MapData>,
+    /// Kernel samples, once [`Loaded::start_ticks`] started them.
+    ticks: RingBuf<MapData>,
+    kernel_ticks: bool,
+    /// A kernel sample taken after the last drain's limit, for the next drain.
+    pending: Option<KTick>,
     ncpus: usize,
-    run_buf: Vec<u8>,
+    /// Reused for each read of RUN (no allocation per tick).
+    states: Vec<RunState>,
     last_cpu: u64,
     last_cpu_at: u64,
     processes: u32,
@@ -457,34 +692,46 @@ pub struct TreeTotals {
     pub cpu_at_ns: u64,
 }
 
-/// Decodes one CPU's `RunState` from a per-CPU lookup buffer.
-fn run_state(c: &[u8]) -> RunState {
-    let u64_at = |o: usize| u64::from_ne_bytes(c[o..o + 8].try_into().expect("8 bytes"));
-    RunState {
-        seq_end: u64_at(0),
-        total_ns: u64_at(8),
-        since_ns: u64_at(16),
-        tgid: u32::from_ne_bytes(c[24..28].try_into().expect("4 bytes")),
-        _pad: 0,
-        seq_begin: u64_at(32),
-    }
-}
-
 impl EbpfSource {
-    fn fd<M: aya::maps::IterableMap<u32, V>, V>(m: &M) -> RawFd {
-        m.map().fd().as_fd().as_raw_fd()
+    /// CPU `cpu`'s slot of RUN, each field loaded once, in the order of the sequence lock.
+    fn run_state(&self, cpu: usize) -> RunState {
+        let base = cpu * std::mem::size_of::<RunState>();
+        let seq_end = self.run_map.u64_at(base);
+        let total_ns = self.run_map.u64_at(base + 8);
+        let since_ns = self.run_map.u64_at(base + 16);
+        let tgid = self.run_map.u64_at(base + 24) as u32;
+        let seq_begin = self.run_map.u64_at(base + 32);
+        RunState {
+            seq_end,
+            total_ns,
+            since_ns,
+            tgid,
+            _pad: 0,
+            seq_begin,
+            _line: [0; 3],
+        }
+    }
+
+    /// The tree totals, loaded from the mapping (a copy the kernel may be updating: each field
+    /// is whole, fields may be one update apart, as with a map lookup).
+    fn tree(&self) -> Tree {
+        let w = |i: usize| self.tree_map.u64_at(8 * i);
+        Tree {
+            cur: [w(0) as i64, w(1) as i64, w(2) as i64, w(3) as i64],
+            rss: w(4) as i64,
+            rss_peak: w(5) as i64,
+            rss_peak_ns: w(6),
+            last_event_peak: w(7) as i64,
+            events_lost: w(8),
+            ticks_lost: w(9),
+        }
     }
 
     /// Current totals (also used for the final summary). `cpu_at_ns` is the CLOCK_MONOTONIC
     /// instant the CPU figure is exact for: the clock is read after the per-CPU copy, so slices
     /// in flight are counted up to then and no finished slice is missed.
     pub fn totals(&mut self) -> Result<TreeTotals, EbpfError> {
-        let tree = self
-            .tree
-            .get(&0, 0)
-            .map_err(|e| EbpfError::Map("TREE", e.to_string()))?;
-        let run_slot = std::mem::size_of::<RunState>().next_multiple_of(8);
-        self.run_buf.resize(self.ncpus * run_slot, 0);
+        let tree = self.tree();
         // A copy torn by a context switch on some CPU is retried; the switch is a few
         // instructions long, so one retry nearly always suffices.
         // The copy happens somewhere between two clock reads `a` and `b`; the slices in flight
@@ -494,18 +741,12 @@ impl EbpfSource {
         let mut best: Option<(u64, u64, u64)> = None; // (gap, cpu, at)
         for _ in 0..16 {
             let a = super::monotonic_ns();
-            lookup_raw(Self::fd(&self.run), 0, &mut self.run_buf).map_err(|source| {
-                EbpfError::Syscall {
-                    what: "lookup RUN",
-                    source,
-                }
-            })?;
+            let mut states = std::mem::take(&mut self.states);
+            states.clear();
+            states.extend((0..self.ncpus).map(|c| self.run_state(c)));
             let b = super::monotonic_ns();
-            let cpu: Option<u64> = self
-                .run_buf
-                .chunks_exact(run_slot)
-                .map(|c| run_state(c).cpu_at(b))
-                .sum();
+            let cpu: Option<u64> = states.iter().map(|r| r.cpu_at(b)).sum();
+            self.states = states;
             let Some(cpu) = cpu else {
                 continue; // torn by a context switch
             };
@@ -553,9 +794,68 @@ fn pos(v: i64) -> u64 {
     v.max(0) as u64
 }
 
+impl EbpfSource {
+    /// Whether the kernel samples the tree at the interval (see [`Loaded::start_ticks`]).
+    pub fn kernel_ticks(&self) -> bool {
+        self.kernel_ticks
+    }
+}
+
+/// A kernel sample as a [`Sample`] (the tree's figures only).
+pub fn tick_sample(k: &KTick, t0_ns: u64) -> Sample {
+    Sample {
+        t_ns: k.t_ns.saturating_sub(t0_ns),
+        rss_bytes: Some(pos(k.rss)),
+        rss_file_bytes: Some(pos(k.cur[RSS_FILE])),
+        rss_anon_bytes: Some(pos(k.cur[RSS_ANON])),
+        rss_shmem_bytes: Some(pos(k.cur[RSS_SHMEM])),
+        swap_bytes: Some(pos(k.cur[RSS_SWAP])),
+        rss_peak_bytes: Some(pos(k.rss_peak)),
+        rss_peak_t_ns: Some(k.rss_peak_ns.saturating_sub(t0_ns)),
+        cpu_ns: (k.cpu_ns != u64::MAX).then_some(k.cpu_ns),
+        ..Sample::default()
+    }
+}
+
 impl Source for EbpfSource {
     fn name(&self) -> &'static str {
         "ebpf"
+    }
+
+    fn drain_samples(&mut self, up_to_ns: u64, t0_ns: u64, out: &mut Vec<Sample>) {
+        if !self.kernel_ticks {
+            return;
+        }
+        loop {
+            let k = match self.pending.take() {
+                Some(k) => k,
+                None => {
+                    let Some(item) = self.ticks.next() else {
+                        return;
+                    };
+                    if item.len() < std::mem::size_of::<KTick>() {
+                        continue;
+                    }
+                    // SAFETY: the kernel wrote a full `KTick` (#[repr(C)], plain integers);
+                    // the read is unaligned-safe.
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const KTick) }
+                }
+            };
+            if k.t_ns > up_to_ns {
+                self.pending = Some(k);
+                return;
+            }
+            let mut s = tick_sample(&k, t0_ns);
+            // CPU time never goes back, across kernel and user-space reads.
+            if let Some(c) = s.cpu_ns {
+                if c >= self.last_cpu {
+                    self.last_cpu = c;
+                    self.last_cpu_at = k.t_ns;
+                }
+                s.cpu_ns = Some(self.last_cpu);
+            }
+            out.push(s);
+        }
     }
 
     fn sample(&mut self, _now_ns: u64, t0_ns: u64, out: &mut Sample, events: &mut Vec<TreeEvent>) {

@@ -1,0 +1,238 @@
+//! Raw or classic tracepoints, and what the raw programs need from the kernel's BTF.
+//!
+//! Raw tracepoint programs (the default) get the kernel's own arguments instead of a record
+//! the kernel formats before any program runs, and detaching one does not wait for an RCU
+//! grace period (a classic tracepoint's perf event does, ~70 ms each here). The raw rss_stat
+//! program reads an mm's RSS counters itself. They need the layout of `struct mm_struct`,
+//! `struct percpu_counter`, `struct bpf_array`, `struct task_struct` and
+//! `struct linux_binprm` and the tracepoints' argument lists from the kernel's BTF, Linux
+//! 6.2's per-CPU RSS counters, Linux 5.18's `sched_switch` arguments and
+//! `bpf_map_lookup_percpu_elem` (Linux 5.19). Where any is missing, the classic tracepoint
+//! programs are used and the reason is reported.
+
+use std::path::Path;
+
+use o3_common::{
+    RawTp, COUNTER_READ_MAX, MAX_CPUS, RSS_CLASSIC, RSS_FLOOR_CLASSIC, RSS_FLOOR_RAW, RSS_RAW,
+    RSS_RAW_LOOKUP, RSS_RAW_READ,
+};
+
+use super::btf::Btf;
+
+/// The programs to attach, named by their rss_stat program: `Raw` attaches raw tracepoints
+/// throughout, `Classic` classic ones throughout. Only these two measure RSS; the others are
+/// the steps and floors `cargo xtask bench record` compares (the floors with the process and
+/// CPU programs of their own kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RssProgram {
+    Raw,
+    Classic,
+    RawLookup,
+    RawRead,
+    FloorClassic,
+    FloorRaw,
+}
+
+impl RssProgram {
+    pub const ALL: [RssProgram; 6] = [
+        RssProgram::Raw,
+        RssProgram::Classic,
+        RssProgram::RawLookup,
+        RssProgram::RawRead,
+        RssProgram::FloorClassic,
+        RssProgram::FloorRaw,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RssProgram::Raw => "raw",
+            RssProgram::Classic => "classic",
+            RssProgram::RawLookup => "raw-lookup",
+            RssProgram::RawRead => "raw-read",
+            RssProgram::FloorClassic => "floor-classic",
+            RssProgram::FloorRaw => "floor-raw",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RssProgram> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// Whether RSS figures are measured (the bench variants measure nothing).
+    pub fn measures(self) -> bool {
+        matches!(self, RssProgram::Raw | RssProgram::Classic)
+    }
+
+    /// Whether raw tracepoints are attached.
+    pub fn is_raw(self) -> bool {
+        matches!(
+            self,
+            RssProgram::Raw | RssProgram::RawLookup | RssProgram::RawRead | RssProgram::FloorRaw
+        )
+    }
+
+    /// The program's name in the object.
+    pub(super) fn program(self) -> &'static str {
+        match self {
+            RssProgram::Raw | RssProgram::RawLookup | RssProgram::RawRead => "o3_rss_raw",
+            RssProgram::Classic => "o3_rss",
+            RssProgram::FloorClassic => "o3_floor_tp",
+            RssProgram::FloorRaw => "o3_floor_raw",
+        }
+    }
+
+    fn mode(self) -> u32 {
+        match self {
+            RssProgram::Raw => RSS_RAW,
+            RssProgram::Classic => RSS_CLASSIC,
+            RssProgram::RawLookup => RSS_RAW_LOOKUP,
+            RssProgram::RawRead => RSS_RAW_READ,
+            RssProgram::FloorClassic => RSS_FLOOR_CLASSIC,
+            RssProgram::FloorRaw => RSS_FLOOR_RAW,
+        }
+    }
+}
+
+/// The program to load and its globals; a wanted raw program that cannot run here becomes
+/// the classic one, with the reason.
+pub fn choose(want: RssProgram, sysfs_root: &Path) -> (RssProgram, RawTp, Option<String>) {
+    // The kernel sampler sums every CPU's slot, whichever programs run.
+    let ncpus = possible_cpus(sysfs_root)
+        .unwrap_or(1)
+        .min(MAX_CPUS);
+    let classic = RawTp {
+        mode: RSS_CLASSIC,
+        ncpus,
+        ..RawTp::default()
+    };
+    if !want.is_raw() {
+        let raw = RawTp {
+            mode: want.mode(),
+            ..classic
+        };
+        return (want, raw, None);
+    }
+    match raw_offsets(sysfs_root) {
+        Ok(mut raw) => {
+            raw.mode = want.mode();
+            (want, raw, None)
+        }
+        Err(why) => (RssProgram::Classic, classic, Some(why)),
+    }
+}
+
+/// Offsets and sizes the raw program needs, or why it cannot run on this kernel.
+pub fn raw_offsets(sysfs_root: &Path) -> Result<RawTp, String> {
+    let path = sysfs_root.join("kernel/btf/vmlinux");
+    let btf = Btf::from_file(&path).map_err(|e| format!("no kernel BTF ({e})"))?;
+    let ncpus = possible_cpus(sysfs_root)?;
+    offsets_from_btf(&btf, ncpus, page_shift())
+}
+
+/// Pure part of [`raw_offsets`].
+pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp, String> {
+    let member = |s: &str, m: &str| {
+        btf.member_offset(s, &[m])
+            .ok_or_else(|| format!("the kernel's BTF has no {s}.{m}"))
+    };
+    for (tp, ok) in [
+        ("sched_switch", &[4][..]),
+        ("task_newtask", &[2]),
+        ("sched_process_exec", &[3]),
+        ("sched_process_exit", &[1, 2]),
+        ("rss_stat", &[2]),
+    ] {
+        match btf.raw_tracepoint_args(tp) {
+            Some(n) if ok.contains(&n) => {}
+            Some(n) => {
+                return Err(format!(
+                    "raw tracepoint {tp} has {n} arguments here (o3 knows {ok:?})"
+                ))
+            }
+            None => return Err(format!("the kernel's BTF does not describe raw tracepoint {tp}")),
+        }
+    }
+    match btf.member_struct_name("mm_struct", "rss_stat").as_deref() {
+        Some("percpu_counter") => {}
+        other => {
+            return Err(format!(
+                "mm_struct.rss_stat is {} here, not per-CPU counters (Linux 6.2 and later)",
+                other.map_or("something else".to_string(), |n| format!("struct {n}"))
+            ))
+        }
+    }
+    if ncpus == 0 || ncpus > MAX_CPUS {
+        return Err(format!("{ncpus} possible CPUs (the raw program sums up to {MAX_CPUS})"));
+    }
+    let raw = RawTp {
+        mm_rss_stat: member("mm_struct", "rss_stat")?,
+        counter_size: btf
+            .struct_size("percpu_counter")
+            .ok_or("the kernel's BTF has no struct percpu_counter")?,
+        counter_lock: member("percpu_counter", "lock")?,
+        counter_count: member("percpu_counter", "count")?,
+        counter_counters: member("percpu_counter", "counters")?,
+        array_pptrs: member("bpf_array", "pptrs")?,
+        task_mm: member("task_struct", "mm")?,
+        task_pid: member("task_struct", "pid")?,
+        binprm_filename: member("linux_binprm", "filename")?,
+        exit_group_dead: u32::from(btf.raw_tracepoint_args("sched_process_exit") == Some(2)),
+        ncpus,
+        page_shift,
+        mode: RSS_RAW,
+    };
+    let fits = |off: u32, len: u32| off % len == 0 && off + len <= COUNTER_READ_MAX;
+    if !(fits(raw.counter_lock, 4) && fits(raw.counter_count, 8) && fits(raw.counter_counters, 8))
+    {
+        return Err(format!(
+            "struct percpu_counter has an unexpected layout (lock at {}, count at {}, counters at {})",
+            raw.counter_lock, raw.counter_count, raw.counter_counters
+        ));
+    }
+    Ok(raw)
+}
+
+/// `nr_cpu_ids`: one more than the highest CPU in `devices/system/cpu/possible` ("0-31").
+fn possible_cpus(sysfs_root: &Path) -> Result<u32, String> {
+    let path = sysfs_root.join("devices/system/cpu/possible");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    parse_possible(&text).ok_or_else(|| format!("{}: cannot parse {text:?}", path.display()))
+}
+
+pub fn parse_possible(text: &str) -> Option<u32> {
+    let mut max = None;
+    for part in text.trim().split(',') {
+        let hi = part.rsplit('-').next()?.trim().parse::<u32>().ok()?;
+        max = Some(max.map_or(hi, |m: u32| m.max(hi)));
+    }
+    max.map(|m| m + 1)
+}
+
+fn page_shift() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (size.max(4096) as u64).trailing_zeros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn possible_cpu_lists_give_the_count() {
+        assert_eq!(parse_possible("0-1\n"), Some(2));
+        assert_eq!(parse_possible("0"), Some(1));
+        assert_eq!(parse_possible("0-3,8-11"), Some(12));
+        assert_eq!(parse_possible(""), None);
+        assert_eq!(parse_possible("zero"), None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in RssProgram::ALL {
+            assert_eq!(RssProgram::parse(p.name()), Some(p));
+        }
+        assert_eq!(RssProgram::parse("fast"), None);
+    }
+}
