@@ -78,12 +78,120 @@ fn spike_peak_is_exact_at_10ms_and_at_1s_sampling() {
             "{interval}: peak {peak} vs VmHWM {hwm}"
         );
         assert_eq!(s["rss"]["method"], "ebpf");
+        // This kernel has what the raw tracepoint programs need: no fallback, no warning.
+        assert_eq!(s["rss"]["program"], "raw", "{}", s["warnings"]);
+        assert_eq!(
+            s["warnings"].as_array().map(Vec::len),
+            Some(0),
+            "{}",
+            s["warnings"]
+        );
+        assert_eq!(s["sampling"]["kernel"], true);
         assert_eq!(i(&s["rss"]["final_bytes"]), 0, "the process is gone");
         // With 1 s sampling the whole run fits between two samples: the peak is still exact.
         if interval == "1s" {
             assert!(i(&s["sampling"]["samples"]) <= 3, "{}", s["sampling"]);
         }
     }
+}
+
+/// The classic tracepoint programs (the fallback where the kernel lacks what the raw ones
+/// need) measure the same exact peak.
+#[test]
+fn classic_fallback_programs_measure_the_same_exact_peak() {
+    if !ebpf_or_skip("classic_fallback") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let (s, out) = record_json(
+        &["--method", "ebpf", "--rss-program", "classic"],
+        &[
+            workload(),
+            "spike",
+            "--mib",
+            "32",
+            "--hold-us",
+            "1000",
+            "--repeat",
+            "3",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_report(&report);
+    let truth = i(&r["smaps_rss_max_during_hold_bytes"]);
+    let peak = i(&process(&s, i(&r["pid"]))["peak_rss_bytes"]);
+    assert!(
+        (peak - truth).abs() <= PAGE,
+        "classic: peak {peak} vs truth {truth}"
+    );
+    assert_eq!(s["rss"]["program"], "classic");
+}
+
+/// At 1 ms the tree is sampled by the kernel (no wake-up of o3 per sample): every sample is
+/// in the trace, in time order, CPU time never goes back, and o3 itself reads system memory
+/// every 100 ms.
+#[test]
+fn kernel_samples_the_tree_at_the_interval() {
+    if !ebpf_or_skip("kernel_samples") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let (s, out) = record_json(
+        &[
+            "--interval",
+            "1ms",
+            "--method",
+            "ebpf",
+            "--out",
+            trace.to_str().unwrap(),
+        ],
+        &[workload(), "loop", "--ms", "300"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["sampling"]["kernel"], true);
+    assert_eq!(i(&s["sampling"]["sources_every_ns"]), 100_000_000);
+    let samples: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "sample")
+        .collect();
+    let wall_ms = i(&s["wall_ns"]) / 1_000_000;
+    // One per millisecond of the run; half of that leaves room for a machine that delays
+    // timers, and is still ten times what o3's own wake-ups (every 100 ms) could give.
+    assert!(
+        samples.len() as i64 >= wall_ms / 2,
+        "{} samples in {wall_ms} ms",
+        samples.len()
+    );
+    let ts: Vec<i64> = samples.iter().map(|v| i(&v["t_ns"])).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "samples in time order");
+    let cpu: Vec<i64> = samples
+        .iter()
+        .filter_map(|v| v["cpu_ns"].as_i64())
+        .collect();
+    assert!(
+        cpu.windows(2).all(|w| w[0] <= w[1]),
+        "CPU time never goes back"
+    );
+    assert!(
+        *cpu.last().unwrap() >= 250_000_000,
+        "the loop burned ~300 ms"
+    );
 }
 
 #[test]

@@ -22,8 +22,11 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// `clone_flags` bit that marks a new thread (not a new process).
 pub const CLONE_THREAD: u64 = 0x0001_0000;
-/// `sched_switch.prev_state` bits of a task that will never run again (X, Z).
+/// `sched_switch.prev_state` bits of a task that will never run again (X, Z), in the classic
+/// record's report encoding.
 pub const TASK_STATE_DEAD_MASK: i64 = 0x10 | 0x20;
+/// `TASK_DEAD` in a task's own state (the raw sched_switch argument) when it exits.
+pub const TASK_DEAD: u32 = 0x80;
 
 /// Marks an absent tracepoint field in [`Offsets`].
 pub const NO_FIELD: u32 = u32::MAX;
@@ -95,8 +98,10 @@ pub struct RawTp {
     pub array_pptrs: u32,
     /// `struct task_struct` → `mm`.
     pub task_mm: u32,
-    /// `struct task_struct` → `pid` (raw task_newtask and sched_switch).
+    /// `struct task_struct` → `pid` (raw task_newtask).
     pub task_pid: u32,
+    /// `struct task_struct` → `tgid` (raw sched_switch: the process of the task switched in).
+    pub task_tgid: u32,
     /// `struct linux_binprm` → `filename` (raw sched_process_exec).
     pub binprm_filename: u32,
     /// 1 if raw sched_process_exit has its `group_dead` argument (Linux 6.16 and later).
@@ -376,7 +381,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Offsets>(), 12 * 4 + 8);
-        assert_eq!(size_of::<RawTp>(), 13 * 4);
+        assert_eq!(size_of::<RawTp>(), 14 * 4);
         assert_eq!(size_of::<Tracked>(), 16);
         assert_eq!(size_of::<MmState>(), 8 + 32 + 16);
         assert_eq!(size_of::<Pending>(), 16 + 32);

@@ -60,6 +60,7 @@ static RAW: RawTp = RawTp {
     array_pptrs: 0,
     task_mm: 0,
     task_pid: 0,
+    task_tgid: 0,
     binprm_filename: 0,
     exit_group_dead: 0,
     ncpus: 0,
@@ -68,28 +69,28 @@ static RAW: RawTp = RawTp {
 };
 
 #[map]
-// The hash maps are not preallocated (BPF_F_NO_PREALLOC): their entries are few and made
-// rarely (a process, a thread, an address space), and preallocating 16384-65536 of each took a
-// third of the load time.
-static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_TRACKED, 1);
+// The hash maps are preallocated (the default): an insert into a map without preallocation
+// can fail in a tracepoint while the kernel refills its allocation cache, and a failed insert
+// would lose a process or a thread's CPU time.
+static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static MMS: HashMap<u64, MmState> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 #[map]
-static SEEDS: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_TRACKED, 1);
+static SEEDS: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
-static PROC_PEAK: HashMap<u32, ProcPeak> = HashMap::with_max_entries(MAX_TRACKED, 1);
+static PROC_PEAK: HashMap<u32, ProcPeak> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 // TREE and RUN are memory-mapped by user space (BPF_F_MMAPABLE): the sampler reads them with
 // plain loads, no system call per tick.
 static TREE: Array<Tree> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
-static PROC_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 1);
+static PROC_CPU: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static RUN: Array<RunState> = Array::with_max_entries(MAX_CPUS, BPF_F_MMAPABLE);
 #[map]
-static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED * 4, 1);
+static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED * 4, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// Per-CPU offsets (`__per_cpu_offset[cpu]`), learned once from a per-CPU array of o3's own;
@@ -413,7 +414,7 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
     let o = offsets();
     let state: i64 = read(ctx, o.switch_prev_state).unwrap_or(0);
     let next: i32 = read(ctx, o.switch_next_pid).unwrap_or(0);
-    on_switch(state, next as u32)
+    on_switch(state & TASK_STATE_DEAD_MASK != 0, Next::Tid(next as u32))
 }
 
 /// Raw `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -426,14 +427,34 @@ pub fn o3_switch_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_switch_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let (next, state) = (raw_arg(ctx, 2), raw_arg(ctx, 3) as u32 as i64);
-    let next = task_pid(next, &raw()).unwrap_or(0);
-    on_switch(state, next)
+    let (next, state) = (raw_arg(ctx, 2), raw_arg(ctx, 3) as u32);
+    let r = raw();
+    // The process of the task switched in, from the task itself: tracked or not.
+    // SAFETY: reads `next->tgid` without faulting.
+    let tgid = unsafe { bpf_probe_read_kernel((next + r.task_tgid as u64) as *const i32) }
+        .map_or(0, |t| t as u32);
+    // SAFETY: map lookup result is only tested.
+    let next_tgid = if tgid != 0 && unsafe { TRACKED.get(&tgid) }.is_some() {
+        tgid
+    } else {
+        0
+    };
+    // The raw argument is the task's own state (TASK_DEAD for a task that exits), not the
+    // classic record's report encoding.
+    let dead = state & TASK_DEAD != 0;
+    on_switch(dead, Next::Tgid(next_tgid))
 }
 
-/// `prev_state`: the state of the task switched out (current); `next`: the tid switched in.
+/// The task switched in: its tid (classic: its process is looked up in THREADS) or its
+/// process, known already (raw).
+enum Next {
+    Tid(u32),
+    Tgid(u32),
+}
+
+/// `dead`: the task switched out (current) exits; `next`: the task switched in.
 #[inline(always)]
-fn on_switch(state: i64, next: u32) -> Result<(), i64> {
+fn on_switch(dead: bool, next: Next) -> Result<(), i64> {
     let now = now_ns();
     // SAFETY: bpf_get_smp_processor_id has no preconditions.
     let cpu = unsafe { aya_ebpf::helpers::gen::bpf_get_smp_processor_id() };
@@ -455,7 +476,7 @@ fn on_switch(state: i64, next: u32) -> Result<(), i64> {
                     }
                 }
             }
-            if state & TASK_STATE_DEAD_MASK != 0 {
+            if dead {
                 let _ = THREADS.remove(&tid);
                 // SAFETY: pointer into the hash map's value, valid for the program's run.
                 if unsafe { (*t).dead_tid } == tid {
@@ -466,8 +487,11 @@ fn on_switch(state: i64, next: u32) -> Result<(), i64> {
             }
         }
     }
-    // SAFETY: map lookup result is copied.
-    let next_tgid = unsafe { THREADS.get(&next) }.copied().unwrap_or(0);
+    let next_tgid = match next {
+        // SAFETY: map lookup result is copied.
+        Next::Tid(tid) => unsafe { THREADS.get(&tid) }.copied().unwrap_or(0),
+        Next::Tgid(tgid) => tgid,
+    };
     // Sequence-locked update (see `RunState`): volatile stores keep this order, which is the
     // order a reader on another CPU observes them in.
     // SAFETY: `run` is this CPU's value; all pointers are into it.
@@ -738,7 +762,6 @@ fn raise_tree_peak(tree: *mut Tree, rss: i64, now: u64, owner: u32, o: &Offsets)
     }
 }
 
-
 // ---------------------------------------------------------------- RSS, raw tracepoint
 //
 // The classic tracepoint above gets a record the kernel filled before any program runs: a
@@ -857,7 +880,11 @@ fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
         // SAFETY: as above.
         let again = unsafe { bpf_probe_read_kernel((fbc + r.counter_count as u64) as *const i64) }?;
         if again == count {
-            return Ok(if sum < 0 { 0 } else { sum << (r.page_shift & 31) });
+            return Ok(if sum < 0 {
+                0
+            } else {
+                sum << (r.page_shift & 31)
+            });
         }
     }
     Err(-1)
@@ -866,7 +893,9 @@ fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
 #[inline(always)]
 fn as_bytes(words: &mut [u64; COUNTER_READ_MAX as usize / 8]) -> &mut [u8] {
     // SAFETY: a u64 array viewed as its bytes.
-    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, COUNTER_READ_MAX as usize) }
+    unsafe {
+        core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, COUNTER_READ_MAX as usize)
+    }
 }
 
 /// Starts tracking `mm` for `tgid` with all four counters read exactly.
@@ -945,7 +974,6 @@ fn try_rss_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     first_sight(mm, tgid, &r, &offsets())
 }
 
-
 // ---------------------------------------------------------------- kernel samples
 
 /// A perf-event timer (cpu-clock on one CPU, period = the sampling interval) runs this: it
@@ -975,7 +1003,9 @@ fn try_tick() -> Result<(), i64> {
             break;
         }
         match RUN.get_ptr_mut(cpu) {
-            Some(slot) if cpu_ns != u64::MAX => cpu_ns = cpu_of(slot, now).map_or(u64::MAX, |v| cpu_ns + v),
+            Some(slot) if cpu_ns != u64::MAX => {
+                cpu_ns = cpu_of(slot, now).map_or(u64::MAX, |v| cpu_ns + v)
+            }
             _ => {}
         }
         cpu += 1;

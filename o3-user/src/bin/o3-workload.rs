@@ -8,7 +8,7 @@
 //!   tree --children C --mib N [--hold-ms H] [--grandchild] children allocate at the same time
 //!   hold --mib N                                           (internal) a child of `tree`
 //!   loop --ms M                                            burn M ms of CPU on one thread
-//!   work --iters N                                         fixed work; reports its duration
+//!   work --iters N [--cpu C]                               fixed work (on CPU C); its duration
 //!   faults --mib N --repeat R                              page-fault-heavy work; its duration
 
 use std::collections::BTreeMap;
@@ -304,6 +304,12 @@ fn hold(opts: &BTreeMap<String, String>) {
 /// benchmark sees any slowdown caused by the monitor.
 fn work(opts: &BTreeMap<String, String>) {
     let iters = num(opts, "iters", 100_000);
+    if let Some(cpu) = opts.get("cpu") {
+        pin(cpu.parse().unwrap_or_else(|_| {
+            eprintln!("o3-workload: --cpu must be a CPU number");
+            std::process::exit(2)
+        }));
+    }
     let t = Instant::now();
     let mut x = 1u64;
     for i in 0..iters {
@@ -314,6 +320,23 @@ fn work(opts: &BTreeMap<String, String>) {
     }
     let ns = t.elapsed().as_nanos() as u64;
     report(opts, serde_json::json!({"mode": "work", "work_ns": ns}));
+}
+
+/// Runs this thread on `cpu` only.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only read and
+    // write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!(
+                "o3-workload: cannot run on CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Page-fault-heavy work: map, touch and unmap N MiB, R times; reports how long it took.

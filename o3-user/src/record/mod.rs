@@ -287,9 +287,12 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         }
     };
 
+    let load_start = monotonic_ns();
+    let mut attach_ns = 0;
     let mut loaded = match opts.mode {
         Mode::Procfs => None,
         mode => match Loaded::load_with(&opts.sysfs_root, opts.peak_event_step, opts.rss_program)
+            .inspect(|_| attach_ns = monotonic_ns().saturating_sub(load_start))
         {
             Ok(l) => {
                 if l.report.mounted_tracefs {
@@ -343,7 +346,10 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
         (Target::Command(_), Some(prepared)) => {
             let held = spawn::fork_held(&prepared)?;
             if let Some(l) = loaded.as_mut() {
-                if let Err(e) = l.track(held.pid, true).and_then(|_| l.start_ticks(opts.interval)) {
+                if let Err(e) = l
+                    .track(held.pid, true)
+                    .and_then(|_| l.start_ticks(opts.interval))
+                {
                     held.abandon();
                     return Err(e.into());
                 }
@@ -649,6 +655,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
             max_tick_ns: sstats.max_tick_ns,
         },
         overhead: Overhead {
+            attach_ns,
             o3_cpu_ns: cpu_self,
             sampler_cpu_ns: sstats.cpu_ns,
             bpf_run_ns: bpf_ns,

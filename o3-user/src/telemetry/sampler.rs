@@ -232,6 +232,66 @@ mod tests {
     }
 
     #[test]
+    fn user_space_wakes_at_the_interval_only_when_something_needs_it() {
+        let ms = Duration::from_millis;
+        // Kernel samples, nothing else per tick: system memory every 100 ms.
+        assert_eq!(user_cadence(ms(1), true, false), ms(100));
+        assert_eq!(user_cadence(ms(10), true, false), ms(100));
+        assert_eq!(user_cadence(ms(1000), true, false), ms(1000));
+        // GPUs or the watchdog: every interval.
+        assert_eq!(user_cadence(ms(10), true, true), ms(10));
+        // No kernel samples (procfs): every interval.
+        assert_eq!(user_cadence(ms(1), false, false), ms(1));
+    }
+
+    /// A source holding samples taken elsewhere, with the times they were taken at.
+    struct Kernel {
+        times: Vec<u64>,
+    }
+
+    impl Source for Kernel {
+        fn name(&self) -> &'static str {
+            "kernel"
+        }
+        fn sample(&mut self, _now: u64, _t0: u64, _out: &mut Sample, _ev: &mut Vec<TreeEvent>) {}
+        fn drain_samples(&mut self, up_to: u64, t0: u64, out: &mut Vec<Sample>) {
+            let (now, later): (Vec<u64>, Vec<u64>) = self.times.iter().partition(|t| **t <= up_to);
+            self.times = later;
+            out.extend(now.into_iter().map(|t| Sample {
+                t_ns: t - t0,
+                ..Sample::default()
+            }));
+        }
+    }
+
+    #[test]
+    fn drained_samples_come_before_the_tick_that_drained_them() {
+        let (tx, rx) = channel();
+        let t0 = monotonic_ns();
+        let src = Box::new(Kernel {
+            times: vec![t0 + 1_000_000, t0 + 2_000_000, t0 + 60_000_000],
+        });
+        let h = spawn(
+            vec![src],
+            Duration::from_millis(50),
+            Duration::ZERO,
+            t0,
+            to(tx),
+        );
+        let mut ts = Vec::new();
+        while ts.len() < 5 {
+            ts.extend(rx.recv().unwrap().iter().map(|t| t.sample.t_ns));
+        }
+        h.finish();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+        // The tick at 0 ms, the two kernel samples, the tick at 50 ms, then the 60 ms sample
+        // (it waited for the drain at 100 ms).
+        assert_eq!(ts[1], 1_000_000, "{ts:?}");
+        assert_eq!(ts[2], 2_000_000, "{ts:?}");
+        assert!(ts.contains(&60_000_000), "{ts:?}");
+    }
+
+    #[test]
     fn stop_takes_a_final_sample_promptly() {
         let (tx, rx) = channel();
         let src = Box::new(Counter {

@@ -59,7 +59,7 @@ pub enum EbpfError {
     Load(#[source] aya::EbpfError),
     #[error("program {0} is missing from the embedded object")]
     MissingProgram(&'static str),
-    #[error("loading program {prog} failed: {source}")]
+    #[error("loading program {prog} failed: {}", one_line(&source.to_string()))]
     Program {
         prog: &'static str,
         #[source]
@@ -215,7 +215,10 @@ impl Loaded {
                 // The kernel refused the raw program (e.g. no bpf_map_lookup_percpu_elem
                 // before Linux 5.19): the classic one measures the same, at a higher cost.
                 let mut l = Self::load_once(sysfs_root, peak_event_step, RssProgram::Classic)?;
-                l.report.rss_fallback = Some(format!("loading {prog} failed: {}", one_line(&source.to_string())));
+                l.report.rss_fallback = Some(format!(
+                    "loading {prog} failed: {}",
+                    one_line(&source.to_string())
+                ));
                 Ok(l)
             }
             other => other,
@@ -497,7 +500,9 @@ impl Loaded {
     /// Opens or closes the run-time statistics window due at `now_ns` (CLOCK_MONOTONIC); call
     /// it every ~100 ms. The first call starts the schedule.
     pub fn sample_cost(&mut self, now_ns: u64) -> Result<(), EbpfError> {
-        let w = *self.windows.get_or_insert_with(|| cost::Windows::new(now_ns));
+        let w = *self
+            .windows
+            .get_or_insert_with(|| cost::Windows::new(now_ns));
         match (w.open_at(now_ns), self.stats_window.is_some()) {
             (true, false) => {
                 let stats = RuntimeStats::enable()?;
@@ -533,8 +538,12 @@ impl Loaded {
                     .unwrap_or(0)
             })
             .collect();
-        let per: Vec<(cost::Sampled, u64)> =
-            self.sampled.iter().copied().zip(calls.iter().copied()).collect();
+        let per: Vec<(cost::Sampled, u64)> = self
+            .sampled
+            .iter()
+            .copied()
+            .zip(calls.iter().copied())
+            .collect();
         (cost::estimate(&per), calls.iter().sum())
     }
 }
@@ -608,7 +617,10 @@ impl Mapped {
 
     /// The u64 at byte offset `off`, loaded once.
     fn u64_at(&self, off: usize) -> u64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "read inside the mapping");
+        assert!(
+            off % 8 == 0 && off + 8 <= self.len,
+            "read inside the mapping"
+        );
         // SAFETY: aligned, inside the live mapping (checked above).
         unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u64) }
     }
@@ -920,6 +932,17 @@ mod tests {
             err.contains("kmem:rss_stat") && err.contains("curr"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_verdict() {
+        let err = "the BPF_PROG_LOAD syscall failed. Verifier output: 0: R1=ctx() R10=fp0\n\
+                   57: (bf) r7 = r5\nR5 !read_ok\nverification time 43120 usec\nstack depth 24\n";
+        assert_eq!(
+            one_line(err),
+            "the BPF_PROG_LOAD syscall failed. the verifier said: R5 !read_ok"
+        );
+        assert_eq!(one_line("no such file\nmore"), "no such file");
     }
 
     #[test]

@@ -97,9 +97,7 @@ impl RssProgram {
 /// the classic one, with the reason.
 pub fn choose(want: RssProgram, sysfs_root: &Path) -> (RssProgram, RawTp, Option<String>) {
     // The kernel sampler sums every CPU's slot, whichever programs run.
-    let ncpus = possible_cpus(sysfs_root)
-        .unwrap_or(1)
-        .min(MAX_CPUS);
+    let ncpus = possible_cpus(sysfs_root).unwrap_or(1).min(MAX_CPUS);
     let classic = RawTp {
         mode: RSS_CLASSIC,
         ncpus,
@@ -149,7 +147,11 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
                     "raw tracepoint {tp} has {n} arguments here (o3 knows {ok:?})"
                 ))
             }
-            None => return Err(format!("the kernel's BTF does not describe raw tracepoint {tp}")),
+            None => {
+                return Err(format!(
+                    "the kernel's BTF does not describe raw tracepoint {tp}"
+                ))
+            }
         }
     }
     match btf.member_struct_name("mm_struct", "rss_stat").as_deref() {
@@ -162,7 +164,9 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
         }
     }
     if ncpus == 0 || ncpus > MAX_CPUS {
-        return Err(format!("{ncpus} possible CPUs (the raw program sums up to {MAX_CPUS})"));
+        return Err(format!(
+            "{ncpus} possible CPUs (the raw program sums up to {MAX_CPUS})"
+        ));
     }
     let raw = RawTp {
         mm_rss_stat: member("mm_struct", "rss_stat")?,
@@ -175,6 +179,7 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
         array_pptrs: member("bpf_array", "pptrs")?,
         task_mm: member("task_struct", "mm")?,
         task_pid: member("task_struct", "pid")?,
+        task_tgid: member("task_struct", "tgid")?,
         binprm_filename: member("linux_binprm", "filename")?,
         exit_group_dead: u32::from(btf.raw_tracepoint_args("sched_process_exit") == Some(2)),
         ncpus,
@@ -182,8 +187,7 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
         mode: RSS_RAW,
     };
     let fits = |off: u32, len: u32| off % len == 0 && off + len <= COUNTER_READ_MAX;
-    if !(fits(raw.counter_lock, 4) && fits(raw.counter_count, 8) && fits(raw.counter_counters, 8))
-    {
+    if !(fits(raw.counter_lock, 4) && fits(raw.counter_count, 8) && fits(raw.counter_counters, 8)) {
         return Err(format!(
             "struct percpu_counter has an unexpected layout (lock at {}, count at {}, counters at {})",
             raw.counter_lock, raw.counter_count, raw.counter_counters
@@ -195,8 +199,8 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
 /// `nr_cpu_ids`: one more than the highest CPU in `devices/system/cpu/possible` ("0-31").
 fn possible_cpus(sysfs_root: &Path) -> Result<u32, String> {
     let path = sysfs_root.join("devices/system/cpu/possible");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     parse_possible(&text).ok_or_else(|| format!("{}: cannot parse {text:?}", path.display()))
 }
 
@@ -218,6 +222,132 @@ fn page_shift() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::ebpf::btf::test_blobs::Builder;
+    use crate::telemetry::ebpf::btf::{
+        KIND_ARRAY, KIND_FUNC_PROTO, KIND_INT, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF,
+    };
+
+    /// The kernel BTF the raw programs read, reduced to what they need: Linux 6.18's layout
+    /// (offsets as on this project's CI kernel), `exit_args` arguments of sched_process_exit,
+    /// and mm_struct.rss_stat as an array of `rss_elem` structs.
+    fn kernel_btf(exit_args: u32, rss_elem: &str) -> Btf {
+        let mut b = Builder::new();
+        // 1: int
+        b.head("int", KIND_INT, 0, false, 4);
+        b.u32(32);
+        // 2: struct percpu_counter (or another element type)
+        b.composite(
+            KIND_STRUCT,
+            rss_elem,
+            40,
+            false,
+            &[("lock", 1, 0), ("count", 1, 64), ("counters", 1, 256)],
+        );
+        // 3: rss_elem[4]
+        b.head("", KIND_ARRAY, 0, false, 0);
+        b.u32(2);
+        b.u32(1);
+        b.u32(4);
+        // 4..7: the structs with the members read
+        b.composite(
+            KIND_STRUCT,
+            "mm_struct",
+            1472,
+            false,
+            &[("rss_stat", 3, 968 * 8)],
+        );
+        b.composite(
+            KIND_STRUCT,
+            "bpf_array",
+            320,
+            false,
+            &[("pptrs", 1, 312 * 8)],
+        );
+        b.composite(
+            KIND_STRUCT,
+            "task_struct",
+            4096,
+            false,
+            &[
+                ("mm", 1, 1136 * 8),
+                ("pid", 1, 1264 * 8),
+                ("tgid", 1, 1268 * 8),
+            ],
+        );
+        b.composite(
+            KIND_STRUCT,
+            "linux_binprm",
+            256,
+            false,
+            &[("filename", 1, 96 * 8)],
+        );
+        // 8..: per tracepoint a func proto (void *__data, args...), a pointer to it, and the
+        // btf_trace_<name> typedef of that pointer.
+        let mut id = 8;
+        for (tp, n) in [
+            ("sched_switch", 4),
+            ("task_newtask", 2),
+            ("sched_process_exec", 3),
+            ("sched_process_exit", exit_args),
+            ("rss_stat", 2),
+        ] {
+            b.head("", KIND_FUNC_PROTO, n + 1, false, 0);
+            for _ in 0..=n {
+                b.u32(0);
+                b.u32(1);
+            }
+            b.head("", KIND_PTR, 0, false, id);
+            b.head(&format!("btf_trace_{tp}"), KIND_TYPEDEF, 0, false, id + 1);
+            id += 3;
+        }
+        Btf::parse(b.finish()).unwrap()
+    }
+
+    #[test]
+    fn offsets_and_argument_counts_come_from_the_kernels_btf() {
+        let btf = kernel_btf(2, "percpu_counter");
+        assert_eq!(btf.raw_tracepoint_args("sched_switch"), Some(4));
+        assert_eq!(btf.raw_tracepoint_args("no_such_tracepoint"), None);
+        assert_eq!(
+            btf.member_struct_name("mm_struct", "rss_stat").as_deref(),
+            Some("percpu_counter")
+        );
+        let r = offsets_from_btf(&btf, 32, 12).unwrap();
+        assert_eq!(
+            (
+                r.mm_rss_stat,
+                r.counter_size,
+                r.counter_count,
+                r.counter_counters
+            ),
+            (968, 40, 8, 32)
+        );
+        assert_eq!((r.task_mm, r.task_pid, r.binprm_filename), (1136, 1264, 96));
+        assert_eq!(r.task_tgid, 1268);
+        assert_eq!((r.array_pptrs, r.ncpus, r.page_shift), (312, 32, 12));
+        assert_eq!(
+            r.exit_group_dead, 1,
+            "6.16+: sched_process_exit has group_dead"
+        );
+        let before_6_16 = offsets_from_btf(&kernel_btf(1, "percpu_counter"), 2, 12).unwrap();
+        assert_eq!(before_6_16.exit_group_dead, 0);
+    }
+
+    #[test]
+    fn kernels_the_raw_programs_cannot_read_are_refused_with_the_reason() {
+        // Before Linux 6.2, rss_stat was an array of atomics in struct mm_rss_stat.
+        let old = offsets_from_btf(&kernel_btf(1, "mm_rss_stat"), 2, 12).unwrap_err();
+        assert!(
+            old.contains("struct mm_rss_stat") && old.contains("6.2"),
+            "{old}"
+        );
+        let too_many = offsets_from_btf(&kernel_btf(2, "percpu_counter"), MAX_CPUS + 1, 12);
+        assert!(too_many.unwrap_err().contains("possible CPUs"));
+        let empty = Btf::parse(Builder::new().finish()).unwrap();
+        assert!(offsets_from_btf(&empty, 2, 12)
+            .unwrap_err()
+            .contains("does not describe raw tracepoint sched_switch"));
+    }
 
     #[test]
     fn possible_cpu_lists_give_the_count() {

@@ -290,6 +290,20 @@ impl AmdSysfs {
         r.gtt_used_bytes = get(&mut self.gtt_used);
     }
 
+    /// Temperatures (hwmon `temp*_input`, one small file each): read at every tick, so the
+    /// watchdog and the trace see them at the sampling interval. Skipped while the device
+    /// sleeps.
+    pub fn read_temps(&mut self, r: &mut GpuReading) {
+        for t in self.temps.iter_mut() {
+            let v = t.input.read_u64().map(|m| m as f64 / 1000.0);
+            match t.kind {
+                TempKind::Edge => r.temp_edge_c = v,
+                TempKind::Junction => r.temp_junction_c = v,
+                TempKind::Mem => r.temp_mem_c = v,
+            }
+        }
+    }
+
     /// Busy %, temperatures, power and the gpu_metrics table. Skipped by the caller while the
     /// device sleeps.
     pub fn read_sensors(&mut self, r: &mut GpuReading) {
@@ -301,14 +315,7 @@ impl AmdSysfs {
         };
         r.gpu_busy_percent = pct(&mut self.busy);
         r.mem_busy_percent = pct(&mut self.mem_busy);
-        for t in self.temps.iter_mut() {
-            let v = t.input.read_u64().map(|m| m as f64 / 1000.0);
-            match t.kind {
-                TempKind::Edge => r.temp_edge_c = v,
-                TempKind::Junction => r.temp_junction_c = v,
-                TempKind::Mem => r.temp_mem_c = v,
-            }
-        }
+        self.read_temps(r);
         r.power_w = self
             .power
             .as_mut()

@@ -3,9 +3,12 @@
 //! an SMI tool only when no direct reader works), plus per-process GPU memory of the tracked
 //! tree from fdinfo/KFD/NVML.
 //!
-//! Memory is read every tick (cheap, exact at read time). Sensors (busy, temperature, power,
-//! gpu_metrics) are read at most every `sensor_every` (they are slower, some wake firmware, and
-//! change on a ~1 ms–1 s scale anyway); per-process memory every `process_every`.
+//! Memory and temperatures are read every tick (sysfs `mem_info_*` or the DRM info ioctl,
+//! hwmon `temp*_input`, NVML: one small read each, exact at read time), so the watchdog and the
+//! trace follow them at the sampling interval. The other sensors (busy, power, clocks,
+//! gpu_metrics) are read at most every `sensor_every` (slower, some wake firmware, and averaged
+//! over ~1 ms–1 s by the device anyway); per-process memory (fdinfo scans of every process,
+//! NVML process lists) every `process_every`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -372,7 +375,10 @@ impl GpuSource {
                     // average window; the ioctl's single temperature is the edge one.
                     sys.fill_from(&s);
                     d.sensors = sys;
-                } else if asleep {
+                } else if !asleep {
+                    // Between sensor reads, the temperatures still follow every tick.
+                    sysfs.read_temps(&mut d.sensors);
+                } else {
                     d.sensors = GpuReading::default();
                 }
             }
@@ -383,6 +389,11 @@ impl GpuSource {
                     r.vram_used_bytes = full.vram_used_bytes;
                     if sensors {
                         d.sensors = full;
+                    } else {
+                        // NVML answered every query of this tick: keep its temperatures.
+                        d.sensors.temp_edge_c = full.temp_edge_c;
+                        d.sensors.temp_junction_c = full.temp_junction_c;
+                        d.sensors.temp_mem_c = full.temp_mem_c;
                     }
                 }
             }
@@ -585,6 +596,56 @@ mod tests {
             now += 10_000_000;
         }
         assert_eq!(reads, 2, "200 ms at 100 ms cadence");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+
+    /// The rdna3 fixture (an RX 7900-class amdgpu sysfs tree) copied, so its hwmon files can
+    /// change between ticks as the driver's do.
+    #[test]
+    fn temperatures_follow_every_tick_while_power_keeps_the_sensor_cadence() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/rdna3");
+        copy_dir(&src_root, dir.path());
+        let mut o = opts("rdna3");
+        o.sysfs_root = dir.path().join("sys");
+        o.procfs_root = dir.path().join("proc");
+        o.dev_root = dir.path().join("dev");
+        let (mut src, _) = GpuSource::open(o);
+        let hwmon = dir.path().join("sys/class/drm/card0/device/hwmon/hwmon2");
+        let mut s = Sample::default();
+        src.sample(0, 0, &mut s, &mut Vec::new());
+        assert_eq!(s.gpus[0].reading.temp_edge_c, Some(45.0));
+        assert_eq!(s.gpus[0].reading.power_w, Some(212.0));
+        std::fs::write(hwmon.join("temp1_input"), "71000\n").unwrap();
+        std::fs::write(hwmon.join("power1_average"), "300000000\n").unwrap();
+        // 10 ms later: inside the 100 ms sensor cadence.
+        let mut s = Sample::default();
+        src.sample(10_000_000, 0, &mut s, &mut Vec::new());
+        assert_eq!(
+            s.gpus[0].reading.temp_edge_c,
+            Some(71.0),
+            "temperature at the tick"
+        );
+        assert_eq!(
+            s.gpus[0].reading.power_w,
+            Some(212.0),
+            "power at its own cadence"
+        );
+        let mut s = Sample::default();
+        src.sample(100_000_000, 0, &mut s, &mut Vec::new());
+        assert_eq!(s.gpus[0].reading.power_w, Some(300.0));
     }
 
     #[test]
