@@ -599,6 +599,12 @@ fn doctor_reports_a_working_ebpf_path() {
         let c = checks.iter().find(|c| c["name"] == name).unwrap();
         assert_eq!(c["ok"], true, "{c}");
     }
+    // This kernel (6.18 with BTF) runs the raw tracepoint programs.
+    let raw = checks
+        .iter()
+        .find(|c| c["name"] == "raw-tracepoints")
+        .unwrap();
+    assert_eq!(raw["ok"], true, "{raw}");
     let kprobes = checks.iter().find(|c| c["name"] == "kprobes").unwrap();
     assert!(kprobes["detail"].as_str().unwrap().len() > 20);
 }
