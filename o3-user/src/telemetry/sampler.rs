@@ -155,10 +155,11 @@ pub fn spawn(
 }
 
 /// Sleeps until `deadline_ns` (absolute, CLOCK_MONOTONIC), or until [`SamplerHandle::finish`]
-/// unparks the thread, waking at least every 50 ms to check `stop` (set by others without an
-/// unpark). Returns true when stop was requested (the caller takes a last sample now).
+/// unparks the thread (every way to stop the sampler goes through it; a wake-up each second
+/// checks `stop` anyway). Returns true when stop was requested (the caller takes a last sample
+/// now).
 fn sleep_until(deadline_ns: u64, stop: &AtomicBool) -> bool {
-    const CHECK_NS: u64 = 50_000_000;
+    const CHECK_NS: u64 = 1_000_000_000;
     loop {
         if stop.load(Ordering::SeqCst) {
             return true;
