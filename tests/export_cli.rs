@@ -1,6 +1,8 @@
 //! `o3 export` and `o3 analyze` on the fixture traces in tests/fixtures/traces (real recordings
 //! and hand-made malformed ones). No root needed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -193,15 +195,10 @@ fn tools_python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("O3_TEST_TOOLS_PYTHON") {
         return Some(PathBuf::from(p));
     }
-    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
-        panic!(
-            "O3_REQUIRE_SERVER=1 but the tools venv is missing (O3_TEST_TOOLS_PYTHON is unset): run `cargo xtask setup`, then the tests through `cargo xtask test`"
-        );
-    }
-    eprintln!(
-        "skipped: the tools venv with DuckDB is missing (set O3_TEST_TOOLS_PYTHON; `cargo xtask setup` installs it)"
-    );
-    None
+    common::missing(
+        "the tools venv with DuckDB is missing (O3_TEST_TOOLS_PYTHON is unset)",
+        "`cargo xtask setup` installs it; `cargo xtask test` sets the variable",
+    )
 }
 
 /// DuckDB's view of a Parquet file: its columns with their SQL types, the row count, and per

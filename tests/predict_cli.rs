@@ -40,17 +40,10 @@ fn tiny_model() -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
-        panic!(
-            "O3_REQUIRE_SERVER=1 but the test model {} is missing: run `cargo xtask setup`",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: the test model {} is missing (`cargo xtask setup` makes it)",
-        path.display()
-    );
-    None
+    common::missing(
+        &format!("the test model {} is missing", path.display()),
+        "`cargo xtask setup` makes it",
+    )
 }
 
 /// `o3 [roots] predict ARGS --db <empty folder>/none.db`, so no store of the machine is read.

@@ -183,9 +183,18 @@ pub fn server() -> Option<(PathBuf, PathBuf)> {
     } else {
         format!("`{} --help` does not run", bin.display())
     };
+    missing(
+        &why,
+        "`cargo xtask setup` builds llama-server and makes the model",
+    )
+}
+
+/// A test's real part (server, model, browser, venv) is missing: the test skips with the
+/// reason and the fix printed, except under O3_REQUIRE_SERVER=1 (CI), where it fails.
+pub fn missing<T>(why: &str, fix: &str) -> Option<T> {
     if std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1") {
-        panic!("O3_REQUIRE_SERVER=1 but {why}: run `cargo xtask setup`");
+        panic!("O3_REQUIRE_SERVER=1 but {why}: {fix}");
     }
-    eprintln!("skipped: {why} (`cargo xtask setup` builds llama-server and makes the model)");
+    eprintln!("skipped: {why} ({fix})");
     None
 }

@@ -155,7 +155,7 @@ pub fn run(_roots: &Roots, a: HistoryArgs) -> CliResult {
             .collect();
         let v = serde_json::json!({
             "schema_version": 1,
-            "generated_unix_s": crate::record::unix_now_ns() / 1_000_000_000,
+            "generated_unix_s": crate::util::system::unix_now_ns() / 1_000_000_000,
             "db": path.display().to_string(),
             "exists": true,
             "runs": runs,

@@ -722,7 +722,7 @@ fn learn_at_start(
         rf.time_seed = seed;
     }
     if l.reuse_learned_configs && !a.no_reuse && a.strategy == search::Strategy::Binary {
-        let now = crate::record::unix_now_ns() / 1_000_000_000;
+        let now = crate::util::system::unix_now_ns() / 1_000_000_000;
         match learned::to_verify(&store, &rf.host, &host_id, &model_id, l.max_age_days, now) {
             Ok(v) => rf.learned = v,
             Err(why) => rf.learning_notes.push(format!("nothing reused: {why}")),
@@ -882,7 +882,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
                 simulate,
             };
             let dir = a.out.clone().unwrap_or_else(|| {
-                let secs = crate::record::unix_now_ns() / 1_000_000_000;
+                let secs = crate::util::system::unix_now_ns() / 1_000_000_000;
                 data_dir()
                     .join("runs")
                     .join(format!("{}-{secs}", slug(&model)))
@@ -902,7 +902,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             let mut rf = RunFile {
                 schema_version: SCHEMA_VERSION,
                 o3_version: env!("CARGO_PKG_VERSION").into(),
-                created_unix_ns: crate::record::unix_now_ns(),
+                created_unix_ns: crate::util::system::unix_now_ns(),
                 target,
                 config: loaded.config,
                 config_notices: loaded.notices,
@@ -1233,7 +1233,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         },
         wall_s: started.elapsed().as_secs_f64(),
         interrupted,
-        finished_unix_ns: crate::record::unix_now_ns(),
+        finished_unix_ns: crate::util::system::unix_now_ns(),
     };
     if let (Some(st), Some(r)) = (&store, &runfile.store) {
         let presets: Vec<(String, serde_json::Value)> = summary

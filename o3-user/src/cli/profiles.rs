@@ -149,7 +149,7 @@ pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
     if a.json {
         let v = serde_json::json!({
             "schema_version": 1,
-            "generated_unix_s": crate::record::unix_now_ns() / 1_000_000_000,
+            "generated_unix_s": crate::util::system::unix_now_ns() / 1_000_000_000,
             "db": path.display().to_string(),
             "exists": true,
             "hosts": profiles,

@@ -150,7 +150,7 @@ impl Journal {
             key: req.key(),
             request: req.clone(),
             outcome: outcome.clone(),
-            finished_unix_ns: crate::record::unix_now_ns(),
+            finished_unix_ns: crate::util::system::unix_now_ns(),
             raw,
         };
         let mut text = serde_json::to_string(&line).expect("a journal line serialises");

@@ -43,7 +43,7 @@ pub fn record_of(
         capacity_bytes,
         model: shape.clone(),
         trusted: true,
-        unix_s: crate::record::unix_now_ns() / 1_000_000_000,
+        unix_s: crate::util::system::unix_now_ns() / 1_000_000_000,
         prompt_tokens: out.prompt_tokens,
         proven_at_depth: match req.depth {
             Depth::Filled { tokens } => Some(fill_ok && tokens >= depth_tokens),
@@ -194,7 +194,7 @@ mod tests {
         let store = Store::open(&dir.path().join("o3.db")).unwrap();
         let h = host("6.18.1");
         let (hid, mid) = stored_run(&store, &h);
-        let now = crate::record::unix_now_ns() / 1_000_000_000;
+        let now = crate::util::system::unix_now_ns() / 1_000_000_000;
         let l = to_verify(&store, &h, &hid, &mid, 7.0, now)
             .unwrap()
             .unwrap();

@@ -18,7 +18,7 @@ pub fn write(
     interval: Duration,
 ) -> Result<(), TraceError> {
     let mut w = TraceWriter::create(path)?;
-    let (host, kernel) = crate::record::uname();
+    let (host, kernel) = crate::util::system::uname();
     let method = match r.rss_method {
         "ebpf" => Method::Ebpf,
         _ => Method::ProcfsPolling,
@@ -34,7 +34,7 @@ pub fn write(
         start_unix_ns: if timeline.start_unix_ns > 0 {
             timeline.start_unix_ns
         } else {
-            crate::record::unix_now_ns()
+            crate::util::system::unix_now_ns()
         },
         target,
         methods: Methods {

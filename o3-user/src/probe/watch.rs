@@ -71,7 +71,7 @@ impl Watch {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let t0 = monotonic_ns();
-        let t0_unix_ns = crate::record::unix_now_ns();
+        let t0_unix_ns = crate::util::system::unix_now_ns();
         let sampler = sampler::spawn(sources, interval, Duration::ZERO, t0, move |b| {
             tx.send(b).is_ok()
         });

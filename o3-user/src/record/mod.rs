@@ -19,6 +19,7 @@ use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
 use crate::telemetry::watchdog::{Breach, Thresholds, Watchdog};
 use crate::telemetry::{monotonic_ns, sampler, Method, ProcessPeak, Source, TreeEvent};
 use crate::trace::{Header, Methods, TraceError, TraceWriter, SCHEMA_VERSION};
+use crate::util::system::{uname, unix_now_ns};
 use spawn::{Prepared, SpawnError};
 use summary::{
     Aggregate, CpuSummary, ExitInfo, Overhead, RssSummary, Rusage, Safety, Sampling, Summary,
@@ -239,30 +240,6 @@ fn spawn_waiter(
             return;
         }
     })
-}
-
-/// (node name, kernel release).
-pub fn uname() -> (String, String) {
-    // SAFETY: zeroed utsname is a valid out-value.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::uname(&mut u) };
-    let s = |f: &[libc::c_char]| {
-        let b: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&b).into_owned()
-    };
-    (s(&u.nodename), s(&u.release))
-}
-
-pub fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn basename(path: &str) -> String {

@@ -1,8 +1,10 @@
 //! Small helpers shared by the stages: durations, byte sizes, order statistics, starting
-//! processes and making sure the servers among them die with o3.
+//! processes and making sure the servers among them die with o3, the host name, kernel release
+//! and wall clock.
 
 pub mod duration;
 pub mod order;
 pub mod owner;
 pub mod spawn;
+pub mod system;
 pub mod units;
