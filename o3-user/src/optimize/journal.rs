@@ -432,17 +432,18 @@ mod tests {
             let path = dir.path().join("journal.jsonl");
             let whole = three_probes(&path);
             let cut = (whole.len() as f64 * cut_at) as usize;
-            // Whole records before the cut: lines that are still complete JSON (a cut right
-            // after a record's closing brace leaves it whole, only its newline missing).
-            let kept = whole[..cut]
-                .split(|&b| b == b'\n')
-                .filter(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
-                .count();
             // The cut line may also end in bytes no writer wrote (a sector of garbage).
             let mut damaged = whole[..cut].to_vec();
             if cut > 0 && whole[cut - 1] != b'\n' {
                 damaged.extend(tail.iter().filter(|&&b| b != b'\n'));
             }
+            // Whole records in what is left: lines that are still complete JSON (a cut right
+            // after a record's closing brace leaves it whole, only its newline missing; garbage
+            // after that brace damages it).
+            let kept = damaged
+                .split(|&b| b == b'\n')
+                .filter(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
+                .count();
             std::fs::write(&path, &damaged).unwrap();
             let mut j = Journal::open(&path).unwrap();
             let garbage_kept_whole = damaged.len() > cut
