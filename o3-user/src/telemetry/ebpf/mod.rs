@@ -36,6 +36,38 @@ pub const PROGRAMS: [(&str, &str, &str); 5] = [
     ("o3_rss", "kmem", "rss_stat"),
 ];
 
+/// Program `prog` of the object as a `T`, loaded into the kernel (verified).
+fn loaded_program<'a, T>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    T: LoadProgram,
+{
+    let p: &mut T = ebpf
+        .program_mut(prog)
+        .ok_or(EbpfError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { prog, source })?;
+    p.load_program()
+        .map_err(|source| EbpfError::Program { prog, source })?;
+    Ok(p)
+}
+
+/// aya's program kinds each have their own `load()`.
+trait LoadProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+macro_rules! load_program {
+    ($($t:ty),*) => {$(
+        impl LoadProgram for $t {
+            fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        }
+    )*};
+}
+load_program!(TracePoint, RawTracePoint, PerfEvent);
+
 /// The raw tracepoint twin of a classic program.
 fn raw_program(classic: &'static str) -> &'static str {
     match classic {
@@ -234,7 +266,8 @@ impl Loaded {
         let mounted_tracefs = tracefs::ensure_mounted(&dir)?;
         let offsets = read_offsets(&dir, peak_event_step)?;
         let gpu_offsets = gpu_mem::loader_offsets(sysfs_root);
-        let (rss, raw, rss_fallback) = rss::choose(want, sysfs_root);
+        let ncpus = rss::cpu_count(sysfs_root).map_err(|e| EbpfError::Map("RUN", e))?;
+        let (rss, raw, rss_fallback) = rss::choose(want, sysfs_root, ncpus);
         let mut ebpf = EbpfLoader::new()
             .set_global("OFFSETS", &offsets, true)
             .set_global("GPU_OFFSETS", &gpu_offsets, true)
@@ -249,35 +282,22 @@ impl Loaded {
             } else {
                 (prog, false)
             };
-            if raw_tp {
-                let p: &mut RawTracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or(EbpfError::MissingProgram(prog))?
-                    .try_into()
-                    .map_err(|source| EbpfError::Program { prog, source })?;
-                p.load()
-                    .map_err(|source| EbpfError::Program { prog, source })?;
-                p.attach(name)
-                    .map_err(|source| EbpfError::Program { prog, source })?;
-                continue;
-            }
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(EbpfError::MissingProgram(prog))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { prog, source })?;
-            p.load()
-                .map_err(|source| EbpfError::Program { prog, source })?;
-            p.attach(cat, name)
-                .map_err(|source| EbpfError::Program { prog, source })?;
+            let attached = if raw_tp {
+                loaded_program::<RawTracePoint>(&mut ebpf, prog)?
+                    .attach(name)
+                    .map(drop)
+            } else {
+                loaded_program::<TracePoint>(&mut ebpf, prog)?
+                    .attach(cat, name)
+                    .map(drop)
+            };
+            attached.map_err(|source| EbpfError::Program { prog, source })?;
         }
         // Exact GPU-memory peaks where the kernel has kprobes and amdgpu is loaded.
         let gpu_mem = gpu_mem::attach(&mut ebpf, sysfs_root);
         let tree: Array<MapData, Tree> = take(&mut ebpf, "TREE")?;
         let run: Array<MapData, RunState> = take(&mut ebpf, "RUN")?;
-        let ncpus = aya::util::nr_cpus()
-            .map_err(|(p, e)| EbpfError::Map("RUN", format!("{p}: {e}")))?
-            .min(o3_common::MAX_CPUS as usize);
+        let ncpus = raw.ncpus as usize;
         let live = EbpfSource {
             tree_map: Mapped::new(tree.map(), std::mem::size_of::<Tree>())
                 .map_err(|e| EbpfError::Map("TREE", format!("mmap: {e}")))?,
@@ -408,22 +428,15 @@ impl Loaded {
     /// [`Loaded::take_source`].
     pub fn start_ticks(&mut self, interval: std::time::Duration) -> Result<(), EbpfError> {
         let prog = "o3_tick";
-        let p: &mut PerfEvent = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or(EbpfError::MissingProgram(prog))?
-            .try_into()
+        loaded_program::<PerfEvent>(&mut self.ebpf, prog)?
+            .attach(
+                PerfTypeId::Software,
+                0, // PERF_COUNT_SW_CPU_CLOCK
+                PerfEventScope::AllProcessesOneCpu { cpu: 0 },
+                SamplePolicy::Period(interval.as_nanos().max(1) as u64),
+                false,
+            )
             .map_err(|source| EbpfError::Program { prog, source })?;
-        p.load()
-            .map_err(|source| EbpfError::Program { prog, source })?;
-        p.attach(
-            PerfTypeId::Software,
-            0, // PERF_COUNT_SW_CPU_CLOCK
-            PerfEventScope::AllProcessesOneCpu { cpu: 0 },
-            SamplePolicy::Period(interval.as_nanos().max(1) as u64),
-            false,
-        )
-        .map_err(|source| EbpfError::Program { prog, source })?;
         if let Some(live) = self.live.as_mut() {
             live.kernel_ticks = true;
         }

@@ -95,12 +95,15 @@ impl RssProgram {
 
 /// The program to load and its globals; a wanted raw program that cannot run here becomes
 /// the classic one, with the reason.
-pub fn choose(want: RssProgram, sysfs_root: &Path) -> (RssProgram, RawTp, Option<String>) {
+pub fn choose(
+    want: RssProgram,
+    sysfs_root: &Path,
+    ncpus: u32,
+) -> (RssProgram, RawTp, Option<String>) {
     // The kernel sampler sums every CPU's slot, whichever programs run.
-    let ncpus = possible_cpus(sysfs_root).unwrap_or(1).min(MAX_CPUS);
     let classic = RawTp {
         mode: RSS_CLASSIC,
-        ncpus,
+        ncpus: ncpus.min(MAX_CPUS),
         ..RawTp::default()
     };
     if !want.is_raw() {
@@ -110,7 +113,7 @@ pub fn choose(want: RssProgram, sysfs_root: &Path) -> (RssProgram, RawTp, Option
         };
         return (want, raw, None);
     }
-    match raw_offsets(sysfs_root) {
+    match raw_offsets_for(sysfs_root, ncpus) {
         Ok(mut raw) => {
             raw.mode = want.mode();
             (want, raw, None)
@@ -119,11 +122,24 @@ pub fn choose(want: RssProgram, sysfs_root: &Path) -> (RssProgram, RawTp, Option
     }
 }
 
+/// `nr_cpu_ids`, from `devices/system/cpu/possible` under `sysfs_root`, else from the real
+/// `/sys`: the kernel programs and the readers of their per-CPU slots use this one count.
+pub fn cpu_count(sysfs_root: &Path) -> Result<u32, String> {
+    possible_cpus(sysfs_root).or_else(|why| {
+        aya::util::nr_cpus()
+            .map(|n| n as u32)
+            .map_err(|(p, e)| format!("{why}; {p}: {e}"))
+    })
+}
+
 /// Offsets and sizes the raw program needs, or why it cannot run on this kernel.
 pub fn raw_offsets(sysfs_root: &Path) -> Result<RawTp, String> {
+    raw_offsets_for(sysfs_root, cpu_count(sysfs_root)?)
+}
+
+fn raw_offsets_for(sysfs_root: &Path, ncpus: u32) -> Result<RawTp, String> {
     let path = sysfs_root.join("kernel/btf/vmlinux");
     let btf = Btf::from_file(&path).map_err(|e| format!("no kernel BTF ({e})"))?;
-    let ncpus = possible_cpus(sysfs_root)?;
     offsets_from_btf(&btf, ncpus, page_shift())
 }
 
