@@ -2,7 +2,8 @@
 //!
 //! BPF run-time statistics time each program call with two clock reads. On a VM those reads
 //! cost more than o3's programs themselves: with statistics on, page-fault-heavy work ran
-//! about 10 % slower on this project's CI machine (see docs/benchmarks.md). So the programs
+//! 10 to 15 points slower on this project's CI machine (`o3-workload faults` under `o3 record`,
+//! statistics on for the whole run against off, five runs each). So the programs
 //! count their calls (a per-CPU counter, no clock), and o3 turns the statistics on only in
 //! short windows: the time per call measured there, times all calls counted, is the estimate.
 
