@@ -1,9 +1,8 @@
 //! The one-line errors: `<origin>:<line>: <dotted.key>: <problem>; <what to do>`, and the
 //! translation of serde_yaml's messages into that form.
 
+use super::keys::{current_name, rule_for, Layout};
 use super::locate::{strip_indices, Doc};
-use super::validate::rule_for;
-use super::{legacy, Layout};
 
 /// A configuration that cannot be used. `Display` is one line that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -147,9 +146,7 @@ fn current_key(path: &str, layout: Layout) -> String {
     let path = strip_indices(path);
     match layout {
         Layout::Current => path,
-        Layout::Legacy => legacy::current_name(&path)
-            .map(str::to_string)
-            .unwrap_or(path),
+        Layout::Legacy => current_name(&path).map(str::to_string).unwrap_or(path),
     }
 }
 

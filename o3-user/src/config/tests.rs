@@ -2,10 +2,11 @@
 //! mapping, mixed layouts and notices.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::legacy::{IGNORED, LEGACY_MAP};
+use super::keys::{Rule, FIELDS};
+use super::keys::{IGNORED, LEGACY_MAP};
 use super::locate::key_lines;
-use super::validate::{Rule, FIELDS};
 use super::*;
 
 fn repo(rel: &str) -> PathBuf {
@@ -991,7 +992,7 @@ fn every_legacy_key_is_mapped_or_named_once() {
         doc_leaves(&value, "", &mut leaves);
         for leaf in &leaves {
             let covering: Vec<_> = named.iter().filter(|(k, _)| under(leaf, k)).collect();
-            let mapped = legacy::current_name(leaf).is_some();
+            let mapped = keys::current_name(leaf).is_some();
             let want = usize::from(!mapped);
             assert_eq!(covering.len(), want, "{name}: {leaf}: {covering:?}");
         }
