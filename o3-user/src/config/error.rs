@@ -1,7 +1,7 @@
 //! The one-line errors: `<origin>:<line>: <dotted.key>: <problem>; <what to do>`, and the
 //! translation of serde_yaml's messages into that form.
 
-use super::keys::{current_name, rule_for, Layout};
+use super::keys::{current_name, rule_for, Layout, Rule};
 use super::locate::{strip_indices, Doc};
 
 /// A configuration that cannot be used. `Display` is one line that says what to do.
@@ -154,105 +154,28 @@ fn current_key(path: &str, layout: Layout) -> String {
 pub(crate) fn from_serde(e: &serde_yaml::Error, doc: &Doc, layout: Layout) -> ConfigError {
     let text = one_line(&e.to_string());
     let (body, line_in_msg, _) = split_location(&text);
-    let line = e.location().map(|l| l.line()).or(line_in_msg);
     let (path, rest) = split_path(&body);
-    let origin = doc.origin.to_string();
-    let key_err =
-        |key: String, line: Option<usize>, problem: String, fix: String| ConfigError::Key {
-            origin: origin.clone(),
-            line,
-            key,
-            problem,
-            fix,
-        };
-    if let Some(tail) = rest.strip_prefix("unknown field ") {
-        let names = backticked(tail);
-        let unknown = names.first().copied().unwrap_or("?");
-        let known = if names.len() > 1 {
-            names[1..].join(", ")
-        } else {
-            "none".into()
-        };
-        let fix = if path.is_empty() {
-            format!("known top-level keys: {known}")
-        } else {
-            format!("known keys here: {known}")
-        };
-        return key_err(join(path, unknown), line, "unknown key".into(), fix);
+    let at = KeyAt {
+        origin: doc.origin,
+        line: e.location().map(|l| l.line()).or(line_in_msg),
+        path,
+        rule: rule_for(&current_key(path, layout)),
+    };
+    let tail = |prefix: &str| rest.strip_prefix(prefix);
+    let found = (tail("unknown field ").map(|t| at.unknown_field(t)))
+        .or_else(|| tail("invalid type: ").map(|t| at.invalid_type(t)))
+        .or_else(|| tail("invalid value: ").map(|t| at.invalid_value(t)))
+        .or_else(|| tail("invalid length ").map(|t| at.invalid_length(t)));
+    if let Some(err) = found {
+        return err;
     }
     if let Some(tail) = rest.strip_prefix("duplicate field ") {
-        let dup = backticked(tail).first().copied().unwrap_or("?").to_string();
-        let full = join(path, &dup);
-        let (line, first) = match doc.duplicate_under(path) {
-            Some((p, first, second)) if p == full => (Some(second), Some(first)),
-            _ => (line, None),
-        };
-        let problem = match first {
-            Some(f) => format!("written twice (first at line {f})"),
-            None => "written twice".into(),
-        };
-        return key_err(full, line, problem, "keep one of them".into());
-    }
-    let rule = rule_for(&current_key(path, layout));
-    if let Some(tail) = rest.strip_prefix("invalid type: ") {
-        let (got, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
-        let got = got_words(got);
-        let unsigned = matches!(expected.trim(), "u32" | "u64");
-        if unsigned && got.starts_with("integer ") {
-            // A negative number for an unsigned key: a range problem.
-            let fix = rule
-                .map(|r| r.allowed())
-                .unwrap_or_else(|| "allowed 0 or more".into());
-            let n = got.trim_start_matches("integer ");
-            return key_err(path.into(), line, format!("{n} is out of range"), fix);
-        }
-        if path.is_empty() {
-            return ConfigError::Syntax {
-                origin,
-                line,
-                problem: format!("the file holds {got}, not a mapping of sections"),
-                fix: "write sections such as `search:` at the top level (`o3 config default` prints them all)".into(),
-            };
-        }
-        let expected = match rule {
-            Some(r) => r.expected(),
-            None => expected_words(expected),
-        };
-        return key_err(
-            path.into(),
-            line,
-            format!("wrong type ({got})"),
-            format!("expected {expected}"),
-        );
-    }
-    if let Some(tail) = rest.strip_prefix("invalid value: ") {
-        let (got, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
-        let got = got_words(got);
-        let n = got.trim_start_matches("integer ");
-        let fix = match rule {
-            Some(r) => r.allowed(),
-            None => format!("expected {}", expected_words(expected)),
-        };
-        return key_err(path.into(), line, format!("{n} is out of range"), fix);
-    }
-    if let Some(tail) = rest.strip_prefix("invalid length ") {
-        let (n, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
-        let expected = match rule {
-            Some(r) => r.expected(),
-            None => expected_words(expected),
-        };
-        return key_err(
-            path.into(),
-            line,
-            format!("wrong length ({n} items)"),
-            format!("expected {expected}"),
-        );
+        return at.duplicate_field(tail, doc);
     }
     if !path.is_empty() {
-        return key_err(
+        return at.key(
             path.into(),
-            line,
-            rest.to_string(),
+            rest.into(),
             "see docs/config.md for this key".into(),
         );
     }
@@ -261,6 +184,116 @@ pub(crate) fn from_serde(e: &serde_yaml::Error, doc: &Doc, layout: Layout) -> Co
         &text,
         e.location().map(|l| (l.line(), l.column())),
     )
+}
+
+/// Where a typed-pass error is: the file, line and key path, and the key's rule if it has one.
+struct KeyAt<'a> {
+    origin: &'a str,
+    line: Option<usize>,
+    path: &'a str,
+    rule: Option<Rule>,
+}
+
+impl KeyAt<'_> {
+    fn key(&self, key: String, problem: String, fix: String) -> ConfigError {
+        ConfigError::Key {
+            origin: self.origin.to_string(),
+            line: self.line,
+            key,
+            problem,
+            fix,
+        }
+    }
+
+    /// "unknown field `x`, expected one of `a`, `b`": the key and the known ones beside it.
+    fn unknown_field(&self, tail: &str) -> ConfigError {
+        let names = backticked(tail);
+        let unknown = names.first().copied().unwrap_or("?");
+        let known = if names.len() > 1 {
+            names[1..].join(", ")
+        } else {
+            "none".into()
+        };
+        let fix = if self.path.is_empty() {
+            format!("known top-level keys: {known}")
+        } else {
+            format!("known keys here: {known}")
+        };
+        self.key(join(self.path, unknown), "unknown key".into(), fix)
+    }
+
+    /// A key written twice, with the line of its first writing where the document has it.
+    fn duplicate_field(&self, tail: &str, doc: &Doc) -> ConfigError {
+        let dup = backticked(tail).first().copied().unwrap_or("?").to_string();
+        let full = join(self.path, &dup);
+        let (line, first) = match doc.duplicate_under(self.path) {
+            Some((p, first, second)) if p == full => (Some(second), Some(first)),
+            _ => (self.line, None),
+        };
+        let problem = match first {
+            Some(f) => format!("written twice (first at line {f})"),
+            None => "written twice".into(),
+        };
+        KeyAt { line, ..*self }.key(full, problem, "keep one of them".into())
+    }
+
+    /// "invalid type: string \"x\", expected u32"; a negative number for an unsigned key is a
+    /// range problem, and a document that is not a mapping a syntax one.
+    fn invalid_type(&self, tail: &str) -> ConfigError {
+        let (got, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
+        let got = got_words(got);
+        let unsigned = matches!(expected.trim(), "u32" | "u64");
+        if unsigned && got.starts_with("integer ") {
+            let fix = self
+                .rule
+                .map(|r| r.allowed())
+                .unwrap_or_else(|| "allowed 0 or more".into());
+            let n = got.trim_start_matches("integer ");
+            return self.key(self.path.into(), format!("{n} is out of range"), fix);
+        }
+        if self.path.is_empty() {
+            return ConfigError::Syntax {
+                origin: self.origin.to_string(),
+                line: self.line,
+                problem: format!("the file holds {got}, not a mapping of sections"),
+                fix: "write sections such as `search:` at the top level (`o3 config default` prints them all)".into(),
+            };
+        }
+        let expected = self.expected(expected);
+        self.key(
+            self.path.into(),
+            format!("wrong type ({got})"),
+            format!("expected {expected}"),
+        )
+    }
+
+    fn invalid_value(&self, tail: &str) -> ConfigError {
+        let (got, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
+        let got = got_words(got);
+        let n = got.trim_start_matches("integer ");
+        let fix = match self.rule {
+            Some(r) => r.allowed(),
+            None => format!("expected {}", expected_words(expected)),
+        };
+        self.key(self.path.into(), format!("{n} is out of range"), fix)
+    }
+
+    fn invalid_length(&self, tail: &str) -> ConfigError {
+        let (n, expected) = tail.split_once(", expected ").unwrap_or((tail, ""));
+        self.key(
+            self.path.into(),
+            format!("wrong length ({n} items)"),
+            format!("expected {}", self.expected(expected)),
+        )
+    }
+
+    /// What the key takes: its rule's words, else serde's translated.
+    fn expected(&self, serde_expected: &str) -> String {
+        match self.rule {
+            Some(r) => r.expected(),
+            None => expected_words(serde_expected),
+        }
+    }
 }
 
 /// An error of the generic YAML pass (syntax, duplicate keys, several documents).

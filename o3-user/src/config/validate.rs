@@ -106,94 +106,110 @@ fn check_rule(ctx: &Ctx, key: &str, rule: &Rule, v: &Value) -> Result<(), Config
         },
         Rule::Opt(inner) => match v {
             Value::Null => Ok(()),
-            _ => check_rule(ctx, key, inner, v).map_err(|e| match (e, rule) {
-                (
-                    ConfigError::Key {
-                        origin,
-                        line,
-                        key,
-                        problem,
-                        ..
-                    },
-                    r,
-                ) => ConfigError::Key {
-                    origin,
-                    line,
-                    key,
-                    problem,
-                    fix: r.allowed(),
-                },
-                (e, _) => e,
-            }),
+            _ => check_rule(ctx, key, inner, v).map_err(|e| with_fix(e, rule.allowed())),
         },
         Rule::Int { min, max } => check_int(ctx, key, v, *min, *max, rule),
-        Rule::Num { min, above, max } => {
-            let f = v.as_f64().unwrap_or(f64::NAN);
-            let low_ok = if *above { f > *min } else { f >= *min };
-            if low_ok && f <= *max {
-                Ok(())
-            } else {
-                Err(out_of_range(ctx, key, value_text(v), rule))
-            }
+        Rule::Num { min, above, max } => check_num(ctx, key, v, (*min, *above, *max), rule),
+        Rule::Ascending { min, max } => check_ascending(ctx, key, v, *min, *max),
+        Rule::Pair { min, max } => check_pair(ctx, key, v, *min, *max),
+    }
+}
+
+/// The error of an optional key's inner rule, with the fix that names the null too.
+fn with_fix(e: ConfigError, fix: String) -> ConfigError {
+    match e {
+        ConfigError::Key {
+            origin,
+            line,
+            key,
+            problem,
+            ..
+        } => ConfigError::Key {
+            origin,
+            line,
+            key,
+            problem,
+            fix,
+        },
+        e => e,
+    }
+}
+
+fn check_num(
+    ctx: &Ctx,
+    key: &str,
+    v: &Value,
+    (min, above, max): (f64, bool, f64),
+    rule: &Rule,
+) -> Result<(), ConfigError> {
+    let f = v.as_f64().unwrap_or(f64::NAN);
+    let low_ok = if above { f > min } else { f >= min };
+    if low_ok && f <= max {
+        Ok(())
+    } else {
+        Err(out_of_range(ctx, key, value_text(v), rule))
+    }
+}
+
+/// A non-empty, strictly ascending list, each item in range.
+fn check_ascending(ctx: &Ctx, key: &str, v: &Value, min: u64, max: u64) -> Result<(), ConfigError> {
+    let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        return Err(ctx.err(
+            key,
+            &[],
+            "the list is empty",
+            "give at least one level, e.g. [1, 2, 4, 8]",
+        ));
+    }
+    let mut prev: Option<u64> = None;
+    for item in items {
+        let n = item.as_u64().unwrap_or(0);
+        if !(min..=max).contains(&n) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{} is out of range", value_text(item)),
+                format!("each level allowed {min} to {max}"),
+            ));
         }
-        Rule::Ascending { min, max } => {
-            let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
-            if items.is_empty() {
-                return Err(ctx.err(
-                    key,
-                    &[],
-                    "the list is empty",
-                    "give at least one level, e.g. [1, 2, 4, 8]",
-                ));
-            }
-            let mut prev: Option<u64> = None;
-            for item in items {
-                let n = item.as_u64().unwrap_or(0);
-                if !(*min..=*max).contains(&n) {
-                    return Err(ctx.err(
-                        key,
-                        &[],
-                        format!("{} is out of range", value_text(item)),
-                        format!("each level allowed {min} to {max}"),
-                    ));
-                }
-                if let Some(p) = prev.filter(|p| n <= *p) {
-                    return Err(ctx.err(
-                        key,
-                        &[],
-                        format!("{n} follows {p}, the list is not strictly ascending"),
-                        "list each level once, smallest first, e.g. [1, 2, 4, 8]",
-                    ));
-                }
-                prev = Some(n);
-            }
-            Ok(())
+        if let Some(p) = prev.filter(|p| n <= *p) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{n} follows {p}, the list is not strictly ascending"),
+                "list each level once, smallest first, e.g. [1, 2, 4, 8]",
+            ));
         }
-        Rule::Pair { min, max } => {
-            let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
-            for item in items {
-                if !item.as_u64().is_some_and(|n| (*min..=*max).contains(&n)) {
-                    return Err(ctx.err(
-                        key,
-                        &[],
-                        format!("{} is out of range", value_text(item)),
-                        format!("each bound allowed {min} to {max}"),
-                    ));
-                }
-            }
-            match (
-                items.first().and_then(Value::as_u64),
-                items.get(1).and_then(Value::as_u64),
-            ) {
-                (Some(lo), Some(hi)) if lo > hi => Err(ctx.err(
-                    key,
-                    &[],
-                    format!("low {lo} is above high {hi}"),
-                    "write [low, high] with low <= high",
-                )),
-                _ => Ok(()),
-            }
+        prev = Some(n);
+    }
+    Ok(())
+}
+
+/// `[low, high]`, each in range, low <= high.
+fn check_pair(ctx: &Ctx, key: &str, v: &Value, min: u64, max: u64) -> Result<(), ConfigError> {
+    let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
+    for item in items {
+        if !item.as_u64().is_some_and(|n| (min..=max).contains(&n)) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{} is out of range", value_text(item)),
+                format!("each bound allowed {min} to {max}"),
+            ));
         }
+    }
+    match (
+        items.first().and_then(Value::as_u64),
+        items.get(1).and_then(Value::as_u64),
+    ) {
+        (Some(lo), Some(hi)) if lo > hi => Err(ctx.err(
+            key,
+            &[],
+            format!("low {lo} is above high {hi}"),
+            "write [low, high] with low <= high",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -207,7 +223,16 @@ pub(crate) fn validate(cfg: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
     cross_checks(cfg, ctx)
 }
 
+/// The checks that involve two keys, each group a step.
 fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
+    search_bounds(c, ctx)?;
+    batch_bounds(c, ctx)?;
+    preset_weights(c, ctx)?;
+    preset_targets(c, ctx)
+}
+
+/// min <= initial <= max context.
+fn search_bounds(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
     let s = &c.search;
     if s.min_context > s.max_context {
         return Err(ctx.err(
@@ -246,6 +271,11 @@ fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// No starting batch (nor the ubatch) above the largest batch.
+fn batch_bounds(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
     let b = &c.batch;
     for (key, v) in [
         ("batch.initial_large", b.initial_large),
@@ -264,6 +294,11 @@ fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Every preset ranks by something.
+fn preset_weights(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
     let p = &c.presets;
     for (name, tw, fw) in [
         (
@@ -296,6 +331,12 @@ fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Every preset's target context is reachable by the search.
+fn preset_targets(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
+    let (s, p) = (&c.search, &c.presets);
     let [lo, _] = p.balanced.target_context_range;
     if lo > s.max_context {
         return Err(ctx.err(
