@@ -6,6 +6,8 @@
 //!                  tests/server/README.md), DuckDB and Chromium to check exports and reports
 //!   run            setup, build, and run the main job end to end on this machine
 //!   test           setup, then the whole test suite (eBPF tests need root; CI requires them)
+//!   lint           clippy with warnings as errors over the user side (all targets) and over
+//!                  the kernel programs (o3-ebpf, built for bpfel-unknown-none on its own)
 //!   faults         setup, then the fault suite: the real o3 binary killed, interrupted, given a
 //!                  crashed or stopped server, a full disk, a damaged store or journal, fuzzed
 //!                  inputs, a shared store and recordings at once; one row per scenario and a
@@ -237,6 +239,49 @@ fn dist_docs() -> Result<()> {
     run(Command::new(&o3).arg("manpages").arg(dist.join("man")))
 }
 
+/// Clippy, warnings as errors: the user side with every target, then the kernel programs on
+/// their own (their no_std crate in the same clippy run as the user side would bring two panic
+/// handlers). Both honour the workspace lints.
+fn lint() -> Result<()> {
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut path = vec![setup::bpf_linker_bin()?];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let mut c = cargo();
+    c.current_dir(root().join("o3-ebpf"))
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf"))
+        .args(["--", "-D", "warnings"])
+        .env("PATH", std::env::join_paths(path)?)
+        // build-std on the stable toolchain, as o3-user's build script builds them.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!(
+                "-Ctarget-cpu=v3\x1f--cfg=bpf_target_arch=\"{}\"",
+                std::env::consts::ARCH
+            ),
+        );
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        c.env_remove(var);
+    }
+    run(&mut c)
+}
+
 /// Serves the test model in the foreground: this process becomes the server.
 fn server() -> Result<()> {
     setup::setup()?;
@@ -261,6 +306,7 @@ fn main() -> ExitCode {
         ["setup"] => setup::setup(),
         ["run"] => main_job(),
         ["test"] => test(),
+        ["lint"] => lint(),
         ["faults", only @ ..] => faults::faults(only),
         ["bench", "record"] => bench::record(),
         ["bench", "optimize"] => bench_optimize::optimize_bench(),
@@ -269,7 +315,7 @@ fn main() -> ExitCode {
         ["dist-docs"] => dist_docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | run | test | faults [SCENARIO]... | bench record|optimize|learn | server | dist-docs"
+                "usage: cargo xtask setup | run | test | lint | faults [SCENARIO]... | bench record|optimize|learn | server | dist-docs"
             );
             return ExitCode::from(2);
         }
