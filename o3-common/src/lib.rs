@@ -359,17 +359,29 @@ mod pod {
     // and have explicit padding fields, so every bit pattern is valid and there is no
     // uninitialised padding.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::RawTp {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::Tracked {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::MmState {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::Pending {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::ProcPeak {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::Tree {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::RunState {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::KTick {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::GpuMemOffsets {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::GpuMem {}
+    // SAFETY: as above: repr(C), plain integers, explicit padding.
     unsafe impl aya::Pod for super::GpuPending {}
 }
 

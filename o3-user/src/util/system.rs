@@ -1,20 +1,14 @@
 //! Facts about this machine and the wall clock, shared by every stage.
 
-/// (node name, kernel release).
+/// (node name, kernel release); empty strings if uname(2) fails.
 pub fn uname() -> (String, String) {
-    // SAFETY: zeroed utsname is a valid out-value.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::uname(&mut u) };
-    let s = |f: &[libc::c_char]| {
-        let b: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&b).into_owned()
-    };
-    (s(&u.nodename), s(&u.release))
+    match nix::sys::utsname::uname() {
+        Ok(u) => (
+            u.nodename().to_string_lossy().into_owned(),
+            u.release().to_string_lossy().into_owned(),
+        ),
+        Err(_) => (String::new(), String::new()),
+    }
 }
 
 /// Wall-clock time, ns since the Unix epoch (0 if the clock is before it).
