@@ -133,7 +133,7 @@ proptest! {
     fn traces(pick in 0usize..3, edits in prop::collection::vec(edit(), 1..6)) {
         let name = ["traces/record.jsonl", "traces/handmade-gpu.jsonl", "traces/tree.jsonl"][pick];
         let bytes = apply(fixture(name), &edits);
-        if let Err(e) = o3::report::read::parse_bytes(&bytes, Path::new("t.jsonl")) {
+        if let Err(e) = o3::trace::read::parse_bytes(&bytes, Path::new("t.jsonl")) {
             one_line(&e)?;
         }
     }

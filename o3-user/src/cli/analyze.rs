@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::report::analyze;
+use crate::trace::analyze;
 
 use super::{CliResult, Roots};
 

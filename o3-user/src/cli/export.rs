@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::report::{self, Trace};
+use crate::trace::{self, export, Trace};
 
 use super::{CliResult, Roots};
 
@@ -37,7 +37,7 @@ pub struct ExportArgs {
 
 /// Reads a trace and prints its problems and warnings to stderr, one per line.
 pub(super) fn load(cmd: &str, path: &std::path::Path) -> Result<Trace, (anyhow::Error, i32)> {
-    let trace = report::read_file(path).map_err(|e| (anyhow::Error::new(e), 1))?;
+    let trace = trace::read_file(path).map_err(|e| (anyhow::Error::new(e), 1))?;
     for p in &trace.problems {
         eprintln!("o3 {cmd}: {}: {p} (skipped)", path.display());
     }
@@ -58,9 +58,9 @@ pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
     }
     let trace = load("export", &a.trace)?;
     let bytes = match a.format {
-        Format::Csv => report::csv::csv(&trace),
-        Format::Perfetto => report::perfetto::perfetto(&trace),
-        Format::Parquet => report::parquet::parquet(&trace),
+        Format::Csv => export::csv::csv(&trace),
+        Format::Perfetto => export::perfetto::perfetto(&trace),
+        Format::Parquet => export::parquet::parquet(&trace),
     };
     let written = match &a.out {
         Some(path) => std::fs::write(path, &bytes)

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::telemetry::gpu::source::{GpuInfo, GpuOptions, GpuSource};
 use crate::telemetry::procfs::SystemMemory;
-use crate::telemetry::prometheus::{self, Peaks};
 use crate::telemetry::sampler::{self, MAX_INTERVAL, MIN_INTERVAL};
 use crate::telemetry::{monotonic_ns, Sample, Source};
+use crate::trace::export::prometheus::{self, Peaks};
 use crate::util::duration;
 use crate::util::units::bytes;
 

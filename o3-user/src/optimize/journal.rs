@@ -62,7 +62,8 @@ pub struct Journal {
 
 /// One journal line's record; why not, in words.
 fn parse_line(line: &lines::Line) -> Result<Line, String> {
-    serde_json::from_str(line.text()?).map_err(|e| e.to_string())
+    let text = line.text().map_err(|e| e.to_string())?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 impl Journal {

@@ -27,15 +27,15 @@ pub fn write(
     let timeline = r.timeline.as_ref().unwrap_or(&empty);
     let header = Header {
         schema_version: SCHEMA_VERSION,
-        o3_version: env!("CARGO_PKG_VERSION"),
-        host,
-        kernel,
-        interval_ns: interval.as_nanos() as u64,
-        start_unix_ns: if timeline.start_unix_ns > 0 {
+        o3_version: Some(env!("CARGO_PKG_VERSION").into()),
+        host: Some(host),
+        kernel: Some(kernel),
+        interval_ns: Some(interval.as_nanos() as u64),
+        start_unix_ns: Some(if timeline.start_unix_ns > 0 {
             timeline.start_unix_ns
         } else {
             crate::util::system::unix_now_ns()
-        },
+        }),
         target,
         methods: Methods {
             rss: method,

@@ -140,11 +140,11 @@ fn header(
     let (host, kernel) = uname();
     Header {
         schema_version: SCHEMA_VERSION,
-        o3_version: env!("CARGO_PKG_VERSION"),
-        host,
-        kernel,
-        interval_ns: opts.interval.as_nanos() as u64,
-        start_unix_ns,
+        o3_version: Some(env!("CARGO_PKG_VERSION").into()),
+        host: Some(host),
+        kernel: Some(kernel),
+        interval_ns: Some(opts.interval.as_nanos() as u64),
+        start_unix_ns: Some(start_unix_ns),
         target: target.clone(),
         methods: Methods {
             rss: method,

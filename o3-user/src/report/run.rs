@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::optimize::journal::{read_entries, Entry};
 
-use super::read::{read_file, Trace};
+use crate::trace::{read_file, Trace};
 
 #[derive(Debug, Error)]
 pub enum RunError {

@@ -14,8 +14,8 @@ use crate::util::units::{bytes, utc};
 
 use super::doc::Doc;
 use super::plot::{self, Chart, Marker, Rule, Series, Style};
-use super::read::tree_cpu_percent;
 use super::run::Run;
+use crate::trace::tree_cpu_percent;
 
 /// Nearest-rank 95th percentile.
 fn p95(mut v: Vec<f64>) -> Option<f64> {
@@ -723,7 +723,7 @@ fn resources(d: &mut Doc, run: &Run, s: &Value) {
     let series_of = |name: &str,
                      color: plot::Rgb,
                      div: f64,
-                     f: &dyn Fn(&super::read::SampleRec) -> Option<u64>| {
+                     f: &dyn Fn(&crate::trace::SampleRec) -> Option<u64>| {
         let mut s = Series::new(name, color, Style::Line);
         for tr in &run.traces {
             s = s.points(plot::thin(
@@ -843,7 +843,7 @@ fn resources(d: &mut Doc, run: &Run, s: &Value) {
     for tr in &run.traces {
         // Rates over ≥ 100 ms: a 10 ms tick holds a scheduler slice or none.
         let mut pts = Vec::new();
-        let mut prev: Option<&super::read::SampleRec> = None;
+        let mut prev: Option<&crate::trace::SampleRec> = None;
         for x in &tr.trace.samples {
             match prev {
                 Some(p) if x.t_ns.saturating_sub(p.t_ns) >= 100_000_000 => {
@@ -1328,7 +1328,7 @@ mod tests {
                 .map(|t| ProbeTrace {
                     file: format!("{t}.jsonl"),
                     stage: "context".into(),
-                    trace: crate::report::read_file(&dir.join(format!("{t}.jsonl"))).unwrap(),
+                    trace: crate::trace::read_file(&dir.join(format!("{t}.jsonl"))).unwrap(),
                 })
                 .collect(),
             problems: vec![],

@@ -3,6 +3,16 @@
 //! line was written, inside a multi-byte UTF-8 character too) still gives every whole line; the
 //! readers decide what to do with a damaged line and with a last line that has no newline.
 
+use thiserror::Error;
+
+/// A line that is not UTF-8 text: where its first invalid byte is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("not UTF-8 text (an invalid byte at column {column})")]
+pub struct NotUtf8 {
+    /// 1-based byte column.
+    pub column: usize,
+}
+
 /// One line of a JSON Lines file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line<'a> {
@@ -22,13 +32,10 @@ impl<'a> Line<'a> {
         self.bytes.iter().all(u8::is_ascii_whitespace)
     }
 
-    /// The line as text; where it is not UTF-8, why, in words.
-    pub fn text(&self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes).map_err(|e| {
-            format!(
-                "not UTF-8 text (an invalid byte at column {})",
-                e.valid_up_to() + 1
-            )
+    /// The line as text, or where it stops being UTF-8.
+    pub fn text(&self) -> Result<&'a str, NotUtf8> {
+        std::str::from_utf8(self.bytes).map_err(|e| NotUtf8 {
+            column: e.valid_up_to() + 1,
         })
     }
 }
@@ -89,9 +96,11 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].text(), Ok("{\"model\":\"/m/modèle.gguf\"}"));
         assert!(!lines[1].terminated);
+        let e = lines[1].text().unwrap_err();
+        assert_eq!(e, NotUtf8 { column: 17 });
         assert_eq!(
-            lines[1].text(),
-            Err("not UTF-8 text (an invalid byte at column 17)".into())
+            e.to_string(),
+            "not UTF-8 text (an invalid byte at column 17)"
         );
         assert!(!lines[1].is_blank());
         assert!(split(b" \t\r\n").next().unwrap().is_blank());

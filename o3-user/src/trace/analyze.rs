@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::perfetto::number;
-use super::read::{tree_cpu_percent, Trace};
+use super::export::perfetto::number;
+use super::{tree_cpu_percent, GpuRec, SampleRec, Trace};
 
 /// Version of the `o3 analyze --json` object.
 pub const ANALYSIS_SCHEMA_VERSION: u32 = 1;
@@ -126,59 +126,69 @@ fn stats(mut v: Vec<f64>) -> Option<Stats> {
     })
 }
 
-/// Series per metric: (t_ns, value) for every sample that measured it.
-fn series(trace: &Trace) -> BTreeMap<String, Vec<(u64, f64)>> {
-    let mut m: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
-    let mut add = |k: String, t: u64, v: Option<f64>| {
-        if let Some(v) = v {
-            m.entry(k).or_default().push((t, v));
-        }
-    };
+/// Points of one metric: (t_ns, value) for every sample that measured it.
+type Points = Vec<(u64, f64)>;
+
+fn add(m: &mut BTreeMap<String, Points>, key: String, t: u64, v: Option<f64>) {
+    if let Some(v) = v {
+        m.entry(key).or_default().push((t, v));
+    }
+}
+
+fn percent(part: Option<f64>, whole: Option<f64>) -> Option<f64> {
+    match (part, whole) {
+        (Some(p), Some(w)) if w > 0.0 => Some(p * 100.0 / w),
+        _ => None,
+    }
+}
+
+/// Series per metric, keyed with its unit.
+fn series(trace: &Trace) -> BTreeMap<String, Points> {
+    let mut m = BTreeMap::new();
     let mut prev = None;
     for s in &trace.samples {
-        let t = s.t_ns;
-        add("rss_bytes".into(), t, s.rss_bytes.map(|x| x as f64));
-        add(
-            "rss_anon_bytes".into(),
-            t,
-            s.rss_anon_bytes.map(|x| x as f64),
-        );
-        add(
-            "mem_used_bytes".into(),
-            t,
-            s.mem_used_bytes.map(|x| x as f64),
-        );
-        add("system_cpu_percent".into(), t, s.system_cpu_percent);
-        add(
-            "tree_cpu_percent".into(),
-            t,
-            prev.and_then(|p| tree_cpu_percent(p, s)),
-        );
-        if let (Some(u), Some(tot)) = (s.mem_used_bytes, s.mem_total_bytes) {
-            if tot > 0 {
-                add(
-                    "ram_used_percent".into(),
-                    t,
-                    Some(u as f64 * 100.0 / tot as f64),
-                );
-            }
-        }
+        tree_and_system_series(&mut m, prev, s);
         for g in &s.gpus {
-            for f in GPU_METRICS {
-                add(format!("gpu{}_{f}", g.index), t, g.num(f));
-            }
-            let pct = match (g.num("usable_used_bytes"), g.num("usable_total_bytes")) {
-                (Some(u), Some(tot)) if tot > 0.0 => Some(u * 100.0 / tot),
-                _ => match (g.num("vram_used_bytes"), g.num("vram_total_bytes")) {
-                    (Some(u), Some(tot)) if tot > 0.0 => Some(u * 100.0 / tot),
-                    _ => None,
-                },
-            };
-            add(format!("gpu{}_usable_used_percent", g.index), t, pct);
+            gpu_series(&mut m, s.t_ns, g);
         }
         prev = Some(s);
     }
     m
+}
+
+fn tree_and_system_series(
+    m: &mut BTreeMap<String, Points>,
+    prev: Option<&SampleRec>,
+    s: &SampleRec,
+) {
+    let t = s.t_ns;
+    let f = |v: Option<u64>| v.map(|x| x as f64);
+    add(m, "rss_bytes".into(), t, f(s.rss_bytes));
+    add(m, "rss_anon_bytes".into(), t, f(s.rss_anon_bytes));
+    add(m, "mem_used_bytes".into(), t, f(s.mem_used_bytes));
+    add(m, "system_cpu_percent".into(), t, s.system_cpu_percent);
+    add(
+        m,
+        "tree_cpu_percent".into(),
+        t,
+        prev.and_then(|p| tree_cpu_percent(p, s)),
+    );
+    add(
+        m,
+        "ram_used_percent".into(),
+        t,
+        percent(f(s.mem_used_bytes), f(s.mem_total_bytes)),
+    );
+}
+
+/// A GPU's metrics, and its usable memory in use in % (VRAM where usable is not known).
+fn gpu_series(m: &mut BTreeMap<String, Points>, t: u64, g: &GpuRec) {
+    for f in GPU_METRICS {
+        add(m, format!("gpu{}_{f}", g.index), t, g.num(f));
+    }
+    let pct = percent(g.num("usable_used_bytes"), g.num("usable_total_bytes"))
+        .or_else(|| percent(g.num("vram_used_bytes"), g.num("vram_total_bytes")));
+    add(m, format!("gpu{}_usable_used_percent", g.index), t, pct);
 }
 
 fn max_of(points: &[(u64, f64)]) -> Option<(u64, f64)> {
@@ -188,151 +198,204 @@ fn max_of(points: &[(u64, f64)]) -> Option<(u64, f64)> {
         .reduce(|a, b| if b.1.total_cmp(&a.1).is_gt() { b } else { a })
 }
 
-fn peaks(trace: &Trace, series: &BTreeMap<String, Vec<(u64, f64)>>) -> BTreeMap<String, Peak> {
-    let mut out = BTreeMap::new();
+/// GPU metrics whose peak is reported (key suffixes).
+const GPU_PEAKS: &[&str] = &[
+    "_vram_used_bytes",
+    "_gtt_used_bytes",
+    "_usable_used_bytes",
+    "_temp_edge_c",
+    "_temp_junction_c",
+    "_temp_mem_c",
+    "_power_w",
+];
+
+/// RSS and system memory peaks from the summary (as the recording measured them) where it has
+/// them, else from the samples; GPU peaks from the samples.
+fn peaks(trace: &Trace, series: &BTreeMap<String, Points>) -> BTreeMap<String, Peak> {
     let summary = trace.summary.as_ref();
-    let from_summary = |obj: &str, bytes: &str, t: &str| -> Option<Peak> {
-        let o = summary?.get(obj)?;
-        Some(Peak {
-            value: json!(o.get(bytes)?.as_u64()?),
-            t_ms: ms(o.get(t)?.as_u64()?),
-            source: "summary",
-        })
-    };
-    let from_samples = |key: &str| -> Option<Peak> {
-        let (t, v) = max_of(series.get(key)?)?;
-        Some(Peak {
-            value: number(v),
-            t_ms: ms(t),
-            source: "samples",
-        })
-    };
-    // Samples carry the source's own running peak (exact with eBPF) when there is no summary.
-    let rss_from_samples = || -> Option<Peak> {
-        let s = trace
-            .samples
-            .iter()
-            .filter(|s| s.rss_peak_bytes.is_some() && s.rss_peak_t_ns.is_some())
-            .max_by_key(|s| s.rss_peak_bytes)?;
-        Some(Peak {
-            value: json!(s.rss_peak_bytes?),
-            t_ms: ms(s.rss_peak_t_ns?),
-            source: "samples",
-        })
-    };
-    let rss = from_summary("rss", "peak_bytes", "peak_t_ns")
-        .or_else(rss_from_samples)
-        .or_else(|| from_samples("rss_bytes"));
-    let mem = from_summary("system_memory", "used_peak_bytes", "used_peak_t_ns")
-        .or_else(|| from_samples("mem_used_bytes"));
-    out.extend(rss.map(|p| ("rss_bytes".to_string(), p)));
-    out.extend(mem.map(|p| ("system_memory_used_bytes".to_string(), p)));
-    for key in series.keys().filter(|k| k.starts_with("gpu")) {
-        let wanted = [
-            "_vram_used_bytes",
-            "_gtt_used_bytes",
-            "_usable_used_bytes",
-            "_temp_edge_c",
-            "_temp_junction_c",
-            "_temp_mem_c",
-            "_power_w",
-        ];
-        if wanted.iter().any(|w| key.ends_with(w)) {
-            out.extend(from_samples(key).map(|p| (key.clone(), p)));
-        }
-    }
-    out
+    let rss = summary_peak(summary, "rss", "peak_bytes", "peak_t_ns")
+        .or_else(|| running_rss_peak(&trace.samples))
+        .or_else(|| sample_peak(series, "rss_bytes"));
+    let mem = summary_peak(
+        summary,
+        "system_memory",
+        "used_peak_bytes",
+        "used_peak_t_ns",
+    )
+    .or_else(|| sample_peak(series, "mem_used_bytes"));
+    let gpus = series
+        .keys()
+        .filter(|k| k.starts_with("gpu") && GPU_PEAKS.iter().any(|w| k.ends_with(w)))
+        .filter_map(|k| Some((k.clone(), sample_peak(series, k)?)));
+    rss.map(|p| ("rss_bytes".to_string(), p))
+        .into_iter()
+        .chain(mem.map(|p| ("system_memory_used_bytes".to_string(), p)))
+        .chain(gpus)
+        .collect()
 }
 
-fn thresholds(trace: &Trace, series: &BTreeMap<String, Vec<(u64, f64)>>) -> Thresholds {
+/// `summary.obj.bytes` at `summary.obj.t`.
+fn summary_peak(summary: Option<&Value>, obj: &str, bytes: &str, t: &str) -> Option<Peak> {
+    let o = summary?.get(obj)?;
+    Some(Peak {
+        value: json!(o.get(bytes)?.as_u64()?),
+        t_ms: ms(o.get(t)?.as_u64()?),
+        source: "summary",
+    })
+}
+
+/// The highest running peak the samples carry (the source's own, exact with eBPF).
+fn running_rss_peak(samples: &[SampleRec]) -> Option<Peak> {
+    let s = samples
+        .iter()
+        .filter(|s| s.rss_peak_bytes.is_some() && s.rss_peak_t_ns.is_some())
+        .max_by_key(|s| s.rss_peak_bytes)?;
+    Some(Peak {
+        value: json!(s.rss_peak_bytes?),
+        t_ms: ms(s.rss_peak_t_ns?),
+        source: "samples",
+    })
+}
+
+/// The largest sample of a series.
+fn sample_peak(series: &BTreeMap<String, Points>, key: &str) -> Option<Peak> {
+    let (t, v) = max_of(series.get(key)?)?;
+    Some(Peak {
+        value: number(v),
+        t_ms: ms(t),
+        source: "samples",
+    })
+}
+
+fn thresholds(trace: &Trace, series: &BTreeMap<String, Points>) -> Thresholds {
+    let (source, [ram, vram, temp, cpu]) = limits(trace);
+    let mut items = Vec::new();
+    let mut check = |metric: String, limit: Option<f64>| {
+        if let (Some(limit), Some(points)) = (limit, series.get(&metric)) {
+            items.push(time_above(trace, metric, limit, points));
+        }
+    };
+    check("ram_used_percent".into(), ram);
+    check("system_cpu_percent".into(), cpu);
+    for i in trace.gpu_indices() {
+        check(format!("gpu{i}_usable_used_percent"), vram);
+        check(format!("gpu{i}_temp_edge_c"), temp);
+    }
+    Thresholds { source, items }
+}
+
+/// Where the limits come from, and the limits on RAM %, VRAM %, temperature and CPU %: the
+/// summary's safety thresholds, else the watchdog's defaults.
+fn limits(trace: &Trace) -> (&'static str, [Option<f64>; 4]) {
     let given = trace
         .summary
         .as_ref()
         .and_then(|s| s.pointer("/safety/thresholds"))
         .filter(|t| t.is_object());
-    let get = |k: &str| given.and_then(|t| t.get(k)).and_then(Value::as_f64);
-    let (source, ram, vram, temp, cpu) = match given {
-        Some(_) => (
-            "trace",
-            get("max_ram_percent"),
-            get("max_vram_percent"),
-            get("max_temperature_c"),
-            get("max_cpu_percent"),
-        ),
+    match given {
+        Some(t) => {
+            let get = |k: &str| t.get(k).and_then(Value::as_f64);
+            (
+                "trace",
+                [
+                    get("max_ram_percent"),
+                    get("max_vram_percent"),
+                    get("max_temperature_c"),
+                    get("max_cpu_percent"),
+                ],
+            )
+        }
         None => (
             "default",
-            Some(DEFAULT_MAX_RAM_PERCENT),
-            Some(DEFAULT_MAX_VRAM_PERCENT),
-            None,
-            None,
+            [
+                Some(DEFAULT_MAX_RAM_PERCENT),
+                Some(DEFAULT_MAX_VRAM_PERCENT),
+                None,
+                None,
+            ],
         ),
-    };
-    // Each sample stands for the time until the next one (the last: one interval).
-    let last_dt = trace.header.interval_ns.unwrap_or(0);
-    let mut items = Vec::new();
-    let mut check = |metric: &str, limit: Option<f64>| {
-        let (Some(limit), Some(points)) = (limit, series.get(metric)) else {
-            return;
-        };
-        let mut above_ns = 0u64;
-        let mut n = 0;
-        for (t, v) in points {
-            if *v > limit {
-                n += 1;
-                let next = trace
-                    .samples
-                    .iter()
-                    .map(|s| s.t_ns)
-                    .find(|n| n > t)
-                    .map_or(last_dt, |n| n - t);
-                above_ns = above_ns.saturating_add(next);
-            }
-        }
-        items.push(Above {
-            metric: metric.to_string(),
-            limit,
-            above_ms: ms(above_ns),
-            samples_above: n,
-            samples_measured: points.len(),
-        });
-    };
-    check("ram_used_percent", ram);
-    check("system_cpu_percent", cpu);
-    for i in trace.gpu_indices() {
-        check(&format!("gpu{i}_usable_used_percent"), vram);
-        check(&format!("gpu{i}_temp_edge_c"), temp);
     }
-    Thresholds { source, items }
 }
 
+/// Time a metric spent above its limit: each sample stands for the time until the next one
+/// (the last: one interval).
+fn time_above(trace: &Trace, metric: String, limit: f64, points: &Points) -> Above {
+    let last_dt = trace.header.interval_ns.unwrap_or(0);
+    let mut above_ns = 0u64;
+    let mut n = 0;
+    for (t, _) in points.iter().filter(|(_, v)| *v > limit) {
+        n += 1;
+        let next = trace
+            .samples
+            .iter()
+            .map(|s| s.t_ns)
+            .find(|n| n > t)
+            .map_or(last_dt, |n| n - t);
+        above_ns = above_ns.saturating_add(next);
+    }
+    Above {
+        metric,
+        limit,
+        above_ms: ms(above_ns),
+        samples_above: n,
+        samples_measured: points.len(),
+    }
+}
+
+impl ProcessCpu {
+    fn new(pid: u64) -> ProcessCpu {
+        ProcessCpu {
+            pid,
+            comm: String::new(),
+            cpu_ns: None,
+            cpu_share_percent: None,
+            peak_rss_bytes: None,
+            gpu_busy_percent: None,
+            gpu_mem_peak_bytes: None,
+        }
+    }
+}
+
+/// The summary's processes with the GPU use the samples show, by CPU time, most first.
 fn processes(trace: &Trace) -> Vec<ProcessCpu> {
-    let list = trace
-        .summary
-        .as_ref()
+    let mut v = summary_processes(trace.summary.as_ref());
+    add_gpu_use(&mut v, &trace.samples);
+    let total: u64 = v.iter().filter_map(|p| p.cpu_ns).sum();
+    for p in &mut v {
+        p.cpu_share_percent = p
+            .cpu_ns
+            .filter(|_| total > 0)
+            .map(|c| c as f64 * 100.0 / total as f64);
+    }
+    v.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.pid.cmp(&b.pid)));
+    v
+}
+
+fn summary_processes(summary: Option<&Value>) -> Vec<ProcessCpu> {
+    let list = summary
         .and_then(|s| s.get("processes"))
         .and_then(Value::as_array);
-    let mut v: Vec<ProcessCpu> = list
-        .into_iter()
+    list.into_iter()
         .flatten()
         .map(|p| ProcessCpu {
-            pid: p.get("pid").and_then(Value::as_u64).unwrap_or(0),
             comm: p
                 .get("comm")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
             cpu_ns: p.get("cpu_ns").and_then(Value::as_u64),
-            cpu_share_percent: None,
             peak_rss_bytes: p.get("peak_rss_bytes").and_then(Value::as_u64),
-            gpu_busy_percent: None,
-            gpu_mem_peak_bytes: None,
+            ..ProcessCpu::new(p.get("pid").and_then(Value::as_u64).unwrap_or(0))
         })
-        .collect();
-    // GPU use from the samples' per-process readings; a process only seen there is added.
+        .collect()
+}
+
+/// GPU use from the samples' per-process readings; a process only seen there is added.
+fn add_gpu_use(v: &mut Vec<ProcessCpu>, samples: &[SampleRec]) {
     // Per pid: (t_ns, engine_ns) when first and last seen, largest memory.
     type Seen = ((u64, u64), (u64, u64), u64);
     let mut gpu: BTreeMap<u32, Seen> = BTreeMap::new();
-    for s in &trace.samples {
+    for s in samples {
         for g in &s.gpu_processes {
             let mem = g.vram_bytes + g.gtt_bytes + g.kfd_vram_bytes;
             let e = gpu
@@ -347,30 +410,13 @@ fn processes(trace: &Trace) -> Vec<ProcessCpu> {
         let i = match v.iter().position(|p| p.pid == u64::from(pid)) {
             Some(i) => i,
             None => {
-                v.push(ProcessCpu {
-                    pid: u64::from(pid),
-                    comm: String::new(),
-                    cpu_ns: None,
-                    cpu_share_percent: None,
-                    peak_rss_bytes: None,
-                    gpu_busy_percent: None,
-                    gpu_mem_peak_bytes: None,
-                });
+                v.push(ProcessCpu::new(u64::from(pid)));
                 v.len() - 1
             }
         };
         v[i].gpu_busy_percent = busy;
         v[i].gpu_mem_peak_bytes = Some(mem);
     }
-    let total: u64 = v.iter().filter_map(|p| p.cpu_ns).sum();
-    for p in &mut v {
-        p.cpu_share_percent = p
-            .cpu_ns
-            .filter(|_| total > 0)
-            .map(|c| c as f64 * 100.0 / total as f64);
-    }
-    v.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.pid.cmp(&b.pid)));
-    v
 }
 
 /// Analyses a parsed trace.
@@ -431,20 +477,38 @@ pub fn text(a: &Analysis) -> String {
         a.samples,
         a.duration_ms.map_or("?".into(), |d| format!("{d:.3} ms"))
     );
+    peaks_text(&mut o, &a.peaks);
+    percentiles_text(&mut o, &a.percentiles);
+    thresholds_text(&mut o, &a.thresholds);
+    processes_text(&mut o, &a.processes);
+    overhead_text(&mut o, a.overhead.as_ref());
+    for w in &a.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    if !a.problems.is_empty() {
+        let _ = writeln!(o, "{} unreadable line(s) skipped", a.problems.len());
+    }
+    o
+}
+
+fn peaks_text(o: &mut String, peaks: &BTreeMap<String, Peak>) {
     let _ = writeln!(o, "peaks");
-    for (k, p) in &a.peaks {
+    for (k, p) in peaks {
         let _ = writeln!(
             o,
             "  {k:<32} {:>16} at {:.3} ms  ({})",
             p.value, p.t_ms, p.source
         );
     }
+}
+
+fn percentiles_text(o: &mut String, percentiles: &BTreeMap<String, Stats>) {
     let _ = writeln!(
         o,
         "percentiles (nearest rank)\n  {:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
         "metric", "n", "p50", "p90", "p99", "max"
     );
-    for (k, s) in &a.percentiles {
+    for (k, s) in percentiles {
         let _ = writeln!(
             o,
             "  {k:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
@@ -455,47 +519,57 @@ pub fn text(a: &Analysis) -> String {
             num(s.max)
         );
     }
-    let which = match a.thresholds.source {
+}
+
+fn thresholds_text(o: &mut String, t: &Thresholds) {
+    let which = match t.source {
         "trace" => "thresholds from the trace",
         _ => "default thresholds: 85 % RAM, 90 % VRAM (the trace names none)",
     };
     let _ = writeln!(o, "time above safety thresholds ({which})");
-    if a.thresholds.items.is_empty() {
+    if t.items.is_empty() {
         let _ = writeln!(o, "  (no measured metric has a threshold)");
     }
-    for t in &a.thresholds.items {
+    for i in &t.items {
         let _ = writeln!(
             o,
             "  {:<32} > {:<8} {:.3} ms ({} of {} samples)",
-            t.metric,
-            num(t.limit),
-            t.above_ms,
-            t.samples_above,
-            t.samples_measured
+            i.metric,
+            num(i.limit),
+            i.above_ms,
+            i.samples_above,
+            i.samples_measured
         );
     }
-    if !a.processes.is_empty() {
+}
+
+fn processes_text(o: &mut String, processes: &[ProcessCpu]) {
+    if processes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "CPU and GPU per process\n  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  COMMAND",
+        "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES", "GPU_BUSY_%", "GPU_MEM_PEAK_B"
+    );
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for p in processes {
         let _ = writeln!(
             o,
-            "CPU and GPU per process\n  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  COMMAND",
-            "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES", "GPU_BUSY_%", "GPU_MEM_PEAK_B"
+            "  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  {}",
+            p.pid,
+            or_dash(p.cpu_ns.map(|c| c.to_string())),
+            or_dash(p.cpu_share_percent.map(|s| format!("{s:.1}"))),
+            or_dash(p.peak_rss_bytes.map(|b| b.to_string())),
+            or_dash(p.gpu_busy_percent.map(|s| format!("{s:.1}"))),
+            or_dash(p.gpu_mem_peak_bytes.map(|b| b.to_string())),
+            p.comm
         );
-        for p in &a.processes {
-            let _ = writeln!(
-                o,
-                "  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  {}",
-                p.pid,
-                p.cpu_ns.map_or("-".into(), |c| c.to_string()),
-                p.cpu_share_percent
-                    .map_or("-".into(), |s| format!("{s:.1}")),
-                p.peak_rss_bytes.map_or("-".into(), |b| b.to_string()),
-                p.gpu_busy_percent.map_or("-".into(), |s| format!("{s:.1}")),
-                p.gpu_mem_peak_bytes.map_or("-".into(), |b| b.to_string()),
-                p.comm
-            );
-        }
     }
-    match &a.overhead {
+}
+
+fn overhead_text(o: &mut String, overhead: Option<&Value>) {
+    match overhead {
         Some(Value::Object(m)) => {
             let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(o, "recording overhead  {}", parts.join(" "));
@@ -504,13 +578,6 @@ pub fn text(a: &Analysis) -> String {
             let _ = writeln!(o, "recording overhead  unknown (no summary)");
         }
     }
-    for w in &a.warnings {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    if !a.problems.is_empty() {
-        let _ = writeln!(o, "{} unreadable line(s) skipped", a.problems.len());
-    }
-    o
 }
 
 #[cfg(test)]
@@ -534,7 +601,7 @@ mod tests {
             text.push('\n');
         }
         text.push_str(extra);
-        super::super::read::parse(&text, Path::new("t.jsonl")).unwrap()
+        crate::trace::read::parse(&text, Path::new("t.jsonl")).unwrap()
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
-use super::gpu::source::{GpuInfo, GpuSample};
-use super::Sample;
+use crate::telemetry::gpu::source::{GpuInfo, GpuSample};
+use crate::trace::Sample;
 
 /// Highest values seen so far.
 #[derive(Debug, Clone, Default)]
@@ -52,170 +52,181 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn metric(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// One gauge: its help and type lines, then its rows; nothing when it has no row.
+fn gauge(o: &mut String, name: &str, help: &str, rows: impl IntoIterator<Item = String>) {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for r in rows {
+        let _ = writeln!(o, "{r}");
+    }
 }
+
+/// A gauge without labels, when it was measured.
+fn scalar(o: &mut String, name: &str, help: &str, v: Option<f64>) {
+    gauge(o, name, help, v.map(|v| format!("{name} {v}")));
+}
+
+fn bytes(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64)
+}
+
+type GpuGet = fn(&GpuSample) -> Option<f64>;
+
+/// The per-GPU gauges: name, help, value.
+const GPU_GAUGES: [(&str, &str, GpuGet); 12] = [
+    (
+        "o3_gpu_vram_used_bytes",
+        "VRAM in use (the carve-out on an APU).",
+        |g| bytes(g.reading.vram_used_bytes),
+    ),
+    ("o3_gpu_vram_total_bytes", "VRAM size.", |g| {
+        bytes(g.reading.vram_total_bytes)
+    }),
+    (
+        "o3_gpu_gtt_used_bytes",
+        "GTT (system memory mapped for the GPU) in use.",
+        |g| bytes(g.reading.gtt_used_bytes),
+    ),
+    ("o3_gpu_gtt_total_bytes", "GTT size.", |g| {
+        bytes(g.reading.gtt_total_bytes)
+    }),
+    (
+        "o3_gpu_usable_used_bytes",
+        "GPU-usable memory in use: GTT on an APU, VRAM on a discrete GPU.",
+        |g| bytes(g.usable_used_bytes),
+    ),
+    (
+        "o3_gpu_usable_total_bytes",
+        "GPU-usable capacity: GTT bounded by RAM on an APU, VRAM on a discrete GPU.",
+        |g| bytes(g.usable_total_bytes),
+    ),
+    (
+        "o3_gpu_busy_percent",
+        "Graphics/compute engine busy.",
+        |g| g.reading.gpu_busy_percent,
+    ),
+    (
+        "o3_gpu_memory_busy_percent",
+        "Memory controller busy.",
+        |g| g.reading.mem_busy_percent,
+    ),
+    (
+        "o3_gpu_power_watts",
+        "Power (average where the device has it; the whole SoC on an APU).",
+        |g| g.reading.power_w,
+    ),
+    ("o3_gpu_energy_joules", "Cumulative energy counter.", |g| {
+        g.reading.energy_j
+    }),
+    ("o3_gpu_sclk_mhz", "Graphics clock.", |g| g.reading.sclk_mhz),
+    (
+        "o3_gpu_asleep",
+        "1 when the device is runtime-suspended (its sensors are not read).",
+        |g| Some(if g.asleep { 1.0 } else { 0.0 }),
+    ),
+];
 
 /// Renders the exposition text (pure: tested on fixed samples).
 pub fn render(s: &Sample, peaks: &Peaks, gpus: &[GpuInfo]) -> String {
     let mut o = String::new();
-    let scalar = |o: &mut String, name: &str, help: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            metric(o, name, help, "gauge");
-            let _ = writeln!(o, "{name} {v}");
-        }
-    };
+    system(&mut o, s, peaks);
+    let label = |g: &GpuSample| gpu_label(g, gpus);
+    for (name, help, get) in GPU_GAUGES {
+        let rows = s
+            .gpus
+            .iter()
+            .filter_map(|g| get(g).map(|v| format!("{name}{{{}}} {v}", label(g))));
+        gauge(&mut o, name, help, rows);
+    }
+    gpu_temperatures(&mut o, &s.gpus, &label);
+    gpu_peaks(&mut o, peaks);
+    o
+}
+
+/// System memory and CPU.
+fn system(o: &mut String, s: &Sample, peaks: &Peaks) {
     scalar(
-        &mut o,
+        o,
         "o3_memory_used_bytes",
         "System RAM in use (MemTotal - MemAvailable).",
-        s.mem_used_bytes.map(|v| v as f64),
+        bytes(s.mem_used_bytes),
     );
     scalar(
-        &mut o,
+        o,
         "o3_memory_total_bytes",
         "System RAM.",
-        s.mem_total_bytes.map(|v| v as f64),
+        bytes(s.mem_total_bytes),
     );
     scalar(
-        &mut o,
+        o,
         "o3_memory_used_peak_bytes",
         "Highest system RAM in use since o3 started.",
-        Some(peaks.mem_used_bytes as f64),
+        bytes(Some(peaks.mem_used_bytes)),
     );
     scalar(
-        &mut o,
+        o,
         "o3_cpu_busy_percent",
         "System CPU busy, percent of all cores.",
         s.system_cpu_percent,
     );
-    let label = |g: &GpuSample| {
-        let info = gpus.iter().find(|i| i.index == g.index);
-        format!(
-            "gpu=\"{}\",name=\"{}\",apu=\"{}\"",
-            g.index,
-            escape(info.map_or("?", |i| i.name.as_str())),
-            info.is_some_and(|i| i.apu)
-        )
-    };
-    type Get = fn(&GpuSample) -> Option<f64>;
-    let per_gpu: [(&str, &str, Get); 12] = [
-        (
-            "o3_gpu_vram_used_bytes",
-            "VRAM in use (the carve-out on an APU).",
-            |g| g.reading.vram_used_bytes.map(|v| v as f64),
-        ),
-        ("o3_gpu_vram_total_bytes", "VRAM size.", |g| {
-            g.reading.vram_total_bytes.map(|v| v as f64)
-        }),
-        (
-            "o3_gpu_gtt_used_bytes",
-            "GTT (system memory mapped for the GPU) in use.",
-            |g| g.reading.gtt_used_bytes.map(|v| v as f64),
-        ),
-        ("o3_gpu_gtt_total_bytes", "GTT size.", |g| {
-            g.reading.gtt_total_bytes.map(|v| v as f64)
-        }),
-        (
-            "o3_gpu_usable_used_bytes",
-            "GPU-usable memory in use: GTT on an APU, VRAM on a discrete GPU.",
-            |g| g.usable_used_bytes.map(|v| v as f64),
-        ),
-        (
-            "o3_gpu_usable_total_bytes",
-            "GPU-usable capacity: GTT bounded by RAM on an APU, VRAM on a discrete GPU.",
-            |g| g.usable_total_bytes.map(|v| v as f64),
-        ),
-        (
-            "o3_gpu_busy_percent",
-            "Graphics/compute engine busy.",
-            |g| g.reading.gpu_busy_percent,
-        ),
-        (
-            "o3_gpu_memory_busy_percent",
-            "Memory controller busy.",
-            |g| g.reading.mem_busy_percent,
-        ),
-        (
-            "o3_gpu_power_watts",
-            "Power (average where the device has it; the whole SoC on an APU).",
-            |g| g.reading.power_w,
-        ),
-        ("o3_gpu_energy_joules", "Cumulative energy counter.", |g| {
-            g.reading.energy_j
-        }),
-        ("o3_gpu_sclk_mhz", "Graphics clock.", |g| g.reading.sclk_mhz),
-        (
-            "o3_gpu_asleep",
-            "1 when the device is runtime-suspended (its sensors are not read).",
-            |g| Some(if g.asleep { 1.0 } else { 0.0 }),
-        ),
-    ];
-    for (name, help, get) in per_gpu {
-        let rows: Vec<String> = s
-            .gpus
-            .iter()
-            .filter_map(|g| get(g).map(|v| format!("{name}{{{}}} {v}", label(g))))
-            .collect();
-        if !rows.is_empty() {
-            metric(&mut o, name, help, "gauge");
-            for r in rows {
-                let _ = writeln!(o, "{r}");
-            }
-        }
-    }
-    let temps: Vec<String> = s
-        .gpus
-        .iter()
-        .flat_map(|g| {
-            [
-                ("edge", g.reading.temp_edge_c),
-                ("junction", g.reading.temp_junction_c),
-                ("mem", g.reading.temp_mem_c),
-            ]
-            .into_iter()
-            .filter_map(move |(sensor, t)| {
-                t.map(|t| {
-                    format!(
-                        "o3_gpu_temperature_celsius{{{},sensor=\"{sensor}\"}} {t}",
-                        label(g)
-                    )
-                })
+}
+
+/// The labels of a GPU's rows: index, name (`?` when not listed), APU or not.
+fn gpu_label(g: &GpuSample, gpus: &[GpuInfo]) -> String {
+    let info = gpus.iter().find(|i| i.index == g.index);
+    format!(
+        "gpu=\"{}\",name=\"{}\",apu=\"{}\"",
+        g.index,
+        escape(info.map_or("?", |i| i.name.as_str())),
+        info.is_some_and(|i| i.apu)
+    )
+}
+
+/// Every temperature sensor of every GPU, one gauge labelled by sensor.
+fn gpu_temperatures(o: &mut String, gpus: &[GpuSample], label: &dyn Fn(&GpuSample) -> String) {
+    let rows = gpus.iter().flat_map(|g| {
+        [
+            ("edge", g.reading.temp_edge_c),
+            ("junction", g.reading.temp_junction_c),
+            ("mem", g.reading.temp_mem_c),
+        ]
+        .into_iter()
+        .filter_map(move |(sensor, t)| {
+            t.map(|t| {
+                format!(
+                    "o3_gpu_temperature_celsius{{{},sensor=\"{sensor}\"}} {t}",
+                    label(g)
+                )
             })
         })
-        .collect();
-    if !temps.is_empty() {
-        metric(
-            &mut o,
-            "o3_gpu_temperature_celsius",
-            "GPU temperatures.",
-            "gauge",
-        );
-        for t in temps {
-            let _ = writeln!(o, "{t}");
-        }
-    }
-    if !peaks.gpus.is_empty() {
-        metric(
-            &mut o,
-            "o3_gpu_usable_used_peak_bytes",
-            "Highest GPU-usable memory in use since o3 started (sampled).",
-            "gauge",
-        );
-        for (i, used, _, _) in &peaks.gpus {
-            let _ = writeln!(o, "o3_gpu_usable_used_peak_bytes{{gpu=\"{i}\"}} {used}");
-        }
-        metric(
-            &mut o,
-            "o3_gpu_temperature_peak_celsius",
-            "Highest GPU temperature since o3 started.",
-            "gauge",
-        );
-        for (i, _, t, _) in peaks.gpus.iter().filter(|p| p.2.is_finite()) {
-            let _ = writeln!(o, "o3_gpu_temperature_peak_celsius{{gpu=\"{i}\"}} {t}");
-        }
-    }
-    o
+    });
+    gauge(o, "o3_gpu_temperature_celsius", "GPU temperatures.", rows);
+}
+
+/// The GPUs' highest usable memory and temperature so far.
+fn gpu_peaks(o: &mut String, peaks: &Peaks) {
+    gauge(
+        o,
+        "o3_gpu_usable_used_peak_bytes",
+        "Highest GPU-usable memory in use since o3 started (sampled).",
+        peaks
+            .gpus
+            .iter()
+            .map(|(i, used, _, _)| format!("o3_gpu_usable_used_peak_bytes{{gpu=\"{i}\"}} {used}")),
+    );
+    gauge(
+        o,
+        "o3_gpu_temperature_peak_celsius",
+        "Highest GPU temperature since o3 started.",
+        peaks
+            .gpus
+            .iter()
+            .filter(|p| p.2.is_finite())
+            .map(|(i, _, t, _)| format!("o3_gpu_temperature_peak_celsius{{gpu=\"{i}\"}} {t}")),
+    );
 }
 
 /// Serves `text` (shared, replaced by the caller each tick) on `GET /metrics` until the
@@ -312,6 +323,20 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(name.starts_with("o3_"), "{line}");
         }
+    }
+
+    /// A sleeping GPU has no temperature: no temperature family at all, not an empty one.
+    #[test]
+    fn a_gauge_without_rows_is_left_out() {
+        let mut s = sample();
+        s.gpus[0].reading = GpuReading::default();
+        s.gpus[0].asleep = true;
+        let mut p = Peaks::default();
+        p.add(&s);
+        let text = render(&s, &p, &[]);
+        assert!(text.contains("o3_gpu_asleep{gpu=\"1\",name=\"?\",apu=\"false\"} 1\n"));
+        assert!(text.contains("o3_gpu_usable_used_peak_bytes{gpu=\"1\"} 42949672960\n"));
+        assert!(!text.contains("temperature"), "{text}");
     }
 
     #[test]

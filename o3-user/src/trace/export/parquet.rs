@@ -20,7 +20,7 @@ use parquet::schema::types::Type;
 use serde_json::Value;
 
 use super::csv::GPU_FIELDS;
-use super::read::{SampleRec, Trace};
+use crate::trace::{SampleRec, Trace};
 
 /// Rows per row group: readers parallelise over row groups; a 10 ms trace of 24 hours is 8.6
 /// million rows.
@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn fixtures_round_trip_to_the_csv_values() {
         for name in ["record", "tree", "handmade-gpu", "truncated", "garbage"] {
-            let t = super::super::read_file(&fixture(name)).unwrap();
+            let t = crate::trace::read_file(&fixture(name)).unwrap();
             assert!(!t.samples.is_empty(), "{name}");
             assert_same_as_csv(name, &t, &parquet(&t));
             // Several row groups read back as the same rows.
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn columns_are_typed_nullable_and_snappy_compressed() {
-        let t = super::super::read_file(&fixture("handmade-gpu")).unwrap();
+        let t = crate::trace::read_file(&fixture("handmade-gpu")).unwrap();
         let r = reader(&parquet(&t));
         let schema = r.metadata().file_metadata().schema_descr();
         let physical = |name: &str| {
@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_header_is_in_the_footer() {
-        let t = super::super::read_file(&fixture("record")).unwrap();
+        let t = crate::trace::read_file(&fixture("record")).unwrap();
         let r = reader(&parquet(&t));
         let kv: Vec<(String, Option<String>)> = r
             .metadata()
@@ -452,7 +452,7 @@ mod tests {
             r#"{"type":"sample","t_ns":3,"gpus":[]}"#,
             "\n",
         );
-        let t = super::super::read::parse(text, Path::new("t")).unwrap();
+        let t = crate::trace::read::parse(text, Path::new("t")).unwrap();
         let bytes = parquet(&t);
         assert_same_as_csv("hand-edited", &t, &bytes);
         let r = reader(&bytes);
@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_trace_without_samples_is_a_file_with_the_columns_and_no_rows() {
-        let t = super::super::read::parse(
+        let t = crate::trace::read::parse(
             "{\"type\":\"header\",\"schema_version\":1}\n",
             Path::new("t"),
         )

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::read::{tree_cpu_percent, EventRec, SampleRec, Trace};
+use crate::trace::{tree_cpu_percent, GpuRec, SampleRec, Trace, TreeEvent};
 
 /// The recording's own track (counters and instants).
 pub const PID_RECORDING: u32 = 1;
@@ -81,39 +81,44 @@ fn sample_counters(prev: Option<&SampleRec>, s: &SampleRec, out: &mut Vec<Value>
         args([("mem_used_bytes", f(s.mem_used_bytes))]),
     );
     for g in &s.gpus {
-        let i = g.index;
-        push(
-            &format!("GPU{i} memory (bytes)"),
-            args([
-                ("vram_used_bytes", g.num("vram_used_bytes")),
-                ("gtt_used_bytes", g.num("gtt_used_bytes")),
-            ]),
-        );
-        push(
-            &format!("GPU{i} busy (%)"),
-            args([
-                ("gpu_busy_percent", g.num("gpu_busy_percent")),
-                ("mem_busy_percent", g.num("mem_busy_percent")),
-            ]),
-        );
-        push(
-            &format!("GPU{i} temperature (C)"),
-            args([
-                ("temp_edge_c", g.num("temp_edge_c")),
-                ("temp_junction_c", g.num("temp_junction_c")),
-                ("temp_mem_c", g.num("temp_mem_c")),
-            ]),
-        );
-        push(
-            &format!("GPU{i} power (W)"),
-            args([("power_w", g.num("power_w"))]),
-        );
+        gpu_counters(g, t, out);
     }
 }
 
-fn event_instant(e: &EventRec) -> Option<Value> {
+fn gpu_counters(g: &GpuRec, t: u64, out: &mut Vec<Value>) {
+    let i = g.index;
+    let mut push = |name: String, a: Map<String, Value>| out.extend(counter(&name, t, a));
+    push(
+        format!("GPU{i} memory (bytes)"),
+        args([
+            ("vram_used_bytes", g.num("vram_used_bytes")),
+            ("gtt_used_bytes", g.num("gtt_used_bytes")),
+        ]),
+    );
+    push(
+        format!("GPU{i} busy (%)"),
+        args([
+            ("gpu_busy_percent", g.num("gpu_busy_percent")),
+            ("mem_busy_percent", g.num("mem_busy_percent")),
+        ]),
+    );
+    push(
+        format!("GPU{i} temperature (C)"),
+        args([
+            ("temp_edge_c", g.num("temp_edge_c")),
+            ("temp_junction_c", g.num("temp_junction_c")),
+            ("temp_mem_c", g.num("temp_mem_c")),
+        ]),
+    );
+    push(
+        format!("GPU{i} power (W)"),
+        args([("power_w", g.num("power_w"))]),
+    );
+}
+
+fn event_instant(e: &TreeEvent) -> Option<Value> {
     Some(match e {
-        EventRec::Fork {
+        TreeEvent::Fork {
             t_ns,
             pid,
             parent,
@@ -124,7 +129,7 @@ fn event_instant(e: &EventRec) -> Option<Value> {
             "t",
             json!({"pid": pid, "parent": parent, "comm": comm}),
         ),
-        EventRec::Exec {
+        TreeEvent::Exec {
             t_ns,
             pid,
             comm,
@@ -135,15 +140,15 @@ fn event_instant(e: &EventRec) -> Option<Value> {
             "t",
             json!({"pid": pid, "comm": comm, "filename": filename}),
         ),
-        EventRec::Exit { t_ns, pid, comm } => instant(
+        TreeEvent::Exit { t_ns, pid, comm } => instant(
             format!("exit {pid} ({comm})"),
             *t_ns,
             "t",
             json!({"pid": pid, "comm": comm}),
         ),
         // Throttled progress marks; the RSS counter shows the same curve.
-        EventRec::Peak { .. } => return None,
-        EventRec::SafetyBreach {
+        TreeEvent::Peak { .. } => return None,
+        TreeEvent::SafetyBreach {
             t_ns,
             metric,
             value,
@@ -202,18 +207,22 @@ fn summary_peaks(summary: &Value, out: &mut Vec<Value>) {
     }
 }
 
+fn num(v: &Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(Value::as_f64)
+}
+
+fn span(name: String, tid: u32, ts: f64, dur: f64, args: Value) -> Value {
+    json!({"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": PID_PROBE, "tid": tid,
+        "args": args})
+}
+
 /// Probe spans laid end to end from t = 0 (a probe record has durations, not start times):
 /// load, then each round, with its requests (and their time to first token) inside it.
 fn probe_spans(probes: &[Value], out: &mut Vec<Value>) {
-    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
     let mut cursor_us = 0.0;
-    let span = |name: String, tid: u32, ts: f64, dur: f64, a: Value| {
-        json!({"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": PID_PROBE, "tid": tid,
-            "args": a})
-    };
     for (p, probe) in probes.iter().enumerate() {
-        let outcome = probe.get("outcome").cloned().unwrap_or(Value::Null);
         if let Some(load) = num(probe, "load_ms") {
+            let outcome = probe.get("outcome").cloned().unwrap_or(Value::Null);
             out.push(span(
                 format!("probe {p}: load"),
                 1,
@@ -238,25 +247,35 @@ fn probe_spans(probes: &[Value], out: &mut Vec<Value>) {
                 .into_iter()
                 .flatten()
                 .filter(|s| s.get("round").and_then(Value::as_u64) == Some(r as u64));
-            for (k, s) in in_round.enumerate() {
-                let tid = 10 + k as u32;
-                if let Some(e2e) = num(s, "e2e_ms") {
-                    let a = json!({"outcome": s.get("outcome"), "e2e_ms": e2e,
-                        "ttft_ms": s.get("ttft_ms"), "output_tokens": s.get("output_tokens"),
-                        "decode_tokens_per_s": s.get("decode_tokens_per_s")});
-                    out.push(span("request".into(), tid, cursor_us, e2e * 1000.0, a));
-                }
-                if let Some(ttft) = num(s, "ttft_ms") {
-                    out.push(span(
-                        "time to first token".into(),
-                        tid,
-                        cursor_us,
-                        ttft * 1000.0,
-                        json!({"ttft_ms": ttft}),
-                    ));
-                }
-            }
+            request_spans(in_round, cursor_us, out);
             cursor_us += wall;
+        }
+    }
+}
+
+/// A round's requests from its start, each on a track of its own, with its time to first
+/// token.
+fn request_spans<'a>(
+    requests: impl Iterator<Item = &'a Value>,
+    start_us: f64,
+    out: &mut Vec<Value>,
+) {
+    for (k, s) in requests.enumerate() {
+        let tid = 10 + k as u32;
+        if let Some(e2e) = num(s, "e2e_ms") {
+            let a = json!({"outcome": s.get("outcome"), "e2e_ms": e2e,
+                "ttft_ms": s.get("ttft_ms"), "output_tokens": s.get("output_tokens"),
+                "decode_tokens_per_s": s.get("decode_tokens_per_s")});
+            out.push(span("request".into(), tid, start_us, e2e * 1000.0, a));
+        }
+        if let Some(ttft) = num(s, "ttft_ms") {
+            out.push(span(
+                "time to first token".into(),
+                tid,
+                start_us,
+                ttft * 1000.0,
+                json!({"ttft_ms": ttft}),
+            ));
         }
     }
 }
@@ -329,7 +348,7 @@ mod tests {
             r#"{"type":"probe","outcome":"ok","load_ms":2.0,"rounds":[{"wall_ms":3.0}],"samples":[{"round":0,"e2e_ms":3.0,"ttft_ms":1.0}]}"#,
             "\n"
         );
-        let t = super::super::read::parse(text, Path::new("t")).unwrap();
+        let t = crate::trace::read::parse(text, Path::new("t")).unwrap();
         let v: Value = serde_json::from_slice(&perfetto(&t)).unwrap();
         assert_eq!(v["displayTimeUnit"], "ms");
         let evs = v["traceEvents"].as_array().unwrap();

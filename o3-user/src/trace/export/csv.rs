@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::read::{SampleRec, Trace};
+use crate::trace::{SampleRec, Trace};
 
 /// Per-GPU fields, in column order (`gpu{N}_{field}`).
 pub const GPU_FIELDS: &[&str] = &[
@@ -121,7 +121,7 @@ mod tests {
             r#"{"type":"sample","t_ns":1500000,"rss_bytes":4096,"cpu_ns":null,"system_cpu_percent":12.5,"gpus":[{"index":0,"vram_used_bytes":7,"asleep":false}]}"#,
             "\n"
         );
-        let t = super::super::read::parse(text, Path::new("t")).unwrap();
+        let t = crate::trace::read::parse(text, Path::new("t")).unwrap();
         let out = String::from_utf8(csv(&t)).unwrap();
         let mut lines = out.lines();
         let head: Vec<&str> = lines.next().unwrap().split(',').collect();
