@@ -27,7 +27,11 @@ pub enum BackendArg {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    duration::parse_in_range(s, Duration::from_secs(1), Duration::from_secs(3600))
+    Ok(duration::parse_in_range(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    )?)
 }
 
 fn parse_margin(s: &str) -> Result<f64, String> {

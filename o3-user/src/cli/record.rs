@@ -12,7 +12,7 @@ use crate::util::duration;
 
 use super::{CliResult, GpuArg, Roots};
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+fn parse_interval(s: &str) -> Result<Duration, duration::DurationError> {
     duration::parse_in_range(s, MIN_INTERVAL, MAX_INTERVAL)
 }
 

@@ -2,21 +2,43 @@
 
 use std::time::Duration;
 
+/// Why a duration was refused; the text names the input and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration (write e.g. 10ms or 1s)")]
+    NotADuration(String),
+    #[error("`{0}` needs a unit (write e.g. {0}ms or {0}s)")]
+    NoUnit(String),
+    #[error("`{text}`: unknown unit `{unit}` (use ns, us, ms, s, m or h)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{0}` is too long")]
+    TooLong(String),
+    /// Not a duration at all, with the accepted range.
+    #[error("{0}; {1}")]
+    Unreadable(Box<DurationError>, String),
+    #[error("{shown} is out of range: {range}")]
+    OutOfRange { shown: String, range: String },
+}
+
+/// clap's value parsers take a message.
+impl From<DurationError> for String {
+    fn from(e: DurationError) -> String {
+        e.to_string()
+    }
+}
+
 /// Parses `N<unit>` with unit ns, us, ms, s, m or h; fractions are allowed (`0.5s`).
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let not_one = || DurationError::NotADuration(text.to_string());
     if num.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration (write e.g. 10ms or 1s)"
-        ));
+        return Err(not_one());
     }
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (write e.g. 10ms or 1s)"))?;
+    let v: f64 = num.parse().map_err(|_| not_one())?;
     let ns_per = match unit.trim() {
         "ns" => 1.0,
         "us" | "µs" => 1e3,
@@ -24,30 +46,30 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" => 1e9,
         "m" | "min" => 60e9,
         "h" => 3600e9,
-        "" => {
-            return Err(format!(
-                "`{text}` needs a unit (write e.g. {text}ms or {text}s)"
-            ))
-        }
+        "" => return Err(DurationError::NoUnit(text.to_string())),
         u => {
-            return Err(format!(
-                "`{text}`: unknown unit `{u}` (use ns, us, ms, s, m or h)"
-            ))
+            return Err(DurationError::UnknownUnit {
+                text: text.to_string(),
+                unit: u.to_string(),
+            })
         }
     };
     let ns = v * ns_per;
     if !ns.is_finite() || ns > u64::MAX as f64 {
-        return Err(format!("`{text}` is too long"));
+        return Err(DurationError::TooLong(text.to_string()));
     }
     Ok(Duration::from_nanos(ns.round() as u64))
 }
 
 /// Parses a duration and checks it lies in `[min, max]`, naming the range when it does not.
-pub fn parse_in_range(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+pub fn parse_in_range(text: &str, min: Duration, max: Duration) -> Result<Duration, DurationError> {
     let range = format!("accepted range {} to {}", show(min), show(max));
-    let d = parse(text).map_err(|e| format!("{e}; {range}"))?;
+    let d = parse(text).map_err(|e| DurationError::Unreadable(Box::new(e), range.clone()))?;
     if d < min || d > max {
-        return Err(format!("{} is out of range: {range}", show(d)));
+        return Err(DurationError::OutOfRange {
+            shown: show(d),
+            range,
+        });
     }
     Ok(d)
 }
@@ -90,9 +112,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse("abc").unwrap_err().contains("not a duration"));
-        assert!(parse("10").unwrap_err().contains("needs a unit"));
-        assert!(parse("10 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse("abc")
+            .unwrap_err()
+            .to_string()
+            .contains("not a duration"));
+        assert!(parse("10")
+            .unwrap_err()
+            .to_string()
+            .contains("needs a unit"));
+        assert!(parse("10 parsecs")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
         assert!(parse("1.2.3s").is_err());
         assert!(parse("").is_err());
     }
@@ -101,12 +132,13 @@ mod tests {
     fn range_is_named() {
         let min = Duration::from_millis(1);
         let max = Duration::from_secs(10);
-        let e = parse_in_range("0ms", min, max).unwrap_err();
+        let e = parse_in_range("0ms", min, max).unwrap_err().to_string();
         assert!(e.contains("accepted range 1ms to 10s"), "{e}");
-        let e = parse_in_range("5h", min, max).unwrap_err();
+        let e = parse_in_range("5h", min, max).unwrap_err().to_string();
         assert_eq!(e, "5h is out of range: accepted range 1ms to 10s");
         assert!(parse_in_range("abc", min, max)
             .unwrap_err()
+            .to_string()
             .contains("accepted range"));
         assert_eq!(parse_in_range("10s", min, max).unwrap(), max);
     }
