@@ -12,8 +12,13 @@
 //!   faults --mib N --repeat R                              page-fault-heavy work; its duration
 
 use std::collections::BTreeMap;
+use std::ffi::c_void;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -65,12 +70,14 @@ fn status_kib(pid: &str, key: &str) -> u64 {
 }
 
 fn rusage_self() -> (u64, u64) {
-    // SAFETY: zeroed rusage is a valid out-value.
-    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    (ns(r.ru_utime) + ns(r.ru_stime), r.ru_maxrss as u64 * 1024)
+    use nix::sys::resource::{getrusage, UsageWho};
+    let r = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage of this process");
+    let ns =
+        |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000_000 + t.tv_usec() as u64 * 1000;
+    (
+        ns(r.user_time()) + ns(r.system_time()),
+        r.max_rss() as u64 * 1024,
+    )
 }
 
 fn report(opts: &BTreeMap<String, String>, extra: serde_json::Value) {
@@ -91,31 +98,31 @@ fn report(opts: &BTreeMap<String, String>, extra: serde_json::Value) {
 }
 
 /// Maps `bytes` of anonymous memory and writes one byte per page so every page is resident.
-fn touch(bytes: usize) -> *mut libc::c_void {
-    // SAFETY: anonymous private mapping; checked for MAP_FAILED.
+fn touch(bytes: usize) -> NonNull<c_void> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let len = NonZeroUsize::new(bytes).expect("a mapping of at least one byte");
+    // SAFETY: a new anonymous private mapping aliases nothing.
     let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
         )
-    };
-    assert_ne!(p, libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+    }
+    .unwrap_or_else(|e| panic!("mmap of {bytes} bytes failed: {e}"));
     let mut off = 0;
     while off < bytes {
-        // SAFETY: within the mapping just created.
-        unsafe { std::ptr::write_volatile((p as *mut u8).add(off), 1) };
+        // SAFETY: within the mapping just created, which is readable and writable.
+        unsafe { std::ptr::write_volatile(p.cast::<u8>().as_ptr().add(off), 1) };
         off += 4096;
     }
     p
 }
 
-fn untouch(p: *mut libc::c_void, bytes: usize) {
-    // SAFETY: unmapping exactly the mapping created by `touch`.
-    unsafe { libc::munmap(p, bytes) };
+fn untouch(p: NonNull<c_void>, bytes: usize) {
+    // SAFETY: unmapping exactly the mapping created by `touch`, used no more.
+    unsafe { nix::sys::mman::munmap(p, bytes) }.expect("munmap of our own mapping");
 }
 
 /// Exact RSS of this process from a page-table walk (`/proc/self/smaps_rollup`), unlike
@@ -170,13 +177,9 @@ fn burn_thread_cpu(ms: u64) {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    use nix::time::{clock_gettime, ClockId};
+    let ts = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).expect("this thread's CPU clock");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 fn cpu(opts: &BTreeMap<String, String>) {
@@ -191,11 +194,9 @@ fn cpu(opts: &BTreeMap<String, String>) {
     report(opts, serde_json::json!({"mode": "cpu"}));
 }
 
-fn pipe() -> (RawFd, RawFd) {
-    let mut fds = [0; 2];
-    // SAFETY: valid out-array; no CLOEXEC so children inherit the fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
+/// A pipe without CLOEXEC, so children inherit its ends.
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().expect("a pipe")
 }
 
 /// `tree`: C children each map N MiB, say ready, and hold until released; the parent reads
@@ -208,30 +209,24 @@ fn tree(opts: &BTreeMap<String, String>, grandchild: bool) {
     let (go_r, go_w) = pipe();
     // Only the children's ends are inherited: a child holding a write end of `go` would never
     // see it close.
-    // SAFETY: setting FD_CLOEXEC on fds we own.
-    unsafe {
-        libc::fcntl(ready_r, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(go_w, libc::F_SETFD, libc::FD_CLOEXEC);
+    for fd in [&ready_r, &go_w] {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("FD_CLOEXEC");
     }
     let exe = std::env::current_exe().expect("own path");
     let mut kids = Vec::new();
     for _ in 0..children {
         let mut c = Command::new(&exe);
         c.args(["hold", "--mib", &mib.to_string()])
-            .args(["--ready-fd", &ready_w.to_string()])
-            .args(["--go-fd", &go_r.to_string()]);
+            .args(["--ready-fd", &ready_w.as_raw_fd().to_string()])
+            .args(["--go-fd", &go_r.as_raw_fd().to_string()]);
         if grandchild {
             c.args(["--spawn", "1"]);
         }
         kids.push(c.spawn().expect("spawning a child"));
     }
-    // SAFETY: closing our copies of the child-side ends.
-    unsafe {
-        libc::close(ready_w);
-        libc::close(go_r);
-    }
-    // SAFETY: we own ready_r.
-    let mut ready = unsafe { std::fs::File::from_raw_fd(ready_r) };
+    // Our copies of the child-side ends are closed.
+    drop((ready_w, go_r));
+    let mut ready = std::fs::File::from(ready_r);
     let mut buf = vec![0u8; children as usize];
     ready.read_exact(&mut buf).expect("children ready");
     let t = Instant::now();
@@ -247,8 +242,8 @@ fn tree(opts: &BTreeMap<String, String>, grandchild: bool) {
     }
     let parent_rss = smaps_rss("self");
     std::thread::sleep(hold.saturating_sub(t.elapsed()));
-    // SAFETY: closing the write end releases every child (they read EOF).
-    unsafe { libc::close(go_w) };
+    // Closing the write end releases every child (they read EOF).
+    drop(go_w);
     for mut k in kids {
         let out = k.wait().expect("child");
         assert!(out.success(), "child failed: {out:?}");
@@ -324,18 +319,14 @@ fn work(opts: &BTreeMap<String, String>) {
 
 /// Runs this thread on `cpu` only.
 fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only read and
-    // write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "o3-workload: cannot run on CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-            std::process::exit(2);
-        }
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        eprintln!("o3-workload: cannot run on CPU {cpu}: {e}");
+        std::process::exit(2);
     }
 }
 
