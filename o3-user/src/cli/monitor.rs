@@ -154,9 +154,8 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        let mut b = 0u8;
-        // SAFETY: non-blocking read of one byte from our signal pipe.
-        if unsafe { libc::read(sig, &mut b as *mut u8 as *mut libc::c_void, 1) } == 1 {
+        // A signal number waiting in the non-blocking signal pipe ends the monitor.
+        if nix::unistd::read(sig, &mut [0u8; 1]) == Ok(1) {
             break;
         }
     }
