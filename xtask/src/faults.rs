@@ -20,6 +20,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::{cargo, root, run, setup};
@@ -42,6 +44,11 @@ const SETTLE: Duration = Duration::from_millis(100);
 const SEED: u64 = 0x6f33_6661_756c_7473;
 /// The environment variable o3 marks every server it starts with (`<pid>:<start time>`).
 const OWNER_VAR: &str = "O3_SERVER_OWNER";
+
+/// A process id as nix takes it.
+fn pid(p: u32) -> Pid {
+    Pid::from_raw(p as i32)
+}
 
 type Scenario = fn(&mut Suite, &mut Scn) -> Result<String>;
 
@@ -85,6 +92,48 @@ struct Suite {
 /// Runs every scenario, or (for a reproduction) those whose names contain one of `only`,
 /// always after the undisturbed run (their reference).
 pub fn faults(only: &[&str]) -> Result<()> {
+    let chosen = choose(only)?;
+    let mut suite = prepare()?;
+    eprintln!(
+        "xtask: fault suite: {} scenarios, files in {}",
+        chosen.len(),
+        suite.dir.display()
+    );
+
+    let width = chosen
+        .iter()
+        .map(|(_, n, _)| n.len())
+        .chain(["scenario".len()])
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{:<width$}  {:<8}  {:>7}  detail",
+        "scenario", "result", "seconds"
+    );
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    for &(i, name, scenario) in &chosen {
+        let (c, secs, detail) = run_scenario(&mut suite, i, name, scenario)?;
+        let ok = c.problems.is_empty();
+        totals.add(&c, ok);
+        println!(
+            "{name:<width$}  {:<8}  {secs:>7.1}  {detail}",
+            if ok { "survived" } else { "FAILED" }
+        );
+        if !ok {
+            for p in &c.problems {
+                println!("{:width$}  - {p}", "");
+            }
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    println!("{:<width$}  {:<8}  {total:>7.1}", "total", "");
+    totals.finish(chosen.len() as u64, &suite.dir)
+}
+
+/// The scenarios to run, each with its index in SCENARIOS (its directory and its fuzz seed):
+/// all of them, or the undisturbed run and those whose names contain one of `only`.
+fn choose(only: &[&str]) -> Result<Vec<(usize, &'static str, Scenario)>> {
     let named = |name: &str| {
         only.iter()
             .any(|o| name.to_lowercase().contains(&o.to_lowercase()))
@@ -99,13 +148,17 @@ pub fn faults(only: &[&str]) -> Result<()> {
                 .join(", ")
         );
     }
-    // Each keeps its index in SCENARIOS: its directory and its fuzz seed.
-    let chosen: Vec<(usize, &str, Scenario)> = SCENARIOS
+    Ok(SCENARIOS
         .iter()
         .enumerate()
         .filter(|(i, (name, _))| only.is_empty() || *i == 0 || named(name))
         .map(|(i, (name, f))| (i, *name, *f))
-        .collect();
+        .collect())
+}
+
+/// Sets up the toolchain and test server, builds o3, and writes the suite's directory and
+/// its two configurations, which o3 must accept.
+fn prepare() -> Result<Suite> {
     setup::setup()?;
     let server = setup::test_server()?;
     let server_bin = setup::llama_server_bin()?;
@@ -116,6 +169,25 @@ pub fn faults(only: &[&str]) -> Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (config, hang_config) = write_configs(&dir)?;
+    let suite = Suite {
+        o3: bin.join("o3"),
+        workload: bin.join("o3-workload"),
+        server_bin,
+        model: server.model,
+        dir,
+        config,
+        hang_config,
+        reference: None,
+        undisturbed: None,
+    };
+    check_configs(&suite)?;
+    Ok(suite)
+}
+
+/// Writes config/short.yaml with one request per validated configuration, and the same with
+/// the stopped server's timeouts, into `dir`; returns both paths.
+fn write_configs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let short = std::fs::read_to_string(root().join("config/short.yaml"))
         .context("reading config/short.yaml")?;
     let config = dir.join("short.yaml");
@@ -129,22 +201,16 @@ pub fn faults(only: &[&str]) -> Result<()> {
         "3",
     );
     std::fs::write(&hang_config, hang)?;
-    let mut suite = Suite {
-        o3: bin.join("o3"),
-        workload: bin.join("o3-workload"),
-        server_bin,
-        model: server.model,
-        dir: dir.clone(),
-        config,
-        hang_config,
-        reference: None,
-        undisturbed: None,
-    };
+    Ok((config, hang_config))
+}
+
+/// `o3 config check` on both of the suite's configurations.
+fn check_configs(suite: &Suite) -> Result<()> {
     for c in [&suite.config, &suite.hang_config] {
         let out = Command::new(&suite.o3)
             .args(["config", "check"])
             .arg(c)
-            .env("XDG_DATA_HOME", dir.join("config-check"))
+            .env("XDG_DATA_HOME", suite.dir.join("config-check"))
             .output()
             .with_context(|| format!("starting {}", suite.o3.display()))?;
         if !out.status.success() {
@@ -155,80 +221,86 @@ pub fn faults(only: &[&str]) -> Result<()> {
             );
         }
     }
-    eprintln!(
-        "xtask: fault suite: {} scenarios, files in {}",
-        chosen.len(),
-        dir.display()
-    );
+    Ok(())
+}
 
-    let width = chosen
-        .iter()
-        .map(|(_, n, _)| n.len())
-        .chain(["scenario".len()])
-        .max()
-        .unwrap_or(0);
-    println!(
-        "{:<width$}  {:<8}  {:>7}  detail",
-        "scenario", "result", "seconds"
-    );
-    let started = Instant::now();
-    let (mut survived, mut lost, mut orphans, mut hangs, mut panics) = (0, 0, 0, 0, 0);
-    for &(i, name, scenario) in &chosen {
-        let mut c = Scn::new(&suite, i, name)?;
-        let t0 = Instant::now();
-        let result = scenario(&mut suite, &mut c);
-        let swept = sweep(&c.owners);
-        if !swept.is_empty() {
-            c.orphans += swept.len() as u64;
-            c.problem(format!(
-                "{} orphan(s) still running {} s after their o3 ended, killed: {}",
-                swept.len(),
-                GRACE.as_secs(),
-                swept.join("; ")
-            ));
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let detail = match result {
-            Ok(d) => d,
-            Err(e) => {
-                let e = format!("{e:#}");
-                c.problems.insert(0, e.clone());
-                e
-            }
-        };
-        let ok = c.problems.is_empty();
-        survived += u64::from(ok);
-        lost += c.lost;
-        orphans += c.orphans;
-        hangs += c.hangs;
-        panics += c.panics;
-        println!(
-            "{name:<width$}  {:<8}  {secs:>7.1}  {detail}",
-            if ok { "survived" } else { "FAILED" }
-        );
-        if !ok {
-            for p in &c.problems {
-                println!("{:width$}  - {p}", "");
-            }
-        }
+/// Runs one scenario and sweeps its orphans; returns its state, its seconds and its detail
+/// (the error, first among its problems, when it failed).
+fn run_scenario(
+    suite: &mut Suite,
+    i: usize,
+    name: &'static str,
+    scenario: Scenario,
+) -> Result<(Scn, f64, String)> {
+    let mut c = Scn::new(suite, i, name)?;
+    let t0 = Instant::now();
+    let result = scenario(suite, &mut c);
+    let swept = sweep(&c.owners);
+    if !swept.is_empty() {
+        c.orphans += swept.len() as u64;
+        c.problem(format!(
+            "{} orphan(s) still running {} s after their o3 ended, killed: {}",
+            swept.len(),
+            GRACE.as_secs(),
+            swept.join("; ")
+        ));
     }
-    let total = started.elapsed().as_secs_f64();
-    println!("{:<width$}  {:<8}  {total:>7.1}", "total", "");
-    let n = chosen.len() as u64;
-    println!(
-        "{n} scenarios, {survived} survived: {lost} lost, {orphans} orphans, {hangs} hangs, {panics} panics"
-    );
-    if survived == n && lost + orphans + hangs + panics == 0 {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("xtask: could not remove {}: {e}", dir.display());
+    let secs = t0.elapsed().as_secs_f64();
+    let detail = match result {
+        Ok(d) => d,
+        Err(e) => {
+            let e = format!("{e:#}");
+            c.problems.insert(0, e.clone());
+            e
         }
-        Ok(())
-    } else {
-        bail!(
-            "the fault suite failed ({} of {n} scenarios did not survive); its files are kept in {} for the reproductions above",
-            n - survived,
-            dir.display()
-        )
+    };
+    Ok((c, secs, detail))
+}
+
+/// The suite's counts over the scenarios run.
+#[derive(Default)]
+struct Totals {
+    survived: u64,
+    lost: u64,
+    orphans: u64,
+    hangs: u64,
+    panics: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &Scn, ok: bool) {
+        self.survived += u64::from(ok);
+        self.lost += c.lost;
+        self.orphans += c.orphans;
+        self.hangs += c.hangs;
+        self.panics += c.panics;
+    }
+
+    /// Prints the closing line; removes the suite's files when every one of the `n`
+    /// scenarios survived, or fails keeping them.
+    fn finish(&self, n: u64, dir: &Path) -> Result<()> {
+        let Totals {
+            survived,
+            lost,
+            orphans,
+            hangs,
+            panics,
+        } = *self;
+        println!(
+            "{n} scenarios, {survived} survived: {lost} lost, {orphans} orphans, {hangs} hangs, {panics} panics"
+        );
+        if survived == n && lost + orphans + hangs + panics == 0 {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                eprintln!("xtask: could not remove {}: {e}", dir.display());
+            }
+            Ok(())
+        } else {
+            bail!(
+                "the fault suite failed ({} of {n} scenarios did not survive); its files are kept in {} for the reproductions above",
+                n - survived,
+                dir.display()
+            )
+        }
     }
 }
 
@@ -357,9 +429,9 @@ impl Scn {
                 Ok(s) => r.status = s.ok(),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     hung = true;
-                    // SAFETY: a plain signal to our own child, which is not reaped yet (its
-                    // waiter thread has not returned), so the pid is still ours.
-                    unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
+                    // Our own child, not reaped yet (its waiter thread has not returned), so
+                    // the pid is still ours.
+                    let _ = signal::kill(pid(r.pid), Signal::SIGKILL);
                     r.status = r.rx.recv().ok().and_then(|s| s.ok());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
@@ -523,10 +595,10 @@ impl Running {
         })
     }
 
-    fn signal(&self, sig: i32) {
+    fn signal(&self, sig: Signal) {
         if !self.ended {
-            // SAFETY: a plain signal to our own unreaped child.
-            unsafe { libc::kill(self.pid as i32, sig) };
+            // Our own unreaped child, so the pid is still ours.
+            let _ = signal::kill(pid(self.pid), sig);
         }
     }
 }
@@ -770,14 +842,12 @@ fn sweep(owners: &[(u32, u64)]) -> Vec<String> {
         if t0.elapsed() >= GRACE {
             return orphans
                 .into_iter()
-                .map(|pid| {
-                    let what = format!("{pid} {}", cmdline(pid));
-                    // SAFETY: plain signals to a process (and the group it leads) that an o3
-                    // of this suite started and that outlived it.
-                    unsafe {
-                        libc::kill(-(pid as i32), libc::SIGKILL);
-                        libc::kill(pid as i32, libc::SIGKILL);
-                    }
+                .map(|orphan| {
+                    let what = format!("{orphan} {}", cmdline(orphan));
+                    // A process (and the group it leads) that an o3 of this suite started
+                    // and that outlived it.
+                    let _ = signal::killpg(pid(orphan), Signal::SIGKILL);
+                    let _ = signal::kill(pid(orphan), Signal::SIGKILL);
                     what
                 })
                 .collect();
@@ -891,25 +961,25 @@ fn undisturbed(s: &mut Suite, c: &mut Scn) -> Result<String> {
 }
 
 fn kill_9(s: &mut Suite, c: &mut Scn) -> Result<String> {
-    interrupted(s, c, libc::SIGKILL, 0)
+    interrupted(s, c, Signal::SIGKILL, 0)
 }
 
 fn sigint(s: &mut Suite, c: &mut Scn) -> Result<String> {
-    interrupted(s, c, libc::SIGINT, 1)
+    interrupted(s, c, Signal::SIGINT, 1)
 }
 
 fn sigterm(s: &mut Suite, c: &mut Scn) -> Result<String> {
-    interrupted(s, c, libc::SIGTERM, 0)
+    interrupted(s, c, Signal::SIGTERM, 0)
 }
 
 fn sighup(s: &mut Suite, c: &mut Scn) -> Result<String> {
-    interrupted(s, c, libc::SIGHUP, 1)
+    interrupted(s, c, Signal::SIGHUP, 1)
 }
 
 /// A run signalled mid-probe (once `after` probes are journaled, while the next one's server
 /// runs): its server is gone within [`GRACE`], and the resumed run keeps every journaled probe
 /// and finds the undisturbed answer.
-fn interrupted(s: &mut Suite, c: &mut Scn, sig: i32, after: usize) -> Result<String> {
+fn interrupted(s: &mut Suite, c: &mut Scn, sig: Signal, after: usize) -> Result<String> {
     let run = c.dir.join("run");
     let mut r = c.start(s.optimize(c, &run, &s.config), RUN_LIMIT)?;
     let step = (|| -> Result<(u32, usize)> {
@@ -927,7 +997,7 @@ fn interrupted(s: &mut Suite, c: &mut Scn, sig: i32, after: usize) -> Result<Str
     let (server, noted) = step.map_err(|e| anyhow!("{e:#}: {}", out.brief()))?;
     let gone = gone_within(server, GRACE);
     let expected = match sig {
-        libc::SIGKILL => out
+        Signal::SIGKILL => out
             .status
             .is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9)),
         _ => out.code() == Some(130),
@@ -938,7 +1008,7 @@ fn interrupted(s: &mut Suite, c: &mut Scn, sig: i32, after: usize) -> Result<Str
             out.brief()
         ));
     }
-    if sig != libc::SIGKILL {
+    if sig != Signal::SIGKILL {
         let summary = std::fs::read_to_string(run.join("summary.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
@@ -991,8 +1061,8 @@ fn server_crash(s: &mut Suite, c: &mut Scn) -> Result<String> {
     let step = (|| -> Result<u32> {
         // At once, as a stray `kill -9` would: the server is loading, mid-probe.
         let server = r.server(&s.server_bin, &[])?;
-        // SAFETY: a plain signal to the server the o3 we started started.
-        unsafe { libc::kill(server as i32, libc::SIGKILL) };
+        // The server the o3 we started started.
+        let _ = signal::kill(pid(server), Signal::SIGKILL);
         Ok(server)
     })();
     let out = c.finish(r);
@@ -1028,8 +1098,8 @@ fn server_hang(s: &mut Suite, c: &mut Scn) -> Result<String> {
         r.journal_lines(&run, 1)?;
         let second = r.server(&s.server_bin, &[first])?;
         std::thread::sleep(SETTLE);
-        // SAFETY: a plain signal to the server the o3 we started started.
-        unsafe { libc::kill(second as i32, libc::SIGSTOP) };
+        // The server the o3 we started started.
+        let _ = signal::kill(pid(second), Signal::SIGSTOP);
         Ok(second)
     })();
     let out = c.finish(r);
@@ -1108,8 +1178,7 @@ impl Drop for Tmpfs {
 /// A run whose disk fills partway: one line says so, the journal holds only whole records
 /// (but a cut last line), and the resume on a larger disk finds the undisturbed answer.
 fn disk_full(s: &mut Suite, c: &mut Scn) -> Result<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("needs root to mount a tmpfs: run as root");
     }
     // A third of what a whole run took (the undisturbed run's directory): the disk fills
@@ -1234,6 +1303,22 @@ fn damaged_journal(s: &mut Suite, c: &mut Scn) -> Result<String> {
         bail!("no undisturbed run to damage");
     };
     let journal = std::fs::read(src.join("journal.jsonl")).context("reading the journal")?;
+    let (lines, cut, inside) = last_line_cut(&journal)?;
+    let cut_dir = c.dir.join("cut");
+    copy_tree(&src, &cut_dir)?;
+    std::fs::write(cut_dir.join("journal.jsonl"), &journal[..cut])?;
+    let report_cut = report_on_cut(c, &cut_dir)?;
+    let resume_text = resume_cut(s, c, &cut_dir, lines)?;
+    let (mid, report_garbage) = report_on_garbage(c, &src, &journal, lines)?;
+    Ok(format!(
+        "line {lines} cut {inside}: {report_cut}, {resume_text}; garbage line {}: {report_garbage}",
+        mid + 1
+    ))
+}
+
+/// The journal's line count and where to cut its last line: inside a multi-byte character
+/// where that line holds one, else mid-line; and which of the two it is.
+fn last_line_cut(journal: &[u8]) -> Result<(usize, usize, &'static str)> {
     let lines = journal.iter().filter(|&&b| b == b'\n').count();
     if lines < 2 || journal.last() != Some(&b'\n') {
         bail!("the undisturbed run's journal has {lines} line(s): too few to damage");
@@ -1247,24 +1332,31 @@ fn damaged_journal(s: &mut Suite, c: &mut Scn) -> Result<String> {
             "mid-line; no multi-byte character",
         ),
     };
-    let cut_dir = c.dir.join("cut");
-    copy_tree(&src, &cut_dir)?;
-    std::fs::write(cut_dir.join("journal.jsonl"), &journal[..cut])?;
+    Ok((lines, cut, inside))
+}
+
+/// `o3 report` on the run with the cut journal: it works, or refuses with one line.
+fn report_on_cut(c: &mut Scn, cut_dir: &Path) -> Result<&'static str> {
     let mut report = c.o3();
-    report.arg("report").arg(&cut_dir);
+    report.arg("report").arg(cut_dir);
     let out = c.run(report, SHORT_LIMIT)?;
     if out.code() != Some(0) && !out.hung && !out.panicked() {
         if let Err(e) = out.one_line() {
             c.problem(format!("report on the cut journal: {e}"));
         }
     }
-    let report_cut = if out.code() == Some(0) {
+    Ok(if out.code() == Some(0) {
         "report ok"
     } else {
         "report refused"
-    };
-    let resumed = c.run(resume(c, &cut_dir), RUN_LIMIT)?;
-    let resume_text = match resumed.success() {
+    })
+}
+
+/// `--resume` of the run with the cut journal: it keeps every whole line, re-runs only the
+/// cut probe and finds the undisturbed answer.
+fn resume_cut(s: &Suite, c: &mut Scn, cut_dir: &Path, lines: usize) -> Result<String> {
+    let resumed = c.run(resume(c, cut_dir), RUN_LIMIT)?;
+    Ok(match resumed.success() {
         Ok(j) => {
             let (kept, ran) = (
                 count(&j["probes"]["from_journal"]),
@@ -1293,9 +1385,19 @@ fn damaged_journal(s: &mut Suite, c: &mut Scn) -> Result<String> {
             );
             "resume failed".into()
         }
-    };
+    })
+}
+
+/// A copy of the run whose journal's middle line is garbage: `o3 report` works and its
+/// notice names the line. Returns the line's index and the report's outcome.
+fn report_on_garbage(
+    c: &mut Scn,
+    src: &Path,
+    journal: &[u8],
+    lines: usize,
+) -> Result<(usize, &'static str)> {
     let garbage_dir = c.dir.join("garbage");
-    copy_tree(&src, &garbage_dir)?;
+    copy_tree(src, &garbage_dir)?;
     let mid = lines / 2;
     let mut parts: Vec<&[u8]> = journal.split(|&b| b == b'\n').collect();
     parts[mid] = b"\x00{\"key\": garbage \xff\xfe not a record";
@@ -1320,10 +1422,7 @@ fn damaged_journal(s: &mut Suite, c: &mut Scn) -> Result<String> {
             out.stderr.trim()
         ));
     }
-    Ok(format!(
-        "line {lines} cut {inside}: {report_cut}, {resume_text}; garbage line {}: {report_garbage}",
-        mid + 1
-    ))
+    Ok((mid, report_garbage))
 }
 
 // ---- fuzzing ----
