@@ -765,10 +765,7 @@ fn floor_thread(period_ns: u64) -> FloorThread {
         let mut deadline = t0;
         while !flag.load(Ordering::SeqCst) {
             deadline += period_ns;
-            let ts = TimeSpec::new(
-                (deadline / 1_000_000_000) as libc::time_t,
-                (deadline % 1_000_000_000) as libc::c_long,
-            );
+            let ts = TimeSpec::from(std::time::Duration::from_nanos(deadline));
             let _ = clock_nanosleep(
                 ClockId::CLOCK_MONOTONIC,
                 ClockNanosleepFlags::TIMER_ABSTIME,
