@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{self, Signal};
+use nix::sys::time::TimeSpec;
+use nix::time::{clock_gettime, clock_nanosleep, ClockId, ClockNanosleepFlags};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::{build_release, root};
@@ -232,97 +236,149 @@ Measured on {machine}, {ROUNDS} rounds per configuration, interleaved with the o
     Ok(())
 }
 
-/// (a) CPU-bound work: slowdown and o3's own cost at 100 Hz and 1 kHz.
-fn cost_section(t: &Tools, iters: &str) -> Result<String> {
-    let e10: &[&str] = &["--interval", "10ms", "--method", "ebpf"];
-    let e1: &[&str] = &["--interval", "1ms", "--method", "ebpf"];
-    let p10: &[&str] = &["--interval", "10ms", "--method", "procfs"];
-    let configs: [Config; 7] = [
+/// The CPU-bound section's configurations: bare, the eBPF sampler at 10 ms and 1 ms, procfs,
+/// and the same again with the work pinned to CPU 0.
+fn cost_configs() -> [Config<'static>; 7] {
+    const E10: &[&str] = &["--interval", "10ms", "--method", "ebpf"];
+    const E1: &[&str] = &["--interval", "1ms", "--method", "ebpf"];
+    const P10: &[&str] = &["--interval", "10ms", "--method", "procfs"];
+    [
         ("bare", None, &[]),
-        ("ebpf 10ms", Some(e10), &[]),
-        ("ebpf 1ms", Some(e1), &[]),
-        ("procfs 10ms", Some(p10), &[]),
+        ("ebpf 10ms", Some(E10), &[]),
+        ("ebpf 1ms", Some(E1), &[]),
+        ("procfs 10ms", Some(P10), &[]),
         ("bare, on CPU 0", None, &["--cpu", "0"]),
         (
             "ebpf 1ms, work on CPU 0 (the CPU whose timer takes the kernel samples)",
-            Some(e1),
+            Some(E1),
             &["--cpu", "0"],
         ),
-        ("ebpf 10ms, work on CPU 0", Some(e10), &["--cpu", "0"]),
-    ];
-    let n = configs.len();
-    let mut work: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut cost: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut o3c: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut bpfc: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut every: Vec<f64> = vec![0.0; n];
-    let (mut floor100, mut floor1k) = (Vec::new(), Vec::new());
-    let mut timer: Option<(
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<f64>,
-    )> = None;
-    interleave(
-        t,
-        &configs,
-        &["work", "--iters", iters],
-        ROUNDS,
-        |i, run| {
-            work[i].push(f(&run.report, &["work_ns"]));
-            if !run.summary.is_null() {
-                let wall = f(&run.summary, &["wall_ns"]);
-                cost[i].push(f(&run.summary, &["overhead", "percent_of_one_core"]));
-                o3c[i].push(f(&run.summary, &["overhead", "o3_cpu_ns"]) / wall * 100.0);
-                bpfc[i].push(f(&run.summary, &["overhead", "bpf_run_ns"]) / wall * 100.0);
-                every[i] = f(&run.summary, &["sampling", "sources_every_ns"]) / 1e6;
-            }
-        },
-        |i, before| {
-            // Beside each bare run: a thread of this process that only wakes at 100 Hz (or
-            // 1 kHz) absolute deadlines, the floor any sampler that wakes at that rate pays.
-            if before && (i == 0 || i == 4) {
-                timer = Some(floor_thread(if i == 0 { 10_000_000 } else { 1_000_000 }));
-            } else if !before {
-                if let Some((stop, h)) = timer.take() {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let v = h.join().expect("timer thread");
-                    if i == 0 {
-                        floor100.push(v)
-                    } else {
-                        floor1k.push(v)
-                    }
+        ("ebpf 10ms, work on CPU 0", Some(E10), &["--cpu", "0"]),
+    ]
+}
+
+/// What each run of the CPU-bound section measured, per configuration.
+struct CostSamples {
+    work: Vec<Vec<f64>>,
+    cost: Vec<Vec<f64>>,
+    o3c: Vec<Vec<f64>>,
+    bpfc: Vec<Vec<f64>>,
+    every: Vec<f64>,
+}
+
+impl CostSamples {
+    fn new(n: usize) -> Self {
+        Self {
+            work: vec![Vec::new(); n],
+            cost: vec![Vec::new(); n],
+            o3c: vec![Vec::new(); n],
+            bpfc: vec![Vec::new(); n],
+            every: vec![0.0; n],
+        }
+    }
+
+    fn record(&mut self, i: usize, run: &Run) {
+        self.work[i].push(f(&run.report, &["work_ns"]));
+        if !run.summary.is_null() {
+            let wall = f(&run.summary, &["wall_ns"]);
+            self.cost[i].push(f(&run.summary, &["overhead", "percent_of_one_core"]));
+            self.o3c[i].push(f(&run.summary, &["overhead", "o3_cpu_ns"]) / wall * 100.0);
+            self.bpfc[i].push(f(&run.summary, &["overhead", "bpf_run_ns"]) / wall * 100.0);
+            self.every[i] = f(&run.summary, &["sampling", "sources_every_ns"]) / 1e6;
+        }
+    }
+}
+
+/// The floor threads run beside the bare runs (configurations 0 and 4) and their CPU shares.
+#[derive(Default)]
+struct Floors {
+    timer: Option<FloorThread>,
+    floor100: Vec<f64>,
+    floor1k: Vec<f64>,
+}
+
+impl Floors {
+    /// Beside each bare run: a thread of this process that only wakes at 100 Hz (or 1 kHz)
+    /// absolute deadlines, the floor any sampler that wakes at that rate pays.
+    fn beside_bare(&mut self, i: usize, before: bool) {
+        if before && (i == 0 || i == 4) {
+            self.timer = Some(floor_thread(if i == 0 { 10_000_000 } else { 1_000_000 }));
+        } else if !before {
+            if let Some((stop, h)) = self.timer.take() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                let v = h.join().expect("timer thread");
+                if i == 0 {
+                    self.floor100.push(v)
+                } else {
+                    self.floor1k.push(v)
                 }
             }
-        },
-    )?;
+        }
+    }
+}
+
+/// The CPU-bound section's medians: the table rows, each configuration's slowdown and
+/// monitor cost.
+struct CostTable {
+    rows: String,
+    slow: Vec<f64>,
+    mcost: Vec<f64>,
+}
+
+fn cost_table(configs: &[Config<'_>], s: &mut CostSamples, floors: &mut Floors) -> CostTable {
+    let n = configs.len();
     let mut rows = String::new();
     let mut slow = vec![f64::NAN; n];
     let mut mcost = vec![f64::NAN; n];
     for i in [1, 2, 3, 5, 6] {
         let bare = if i >= 5 { 4 } else { 0 };
-        slow[i] = median(&mut work[i].clone()) / median(&mut work[bare].clone());
-        mcost[i] = median(&mut cost[i]);
+        slow[i] = median(&mut s.work[i].clone()) / median(&mut s.work[bare].clone());
+        mcost[i] = median(&mut s.cost[i]);
         rows += &format!(
             "| {} | {} | {:.3} % | {:.3} % | {:.3} % | {} |\n",
             configs[i].0,
             pct(slow[i]),
             mcost[i],
-            median(&mut o3c[i]),
-            median(&mut bpfc[i]),
+            median(&mut s.o3c[i]),
+            median(&mut s.bpfc[i]),
             if i == 3 {
                 "every 10 ms".to_string()
             } else {
-                format!("every {:.0} ms", every[i])
+                format!("every {:.0} ms", s.every[i])
             },
         );
     }
-    let f100 = median(&mut floor100);
-    let f1k = median(&mut floor1k);
+    let f100 = median(&mut floors.floor100);
+    let f1k = median(&mut floors.floor1k);
+    rows += &format!("| a thread that only wakes at 100 Hz (this machine's floor for a 100 Hz sampler) | – | {f100:.3} % | – | – | – |\n");
+    rows += &format!("| a thread that only wakes at 1 kHz | – | {f1k:.3} % | – | – | – |\n");
+    CostTable { rows, slow, mcost }
+}
+
+/// (a) CPU-bound work: slowdown and o3's own cost at 100 Hz and 1 kHz.
+fn cost_section(t: &Tools, iters: &str) -> Result<String> {
+    let configs = cost_configs();
+    let mut samples = CostSamples::new(configs.len());
+    let mut floors = Floors::default();
+    interleave(
+        t,
+        &configs,
+        &["work", "--iters", iters],
+        ROUNDS,
+        |i, run| samples.record(i, run),
+        |i, before| floors.beside_bare(i, before),
+    )?;
+    let table = cost_table(&configs, &mut samples, &mut floors);
+    Ok(cost_text(iters, &table))
+}
+
+/// The CPU-bound section's text around its table, with the verdicts.
+fn cost_text(iters: &str, table: &CostTable) -> String {
+    let CostTable { rows, slow, mcost } = table;
     // The interrupts' share: the slowdown of work on CPU 0, in % of that core.
     let w100 = mcost[1] + ((slow[6] - 1.0) * 100.0).max(0.0);
     let w1k = mcost[2] + ((slow[5] - 1.0) * 100.0).max(0.0);
-    rows += &format!("| a thread that only wakes at 100 Hz (this machine's floor for a 100 Hz sampler) | – | {f100:.3} % | – | – | – |\n");
-    rows += &format!("| a thread that only wakes at 1 kHz | – | {f1k:.3} % | – | – | – |\n");
-    Ok(format!(
+    format!(
         "### Cost\n\n\
 Workload: `o3-workload work` (a fixed amount of single-threaded integer work, {iters} iterations, about 1 s bare).\n\
 Slowdown is the workload's own time for the work loop against bare runs of the same round set (the CPU 0 row against bare runs on CPU 0).\n\
@@ -341,67 +397,77 @@ Targets: monitor cost ≤ 0.3 % of a core at 100 Hz: **{v100}** ({c100:.3} %; wi
         s10 = pct(slow[1]),
         s0_10 = pct(slow[6]),
         s0_1k = pct(slow[5]),
-    ))
+    )
 }
 
-/// (b) Page-fault-heavy work: o3's rss_stat program, its steps and the two floors.
-fn fault_section(t: &Tools) -> Result<String> {
-    let args = |p: &'static str| ["--interval", "10ms", "--method", "ebpf", "--rss-program", p];
-    let programs = [
-        "floor-classic",
-        "floor-raw",
-        "raw-lookup",
-        "raw-read",
-        "raw",
-        "classic",
-    ]
-    .map(args);
-    let prog = |p: &str| -> &[&str] {
-        programs
-            .iter()
-            .find(|a| a[5] == p)
-            .expect("a program of the list")
+/// One set of o3 options per rss_stat program of the page-fault section.
+macro_rules! rss_program {
+    ($p:literal) => {
+        &[
+            "--interval",
+            "10ms",
+            "--method",
+            "ebpf",
+            "--rss-program",
+            $p,
+        ]
     };
-    let configs: [Config; 7] = [
+}
+
+/// The page-fault section's configurations: bare, the two floors, the raw program's steps, o3
+/// as shipped and the classic design.
+fn fault_configs() -> [Config<'static>; 7] {
+    [
         ("bare", None, &[]),
         (
             "floor: classic tracepoint, a program that only compares the pid",
-            Some(prog("floor-classic")),
+            Some(rss_program!("floor-classic")),
             &[],
         ),
         (
             "floor: raw tracepoint, a program that only compares the pid",
-            Some(prog("floor-raw")),
+            Some(rss_program!("floor-raw")),
             &[],
         ),
         (
             "raw, step 1: the early exit (per-mm lookup) only",
-            Some(prog("raw-lookup")),
+            Some(rss_program!("raw-lookup")),
             &[],
         ),
         (
             "raw, step 2: + the counter's exact value (count + every CPU's part)",
-            Some(prog("raw-read")),
+            Some(rss_program!("raw-read")),
             &[],
         ),
         (
             "**raw: o3 as shipped** (+ the tree's totals and peaks)",
-            Some(prog("raw")),
+            Some(rss_program!("raw")),
             &[],
         ),
         (
             "classic: the design before (the kernel's record, then o3's program)",
-            Some(prog("classic")),
+            Some(rss_program!("classic")),
             &[],
         ),
-    ];
+    ]
+}
+
+/// The `faults` workload's arguments, the same in every run of the page-fault section.
+const FAULTS_WORKLOAD: &[&str] = &["faults", "--mib", "256", "--repeat", "6"];
+
+/// Per configuration: the fastest round of each run, and the kernel programs' time per run.
+type FaultSamples = (Vec<Vec<f64>>, Vec<Vec<f64>>);
+
+/// The page-fault section's interleaved runs: the fastest round of each run and the kernel
+/// programs' time per run, per configuration.
+fn fault_rounds(t: &Tools, configs: &[Config<'_>]) -> Result<FaultSamples> {
     let n = configs.len();
     let mut round: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); n];
     interleave(
         t,
-        &configs,
-        &["faults", "--mib", "256", "--repeat", "6"],
+        configs,
+        FAULTS_WORKLOAD,
         FAULT_ROUNDS,
         |i, run| {
             round[i].push(fastest_round(&run.report));
@@ -414,6 +480,39 @@ fn fault_section(t: &Tools) -> Result<String> {
         },
         |_, _| {},
     )?;
+    Ok((round, per_call))
+}
+
+/// Work outside the recorded tree while o3 records something else: what the rest of the
+/// machine pays. Fastest rounds with no recording, with the raw and with the classic programs.
+fn outside_rounds(t: &Tools) -> Result<Vec<Vec<f64>>> {
+    let mut outside: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for r in 0..FAULT_ROUNDS {
+        for k in 0..3 {
+            let i = (k + r) % 3;
+            let mut bg = match i {
+                0 => None,
+                1 => Some(background(t, "raw")?),
+                _ => Some(background(t, "classic")?),
+            };
+            let run = t.run(None, FAULTS_WORKLOAD);
+            if let Some(c) = bg.as_mut() {
+                // The o3 this function started passes SIGTERM on to its `sleep` and ends.
+                let _ = signal::kill(child_pid(c), Signal::SIGTERM);
+                let _ = c.wait();
+            }
+            let run = run?;
+            outside[i].push(fastest_round(&run.report));
+        }
+    }
+    Ok(outside)
+}
+
+/// (b) Page-fault-heavy work: o3's rss_stat program, its steps and the two floors.
+fn fault_section(t: &Tools) -> Result<String> {
+    let configs = fault_configs();
+    let n = configs.len();
+    let (round, mut per_call) = fault_rounds(t, &configs)?;
     let bare = median(&mut round[0].clone());
     let slow: Vec<f64> = (0..n)
         .map(|i| median(&mut round[i].clone()) / bare)
@@ -427,34 +526,18 @@ fn fault_section(t: &Tools) -> Result<String> {
             median(&mut per_call[i])
         );
     }
-    // Work outside the recorded tree while o3 records something else: what the rest of the
-    // machine pays.
-    let mut outside: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    for r in 0..FAULT_ROUNDS {
-        for k in 0..3 {
-            let i = (k + r) % 3;
-            let mut bg = match i {
-                0 => None,
-                1 => Some(background(t, "raw")?),
-                _ => Some(background(t, "classic")?),
-            };
-            let run = t.run(None, &["faults", "--mib", "256", "--repeat", "6"]);
-            if let Some(c) = bg.as_mut() {
-                // SAFETY: signalling the o3 this function started; it passes SIGTERM on to
-                // its `sleep` and ends.
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                let _ = c.wait();
-            }
-            let run = run?;
-            outside[i].push(fastest_round(&run.report));
-        }
-    }
+    let outside = outside_rounds(t)?;
     let ob = median(&mut outside[0].clone());
     let o_raw = median(&mut outside[1].clone()) / ob;
     let o_classic = median(&mut outside[2].clone()) / ob;
+    Ok(fault_text(&rows, &slow, o_raw, o_classic))
+}
+
+/// The page-fault section's text around its table, with the verdicts.
+fn fault_text(rows: &str, slow: &[f64], o_raw: f64, o_classic: f64) -> String {
     let floor_c = slow[1] - 1.0;
     let shipped = slow[5] - 1.0;
-    Ok(format!(
+    format!(
         "### Page-fault-heavy work\n\n\
 Workload: `o3-workload faults --mib 256 --repeat 6` (map 256 MiB, touch it page by page, unmap; six times: one rss_stat event per fault, 65,536 per round), {FAULT_ROUNDS} runs per configuration, interleaved. Slowdown: the fastest round of a run (medians over runs) against bare runs. Per run: the kernel programs' own time per run (all programs; nearly all runs are rss_stat here), from BPF run-time statistics in their sampling windows; for the classic programs it leaves out what the kernel does before they run (formatting the record: a keyed hash of the mm, the counter summed under its lock).\n\n\
 Workload: `o3-workload faults --mib 256 --repeat 6` (map 256 MiB, touch it page by page, unmap; six times: one rss_stat event per fault). Slowdown: the median time of one 256 MiB round against bare runs. Per run: the kernel programs' time per run (all programs; nearly all runs are rss_stat here), BPF run-time statistics in their sampling windows.\n\n\
@@ -471,7 +554,7 @@ Targets: fault-heavy slowdown ≤ 8 %: **{v8}** ({s}); against the classic floor
         } else {
             "n/a (the floor is within this run's noise)".to_string()
         },
-    ))
+    )
 }
 
 /// The fastest of a `faults` run's rounds. A round's time varies by ±10 % from run to run on a
@@ -656,50 +739,46 @@ Target: peak exactness unchanged (10/10 within one page): **{v}**.\n\n",
     ))
 }
 
-/// Starts a thread that sleeps to absolute deadlines `period_ns` apart until stopped and
-/// returns its own CPU time as % of one core.
-fn floor_thread(
-    period_ns: u64,
-) -> (
+/// A floor thread's stop flag and its handle, which yields its CPU time in % of one core.
+type FloorThread = (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     std::thread::JoinHandle<f64>,
-) {
+);
+
+/// Nanoseconds on `clock`.
+fn clock_ns(clock: ClockId) -> u64 {
+    let ts = clock_gettime(clock).expect("the thread CPU-time and monotonic clocks always exist");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Starts a thread that sleeps to absolute deadlines `period_ns` apart until stopped and
+/// returns its own CPU time as % of one core.
+fn floor_thread(period_ns: u64) -> FloorThread {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let h = std::thread::spawn(move || {
-        let clock = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: valid out-pointer.
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-        };
         let (c0, t0) = (
-            clock(libc::CLOCK_THREAD_CPUTIME_ID),
-            clock(libc::CLOCK_MONOTONIC),
+            clock_ns(ClockId::CLOCK_THREAD_CPUTIME_ID),
+            clock_ns(ClockId::CLOCK_MONOTONIC),
         );
         let mut deadline = t0;
         while !flag.load(Ordering::SeqCst) {
             deadline += period_ns;
-            let ts = libc::timespec {
-                tv_sec: (deadline / 1_000_000_000) as libc::time_t,
-                tv_nsec: (deadline % 1_000_000_000) as libc::c_long,
-            };
-            // SAFETY: valid timespec, absolute time.
-            unsafe {
-                libc::clock_nanosleep(
-                    libc::CLOCK_MONOTONIC,
-                    libc::TIMER_ABSTIME,
-                    &ts,
-                    std::ptr::null_mut(),
-                )
-            };
+            let ts = TimeSpec::from(std::time::Duration::from_nanos(deadline));
+            let _ = clock_nanosleep(
+                ClockId::CLOCK_MONOTONIC,
+                ClockNanosleepFlags::TIMER_ABSTIME,
+                &ts,
+            );
         }
-        let wall = clock(libc::CLOCK_MONOTONIC) - t0;
-        (clock(libc::CLOCK_THREAD_CPUTIME_ID) - c0) as f64 / wall as f64 * 100.0
+        let wall = clock_ns(ClockId::CLOCK_MONOTONIC) - t0;
+        (clock_ns(ClockId::CLOCK_THREAD_CPUTIME_ID) - c0) as f64 / wall as f64 * 100.0
     });
     (stop, h)
+}
+
+/// The pid of a child this process started, as nix takes it.
+pub(crate) fn child_pid(c: &std::process::Child) -> Pid {
+    Pid::from_raw(c.id() as i32)
 }

@@ -125,15 +125,46 @@ pub fn learn_bench() -> Result<()> {
     let dir = root().join("target/bench/learn");
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
+    let off = no_learning_config(&dir)?;
+    let mut rows = String::new();
+    let mut tally = Tally::default();
+    for (file, what) in MODELS {
+        let m = Machines::write(&dir, file)?;
+        let runs = Runs::of(&o3, &dir, file, &m, &off)?;
+        tally.add(&m, &runs);
+        rows += &runs.row(what, &m);
+    }
+    let section = section_text(&rows, &tally, started.elapsed().as_secs_f64());
+    write_section(&section)?;
+    eprint!("{section}");
+    if tally.wrong > 0 || tally.skipped_optimum > 0 {
+        bail!("learning changed an answer or skipped a configuration that fits");
+    }
+    Ok(())
+}
+
+/// Writes the configuration that turns learning off and returns its path.
+fn no_learning_config(dir: &Path) -> Result<PathBuf> {
     let off = dir.join("no-learning.yaml");
     std::fs::write(
         &off,
         "learning:\n  store_results: false\n  reuse_learned_configs: false\n  predict: false\n",
     )?;
-    let mut rows = String::new();
-    let (mut worst_second, mut skipped_optimum, mut wrong) = (0u64, 0usize, 0usize);
-    let mut skips_total = 0usize;
-    for (file, what) in MODELS {
+    Ok(off)
+}
+
+/// One scenario's two simulated machines (B has 50 % more memory), written to files, and
+/// their truths.
+struct Machines {
+    a: PathBuf,
+    b: PathBuf,
+    ta: Truth,
+    tb: Truth,
+    batch: u64,
+}
+
+impl Machines {
+    fn write(dir: &Path, file: &str) -> Result<Machines> {
         let src: Value = crate::bench::read_json(&root().join("bench/optimize").join(file))?;
         let mut bigger = src.clone();
         let cap = u(&src, "capacity_bytes", 12 << 30);
@@ -142,46 +173,53 @@ pub fn learn_bench() -> Result<()> {
         let b = dir.join(format!("{file}.b.json"));
         std::fs::write(&a, src.to_string())?;
         std::fs::write(&b, bigger.to_string())?;
-        let (ta, tb) = (Truth::of(&src), Truth::of(&bigger));
-        let batch = initial_batch(&src);
+        Ok(Machines {
+            a,
+            b,
+            ta: Truth::of(&src),
+            tb: Truth::of(&bigger),
+            batch: initial_batch(&src),
+        })
+    }
+}
+
+/// One scenario's five runs: without learning on A and B, then with one store: A, A again, B.
+struct Runs {
+    base_a: Out,
+    base_b: Out,
+    first: Out,
+    second: Out,
+    other: Out,
+}
+
+impl Runs {
+    fn of(o3: &Path, dir: &Path, file: &str, m: &Machines, off: &Path) -> Result<Runs> {
         let db = dir.join(format!("{file}.db"));
         let _ = std::fs::remove_file(&db);
         let none_db = dir.join(format!("{file}.none.db"));
-        let base_a = run(
-            &o3,
-            &a,
-            &dir,
-            &format!("{file}-off-a"),
-            &none_db,
-            Some(&off),
-        )?;
-        let base_b = run(
-            &o3,
-            &b,
-            &dir,
-            &format!("{file}-off-b"),
-            &none_db,
-            Some(&off),
-        )?;
-        let first = run(&o3, &a, &dir, &format!("{file}-first"), &db, None)?;
-        let second = run(&o3, &a, &dir, &format!("{file}-second"), &db, None)?;
-        let other = run(&o3, &b, &dir, &format!("{file}-other"), &db, None)?;
-        worst_second = worst_second.max(second.search);
-        for (o, t) in [
-            (&first, &ta),
-            (&second, &ta),
-            (&other, &tb),
-            (&base_a, &ta),
-            (&base_b, &tb),
-        ] {
-            if o.validated != Some(t.expected(batch)) {
-                wrong += 1;
-            }
-        }
-        for (o, t) in [(&first, &ta), (&second, &ta), (&other, &tb)] {
-            skips_total += o.skipped.len();
-            skipped_optimum += o.skipped.iter().filter(|s| t.fits(&s["config"])).count();
-        }
+        let base_a = run(o3, &m.a, dir, &format!("{file}-off-a"), &none_db, Some(off))?;
+        let base_b = run(o3, &m.b, dir, &format!("{file}-off-b"), &none_db, Some(off))?;
+        let first = run(o3, &m.a, dir, &format!("{file}-first"), &db, None)?;
+        let second = run(o3, &m.a, dir, &format!("{file}-second"), &db, None)?;
+        let other = run(o3, &m.b, dir, &format!("{file}-other"), &db, None)?;
+        Ok(Runs {
+            base_a,
+            base_b,
+            first,
+            second,
+            other,
+        })
+    }
+
+    /// The scenario's row of the table.
+    fn row(&self, what: &str, m: &Machines) -> String {
+        let Runs {
+            base_a,
+            base_b,
+            first,
+            second,
+            other,
+        } = self;
         let show = |o: &Out| format!("{} ({})", o.total, o.search);
         let saved = format!(
             "{} / {} / {}",
@@ -189,23 +227,57 @@ pub fn learn_bench() -> Result<()> {
             base_a.total as i64 - second.total as i64,
             base_b.total as i64 - other.total as i64
         );
-        rows += &format!(
+        format!(
             "| {what} | {} / {} | {} / {} | {} | {} | {} (reused {}) | {} | {} ({} skipped) | {} |\n",
-            ta.expected(batch),
-            tb.expected(batch),
+            m.ta.expected(m.batch),
+            m.tb.expected(m.batch),
             first.validated.map_or("-".into(), |v| v.to_string()),
             other.validated.map_or("-".into(), |v| v.to_string()),
-            show(&base_a),
-            show(&first),
-            show(&second),
+            show(base_a),
+            show(first),
+            show(second),
             second.reused,
-            show(&base_b),
-            show(&other),
+            show(base_b),
+            show(other),
             other.skipped.len(),
             saved,
-        );
+        )
     }
-    let section = format!(
+}
+
+/// What the scenarios add up to against the targets.
+#[derive(Default)]
+struct Tally {
+    worst_second: u64,
+    skipped_optimum: usize,
+    wrong: usize,
+    skips_total: usize,
+}
+
+impl Tally {
+    fn add(&mut self, m: &Machines, r: &Runs) {
+        self.worst_second = self.worst_second.max(r.second.search);
+        for (o, t) in [
+            (&r.first, &m.ta),
+            (&r.second, &m.ta),
+            (&r.other, &m.tb),
+            (&r.base_a, &m.ta),
+            (&r.base_b, &m.tb),
+        ] {
+            if o.validated != Some(t.expected(m.batch)) {
+                self.wrong += 1;
+            }
+        }
+        for (o, t) in [(&r.first, &m.ta), (&r.second, &m.ta), (&r.other, &m.tb)] {
+            self.skips_total += o.skipped.len();
+            self.skipped_optimum += o.skipped.iter().filter(|s| t.fits(&s["config"])).count();
+        }
+    }
+}
+
+/// The section for docs/benchmarks.md, between its markers.
+fn section_text(rows: &str, tally: &Tally, took_s: f64) -> String {
+    format!(
         "{START}\n## learning: probes saved (`cargo xtask bench learn`)\n\n\
 Measured on {machine}, {date}; this run took {took:.1} s. Simulated models and machines \
 (`o3 optimize --simulate`, truths from the simulator's memory model: the largest context on the \
@@ -221,23 +293,20 @@ probes picks the first probe and skips configurations under P = 0.05). Cells: pr
 - Answers against the truth: {wrong_txt}.\n\
 - Configurations the predictor skipped: {skips_total}; of them would have fit: {skipped_optimum} \
 (target: never skip one that fits, in particular the optimum): {skip_ok}.\n{END}\n",
+        worst_second = tally.worst_second,
+        skips_total = tally.skips_total,
+        skipped_optimum = tally.skipped_optimum,
         machine = machine(),
         date = date(),
-        took = started.elapsed().as_secs_f64(),
-        second_ok = if worst_second <= 3 { "met" } else { "not met" },
-        wrong_txt = if wrong == 0 {
+        took = took_s,
+        second_ok = if tally.worst_second <= 3 { "met" } else { "not met" },
+        wrong_txt = if tally.wrong == 0 {
             "every run exact".to_string()
         } else {
-            format!("{wrong} runs differ")
+            format!("{} runs differ", tally.wrong)
         },
-        skip_ok = if skipped_optimum == 0 { "met" } else { "not met" },
-    );
-    write_section(&section)?;
-    eprint!("{section}");
-    if wrong > 0 || skipped_optimum > 0 {
-        bail!("learning changed an answer or skipped a configuration that fits");
-    }
-    Ok(())
+        skip_ok = if tally.skipped_optimum == 0 { "met" } else { "not met" },
+    )
 }
 
 fn date() -> String {

@@ -127,8 +127,7 @@ fn main_job() -> Result<()> {
 
 fn test() -> Result<()> {
     setup::setup()?;
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { geteuid() } == 0;
+    let root_user = nix::unistd::geteuid().is_root();
     if !root_user {
         eprintln!(
             "xtask: not root: the eBPF integration tests will be skipped (each says why); run as root for the full suite"
@@ -202,10 +201,6 @@ fn test() -> Result<()> {
         bail!("the simulator's self-test failed");
     }
     Ok(())
-}
-
-extern "C" {
-    fn geteuid() -> u32;
 }
 
 /// Shell completions and man pages, written by the release binary itself (xtask does not link

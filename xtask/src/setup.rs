@@ -106,7 +106,11 @@ fn bpf_linker() -> Result<()> {
     std::fs::create_dir_all(&prefix_lib)?;
     for name in [
         "libLLVM.so".to_string(),
-        llvm_so.file_name().unwrap().to_string_lossy().into_owned(),
+        llvm_so
+            .file_name()
+            .expect("found by its file name")
+            .to_string_lossy()
+            .into_owned(),
     ] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
@@ -154,8 +158,7 @@ pub struct TestServer {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// `python3 -m venv DIR`; where the venv module or ensurepip is missing, installs Debian's
@@ -316,50 +319,14 @@ pub fn llama_server_bin() -> Result<PathBuf> {
     let src = work.join("src");
     let build = work.join("build");
     std::fs::create_dir_all(&src)?;
-    // Only llama-cpp-python as an sdist: pip prepares its metadata in an isolated environment,
-    // whose build requirements must stay wheels (`:all:` would compile cmake itself). With the
-    // venv's cmake first on PATH and Makefiles, scikit-build-core asks for neither cmake nor
-    // ninja.
-    let path = std::env::join_paths(
-        std::iter::once(venv_bin.to_path_buf()).chain(
-            std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .unwrap_or_default(),
-        ),
-    )?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "download", "--disable-pip-version-check"])
-        .args(["--no-deps", "--no-binary", "llama-cpp-python", &sdist, "-d"])
-        .arg(&download)
-        .env("PATH", &path)
-        .env("CMAKE_GENERATOR", "Unix Makefiles"))
-    .with_context(|| format!("downloading the {sdist} sdist from PyPI"))?;
-    let archive = std::fs::read_dir(&download)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .with_context(|| format!("pip downloaded no .tar.gz into {}", download.display()))?;
+    let archive = download_sdist(&python, venv_bin, &sdist, &download)?;
     run(Command::new("tar")
         .arg("-xzf")
         .arg(&archive)
         .arg("-C")
         .arg(&src))?;
     let llama_cpp = vendored_llama_cpp(&src)?;
-    run(Command::new(&cmake)
-        .arg("-S")
-        .arg(&llama_cpp)
-        .arg("-B")
-        .arg(&build)
-        .args(LLAMA_SERVER_CMAKE_FLAGS))
-    .context("configuring llama.cpp (needs gcc and g++)")?;
-    run(Command::new(&cmake).arg("--build").arg(&build).args([
-        "--target",
-        "llama-server",
-        "-j",
-        &jobs.to_string(),
-    ]))
-    .context("building llama-server")?;
-    let built = build.join("bin/llama-server");
+    let built = build_llama_server(&cmake, &llama_cpp, &build, jobs)?;
     std::fs::create_dir_all(bin.parent().expect("bin/llama-server has a parent"))?;
     // Copy then rename: a reader never sees half a binary.
     let partial = dir.join("bin/llama-server.partial");
@@ -373,6 +340,58 @@ pub fn llama_server_bin() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// Downloads the llama-cpp-python sdist `sdist` into `download` and returns its archive.
+fn download_sdist(python: &Path, venv_bin: &Path, sdist: &str, download: &Path) -> Result<PathBuf> {
+    // Only llama-cpp-python as an sdist: pip prepares its metadata in an isolated environment,
+    // whose build requirements must stay wheels (`:all:` would compile cmake itself). With the
+    // venv's cmake first on PATH and Makefiles, scikit-build-core asks for neither cmake nor
+    // ninja.
+    let path = std::env::join_paths(
+        std::iter::once(venv_bin.to_path_buf()).chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        ),
+    )?;
+    run(Command::new(python)
+        .args(["-m", "pip", "download", "--disable-pip-version-check"])
+        .args(["--no-deps", "--no-binary", "llama-cpp-python", sdist, "-d"])
+        .arg(download)
+        .env("PATH", &path)
+        .env("CMAKE_GENERATOR", "Unix Makefiles"))
+    .with_context(|| format!("downloading the {sdist} sdist from PyPI"))?;
+    std::fs::read_dir(download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .with_context(|| format!("pip downloaded no .tar.gz into {}", download.display()))
+}
+
+/// Configures llama.cpp's sources with cmake into `build`, builds its `llama-server` target
+/// and returns the binary built.
+fn build_llama_server(
+    cmake: &Path,
+    llama_cpp: &Path,
+    build: &Path,
+    jobs: usize,
+) -> Result<PathBuf> {
+    run(Command::new(cmake)
+        .arg("-S")
+        .arg(llama_cpp)
+        .arg("-B")
+        .arg(build)
+        .args(LLAMA_SERVER_CMAKE_FLAGS))
+    .context("configuring llama.cpp (needs gcc and g++)")?;
+    run(Command::new(cmake).arg("--build").arg(build).args([
+        "--target",
+        "llama-server",
+        "-j",
+        &jobs.to_string(),
+    ]))
+    .context("building llama-server")?;
+    Ok(build.join("bin/llama-server"))
 }
 
 /// DuckDB, the independent reader the Parquet export is checked with; a wheel, pinned.

@@ -24,6 +24,12 @@ use serde_json::Value;
 use crate::bench::{machine, median, read_json};
 use crate::{build_release, root};
 
+mod real_server;
+mod simulator;
+
+use real_server::real_server;
+use simulator::simulator;
+
 const START: &str = "<!-- bench:optimize:start -->";
 const END: &str = "<!-- bench:optimize:end -->";
 /// Rounds of (o3, every probe filled, linear) on the real server.
@@ -250,6 +256,33 @@ fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<
         "xtask: bench optimize: {}",
         dir.file_name().unwrap_or_default().to_string_lossy()
     );
+    let s = run_optimize(o3, dir, args, strategy)?;
+    let c = &s["context"];
+    let validated = c["validated"].as_u64();
+    let journal = Journal::read(&dir.join("journal.jsonl"), validated)?;
+    Ok(Run {
+        validated,
+        probes: num(&s["probes"], "total")?,
+        search_probes: num(&s["probes"], "context_search")?,
+        low: num(c, "low")?,
+        high: num(c, "high")?,
+        granularity: num(c, "granularity")?.max(1),
+        time_s: s["simulated_s"]
+            .as_f64()
+            .or_else(|| s["wall_s"].as_f64())
+            .context("the summary has neither simulated_s nor wall_s")?,
+        stages: journal.stages,
+        cut: s["plan"]["cut"].as_array().map_or(0, Vec::len),
+        predicted_s: s["plan"]["predicted_at_start_s"].as_f64(),
+        o3_floor_s: s["plan"]["floor_s"].as_f64(),
+        failed: journal.failed,
+        cache_share: journal.cache_share,
+        run_file: read_json(&dir.join("run.json"))?,
+    })
+}
+
+/// Runs o3 in a fresh DIR with a learning store of its own and returns its summary JSON.
+fn run_optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<Value> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -282,67 +315,66 @@ fn optimize(o3: &Path, dir: &Path, args: &[OsString], strategy: &str) -> Result<
     }
     let stdout = std::fs::read_to_string(&out_path)
         .with_context(|| format!("reading {}", out_path.display()))?;
-    let s: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .with_context(|| format!("{cmd:?}: its last line of output is not the summary JSON"))?;
-    let c = &s["context"];
-    let validated = c["validated"].as_u64();
-    let jpath = dir.join("journal.jsonl");
-    let journal =
-        std::fs::read_to_string(&jpath).with_context(|| format!("reading {}", jpath.display()))?;
-    let mut stages: BTreeMap<&'static str, f64> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let (mut share, mut cached) = (f64::INFINITY, 0usize);
-    for line in journal.lines() {
-        let j: Value = serde_json::from_str(line)
-            .with_context(|| format!("a line of {} is not JSON", jpath.display()))?;
-        let secs = j["outcome"]["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-        let r = &j["request"];
-        let stage = match (r["stage"].as_str(), r["config"]["ctx"].as_u64()) {
-            (Some("context"), _) => "search",
-            (Some("batch"), _) => "batch ranking",
-            (Some("validate"), ctx) if ctx == validated => "proof of the maximum",
-            (Some("validate"), ctx) if ctx.zip(validated).is_some_and(|(c, v)| c > v) => {
-                "proof of the maximum"
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .with_context(|| format!("{cmd:?}: its last line of output is not the summary JSON"))
+}
+
+/// What a run's journal says: seconds per stage, the outcomes of probes that did not pass,
+/// and the smallest share of a cached sample's prompt the server served from its cache.
+struct Journal {
+    stages: BTreeMap<&'static str, f64>,
+    failed: Vec<String>,
+    cache_share: Option<(f64, usize)>,
+}
+
+impl Journal {
+    fn read(jpath: &Path, validated: Option<u64>) -> Result<Journal> {
+        let journal = std::fs::read_to_string(jpath)
+            .with_context(|| format!("reading {}", jpath.display()))?;
+        let mut stages: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut failed = Vec::new();
+        let (mut share, mut cached) = (f64::INFINITY, 0usize);
+        for line in journal.lines() {
+            let j: Value = serde_json::from_str(line)
+                .with_context(|| format!("a line of {} is not JSON", jpath.display()))?;
+            let secs = j["outcome"]["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+            *stages.entry(stage(&j["request"], validated)).or_insert(0.0) += secs;
+            let outcome = j["outcome"]["outcome"].as_str().unwrap_or("unknown");
+            if outcome != "ok" {
+                failed.push(outcome.to_string());
             }
-            (Some("validate"), _) => "presets' contexts",
-            (Some("concurrency"), _) => "concurrency",
-            _ => "other",
-        };
-        *stages.entry(stage).or_insert(0.0) += secs;
-        let outcome = j["outcome"]["outcome"].as_str().unwrap_or("unknown");
-        if outcome != "ok" {
-            failed.push(outcome.to_string());
-        }
-        for x in j["raw"]["samples"].as_array().into_iter().flatten() {
-            if x["kind"] == "cached" && x["outcome"] == "ok" {
-                if let (Some(c), Some(p)) =
-                    (x["cached_tokens"].as_f64(), x["prompt_tokens"].as_f64())
-                {
-                    share = share.min(c / p.max(1.0));
-                    cached += 1;
+            for x in j["raw"]["samples"].as_array().into_iter().flatten() {
+                if x["kind"] == "cached" && x["outcome"] == "ok" {
+                    if let (Some(c), Some(p)) =
+                        (x["cached_tokens"].as_f64(), x["prompt_tokens"].as_f64())
+                    {
+                        share = share.min(c / p.max(1.0));
+                        cached += 1;
+                    }
                 }
             }
         }
+        Ok(Journal {
+            stages,
+            failed,
+            cache_share: (cached > 0).then_some((share, cached)),
+        })
     }
-    Ok(Run {
-        validated,
-        probes: num(&s["probes"], "total")?,
-        search_probes: num(&s["probes"], "context_search")?,
-        low: num(c, "low")?,
-        high: num(c, "high")?,
-        granularity: num(c, "granularity")?.max(1),
-        time_s: s["simulated_s"]
-            .as_f64()
-            .or_else(|| s["wall_s"].as_f64())
-            .context("the summary has neither simulated_s nor wall_s")?,
-        stages,
-        cut: s["plan"]["cut"].as_array().map_or(0, Vec::len),
-        predicted_s: s["plan"]["predicted_at_start_s"].as_f64(),
-        o3_floor_s: s["plan"]["floor_s"].as_f64(),
-        failed,
-        cache_share: (cached > 0).then_some((share, cached)),
-        run_file: read_json(&dir.join("run.json"))?,
-    })
+}
+
+/// The stage of the table a journal entry's request counts under.
+fn stage(r: &Value, validated: Option<u64>) -> &'static str {
+    match (r["stage"].as_str(), r["config"]["ctx"].as_u64()) {
+        (Some("context"), _) => "search",
+        (Some("batch"), _) => "batch ranking",
+        (Some("validate"), ctx) if ctx == validated => "proof of the maximum",
+        (Some("validate"), ctx) if ctx.zip(validated).is_some_and(|(c, v)| c > v) => {
+            "proof of the maximum"
+        }
+        (Some("validate"), _) => "presets' contexts",
+        (Some("concurrency"), _) => "concurrency",
+        _ => "other",
+    }
 }
 
 /// The simulator's truth for a run: the answer and the floor.
@@ -544,253 +576,6 @@ impl Verdicts {
             self.bounded += 1;
         }
     }
-}
-
-fn simulator(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
-    let dir = root().join("bench/optimize");
-    let mut md = String::new();
-    for p in &PROFILES {
-        let truth_file = dir.join(p.file);
-        let source: Value = read_json(&truth_file)?;
-        let run = |x: Variant| -> Result<Run> {
-            let name = format!("{}-{}", p.key, x.key);
-            let mut parts: Vec<PathBuf> = p.config.iter().map(|c| dir.join(c)).collect();
-            if x.every_filled {
-                parts.push(dir.join(EVERY_PROBE_FILLED));
-            }
-            if x.min_budget {
-                parts.push(dir.join(MIN_BUDGET));
-            }
-            let mut args: Vec<OsString> = vec!["--simulate".into(), truth_file.clone().into()];
-            if let Some(c) = compose(&tmp.join(format!("{name}.yaml")), &parts)? {
-                args.push("--config".into());
-                args.push(c.into());
-            }
-            if x.no_budget {
-                args.push("--budget".into());
-                args.push("none".into());
-            }
-            optimize(o3, &tmp.join(&name), &args, x.strategy)
-        };
-        let variants = [O3, STRICT, NO_BUDGET, FILLED, LINEAR, GRID];
-        let runs: Vec<Run> = variants.iter().map(|x| run(*x)).collect::<Result<_>>()?;
-        let t = truth(&runs[0])?;
-        let g = runs[0].granularity;
-        for (x, r) in variants.iter().zip(&runs).take(5) {
-            v.check(format!("{}, {}", p.key, x.label), r, &t);
-            if x.strategy == "binary" {
-                v.bound(r);
-            }
-        }
-        v.bound_detail.push(format!(
-            "{} {}/{}",
-            p.key,
-            runs[..4].iter().map(|r| r.search_probes).max().unwrap_or(0),
-            log_bound(&runs[0])
-        ));
-        let units = |r: &Run| r.time_s / t.floor_s;
-        if p.target {
-            v.floors.push((p.key.to_string(), units(&runs[0])));
-            if let Some(f) = runs[0].o3_floor_s {
-                v.own_floors.push((p.key.to_string(), runs[0].time_s / f));
-            }
-            v.strict.push((p.key.to_string(), units(&runs[1])));
-            v.before.push((p.key.to_string(), units(&runs[3])));
-        }
-        let stable = if t.stable < t.loads {
-            format!(", passes filled validation only up to {}", t.stable)
-        } else {
-            String::new()
-        };
-        let config = match p.config {
-            Some(c) => format!("`--config` with `bench/optimize/{c}`"),
-            None => "o3's default configuration".into(),
-        };
-        md += &format!(
-            "### {label}\n\n`bench/optimize/{file}`, {config}. {source}\n\n\
-Truth at the search's batch {batch} with one slot: loads up to {loads} tokens{stable}. Expected answer: **{answer}**. \
-Floor: **{floor}** (one load, one prompt of 90 % of {answer} less the output, one sample's decode, at the fastest batch of the ladder that loads there). \
-Searched {low}..{high} step {g}: ceil(log2({n})) + 1 = {bound} search probes at most.\n\n\
-| run | found | error (granules) | search probes | probes | did not pass | whole run | floors | {stage_heads} | cut | predicted at start |\n\
-|---|---|---|---|---|---|---|---|{stage_rule}---|---|\n",
-            label = p.label,
-            file = p.file,
-            source = source["source"].as_str().unwrap_or("(no source given)"),
-            batch = t.batch,
-            loads = t.loads,
-            answer = show_ctx(t.answer),
-            floor = show_time(t.floor_s),
-            low = runs[0].low,
-            high = runs[0].high,
-            n = (runs[0].high - runs[0].low) / g,
-            bound = log_bound(&runs[0]),
-            stage_heads = STAGES.join(" | "),
-            stage_rule = "---|".repeat(STAGES.len()),
-        );
-        for (x, r) in variants.iter().zip(&runs) {
-            let stages: Vec<String> = STAGES
-                .iter()
-                .map(|s| match r.stages.get(s) {
-                    Some(secs) => format!("{:.2}", secs / t.floor_s),
-                    None => "–".into(),
-                })
-                .collect();
-            md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | **{:.2}** | {} | {} | {} |\n",
-                x.label,
-                show_ctx(r.validated),
-                show_error(error(r.validated, t.answer, g)),
-                if x.strategy == "grid" {
-                    "–".to_string()
-                } else {
-                    r.search_probes.to_string()
-                },
-                r.probes,
-                tally(&r.failed),
-                show_time(r.time_s),
-                units(r),
-                stages.join(" | "),
-                r.cut,
-                r.predicted_s.map_or("–".into(), show_time),
-            );
-        }
-        md += "\n";
-    }
-    Ok(md)
-}
-
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-}
-
-/// The 1-, 5- and 15-minute load averages as /proc/loadavg gives them.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn real_server(o3: &Path, tmp: &Path, v: &mut Verdicts) -> Result<String> {
-    let server = home().join(".cache/o3/llama-server/bin/llama-server");
-    let model = home().join(".cache/o3/models/o3-tiny-llama.gguf");
-    let title = "### Real server: llama-server, tiny test model, `config/short.yaml`\n\n";
-    if let Some(missing) = [&server, &model].into_iter().find(|p| !p.is_file()) {
-        let why = format!(
-            "{} is missing (`cargo xtask setup` installs it)",
-            missing.display()
-        );
-        eprintln!("xtask: bench optimize: real server skipped: {why}");
-        return Ok(format!("{title}Skipped: {why}.\n\n"));
-    }
-    let short = root().join("config/short.yaml");
-    let args = |x: Variant| -> Result<Vec<OsString>> {
-        let config = if x.every_filled {
-            let parts = [
-                short.clone(),
-                root().join("bench/optimize").join(EVERY_PROBE_FILLED),
-            ];
-            compose(&tmp.join(format!("real-{}.yaml", x.key)), &parts)?.expect("two parts")
-        } else {
-            short.clone()
-        };
-        let mut a: Vec<OsString> = vec![
-            "--backend".into(),
-            "llama-server".into(),
-            "--server-bin".into(),
-            server.clone().into(),
-            "--model".into(),
-            model.clone().into(),
-            "--config".into(),
-            config.into(),
-        ];
-        if x.no_budget {
-            a.push("--budget".into());
-            a.push("none".into());
-        }
-        Ok(a)
-    };
-    // o3 and the earlier design both without a budget: the same stages, each probe as designed.
-    let o3_all = Variant {
-        label: "o3, `--budget none`",
-        ..NO_BUDGET
-    };
-    let variants = [o3_all, FILLED, LINEAR];
-    let load_before = loadavg();
-    let mut runs: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..REAL_ROUNDS {
-        for (i, x) in variants.iter().enumerate() {
-            let out = tmp.join(format!("real-{}-{}", x.key, round + 1));
-            runs[i].push(optimize(o3, &out, &args(*x)?, x.strategy)?);
-        }
-    }
-    let load_after = loadavg();
-    let ratios: Vec<f64> = runs[0]
-        .iter()
-        .zip(&runs[1])
-        .map(|(a, b)| a.time_s / b.time_s)
-        .collect();
-    let med = |rs: &[Run]| median(&mut rs.iter().map(|r| r.time_s).collect::<Vec<_>>());
-    let cache = runs[0].iter().filter_map(|r| r.cache_share).fold(
-        None,
-        |acc: Option<(f64, usize)>, (s, n)| match acc {
-            None => Some((s, n)),
-            Some((a, m)) => Some((a.min(s), m + n)),
-        },
-    );
-    let answers: Vec<Option<u64>> = runs.iter().flatten().map(|r| r.validated).collect();
-    let agree = answers.windows(2).all(|w| w[0] == w[1]);
-    v.real = Some(RealVerdict {
-        median_ratio: med(&runs[0]) / med(&runs[1]),
-        ratios: ratios.clone(),
-        cache,
-        agree,
-    });
-    for r in &runs[0] {
-        v.bound(r);
-    }
-    let mut rows = String::new();
-    for (i, x) in variants.iter().enumerate() {
-        let rs = &runs[i];
-        let found: Vec<String> = rs.iter().map(|r| show_ctx(r.validated)).collect();
-        rows += &format!(
-            "| {} | {} | {} | {} | {} | {:.1} s | {:.1} % |\n",
-            x.label,
-            rs.len(),
-            rs.iter()
-                .map(|r| r.probes.to_string())
-                .collect::<Vec<_>>()
-                .join(" / "),
-            rs.iter()
-                .map(|r| r.search_probes.to_string())
-                .collect::<Vec<_>>()
-                .join(" / "),
-            found.join(" / "),
-            med(rs),
-            med(rs) / med(&runs[1]) * 100.0,
-        );
-    }
-    let cache_line = match cache {
-        Some((s, n)) => format!(
-            "Every one of o3's {n} samples that repeated a filled prefix was served at least {:.1} % of its prompt from the server's cache (its own `timings.cache_n`; target ≥ {:.0} %).",
-            s * 100.0,
-            CACHE_SHARE * 100.0
-        ),
-        None => "o3's runs had no cached sample with a cache count (unexpected).".into(),
-    };
-    Ok(format!(
-        "{title}`o3 optimize --backend llama-server --server-bin ~/.cache/o3/llama-server/bin/llama-server --model ~/.cache/o3/models/o3-tiny-llama.gguf --config config/short.yaml --budget none --json --quiet --out <tmp>` \
-(the earlier design: `config/short.yaml` followed by `bench/optimize/{EVERY_PROBE_FILLED}`; linear: `--strategy linear`), {REAL_ROUNDS} rounds, each running the three in turn. \
-Wall time is o3's own `wall_s` (start of the search to the presets); medians of the runs, % of the earlier design's median in this one run (o3 / earlier design per round: {per_round}). \
-The tiny model loads at every context on this machine, so every run's answer is the top of the range (all agree: {agree}). \
-Load average (1, 5, 15 min) before these runs: {load_before}; after: {load_after}.\n\n\
-| run | runs | probes | search probes | found | wall time (median) | % of the earlier design |\n|---|---|---|---|---|---|---|\n{rows}\n{cache_line}\n\n",
-        per_round = ratios
-            .iter()
-            .map(|r| format!("{:.1} %", r * 100.0))
-            .collect::<Vec<_>>()
-            .join(", "),
-        agree = if agree { "yes" } else { "no" },
-    ))
 }
 
 fn verdicts(v: &Verdicts) -> String {
