@@ -341,6 +341,15 @@ pub mod fake {
         pub launched: Arc<Mutex<Vec<Vec<String>>>>,
     }
 
+    impl FakeLauncher {
+        pub fn with(server: FakeServer) -> FakeLauncher {
+            FakeLauncher {
+                server: Some(server),
+                ..FakeLauncher::default()
+            }
+        }
+    }
+
     impl Launcher for FakeLauncher {
         fn launch(
             &mut self,

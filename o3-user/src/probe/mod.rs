@@ -552,10 +552,7 @@ mod tests {
                        allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory"
                 .into();
         let stops = server.stops.clone();
-        let mut launcher = FakeLauncher {
-            server: Some(server),
-            ..FakeLauncher::default()
-        };
+        let mut launcher = FakeLauncher::with(server);
         let r = run_with(
             &spec(root.path(), Duration::from_secs(30)),
             None,
@@ -581,10 +578,7 @@ mod tests {
         let root = procfs_fixture();
         let server = FakeServer::running();
         let stops = server.stops.clone();
-        let mut launcher = FakeLauncher {
-            server: Some(server),
-            ..FakeLauncher::default()
-        };
+        let mut launcher = FakeLauncher::with(server);
         let t = std::time::Instant::now();
         // Nothing listens on the port the fake server was given.
         let r = run_with(
@@ -633,10 +627,7 @@ mod tests {
         server.on_exit = Some(Box::new(move || {
             std::fs::write(bump, "nr_free_pages 1\noom_kill 4\n").unwrap();
         }));
-        let mut launcher = FakeLauncher {
-            server: Some(server),
-            ..FakeLauncher::default()
-        };
+        let mut launcher = FakeLauncher::with(server);
         let r = run_with(
             &spec(root.path(), Duration::from_secs(30)),
             None,
