@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use assert_cmd::Command;
 use common::*;
+use nix::sys::signal::Signal;
 
 fn o3_cmd() -> Command {
     let mut c = Command::cargo_bin("o3").unwrap();
@@ -253,24 +256,34 @@ fn spawn_o3(args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-fn signal(child: &std::process::Child, sig: i32) {
-    // SAFETY: signalling a child we spawned.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
 #[test]
 fn sigterm_to_o3_reaches_the_command() {
-    let o3 = spawn_o3(&[
-        "record", "--method", "procfs", "--json", "--", "sleep", "30",
+    let mut o3 = spawn_o3(&[
+        "record",
+        "--method",
+        "procfs",
+        "--json",
+        "--",
+        workload(),
+        "wait",
+        "--ms",
+        "30000",
+        "--ready",
+        "1",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The command shares o3's stderr: it says when it runs; o3 has its handler by then (it
+    // installs it once the command has exec'd), which the kernel confirms.
+    let mut err = Lines::of(o3.stderr.take().unwrap());
+    err.wait_for("o3-workload: ready", Duration::from_secs(30));
+    wait_until_catches(o3.id(), Signal::SIGTERM, Duration::from_secs(5));
     let t = std::time::Instant::now();
-    signal(&o3, libc::SIGTERM);
+    signal(o3.id(), Signal::SIGTERM);
     let out = o3.wait_with_output().unwrap();
-    assert!(t.elapsed() < std::time::Duration::from_secs(5));
-    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s["exit"]["signal"], libc::SIGTERM);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(128 + Signal::SIGTERM as i32));
+    let s: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", err.rest()));
+    assert_eq!(s["exit"]["signal"], Signal::SIGTERM as i32);
 }
 
 #[test]
@@ -280,9 +293,22 @@ fn ctrl_c_ends_an_attached_recording_with_a_summary() {
         .spawn()
         .unwrap();
     let pid = sleeper.id().to_string();
-    let o3 = spawn_o3(&["record", "--method", "procfs", "--json", "--pid", &pid]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    signal(&o3, libc::SIGINT);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let o3 = spawn_o3(&[
+        "record",
+        "--method",
+        "procfs",
+        "--json",
+        "--pid",
+        &pid,
+        "--out",
+        trace.to_str().unwrap(),
+    ]);
+    // o3 is recording, and listening for Ctrl-C, once its first samples are in the trace
+    // (the header and samples reach the file with the first flush).
+    wait_for_lines(&trace, 2, Duration::from_secs(30));
+    signal(o3.id(), Signal::SIGINT);
     let out = o3.wait_with_output().unwrap();
     let _ = sleeper.kill();
     let _ = sleeper.wait();

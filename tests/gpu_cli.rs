@@ -135,7 +135,7 @@ fn prometheus_endpoint_is_scraped_over_loopback() {
             "--prometheus",
             "127.0.0.1:0",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -148,13 +148,15 @@ fn prometheus_endpoint_is_scraped_over_loopback() {
         .and_then(|r| r.strip_suffix("/metrics\n"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The metrics are rendered from each sample before its line is printed: once a line is
+    // out, the endpoint has something to serve.
+    let mut out = Lines::of(child.stdout.take().unwrap());
+    out.wait_for("GPU0", std::time::Duration::from_secs(30));
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
     let status = child.wait().unwrap();
     assert!(status.success());
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");

@@ -345,7 +345,7 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
         .arg(&run)
         .spawn()
         .unwrap();
-    // Wait until two probes are journaled, then interrupt the third.
+    // Wait until two probes are journaled, then interrupt the third mid-probe.
     let journal = run.join("journal.jsonl");
     let t0 = std::time::Instant::now();
     while std::fs::read_to_string(&journal)
@@ -356,9 +356,10 @@ fn sigint_stops_the_server_writes_a_partial_summary_and_exits_130() {
         assert!(t0.elapsed().as_secs() < 120, "no progress");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // The third probe is under way once its server runs (the second's was stopped before
+    // its probe was journaled).
+    server_of(child.id(), &bin);
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let s: Value =

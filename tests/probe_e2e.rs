@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -188,43 +188,43 @@ fn killing_the_server_mid_stream_is_crashed() {
     let Some((python, model)) = server() else {
         return;
     };
+    // The server's output goes into a FIFO the test reads (a shell opens it, then becomes the
+    // server): its access log says when a completion starts streaming.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    nix::unistd::mkfifo(&log, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut lines = Lines::open(log.clone());
+    let launch = format!(
+        "sh -c 'exec \"$0\" -m llama_cpp.server --model \"$1\" --n_ctx \"$2\" --n_batch \"$3\" \
+         --n_threads 2 --host \"$4\" --port \"$5\" >{} 2>&1' {} {{model}} {{ctx}} {{batch}} {{host}} {{port}}",
+        log.display(),
+        python.display()
+    );
     let child = o3()
         .args(["probe", "--backend", "openai", "--json", "--model"])
         .arg(&model)
         .args(["--ctx", "8192", "--batch", "256", "--samples", "5"])
         .args(["--output-tokens", "4000", "--launch"])
-        .arg(launch(&python))
+        .arg(launch)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Find the server (o3's child) and kill it once it is generating.
+    // The first completion is the warm-up; the second is the first measured request.
+    let started = "\"POST /v1/completions HTTP/1.1\" 200";
+    lines.wait_for(started, Duration::from_secs(120));
+    lines.wait_for(started, Duration::from_secs(120));
+    // The server is o3's only child (the shell became it).
     let o3_pid = child.id();
-    let t = Instant::now();
-    let mut killed = false;
-    while t.elapsed() < Duration::from_secs(60) && !killed {
-        std::thread::sleep(Duration::from_millis(200));
-        let children = std::fs::read_to_string(format!("/proc/{o3_pid}/task/{o3_pid}/children"))
-            .unwrap_or_default();
-        for pid in children.split_whitespace() {
-            let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // utime (field 14) > 0.3 s: it has loaded and is working on a request.
-            let utime: u64 = cpu
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(11))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if utime > 30 {
-                std::thread::sleep(Duration::from_millis(500));
-                // SAFETY: killing the test's grandchild, the server.
-                unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };
-                killed = true;
-            }
-        }
-    }
+    let children = std::fs::read_to_string(format!("/proc/{o3_pid}/task/{o3_pid}/children"))
+        .unwrap_or_default();
+    let servers: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(servers.len(), 1, "o3's children: {children:?}");
+    signal(servers[0], nix::sys::signal::Signal::SIGKILL);
     let out = child.wait_with_output().unwrap();
-    assert!(killed, "never saw the server working");
     let r: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(r["outcome"], "crashed", "{r}");

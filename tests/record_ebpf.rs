@@ -399,9 +399,13 @@ fn attach_to_a_running_process_by_pid() {
             "30",
         ])
         .args(["--gap-ms", "10", "--report", report.to_str().unwrap()])
+        .args(["--ready", "1"])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // Attach once the workload runs (exec'd, about to start its spikes).
+    let mut err = Lines::of(child.stderr.take().unwrap());
+    err.wait_for("o3-workload: ready", Duration::from_secs(30));
     let pid = child.id().to_string();
     let out = o3()
         .args(["record", "--method", "ebpf", "--json", "--pid", &pid])

@@ -198,3 +198,120 @@ pub fn missing<T>(why: &str, fix: &str) -> Option<T> {
     eprintln!("skipped: {why} ({fix})");
     None
 }
+
+/// Sends `sig` to process `pid` (a child the test started, or one of its own children).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .unwrap_or_else(|e| panic!("signalling {pid} with {sig}: {e}"));
+}
+
+/// The lines a child writes to one of its pipes (or into a FIFO), read on a thread of their
+/// own so the child never blocks on a full pipe: a test waits for the line that says the child
+/// is ready instead of sleeping for a guess.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn of(r: impl std::io::Read + Send + 'static) -> Lines {
+        Lines::from(move || Ok(r))
+    }
+
+    /// The lines written into `path`, opened on the reading thread: the opening of a FIFO
+    /// waits for its writer.
+    pub fn open(path: PathBuf) -> Lines {
+        Lines::from(move || std::fs::File::open(path))
+    }
+
+    fn from<R: std::io::Read>(open: impl FnOnce() -> std::io::Result<R> + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(r) = open() else { return };
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits at most `limit` for the next line that contains `needle`, and returns it; panics
+    /// with everything read so far when none comes.
+    pub fn wait_for(&mut self, needle: &str, limit: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line with {needle:?} ({e}); read so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything read, up to the end of the pipe.
+    pub fn rest(mut self) -> String {
+        self.seen.extend(self.rx.iter());
+        self.seen.join("\n")
+    }
+}
+
+/// Whether process `pid` has a handler for `sig` installed (`SigCgt` of /proc/PID/status).
+pub fn catches(pid: u32, sig: nix::sys::signal::Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig as i32 - 1)) != 0)
+}
+
+/// Waits at most `limit` until `pid` has installed its handler for `sig` (it is ready to be
+/// signalled); panics otherwise.
+pub fn wait_until_catches(pid: u32, sig: nix::sys::signal::Signal, limit: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while !catches(pid, sig) {
+        assert!(
+            t.elapsed() < limit,
+            "{pid} installed no handler for {sig} within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Waits at most `limit` until the file at `path` has `n` complete lines (a trace o3 is
+/// writing: its first flush), and returns them.
+pub fn wait_for_lines(path: &Path, n: usize, limit: std::time::Duration) -> Vec<String> {
+    let t = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(|l| l.trim_end().to_string())
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{} has {} of {n} lines after {limit:?}",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

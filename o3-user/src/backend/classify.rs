@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use nix::sys::signal::Signal;
+
 use super::OutcomeClass;
 
 /// Case-insensitive substrings that mean "out of memory", host or device. Sources: Ollama's
@@ -188,7 +190,8 @@ pub fn classify_exit(
     if oom {
         return OutcomeClass::Oom;
     }
-    if signal == Some(libc::SIGKILL) || code == Some(128 + libc::SIGKILL) {
+    let sigkill = Signal::SIGKILL as i32;
+    if signal == Some(sigkill) || code == Some(128 + sigkill) {
         return OutcomeClass::Crashed;
     }
     if during_load {
@@ -533,8 +536,8 @@ ValueError: Requested tokens (5000) exceed context window of 4096"#;
 
     #[test]
     fn exits() {
-        let sigkill = libc::SIGKILL;
-        let sigabrt = libc::SIGABRT;
+        let sigkill = Signal::SIGKILL as i32;
+        let sigabrt = Signal::SIGABRT as i32;
         // the kernel's OOM killer writes nothing: the caller checks the cgroup
         assert_eq!(
             classify_exit(None, Some(sigkill), "", true),
@@ -564,7 +567,7 @@ ValueError: Requested tokens (5000) exceed context window of 4096"#;
             OutcomeClass::LoadFailed
         );
         assert_eq!(
-            classify_exit(None, Some(libc::SIGSEGV), "", false),
+            classify_exit(None, Some(Signal::SIGSEGV as i32), "", false),
             OutcomeClass::Crashed
         );
         assert_eq!(

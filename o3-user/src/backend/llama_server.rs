@@ -231,9 +231,55 @@ const DEFAULT_UBATCH: u32 = 512;
 /// What `-ngl` gets for "all layers" on a build without `all`: more layers than any model has.
 const ALL_LAYERS: &str = "999";
 
-fn require<'a>(flag: &'a Option<String>, what: &str, asked: &str) -> Result<&'a str, String> {
-    flag.as_deref()
-        .ok_or_else(|| format!("this llama-server build has no {what} flag ({asked} requested)"))
+/// A configuration this llama-server build cannot be started with, or a value llama.cpp would
+/// change silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    #[error("this llama-server build has no {flag} flag ({asked} requested)")]
+    NoFlag { flag: &'static str, asked: String },
+    #[error("model path {0} is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("ctx must be at least 1 token per slot")]
+    NoContext,
+    #[error("parallel must be at least 1")]
+    NoSlots,
+    #[error("ctx {ctx} x parallel {slots} overflows")]
+    Overflow { ctx: u32, slots: u32 },
+    #[error("ubatch {ubatch} > batch {batch}: llama.cpp would silently use ubatch = batch")]
+    UbatchOverBatch { ubatch: u32, batch: u32 },
+    #[error("gpu_layers {0}: only -1 (all) or a layer count")]
+    GpuLayers(i32),
+}
+
+/// For callers that report errors as text.
+impl From<ArgsError> for String {
+    fn from(e: ArgsError) -> String {
+        e.to_string()
+    }
+}
+
+fn require<'a>(
+    flag: &'a Option<String>,
+    what: &'static str,
+    asked: &str,
+) -> Result<&'a str, ArgsError> {
+    flag.as_deref().ok_or_else(|| ArgsError::NoFlag {
+        flag: what,
+        asked: asked.to_string(),
+    })
+}
+
+/// A command line, flag by flag.
+#[derive(Default)]
+struct Words(Vec<String>);
+
+impl Words {
+    fn push(&mut self, flag: &str, value: Option<String>) {
+        self.0.push(flag.to_string());
+        if let Some(v) = value {
+            self.0.push(v);
+        }
+    }
 }
 
 /// The command line (after the program name) that starts llama-server with `cfg`, every value
@@ -253,52 +299,75 @@ pub fn command_args(
     cfg: &ProbeConfig,
     host: &str,
     port: u16,
-) -> Result<Vec<String>, String> {
-    let mut args: Vec<String> = Vec::new();
-    let mut push = |flag: &str, value: Option<String>| {
-        args.push(flag.to_string());
-        if let Some(v) = value {
-            args.push(v);
-        }
-    };
+) -> Result<Vec<String>, ArgsError> {
+    let mut w = Words::default();
+    endpoint_args(&mut w, flags, model, host, port)?;
+    context_args(&mut w, flags, cfg)?;
+    pinned_args(&mut w, flags);
+    batch_args(&mut w, flags, cfg)?;
+    gpu_args(&mut w, flags, cfg)?;
+    kv_cache_args(&mut w, flags, cfg)?;
+    if let Some(t) = cfg.threads {
+        let asked = format!("threads = {t}");
+        w.push(
+            require(&flags.threads, "-t/--threads", &asked)?,
+            Some(t.to_string()),
+        );
+    }
+    server_args(&mut w, flags);
+    Ok(w.0)
+}
 
+/// The model, and where the server listens.
+fn endpoint_args(
+    w: &mut Words,
+    flags: &Flags,
+    model: &Path,
+    host: &str,
+    port: u16,
+) -> Result<(), ArgsError> {
     let model_path = model
         .to_str()
-        .ok_or_else(|| format!("model path {} is not valid UTF-8", model.display()))?;
-    push(
+        .ok_or_else(|| ArgsError::NotUtf8(model.display().to_string()))?;
+    w.push(
         require(&flags.model, "-m/--model", "a model")?,
         Some(model_path.to_string()),
     );
-    push(
+    w.push(
         require(&flags.host, "--host", "a host")?,
         Some(host.to_string()),
     );
-    push(
+    w.push(
         require(&flags.port, "--port", "a port")?,
         Some(port.to_string()),
     );
+    Ok(())
+}
 
+/// The context across slots, and the slot count.
+fn context_args(w: &mut Words, flags: &Flags, cfg: &ProbeConfig) -> Result<(), ArgsError> {
     if cfg.ctx == 0 {
-        return Err("ctx must be at least 1 token per slot".to_string());
+        return Err(ArgsError::NoContext);
     }
     let slots = cfg.parallel.unwrap_or(1);
     if slots == 0 {
-        return Err("parallel must be at least 1".to_string());
+        return Err(ArgsError::NoSlots);
     }
-    let total_ctx = cfg
-        .ctx
-        .checked_mul(slots)
-        .ok_or_else(|| format!("ctx {} x parallel {slots} overflows", cfg.ctx))?;
-    push(
+    let total_ctx = cfg.ctx.checked_mul(slots).ok_or(ArgsError::Overflow {
+        ctx: cfg.ctx,
+        slots,
+    })?;
+    w.push(
         require(&flags.ctx_size, "-c/--ctx-size", "a context size")?,
         Some(total_ctx.to_string()),
     );
     // Every flag that changes memory or speed is written, searched or not, so the command
     // is the configuration measured whatever the build's defaults: the slot count (recent
-    // builds default to "auto", 4 slots), each slot's own share of the cache, no host-RAM
-    // prompt cache (up to 8 GiB a probe would not see grow), the loading mode.
+    // builds default to "auto", 4 slots), and (`pinned_args`) each slot's own share of the
+    // cache, no host-RAM prompt cache (up to 8 GiB a probe would not see grow), the loading
+    // mode.
     match (&flags.parallel, cfg.parallel) {
-        (Some(flag), _) => push(flag, Some(slots.to_string())),
+        (Some(flag), _) => w.push(flag, Some(slots.to_string())),
         (None, Some(p)) => {
             require(
                 &flags.parallel,
@@ -308,29 +377,36 @@ pub fn command_args(
         }
         (None, None) => {}
     }
+    Ok(())
+}
+
+/// Settings o3 pins wherever the build has them, never searched.
+fn pinned_args(w: &mut Words, flags: &Flags) {
     if let Some(flag) = &flags.no_kv_unified {
-        push(flag, None);
+        w.push(flag, None);
     }
     if let Some(flag) = &flags.cache_ram {
-        push(flag, Some("0".to_string()));
+        w.push(flag, Some("0".to_string()));
     }
     if let Some(flag) = &flags.load_mode {
         let mode = flags
             .load_mode_value
             .clone()
             .unwrap_or_else(|| default_load_mode(false).to_string());
-        push(flag, Some(mode));
+        w.push(flag, Some(mode));
     }
-    if let (Some(b), Some(ub)) = (cfg.batch, cfg.ubatch) {
-        if ub > b {
-            return Err(format!(
-                "ubatch {ub} > batch {b}: llama.cpp would silently use ubatch = batch"
-            ));
+}
+
+/// The logical and physical batch.
+fn batch_args(w: &mut Words, flags: &Flags, cfg: &ProbeConfig) -> Result<(), ArgsError> {
+    if let (Some(batch), Some(ubatch)) = (cfg.batch, cfg.ubatch) {
+        if ubatch > batch {
+            return Err(ArgsError::UbatchOverBatch { ubatch, batch });
         }
     }
     if let Some(b) = cfg.batch {
         let asked = format!("batch = {b}");
-        push(
+        w.push(
             require(&flags.batch_size, "-b/--batch-size", &asked)?,
             Some(b.to_string()),
         );
@@ -338,14 +414,14 @@ pub fn command_args(
     match (cfg.ubatch, &flags.ubatch_size) {
         (Some(ub), _) => {
             let asked = format!("ubatch = {ub}");
-            push(
+            w.push(
                 require(&flags.ubatch_size, "-ub/--ubatch-size", &asked)?,
                 Some(ub.to_string()),
             );
         }
         // Unset: what llama.cpp uses, written down (its default 512, never above the batch,
         // whose own default is 2048).
-        (None, Some(flag)) => push(
+        (None, Some(flag)) => w.push(
             flag,
             Some(
                 cfg.batch
@@ -356,6 +432,11 @@ pub fn command_args(
         ),
         (None, None) => {}
     }
+    Ok(())
+}
+
+/// Layers on the GPU, and flash attention.
+fn gpu_args(w: &mut Words, flags: &Flags, cfg: &ProbeConfig) -> Result<(), ArgsError> {
     if let Some(n) = cfg.gpu_layers {
         let asked = format!("gpu_layers = {n}");
         let flag = require(&flags.gpu_layers, "-ngl/--n-gpu-layers", &asked)?;
@@ -363,29 +444,33 @@ pub fn command_args(
             n if n >= 0 => n.to_string(),
             -1 if flags.gpu_layers_accepts_all => "all".to_string(),
             -1 => ALL_LAYERS.to_string(),
-            n => return Err(format!("gpu_layers {n}: only -1 (all) or a layer count")),
+            n => return Err(ArgsError::GpuLayers(n)),
         };
-        push(flag, Some(value));
+        w.push(flag, Some(value));
     }
     match cfg.flash_attn {
         Some(on) => {
             let asked = format!("flash_attn = {on}");
             let flag = require(&flags.flash_attn, "-fa/--flash-attn", &asked)?;
             if flags.flash_attn_takes_value {
-                push(flag, Some(if on { "on" } else { "off" }.to_string()));
+                w.push(flag, Some(if on { "on" } else { "off" }.to_string()));
             } else if on {
                 // A plain switch: off is that build's default, there is nothing to pass.
-                push(flag, None);
+                w.push(flag, None);
             }
         }
         // Unset: the build decides ("auto" where it takes a value), and the command says so.
         None => {
             if let (Some(flag), true) = (&flags.flash_attn, flags.flash_attn_takes_value) {
-                push(flag, Some("auto".to_string()));
+                w.push(flag, Some("auto".to_string()));
             }
         }
     }
-    // Unset KV cache types are llama.cpp's f16, written down.
+    Ok(())
+}
+
+/// The KV cache types; unset ones are llama.cpp's f16, written down.
+fn kv_cache_args(w: &mut Words, flags: &Flags, cfg: &ProbeConfig) -> Result<(), ArgsError> {
     for (asked, flag, name) in [
         (
             &cfg.cache_type_k,
@@ -399,31 +484,28 @@ pub fn command_args(
         ),
     ] {
         match (asked, flag) {
-            (Some(t), _) => push(
+            (Some(t), _) => w.push(
                 require(flag, name, &format!("{name} = {t}"))?,
                 Some(t.clone()),
             ),
-            (None, Some(f)) => push(f, Some("f16".to_string())),
+            (None, Some(f)) => w.push(f, Some("f16".to_string())),
             (None, None) => {}
         }
     }
-    if let Some(t) = cfg.threads {
-        let asked = format!("threads = {t}");
-        push(
-            require(&flags.threads, "-t/--threads", &asked)?,
-            Some(t.to_string()),
-        );
-    }
+    Ok(())
+}
+
+/// No silent fitting, the metrics endpoint, no web UI: wherever the build has them.
+fn server_args(w: &mut Words, flags: &Flags) {
     if let Some(fit) = &flags.fit {
-        push(fit, Some("off".to_string()));
+        w.push(fit, Some("off".to_string()));
     }
     if let Some(metrics) = &flags.metrics {
-        push(metrics, None);
+        w.push(metrics, None);
     }
     if let Some(no_webui) = &flags.no_webui {
-        push(no_webui, None);
+        w.push(no_webui, None);
     }
-    Ok(args)
 }
 
 /// The body of `POST /completion`: streamed with prompt-progress events (one per batch read,
@@ -1008,27 +1090,37 @@ mod tests {
         let mut c = cfg(512);
         c.ubatch = Some(128);
         let e = command_args(&f, model, &c, "h", 1).unwrap_err();
-        assert!(
-            e.contains("-ub/--ubatch-size") && e.contains("ubatch = 128"),
-            "{e}"
+        assert_eq!(
+            e,
+            ArgsError::NoFlag {
+                flag: "-ub/--ubatch-size",
+                asked: "ubatch = 128".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "this llama-server build has no -ub/--ubatch-size flag (ubatch = 128 requested)"
         );
         let mut c = cfg(512);
         c.flash_attn = Some(false);
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
+            .to_string()
             .contains("-fa/--flash-attn"));
         let mut c = cfg(512);
         c.parallel = Some(4);
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
+            .to_string()
             .contains("-np/--parallel"));
         let mut c = cfg(512);
         c.cache_type_v = Some("q4_0".into());
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
+            .to_string()
             .contains("-ctv"));
         let e = command_args(&Flags::default(), model, &cfg(512), "h", 1).unwrap_err();
-        assert!(e.contains("-m/--model"), "{e}");
+        assert!(e.to_string().contains("-m/--model"), "{e}");
     }
 
     #[test]
@@ -1040,6 +1132,7 @@ mod tests {
         c.ubatch = Some(512);
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
+            .to_string()
             .contains("ubatch 512 > batch 256"));
         assert!(command_args(&f, model, &cfg(0), "h", 1).is_err());
         let mut c = cfg(512);
@@ -1049,6 +1142,7 @@ mod tests {
         c.parallel = Some(2);
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
+            .to_string()
             .contains("overflows"));
         let mut c = cfg(512);
         c.gpu_layers = Some(-2);
@@ -1059,6 +1153,7 @@ mod tests {
             let bad = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/m\xff.gguf"));
             assert!(command_args(&f, &bad, &cfg(512), "h", 1)
                 .unwrap_err()
+                .to_string()
                 .contains("UTF-8"));
         }
     }
@@ -1377,7 +1472,12 @@ mod tests {
             OutcomeClass::Oom
         );
         assert_eq!(
-            classify::classify_exit(None, Some(libc::SIGABRT), compute, false),
+            classify::classify_exit(
+                None,
+                Some(nix::sys::signal::Signal::SIGABRT as i32),
+                compute,
+                false
+            ),
             OutcomeClass::Oom
         );
     }

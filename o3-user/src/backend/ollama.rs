@@ -1,5 +1,6 @@
 //! The Ollama protocol as pure functions: request bodies, the managed server's environment, and
-//! parsers for the bodies Ollama returns. No networking here; the HTTP client calls these.
+//! parsers for the bodies Ollama returns; and three questions to a running server (its models,
+//! a model's size and shape) asked through `super::http`.
 //!
 //! Formats are those of the Ollama REST API (0.5 – 0.12): `POST /api/generate` streams
 //! newline-delimited JSON objects, durations are nanoseconds, sizes bytes. Facts relied on:
@@ -11,8 +12,11 @@
 //! - `num_ctx` above the trained context is silently clamped: `/api/ps` `context_length` shows
 //!   the context in effect; `size_vram < size` means layers spilled to the CPU.
 
+use std::time::Duration;
+
 use serde_json::{json, Map, Value};
 
+use super::http::{Blocking, HttpError, Reply};
 use super::{ProbeConfig, ProtocolError, StreamEvent, Timings};
 
 /// `keep_alive` sent with every request and given to a managed server: long enough that the
@@ -393,44 +397,37 @@ pub fn tag_size(body: &str, model: &str) -> Option<u64> {
     })
 }
 
-/// The body of one request to a running server, blocking, 10 s at most (`None` on any failure).
-fn fetch(req: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder) -> Option<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    let client = reqwest::Client::new();
-    rt.block_on(async {
-        req(&client)
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    })
+/// The body of a running server's answer to one question, 10 s at most (`None` when nothing
+/// answered).
+fn ask(question: impl FnOnce(&Blocking, Duration) -> Result<Reply, HttpError>) -> Option<String> {
+    let http = Blocking::new().ok()?;
+    question(&http, Duration::from_secs(10))
+        .ok()
+        .map(|r| r.body)
+}
+
+fn tags_url(url: &str) -> String {
+    format!("{}/api/tags", url.trim_end_matches('/'))
 }
 
 /// The models a running server has (`/api/tags`), for an unknown-model message.
 pub fn models_at(url: &str) -> Option<Vec<String>> {
-    let body = fetch(|c| c.get(format!("{}/api/tags", url.trim_end_matches('/'))))?;
+    let body = ask(|h, wait| h.get(&tags_url(url), wait))?;
     parse_tags(&body).ok()
 }
 
 /// The size of `model` (its weights, bytes) from a running server's `/api/tags`.
 pub fn tag_size_at(url: &str, model: &str) -> Option<u64> {
-    let body = fetch(|c| c.get(format!("{}/api/tags", url.trim_end_matches('/'))))?;
+    let body = ask(|h, wait| h.get(&tags_url(url), wait))?;
     tag_size(&body, model)
 }
 
 /// What a running Ollama server's `/api/show` says about `model` (`None` when it cannot be
 /// reached or does not know the model).
 pub fn show(url: &str, model: &str) -> Option<ModelInfo> {
-    let body = fetch(|c| {
-        c.post(format!("{}/api/show", url.trim_end_matches('/')))
-            .json(&serde_json::json!({ "model": model }))
-    })?;
+    let url = format!("{}/api/show", url.trim_end_matches('/'));
+    let question = serde_json::json!({ "model": model });
+    let body = ask(|h, wait| h.post_json(&url, &question, wait))?;
     parse_show(&body).ok()
 }
 

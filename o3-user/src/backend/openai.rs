@@ -23,6 +23,49 @@ pub const PLACEHOLDERS: &[&str] = &[
     "port",
 ];
 
+/// A launch template that cannot be used, or a value it needs that was not given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("launch template: unterminated {0} quote")]
+    Unterminated(char),
+    #[error("launch template: trailing backslash")]
+    TrailingBackslash,
+    #[error("launch template: unclosed `{{` in `{0}`")]
+    Unclosed(String),
+    #[error("launch template is empty: give the server's command line with {{port}} and {{ctx}}")]
+    Empty,
+    #[error("launch template: unknown placeholder {{{0}}} (known: {known})", known = known_placeholders())]
+    Unknown(String),
+    #[error("launch template has no {{{0}}}: o3 must set the server's {what}", what = needed_for(.0))]
+    Missing(&'static str),
+    #[error("the launch template uses {{{0}}} but no value was given (--{flag})", flag = .0.replace('_', "-"))]
+    NoValue(String),
+}
+
+/// For callers that report errors as text.
+impl From<TemplateError> for String {
+    fn from(e: TemplateError) -> String {
+        e.to_string()
+    }
+}
+
+fn known_placeholders() -> String {
+    PLACEHOLDERS
+        .iter()
+        .map(|p| format!("{{{p}}}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What o3 sets through a placeholder every template must have.
+fn needed_for(placeholder: &str) -> &'static str {
+    if placeholder == "port" {
+        "port (it picks a free one)"
+    } else {
+        "context length"
+    }
+}
+
 /// A parsed launch template: words with `{placeholders}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -31,7 +74,7 @@ pub struct Template {
 
 /// Splits a command line like a POSIX shell does for words: whitespace separates, single and
 /// double quotes group, backslash escapes.
-fn split_words(s: &str) -> Result<Vec<String>, String> {
+fn split_words(s: &str) -> Result<Vec<String>, TemplateError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -44,7 +87,7 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(x) => cur.push(x),
-                        None => return Err("unterminated ' quote".into()),
+                        None => return Err(TemplateError::Unterminated('\'')),
                     }
                 }
             }
@@ -55,10 +98,10 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
                             Some(x) => cur.push(x),
-                            None => return Err("trailing backslash".into()),
+                            None => return Err(TemplateError::TrailingBackslash),
                         },
                         Some(x) => cur.push(x),
-                        None => return Err("unterminated \" quote".into()),
+                        None => return Err(TemplateError::Unterminated('"')),
                     }
                 }
             }
@@ -66,7 +109,7 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(x) => cur.push(x),
-                    None => return Err("trailing backslash".into()),
+                    None => return Err(TemplateError::TrailingBackslash),
                 }
             }
             c if c.is_whitespace() => {
@@ -87,14 +130,14 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn placeholders_in(word: &str) -> Result<Vec<String>, String> {
+fn placeholders_in(word: &str) -> Result<Vec<String>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = word;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         let close = after
             .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in `{word}`"))?;
+            .ok_or_else(|| TemplateError::Unclosed(word.to_string()))?;
         out.push(after[..close].to_string());
         rest = &after[close + 1..];
     }
@@ -104,26 +147,16 @@ fn placeholders_in(word: &str) -> Result<Vec<String>, String> {
 impl Template {
     /// Parses and checks a template: known placeholders only, and `{port}` and `{ctx}` (or
     /// `{ctx_total}`) present, since o3 must choose the port and set the context.
-    pub fn parse(text: &str) -> Result<Template, String> {
-        let words = split_words(text).map_err(|e| format!("launch template: {e}"))?;
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let words = split_words(text)?;
         if words.is_empty() {
-            return Err(
-                "launch template is empty: give the server's command line with {port} and {ctx}"
-                    .into(),
-            );
+            return Err(TemplateError::Empty);
         }
         let mut seen = Vec::new();
         for w in &words {
-            for p in placeholders_in(w).map_err(|e| format!("launch template: {e}"))? {
+            for p in placeholders_in(w)? {
                 if !PLACEHOLDERS.contains(&p.as_str()) {
-                    return Err(format!(
-                        "launch template: unknown placeholder {{{p}}} (known: {})",
-                        PLACEHOLDERS
-                            .iter()
-                            .map(|p| format!("{{{p}}}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
+                    return Err(TemplateError::Unknown(p));
                 }
                 seen.push(p);
             }
@@ -133,14 +166,7 @@ impl Template {
                 .iter()
                 .any(|p| p == need || (need == "ctx" && p == "ctx_total"));
             if !ok {
-                return Err(format!(
-                    "launch template has no {{{need}}}: o3 must set the server's {}",
-                    if need == "port" {
-                        "port (it picks a free one)"
-                    } else {
-                        "context length"
-                    }
-                ));
+                return Err(TemplateError::Missing(need));
             }
         }
         Ok(Template { words })
@@ -162,7 +188,7 @@ impl Template {
         model: &str,
         host: &str,
         port: u16,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, TemplateError> {
         let value = |p: &str| -> Option<String> {
             Some(match p {
                 "model" => model.to_string(),
@@ -186,12 +212,7 @@ impl Template {
             .map(|w| {
                 let mut out = w.clone();
                 for p in placeholders_in(w)? {
-                    let v = value(&p).ok_or_else(|| {
-                        format!(
-                            "the launch template uses {{{p}}} but no value was given (--{})",
-                            p.replace('_', "-")
-                        )
-                    })?;
+                    let v = value(&p).ok_or_else(|| TemplateError::NoValue(p.clone()))?;
                     out = out.replace(&format!("{{{p}}}"), &v);
                 }
                 Ok(out)
@@ -306,18 +327,38 @@ mod tests {
     #[test]
     fn template_needs_port_and_ctx_and_known_placeholders() {
         let e = Template::parse("server --model {model} --ctx {ctx}").unwrap_err();
-        assert!(e.contains("no {port}"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "launch template has no {port}: o3 must set the server's port (it picks a free one)"
+        );
         let e = Template::parse("server --port {port}").unwrap_err();
-        assert!(e.contains("no {ctx}"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "launch template has no {ctx}: o3 must set the server's context length"
+        );
         let e = Template::parse("server {port} {ctx} {bogus}").unwrap_err();
-        assert!(e.contains("unknown placeholder {bogus}"), "{e}");
-        assert!(Template::parse("").unwrap_err().contains("empty"));
-        assert!(Template::parse("server '{port} {ctx}")
-            .unwrap_err()
-            .contains("quote"));
-        assert!(Template::parse(LLAMA_CPP_PYTHON)
-            .unwrap_err()
-            .contains("{python}"));
+        assert!(
+            e.to_string()
+                .starts_with("launch template: unknown placeholder {bogus} (known: {model} {ctx}"),
+            "{e}"
+        );
+        assert_eq!(Template::parse("").unwrap_err(), TemplateError::Empty);
+        assert_eq!(
+            Template::parse("server '{port} {ctx}")
+                .unwrap_err()
+                .to_string(),
+            "launch template: unterminated ' quote"
+        );
+        assert_eq!(
+            Template::parse("server {port} {ctx")
+                .unwrap_err()
+                .to_string(),
+            "launch template: unclosed `{` in `{ctx`"
+        );
+        assert_eq!(
+            Template::parse(LLAMA_CPP_PYTHON).unwrap_err(),
+            TemplateError::Unknown("python".into())
+        );
     }
 
     #[test]
@@ -355,7 +396,10 @@ mod tests {
                 1,
             )
             .unwrap_err();
-        assert!(e.contains("{batch}") && e.contains("--batch"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the launch template uses {batch} but no value was given (--batch)"
+        );
         // The template sizes the context for two slots but cannot set the slot count.
         assert_eq!(t.fixed_by_server(&cfg), vec!["parallel"]);
         let cfg = ProbeConfig {

@@ -10,6 +10,10 @@
 //!   loop --ms M                                            burn M ms of CPU on one thread
 //!   work --iters N [--cpu C]                               fixed work (on CPU C); its duration
 //!   faults --mib N --repeat R                              page-fault-heavy work; its duration
+//!   wait --ms M                                            sleep M ms (a process to signal)
+//!
+//! With `--ready 1`, any of them first prints `o3-workload: ready` on stderr, so a test knows
+//! the workload runs (and is about to start its work) without sleeping for a guess.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -356,8 +360,16 @@ fn busy_loop(opts: &BTreeMap<String, String>) {
     report(opts, serde_json::json!({"mode": "loop"}));
 }
 
+/// Sleeps `--ms` milliseconds: a running process that does nothing.
+fn wait(opts: &BTreeMap<String, String>) {
+    std::thread::sleep(Duration::from_millis(num(opts, "ms", 30_000)));
+}
+
 fn main() {
     let (mode, opts, grandchild) = args();
+    if num(&opts, "ready", 0) == 1 {
+        eprintln!("o3-workload: ready");
+    }
     match mode.as_str() {
         "spike" => spike(&opts),
         "cpu" => cpu(&opts),
@@ -366,9 +378,10 @@ fn main() {
         "loop" => busy_loop(&opts),
         "work" => work(&opts),
         "faults" => faults(&opts),
+        "wait" => wait(&opts),
         _ => {
             eprintln!(
-                "usage: o3-workload spike|cpu|tree|loop|work|faults [--OPTION VALUE]... [--report FILE]"
+                "usage: o3-workload spike|cpu|tree|loop|work|faults|wait [--OPTION VALUE]... [--report FILE] [--ready 1]"
             );
             std::process::exit(2);
         }

@@ -1005,6 +1005,7 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
             crate::util::owner::keep_ledger(ledger);
             let traces = dir.join("traces");
             let live = Live::new(spec.clone(), cfg.clone(), roots.sysfs_root.clone(), ebpf)
+                .with_procfs_root(roots.procfs_root.clone())
                 .with_traces(traces.clone())
                 .map_err(|e| io_err("create", &traces, e))?;
             (Any::Live(Box::new(live)), Some(spec))

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use serde::Serialize;
 
+use crate::backend::http::{Blocking, HttpError, Reply};
 use crate::backend::{ollama, ProbeConfig};
 use crate::learn::memory::{self, Estimate};
 use crate::learn::predict::{Prediction, Predictor};
@@ -321,44 +322,31 @@ fn read_records(path: &Path) -> Result<Vec<Record>, (anyhow::Error, i32)> {
 /// for the store's model id.
 fn ollama_shape(url: &str, model: &str) -> Result<(ModelShape, String), (anyhow::Error, i32)> {
     let base = url.trim_end_matches('/');
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| failure(format!("cannot start the HTTP client: {e}")))?;
-    let client = reqwest::Client::new();
-    let fetch = |req: reqwest::RequestBuilder, what: &str| {
-        rt.block_on(async {
-            let resp = req
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .map_err(|e| format!("cannot reach Ollama at {base} ({what}): {e}"))?;
-            let status = resp.status();
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| format!("Ollama at {base} ({what}): {e}"))?;
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(format!(
-                    "Ollama at {base} ({what}) answered {}: {}",
-                    status.as_u16(),
-                    ollama::error_text(status.as_u16(), &body)
-                ))
-            }
-        })
+    let http =
+        Blocking::new().map_err(|e| failure(format!("cannot start the HTTP client: {e}")))?;
+    let answer = |reply: Result<Reply, HttpError>, what: &str| match reply {
+        Ok(r) if r.is_success() => Ok(r.body),
+        Ok(r) => Err(format!(
+            "Ollama at {base} ({what}) answered {}: {}",
+            r.status,
+            ollama::error_text(r.status, &r.body)
+        )),
+        Err(e @ HttpError::Body { .. }) => Err(format!("Ollama at {base} ({what}): {e}")),
+        Err(e) => Err(format!("cannot reach Ollama at {base} ({what}): {e}")),
     };
-    let show = fetch(
-        client
-            .post(format!("{base}/api/show"))
-            .json(&serde_json::json!({ "model": model })),
+    let wait = Duration::from_secs(10);
+    let show = answer(
+        http.post_json(
+            &format!("{base}/api/show"),
+            &serde_json::json!({ "model": model }),
+            wait,
+        ),
         "/api/show",
     )
     .map_err(failure)?;
     let info = ollama::parse_show(&show).map_err(|e| failure(e.to_string()))?;
     // The weights' size (the model blob's) is not in /api/show.
-    let size = fetch(client.get(format!("{base}/api/tags")), "/api/tags")
+    let size = answer(http.get(&format!("{base}/api/tags"), wait), "/api/tags")
         .ok()
         .and_then(|body| crate::backend::ollama::tag_size(&body, model));
     let mut shape = ModelShape::from_ollama(&info);

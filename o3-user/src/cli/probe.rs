@@ -223,6 +223,7 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         chat_streams: a.chat_streams,
         stabilize: Duration::ZERO,
         cancel: None,
+        procfs_root: roots.procfs_root.clone(),
         output_tokens: a.output_tokens,
         fill: a.fill,
         prompt_tokens: a.prompt_tokens,
@@ -434,7 +435,7 @@ pub(super) fn backend_spec(f: BackendFlags) -> Result<BackendSpec, (anyhow::Erro
             let text = launch
                 .ok_or_else(|| usage("--backend openai needs --launch TEMPLATE (the server's command line with {port} and {ctx})".into()))?;
             BackendSpec::OpenAi {
-                template: Template::parse(text).map_err(usage)?,
+                template: Template::parse(text).map_err(|e| usage(e.into()))?,
                 model: model.to_string(),
                 ready_path: ready.to_string(),
                 tokenize_path: (tokenize != "none").then(|| tokenize.to_string()),

@@ -25,6 +25,8 @@ pub struct Live {
     pub backend: BackendSpec,
     pub config: Config,
     pub sysfs_root: PathBuf,
+    /// Where procfs is mounted (`--procfs-root`; `/proc` unless [`Live::with_procfs_root`]).
+    pub procfs_root: PathBuf,
     /// Measure with eBPF (a fresh session per probe, since a session follows one server).
     pub ebpf: bool,
     pub stop: Arc<AtomicBool>,
@@ -49,6 +51,7 @@ impl Live {
             backend,
             config,
             sysfs_root,
+            procfs_root: PathBuf::from("/proc"),
             ebpf,
             stop: Arc::new(AtomicBool::new(false)),
             raw: None,
@@ -59,6 +62,12 @@ impl Live {
             model: None,
             busy: Vec::new(),
         }
+    }
+
+    /// Reads the machine's procfs under `root` (`--procfs-root`).
+    pub fn with_procfs_root(mut self, root: PathBuf) -> Live {
+        self.procfs_root = root;
+        self
     }
 
     /// Writes each probe's samples as a trace file into `dir` (created), numbered after the
@@ -138,6 +147,7 @@ impl Live {
                 Duration::ZERO
             },
             cancel: Some(self.stop.clone()),
+            procfs_root: self.procfs_root.clone(),
         }
     }
 }

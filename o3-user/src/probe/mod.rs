@@ -16,11 +16,12 @@ mod session;
 pub mod trace;
 mod watch;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::launch::{Launcher, Processes};
 use crate::backend::openai::Template;
 use crate::backend::{llama_server, ollama, OutcomeClass, ProbeConfig};
 use crate::telemetry::ebpf::Loaded;
@@ -122,6 +123,10 @@ pub struct ProbeSpec {
     /// Set from outside (a signal) to abandon the probe: waits and streams end at once, the
     /// server o3 started is stopped, and the result says `interrupted`.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Where procfs is mounted (`--procfs-root`). The machine's own figures (OOM kills, system
+    /// memory) and a server o3 did not start are read under it; a server o3 launched is its
+    /// child, read under the real /proc (o3's pid namespace).
+    pub procfs_root: PathBuf,
 }
 
 /// Tokens of the fresh suffix after a reused prefix (a random tag and a few words) for a
@@ -378,8 +383,18 @@ pub struct Round {
 /// Runs one probe to its end. Never fails: every way of failing is an outcome class. The
 /// server o3 started is stopped and the telemetry finished on every path.
 pub fn run(spec: &ProbeSpec, ebpf: Option<&mut Loaded>) -> ProbeResult {
-    let kills = oom_kills(Path::new("/proc/vmstat"));
-    let mut s = match session::Session::start(spec, ebpf) {
+    run_with(spec, ebpf, &mut Processes)
+}
+
+/// As [`run`], with the server started (and stopped) through `launcher`.
+pub fn run_with(
+    spec: &ProbeSpec,
+    ebpf: Option<&mut Loaded>,
+    launcher: &mut dyn Launcher,
+) -> ProbeResult {
+    let vmstat = spec.procfs_root.join("vmstat");
+    let kills = oom_kills(&vmstat);
+    let mut s = match session::Session::start(spec, ebpf, launcher) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -390,7 +405,7 @@ pub fn run(spec: &ProbeSpec, ebpf: Option<&mut Loaded>) -> ProbeResult {
         .and_then(|()| s.settle())
         .and_then(|()| s.rounds());
     let mut r = s.end();
-    attribute_oom(&mut r, kills, oom_kills(Path::new("/proc/vmstat")));
+    attribute_oom(&mut r, kills, oom_kills(&vmstat));
     r
 }
 
@@ -420,8 +435,8 @@ fn oom_attribution(
     before: Option<u64>,
     after: Option<u64>,
 ) -> Option<String> {
-    let killed =
-        server_exit.is_some_and(|e| e.contains(&format!("signal: Some({})", libc::SIGKILL)));
+    let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+    let killed = server_exit.is_some_and(|e| e.contains(&format!("signal: Some({sigkill})")));
     let failed = matches!(
         outcome,
         OutcomeClass::Crashed | OutcomeClass::LoadFailed | OutcomeClass::HttpError
@@ -473,6 +488,168 @@ pub(crate) fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::launch::fake::{FakeLauncher, FakeServer};
+    use crate::backend::launch::Exit;
+    use std::sync::atomic::Ordering;
+
+    /// A procfs root of this machine's machine-wide files: `vmstat` with `oom_kill 3`, and the
+    /// fixture `meminfo` (tests/fixtures/procfs).
+    fn procfs_fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let meminfo =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/procfs/meminfo");
+        std::fs::copy(meminfo, dir.path().join("meminfo")).unwrap();
+        std::fs::write(dir.path().join("vmstat"), "nr_free_pages 1\noom_kill 3\n").unwrap();
+        dir
+    }
+
+    /// A probe of a server o3 launches from a template, reading the machine under `procfs`.
+    fn spec(procfs: &Path, load_timeout: Duration) -> ProbeSpec {
+        ProbeSpec {
+            backend: BackendSpec::OpenAi {
+                template: Template::parse("srv --port {port} --ctx {ctx}").unwrap(),
+                model: "m".into(),
+                ready_path: "/v1/models".into(),
+                tokenize_path: None,
+            },
+            config: ProbeConfig {
+                ctx: 512,
+                ..ProbeConfig::default()
+            },
+            samples: 1,
+            concurrency: 1,
+            output_tokens: 4,
+            fill: 0.9,
+            prompt_tokens: None,
+            max_prompt_tokens: None,
+            prompts: Prompts::Short,
+            chat_streams: 0,
+            limits: crate::timing::Limits {
+                stall_s: 5.0,
+                margin: 2.0,
+            },
+            time_model: None,
+            load_timeout,
+            interval: Duration::from_millis(10),
+            seed: 1,
+            safety: None,
+            stabilize: Duration::ZERO,
+            cancel: None,
+            procfs_root: procfs.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_server_that_exits_while_loading_is_classified_from_its_output_and_stopped() {
+        let root = procfs_fixture();
+        let mut server = FakeServer::running();
+        server.exit = Some(Exit {
+            code: Some(1),
+            signal: None,
+        });
+        server.tail =
+            "llama_model_load: loading model\nggml_backend_cuda_buffer_type_alloc_buffer: \
+                       allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory"
+                .into();
+        let stops = server.stops.clone();
+        let mut launcher = FakeLauncher::with(server);
+        let r = run_with(
+            &spec(root.path(), Duration::from_secs(30)),
+            None,
+            &mut launcher,
+        );
+        assert_eq!(r.outcome, OutcomeClass::Oom, "{:?}", r.error);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("the server exited while loading (Exit { code: Some(1), signal: None })")
+        );
+        assert!(r.log_tail.unwrap().contains("cudaMalloc failed"));
+        assert_eq!(stops.load(Ordering::SeqCst), 1, "stopped once, at the end");
+        // The template was filled with the port o3 chose and the context.
+        let argv = launcher.launched.lock().unwrap()[0].clone();
+        assert_eq!(argv[..2], ["srv", "--port"]);
+        assert!(argv[2].parse::<u16>().is_ok_and(|p| p > 0), "{argv:?}");
+        assert_eq!(argv[3..], ["--ctx", "512"]);
+        assert!(r.samples.is_empty() && r.load_ms.is_none());
+    }
+
+    #[test]
+    fn a_server_that_never_answers_is_load_failed_at_the_load_timeout_and_stopped() {
+        let root = procfs_fixture();
+        let server = FakeServer::running();
+        let stops = server.stops.clone();
+        let mut launcher = FakeLauncher::with(server);
+        let t = std::time::Instant::now();
+        // Nothing listens on the port the fake server was given.
+        let r = run_with(
+            &spec(root.path(), Duration::from_millis(300)),
+            None,
+            &mut launcher,
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(r.outcome, OutcomeClass::LoadFailed);
+        let e = r.error.unwrap();
+        assert!(
+            e.starts_with("not ready after 0 s (http://127.0.0.1:"),
+            "{e}"
+        );
+        assert!(e.ends_with("/v1/models)"), "{e}");
+        assert_eq!(r.server_pid, Some(std::process::id()));
+        assert!(r.server_exit.is_none());
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_launch_that_fails_is_load_failed_without_a_server() {
+        let root = procfs_fixture();
+        let r = run_with(
+            &spec(root.path(), Duration::from_secs(1)),
+            None,
+            &mut FakeLauncher::default(),
+        );
+        assert_eq!(r.outcome, OutcomeClass::LoadFailed);
+        assert!(r.error.unwrap().contains("`srv`"));
+        assert_eq!(r.server_pid, None);
+    }
+
+    #[test]
+    fn machine_wide_reads_follow_the_procfs_root() {
+        // The server is SIGKILLed while loading, and the fixture's OOM kill count goes up
+        // meanwhile: only a probe that reads vmstat under the root sees the OOM killer.
+        let root = procfs_fixture();
+        let vmstat = root.path().join("vmstat");
+        let mut server = FakeServer::running();
+        server.exit = Some(Exit {
+            code: None,
+            signal: Some(nix::sys::signal::Signal::SIGKILL as i32),
+        });
+        let bump = vmstat.clone();
+        server.on_exit = Some(Box::new(move || {
+            std::fs::write(bump, "nr_free_pages 1\noom_kill 4\n").unwrap();
+        }));
+        let mut launcher = FakeLauncher::with(server);
+        let r = run_with(
+            &spec(root.path(), Duration::from_secs(30)),
+            None,
+            &mut launcher,
+        );
+        assert_eq!(r.outcome, OutcomeClass::Oom, "{:?}", r.error);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("(1 OOM kill during the probe")),
+            "{:?}",
+            r.notes
+        );
+        // System memory is the fixture's (MemTotal - MemAvailable), not this machine's.
+        let samples = r.timeline.unwrap().samples;
+        let used = Some((24_568_964 - 23_102_112) * 1024);
+        assert!(!samples.is_empty());
+        assert!(
+            samples.iter().all(|s| s.mem_used_bytes == used),
+            "{samples:?}"
+        );
+    }
 
     #[test]
     fn chat_streams_are_the_last_and_never_all() {

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::backend::http::{self, Streamed};
+use crate::backend::http::{self, HttpError, Streamed};
 use crate::backend::{classify, OutcomeClass, Timings};
 use crate::timing::{Obs, Policy, Shape};
 
@@ -50,14 +50,67 @@ struct FillRef {
     ttft_ms: Option<f64>,
 }
 
+/// One round as sent: each stream's answer, the round's wall time, the server tree's peaks.
+struct Measured {
+    streamed: Vec<Streamed>,
+    wall_ms: f64,
+    peaks: Peaks,
+}
+
+/// The first failed request of a round: its outcome and error.
+type Failure = (OutcomeClass, Option<String>);
+
+impl Req {
+    fn new(
+        seed: u64,
+        text: String,
+        tokens: Option<usize>,
+        kind: SampleKind,
+        prefix_tokens: Option<u64>,
+    ) -> Req {
+        Req {
+            seed,
+            text,
+            tokens: tokens.map(|n| n as u64),
+            source: if tokens.is_some() {
+                "server_tokenizer"
+            } else {
+                "estimate"
+            },
+            kind,
+            prefix_tokens,
+        }
+    }
+}
+
 impl Session<'_> {
     pub fn rounds(&mut self) -> Result<(), Stop> {
         let spec = self.spec;
-        let streams = spec.concurrency.max(1);
+        let streams = spec.concurrency.max(1) as usize;
         let target = spec.target_tokens();
-        let mut mode = spec.prompts;
+        let mode = self.prompt_mode(target);
+        let mut prefixes: Vec<Option<Prefix>> = vec![None; streams];
+        let mut fills: Vec<Option<FillRef>> = vec![None; streams];
+        for round in 0..spec.samples {
+            let reqs = self.round_prompts(mode, round, target, &mut prefixes)?;
+            if self.cancelled() {
+                return Err(self.fail(OutcomeClass::HttpError, INTERRUPTED.into()));
+            }
+            let measured = self.measure(&reqs, mode, target)?;
+            let failure = self.record(round, measured, reqs, &mut fills);
+            if self.ends_probe(failure) {
+                break;
+            }
+        }
+        self.judge_reuse();
+        Ok(())
+    }
+
+    /// How the measured requests' prompts are made: as the spec asks, unless the target is too
+    /// short to split into a prefix and a suffix (then every request reads it whole).
+    fn prompt_mode(&mut self, target: u64) -> Prompts {
+        let mut mode = self.spec.prompts;
         if mode == Prompts::ReusePrefix && !reusable(target) {
-            // Too short to split into a prefix and a suffix: every request reads it whole.
             mode = Prompts::Fresh;
         }
         self.result.prompts = mode;
@@ -65,72 +118,104 @@ impl Session<'_> {
             Prompts::Short => 0,
             _ => target,
         };
-        let mut prefixes: Vec<Option<Prefix>> = vec![None; streams as usize];
-        let mut fills: Vec<Option<FillRef>> = vec![None; streams as usize];
-        for round in 0..spec.samples {
-            let mut reqs = Vec::with_capacity(streams as usize);
-            for k in 0..streams {
-                match self.prompt(mode, round, k, target, &mut prefixes[k as usize]) {
-                    Some(r) => reqs.push(r),
-                    None => return Err(self.tokenizer_failed()),
-                }
-            }
-            if self.cancelled() {
-                return Err(self.fail(OutcomeClass::HttpError, INTERRUPTED.into()));
-            }
-            let from = self.watch.as_ref().map_or(0, |w| w.now());
-            let started = Instant::now();
-            let streamed = self.send(&reqs, mode, streams, target)?;
-            let round_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let to = self.watch.as_ref().map_or(0, |w| w.now());
-            let peaks = self
-                .watch
-                .as_mut()
-                .map(|w| w.peaks(from, to))
-                .unwrap_or_default();
-            let mut round_tokens = 0u64;
-            let mut first_failure: Option<(OutcomeClass, Option<String>)> = None;
-            let mut obs = Vec::new();
-            for (k, (mut s, req)) in streamed.into_iter().zip(reqs).enumerate() {
-                self.explain_empty_stream(&mut s, &req);
-                let outcome = self.outcome(&s);
-                let sample = self.sample(round, k as u32, &req, &s, outcome, &peaks, fills[k]);
-                if sample.kind == SampleKind::Fill && outcome == OutcomeClass::Ok {
-                    fills[k] = Some(FillRef {
-                        prompt_ms: s.timings.as_ref().and_then(|t| t.prompt_ms),
-                        ttft_ms: s.ttft_ms,
-                    });
-                }
-                if outcome == OutcomeClass::Ok {
-                    round_tokens += sample.output_tokens.unwrap_or(0);
-                    if streams == 1 {
-                        obs.extend(spans(&s, &sample, spec.config.batch));
-                    }
-                } else if first_failure.is_none() {
-                    first_failure = Some((outcome, sample.error.clone()));
-                }
-                self.result.samples.push(sample);
-            }
-            self.model.observe(&obs);
-            self.result.timing.extend(obs);
-            self.result.rounds.push(Round {
-                streams,
-                wall_ms: round_ms,
-                output_tokens: round_tokens,
-                output_tokens_per_s: round_tokens as f64 / round_ms.max(1e-9) * 1000.0,
-            });
-            if let Some((outcome, error)) = first_failure {
-                // A timeout among concurrent streams is data for the concurrency stage, not
-                // the end of the probe, unless the server is gone.
-                let gone = self.server.as_mut().is_some_and(|l| l.exited().is_some());
-                if outcome != OutcomeClass::Timeout || streams == 1 || gone {
-                    self.fail(outcome, error.unwrap_or_default());
-                    break;
-                }
+        mode
+    }
+
+    /// The prompt of every stream of `round`.
+    fn round_prompts(
+        &mut self,
+        mode: Prompts,
+        round: u32,
+        target: u64,
+        prefixes: &mut [Option<Prefix>],
+    ) -> Result<Vec<Req>, Stop> {
+        let mut reqs = Vec::with_capacity(prefixes.len());
+        for (k, prefix) in prefixes.iter_mut().enumerate() {
+            match self.prompt(mode, round, k as u32, target, prefix) {
+                Some(r) => reqs.push(r),
+                None => return Err(self.tokenizer_failed()),
             }
         }
-        self.judge_reuse();
-        Ok(())
+        Ok(reqs)
+    }
+
+    /// Sends one round and measures it.
+    fn measure(&mut self, reqs: &[Req], mode: Prompts, target: u64) -> Result<Measured, Stop> {
+        let from = self.watch.as_ref().map_or(0, |w| w.now());
+        let started = Instant::now();
+        let streamed = self.send(reqs, mode, target)?;
+        let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let to = self.watch.as_ref().map_or(0, |w| w.now());
+        let peaks = self
+            .watch
+            .as_mut()
+            .map(|w| w.peaks(from, to))
+            .unwrap_or_default();
+        Ok(Measured {
+            streamed,
+            wall_ms,
+            peaks,
+        })
+    }
+
+    /// Keeps what each request of `round` measured, the round itself, and the spans of a lone
+    /// request for the time model; the round's first failure.
+    fn record(
+        &mut self,
+        round: u32,
+        m: Measured,
+        reqs: Vec<Req>,
+        fills: &mut [Option<FillRef>],
+    ) -> Option<Failure> {
+        let streams = reqs.len() as u32;
+        let mut round_tokens = 0u64;
+        let mut first_failure = None;
+        let mut obs = Vec::new();
+        for (k, (mut s, req)) in m.streamed.into_iter().zip(reqs).enumerate() {
+            self.explain_empty_stream(&mut s, &req);
+            let outcome = self.outcome(&s);
+            let sample = self.sample(round, k as u32, &req, &s, outcome, &m.peaks, fills[k]);
+            if sample.kind == SampleKind::Fill && outcome == OutcomeClass::Ok {
+                fills[k] = Some(FillRef {
+                    prompt_ms: s.timings.as_ref().and_then(|t| t.prompt_ms),
+                    ttft_ms: s.ttft_ms,
+                });
+            }
+            if outcome == OutcomeClass::Ok {
+                round_tokens += sample.output_tokens.unwrap_or(0);
+                if streams == 1 {
+                    obs.extend(spans(&s, &sample, self.spec.config.batch));
+                }
+            } else if first_failure.is_none() {
+                first_failure = Some((outcome, sample.error.clone()));
+            }
+            self.result.samples.push(sample);
+        }
+        self.model.observe(&obs);
+        self.result.timing.extend(obs);
+        self.result.rounds.push(Round {
+            streams,
+            wall_ms: m.wall_ms,
+            output_tokens: round_tokens,
+            output_tokens_per_s: round_tokens as f64 / m.wall_ms.max(1e-9) * 1000.0,
+        });
+        first_failure
+    }
+
+    /// Whether a round's failure ends the probe (the result then says why). A timeout among
+    /// concurrent streams is data for the concurrency stage, not the end of the probe, unless
+    /// the server is gone.
+    fn ends_probe(&mut self, failure: Option<Failure>) -> bool {
+        let Some((outcome, error)) = failure else {
+            return false;
+        };
+        let alone = self.spec.concurrency.max(1) == 1;
+        let gone = self.server.as_mut().is_some_and(|l| l.exited().is_some());
+        if outcome != OutcomeClass::Timeout || alone || gone {
+            self.fail(outcome, error.unwrap_or_default());
+            return true;
+        }
+        false
     }
 
     /// The prompt of stream `k` in `round`.
@@ -143,99 +228,99 @@ impl Session<'_> {
         prefix: &mut Option<Prefix>,
     ) -> Option<Req> {
         let spec = self.spec;
-        let streams = spec.concurrency.max(1) as u64;
+        let streams = spec.concurrency.max(1);
         let seed = spec
             .seed
-            .wrapping_add(round as u64 * streams + k as u64 + 1);
-        let count = |t: &str| self.count(t);
-        let estimate = |tokens: u64| -> usize {
-            ((tokens as f64 - self.fixed) / self.per_word).max(1.0) as usize
-        };
-        let made = |text: String, tokens: Option<usize>, kind, prefix_tokens| Req {
-            seed,
-            text,
-            tokens: tokens.map(|n| n as u64),
-            source: if tokens.is_some() {
-                "server_tokenizer"
-            } else {
-                "estimate"
-            },
-            kind,
-            prefix_tokens,
-        };
-        let short = |kind| {
-            let text = prompt::words(&mut prompt::Rng::new(seed), SHORT_WORDS);
-            let n = if self.has_tokenizer {
-                Some(count(&text)?)
-            } else {
-                None
-            };
-            Some(made(text, n, kind, None))
-        };
-        if mode != Prompts::Short && chat_stream(k, streams as u32, spec.chat_streams) {
+            .wrapping_add(round as u64 * streams as u64 + k as u64 + 1);
+        if mode != Prompts::Short && chat_stream(k, streams, spec.chat_streams) {
             // A chat turn beside the streams at depth: short, fresh each round.
-            return short(SampleKind::Chat);
+            return self.short_prompt(seed, SampleKind::Chat);
         }
         match mode {
-            Prompts::Short => short(SampleKind::Short),
-            Prompts::Fresh => {
-                if self.has_tokenizer {
-                    let (text, n) = prompt::fit(seed, target as usize, 1.0, count)?;
-                    Some(made(text, Some(n), SampleKind::Fresh, None))
-                } else {
-                    let text = prompt::words(&mut prompt::Rng::new(seed), estimate(target));
-                    Some(made(text, None, SampleKind::Fresh, None))
-                }
-            }
+            Prompts::Short => self.short_prompt(seed, SampleKind::Short),
+            Prompts::Fresh => self.fresh_prompt(seed, target),
             Prompts::ReusePrefix => {
-                let want = target - suffix_tokens(target);
-                if prefix.is_none() {
-                    let pseed = spec.seed ^ 0x5eed_0000_0000 ^ (k as u64 + 1);
-                    *prefix = Some(if self.has_tokenizer {
-                        let (text, n) = prompt::fit(pseed, want as usize, 1.0, count)?;
-                        Prefix {
-                            text,
-                            tokens: n as u64,
-                        }
-                    } else {
-                        Prefix {
-                            text: prompt::words(&mut prompt::Rng::new(pseed), estimate(want)),
-                            tokens: want,
-                        }
-                    });
-                }
-                let p = prefix.as_ref().expect("made above");
                 let kind = if round == 0 {
                     SampleKind::Fill
                 } else {
                     SampleKind::Cached
                 };
-                let cached = (kind == SampleKind::Cached).then_some(p.tokens);
-                if self.has_tokenizer {
-                    let (text, n) = prompt::fit_suffix(
-                        &p.text,
-                        p.tokens as usize,
-                        seed,
-                        target as usize,
-                        count,
-                    )?;
-                    Some(made(text, Some(n), kind, cached))
-                } else {
-                    let n = (suffix_tokens(target) as f64 / self.per_word).max(1.0) as usize;
-                    let text = format!(
-                        "{}\n{}",
-                        p.text,
-                        prompt::words(&mut prompt::Rng::new(seed), n)
-                    );
-                    Some(made(text, None, kind, cached))
+                if prefix.is_none() {
+                    *prefix = Some(self.prefix(k, target - suffix_tokens(target))?);
                 }
+                self.reusing_prompt(seed, kind, target, prefix.as_ref().expect("made above"))
             }
+        }
+    }
+
+    /// Words for about `tokens` tokens where the server has no tokenizer.
+    fn words_for(&self, tokens: u64) -> usize {
+        ((tokens as f64 - self.fixed) / self.per_word).max(1.0) as usize
+    }
+
+    /// A short prompt (`Prompts::Short`, chat turns).
+    fn short_prompt(&self, seed: u64, kind: SampleKind) -> Option<Req> {
+        let text = prompt::words(&mut prompt::Rng::new(seed), SHORT_WORDS);
+        let n = if self.has_tokenizer {
+            Some(self.count(&text)?)
+        } else {
+            None
+        };
+        Some(Req::new(seed, text, n, kind, None))
+    }
+
+    /// A fresh prompt of the target length.
+    fn fresh_prompt(&self, seed: u64, target: u64) -> Option<Req> {
+        if self.has_tokenizer {
+            let (text, n) = prompt::fit(seed, target as usize, 1.0, |t: &str| self.count(t))?;
+            Some(Req::new(seed, text, Some(n), SampleKind::Fresh, None))
+        } else {
+            let text = prompt::words(&mut prompt::Rng::new(seed), self.words_for(target));
+            Some(Req::new(seed, text, None, SampleKind::Fresh, None))
+        }
+    }
+
+    /// Stream `k`'s prefix of `want` tokens, made once and reused by its every request.
+    fn prefix(&self, k: u32, want: u64) -> Option<Prefix> {
+        let pseed = self.spec.seed ^ 0x5eed_0000_0000 ^ (k as u64 + 1);
+        Some(if self.has_tokenizer {
+            let (text, n) = prompt::fit(pseed, want as usize, 1.0, |t: &str| self.count(t))?;
+            Prefix {
+                text,
+                tokens: n as u64,
+            }
+        } else {
+            Prefix {
+                text: prompt::words(&mut prompt::Rng::new(pseed), self.words_for(want)),
+                tokens: want,
+            }
+        })
+    }
+
+    /// The stream's prefix with a fresh suffix, the whole of the target length: a fill (the
+    /// first request of the stream) or a cached request.
+    fn reusing_prompt(&self, seed: u64, kind: SampleKind, target: u64, p: &Prefix) -> Option<Req> {
+        let cached = (kind == SampleKind::Cached).then_some(p.tokens);
+        if self.has_tokenizer {
+            let count = |t: &str| self.count(t);
+            let (text, n) =
+                prompt::fit_suffix(&p.text, p.tokens as usize, seed, target as usize, count)?;
+            Some(Req::new(seed, text, Some(n), kind, cached))
+        } else {
+            let n = (suffix_tokens(target) as f64 / self.per_word).max(1.0) as usize;
+            let suffix = prompt::words(&mut prompt::Rng::new(seed), n);
+            let text = format!("{}\n{suffix}", p.text);
+            Some(Req::new(seed, text, None, kind, cached))
         }
     }
 
     /// A prompt of a guessed length would measure something else: the probe ends, saying why.
     fn tokenizer_failed(&mut self) -> Stop {
-        match self.server.as_mut().and_then(server::settle) {
+        match self
+            .server
+            .as_mut()
+            .and_then(|l| server::settle(l.as_mut()))
+        {
             Some(exit) => {
                 self.result.server_exit = Some(format!("{exit:?}"));
                 self.fail(
@@ -263,14 +348,9 @@ impl Session<'_> {
     }
 
     /// Sends one round's requests at once, each within its own limits.
-    fn send(
-        &mut self,
-        reqs: &[Req],
-        mode: Prompts,
-        streams: u32,
-        target: u64,
-    ) -> Result<Vec<Streamed>, Stop> {
+    fn send(&mut self, reqs: &[Req], mode: Prompts, target: u64) -> Result<Vec<Streamed>, Stop> {
         let spec = self.spec;
+        let streams = reqs.len() as u32;
         let cfg = &spec.config;
         let slots = cfg.parallel.unwrap_or(1);
         let jobs: Vec<(serde_json::Value, Policy)> = reqs
@@ -297,7 +377,7 @@ impl Session<'_> {
             .collect();
         let all = futures_util::future::join_all(jobs.iter().map(|(body, policy)| {
             http::stream(
-                &self.client,
+                self.http.client(),
                 &self.driver.request_url,
                 body,
                 self.driver.parse,
@@ -336,25 +416,17 @@ impl Session<'_> {
             )
             .first_event_s,
         );
-        let (status, text) = self.rt.block_on(async {
-            // The server closed the pooled connection of the broken stream: the first send may
-            // fail on it, the retry opens a new one.
-            let mut last = (0, String::new());
-            for _ in 0..2 {
-                match self
-                    .client
-                    .post(&self.driver.request_url)
-                    .json(&body)
-                    .timeout(limit)
-                    .send()
-                    .await
-                {
-                    Ok(r) => return (r.status().as_u16(), r.text().await.unwrap_or_default()),
-                    Err(e) => last = (0, e.to_string()),
-                }
-            }
-            last
-        });
+        let post = || {
+            self.http
+                .client()
+                .post(&self.driver.request_url)
+                .json(&body)
+        };
+        let (status, text) = match self.http.block_on(http::send_retrying(post, limit)) {
+            Ok(r) => (r.status, r.body),
+            Err(HttpError::Body { status, .. }) => (status, String::new()),
+            Err(e) => (0, e.to_string()),
+        };
         if status >= 400 {
             s.outcome = classify::classify_http(status, &text);
             s.status = Some(status);
@@ -367,7 +439,7 @@ impl Session<'_> {
         let mut outcome = s.outcome;
         if let Some(l) = self.server.as_mut() {
             let exited = if s.outcome == OutcomeClass::Crashed {
-                server::settle(l)
+                server::settle(l.as_mut())
             } else {
                 l.exited()
             };
@@ -382,6 +454,7 @@ impl Session<'_> {
         outcome
     }
 
+    /// What one request measured.
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
@@ -398,65 +471,12 @@ impl Session<'_> {
             .predicted_tokens
             .or(Some(s.token_events))
             .filter(|_| s.token_events > 0);
-        // Whether a cached sample reused its prefix: the server's own count where it reports
-        // one; else its prompt time (Ollama), else the client's TTFT, against the fill's.
-        let (cached, hit) = match (req.kind, req.prefix_tokens) {
-            (SampleKind::Cached, Some(p)) => {
-                let hit = match (t.cached_tokens, t.prompt_ms, fill) {
-                    (Some(c), _, _) => Some(c as f64 >= HIT_SHARE * p as f64),
-                    (
-                        None,
-                        Some(ms),
-                        Some(FillRef {
-                            prompt_ms: Some(f), ..
-                        }),
-                    ) => Some(ms < 0.5 * f),
-                    (
-                        None,
-                        None,
-                        Some(FillRef {
-                            ttft_ms: Some(f), ..
-                        }),
-                    ) => s.ttft_ms.map(|ms| ms < 0.5 * f),
-                    _ => None,
-                };
-                let cached = t
-                    .cached_tokens
-                    .or_else(|| hit.map(|h| if h { p } else { 0 }));
-                (cached, hit)
-            }
-            _ => (t.cached_tokens, None),
-        };
-        let server_counts_cache = self.driver.backend == Backend::LlamaServer;
-        // llama-server's prompt_n counts only the tokens read; Ollama's prompt_eval_count (and
-        // an OpenAI usage count) include the cached ones.
-        let prompt_tokens = req.tokens.or(match (server_counts_cache, t.prompt_tokens) {
-            (true, Some(n)) => Some(n + t.cached_tokens.unwrap_or(0)),
-            (_, n) => n,
-        });
-        let evaluated = if server_counts_cache {
-            t.prompt_tokens
-        } else {
-            prompt_tokens.map(|n| n.saturating_sub(cached.unwrap_or(0)))
-        };
-        let server_rates = |t: &Timings| -> Option<(f64, f64)> {
-            let p = evaluated? as f64 / t.prompt_ms.filter(|&ms| ms > 0.0)? * 1000.0;
-            Some((p, t.decode_tokens_per_s()?))
-        };
-        let (prefill, decode, rates) = match server_rates(&t) {
+        let (cached, hit) = reuse(req, s, &t, fill);
+        let counts = self.counts(req, &t, cached);
+        let (prefill, decode, rates) = match counts.server_rates(&t) {
             Some((p, d)) => (Some(p), Some(d), "server"),
             None => {
-                // Client-side: prefill = tokens read / TTFT, decode = (tokens - 1) / time
-                // between the first and the last token.
-                let read = prompt_tokens.map(|n| n.saturating_sub(cached.unwrap_or(0)));
-                let p = match (read, s.ttft_ms) {
-                    (Some(n), Some(ms)) if ms > 0.0 && n > 0 => Some(n as f64 / ms * 1000.0),
-                    _ => None,
-                };
-                let d = match (s.decode_ms, s.token_events) {
-                    (Some(ms), n) if ms > 0.0 && n > 1 => Some((n - 1) as f64 / ms * 1000.0),
-                    _ => None,
-                };
+                let (p, d) = client_rates(s, counts.read);
                 (p, d, "client")
             }
         };
@@ -469,7 +489,7 @@ impl Session<'_> {
             round,
             stream,
             kind: req.kind,
-            prompt_tokens,
+            prompt_tokens: counts.prompt,
             prompt_tokens_source: if req.tokens.is_some() {
                 req.source
             } else if t.prompt_tokens.is_some() {
@@ -488,6 +508,27 @@ impl Session<'_> {
             peaks: peaks.clone(),
             error,
             timeout: s.timeout,
+        }
+    }
+
+    /// A request's prompt tokens, and of them those the server read (not from its cache).
+    fn counts(&self, req: &Req, t: &Timings, cached: Option<u64>) -> Counts {
+        // llama-server's prompt_n counts only the tokens read; Ollama's prompt_eval_count (and
+        // an OpenAI usage count) include the cached ones.
+        let server_counts_cache = self.driver.backend == Backend::LlamaServer;
+        let prompt = req.tokens.or(match (server_counts_cache, t.prompt_tokens) {
+            (true, Some(n)) => Some(n + t.cached_tokens.unwrap_or(0)),
+            (_, n) => n,
+        });
+        let read = prompt.map(|n| n.saturating_sub(cached.unwrap_or(0)));
+        Counts {
+            prompt,
+            read,
+            evaluated: if server_counts_cache {
+                t.prompt_tokens
+            } else {
+                read
+            },
         }
     }
 
@@ -513,6 +554,73 @@ impl Session<'_> {
             ));
         }
     }
+}
+
+/// A request's prompt tokens as counted for its rates.
+struct Counts {
+    prompt: Option<u64>,
+    /// Read by the server: the prompt less what the sample says came from the cache.
+    read: Option<u64>,
+    /// Read by the server, as its own timings count them.
+    evaluated: Option<u64>,
+}
+
+impl Counts {
+    /// Prefill and decode rates from the server's own timings, when it gave them.
+    fn server_rates(&self, t: &Timings) -> Option<(f64, f64)> {
+        let p = self.evaluated? as f64 / t.prompt_ms.filter(|&ms| ms > 0.0)? * 1000.0;
+        Some((p, t.decode_tokens_per_s()?))
+    }
+}
+
+/// Whether a cached request reused its prefix, and its cached tokens: the server's own count
+/// where it reports one; else its prompt time (Ollama), else the client's TTFT, against the
+/// fill's.
+fn reuse(
+    req: &Req,
+    s: &Streamed,
+    t: &Timings,
+    fill: Option<FillRef>,
+) -> (Option<u64>, Option<bool>) {
+    let (SampleKind::Cached, Some(p)) = (req.kind, req.prefix_tokens) else {
+        return (t.cached_tokens, None);
+    };
+    let hit = match (t.cached_tokens, t.prompt_ms, fill) {
+        (Some(c), _, _) => Some(c as f64 >= HIT_SHARE * p as f64),
+        (
+            None,
+            Some(ms),
+            Some(FillRef {
+                prompt_ms: Some(f), ..
+            }),
+        ) => Some(ms < 0.5 * f),
+        (
+            None,
+            None,
+            Some(FillRef {
+                ttft_ms: Some(f), ..
+            }),
+        ) => s.ttft_ms.map(|ms| ms < 0.5 * f),
+        _ => None,
+    };
+    let cached = t
+        .cached_tokens
+        .or_else(|| hit.map(|h| if h { p } else { 0 }));
+    (cached, hit)
+}
+
+/// Client-side rates: prefill = tokens `read` / TTFT, decode = (tokens - 1) / time between
+/// the first and the last token.
+fn client_rates(s: &Streamed, read: Option<u64>) -> (Option<f64>, Option<f64>) {
+    let prefill = match (read, s.ttft_ms) {
+        (Some(n), Some(ms)) if ms > 0.0 && n > 0 => Some(n as f64 / ms * 1000.0),
+        _ => None,
+    };
+    let decode = match (s.decode_ms, s.token_events) {
+        (Some(ms), n) if ms > 0.0 && n > 1 => Some((n - 1) as f64 / ms * 1000.0),
+        _ => None,
+    };
+    (prefill, decode)
 }
 
 /// Spans for the time model from one answer of a lone request: the prompt read (per

@@ -2,10 +2,11 @@
 //! template, a managed Ollama) or reached where it runs (Ollama at `--url`), with what differs
 //! between backends once it is reachable (request URL, body, stream parser, tokenizer).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::http::LineParser;
-use crate::backend::launch::{free_port, Exit, Launched};
+use crate::backend::launch::{free_port, Exit, LaunchError, Launcher, Server};
 use crate::backend::{llama_server, ollama, openai, ProbeConfig};
 use crate::telemetry::ebpf::Loaded;
 
@@ -31,6 +32,31 @@ pub(super) struct Driver {
 }
 
 impl Driver {
+    /// The driver of a `backend` server at `base` (`http://host:port`), ready when
+    /// `ready_path` answers, counting tokens at `tokenize_path` if it has one.
+    fn new(
+        backend: Backend,
+        base: &str,
+        model: &str,
+        ready_path: &str,
+        tokenize_path: Option<&str>,
+    ) -> Driver {
+        let (request, parse, key): (&str, LineParser, &'static str) = match backend {
+            Backend::OpenAi => ("/v1/completions", openai::parse_sse_line, "input"),
+            Backend::LlamaServer => ("/completion", llama_server::parse_sse_line, "content"),
+            Backend::Ollama => ("/api/generate", ollama::parse_stream_line, ""),
+        };
+        Driver {
+            base: base.to_string(),
+            request_url: format!("{base}{request}"),
+            ready_url: format!("{base}{ready_path}"),
+            parse,
+            model: model.to_string(),
+            backend,
+            tokenize: tokenize_path.map(|p| (format!("{base}{p}"), key)),
+        }
+    }
+
     /// A streamed completion request. `slot`: pin it to that slot and let it reuse the prefix
     /// the slot holds (llama-server; Ollama and llama-cpp-python reuse a shared prefix on
     /// their own).
@@ -57,17 +83,40 @@ impl Driver {
     }
 }
 
-/// Starts the server for `cfg` (or finds the running Ollama): the process o3 launched, if any,
-/// and the driver. Errors are the reason the server could not be started.
+/// Why the server of a probe could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartError {
+    #[error("no free port: {0}")]
+    Port(std::io::Error),
+    #[error(transparent)]
+    Template(#[from] openai::TemplateError),
+    #[error(transparent)]
+    Args(#[from] llama_server::ArgsError),
+    #[error(transparent)]
+    Ollama(#[from] ollama::UnsupportedConfig),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+}
+
+/// The server o3 started (`None`: one reached where it runs), and how to talk to it.
+pub(super) type Started = (Option<Box<dyn Server>>, Driver);
+
+/// Starts the server for `cfg` through `launcher` (or finds the running Ollama).
 pub(super) fn start(
     backend: &BackendSpec,
     cfg: &ProbeConfig,
     ebpf: Option<&mut Loaded>,
-) -> Result<(Option<Launched>, Driver), String> {
+    launcher: &mut dyn Launcher,
+) -> Result<Started, StartError> {
     // Servers o3 launches listen on a free loopback port.
     let port = match backend {
         BackendSpec::Ollama { serve: None, .. } => 0,
-        _ => free_port().map_err(|e| format!("no free port: {e}"))?,
+        _ => free_port().map_err(StartError::Port)?,
+    };
+    let s = Starter {
+        launcher,
+        ebpf,
+        port,
     };
     match backend {
         BackendSpec::OpenAi {
@@ -76,94 +125,86 @@ pub(super) fn start(
             ready_path,
             tokenize_path,
         } => {
-            let argv = template.fill(cfg, model, "127.0.0.1", port)?;
-            let server = launch(&argv, port, &[], ebpf)?;
-            let base = format!("http://127.0.0.1:{port}");
-            Ok((
-                Some(server),
-                Driver {
-                    request_url: format!("{base}/v1/completions"),
-                    ready_url: format!("{base}{ready_path}"),
-                    tokenize: tokenize_path
-                        .clone()
-                        .map(|p| (format!("{base}{p}"), "input")),
-                    base,
-                    parse: openai::parse_sse_line,
-                    model: model.clone(),
-                    backend: Backend::OpenAi,
-                },
-            ))
+            let argv = template.fill(cfg, model, HOST, port)?;
+            let driver = s.driver(Backend::OpenAi, model, ready_path, tokenize_path.as_deref());
+            Ok((Some(s.launch(&argv, &[])?), driver))
         }
         BackendSpec::LlamaServer { bin, model, flags } => {
-            let args = llama_server::command_args(
-                flags,
-                std::path::Path::new(model),
-                cfg,
-                "127.0.0.1",
-                port,
-            )?;
             let mut argv = vec![bin.clone()];
-            argv.extend(args);
-            let server = launch(&argv, port, &[], ebpf)?;
-            let base = format!("http://127.0.0.1:{port}");
+            let path = Path::new(model);
+            argv.extend(llama_server::command_args(flags, path, cfg, HOST, port)?);
+            let driver = s.driver(Backend::LlamaServer, model, "/health", Some("/tokenize"));
+            Ok((Some(s.launch(&argv, &[])?), driver))
+        }
+        BackendSpec::Ollama {
+            url,
+            model,
+            serve: None,
+        } => {
+            let base = url.trim_end_matches('/');
             Ok((
-                Some(server),
-                Driver {
-                    request_url: format!("{base}/completion"),
-                    ready_url: format!("{base}/health"),
-                    tokenize: Some((format!("{base}/tokenize"), "content")),
-                    base,
-                    parse: llama_server::parse_sse_line,
-                    model: model.clone(),
-                    backend: Backend::LlamaServer,
-                },
+                None,
+                Driver::new(Backend::Ollama, base, model, "/api/version", None),
             ))
         }
-        BackendSpec::Ollama { url, model, serve } => {
-            let (server, base) = match serve {
-                None => (None, url.trim_end_matches('/').to_string()),
-                Some(argv) => {
-                    let host = format!("127.0.0.1:{port}");
-                    let env = ollama::server_env(&ollama::pinned(cfg), &host)
-                        .map_err(|e| e.to_string())?;
-                    (
-                        Some(launch(argv, port, &env, ebpf)?),
-                        format!("http://{host}"),
-                    )
-                }
-            };
-            Ok((
-                server,
-                Driver {
-                    request_url: format!("{base}/api/generate"),
-                    ready_url: format!("{base}/api/version"),
-                    tokenize: None,
-                    base,
-                    parse: ollama::parse_stream_line,
-                    model: model.clone(),
-                    backend: Backend::Ollama,
-                },
-            ))
+        BackendSpec::Ollama {
+            model,
+            serve: Some(argv),
+            ..
+        } => {
+            let env = ollama::server_env(&ollama::pinned(cfg), &s.host())?;
+            let driver = s.driver(Backend::Ollama, model, "/api/version", None);
+            Ok((Some(s.launch(argv, &env)?), driver))
         }
     }
 }
 
-/// Starts a server with its output captured, tracked by the kernel programs from its exec.
-fn launch(
-    argv: &[String],
+/// Where servers o3 launches listen.
+const HOST: &str = "127.0.0.1";
+
+/// What launching the server needs besides its command line.
+struct Starter<'a, 'b> {
+    launcher: &'a mut dyn Launcher,
+    ebpf: Option<&'b mut Loaded>,
     port: u16,
-    env: &[(String, String)],
-    ebpf: Option<&mut Loaded>,
-) -> Result<Launched, String> {
-    Launched::start(argv, port, env, |pid| match ebpf {
-        Some(l) => l.track(pid, true).map_err(|e| e.to_string()),
-        None => Ok(()),
-    })
+}
+
+impl Starter<'_, '_> {
+    fn host(&self) -> String {
+        format!("{HOST}:{}", self.port)
+    }
+
+    /// How to talk to the server once it listens on this starter's port.
+    fn driver(
+        &self,
+        backend: Backend,
+        model: &str,
+        ready_path: &str,
+        tokenize_path: Option<&str>,
+    ) -> Driver {
+        let base = format!("http://{}", self.host());
+        Driver::new(backend, &base, model, ready_path, tokenize_path)
+    }
+
+    /// Starts the server with its output captured, tracked by the kernel programs from its
+    /// exec.
+    fn launch(
+        self,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<Box<dyn Server>, StartError> {
+        let mut ebpf = self.ebpf;
+        let mut track = |pid| match ebpf.as_deref_mut() {
+            Some(l) => l.track(pid, true).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        Ok(self.launcher.launch(argv, self.port, env, &mut track)?)
+    }
 }
 
 /// The server's exit, waiting up to 500 ms for it: a killed server's sockets close (and the
 /// client sees the stream break) before the process can be reaped.
-pub(super) fn settle(l: &mut Launched) -> Option<Exit> {
+pub(super) fn settle(l: &mut dyn Server) -> Option<Exit> {
     let t = std::time::Instant::now();
     loop {
         if let Some(e) = l.exited() {
@@ -176,12 +217,12 @@ pub(super) fn settle(l: &mut Launched) -> Option<Exit> {
     }
 }
 
-/// The pid listening on a loopback TCP port, from /proc/net/tcp{,6} and the fds of every
-/// process (for servers o3 did not start: their process tree is what gets measured).
-pub fn listener_pid(port: u16) -> Option<u32> {
+/// The pid listening on a loopback TCP port, from `net/tcp{,6}` and the fds of every process
+/// under `procfs` (for servers o3 did not start: their process tree is what gets measured).
+pub fn listener_pid(procfs: &Path, port: u16) -> Option<u32> {
     let mut inodes = Vec::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(f).unwrap_or_default();
+    for f in ["net/tcp", "net/tcp6"] {
+        let text = std::fs::read_to_string(procfs.join(f)).unwrap_or_default();
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
@@ -200,7 +241,7 @@ pub fn listener_pid(port: u16) -> Option<u32> {
     if inodes.is_empty() {
         return None;
     }
-    for (pid, dir) in crate::telemetry::procfs::pid_dirs(std::path::Path::new("/proc")).ok()? {
+    for (pid, dir) in crate::telemetry::procfs::pid_dirs(procfs).ok()? {
         let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::launch::Launched;
+use crate::backend::http::{self, Blocking, HttpError};
+use crate::backend::launch::{Launcher, Server};
 use crate::backend::{classify, llama_server, ollama, OutcomeClass};
 use crate::telemetry::ebpf::Loaded;
 use crate::timing::{Obs, Policy, Prior, Shape, TimeModel};
@@ -19,10 +20,9 @@ pub(super) struct Stop;
 
 pub(super) struct Session<'a> {
     pub spec: &'a ProbeSpec,
-    pub rt: tokio::runtime::Runtime,
-    pub client: reqwest::Client,
+    pub http: Blocking,
     pub driver: Driver,
-    pub server: Option<Launched>,
+    pub server: Option<Box<dyn Server>>,
     pub watch: Option<Watch>,
     pub result: ProbeResult,
     /// The deadlines' model: the spec's, refined by every answer of this probe.
@@ -66,55 +66,29 @@ fn early(spec: &ProbeSpec, class: OutcomeClass, error: String) -> Box<ProbeResul
 }
 
 impl<'a> Session<'a> {
-    /// Starts (or finds) the server and its telemetry.
+    /// Starts (or finds) the server, through `launcher`, and its telemetry.
     pub fn start(
         spec: &'a ProbeSpec,
         mut ebpf: Option<&mut Loaded>,
+        launcher: &mut dyn Launcher,
     ) -> Result<Session<'a>, Box<ProbeResult>> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| early(spec, OutcomeClass::HttpError, format!("tokio runtime: {e}")))?;
-        // No idle connection reuse: llama-server closes a connection after a streamed answer
-        // while advertising keep-alive, and a POST sent on it fails (reqwest does not retry
-        // POSTs).
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| early(spec, OutcomeClass::HttpError, format!("HTTP client: {e}")))?;
+        let http =
+            Blocking::new().map_err(|e| early(spec, OutcomeClass::HttpError, e.to_string()))?;
         let load_started = Instant::now();
-        let (server, driver) = server::start(&spec.backend, &spec.config, ebpf.as_deref_mut())
-            .map_err(|e| early(spec, OutcomeClass::LoadFailed, e))?;
+        let (server, driver) =
+            server::start(&spec.backend, &spec.config, ebpf.as_deref_mut(), launcher)
+                .map_err(|e| early(spec, OutcomeClass::LoadFailed, e.to_string()))?;
         let mut result = blank(spec);
         let pid = match server.as_ref() {
-            Some(l) => Some(l.pid),
+            Some(l) => Some(l.pid()),
             None => reqwest::Url::parse(&driver.base)
                 .ok()
                 .and_then(|u| u.port_or_known_default())
-                .and_then(server::listener_pid),
+                .and_then(|port| server::listener_pid(&spec.procfs_root, port)),
         };
         result.server_pid = pid;
-        let watch = pid.map(|pid| {
-            if server.is_none() {
-                // Not o3's child: track the running tree from now on.
-                if let Some(l) = ebpf.as_deref_mut() {
-                    let proc = std::path::Path::new("/proc");
-                    let parents = crate::telemetry::procfs::scan_parents(proc).unwrap_or_default();
-                    let _ = l.attach_existing(
-                        proc,
-                        &crate::telemetry::procfs::descendants(&parents, pid),
-                    );
-                }
-            }
-            Watch::start(
-                pid,
-                ebpf,
-                spec.interval,
-                spec.safety.as_ref(),
-                server.is_some(),
-            )
-        });
+        let launched = server.is_some();
+        let watch = pid.map(|pid| Watch::start(spec, pid, launched, ebpf));
         result.rss_method = watch.as_ref().map_or("not_measured", |w| w.method);
         let model = spec
             .time_model
@@ -122,8 +96,7 @@ impl<'a> Session<'a> {
             .unwrap_or_else(|| TimeModel::new(Prior::from_size(None, None)));
         Ok(Session {
             spec,
-            rt,
-            client,
+            http,
             driver,
             server,
             watch,
@@ -145,7 +118,7 @@ impl<'a> Session<'a> {
     }
 
     pub fn tail(&self) -> Option<String> {
-        self.server.as_ref().map(Launched::tail)
+        self.server.as_ref().map(|l| l.tail())
     }
 
     pub fn cancelled(&self) -> bool {
@@ -160,46 +133,8 @@ impl<'a> Session<'a> {
     /// the model is loaded).
     pub fn ready(&mut self) -> Result<(), Stop> {
         loop {
-            if let Some(l) = self.server.as_mut() {
-                if let Some(exit) = l.exited() {
-                    let t = l.tail();
-                    self.result.server_exit = Some(format!("{exit:?}"));
-                    if let Some(b) = self.breach() {
-                        return Err(self.fail(OutcomeClass::SafetyAbort, b.to_string()));
-                    }
-                    let class = classify::classify_exit(exit.code, exit.signal, &t, true);
-                    return Err(
-                        self.fail(class, format!("the server exited while loading ({exit:?})"))
-                    );
-                }
-            }
-            let status = self.rt.block_on(async {
-                let r = self
-                    .client
-                    .get(&self.driver.ready_url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .ok()?;
-                let st = r.status().as_u16();
-                Some((st, r.text().await.unwrap_or_default()))
-            });
-            let ready = match (&status, self.driver.backend) {
-                (Some((st, body)), Backend::LlamaServer) => matches!(
-                    llama_server::parse_health(*st, body),
-                    llama_server::Health::Ready
-                ),
-                (Some((st, _)), _) => (200..300).contains(st),
-                (None, Backend::Ollama) if self.server.is_none() => {
-                    let why = format!(
-                        "cannot reach {} (is the server running? check --url)",
-                        self.driver.base
-                    );
-                    return Err(self.fail(OutcomeClass::LoadFailed, why));
-                }
-                (None, _) => false,
-            };
-            if ready {
+            self.still_loading()?;
+            if self.answers_ready()? {
                 return Ok(());
             }
             if self.cancelled() {
@@ -217,26 +152,63 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Ends the probe if the server o3 started has exited while loading.
+    fn still_loading(&mut self) -> Result<(), Stop> {
+        let Some(l) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let Some(exit) = l.exited() else {
+            return Ok(());
+        };
+        let t = l.tail();
+        self.result.server_exit = Some(format!("{exit:?}"));
+        if let Some(b) = self.breach() {
+            return Err(self.fail(OutcomeClass::SafetyAbort, b.to_string()));
+        }
+        let class = classify::classify_exit(exit.code, exit.signal, &t, true);
+        Err(self.fail(class, format!("the server exited while loading ({exit:?})")))
+    }
+
+    /// One readiness check: whether the server says it is ready. A running Ollama o3 did not
+    /// start that cannot be reached ends the probe.
+    fn answers_ready(&mut self) -> Result<bool, Stop> {
+        let get = self.http.client().get(&self.driver.ready_url);
+        let answer = match self.http.block_on(http::send(get, Duration::from_secs(2))) {
+            Ok(r) => Some((r.status, r.body)),
+            // Answered, with a body that could not be read.
+            Err(HttpError::Body { status, .. }) => Some((status, String::new())),
+            Err(_) => None,
+        };
+        Ok(match (&answer, self.driver.backend) {
+            (Some((st, body)), Backend::LlamaServer) => matches!(
+                llama_server::parse_health(*st, body),
+                llama_server::Health::Ready
+            ),
+            (Some((st, _)), _) => (200..300).contains(st),
+            (None, Backend::Ollama) if self.server.is_none() => {
+                let why = format!(
+                    "cannot reach {} (is the server running? check --url)",
+                    self.driver.base
+                );
+                return Err(self.fail(OutcomeClass::LoadFailed, why));
+            }
+            (None, _) => false,
+        })
+    }
+
     /// Counts `text` with the server's tokenizer.
     pub fn count(&self, text: &str) -> Option<usize> {
         let (url, key) = self.driver.tokenize.as_ref()?;
         let body = serde_json::json!({ *key: text });
         // A stuck server must not hang the probe in its tokenizer.
         let limit = Duration::from_secs_f64(self.spec.limits.stall_s.max(10.0));
-        let v: serde_json::Value = self.rt.block_on(async {
-            // llama-server closes idle keep-alive connections: the first send may go out on
-            // a pooled connection the server has just closed; the second opens a new one.
-            for _ in 0..2 {
-                let r = self.client.post(url).json(&body).timeout(limit);
-                match r.send().await {
-                    Ok(r) if r.status().is_success() => return r.json().await.ok(),
-                    Ok(_) => return None,
-                    Err(e) if e.is_timeout() => return None,
-                    Err(_) => continue,
-                }
-            }
-            None
-        })?;
+        let post = || self.http.client().post(url).json(&body);
+        let reply = self
+            .http
+            .block_on(http::send_retrying(post, limit))
+            .ok()
+            .filter(|r| r.is_success())?;
+        let v: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
         v.get("tokens")?.as_array().map(|a| a.len())
     }
 
@@ -267,8 +239,8 @@ impl<'a> Session<'a> {
             .driver
             .body(cfg, &warm_prompt, 4, spec.seed as u32, None);
         let policy = self.short_policy(warm_words as u64);
-        let stream = crate::backend::http::stream(
-            &self.client,
+        let stream = http::stream(
+            self.http.client(),
             &self.driver.request_url,
             &body,
             self.driver.parse,
@@ -280,7 +252,10 @@ impl<'a> Session<'a> {
         let load_s = self.load_started.elapsed().as_secs_f64();
         self.result.load_ms = Some(load_s * 1000.0);
         if w.outcome != OutcomeClass::Ok {
-            let exited = self.server.as_mut().and_then(server::settle);
+            let exited = self
+                .server
+                .as_mut()
+                .and_then(|l| server::settle(l.as_mut()));
             let t = self.tail();
             let mut class = match &exited {
                 Some(e) => {
@@ -322,7 +297,7 @@ impl<'a> Session<'a> {
 
     /// Tokens per word from the warm-up and one longer request (the fixed part is the
     /// server's prompt template).
-    fn calibrate(&mut self, warm: &crate::backend::http::Streamed, warm_words: usize) {
+    fn calibrate(&mut self, warm: &http::Streamed, warm_words: usize) {
         let spec = self.spec;
         let long_words = 512;
         let long_prompt = prompt::words(&mut prompt::Rng::new(spec.seed ^ 0xca1), long_words);
@@ -330,8 +305,8 @@ impl<'a> Session<'a> {
             .driver
             .body(&spec.config, &long_prompt, 1, spec.seed as u32, None);
         let policy = self.short_policy(long_words as u64);
-        let c = self.rt.block_on(crate::backend::http::stream(
-            &self.client,
+        let c = self.http.block_on(http::stream(
+            self.http.client(),
             &self.driver.request_url,
             &body,
             self.driver.parse,
@@ -354,10 +329,12 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let url = format!("{}/api/ps", self.driver.base);
-        let ps = self.rt.block_on(async {
-            let r = self.client.get(&url).timeout(Duration::from_secs(10));
-            r.send().await.ok()?.text().await.ok()
-        });
+        let get = self.http.client().get(&url);
+        let ps = self
+            .http
+            .block_on(http::send(get, Duration::from_secs(10)))
+            .ok()
+            .map(|r| r.body);
         let cfg = &self.spec.config;
         if let Some(Ok(Some(m))) = ps.map(|b| ollama::parse_ps(&b, &self.driver.model)) {
             if m.cpu_spill() {
@@ -390,7 +367,7 @@ impl<'a> Session<'a> {
     /// Runs `fut` unless the probe is cancelled first (`None` then).
     pub fn cancellable<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
         let spec = self.spec;
-        self.rt.block_on(async {
+        self.http.block_on(async {
             tokio::select! {
                 out = fut => Some(out),
                 _ = async {

@@ -2,22 +2,48 @@
 //! procfs polling, system memory, GPUs through the sampler, and the safety watchdog, which
 //! stops a server o3 launched on a breach.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 use crate::telemetry::ebpf::Loaded;
-use crate::telemetry::procfs::{ProcTree, SystemMemory};
+use crate::telemetry::procfs::{self, ProcTree, SystemMemory};
 use crate::telemetry::sampler::{self, SamplerHandle, Tick};
 use crate::telemetry::watchdog::{Breach, Thresholds, Watchdog};
 use crate::telemetry::{monotonic_ns, Sample, Source};
 
-use super::{Peaks, Timeline};
+use super::{Peaks, ProbeSpec, Timeline};
+
+/// The watchdog of a probe: it keeps the first breach and, with `stop_group`, stops the
+/// server's process group (only for servers o3 launched).
+fn watchdog(
+    th: &Thresholds,
+    pid: u32,
+    stop_group: bool,
+    seen: Arc<Mutex<Option<Breach>>>,
+) -> Watchdog {
+    Watchdog::new(
+        th.clone(),
+        Box::new(move |b: &Breach| {
+            if stop_group {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if let Ok(mut s) = seen.lock() {
+                s.get_or_insert_with(|| b.clone());
+            }
+        }),
+    )
+}
 
 /// Telemetry of the server tree for the duration of a probe.
 pub(super) struct Watch {
     /// How the server tree's RSS is measured: `ebpf` or `procfs_polling`.
     pub method: &'static str,
     /// The first safety breach, if the watchdog saw one.
-    breach: std::sync::Arc<std::sync::Mutex<Option<Breach>>>,
+    breach: Arc<Mutex<Option<Breach>>>,
     sampler: Option<SamplerHandle>,
     rx: std::sync::mpsc::Receiver<Vec<Tick>>,
     ticks: Vec<Tick>,
@@ -26,15 +52,28 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    /// `stop_group`: the server's process group, stopped on a breach (only for servers o3
-    /// launched).
+    /// Starts the telemetry of the server tree whose root is `pid`. A server o3 `launched` is
+    /// its own child: its tree is read under the real /proc (o3's pid namespace), and the
+    /// watchdog stops its process group on a breach. One o3 did not start is read under the
+    /// configured procfs root, and the kernel programs track its running tree from now on.
+    /// System memory is the machine's, under the procfs root either way.
     pub fn start(
+        spec: &ProbeSpec,
         pid: u32,
-        ebpf: Option<&mut Loaded>,
-        interval: Duration,
-        safety: Option<&Thresholds>,
-        stop_group: bool,
+        launched: bool,
+        mut ebpf: Option<&mut Loaded>,
     ) -> Watch {
+        let procfs = if launched {
+            Path::new("/proc")
+        } else {
+            spec.procfs_root.as_path()
+        };
+        if !launched {
+            if let Some(l) = ebpf.as_deref_mut() {
+                let parents = procfs::scan_parents(procfs).unwrap_or_default();
+                let _ = l.attach_existing(procfs, &procfs::descendants(&parents, pid));
+            }
+        }
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         // The method is the source actually used, not whether eBPF was loaded: a session whose
         // source was already taken falls back to procfs and must say so.
@@ -44,35 +83,23 @@ impl Watch {
                 "ebpf"
             }
             None => {
-                if let Ok(t) = ProcTree::new(std::path::Path::new("/proc"), pid) {
+                if let Ok(t) = ProcTree::new(procfs, pid) {
                     sources.push(Box::new(t));
                 }
                 "procfs_polling"
             }
         };
-        if let Ok(m) = SystemMemory::open(std::path::Path::new("/proc")) {
+        if let Ok(m) = SystemMemory::open(&spec.procfs_root) {
             sources.push(Box::new(m));
         }
-        let breach = std::sync::Arc::new(std::sync::Mutex::new(None));
-        if let Some(th) = safety {
-            let seen = breach.clone();
-            sources.push(Box::new(Watchdog::new(
-                th.clone(),
-                Box::new(move |b: &Breach| {
-                    if stop_group {
-                        // SAFETY: SIGTERM to the process group o3 created for this server.
-                        unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
-                    }
-                    if let Ok(mut s) = seen.lock() {
-                        s.get_or_insert_with(|| b.clone());
-                    }
-                }),
-            )));
+        let breach = Arc::new(Mutex::new(None));
+        if let Some(th) = &spec.safety {
+            sources.push(Box::new(watchdog(th, pid, launched, breach.clone())));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let t0 = monotonic_ns();
         let t0_unix_ns = crate::util::system::unix_now_ns();
-        let sampler = sampler::spawn(sources, interval, Duration::ZERO, t0, move |b| {
+        let sampler = sampler::spawn(sources, spec.interval, Duration::ZERO, t0, move |b| {
             tx.send(b).is_ok()
         });
         Watch {

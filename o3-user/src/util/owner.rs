@@ -73,11 +73,11 @@ fn owner_of(proc_root: &Path, pid: u32) -> Option<(u32, u64)> {
 
 /// Kills the process group `pid` leads (servers lead their own) and the process itself.
 fn kill_group(pid: u32) {
-    // SAFETY: plain signals; a missing group or process makes kill fail harmlessly.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGKILL);
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    use nix::sys::signal::{kill, killpg, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // A missing group or process makes these fail harmlessly.
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 /// Stops every process marked with [`VAR`] whose owner is no longer alive, with its process

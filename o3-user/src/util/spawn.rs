@@ -1,11 +1,17 @@
 //! Starting the command to record: it is forked, held before exec until o3 has put it into
 //! the tracked set, then released. Exec failures come back through a close-on-exec pipe.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+use nix::unistd::{self, ForkResult, Pid};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -119,18 +125,25 @@ impl Prepared {
 /// A forked child waiting before exec.
 pub struct Held {
     pub pid: u32,
-    go: libc::c_int,
-    err: libc::c_int,
+    /// Written once to let the child exec; closed unwritten, it makes the child exit.
+    go: OwnedFd,
+    /// The child's errno when exec failed; closed by a successful exec.
+    err: OwnedFd,
     display: String,
 }
 
-fn pipe() -> Result<(libc::c_int, libc::c_int), SpawnError> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SpawnError::Sys("pipe2", std::io::Error::last_os_error()));
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Sys("pipe2", e.into()))
+}
+
+/// `read(2)` again after an interrupted call.
+fn read_retrying(fd: RawFd, buf: &mut [u8]) -> nix::Result<usize> {
+    loop {
+        match unistd::read(fd, buf) {
+            Err(Errno::EINTR) => continue,
+            r => return r,
+        }
     }
-    Ok((fds[0], fds[1]))
 }
 
 /// Forks; the child blocks until [`Held::release`]. Call before starting any thread that
@@ -143,7 +156,7 @@ pub fn fork_held(p: &Prepared) -> Result<Held, SpawnError> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     /// The child's stdout and stderr go to this fd.
-    pub output: Option<libc::c_int>,
+    pub output: Option<RawFd>,
     /// The child leads a new process group of its own (so the whole group can be stopped: a
     /// server's workers included).
     pub own_group: bool,
@@ -155,120 +168,118 @@ pub struct Options {
 
 /// As [`fork_held`], set up as `opts` says.
 pub fn fork_held_with(p: &Prepared, opts: Options) -> Result<Held, SpawnError> {
-    let Options {
-        output,
-        own_group,
-        die_with_parent,
-    } = opts;
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let child = Child {
+        path: &p.path,
+        argv: &argv,
+        envp: &envp,
+        go: go_r.as_raw_fd(),
+        err: err_w.as_raw_fd(),
+        parent: unistd::getpid(),
+        opts,
+    };
     // SAFETY: fork in a process whose other threads (if any) hold no locks the child uses: the
-    // child only calls async-signal-safe functions on memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(SpawnError::Sys("fork", std::io::Error::last_os_error()));
+    // child only makes async-signal-safe calls on memory prepared before the fork.
+    match unsafe { unistd::fork() } {
+        Err(e) => Err(SpawnError::Sys("fork", e.into())),
+        // SAFETY: the child side, right after fork; see above.
+        Ok(ForkResult::Child) => unsafe { child.exec(&go_w, &err_r) },
+        // The child's ends close in the parent when `go_r` and `err_w` drop here.
+        Ok(ForkResult::Parent { child }) => Ok(Held {
+            pid: child.as_raw() as u32,
+            go: go_w,
+            err: err_r,
+            display: p.display.clone(),
+        }),
     }
-    if pid == 0 {
-        // SAFETY: child side; see above. Every path ends in execve or _exit.
-        unsafe {
-            libc::close(go_w);
-            libc::close(err_r);
-            if let Some(fd) = output {
-                libc::dup2(fd, 1);
-                libc::dup2(fd, 2);
-            }
-            if own_group {
-                libc::setpgid(0, 0);
-            }
-            if die_with_parent {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                // The parent may have died before the prctl: then nobody would kill us.
-                if libc::getppid() != parent {
-                    libc::_exit(127);
-                }
-            }
-            let mut b = 0u8;
-            loop {
-                let n = libc::read(go_r, &mut b as *mut u8 as *mut libc::c_void, 1);
-                if n >= 0 || *libc::__errno_location() != libc::EINTR {
-                    break;
-                }
-            }
-            if b != 1 {
+}
+
+/// What the forked child needs, prepared before the fork.
+struct Child<'a> {
+    path: &'a CStr,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// The child's ends of the two pipes.
+    go: RawFd,
+    err: RawFd,
+    parent: Pid,
+    opts: Options,
+}
+
+impl Child<'_> {
+    /// Sets the child up, waits for the go, and execs; every path ends in execve or _exit.
+    /// `go_w` and `err_r` are the parent's ends, closed here.
+    ///
+    /// # Safety
+    /// Only in the child, right after fork: it makes async-signal-safe calls only.
+    unsafe fn exec(&self, go_w: &OwnedFd, err_r: &OwnedFd) -> ! {
+        let _ = unistd::close(go_w.as_raw_fd());
+        let _ = unistd::close(err_r.as_raw_fd());
+        if let Some(fd) = self.opts.output {
+            let _ = unistd::dup2(fd, 1);
+            let _ = unistd::dup2(fd, 2);
+        }
+        if self.opts.own_group {
+            let _ = unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+        }
+        if self.opts.die_with_parent {
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            // The parent may have died before the prctl: then nobody would kill us.
+            if unistd::getppid() != self.parent {
                 libc::_exit(127);
             }
-            libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            let errno = *libc::__errno_location();
-            libc::write(err_w, &errno as *const i32 as *const libc::c_void, 4);
+        }
+        let mut go = [0u8; 1];
+        let _ = read_retrying(self.go, &mut go);
+        if go[0] != 1 {
             libc::_exit(127);
         }
+        // libc's execve: nix's allocates the pointer arrays, which a forked child must not.
+        libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+        let errno = Errno::last_raw().to_ne_bytes();
+        let _ = unistd::write(BorrowedFd::borrow_raw(self.err), &errno);
+        libc::_exit(127);
     }
-    // SAFETY: closing the child's ends in the parent.
-    unsafe {
-        libc::close(go_r);
-        libc::close(err_w);
-    }
-    Ok(Held {
-        pid: pid as u32,
-        go: go_w,
-        err: err_r,
-        display: p.display.clone(),
-    })
 }
 
 impl Held {
     /// Lets the child exec and reports whether exec succeeded.
     pub fn release(self) -> Result<u32, SpawnError> {
-        let go = 1u8;
-        let mut errno = 0i32;
-        // SAFETY: valid fds owned by `self`, valid buffers.
-        let n = unsafe {
-            libc::write(self.go, &go as *const u8 as *const libc::c_void, 1);
-            libc::close(self.go);
-            let n = loop {
-                let n = libc::read(self.err, &mut errno as *mut i32 as *mut libc::c_void, 4);
-                if n >= 0 || *libc::__errno_location() != libc::EINTR {
-                    break n;
-                }
-            };
-            libc::close(self.err);
-            n
-        };
-        if n == 4 {
-            let mut status = 0;
-            // SAFETY: reaping our own child, which has exited after the failed exec.
-            unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
-            let e = std::io::Error::from_raw_os_error(errno);
-            return Err(match errno {
-                libc::ENOENT => SpawnError::NotFound(self.display),
-                libc::EACCES => SpawnError::NotExecutable(self.display),
-                _ => SpawnError::Exec(self.display, e),
-            });
+        let Held {
+            pid,
+            go,
+            err,
+            display,
+        } = self;
+        let _ = unistd::write(&go, &[1]);
+        drop(go);
+        let mut errno = [0u8; 4];
+        let n = read_retrying(err.as_raw_fd(), &mut errno);
+        drop(err);
+        if n != Ok(4) {
+            return Ok(pid);
         }
-        Ok(self.pid)
+        // The child has exited after the failed exec: reap it.
+        let _ = waitpid(Pid::from_raw(pid as i32), None);
+        let errno = i32::from_ne_bytes(errno);
+        Err(match Errno::from_raw(errno) {
+            Errno::ENOENT => SpawnError::NotFound(display),
+            Errno::EACCES => SpawnError::NotExecutable(display),
+            _ => SpawnError::Exec(display, std::io::Error::from_raw_os_error(errno)),
+        })
     }
 
-    /// Kills the held child (when setting up tracking failed).
+    /// Kills the held child (when setting up tracking failed): closing our pipe ends makes it
+    /// exit, then it is reaped.
     pub fn abandon(self) {
-        // SAFETY: our own child; closing our pipe ends makes it exit, then we reap it.
-        unsafe {
-            libc::close(self.go);
-            libc::close(self.err);
-            let mut status = 0;
-            libc::waitpid(self.pid as i32, &mut status, 0);
-        }
+        let pid = Pid::from_raw(self.pid as i32);
+        drop(self);
+        let _ = waitpid(pid, None);
     }
 }
 
@@ -303,14 +314,39 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_failure_comes_back_from_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("not-a-program");
+        std::fs::write(&exe, [0x7f, b'E', b'L', b'F', 0, 0, 0, 0]).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Prepared::new(&[exe.into_os_string()]).unwrap();
+        let e = fork_held(&p).unwrap().release().unwrap_err();
+        assert!(matches!(e, SpawnError::Exec(..)), "{e}");
+        assert_eq!(e.exit_code(), 126);
+    }
+
+    #[test]
+    fn an_abandoned_child_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("ran");
+        let script = format!("touch {}", mark.display());
+        let p = Prepared::new(&["sh".into(), "-c".into(), script.into()]).unwrap();
+        let held = fork_held(&p).unwrap();
+        let pid = Pid::from_raw(held.pid as i32);
+        held.abandon();
+        // Reaped by abandon: no such child any more.
+        assert_eq!(waitpid(pid, None), Err(Errno::ECHILD));
+        assert!(!mark.exists());
+    }
+
+    #[test]
     fn held_child_runs_after_release() {
         let p = Prepared::new(&["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
         let held = fork_held(&p).unwrap();
-        let pid = held.release().unwrap();
-        let mut status = 0;
-        // SAFETY: our own child.
-        unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-        assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), 7);
+        let pid = Pid::from_raw(held.release().unwrap() as i32);
+        assert_eq!(
+            waitpid(pid, None).unwrap(),
+            nix::sys::wait::WaitStatus::Exited(pid, 7)
+        );
     }
 }
