@@ -307,7 +307,7 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let gpu_mem_exact = matches!(loaded.as_ref().map(|l| &l.gpu_mem), Some(Ok(_)));
     let gpu_mem_note = match loaded.as_ref().map(|l| &l.gpu_mem) {
         Some(Ok(_)) => None,
-        Some(Err(why)) => Some(why.clone()),
+        Some(Err(why)) => Some(why.to_string()),
         None => Some("eBPF is not loaded: GPU memory peaks are sampled".to_string()),
     };
     let method = if loaded.is_some() {
