@@ -120,7 +120,7 @@ pub fn checks(roots: &Roots) -> Vec<Check> {
         "the kernel's BTF describes what o3's raw tracepoint programs read: RSS changes of untracked processes cost one lookup, detaching takes no grace period",
         format!(
             "{}: o3 uses its classic tracepoint programs instead (exact too; more costly per page fault, ~70 ms per program to detach)",
-            raw.as_ref().err().cloned().unwrap_or_default()
+            raw.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
         ),
     ));
     for (prog, cat, name) in ebpf::PROGRAMS {
@@ -168,7 +168,7 @@ pub fn checks(roots: &Roots) -> Vec<Check> {
                     "amdgpu VRAM/GTT manager kprobes attached: exact GPU-memory peaks",
                     "",
                 ),
-                Err(why) => check("gpu-mem-ebpf", false, "", why.clone()),
+                Err(why) => check("gpu-mem-ebpf", false, "", why.to_string()),
             });
         }
     }

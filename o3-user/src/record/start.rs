@@ -75,7 +75,7 @@ fn say_how_loaded(opts: &Options, l: &Loaded, warnings: &mut Vec<String>) {
 pub(super) fn gpu_mem_note(loaded: Option<&Loaded>) -> Option<String> {
     match loaded.map(|l| &l.gpu_mem) {
         Some(Ok(_)) => None,
-        Some(Err(why)) => Some(why.clone()),
+        Some(Err(why)) => Some(why.to_string()),
         None => Some("eBPF is not loaded: GPU memory peaks are sampled".to_string()),
     }
 }

@@ -39,22 +39,5 @@ pub trait Source: Send {
     fn drain_samples(&mut self, _up_to_ns: u64, _t0_ns: u64, _out: &mut Vec<Sample>) {}
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// CPU time of the calling thread in ns.
-pub fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; both clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+mod sys;
+pub use sys::{clock_ticks_per_second, monotonic_ns, page_size, thread_cpu_ns};

@@ -415,10 +415,8 @@ pub struct ProcTree {
 
 impl ProcTree {
     pub fn new(procfs: &Path, root: u32) -> io::Result<ProcTree> {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        // SAFETY: as above.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let page_size = super::page_size() as u64;
+        let hz = super::clock_ticks_per_second();
         let mut t = ProcTree {
             procfs: procfs.to_path_buf(),
             procs: BTreeMap::new(),

@@ -163,39 +163,22 @@ impl Watchdog {
 
     /// All thresholds crossed in this sample (each metric reported once).
     pub fn check(&mut self, s: &Sample) -> Vec<Breach> {
+        let mut out = Breaches {
+            t_ns: s.t_ns,
+            found: Vec::new(),
+        };
+        self.check_memory(s, &mut out);
+        self.check_temperatures(s, &mut out);
+        self.check_cpu(s, &mut out);
+        let mut found = out.found;
+        found.retain(|b| self.first_of_its_kind(b));
+        found
+    }
+
+    /// System RAM, and each GPU's usable memory: percentage and reserve.
+    fn check_memory(&self, s: &Sample, out: &mut Breaches) {
         let th = &self.th;
-        let mut out = Vec::new();
-        let mut hit = |metric: &'static str, value: f64, limit: f64, gpu: Option<u32>| {
-            out.push(Breach {
-                metric,
-                value,
-                limit,
-                t_ns: s.t_ns,
-                gpu,
-            })
-        };
-        // Percentage of a capacity and the reserve left of it.
-        let mut capacity = |used: Option<u64>,
-                            total: Option<u64>,
-                            (pct_metric, max_pct): (&'static str, f64),
-                            (reserve_metric, reserve): (&'static str, u64),
-                            gpu: Option<u32>| {
-            let (Some(used), Some(total)) = (used, total) else {
-                return;
-            };
-            if total == 0 {
-                return;
-            }
-            let pct = used as f64 / total as f64 * 100.0;
-            if pct > max_pct {
-                hit(pct_metric, pct, max_pct, gpu);
-            }
-            let free = total.saturating_sub(used);
-            if free < reserve {
-                hit(reserve_metric, free as f64, reserve as f64, gpu);
-            }
-        };
-        capacity(
+        out.capacity(
             s.mem_used_bytes,
             s.mem_total_bytes,
             ("ram_percent", th.max_ram_percent),
@@ -203,7 +186,7 @@ impl Watchdog {
             None,
         );
         for g in &s.gpus {
-            capacity(
+            out.capacity(
                 g.usable_used_bytes,
                 g.usable_total_bytes,
                 ("vram_percent", th.max_vram_percent),
@@ -211,44 +194,96 @@ impl Watchdog {
                 Some(g.index),
             );
         }
+    }
+
+    /// Edge temperatures against the limit; junction and memory ones against their device's
+    /// critical limit less [`CRIT_MARGIN_C`].
+    fn check_temperatures(&self, s: &Sample, out: &mut Breaches) {
+        let max = self.th.max_temperature_c;
         for g in &s.gpus {
-            if let Some(t) = g.reading.temp_edge_c {
-                if t > th.max_temperature_c {
-                    hit("temperature_c", t, th.max_temperature_c, Some(g.index));
-                }
+            if let Some(t) = g.reading.temp_edge_c.filter(|t| *t > max) {
+                out.hit("temperature_c", t, max, Some(g.index));
             }
             let crit = self.gpu_crit.iter().find(|(i, _, _)| *i == g.index);
-            for (t, limit) in [
+            for (t, crit) in [
                 (g.reading.temp_junction_c, crit.and_then(|c| c.1)),
                 (g.reading.temp_mem_c, crit.and_then(|c| c.2)),
             ] {
-                if let (Some(t), Some(crit)) = (t, limit) {
+                if let (Some(t), Some(crit)) = (t, crit) {
                     let limit = crit - CRIT_MARGIN_C;
                     if t > limit {
-                        hit("temperature_c", t, limit, Some(g.index));
+                        out.hit("temperature_c", t, limit, Some(g.index));
                     }
                 }
             }
         }
+    }
+
+    /// System CPU over its limit for `cpu_sustain` in a row.
+    fn check_cpu(&mut self, s: &Sample, out: &mut Breaches) {
+        let max = self.th.max_cpu_percent;
         match s.system_cpu_percent {
-            Some(c) if c > th.max_cpu_percent => {
+            Some(c) if c > max => {
                 let since = *self.cpu_over_since.get_or_insert(s.t_ns);
-                if s.t_ns - since >= th.cpu_sustain.as_nanos() as u64 {
-                    hit("cpu_percent", c, th.max_cpu_percent, None);
+                if s.t_ns - since >= self.th.cpu_sustain.as_nanos() as u64 {
+                    out.hit("cpu_percent", c, max, None);
                 }
             }
             _ => self.cpu_over_since = None,
         }
-        out.retain(|b| {
-            let key = (b.metric, b.gpu);
-            if self.fired.contains(&key) {
-                false
-            } else {
-                self.fired.push(key);
-                true
-            }
+    }
+
+    /// True the first time `b`'s metric breaches on its device; remembers it.
+    fn first_of_its_kind(&mut self, b: &Breach) -> bool {
+        let key = (b.metric, b.gpu);
+        if self.fired.contains(&key) {
+            return false;
+        }
+        self.fired.push(key);
+        true
+    }
+}
+
+/// The breaches found in one sample, in the order they were checked.
+struct Breaches {
+    t_ns: u64,
+    found: Vec<Breach>,
+}
+
+impl Breaches {
+    fn hit(&mut self, metric: &'static str, value: f64, limit: f64, gpu: Option<u32>) {
+        self.found.push(Breach {
+            metric,
+            value,
+            limit,
+            t_ns: self.t_ns,
+            gpu,
         });
-        out
+    }
+
+    /// Percentage of a capacity in use over `max_pct`, and free bytes under `reserve`.
+    fn capacity(
+        &mut self,
+        used: Option<u64>,
+        total: Option<u64>,
+        (pct_metric, max_pct): (&'static str, f64),
+        (reserve_metric, reserve): (&'static str, u64),
+        gpu: Option<u32>,
+    ) {
+        let (Some(used), Some(total)) = (used, total) else {
+            return;
+        };
+        if total == 0 {
+            return;
+        }
+        let pct = used as f64 / total as f64 * 100.0;
+        if pct > max_pct {
+            self.hit(pct_metric, pct, max_pct, gpu);
+        }
+        let free = total.saturating_sub(used);
+        if free < reserve {
+            self.hit(reserve_metric, free as f64, reserve as f64, gpu);
+        }
     }
 }
 

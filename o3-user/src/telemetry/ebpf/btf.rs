@@ -152,6 +152,89 @@ fn read_file(path: &Path) -> Result<Vec<u8>, BtfError> {
     Ok(data)
 }
 
+/// The blob's byte order, from its magic, after checking its length and version.
+fn byte_order(data: &[u8]) -> Result<bool, BtfError> {
+    if data.len() < HEADER_LEN {
+        return Err(BtfError::Malformed("shorter than the header"));
+    }
+    let magic = u16::from_le_bytes([data[0], data[1]]);
+    let big_endian = if magic == BTF_MAGIC {
+        false
+    } else if magic.swap_bytes() == BTF_MAGIC {
+        true
+    } else {
+        return Err(BtfError::BadMagic(magic));
+    };
+    if data[2] != 1 {
+        return Err(BtfError::BadVersion(data[2]));
+    }
+    Ok(big_endian)
+}
+
+/// The type and string sections the header names, inside the blob and apart.
+fn sections(data: &[u8], big_endian: bool) -> Result<(Range<usize>, Range<usize>), BtfError> {
+    let h = |i: usize| read_u32(data, 4 + 4 * i, big_endian).unwrap_or(0) as usize;
+    let (hdr_len, type_off, type_len, str_off, str_len) = (h(0), h(1), h(2), h(3), h(4));
+    if hdr_len < HEADER_LEN || hdr_len > data.len() {
+        return Err(BtfError::Malformed("header length"));
+    }
+    let section = |off: usize, len: usize| -> Option<Range<usize>> {
+        let start = hdr_len.checked_add(off)?;
+        let end = start.checked_add(len)?;
+        (end <= data.len()).then_some(start..end)
+    };
+    let types = section(type_off, type_len).ok_or(BtfError::Malformed("type section bounds"))?;
+    let strs = section(str_off, str_len).ok_or(BtfError::Malformed("string section bounds"))?;
+    if strs.start < types.end && types.start < strs.end {
+        return Err(BtfError::Malformed("type and string sections overlap"));
+    }
+    Ok((types, strs))
+}
+
+/// The string section ends with a NUL and, in base BTF, starts with the empty name.
+fn check_strings(s: &[u8], is_base: bool) -> Result<(), BtfError> {
+    if s.last().is_some_and(|&b| b != 0) {
+        return Err(BtfError::Malformed("string section not NUL-terminated"));
+    }
+    if is_base && s.first() != Some(&0) {
+        return Err(BtfError::Malformed(
+            "string section must start with an empty name",
+        ));
+    }
+    Ok(())
+}
+
+/// Where each type record in `types` starts; an unknown kind cannot be skipped, so it ends
+/// the parse.
+fn index_types(
+    data: &[u8],
+    types: Range<usize>,
+    first_id: u32,
+    big_endian: bool,
+) -> Result<Vec<usize>, BtfError> {
+    let mut index = Vec::with_capacity(types.len() / TYPE_LEN);
+    let mut pos = types.start;
+    while pos < types.end {
+        let id = first_id.saturating_add(index.len() as u32);
+        if types.end - pos < TYPE_LEN {
+            return Err(BtfError::Malformed("type record cut short"));
+        }
+        let info = read_u32(data, pos + 4, big_endian).unwrap_or(0);
+        let kind = (info >> 24) & 0x1f;
+        let vlen = info & 0xffff;
+        let extra = extra_len(kind, vlen).ok_or(BtfError::UnknownKind { kind, id })?;
+        if types.end - pos - TYPE_LEN < extra {
+            return Err(BtfError::Malformed("type record cut short"));
+        }
+        if id == u32::MAX {
+            return Err(BtfError::Malformed("too many types"));
+        }
+        index.push(pos);
+        pos += TYPE_LEN + extra;
+    }
+    Ok(index)
+}
+
 impl Btf {
     /// Reads base BTF (e.g. `/sys/kernel/btf/vmlinux`).
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
@@ -174,84 +257,20 @@ impl Btf {
     }
 
     fn parse_inner(data: Vec<u8>, base: Option<Arc<Btf>>) -> Result<Btf, BtfError> {
-        if data.len() < HEADER_LEN {
-            return Err(BtfError::Malformed("shorter than the header"));
+        let big_endian = byte_order(&data)?;
+        if base.as_ref().is_some_and(|b| b.big_endian != big_endian) {
+            return Err(BtfError::BaseEndianness);
         }
-        let magic = u16::from_le_bytes([data[0], data[1]]);
-        let big_endian = if magic == BTF_MAGIC {
-            false
-        } else if magic.swap_bytes() == BTF_MAGIC {
-            true
-        } else {
-            return Err(BtfError::BadMagic(magic));
-        };
-        if data[2] != 1 {
-            return Err(BtfError::BadVersion(data[2]));
-        }
-        if let Some(b) = &base {
-            if b.big_endian != big_endian {
-                return Err(BtfError::BaseEndianness);
-            }
-        }
-        let h = |i: usize| read_u32(&data, 4 + 4 * i, big_endian).unwrap_or(0) as usize;
-        let (hdr_len, type_off, type_len, str_off, str_len) = (h(0), h(1), h(2), h(3), h(4));
-        if hdr_len < HEADER_LEN || hdr_len > data.len() {
-            return Err(BtfError::Malformed("header length"));
-        }
-        let section = |off: usize, len: usize| -> Option<Range<usize>> {
-            let start = hdr_len.checked_add(off)?;
-            let end = start.checked_add(len)?;
-            (end <= data.len()).then_some(start..end)
-        };
-        let types =
-            section(type_off, type_len).ok_or(BtfError::Malformed("type section bounds"))?;
-        let strs = section(str_off, str_len).ok_or(BtfError::Malformed("string section bounds"))?;
-        if strs.start < types.end && types.start < strs.end {
-            return Err(BtfError::Malformed("type and string sections overlap"));
-        }
-        let s = &data[strs.clone()];
-        if s.last().is_some_and(|&b| b != 0) {
-            return Err(BtfError::Malformed("string section not NUL-terminated"));
-        }
-        if base.is_none() && s.first() != Some(&0) {
-            return Err(BtfError::Malformed(
-                "string section must start with an empty name",
-            ));
-        }
+        let (types, strs) = sections(&data, big_endian)?;
+        check_strings(&data[strs.clone()], base.is_none())?;
         let (first_id, str_base) = match &base {
             None => (1u32, 0u32),
-            Some(b) => {
-                let next = b.next_id();
-                let strs = b.str_base as usize + b.strs.len();
-                let strs = u32::try_from(strs).map_err(|_| BtfError::Malformed("base size"))?;
-                (next, strs)
-            }
+            Some(b) => b.continued_ids()?,
         };
         if u32::try_from(str_base as usize + strs.len()).is_err() {
             return Err(BtfError::Malformed("string section size"));
         }
-
-        // Index every record; an unknown kind cannot be skipped, so it ends the parse.
-        let mut index = Vec::with_capacity(types.len() / TYPE_LEN);
-        let mut pos = types.start;
-        while pos < types.end {
-            let id = first_id.saturating_add(index.len() as u32);
-            if types.end - pos < TYPE_LEN {
-                return Err(BtfError::Malformed("type record cut short"));
-            }
-            let info = read_u32(&data, pos + 4, big_endian).unwrap_or(0);
-            let kind = (info >> 24) & 0x1f;
-            let vlen = info & 0xffff;
-            let extra = extra_len(kind, vlen).ok_or(BtfError::UnknownKind { kind, id })?;
-            if types.end - pos - TYPE_LEN < extra {
-                return Err(BtfError::Malformed("type record cut short"));
-            }
-            if id == u32::MAX {
-                return Err(BtfError::Malformed("too many types"));
-            }
-            index.push(pos);
-            pos += TYPE_LEN + extra;
-        }
+        let index = index_types(&data, types.clone(), first_id, big_endian)?;
         Ok(Btf {
             data,
             big_endian,
@@ -262,6 +281,13 @@ impl Btf {
             str_base,
             base,
         })
+    }
+
+    /// (first type id, string offset base) of split BTF on top of this blob.
+    fn continued_ids(&self) -> Result<(u32, u32), BtfError> {
+        let strs = self.str_base as usize + self.strs.len();
+        let strs = u32::try_from(strs).map_err(|_| BtfError::Malformed("base size"))?;
+        Ok((self.next_id(), strs))
     }
 
     /// One past the highest type id (base types included).

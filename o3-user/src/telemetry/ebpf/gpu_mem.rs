@@ -7,16 +7,58 @@
 //! written again in user space, line for line, so recorded event sequences can test it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aya::maps::MapData;
-use aya::programs::KProbe;
+use aya::maps::{MapData, MapError};
+use aya::programs::{KProbe, ProgramError};
 use aya::Ebpf;
 use o3_common::{GpuMem, GpuMemOffsets, GpuPending, MAX_GPU_MANAGERS};
+use thiserror::Error;
 
-use super::btf::Btf;
+use super::btf::{Btf, BtfError};
 use super::tracefs;
+
+/// Why exact GPU-memory peaks are not available; every message is one line.
+#[derive(Debug, Error)]
+pub enum GpuMemError {
+    #[error("this kernel has no kprobes (no {} and no {}): GPU memory peaks are sampled, not exact", events.display(), pmu.display())]
+    NoKprobes { events: PathBuf, pmu: PathBuf },
+    #[error("kernel BTF ({}): {source}", path.display())]
+    KernelBtf { path: PathBuf, source: BtfError },
+    #[error("module BTF ({}): {source}", path.display())]
+    ModuleBtf { path: PathBuf, source: BtfError },
+    #[error("no BTF with struct ttm_resource.size in {} ({searched}): GPU memory peaks are sampled, not exact", dir.display())]
+    NoTtmResourceSize { dir: PathBuf, searched: String },
+    #[error("no BTF with struct {what} in {}", dir.display())]
+    NoMember { what: &'static str, dir: PathBuf },
+    #[error("offset overflow")]
+    OffsetOverflow,
+    #[error("BTF gives a zero offset for a size field")]
+    ZeroOffset,
+    #[error("program {0} is missing from the embedded object")]
+    MissingProgram(&'static str),
+    #[error("program {prog}: {source}")]
+    NotAKprobe {
+        prog: &'static str,
+        source: ProgramError,
+    },
+    #[error("loading {prog}: {}", super::one_line(&source.to_string()))]
+    Load {
+        prog: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching {prog} to {func}: {} (is the amdgpu module loaded?)", super::one_line(&source.to_string()))]
+    Attach {
+        prog: &'static str,
+        func: &'static str,
+        source: ProgramError,
+    },
+    #[error("map GPU_MEM is missing from the embedded object")]
+    MissingMap,
+    #[error("map GPU_MEM: {0}")]
+    Map(#[source] MapError),
+}
 
 /// (program, kernel function) in attach order: a return probe before its entry probe (so no
 /// entry is left waiting for a return probe not yet there), frees last.
@@ -31,24 +73,20 @@ pub const GPU_PROGRAMS: [(&str, &str); 6] = [
 
 /// Ok when this kernel can attach kprobes (kprobe_events in tracefs, or the kprobe PMU that
 /// perf_event_open uses); otherwise the reason, in one line.
-pub fn kprobes_available(sysfs_root: &Path) -> Result<(), String> {
+pub fn kprobes_available(sysfs_root: &Path) -> Result<(), GpuMemError> {
     let events = tracefs::tracefs_dir(sysfs_root).join("kprobe_events");
     let pmu = sysfs_root.join("bus/event_source/devices/kprobe");
     if events.exists() || pmu.exists() {
         return Ok(());
     }
-    Err(format!(
-        "this kernel has no kprobes (no {} and no {}): GPU memory peaks are sampled, not exact",
-        events.display(),
-        pmu.display()
-    ))
+    Err(GpuMemError::NoKprobes { events, pmu })
 }
 
 /// Reads the offsets of `ttm_buffer_object.base.size` and `ttm_resource.size` from the BTF in
 /// `btf_dir` (`<sysfs>/kernel/btf`). The TTM types are looked up, in order, in amdgpu's own
 /// BTF (the copies it was built with), `amdttm` (AMD's DKMS TTM), `ttm`, and vmlinux (TTM
 /// built in); `drm_gem_object.size` in the same blob, else in `drm` or vmlinux.
-pub fn offsets(btf_dir: &Path) -> Result<GpuMemOffsets, String> {
+pub fn offsets(btf_dir: &Path) -> Result<GpuMemOffsets, GpuMemError> {
     // AMD's DKMS driver brings its own TTM (amdttm); the in-tree ttm's layout may differ.
     let dkms = btf_dir
         .parent()
@@ -58,20 +96,21 @@ pub fn offsets(btf_dir: &Path) -> Result<GpuMemOffsets, String> {
 }
 
 /// [`offsets`] with the DKMS question answered: with `dkms`, the in-tree `ttm` is not used.
-pub fn offsets_in(btf_dir: &Path, dkms: bool) -> Result<GpuMemOffsets, String> {
-    let vmlinux_path = btf_dir.join("vmlinux");
-    let vmlinux = Arc::new(
-        Btf::from_file(&vmlinux_path)
-            .map_err(|e| format!("kernel BTF ({}): {e}", vmlinux_path.display()))?,
-    );
-    let module = |name: &str| -> Result<Option<Btf>, String> {
+pub fn offsets_in(btf_dir: &Path, dkms: bool) -> Result<GpuMemOffsets, GpuMemError> {
+    let path = btf_dir.join("vmlinux");
+    let vmlinux = match Btf::from_file(&path) {
+        Ok(b) => Arc::new(b),
+        Err(source) => return Err(GpuMemError::KernelBtf { path, source }),
+    };
+    let module = |name: &str| -> Result<Option<Btf>, GpuMemError> {
         let path = btf_dir.join(name);
         if !path.exists() {
             return Ok(None);
         }
-        Btf::from_file_split(&path, vmlinux.clone())
-            .map(Some)
-            .map_err(|e| format!("module BTF ({}): {e}", path.display()))
+        match Btf::from_file_split(&path, vmlinux.clone()) {
+            Ok(b) => Ok(Some(b)),
+            Err(source) => Err(GpuMemError::ModuleBtf { path, source }),
+        }
     };
     let mut ttm_names = vec!["amdgpu", "amdttm"];
     if !dkms {
@@ -89,12 +128,9 @@ pub fn offsets_in(btf_dir: &Path, dkms: bool) -> Result<GpuMemOffsets, String> {
     let res_size = ttm
         .iter()
         .find_map(|b| b.member_offset("ttm_resource", &["size"]))
-        .ok_or_else(|| {
-            format!(
-                "no BTF with struct ttm_resource.size in {} ({}): GPU memory peaks are sampled, not exact",
-                btf_dir.display(),
-                ttm_names.join(", ")
-            )
+        .ok_or_else(|| GpuMemError::NoTtmResourceSize {
+            dir: btf_dir.to_path_buf(),
+            searched: ttm_names.join(", "),
         })?;
     let tbo_size = match ttm
         .iter()
@@ -107,27 +143,23 @@ pub fn offsets_in(btf_dir: &Path, dkms: bool) -> Result<GpuMemOffsets, String> {
             let base = ttm
                 .iter()
                 .find_map(|b| b.member_offset("ttm_buffer_object", &["base"]))
-                .ok_or_else(|| {
-                    format!(
-                        "no BTF with struct ttm_buffer_object.base in {}",
-                        btf_dir.display()
-                    )
+                .ok_or_else(|| GpuMemError::NoMember {
+                    what: "ttm_buffer_object.base",
+                    dir: btf_dir.to_path_buf(),
                 })?;
             let size = match module("drm")? {
                 Some(drm) => drm.member_offset("drm_gem_object", &["size"]),
                 None => vmlinux.member_offset("drm_gem_object", &["size"]),
             }
-            .ok_or_else(|| {
-                format!(
-                    "no BTF with struct drm_gem_object.size in {}",
-                    btf_dir.display()
-                )
+            .ok_or_else(|| GpuMemError::NoMember {
+                what: "drm_gem_object.size",
+                dir: btf_dir.to_path_buf(),
             })?;
-            base.checked_add(size).ok_or("offset overflow")?
+            base.checked_add(size).ok_or(GpuMemError::OffsetOverflow)?
         }
     };
     if tbo_size == 0 || res_size == 0 {
-        return Err("BTF gives a zero offset for a size field".into());
+        return Err(GpuMemError::ZeroOffset);
     }
     Ok(GpuMemOffsets { tbo_size, res_size })
 }
@@ -158,21 +190,25 @@ impl GpuMemProbes {
 
 /// Loads the kprobe programs (verifier) without attaching them; on failure the ones already
 /// loaded are unloaded again.
-pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    for (i, (prog, _)) in GPU_PROGRAMS.iter().enumerate() {
-        if let Err(e) = kprobe(ebpf, prog).and_then(|p| p.load().map_err(|e| e.to_string())) {
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), GpuMemError> {
+    for (i, (prog, _)) in GPU_PROGRAMS.into_iter().enumerate() {
+        let loaded = kprobe(ebpf, prog).and_then(|p| {
+            p.load()
+                .map_err(|source| GpuMemError::Load { prog, source })
+        });
+        if let Err(e) = loaded {
             unload(ebpf, i);
-            return Err(format!("loading {prog}: {e}"));
+            return Err(e);
         }
     }
     Ok(())
 }
 
-fn kprobe<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut KProbe, String> {
+fn kprobe<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut KProbe, GpuMemError> {
     ebpf.program_mut(prog)
-        .ok_or_else(|| format!("program {prog} is missing from the embedded object"))?
+        .ok_or(GpuMemError::MissingProgram(prog))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())
+        .map_err(|source| GpuMemError::NotAKprobe { prog, source })
 }
 
 /// Unloads (and so detaches) the first `n` programs.
@@ -187,25 +223,23 @@ fn unload(ebpf: &mut Ebpf, n: usize) {
 /// Loads and attaches the kprobes when this kernel has them and the BTF gives the offsets
 /// (the same ones [`loader_offsets`] handed to the loader). All or nothing: on any failure
 /// nothing stays attached and the reason comes back in one line.
-pub fn attach(ebpf: &mut Ebpf, sysfs_root: &Path) -> Result<GpuMemProbes, String> {
+pub fn attach(ebpf: &mut Ebpf, sysfs_root: &Path) -> Result<GpuMemProbes, GpuMemError> {
     kprobes_available(sysfs_root)?;
     let offsets = offsets(&sysfs_root.join("kernel/btf"))?;
     load_programs(ebpf)?;
     for (prog, func) in GPU_PROGRAMS {
         let attached = kprobe(ebpf, prog).and_then(|p| {
             p.attach(func, 0)
-                .map(|_| ())
-                .map_err(|e| format!("{e} (is the amdgpu module loaded?)"))
+                .map(drop)
+                .map_err(|source| GpuMemError::Attach { prog, func, source })
         });
         if let Err(e) = attached {
             unload(ebpf, GPU_PROGRAMS.len());
-            return Err(format!("attaching {prog} to {func}: {e}"));
+            return Err(e);
         }
     }
-    let map = ebpf
-        .take_map("GPU_MEM")
-        .ok_or_else(|| "map GPU_MEM is missing from the embedded object".to_string())?;
-    let mem = aya::maps::HashMap::try_from(map).map_err(|e| format!("map GPU_MEM: {e}"))?;
+    let map = ebpf.take_map("GPU_MEM").ok_or(GpuMemError::MissingMap)?;
+    let mem = aya::maps::HashMap::try_from(map).map_err(GpuMemError::Map)?;
     Ok(GpuMemProbes { mem, offsets })
 }
 
@@ -552,7 +586,7 @@ mod tests {
     #[test]
     fn no_kprobes_on_a_bare_sysfs() {
         let dir = tempfile::tempdir().unwrap();
-        let err = kprobes_available(dir.path()).unwrap_err();
+        let err = kprobes_available(dir.path()).unwrap_err().to_string();
         assert!(err.starts_with("this kernel has no kprobes (no "), "{err}");
         assert!(err.contains("kprobe_events") && err.contains("bus/event_source/devices/kprobe"));
         assert!(err.ends_with("GPU memory peaks are sampled, not exact"));
@@ -562,9 +596,10 @@ mod tests {
         assert!(kprobes_available(dir.path()).is_ok());
         // Kprobes but no BTF: zeros, and a reason from `offsets`.
         assert_eq!(loader_offsets(dir.path()), GpuMemOffsets::default());
-        assert!(offsets(&dir.path().join("kernel/btf"))
-            .unwrap_err()
-            .contains("kernel BTF"));
+        assert!(matches!(
+            offsets(&dir.path().join("kernel/btf")),
+            Err(GpuMemError::KernelBtf { .. })
+        ));
     }
 
     /// Fills one module's BTF blob.
@@ -618,12 +653,12 @@ mod tests {
     fn offsets_come_from_module_btf() {
         let ttm: Blob = |m| ttm_types(m, 0, 8);
         let amdttm: Blob = |m| ttm_types(m, 8, 16);
-        let want = |tbo_size, res_size| Ok(GpuMemOffsets { tbo_size, res_size });
+        let want = |tbo_size, res_size| Some(GpuMemOffsets { tbo_size, res_size });
 
         let dir = btf_dir(&[("ttm", ttm)]);
-        assert_eq!(offsets_in(dir.path(), false), want(56, 8));
+        assert_eq!(offsets_in(dir.path(), false).ok(), want(56, 8));
         // With AMD's DKMS driver loaded, the in-tree ttm's layout is not trusted.
-        let err = offsets_in(dir.path(), true).unwrap_err();
+        let err = offsets_in(dir.path(), true).unwrap_err().to_string();
         assert!(
             err.contains("ttm_resource") && err.contains("amdttm"),
             "{err}"
@@ -631,9 +666,9 @@ mod tests {
 
         // amdttm (and amdgpu's own BTF) come before ttm.
         let dir = btf_dir(&[("ttm", ttm), ("amdttm", amdttm)]);
-        assert_eq!(offsets_in(dir.path(), false), want(64, 16));
+        assert_eq!(offsets_in(dir.path(), false).ok(), want(64, 16));
         let dir = btf_dir(&[("ttm", ttm), ("amdgpu", amdttm)]);
-        assert_eq!(offsets_in(dir.path(), false), want(64, 16));
+        assert_eq!(offsets_in(dir.path(), false).ok(), want(64, 16));
 
         // An incomplete drm_gem_object in ttm's blob: its size comes from drm's BTF.
         let dir = btf_dir(&[
@@ -658,14 +693,14 @@ mod tests {
                 );
             }),
         ]);
-        assert_eq!(offsets_in(dir.path(), false), want(48, 8));
+        assert_eq!(offsets_in(dir.path(), false).ok(), want(48, 8));
 
         // A broken module blob is a reason, not a panic.
         let dir = btf_dir(&[("ttm", ttm)]);
         std::fs::write(dir.path().join("amdgpu"), b"garbage").unwrap();
-        assert!(offsets_in(dir.path(), false)
-            .unwrap_err()
-            .contains("module BTF"));
+        let err = offsets_in(dir.path(), false).unwrap_err();
+        assert!(matches!(err, GpuMemError::ModuleBtf { .. }), "{err}");
+        assert!(err.to_string().starts_with("module BTF ("), "{err}");
     }
 
     #[test]
@@ -679,7 +714,7 @@ mod tests {
         std::fs::write(dir.path().join("vmlinux"), std::fs::read(src).unwrap()).unwrap();
         match offsets_in(dir.path(), false) {
             Ok(o) => assert!(o.tbo_size > 0 && o.res_size > 0), // TTM built in
-            Err(e) => assert!(e.contains("ttm_resource"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("ttm_resource"), "{e}"),
         }
     }
 
@@ -688,8 +723,7 @@ mod tests {
     /// Needs root (skipped otherwise).
     #[test]
     fn programs_load_and_attach_reports_why_not() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: not root");
             return;
         }
@@ -713,11 +747,14 @@ mod tests {
         load_programs(&mut ebpf).unwrap();
         let sysfs = Path::new("/sys");
         match kprobes_available(sysfs) {
-            Err(why) => assert_eq!(attach(&mut ebpf, sysfs).err(), Some(why)),
+            Err(why) => assert_eq!(
+                attach(&mut ebpf, sysfs).err().map(|e| e.to_string()),
+                Some(why.to_string())
+            ),
             Ok(()) => {
                 // Kprobes but (on CI) no amdgpu: attaching fails and nothing stays attached.
                 if let Err(e) = attach(&mut ebpf, sysfs) {
-                    assert!(!e.contains('\n'), "{e}");
+                    assert!(!e.to_string().contains('\n'), "{e}");
                 }
             }
         }

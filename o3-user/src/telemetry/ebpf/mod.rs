@@ -6,13 +6,17 @@ pub mod btf;
 pub mod gpu_mem;
 pub mod tracefs;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ffi::c_void;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::ptr::NonNull;
 
 use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::perf_event::{PerfEventScope, PerfTypeId, SamplePolicy};
 use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use o3_common::{
     Event, KTick, MmState, Offsets, Pending, ProcPeak, RunState, Tracked, Tree, EVENT_EXEC,
     EVENT_EXIT, EVENT_FORK, EVENT_PEAK, NO_FIELD, NR_RSS, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
@@ -99,6 +103,8 @@ pub enum EbpfError {
     },
     #[error("map {0}: {1}")]
     Map(&'static str, String),
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(#[from] rss::CpuCountError),
     #[error("bpf() syscall {what} failed: {source}")]
     Syscall {
         what: &'static str,
@@ -214,7 +220,7 @@ pub struct Loaded {
     windows: Option<cost::Windows>,
     live: Option<EbpfSource>,
     /// The GPU-memory kprobes, or why they are not attached.
-    pub gpu_mem: Result<gpu_mem::GpuMemProbes, String>,
+    pub gpu_mem: Result<gpu_mem::GpuMemProbes, gpu_mem::GpuMemError>,
     pub report: LoadReport,
 }
 
@@ -226,6 +232,82 @@ where
         .take_map(name)
         .ok_or_else(|| EbpfError::Map(name, "missing from the object".into()))?;
     T::try_from(map).map_err(|e| EbpfError::Map(name, e.to_string()))
+}
+
+/// What the programs are loaded with: the tracepoint offsets, the GPU-memory offsets and the
+/// rss_stat program with its globals.
+struct LoadPlan {
+    mounted_tracefs: bool,
+    offsets: Offsets,
+    gpu_offsets: o3_common::GpuMemOffsets,
+    rss: RssProgram,
+    raw: o3_common::RawTp,
+    rss_fallback: Option<String>,
+}
+
+impl LoadPlan {
+    /// Mounts tracefs if needed (root only) and reads the tracepoint formats, the kernel's BTF
+    /// and the CPU count.
+    fn new(sysfs_root: &Path, peak_event_step: u64, want: RssProgram) -> Result<Self, EbpfError> {
+        let dir = tracefs::tracefs_dir(sysfs_root);
+        let mounted_tracefs = tracefs::ensure_mounted(&dir)?;
+        let offsets = read_offsets(&dir, peak_event_step)?;
+        let gpu_offsets = gpu_mem::loader_offsets(sysfs_root);
+        let ncpus = rss::cpu_count(sysfs_root)?;
+        let (rss, raw, rss_fallback) = rss::choose(want, sysfs_root, ncpus);
+        Ok(LoadPlan {
+            mounted_tracefs,
+            offsets,
+            gpu_offsets,
+            rss,
+            raw,
+            rss_fallback,
+        })
+    }
+
+    /// The embedded object with the plan's globals, loaded into the kernel (maps created).
+    fn load_object(&self) -> Result<Ebpf, EbpfError> {
+        EbpfLoader::new()
+            .set_global("OFFSETS", &self.offsets, true)
+            .set_global("GPU_OFFSETS", &self.gpu_offsets, true)
+            .set_global("RAW", &self.raw, true)
+            .load(EBPF_OBJ)
+            .map_err(EbpfError::Load)
+    }
+
+    fn report(&self) -> LoadReport {
+        LoadReport {
+            mounted_tracefs: self.mounted_tracefs,
+            has_group_dead: self.offsets.exit_group_dead != NO_FIELD,
+            rss_program: self.rss.name(),
+            rss_fallback: self.rss_fallback.clone(),
+        }
+    }
+}
+
+/// Loads and attaches every program of [`PROGRAMS`]: raw tracepoint twins with a raw `rss`
+/// program, classic ones otherwise.
+fn attach_tracepoints(ebpf: &mut Ebpf, rss: RssProgram) -> Result<(), EbpfError> {
+    for (prog, cat, name) in PROGRAMS {
+        let (prog, raw_tp) = if name == "rss_stat" {
+            (rss.program(), rss.is_raw())
+        } else if rss.is_raw() {
+            (raw_program(prog), true)
+        } else {
+            (prog, false)
+        };
+        let attached = if raw_tp {
+            loaded_program::<RawTracePoint>(ebpf, prog)?
+                .attach(name)
+                .map(drop)
+        } else {
+            loaded_program::<TracePoint>(ebpf, prog)?
+                .attach(cat, name)
+                .map(drop)
+        };
+        attached.map_err(|source| EbpfError::Program { prog, source })?;
+    }
+    Ok(())
 }
 
 impl Loaded {
@@ -262,62 +344,12 @@ impl Loaded {
         peak_event_step: u64,
         want: RssProgram,
     ) -> Result<Loaded, EbpfError> {
-        let dir = tracefs::tracefs_dir(sysfs_root);
-        let mounted_tracefs = tracefs::ensure_mounted(&dir)?;
-        let offsets = read_offsets(&dir, peak_event_step)?;
-        let gpu_offsets = gpu_mem::loader_offsets(sysfs_root);
-        let ncpus = rss::cpu_count(sysfs_root).map_err(|e| EbpfError::Map("RUN", e))?;
-        let (rss, raw, rss_fallback) = rss::choose(want, sysfs_root, ncpus);
-        let mut ebpf = EbpfLoader::new()
-            .set_global("OFFSETS", &offsets, true)
-            .set_global("GPU_OFFSETS", &gpu_offsets, true)
-            .set_global("RAW", &raw, true)
-            .load(EBPF_OBJ)
-            .map_err(EbpfError::Load)?;
-        for (prog, cat, name) in PROGRAMS {
-            let (prog, raw_tp) = if name == "rss_stat" {
-                (rss.program(), rss.is_raw())
-            } else if rss.is_raw() {
-                (raw_program(prog), true)
-            } else {
-                (prog, false)
-            };
-            let attached = if raw_tp {
-                loaded_program::<RawTracePoint>(&mut ebpf, prog)?
-                    .attach(name)
-                    .map(drop)
-            } else {
-                loaded_program::<TracePoint>(&mut ebpf, prog)?
-                    .attach(cat, name)
-                    .map(drop)
-            };
-            attached.map_err(|source| EbpfError::Program { prog, source })?;
-        }
+        let plan = LoadPlan::new(sysfs_root, peak_event_step, want)?;
+        let mut ebpf = plan.load_object()?;
+        attach_tracepoints(&mut ebpf, plan.rss)?;
         // Exact GPU-memory peaks where the kernel has kprobes and amdgpu is loaded.
         let gpu_mem = gpu_mem::attach(&mut ebpf, sysfs_root);
-        let tree: Array<MapData, Tree> = take(&mut ebpf, "TREE")?;
-        let run: Array<MapData, RunState> = take(&mut ebpf, "RUN")?;
-        let ncpus = raw.ncpus as usize;
-        let live = EbpfSource {
-            tree_map: Mapped::new(tree.map(), std::mem::size_of::<Tree>())
-                .map_err(|e| EbpfError::Map("TREE", format!("mmap: {e}")))?,
-            run_map: Mapped::new(
-                run.map(),
-                std::mem::size_of::<RunState>() * o3_common::MAX_CPUS as usize,
-            )
-            .map_err(|e| EbpfError::Map("RUN", format!("mmap: {e}")))?,
-            tree,
-            _run: run,
-            events: take(&mut ebpf, "EVENTS")?,
-            ticks: take(&mut ebpf, "TICKS")?,
-            kernel_ticks: false,
-            pending: None,
-            ncpus,
-            states: Vec::new(),
-            last_cpu: 0,
-            last_cpu_at: 0,
-            processes: 0,
-        };
+        let live = EbpfSource::from_maps(&mut ebpf, plan.raw.ncpus as usize)?;
         let floor_tgid = take(&mut ebpf, "FLOOR_TGID")?;
         let calls = take(&mut ebpf, "CALLS")?;
         Ok(Loaded {
@@ -334,12 +366,7 @@ impl Loaded {
             stats_window: None,
             sampled: vec![cost::Sampled::default(); o3_common::NR_CALLS as usize],
             windows: None,
-            report: LoadReport {
-                mounted_tracefs,
-                has_group_dead: offsets.exit_group_dead != NO_FIELD,
-                rss_program: rss.name(),
-                rss_fallback,
-            },
+            report: plan.report(),
         })
     }
 
@@ -594,7 +621,7 @@ fn call_slot(program: &str) -> Option<u32> {
 /// A read-only shared mapping of a BPF_F_MMAPABLE array map: its values, read with plain
 /// loads.
 struct Mapped {
-    ptr: *const u8,
+    ptr: NonNull<c_void>,
     len: usize,
 }
 
@@ -604,28 +631,22 @@ unsafe impl Send for Mapped {}
 
 impl Mapped {
     fn new(map: &MapData, bytes: usize) -> std::io::Result<Mapped> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = bytes.next_multiple_of(page);
-        // SAFETY: maps `len` bytes of the map's values read-only; the kernel checks that the
-        // map is mmapable and at least that large.
+        let len = bytes.next_multiple_of(super::page_size());
+        let nonzero = NonZeroUsize::new(len).ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: a new read-only shared mapping placed by the kernel (no address given, so
+        // nothing existing is replaced) of `len` bytes of the map's values; the kernel checks
+        // that the map is mmapable and at least that large.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
+            mmap(
+                None,
+                nonzero,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                map.fd().as_fd(),
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapped {
-            ptr: ptr as *const u8,
-            len,
-        })
+        }?;
+        Ok(Mapped { ptr, len })
     }
 
     /// The u64 at byte offset `off`, loaded once.
@@ -634,15 +655,23 @@ impl Mapped {
             off % 8 == 0 && off + 8 <= self.len,
             "read inside the mapping"
         );
-        // SAFETY: aligned, inside the live mapping (checked above).
-        unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u64) }
+        let at = self
+            .ptr
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(off)
+            .cast::<u64>();
+        // SAFETY: aligned (the mapping is page-aligned and `off` a multiple of 8), inside the
+        // live mapping (checked above) and readable (PROT_READ).
+        unsafe { std::ptr::read_volatile(at) }
     }
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        // SAFETY: unmapping the region this value mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        // SAFETY: unmaps exactly the region this value mapped; nothing borrows into it (reads
+        // copy the values out).
+        let _ = unsafe { munmap(self.ptr, self.len) };
     }
 }
 
@@ -718,6 +747,31 @@ pub struct TreeTotals {
 }
 
 impl EbpfSource {
+    /// The per-tick source over the object's TREE, RUN, EVENTS and TICKS maps; TREE and RUN
+    /// are read through read-only mappings. RUN holds a slot for each of `ncpus` CPUs.
+    fn from_maps(ebpf: &mut Ebpf, ncpus: usize) -> Result<EbpfSource, EbpfError> {
+        let tree: Array<MapData, Tree> = take(ebpf, "TREE")?;
+        let run: Array<MapData, RunState> = take(ebpf, "RUN")?;
+        let run_bytes = std::mem::size_of::<RunState>() * o3_common::MAX_CPUS as usize;
+        Ok(EbpfSource {
+            tree_map: Mapped::new(tree.map(), std::mem::size_of::<Tree>())
+                .map_err(|e| EbpfError::Map("TREE", format!("mmap: {e}")))?,
+            run_map: Mapped::new(run.map(), run_bytes)
+                .map_err(|e| EbpfError::Map("RUN", format!("mmap: {e}")))?,
+            tree,
+            _run: run,
+            events: take(ebpf, "EVENTS")?,
+            ticks: take(ebpf, "TICKS")?,
+            kernel_ticks: false,
+            pending: None,
+            ncpus,
+            states: Vec::new(),
+            last_cpu: 0,
+            last_cpu_at: 0,
+            processes: 0,
+        })
+    }
+
     /// CPU `cpu`'s slot of RUN, each field loaded once, in the order of the sequence lock.
     fn run_state(&self, cpu: usize) -> RunState {
         let base = cpu * std::mem::size_of::<RunState>();

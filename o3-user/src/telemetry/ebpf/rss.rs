@@ -10,14 +10,67 @@
 //! `bpf_map_lookup_percpu_elem` (Linux 5.19). Where any is missing, the classic tracepoint
 //! programs are used and the reason is reported.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use o3_common::{
     RawTp, COUNTER_READ_MAX, MAX_CPUS, RSS_CLASSIC, RSS_FLOOR_CLASSIC, RSS_FLOOR_RAW, RSS_RAW,
     RSS_RAW_LOOKUP, RSS_RAW_READ,
 };
+use thiserror::Error;
 
-use super::btf::Btf;
+use super::btf::{Btf, BtfError};
+
+/// Why the raw tracepoint programs cannot run on this kernel.
+#[derive(Debug, Error)]
+pub enum RawTpError {
+    #[error("no kernel BTF ({0})")]
+    NoBtf(#[source] BtfError),
+    #[error("raw tracepoint {tracepoint} has {args} arguments here (o3 knows {known:?})")]
+    Arguments {
+        tracepoint: &'static str,
+        args: u32,
+        known: &'static [u32],
+    },
+    #[error("the kernel's BTF does not describe raw tracepoint {0}")]
+    NoTracepoint(&'static str),
+    #[error("mm_struct.rss_stat is {0} here, not per-CPU counters (Linux 6.2 and later)")]
+    NotPerCpu(String),
+    #[error("{0} possible CPUs (the raw program sums up to {MAX_CPUS})")]
+    Cpus(u32),
+    #[error("the kernel's BTF has no {0}.{1}")]
+    NoMember(&'static str, &'static str),
+    #[error("the kernel's BTF has no struct {0}")]
+    NoStruct(&'static str),
+    #[error("struct percpu_counter has an unexpected layout (lock at {lock}, count at {count}, counters at {counters})")]
+    CounterLayout {
+        lock: u32,
+        count: u32,
+        counters: u32,
+    },
+    #[error(transparent)]
+    CpuCount(#[from] CpuCountError),
+}
+
+/// The number of possible CPUs is unknown.
+#[derive(Debug, Error)]
+pub enum CpuCountError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot parse {text:?}", path.display())]
+    Parse { path: PathBuf, text: String },
+    /// The file under the sysfs root failed, and so did the real `/sys`.
+    #[error("{root}; {path}: {source}")]
+    Real {
+        root: Box<CpuCountError>,
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The programs to attach, named by their rss_stat program: `Raw` attaches raw tracepoints
 /// throughout, `Classic` classic ones throughout. Only these two measure RSS; the others are
@@ -118,77 +171,98 @@ pub fn choose(
             raw.mode = want.mode();
             (want, raw, None)
         }
-        Err(why) => (RssProgram::Classic, classic, Some(why)),
+        Err(why) => (RssProgram::Classic, classic, Some(why.to_string())),
     }
 }
 
 /// `nr_cpu_ids`, from `devices/system/cpu/possible` under `sysfs_root`, else from the real
 /// `/sys`: the kernel programs and the readers of their per-CPU slots use this one count.
-pub fn cpu_count(sysfs_root: &Path) -> Result<u32, String> {
-    possible_cpus(sysfs_root).or_else(|why| {
+pub fn cpu_count(sysfs_root: &Path) -> Result<u32, CpuCountError> {
+    possible_cpus(sysfs_root).or_else(|root| {
         aya::util::nr_cpus()
             .map(|n| n as u32)
-            .map_err(|(p, e)| format!("{why}; {p}: {e}"))
+            .map_err(|(path, source)| CpuCountError::Real {
+                root: Box::new(root),
+                path,
+                source,
+            })
     })
 }
 
 /// Offsets and sizes the raw program needs, or why it cannot run on this kernel.
-pub fn raw_offsets(sysfs_root: &Path) -> Result<RawTp, String> {
+pub fn raw_offsets(sysfs_root: &Path) -> Result<RawTp, RawTpError> {
     raw_offsets_for(sysfs_root, cpu_count(sysfs_root)?)
 }
 
-fn raw_offsets_for(sysfs_root: &Path, ncpus: u32) -> Result<RawTp, String> {
+fn raw_offsets_for(sysfs_root: &Path, ncpus: u32) -> Result<RawTp, RawTpError> {
     let path = sysfs_root.join("kernel/btf/vmlinux");
-    let btf = Btf::from_file(&path).map_err(|e| format!("no kernel BTF ({e})"))?;
+    let btf = Btf::from_file(&path).map_err(RawTpError::NoBtf)?;
     offsets_from_btf(&btf, ncpus, page_shift())
 }
 
+/// The raw tracepoints o3 attaches and the argument counts it can read.
+const RAW_TRACEPOINTS: [(&str, &[u32]); 5] = [
+    ("sched_switch", &[4]),
+    ("task_newtask", &[2]),
+    ("sched_process_exec", &[3]),
+    ("sched_process_exit", &[1, 2]),
+    ("rss_stat", &[2]),
+];
+
 /// Pure part of [`raw_offsets`].
-pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp, String> {
-    let member = |s: &str, m: &str| {
-        btf.member_offset(s, &[m])
-            .ok_or_else(|| format!("the kernel's BTF has no {s}.{m}"))
-    };
-    for (tp, ok) in [
-        ("sched_switch", &[4][..]),
-        ("task_newtask", &[2]),
-        ("sched_process_exec", &[3]),
-        ("sched_process_exit", &[1, 2]),
-        ("rss_stat", &[2]),
-    ] {
-        match btf.raw_tracepoint_args(tp) {
-            Some(n) if ok.contains(&n) => {}
-            Some(n) => {
-                return Err(format!(
-                    "raw tracepoint {tp} has {n} arguments here (o3 knows {ok:?})"
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "the kernel's BTF does not describe raw tracepoint {tp}"
-                ))
-            }
-        }
-    }
+pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp, RawTpError> {
+    check_tracepoints(btf)?;
     match btf.member_struct_name("mm_struct", "rss_stat").as_deref() {
         Some("percpu_counter") => {}
         other => {
-            return Err(format!(
-                "mm_struct.rss_stat is {} here, not per-CPU counters (Linux 6.2 and later)",
-                other.map_or("something else".to_string(), |n| format!("struct {n}"))
+            return Err(RawTpError::NotPerCpu(
+                other.map_or("something else".to_string(), |n| format!("struct {n}")),
             ))
         }
     }
     if ncpus == 0 || ncpus > MAX_CPUS {
-        return Err(format!(
-            "{ncpus} possible CPUs (the raw program sums up to {MAX_CPUS})"
-        ));
+        return Err(RawTpError::Cpus(ncpus));
     }
-    let raw = RawTp {
+    let raw = raw_tp(btf, ncpus, page_shift)?;
+    let fits = |off: u32, len: u32| off % len == 0 && off + len <= COUNTER_READ_MAX;
+    if !(fits(raw.counter_lock, 4) && fits(raw.counter_count, 8) && fits(raw.counter_counters, 8)) {
+        return Err(RawTpError::CounterLayout {
+            lock: raw.counter_lock,
+            count: raw.counter_count,
+            counters: raw.counter_counters,
+        });
+    }
+    Ok(raw)
+}
+
+/// Every raw tracepoint is described, with an argument list o3 can read.
+fn check_tracepoints(btf: &Btf) -> Result<(), RawTpError> {
+    for (tracepoint, known) in RAW_TRACEPOINTS {
+        match btf.raw_tracepoint_args(tracepoint) {
+            Some(args) if known.contains(&args) => {}
+            Some(args) => {
+                return Err(RawTpError::Arguments {
+                    tracepoint,
+                    args,
+                    known,
+                })
+            }
+            None => return Err(RawTpError::NoTracepoint(tracepoint)),
+        }
+    }
+    Ok(())
+}
+
+/// The offsets the raw programs read, from the BTF.
+fn raw_tp(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp, RawTpError> {
+    let member = |s: &'static str, m: &'static str| {
+        btf.member_offset(s, &[m]).ok_or(RawTpError::NoMember(s, m))
+    };
+    Ok(RawTp {
         mm_rss_stat: member("mm_struct", "rss_stat")?,
         counter_size: btf
             .struct_size("percpu_counter")
-            .ok_or("the kernel's BTF has no struct percpu_counter")?,
+            .ok_or(RawTpError::NoStruct("percpu_counter"))?,
         counter_lock: member("percpu_counter", "lock")?,
         counter_count: member("percpu_counter", "count")?,
         counter_counters: member("percpu_counter", "counters")?,
@@ -201,23 +275,20 @@ pub fn offsets_from_btf(btf: &Btf, ncpus: u32, page_shift: u32) -> Result<RawTp,
         ncpus,
         page_shift,
         mode: RSS_RAW,
-    };
-    let fits = |off: u32, len: u32| off % len == 0 && off + len <= COUNTER_READ_MAX;
-    if !(fits(raw.counter_lock, 4) && fits(raw.counter_count, 8) && fits(raw.counter_counters, 8)) {
-        return Err(format!(
-            "struct percpu_counter has an unexpected layout (lock at {}, count at {}, counters at {})",
-            raw.counter_lock, raw.counter_count, raw.counter_counters
-        ));
-    }
-    Ok(raw)
+    })
 }
 
 /// `nr_cpu_ids`: one more than the highest CPU in `devices/system/cpu/possible` ("0-31").
-fn possible_cpus(sysfs_root: &Path) -> Result<u32, String> {
+fn possible_cpus(sysfs_root: &Path) -> Result<u32, CpuCountError> {
     let path = sysfs_root.join("devices/system/cpu/possible");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    parse_possible(&text).ok_or_else(|| format!("{}: cannot parse {text:?}", path.display()))
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => return Err(CpuCountError::Read { path, source }),
+    };
+    match parse_possible(&text) {
+        Some(n) => Ok(n),
+        None => Err(CpuCountError::Parse { path, text }),
+    }
 }
 
 pub fn parse_possible(text: &str) -> Option<u32> {
@@ -230,9 +301,7 @@ pub fn parse_possible(text: &str) -> Option<u32> {
 }
 
 fn page_shift() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (size.max(4096) as u64).trailing_zeros()
+    (crate::telemetry::page_size() as u64).trailing_zeros()
 }
 
 #[cfg(test)]
@@ -352,16 +421,20 @@ mod tests {
     #[test]
     fn kernels_the_raw_programs_cannot_read_are_refused_with_the_reason() {
         // Before Linux 6.2, rss_stat was an array of atomics in struct mm_rss_stat.
-        let old = offsets_from_btf(&kernel_btf(1, "mm_rss_stat"), 2, 12).unwrap_err();
+        let old = offsets_from_btf(&kernel_btf(1, "mm_rss_stat"), 2, 12)
+            .unwrap_err()
+            .to_string();
         assert!(
             old.contains("struct mm_rss_stat") && old.contains("6.2"),
             "{old}"
         );
         let too_many = offsets_from_btf(&kernel_btf(2, "percpu_counter"), MAX_CPUS + 1, 12);
-        assert!(too_many.unwrap_err().contains("possible CPUs"));
+        assert!(matches!(too_many, Err(RawTpError::Cpus(n)) if n == MAX_CPUS + 1));
+        assert!(too_many.unwrap_err().to_string().contains("possible CPUs"));
         let empty = Btf::parse(Builder::new().finish()).unwrap();
         assert!(offsets_from_btf(&empty, 2, 12)
             .unwrap_err()
+            .to_string()
             .contains("does not describe raw tracepoint sched_switch"));
     }
 

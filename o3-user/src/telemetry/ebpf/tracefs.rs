@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::mount::{mount, MsFlags};
+use nix::unistd::geteuid;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -105,30 +107,20 @@ pub fn ensure_mounted(dir: &Path) -> Result<bool, TracefsError> {
     if is_mounted(dir) {
         return Ok(false);
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         return Err(TracefsError::NotMounted(dir.to_path_buf()));
     }
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in literal");
-    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| TracefsError::NotMounted(dir.to_path_buf()))?;
-    let fstype = c("tracefs");
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(TracefsError::Mount {
-            path: dir.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    mount(
+        Some("tracefs"),
+        dir,
+        Some("tracefs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| TracefsError::Mount {
+        path: dir.to_path_buf(),
+        source: errno.into(),
+    })?;
     Ok(true)
 }
 

@@ -4,7 +4,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nix::sys::ioctl::ioctl_num_type;
+use thiserror::Error;
 
 use super::GpuReading;
 
@@ -19,8 +22,26 @@ pub struct DrmAmdgpuInfo {
     pub union: [u32; 4],
 }
 
-/// `_IOW('d', DRM_COMMAND_BASE + DRM_AMDGPU_INFO, struct drm_amdgpu_info)`.
-pub const DRM_IOCTL_AMDGPU_INFO: libc::c_ulong = 0x4020_6445;
+/// `DRM_IOCTL_BASE`.
+const DRM_IOCTL_BASE: u8 = b'd';
+/// `DRM_COMMAND_BASE + DRM_AMDGPU_INFO`.
+const DRM_AMDGPU_INFO_NR: u8 = 0x40 + 0x05;
+
+/// `_IOW('d', DRM_COMMAND_BASE + DRM_AMDGPU_INFO, struct drm_amdgpu_info)` (0x40206445).
+pub const DRM_IOCTL_AMDGPU_INFO: ioctl_num_type = nix::request_code_write!(
+    DRM_IOCTL_BASE,
+    DRM_AMDGPU_INFO_NR,
+    std::mem::size_of::<DrmAmdgpuInfo>()
+);
+
+nix::ioctl_write_ptr!(
+    /// `DRM_IOCTL_AMDGPU_INFO`: the kernel reads the struct and writes the answer to its
+    /// `return_pointer`.
+    amdgpu_info,
+    DRM_IOCTL_BASE,
+    DRM_AMDGPU_INFO_NR,
+    DrmAmdgpuInfo
+);
 
 pub const AMDGPU_INFO_VRAM_USAGE: u32 = 0x10;
 pub const AMDGPU_INFO_GTT_USAGE: u32 = 0x11;
@@ -46,17 +67,38 @@ pub struct RenderNode {
     fd: OwnedFd,
 }
 
+/// The render node would not open.
+#[derive(Debug, Error)]
+pub enum RenderNodeError {
+    #[error("permission denied opening {}: add your user to the `{group}` group (owner of the node) and log in again", path.display())]
+    PermissionDenied { path: PathBuf, group: String },
+    #[error("opening {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 impl RenderNode {
     /// Opens the node; permission denied names the group that owns it.
-    pub fn open(path: &Path) -> Result<RenderNode, String> {
-        match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    pub fn open(path: &Path) -> Result<RenderNode, RenderNodeError> {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
             Ok(f) => Ok(RenderNode { fd: f.into() }),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(format!(
-                "permission denied opening {}: add your user to the `{}` group (owner of the node) and log in again",
-                path.display(),
-                owner_group(path).unwrap_or_else(|| "render".into())
-            )),
-            Err(e) => Err(format!("opening {}: {e}", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(RenderNodeError::PermissionDenied {
+                    path: path.to_path_buf(),
+                    group: owner_group(path).unwrap_or_else(|| "render".into()),
+                })
+            }
+            Err(source) => Err(RenderNodeError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 }
@@ -75,24 +117,16 @@ fn owner_group(path: &Path) -> Option<String> {
 
 impl DrmInfo for RenderNode {
     fn query(&self, query: u32, sensor: u32, out: &mut [u8]) -> io::Result<()> {
-        let mut info = DrmAmdgpuInfo {
+        let info = DrmAmdgpuInfo {
             return_pointer: out.as_mut_ptr() as u64,
             return_size: out.len() as u32,
             query,
             union: [sensor, 0, 0, 0],
         };
         // SAFETY: DRM_IOCTL_AMDGPU_INFO reads `info` and writes at most `return_size` bytes
-        // to `return_pointer`, which points at `out`, alive for the call.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                DRM_IOCTL_AMDGPU_INFO,
-                &mut info as *mut DrmAmdgpuInfo,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // to `return_pointer`, which points at `out`, alive and exclusively borrowed for the
+        // call; the fd is an open render node owned by `self`.
+        unsafe { amdgpu_info(self.fd.as_raw_fd(), &info) }?;
         Ok(())
     }
 }
@@ -213,10 +247,8 @@ mod tests {
         assert_eq!(offset_of!(DrmAmdgpuInfo, return_size), 8);
         assert_eq!(offset_of!(DrmAmdgpuInfo, query), 12);
         assert_eq!(offset_of!(DrmAmdgpuInfo, union), 16);
-        // _IOW('d', 0x45, 32 bytes)
-        let dir_write: libc::c_ulong = 1 << 30;
-        let want = dir_write | (32 << 16) | ((b'd' as libc::c_ulong) << 8) | 0x45;
-        assert_eq!(DRM_IOCTL_AMDGPU_INFO, want);
+        // _IOW('d', 0x45, 32 bytes), as the header's macro computes it.
+        assert_eq!(DRM_IOCTL_AMDGPU_INFO, 0x4020_6445);
     }
 
     /// A device answering with the documented structs: memory heaps of a Strix Halo APU and
@@ -254,9 +286,9 @@ mod tests {
                         out.copy_from_slice(&v.to_ne_bytes());
                         Ok(())
                     }
-                    None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+                    None => Err(nix::errno::Errno::ENOENT.into()),
                 },
-                _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                _ => Err(nix::errno::Errno::EINVAL.into()),
             }
         }
     }
@@ -306,7 +338,16 @@ mod tests {
         let e = RenderNode::open(Path::new("/nonexistent/renderD128"))
             .err()
             .unwrap();
-        assert!(e.contains("/nonexistent/renderD128"), "{e}");
+        assert!(matches!(e, RenderNodeError::Open { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/renderD128"), "{e}");
+        let denied = RenderNodeError::PermissionDenied {
+            path: "/dev/dri/renderD128".into(),
+            group: "render".into(),
+        };
+        assert!(
+            denied.to_string().contains("to the `render` group"),
+            "{denied}"
+        );
         assert!(owner_group(Path::new("/etc/passwd")).is_some());
     }
 }

@@ -36,8 +36,92 @@ pub struct SmiGpu {
 /// The tool's output could not be read.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SmiError {
-    #[error("{tool}: {what}")]
-    Malformed { tool: &'static str, what: String },
+    #[error("{tool}: {problem}")]
+    Malformed {
+        tool: &'static str,
+        problem: Problem,
+    },
+}
+
+/// What is wrong in a tool's output; the outer variants say where (line, column, field,
+/// GPU and key path), the inner ones what.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Problem {
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: Box<Problem> },
+    #[error("column `{column}`: {problem}")]
+    Column {
+        column: String,
+        problem: Box<Problem>,
+    },
+    #[error("field `{field}`: {problem}")]
+    Field {
+        field: &'static str,
+        problem: Box<Problem>,
+    },
+    #[error("gpu {gpu}, `{path}`: {problem}")]
+    Leaf {
+        gpu: u32,
+        path: String,
+        problem: Box<Problem>,
+    },
+    #[error("gpu {gpu}: {problem}")]
+    Gpu { gpu: u32, problem: Box<Problem> },
+    #[error("entry {0}: not an object")]
+    EntryNotAnObject(usize),
+    #[error("entry {0}: no valid `gpu` index")]
+    NoGpuIndex(usize),
+    #[error("no header line starting with `device,`")]
+    NoHeader,
+    #[error("no JSON array or object in the output")]
+    NoJson,
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("expected an array or an object with a `gpu_data` array")]
+    NoGpuData,
+    #[error("expected a JSON array or object")]
+    NotArrayOrObject,
+    #[error("{found} fields, but the header has {header}")]
+    RowWidth { found: usize, header: usize },
+    #[error("{found} fields, expected {expected} ({fields})")]
+    LineWidth {
+        found: usize,
+        expected: usize,
+        fields: String,
+    },
+    #[error("expected `cardN`, found `{0}`")]
+    NotACard(String),
+    #[error("unterminated quoted field")]
+    UnterminatedQuote,
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    #[error("`{0}` is not a finite number")]
+    NotFinite(String),
+    #[error("expected a number, found `{0}`")]
+    NotNumeric(String),
+    #[error("negative size `{0}`")]
+    NegativeSize(String),
+    #[error("size `{0}` is out of range")]
+    SizeOutOfRange(String),
+    #[error("`{0}` is not a GPU index")]
+    NotAnIndex(String),
+    #[error("object without `value`")]
+    NoValue,
+    #[error("`unit` is not a string: `{0}`")]
+    UnitNotAString(String),
+    #[error("unexpected unit `{0}`")]
+    UnexpectedUnit(String),
+    #[error("`{0}` is not an object")]
+    NotAnObject(String),
+}
+
+impl Problem {
+    fn on_line(self, line: usize) -> Problem {
+        Problem::Line {
+            line,
+            problem: Box::new(self),
+        }
+    }
 }
 
 /// Running a tool and reading its output failed.
@@ -138,11 +222,8 @@ pub const SMI_TIMEOUT: Duration = Duration::from_secs(5);
 const MIB_BYTES: u64 = 1024 * 1024;
 const MIB: f64 = MIB_BYTES as f64;
 
-fn malformed(tool: &'static str, what: impl Into<String>) -> SmiError {
-    SmiError::Malformed {
-        tool,
-        what: what.into(),
-    }
+fn malformed(tool: &'static str, problem: Problem) -> SmiError {
+    SmiError::Malformed { tool, problem }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,25 +241,25 @@ fn is_not_available(v: &str) -> bool {
 }
 
 /// A finite number, or `None` when not available.
-fn parse_f64(v: &str) -> Result<Option<f64>, String> {
+fn parse_f64(v: &str) -> Result<Option<f64>, Problem> {
     if is_not_available(v) {
         return Ok(None);
     }
     match v.trim().parse::<f64>() {
         Ok(x) if x.is_finite() => Ok(Some(x)),
-        _ => Err(format!("`{}` is not a number", v.trim())),
+        _ => Err(Problem::NotANumber(v.trim().to_string())),
     }
 }
 
 /// A byte count from a value in units of `scale` bytes, rounded to a whole byte; negative or
 /// overflowing values are errors.
-fn to_bytes(x: f64, scale: f64) -> Result<u64, String> {
+fn to_bytes(x: f64, scale: f64) -> Result<u64, Problem> {
     if x < 0.0 {
-        return Err(format!("negative size `{x}`"));
+        return Err(Problem::NegativeSize(x.to_string()));
     }
     let bytes = (x * scale).round();
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("size `{x}` is out of range"));
+        return Err(Problem::SizeOutOfRange(x.to_string()));
     }
     // Finite, non-negative and below 2^64: the conversion cannot saturate.
     Ok(bytes as u64)
@@ -186,7 +267,7 @@ fn to_bytes(x: f64, scale: f64) -> Result<u64, String> {
 
 /// A non-negative size in units of `unit` bytes (integers exactly, decimals rounded), or
 /// `None` when not available.
-fn parse_size(v: &str, unit: u64) -> Result<Option<u64>, String> {
+fn parse_size(v: &str, unit: u64) -> Result<Option<u64>, Problem> {
     let t = v.trim();
     if is_not_available(t) {
         return Ok(None);
@@ -195,7 +276,7 @@ fn parse_size(v: &str, unit: u64) -> Result<Option<u64>, String> {
         return n
             .checked_mul(unit)
             .map(Some)
-            .ok_or_else(|| format!("size `{t}` is out of range"));
+            .ok_or_else(|| Problem::SizeOutOfRange(t.to_string()));
     }
     match parse_f64(t)? {
         Some(x) => to_bytes(x, unit as f64).map(Some),
@@ -205,7 +286,7 @@ fn parse_size(v: &str, unit: u64) -> Result<Option<u64>, String> {
 
 /// Splits one CSV line. Simple double-quoted fields may contain commas; `""` inside quotes is
 /// a literal quote. Fields are not trimmed.
-fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+fn split_csv_line(line: &str) -> Result<Vec<String>, Problem> {
     let mut fields = Vec::new();
     let mut cur = String::new();
     let mut in_quotes = false;
@@ -226,7 +307,7 @@ fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if in_quotes {
-        return Err("unterminated quoted field".to_string());
+        return Err(Problem::UnterminatedQuote);
     }
     fields.push(cur);
     Ok(fields)
@@ -311,7 +392,7 @@ struct RocmRow {
 
 impl RocmRow {
     /// Stores one cell; `value` is the raw (untrimmed) field.
-    fn set(&mut self, col: RocmColumn, value: &str) -> Result<(), String> {
+    fn set(&mut self, col: RocmColumn, value: &str) -> Result<(), Problem> {
         use RocmColumn::*;
         let r = &mut self.reading;
         match col {
@@ -378,7 +459,7 @@ pub fn parse_rocm_smi_csv(text: &str) -> Result<Vec<SmiGpu>, SmiError> {
     let mut lines = numbered_lines(text);
     let header = loop {
         let Some((_, line)) = lines.next() else {
-            return Err(malformed(TOOL, "no header line starting with `device,`"));
+            return Err(malformed(TOOL, Problem::NoHeader));
         };
         if let Ok(fields) = split_csv_line(line) {
             if fields.len() > 1 && fields[0].trim().eq_ignore_ascii_case("device") {
@@ -393,7 +474,7 @@ pub fn parse_rocm_smi_csv(text: &str) -> Result<Vec<SmiGpu>, SmiError> {
             continue;
         }
         let row = parse_rocm_row(line, &header, &columns)
-            .map_err(|what| malformed(TOOL, format!("line {n}: {what}")))?;
+            .map_err(|problem| malformed(TOOL, problem.on_line(n)))?;
         gpus.push(row);
     }
     Ok(gpus)
@@ -404,23 +485,23 @@ fn parse_rocm_row(
     line: &str,
     header: &[String],
     columns: &[Option<RocmColumn>],
-) -> Result<SmiGpu, String> {
+) -> Result<SmiGpu, Problem> {
     let fields = split_csv_line(line)?;
     if fields.len() != header.len() {
-        return Err(format!(
-            "{} fields, but the header has {}",
-            fields.len(),
-            header.len()
-        ));
+        return Err(Problem::RowWidth {
+            found: fields.len(),
+            header: header.len(),
+        });
     }
     let first = fields.first().map_or("", |f| f.trim());
-    let index =
-        rocm_card_index(first).ok_or_else(|| format!("expected `cardN`, found `{first}`"))?;
+    let index = rocm_card_index(first).ok_or_else(|| Problem::NotACard(first.to_string()))?;
     let mut row = RocmRow::default();
     for ((value, name), col) in fields.iter().zip(header).zip(columns).skip(1) {
         if let Some(col) = col {
-            row.set(*col, value)
-                .map_err(|e| format!("column `{}`: {e}", name.trim()))?;
+            row.set(*col, value).map_err(|e| Problem::Column {
+                column: name.trim().to_string(),
+                problem: Box::new(e),
+            })?;
         }
     }
     Ok(row.finish(index))
@@ -497,37 +578,37 @@ fn is_na_value(v: &Value) -> bool {
 
 /// Reads a leaf: `{"value": N, "unit": "U"}`, a bare number, a string `"N"` or `"N U"`, or a
 /// not-available marker (`"N/A"`, `null`, `{"value": "N/A", ...}`).
-fn read_leaf(v: &Value) -> Result<Option<Leaf<'_>>, String> {
+fn read_leaf(v: &Value) -> Result<Option<Leaf<'_>>, Problem> {
     match v {
         _ if is_na_value(v) => Ok(None),
         Value::Number(n) => n
             .as_f64()
             .filter(|x| x.is_finite())
             .map(|value| Some(Leaf { value, unit: None }))
-            .ok_or_else(|| format!("`{n}` is not a finite number")),
+            .ok_or_else(|| Problem::NotFinite(n.to_string())),
         Value::String(s) => read_string_leaf(s),
         Value::Object(o) => read_object_leaf(o),
-        other => Err(format!("expected a number, found `{other}`")),
+        other => Err(Problem::NotNumeric(other.to_string())),
     }
 }
 
-fn read_string_leaf(s: &str) -> Result<Option<Leaf<'_>>, String> {
+fn read_string_leaf(s: &str) -> Result<Option<Leaf<'_>>, Problem> {
     let t = s.trim();
     let (num, unit) = match t.split_once(char::is_whitespace) {
         Some((n, u)) => (n, Some(u.trim())),
         None => (t, None),
     };
     Ok(parse_f64(num)
-        .map_err(|_| format!("`{t}` is not a number"))?
+        .map_err(|_| Problem::NotANumber(t.to_string()))?
         .map(|value| Leaf { value, unit }))
 }
 
-fn read_object_leaf(o: &Map<String, Value>) -> Result<Option<Leaf<'_>>, String> {
-    let value = get_ci(o, "value").ok_or("object without `value`")?;
+fn read_object_leaf(o: &Map<String, Value>) -> Result<Option<Leaf<'_>>, Problem> {
+    let value = get_ci(o, "value").ok_or(Problem::NoValue)?;
     let unit = match get_ci(o, "unit") {
         None | Some(Value::Null) => None,
         Some(Value::String(u)) => Some(u.as_str()),
-        Some(other) => return Err(format!("`unit` is not a string: `{other}`")),
+        Some(other) => return Err(Problem::UnitNotAString(other.to_string())),
     };
     Ok(read_leaf(value)?.map(|leaf| Leaf {
         value: leaf.value,
@@ -543,7 +624,7 @@ struct AmdGpu<'a> {
 
 impl AmdGpu<'_> {
     /// The leaf at `path`, or `None` when any part is missing or not available.
-    fn lookup(&self, path: &[&str]) -> Result<Option<&Value>, String> {
+    fn lookup(&self, path: &[&str]) -> Result<Option<&Value>, Problem> {
         let mut cur = self.obj;
         for (i, key) in path.iter().enumerate() {
             let Some(v) = get_ci(cur, key) else {
@@ -555,32 +636,45 @@ impl AmdGpu<'_> {
             match v {
                 Value::Object(o) => cur = o,
                 _ if is_na_value(v) => return Ok(None),
-                _ => return Err(format!("`{}` is not an object", path[..=i].join("."))),
+                _ => return Err(Problem::NotAnObject(path[..=i].join("."))),
             }
         }
         Ok(None)
     }
 
+    /// `problem` at the leaf `path` of this GPU.
+    fn at_leaf(&self, path: &[&str], problem: Problem) -> SmiError {
+        malformed(
+            AMD_SMI,
+            Problem::Leaf {
+                gpu: self.index,
+                path: path.join("."),
+                problem: Box::new(problem),
+            },
+        )
+    }
+
     /// A quantity in `kind`'s base unit, or `None` when absent or not available.
     fn float(&self, path: &[&str], kind: Kind) -> Result<Option<f64>, SmiError> {
-        let context = |what: String| {
+        let Some(v) = self.lookup(path).map_err(|problem| {
             malformed(
                 AMD_SMI,
-                format!("gpu {}, `{}`: {what}", self.index, path.join(".")),
+                Problem::Gpu {
+                    gpu: self.index,
+                    problem: Box::new(problem),
+                },
             )
-        };
-        let Some(v) = self
-            .lookup(path)
-            .map_err(|what| malformed(AMD_SMI, format!("gpu {}: {what}", self.index)))?
+        })?
         else {
             return Ok(None);
         };
-        let Some(leaf) = read_leaf(v).map_err(context)? else {
+        let Some(leaf) = read_leaf(v).map_err(|p| self.at_leaf(path, p))? else {
             return Ok(None);
         };
-        let scale = kind
-            .scale(leaf.unit)
-            .ok_or_else(|| context(format!("unexpected unit `{}`", leaf.unit.unwrap_or(""))))?;
+        let scale = kind.scale(leaf.unit).ok_or_else(|| {
+            let unit = leaf.unit.unwrap_or("").to_string();
+            self.at_leaf(path, Problem::UnexpectedUnit(unit))
+        })?;
         Ok(Some(leaf.value * scale))
     }
 
@@ -588,12 +682,7 @@ impl AmdGpu<'_> {
         self.float(path, Kind::Bytes)?
             .map(|b| to_bytes(b, 1.0))
             .transpose()
-            .map_err(|what| {
-                malformed(
-                    AMD_SMI,
-                    format!("gpu {}, `{}`: {what}", self.index, path.join(".")),
-                )
-            })
+            .map_err(|p| self.at_leaf(path, p))
     }
 
     fn reading(&self) -> Result<GpuReading, SmiError> {
@@ -644,7 +733,7 @@ fn first_json_value(text: &str) -> Result<Value, SmiError> {
         match serde_json::Deserializer::from_str(rest).into_iter().next() {
             Some(Ok(v)) => return Ok(v),
             Some(Err(e)) => {
-                first_err.get_or_insert_with(|| format!("invalid JSON: {e}"));
+                first_err.get_or_insert_with(|| Problem::InvalidJson(e.to_string()));
             }
             None => {}
         }
@@ -653,10 +742,7 @@ fn first_json_value(text: &str) -> Result<Value, SmiError> {
             break;
         }
     }
-    Err(malformed(
-        AMD_SMI,
-        first_err.unwrap_or_else(|| "no JSON array or object in the output".to_string()),
-    ))
+    Err(malformed(AMD_SMI, first_err.unwrap_or(Problem::NoJson)))
 }
 
 /// Parses `amd-smi metric --json` ([`AMD_SMI_ARGS`]): a JSON array of per-GPU objects, or
@@ -669,14 +755,9 @@ pub fn parse_amd_smi_json(text: &str) -> Result<Vec<SmiGpu>, SmiError> {
         Value::Array(list) => list,
         Value::Object(o) => match get_ci(o, "gpu_data") {
             Some(Value::Array(list)) => list,
-            _ => {
-                return Err(malformed(
-                    AMD_SMI,
-                    "expected an array or an object with a `gpu_data` array",
-                ))
-            }
+            _ => return Err(malformed(AMD_SMI, Problem::NoGpuData)),
         },
-        _ => return Err(malformed(AMD_SMI, "expected a JSON array or object")),
+        _ => return Err(malformed(AMD_SMI, Problem::NotArrayOrObject)),
     };
     list.iter()
         .enumerate()
@@ -688,11 +769,11 @@ pub fn parse_amd_smi_json(text: &str) -> Result<Vec<SmiGpu>, SmiError> {
 fn parse_amd_gpu(i: usize, item: &Value) -> Result<SmiGpu, SmiError> {
     let obj = item
         .as_object()
-        .ok_or_else(|| malformed(AMD_SMI, format!("entry {i}: not an object")))?;
+        .ok_or_else(|| malformed(AMD_SMI, Problem::EntryNotAnObject(i)))?;
     let index = get_ci(obj, "gpu")
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| malformed(AMD_SMI, format!("entry {i}: no valid `gpu` index")))?;
+        .ok_or_else(|| malformed(AMD_SMI, Problem::NoGpuIndex(i)))?;
     let gpu = AmdGpu { index, obj };
     Ok(SmiGpu {
         index,
@@ -718,14 +799,14 @@ fn nvidia_fields() -> Vec<&'static str> {
 ///
 /// `temperature.gpu` is the GPU core (die) temperature; it is stored as `temp_edge_c`, the
 /// closest of o3's fields (NVIDIA does not expose a separate hotspot value here).
-fn set_nvidia_field(gpu: &mut SmiGpu, field: &str, value: &str) -> Result<(), String> {
+fn set_nvidia_field(gpu: &mut SmiGpu, field: &str, value: &str) -> Result<(), Problem> {
     let r = &mut gpu.reading;
     match field {
         "index" => {
             gpu.index = value
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{}` is not a GPU index", value.trim()))?
+                .map_err(|_| Problem::NotAnIndex(value.trim().to_string()))?
         }
         "name" if !is_not_available(value) => gpu.name = Some(value.trim().to_string()),
         "memory.used" => r.vram_used_bytes = parse_size(value, MIB_BYTES)?,
@@ -742,15 +823,14 @@ fn set_nvidia_field(gpu: &mut SmiGpu, field: &str, value: &str) -> Result<(), St
 }
 
 /// One nvidia-smi line.
-fn parse_nvidia_line(line: &str, fields: &[&str]) -> Result<SmiGpu, String> {
+fn parse_nvidia_line(line: &str, fields: &[&'static str]) -> Result<SmiGpu, Problem> {
     let values: Vec<&str> = line.split(',').collect();
     if values.len() != fields.len() {
-        return Err(format!(
-            "{} fields, expected {} ({})",
-            values.len(),
-            fields.len(),
-            fields.join(",")
-        ));
+        return Err(Problem::LineWidth {
+            found: values.len(),
+            expected: fields.len(),
+            fields: fields.join(","),
+        });
     }
     let mut gpu = SmiGpu {
         index: 0,
@@ -758,7 +838,10 @@ fn parse_nvidia_line(line: &str, fields: &[&str]) -> Result<SmiGpu, String> {
         reading: GpuReading::default(),
     };
     for (field, value) in fields.iter().zip(&values) {
-        set_nvidia_field(&mut gpu, field, value).map_err(|e| format!("field `{field}`: {e}"))?;
+        set_nvidia_field(&mut gpu, field, value).map_err(|e| Problem::Field {
+            field,
+            problem: Box::new(e),
+        })?;
     }
     Ok(gpu)
 }
@@ -775,7 +858,7 @@ pub fn parse_nvidia_smi_csv(text: &str) -> Result<Vec<SmiGpu>, SmiError> {
             continue;
         }
         let gpu = parse_nvidia_line(t, &fields)
-            .map_err(|what| malformed(NVIDIA_SMI, format!("line {n}: {what}")))?;
+            .map_err(|problem| malformed(NVIDIA_SMI, problem.on_line(n)))?;
         gpus.push(gpu);
     }
     Ok(gpus)

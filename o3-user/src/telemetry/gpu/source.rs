@@ -14,13 +14,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nvml_wrapper::error::NvmlError;
 use serde::Serialize;
+use thiserror::Error;
 
 use super::amd::{self, AmdDevice, AmdSysfs};
 use super::amd_ioctl::{AmdIoctl, RenderNode};
 use super::fdinfo::{self, ProcessGpu};
-use super::nvidia::Nvidia;
-use super::smi::{self, RealRunner, Tool};
+use super::nvidia::{Nvidia, NvidiaDevice, NvidiaError, NvmlApi, RealNvml};
+use super::smi::{self, RealRunner, SmiGpu, Tool, ToolRunner};
 use super::GpuReading;
 use crate::telemetry::{Sample, Source, TreeEvent};
 
@@ -35,20 +37,39 @@ pub enum GpuSelect {
     Index(u32),
 }
 
+/// `--gpu` was given something else.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("`{0}` is not a GPU selection: use auto, amd, nvidia, none or a device index")]
+pub struct GpuSelectError(pub String);
+
 impl std::str::FromStr for GpuSelect {
-    type Err = String;
-    fn from_str(s: &str) -> Result<GpuSelect, String> {
+    type Err = GpuSelectError;
+    fn from_str(s: &str) -> Result<GpuSelect, GpuSelectError> {
         match s {
             "auto" => Ok(GpuSelect::Auto),
             "amd" => Ok(GpuSelect::Amd),
             "nvidia" => Ok(GpuSelect::Nvidia),
             "none" => Ok(GpuSelect::None),
-            n => n.parse().map(GpuSelect::Index).map_err(|_| {
-                format!(
-                    "`{s}` is not a GPU selection: use auto, amd, nvidia, none or a device index"
-                )
-            }),
+            n => n
+                .parse()
+                .map(GpuSelect::Index)
+                .map_err(|_| GpuSelectError(s.to_string())),
         }
+    }
+}
+
+impl GpuSelect {
+    /// Whether amdgpu devices are looked for (an index may name one).
+    fn wants_amd(self) -> bool {
+        matches!(self, GpuSelect::Auto | GpuSelect::Amd | GpuSelect::Index(_))
+    }
+
+    /// Whether NVIDIA devices are looked for (an index may name one).
+    fn wants_nvidia(self) -> bool {
+        matches!(
+            self,
+            GpuSelect::Auto | GpuSelect::Nvidia | GpuSelect::Index(_)
+        )
     }
 }
 
@@ -60,6 +81,25 @@ pub struct GpuOptions {
     pub dev_root: PathBuf,
     pub sensor_every: Duration,
     pub process_every: Duration,
+}
+
+/// What the source reaches besides the sysfs, procfs and /dev trees of [`GpuOptions`]: NVML
+/// and the SMI tools. [`GpuBackends::real`] loads the real NVML and runs the real tools; tests
+/// hand in fakes.
+pub struct GpuBackends {
+    /// Initialises NVML; called once, and only when NVIDIA devices are wanted.
+    pub nvml: Box<dyn FnOnce() -> Result<Box<dyn NvmlApi>, NvmlError>>,
+    /// Runs `nvidia-smi` or `rocm-smi` where no direct reader works.
+    pub smi: Box<dyn ToolRunner + Send>,
+}
+
+impl GpuBackends {
+    pub fn real() -> GpuBackends {
+        GpuBackends {
+            nvml: Box::new(RealNvml::init_boxed),
+            smi: Box::new(RealRunner),
+        }
+    }
 }
 
 /// Identity of a device and which reader serves what, for `doctor`, traces and summaries.
@@ -120,6 +160,7 @@ struct Device {
 pub struct GpuSource {
     devices: Vec<Device>,
     nvidia: Option<Nvidia>,
+    smi: Box<dyn ToolRunner + Send>,
     opts: GpuOptions,
     ram_total: Option<u64>,
     last_sensors_ns: Option<u64>,
@@ -134,104 +175,160 @@ fn ram_total(procfs: &Path) -> Option<u64> {
         .map(|m| m.total)
 }
 
+/// An NVIDIA device's identity; `reader` serves memory and sensors.
+fn nvidia_info(
+    index: u32,
+    name: String,
+    pci_slot: Option<String>,
+    reader: &str,
+    process_reader: &str,
+) -> GpuInfo {
+    GpuInfo {
+        index,
+        vendor: "nvidia",
+        name,
+        pci_id: None,
+        pci_slot,
+        apu: false,
+        apu_basis: None,
+        memory_reader: reader.into(),
+        sensor_reader: reader.into(),
+        process_reader: process_reader.into(),
+        crit_c: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+/// A device NVML reads, at o3 index `base + its NVML index`.
+fn nvml_device(base: u32, d: NvidiaDevice) -> Device {
+    Device {
+        info: nvidia_info(base + d.index, d.name, d.pci_slot, "nvml", "nvml"),
+        reader: Reader::Nvidia {
+            nvml_index: d.index,
+        },
+        sensors: GpuReading::default(),
+    }
+}
+
+/// A device nvidia-smi reads, at o3 index `base + its nvidia-smi index`.
+fn nvidia_smi_device(base: u32, g: SmiGpu) -> Device {
+    let name = g.name.unwrap_or_else(|| "NVIDIA GPU".into());
+    Device {
+        info: nvidia_info(base + g.index, name, None, "nvidia-smi", "none"),
+        reader: Reader::Smi {
+            tool: Tool::NvidiaSmi,
+            smi_index: g.index,
+        },
+        sensors: GpuReading::default(),
+    }
+}
+
+/// The amdgpu DRM info ioctl reader of `d`, when its render node opens and answers; why not
+/// goes to `notes` (expected: no node) or `warnings` (the node is there but will not open).
+fn open_ioctl(
+    d: &AmdDevice,
+    notes: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<AmdIoctl> {
+    let path = d.render_node.as_deref()?;
+    if !path.exists() {
+        notes.push(format!(
+            "no render node at {}: sysfs is used",
+            path.display()
+        ));
+        return None;
+    }
+    let mut io = match RenderNode::open(path) {
+        Ok(node) => AmdIoctl::new(Box::new(node)),
+        Err(e) => {
+            warnings.push(format!("{}: {e}; reading sysfs instead", d.card));
+            return None;
+        }
+    };
+    if !io.read_memory(&mut GpuReading::default()) {
+        notes.push("the DRM info ioctl did not answer; sysfs is used".into());
+        return None;
+    }
+    Some(io)
+}
+
+/// The reader of an AMD device's memory: the ioctl, else sysfs if it has the totals, else
+/// "none".
+fn amd_memory_reader(ioctl: &Option<AmdIoctl>, sysfs: &mut AmdSysfs) -> &'static str {
+    if ioctl.is_some() {
+        return "amdgpu DRM info ioctl";
+    }
+    let mut probe = GpuReading::default();
+    sysfs.read_memory(&mut probe);
+    if probe.vram_total_bytes.is_some() {
+        "amdgpu sysfs"
+    } else {
+        "none"
+    }
+}
+
+/// rocm-smi as the reader of an AMD device no direct reader works for, if it lists the
+/// device.
+fn rocm_smi_reader(d: &AmdDevice, runner: &dyn ToolRunner) -> Option<Reader> {
+    let gpus = smi::query(runner, Tool::RocmSmi).ok()?;
+    gpus.iter()
+        .any(|g| g.index == d.index)
+        .then_some(Reader::Smi {
+            tool: Tool::RocmSmi,
+            smi_index: d.index,
+        })
+}
+
+/// (memory, sensor) reader names of an AMD device's reader.
+fn amd_reader_names(reader: &Reader, memory_reader: &str) -> (String, String) {
+    match reader {
+        Reader::Smi { .. } => ("rocm-smi".to_string(), "rocm-smi".to_string()),
+        Reader::Amd { ioctl, .. } => (
+            memory_reader.to_string(),
+            if ioctl.is_some() {
+                "amdgpu DRM info ioctl, then hwmon/sysfs, then gpu_metrics".to_string()
+            } else {
+                "amdgpu hwmon/sysfs, then gpu_metrics".to_string()
+            },
+        ),
+        Reader::Nvidia { .. } => unreachable!("AMD device"),
+    }
+}
+
 impl GpuSource {
-    /// Finds the selected devices and opens their readers. Never fails: a device nothing can
-    /// read is listed with a note, and warnings come back for the caller to print once.
+    /// Finds the selected devices and opens their readers, with the real NVML and SMI tools.
+    /// Never fails: a device nothing can read is listed with a note, and warnings come back
+    /// for the caller to print once.
     pub fn open(opts: GpuOptions) -> (GpuSource, Vec<String>) {
+        GpuSource::open_with(opts, GpuBackends::real())
+    }
+
+    /// [`GpuSource::open`] with the given NVML and SMI runner.
+    pub fn open_with(opts: GpuOptions, backends: GpuBackends) -> (GpuSource, Vec<String>) {
+        let GpuBackends { nvml, smi } = backends;
         let mut warnings = Vec::new();
         let mut devices = Vec::new();
-        let want_amd = matches!(
-            opts.select,
-            GpuSelect::Auto | GpuSelect::Amd | GpuSelect::Index(_)
-        );
-        let want_nv = matches!(
-            opts.select,
-            GpuSelect::Auto | GpuSelect::Nvidia | GpuSelect::Index(_)
-        );
-        if want_amd {
+        if opts.select.wants_amd() {
             for d in amd::discover(&opts.sysfs_root, &opts.dev_root) {
-                devices.push(Self::open_amd(d, &mut warnings));
+                devices.push(Self::open_amd(d, &*smi, &mut warnings));
             }
         }
         let mut nvidia = None;
-        if want_nv {
+        if opts.select.wants_nvidia() {
             // After the highest AMD index (card numbers need not start at 0 or be contiguous).
             let base = devices.iter().map(|d| d.info.index + 1).max().unwrap_or(0);
-            match Nvidia::init() {
-                Ok(Some(nv)) => {
-                    for d in nv.devices() {
-                        devices.push(Device {
-                            info: GpuInfo {
-                                index: base + d.index,
-                                vendor: "nvidia",
-                                name: d.name,
-                                pci_id: None,
-                                pci_slot: d.pci_slot,
-                                apu: false,
-                                apu_basis: None,
-                                memory_reader: "nvml".into(),
-                                sensor_reader: "nvml".into(),
-                                process_reader: "nvml".into(),
-                                crit_c: Vec::new(),
-                                notes: Vec::new(),
-                            },
-                            reader: Reader::Nvidia {
-                                nvml_index: d.index,
-                            },
-                            sensors: GpuReading::default(),
-                        });
-                    }
-                    nvidia = Some(nv);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // A driver is there but NVML does not work: nvidia-smi as a fallback.
-                    if let Ok(gpus) = smi::query(&RealRunner, Tool::NvidiaSmi) {
-                        warnings.push(format!(
-                            "{e}; using nvidia-smi instead (one process per sample, about 14 ms each): sensors are read at most once a second"
-                        ));
-                        for g in gpus {
-                            devices.push(Device {
-                                info: GpuInfo {
-                                    index: base + g.index,
-                                    vendor: "nvidia",
-                                    name: g.name.unwrap_or_else(|| "NVIDIA GPU".into()),
-                                    pci_id: None,
-                                    pci_slot: None,
-                                    apu: false,
-                                    apu_basis: None,
-                                    memory_reader: "nvidia-smi".into(),
-                                    sensor_reader: "nvidia-smi".into(),
-                                    process_reader: "none".into(),
-                                    crit_c: Vec::new(),
-                                    notes: Vec::new(),
-                                },
-                                reader: Reader::Smi {
-                                    tool: Tool::NvidiaSmi,
-                                    smi_index: g.index,
-                                },
-                                sensors: GpuReading::default(),
-                            });
-                        }
-                    } else {
-                        warnings.push(format!("{e}; NVIDIA GPUs are not measured"));
-                    }
-                }
-            }
+            let init = Nvidia::open(nvml());
+            nvidia = Self::open_nvidia(init, base, &*smi, &mut devices, &mut warnings);
         }
         if let GpuSelect::Index(i) = opts.select {
-            devices.retain(|d| d.info.index == i);
-            if devices.is_empty() {
-                warnings.push(format!(
-                    "no GPU with index {i} (`o3 doctor` lists them); GPUs are not measured"
-                ));
-            }
+            Self::keep_index(&mut devices, i, &mut warnings);
         }
         let ram_total = ram_total(&opts.procfs_root);
         (
             GpuSource {
                 devices,
                 nvidia,
+                smi,
                 opts,
                 ram_total,
                 last_sensors_ns: None,
@@ -242,91 +339,83 @@ impl GpuSource {
         )
     }
 
-    fn open_amd(d: AmdDevice, warnings: &mut Vec<String>) -> Device {
-        let mut notes = Vec::new();
-        let mut ioctl = match d.render_node.as_deref() {
-            Some(p) if !p.exists() => {
-                notes.push(format!("no render node at {}: sysfs is used", p.display()));
+    /// NVIDIA devices from NVML's outcome: NVML's devices, or (NVML broken) nvidia-smi's.
+    /// Returns the NVML to read them with.
+    fn open_nvidia(
+        init: Result<Option<Nvidia>, NvidiaError>,
+        base: u32,
+        runner: &dyn ToolRunner,
+        devices: &mut Vec<Device>,
+        warnings: &mut Vec<String>,
+    ) -> Option<Nvidia> {
+        match init {
+            Ok(Some(nv)) => {
+                devices.extend(nv.devices().into_iter().map(|d| nvml_device(base, d)));
+                Some(nv)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // A driver is there but NVML does not work: nvidia-smi as a fallback.
+                match smi::query(runner, Tool::NvidiaSmi) {
+                    Ok(gpus) => {
+                        warnings.push(format!(
+                            "{e}; using nvidia-smi instead (one process per sample, about 14 ms each): sensors are read at most once a second"
+                        ));
+                        devices.extend(gpus.into_iter().map(|g| nvidia_smi_device(base, g)));
+                    }
+                    Err(_) => warnings.push(format!("{e}; NVIDIA GPUs are not measured")),
+                }
                 None
             }
-            Some(p) => match RenderNode::open(p) {
-                Ok(node) => Some(AmdIoctl::new(Box::new(node))),
-                Err(e) => {
-                    warnings.push(format!("{}: {e}; reading sysfs instead", d.card));
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut probe = GpuReading::default();
-        if let Some(io) = ioctl.as_mut() {
-            if !io.read_memory(&mut probe) {
-                notes.push("the DRM info ioctl did not answer; sysfs is used".into());
-                ioctl = None;
-            }
         }
+    }
+
+    /// `--gpu N`: only device N, or a warning that there is none.
+    fn keep_index(devices: &mut Vec<Device>, i: u32, warnings: &mut Vec<String>) {
+        devices.retain(|d| d.info.index == i);
+        if devices.is_empty() {
+            warnings.push(format!(
+                "no GPU with index {i} (`o3 doctor` lists them); GPUs are not measured"
+            ));
+        }
+    }
+
+    fn open_amd(d: AmdDevice, runner: &dyn ToolRunner, warnings: &mut Vec<String>) -> Device {
+        let mut notes = Vec::new();
+        let ioctl = open_ioctl(&d, &mut notes, warnings);
         let mut sysfs = AmdSysfs::open(&d);
-        let mut sys_probe = GpuReading::default();
-        sysfs.read_memory(&mut sys_probe);
-        let memory_reader = if ioctl.is_some() {
-            "amdgpu DRM info ioctl"
-        } else if sys_probe.vram_total_bytes.is_some() {
-            "amdgpu sysfs"
-        } else {
-            "none"
-        };
+        let memory_reader = amd_memory_reader(&ioctl, &mut sysfs);
         let crit_c = sysfs
             .crit_limits()
             .into_iter()
             .map(|(n, c)| (n.to_string(), c))
             .collect();
-        let reader = if memory_reader == "none" {
-            match smi::query(&RealRunner, Tool::RocmSmi) {
-                Ok(gpus) if gpus.iter().any(|g| g.index == d.index) => {
-                    warnings.push(format!(
-                        "{}: no direct reader works; using rocm-smi (a process per read, slow): sensors at most once a second",
-                        d.card
-                    ));
-                    Reader::Smi {
-                        tool: Tool::RocmSmi,
-                        smi_index: d.index,
-                    }
-                }
-                _ => {
-                    notes.push("no reader works for this device".into());
-                    Reader::Amd {
-                        sysfs: Box::new(sysfs),
-                        ioctl,
-                    }
-                }
-            }
+        let direct = |sysfs, ioctl| Reader::Amd {
+            sysfs: Box::new(sysfs),
+            ioctl,
+        };
+        let reader = if memory_reader != "none" {
+            direct(sysfs, ioctl)
+        } else if let Some(smi) = rocm_smi_reader(&d, runner) {
+            warnings.push(format!(
+                "{}: no direct reader works; using rocm-smi (a process per read, slow): sensors at most once a second",
+                d.card
+            ));
+            smi
         } else {
-            Reader::Amd {
-                sysfs: Box::new(sysfs),
-                ioctl,
-            }
+            notes.push("no reader works for this device".into());
+            direct(sysfs, ioctl)
         };
-        let (memory_reader, sensor_reader) = match &reader {
-            Reader::Smi { .. } => ("rocm-smi".to_string(), "rocm-smi".to_string()),
-            Reader::Amd { ioctl, .. } => (
-                memory_reader.to_string(),
-                if ioctl.is_some() {
-                    "amdgpu DRM info ioctl, then hwmon/sysfs, then gpu_metrics".to_string()
-                } else {
-                    "amdgpu hwmon/sysfs, then gpu_metrics".to_string()
-                },
-            ),
-            Reader::Nvidia { .. } => unreachable!("AMD device"),
-        };
+        let (memory_reader, sensor_reader) = amd_reader_names(&reader, memory_reader);
         Device {
             info: GpuInfo {
                 index: d.index,
                 vendor: "amd",
-                name: d.name.clone(),
-                pci_id: Some(d.pci_id.clone()),
-                pci_slot: d.pci_slot.clone(),
+                name: d.name,
+                pci_id: Some(d.pci_id),
+                pci_slot: d.pci_slot,
                 apu: d.apu,
-                apu_basis: Some(d.apu_basis.clone()),
+                apu_basis: Some(d.apu_basis),
                 memory_reader,
                 sensor_reader,
                 process_reader: "DRM fdinfo + KFD".into(),
@@ -354,6 +443,7 @@ impl GpuSource {
     fn read_device(&mut self, i: usize, sensors: bool) -> GpuSample {
         let ram_total = self.ram_total;
         let nvidia = self.nvidia.as_ref();
+        let runner = &*self.smi;
         let d = &mut self.devices[i];
         let mut r = GpuReading::default();
         let mut asleep = false;
@@ -399,7 +489,7 @@ impl GpuSource {
             }
             Reader::Smi { tool, smi_index } => {
                 if sensors {
-                    if let Ok(gpus) = smi::query(&RealRunner, *tool) {
+                    if let Ok(gpus) = smi::query(runner, *tool) {
                         if let Some(g) = gpus.into_iter().find(|g| g.index == *smi_index) {
                             d.sensors = g.reading;
                         }
@@ -509,7 +599,64 @@ impl Source for GpuSource {
 
 #[cfg(test)]
 mod tests {
+    use super::super::nvidia::fake::{a100_mig, h100, FakeNvml};
     use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    /// An SMI runner that answers every call with `answer` and records the programs it ran.
+    #[derive(Clone)]
+    struct FakeSmi {
+        answer: Result<String, io::ErrorKind>,
+        ran: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeSmi {
+        /// Answers with the text of `tests/fixtures/smi/<name>`.
+        fn fixture(name: &str) -> FakeSmi {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/smi")
+                .join(name);
+            FakeSmi {
+                answer: Ok(std::fs::read_to_string(path).unwrap()),
+                ran: Arc::default(),
+            }
+        }
+
+        /// No tool is installed.
+        fn missing() -> FakeSmi {
+            FakeSmi {
+                answer: Err(io::ErrorKind::NotFound),
+                ran: Arc::default(),
+            }
+        }
+
+        fn ran(&self) -> Vec<String> {
+            self.ran.lock().unwrap().clone()
+        }
+    }
+
+    impl ToolRunner for FakeSmi {
+        fn run(&self, program: &str, _args: &[&str], _timeout: Duration) -> io::Result<String> {
+            self.ran.lock().unwrap().push(program.to_string());
+            self.answer.clone().map_err(io::Error::from)
+        }
+    }
+
+    /// No NVIDIA driver and no SMI tool: only the fixture trees are read.
+    fn offline() -> GpuBackends {
+        backends(|| Err(NvmlError::DriverNotLoaded), FakeSmi::missing())
+    }
+
+    fn backends(
+        nvml: impl FnOnce() -> Result<Box<dyn NvmlApi>, NvmlError> + 'static,
+        smi: FakeSmi,
+    ) -> GpuBackends {
+        GpuBackends {
+            nvml: Box::new(nvml),
+            smi: Box::new(smi),
+        }
+    }
 
     fn opts(tree: &str) -> GpuOptions {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -526,7 +673,7 @@ mod tests {
     }
 
     fn one(tree: &str) -> (GpuInfo, GpuSample) {
-        let (mut src, _warnings) = GpuSource::open(opts(tree));
+        let (mut src, _warnings) = GpuSource::open_with(opts(tree), offline());
         let mut s = Sample::default();
         src.sample(1, 0, &mut s, &mut Vec::new());
         assert_eq!(s.gpus.len(), 1, "{tree}");
@@ -567,18 +714,18 @@ mod tests {
 
     #[test]
     fn no_gpu_and_bad_index() {
-        let (src, w) = GpuSource::open(opts("no-gpu"));
+        let (src, w) = GpuSource::open_with(opts("no-gpu"), offline());
         assert!(src.is_empty() && w.is_empty());
         let mut o = opts("rdna3");
         o.select = GpuSelect::Index(7);
-        let (src, w) = GpuSource::open(o);
+        let (src, w) = GpuSource::open_with(o, offline());
         assert!(src.is_empty());
         assert!(w[0].contains("no GPU with index 7"), "{w:?}");
     }
 
     #[test]
     fn sensors_are_read_at_their_own_cadence() {
-        let (mut src, _) = GpuSource::open(opts("rdna3"));
+        let (mut src, _) = GpuSource::open_with(opts("rdna3"), offline());
         let mut now = 0;
         let mut reads = 0;
         for _ in 0..20 {
@@ -622,7 +769,7 @@ mod tests {
         o.sysfs_root = dir.path().join("sys");
         o.procfs_root = dir.path().join("proc");
         o.dev_root = dir.path().join("dev");
-        let (mut src, _) = GpuSource::open(o);
+        let (mut src, _) = GpuSource::open_with(o, offline());
         let hwmon = dir.path().join("sys/class/drm/card0/device/hwmon/hwmon2");
         let mut s = Sample::default();
         src.sample(0, 0, &mut s, &mut Vec::new());
@@ -648,6 +795,129 @@ mod tests {
         assert_eq!(s.gpus[0].reading.power_w, Some(300.0));
     }
 
+    fn sample_at(src: &mut GpuSource, now_ns: u64) -> Sample {
+        let mut s = Sample::default();
+        src.sample(now_ns, 0, &mut s, &mut Vec::new());
+        s
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A driver whose NVML does not initialise: the two GPUs of the nvidia-smi fixture (an
+    /// H100 and a MIG-mode A100) are read through nvidia-smi instead.
+    #[test]
+    fn broken_nvml_falls_back_to_nvidia_smi() {
+        let smi = FakeSmi::fixture("nvidia_smi_2gpu.csv");
+        let mut o = opts("no-gpu");
+        o.select = GpuSelect::Nvidia;
+        let (mut src, w) =
+            GpuSource::open_with(o, backends(|| Err(NvmlError::Unknown), smi.clone()));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("NVML: ") && w[0].contains("using nvidia-smi instead"));
+        let infos = src.infos();
+        assert_eq!(infos.len(), 2);
+        assert_eq!(
+            (infos[0].index, infos[0].name.as_str()),
+            (0, "NVIDIA H100 80GB HBM3")
+        );
+        assert_eq!(infos[1].memory_reader, "nvidia-smi");
+        assert_eq!(infos[1].process_reader, "none");
+        let s = sample_at(&mut src, 1);
+        let h100 = &s.gpus[0];
+        assert_eq!(h100.reading.vram_used_bytes, Some(71_243 * MIB));
+        assert_eq!(h100.usable_total_bytes, Some(81_559 * MIB));
+        assert_eq!(h100.reading.power_w, Some(612.45));
+        assert_eq!(
+            s.gpus[1].reading.gpu_busy_percent, None,
+            "[N/A] in MIG mode"
+        );
+        // Once to find the devices, then once per device at each sensor read (every 100 ms
+        // here), none between them.
+        assert_eq!(smi.ran(), ["nvidia-smi"; 3]);
+        sample_at(&mut src, 50_000_000);
+        assert_eq!(smi.ran().len(), 3);
+        sample_at(&mut src, 101_000_000);
+        assert_eq!(smi.ran().len(), 5);
+    }
+
+    #[test]
+    fn broken_nvml_without_nvidia_smi_measures_no_nvidia_gpu() {
+        let mut o = opts("no-gpu");
+        o.select = GpuSelect::Nvidia;
+        let (src, w) =
+            GpuSource::open_with(o, backends(|| Err(NvmlError::Unknown), FakeSmi::missing()));
+        assert!(src.is_empty());
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("NVML: ") && w[0].ends_with("; NVIDIA GPUs are not measured"));
+    }
+
+    /// An amdgpu device whose sysfs has no memory counters and no render node: rocm-smi
+    /// (the 6.2 fixture, warning preamble and all) reads it.
+    #[test]
+    fn amd_device_no_direct_reader_works_for_is_read_by_rocm_smi() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("sys/class/drm/card0/device");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("uevent"), "DRIVER=amdgpu\nPCI_ID=1002:74A1\n").unwrap();
+        let mut o = opts("no-gpu");
+        o.sysfs_root = dir.path().join("sys");
+        let smi = FakeSmi::fixture("rocm_smi_6.2_warning.csv");
+        let (mut src, w) =
+            GpuSource::open_with(o, backends(|| Err(NvmlError::DriverNotLoaded), smi.clone()));
+        assert!(
+            w[0].starts_with("card0: no direct reader works; using rocm-smi"),
+            "{w:?}"
+        );
+        let info = &src.infos()[0];
+        assert_eq!(
+            (info.memory_reader.as_str(), info.sensor_reader.as_str()),
+            ("rocm-smi", "rocm-smi")
+        );
+        let g = &sample_at(&mut src, 1).gpus[0];
+        assert_eq!(g.reading.vram_total_bytes, Some(51_522_830_336));
+        assert_eq!(g.usable_used_bytes, Some(47_915_057_152));
+        assert_eq!(g.reading.temp_junction_c, Some(61.0));
+        assert_eq!(smi.ran(), ["rocm-smi", "rocm-smi"]);
+    }
+
+    /// NVML's devices come after the AMD ones (rdna3's card0), memory every tick and the
+    /// tracked processes' GPU memory from NVML's process list.
+    #[test]
+    fn nvml_devices_follow_the_amd_ones_and_are_read_through_the_seam() {
+        let smi = FakeSmi::missing();
+        let mut o = opts("rdna3");
+        o.select = GpuSelect::Auto;
+        let (mut src, w) = GpuSource::open_with(
+            o,
+            backends(|| FakeNvml::boxed(vec![h100(), a100_mig()]), smi.clone()),
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let infos = src.infos();
+        let nv: Vec<_> = infos.iter().filter(|i| i.vendor == "nvidia").collect();
+        assert_eq!((nv[0].index, nv[1].index), (1, 2));
+        assert_eq!(nv[0].pci_slot.as_deref(), Some("00000000:19:00.0"));
+        assert_eq!(nv[0].memory_reader, "nvml");
+        src.track(4242);
+        let s = sample_at(&mut src, 1);
+        assert_eq!(s.gpus.len(), 3);
+        let h = &s.gpus[1];
+        assert_eq!(h.index, 1);
+        assert_eq!(h.usable_total_bytes, Some(81_559 * MIB));
+        assert_eq!(h.reading.sclk_mhz, Some(1980.0));
+        assert_eq!(s.gpu_processes.len(), 1);
+        assert_eq!(s.gpu_processes[0].pid, 4242);
+        assert_eq!(s.gpu_processes[0].vram_bytes, 70_656 * MIB);
+        assert!(smi.ran().is_empty(), "no tool while NVML works");
+        // --gpu 2: the A100 alone.
+        let mut o = opts("rdna3");
+        o.select = GpuSelect::Index(2);
+        let (src, _) = GpuSource::open_with(
+            o,
+            backends(|| FakeNvml::boxed(vec![h100(), a100_mig()]), smi),
+        );
+        assert_eq!(src.infos()[0].name, "NVIDIA A100-SXM4-40GB");
+    }
+
     #[test]
     fn selection_parses() {
         assert_eq!("auto".parse::<GpuSelect>().unwrap(), GpuSelect::Auto);
@@ -655,6 +925,7 @@ mod tests {
         assert!("intel"
             .parse::<GpuSelect>()
             .unwrap_err()
+            .to_string()
             .contains("auto, amd"));
     }
 }
