@@ -562,6 +562,7 @@ pub fn render(s: &Summary, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::watchdog::Breach;
 
     fn sample(t_ms: u64, cpu_ms: u64, mem: u64) -> Sample {
         Sample {
@@ -693,6 +694,178 @@ mod tests {
         assert_eq!(p.gtt_peak_bytes, 5 << 20);
         // 1000 ms of engine time over 2 s.
         assert_eq!(p.engine_busy_avg_percent, Some(50.0));
+    }
+
+    /// A summary with every optional part present, and one with none.
+    fn full_summary() -> Summary {
+        Summary {
+            schema_version: 1,
+            o3_version: "test",
+            target: serde_json::json!({"command": ["sleep", "1"]}),
+            wall_ns: 12_345_678_901,
+            exit: Some(ExitInfo {
+                code: Some(3),
+                signal: None,
+            }),
+            rss: RssSummary {
+                peak_bytes: 3 << 30,
+                peak_t_ns: 2_500_000_000,
+                final_bytes: 1 << 20,
+                method: Method::Ebpf,
+                program: Some("raw"),
+            },
+            processes: vec![
+                ProcessPeak {
+                    pid: 42,
+                    comm: "llama-server".into(),
+                    peak_rss_bytes: 3 << 30,
+                    peak_t_ns: 2_500_000_000,
+                    cpu_ns: Some(7_000_000_000),
+                },
+                ProcessPeak {
+                    pid: 43,
+                    comm: "sh".into(),
+                    peak_rss_bytes: 4 << 20,
+                    peak_t_ns: 1_000_000,
+                    cpu_ns: None,
+                },
+            ],
+            cpu: CpuSummary {
+                total_ns: 9_000_000_000,
+                avg_percent: 72.91,
+                peak_percent: 398.5,
+                peak_window_ns: 100_000_000,
+                method: Method::Ebpf,
+            },
+            system_memory: Some(SystemMemory {
+                used_peak_bytes: 20 << 30,
+                used_peak_t_ns: 3_000_000_000,
+                total_bytes: 64 << 30,
+                method: Method::ProcfsPolling,
+            }),
+            rusage: Some(Rusage {
+                user_ns: 6_000_000_000,
+                sys_ns: 1_500_000_000,
+                cpu_ns: 7_500_000_000,
+                maxrss_bytes: 3 << 30,
+            }),
+            sampling: Sampling {
+                interval_ns: 10_000_000,
+                kernel: true,
+                sources_every_ns: 10_000_000,
+                samples: 1234,
+                late_ticks: 2,
+                max_tick_ns: 15_000_000,
+            },
+            overhead: Overhead {
+                attach_ns: 50_000_000,
+                o3_cpu_ns: 40_000_000,
+                sampler_cpu_ns: 30_000_000,
+                bpf_run_ns: 2_000_000,
+                bpf_run_count: 12_000,
+                percent_of_one_core: 0.3456,
+            },
+            gpus: vec![
+                GpuSummary {
+                    index: 0,
+                    name: "Radeon 8060S".into(),
+                    vendor: "amd".into(),
+                    apu: true,
+                    usable_total_bytes: Some(96 << 30),
+                    usable_used_peak_bytes: Some(18 << 30),
+                    usable_used_peak_t_ns: Some(2_000_000_000),
+                    temp_peak_c: Some(61.0),
+                    power_avg_w: Some(55.25),
+                    power_peak_w: Some(120.0),
+                    energy_j: Some(680.5),
+                    ..GpuSummary::default()
+                },
+                GpuSummary {
+                    index: 1,
+                    name: "dGPU".into(),
+                    ..GpuSummary::default()
+                },
+            ],
+            gpu_processes: vec![
+                GpuProcessSummary {
+                    pid: 42,
+                    vram_peak_bytes: 1 << 30,
+                    gtt_peak_bytes: 17 << 30,
+                    kfd_vram_peak_bytes: 0,
+                    engine_busy_avg_percent: Some(87.25),
+                    ..GpuProcessSummary::default()
+                },
+                GpuProcessSummary {
+                    pid: 43,
+                    ..GpuProcessSummary::default()
+                },
+            ],
+            gpu_mem_exact: Vec::new(),
+            safety: Some(Safety {
+                thresholds: Thresholds::default(),
+                breaches: vec![Breach {
+                    metric: "ram_percent",
+                    value: 91.25,
+                    limit: 85.0,
+                    t_ns: 3_000_000_000,
+                    gpu: None,
+                }],
+            }),
+            warnings: vec!["one warning".into()],
+        }
+    }
+
+    #[test]
+    fn the_text_summary_of_a_full_recording() {
+        let want = concat!(
+            "o3 record: `sleep 1` exited with status 3 after 12.346 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (exact, kernel programs)\n",
+            "  RSS at the end           1.0 MiB\n",
+            "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (exact, kernel programs)\n",
+            "  system RAM used, peak    20.0 GiB of 64.0 GiB at 3.000 s  (sampled)\n",
+            "  kernel rusage of CMD     cpu 7.500 s (user 6.000 s, sys 1.500 s), maxrss 3.0 GiB\n",
+            "  samples                  1234 every 10 ms, 2 late\n",
+            "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
+            "  GPU 0 Radeon 8060S (APU)  peak GTT 18.0 GiB of 96.0 GiB at 2.000 s (sampled), peak 61 °C, power avg 55.2 W peak 120.0 W, energy 680.5 J\n",
+            "  GPU 1 dGPU  peak VRAM - of - at - (sampled), peak NaN °C, power avg - peak -, energy -\n",
+            "  GPU memory of pid 42: VRAM peak 1.0 GiB, GTT peak 17.0 GiB, KFD VRAM peak 0 B, engines busy 87.2 %\n",
+            "  GPU memory of pid 43: VRAM peak 0 B, GTT peak 0 B, KFD VRAM peak 0 B, engines busy -\n",
+            "  safety limit: ram_percent 91.2 over 85.0 at 3.000 s\n",
+            "       PID      PEAK RSS          AT         CPU  COMMAND\n",
+            "        42       3.0 GiB     2.500 s     7.000 s  llama-server\n",
+            "        43       4.0 MiB     0.001 s           -  sh\n",
+            "  warning: one warning\n",
+        );
+        assert_eq!(render(&full_summary(), "`sleep 1`"), want);
+    }
+
+    #[test]
+    fn the_text_summary_without_the_optional_parts() {
+        let mut s = full_summary();
+        s.exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+        });
+        s.processes.clear();
+        s.system_memory = None;
+        s.rusage = None;
+        s.gpus.clear();
+        s.gpu_processes.clear();
+        s.safety = None;
+        s.warnings.clear();
+        s.rss.method = Method::ProcfsPolling;
+        s.cpu.method = Method::Rusage;
+        let want = concat!(
+            "o3 record: pid 7 was killed by signal 9 after 12.346 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (procfs polling: peaks between samples are missed)\n",
+            "  RSS at the end           1.0 MiB\n",
+            "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (kernel rusage)\n",
+            "  samples                  1234 every 10 ms, 2 late\n",
+            "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
+        );
+        assert_eq!(render(&s, "pid 7"), want);
+        s.exit = None;
+        assert!(render(&s, "pid 7").starts_with("o3 record: pid 7 recording ended after "));
     }
 
     #[test]
