@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
 
 use serde::Serialize;
 
@@ -22,18 +23,20 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    /// From a wait status.
+    /// From a wait status (as `wait4` fills it in): the exit code, or the terminating signal.
     pub fn from_status(status: i32) -> ExitInfo {
-        if libc::WIFSIGNALED(status) {
-            ExitInfo {
+        // std decodes the status as WIFSIGNALED/WTERMSIG/WEXITSTATUS do, and keeps any signal
+        // number (nix's `WaitStatus` refuses real-time signals).
+        let st = std::process::ExitStatus::from_raw(status);
+        match st.signal() {
+            Some(sig) => ExitInfo {
                 code: None,
-                signal: Some(libc::WTERMSIG(status)),
-            }
-        } else {
-            ExitInfo {
-                code: Some(libc::WEXITSTATUS(status)),
+                signal: Some(sig),
+            },
+            None => ExitInfo {
+                code: st.code(),
                 signal: None,
-            }
+            },
         }
     }
 
@@ -236,15 +239,26 @@ fn max_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// CPUs online now.
+/// CPUs online now, as `sysconf(_SC_NPROCESSORS_ONLN)` counts them: the CPUs listed in
+/// `/sys/devices/system/cpu/online`; else the CPUs this process may run on; at least 1.
 fn online_cpus() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as usize
-    } else {
-        1
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|l| count_cpu_list(&l))
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// How many CPUs a kernel CPU list names (`0-3,8,10-11` → 7); `None` where it does not parse.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        n += hi.checked_sub(lo)? + 1;
     }
+    Some(n)
 }
 
 impl Aggregate {
@@ -434,10 +448,39 @@ fn method_note(m: Method) -> &'static str {
     }
 }
 
-/// The text summary, one fact per line.
+/// The text summary, one fact per line: how the command ended, the tree's memory and CPU, the
+/// system's, the sampling and its cost, the GPUs, the safety breaches, the processes, the
+/// warnings.
 pub fn render(s: &Summary, what: &str) -> String {
     let mut o = String::new();
-    let ended = match &s.exit {
+    let _ = writeln!(
+        o,
+        "o3 record: {what} {} after {}",
+        ended(s.exit.as_ref()),
+        secs(s.wall_ns)
+    );
+    tree_lines(&mut o, s);
+    system_lines(&mut o, s);
+    sampling_lines(&mut o, s);
+    for g in &s.gpus {
+        let _ = writeln!(o, "{}", gpu_line(g));
+    }
+    for p in &s.gpu_processes {
+        let _ = writeln!(o, "{}", gpu_process_line(p));
+    }
+    for b in s.safety.iter().flat_map(|safety| &safety.breaches) {
+        let _ = writeln!(o, "  {b}");
+    }
+    process_table(&mut o, &s.processes);
+    for w in &s.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    o
+}
+
+/// How the recording ended: `exited with status 0`, `was killed by signal 9`.
+fn ended(exit: Option<&ExitInfo>) -> String {
+    match exit {
         Some(ExitInfo {
             code: Some(c),
             signal: None,
@@ -446,8 +489,11 @@ pub fn render(s: &Summary, what: &str) -> String {
             signal: Some(sig), ..
         }) => format!("was killed by signal {sig}"),
         _ => "recording ended".to_string(),
-    };
-    let _ = writeln!(o, "o3 record: {what} {ended} after {}", secs(s.wall_ns));
+    }
+}
+
+/// The tracked tree's RSS peak, its RSS at the end and its CPU time.
+fn tree_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "  peak RSS of the tree     {} at {}  ({})",
@@ -465,6 +511,10 @@ pub fn render(s: &Summary, what: &str) -> String {
         s.cpu.peak_window_ns / 1_000_000,
         method_note(s.cpu.method)
     );
+}
+
+/// System RAM and the kernel's rusage of the command, where measured.
+fn system_lines(o: &mut String, s: &Summary) {
     if let Some(m) = &s.system_memory {
         let _ = writeln!(
             o,
@@ -484,6 +534,10 @@ pub fn render(s: &Summary, what: &str) -> String {
             bytes(r.maxrss_bytes)
         );
     }
+}
+
+/// How often the tree was sampled, and what the monitoring cost.
+fn sampling_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "  samples                  {} every {} ms, {} late",
@@ -499,64 +553,63 @@ pub fn render(s: &Summary, what: &str) -> String {
         secs(s.overhead.bpf_run_ns),
         s.overhead.bpf_run_count
     );
-    for g in &s.gpus {
-        let gib = |b: Option<u64>| b.map_or("-".to_string(), bytes);
-        let _ = writeln!(
-            o,
-            "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
-            g.index,
-            g.name,
-            if g.apu { " (APU)" } else { "" },
-            if g.apu { "GTT" } else { "VRAM" },
-            gib(g.usable_used_peak_bytes),
-            gib(g.usable_total_bytes),
-            g.usable_used_peak_t_ns.map_or("-".into(), secs),
-            g.temp_peak_c.unwrap_or(f64::NAN),
-            g.power_avg_w.map_or("-".into(), |w| format!("{w:.1} W")),
-            g.power_peak_w.map_or("-".into(), |w| format!("{w:.1} W")),
-            g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
-        );
+}
+
+/// One GPU's peaks; `-` for what was not measured.
+fn gpu_line(g: &GpuSummary) -> String {
+    let size = |b: Option<u64>| b.map_or("-".to_string(), bytes);
+    let watts = |w: Option<f64>| w.map_or("-".into(), |w| format!("{w:.1} W"));
+    format!(
+        "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
+        g.index,
+        g.name,
+        if g.apu { " (APU)" } else { "" },
+        if g.apu { "GTT" } else { "VRAM" },
+        size(g.usable_used_peak_bytes),
+        size(g.usable_total_bytes),
+        g.usable_used_peak_t_ns.map_or("-".into(), secs),
+        g.temp_peak_c.unwrap_or(f64::NAN),
+        watts(g.power_avg_w),
+        watts(g.power_peak_w),
+        g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
+    )
+}
+
+/// One process's GPU-memory peaks and engine use.
+fn gpu_process_line(p: &GpuProcessSummary) -> String {
+    format!(
+        "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}, engines busy {}",
+        p.pid,
+        bytes(p.vram_peak_bytes),
+        bytes(p.gtt_peak_bytes),
+        bytes(p.kfd_vram_peak_bytes),
+        p.engine_busy_avg_percent
+            .map_or("-".into(), |b| format!("{b:.1} %"))
+    )
+}
+
+/// The tree's processes with their RSS peaks, under a header; nothing without processes.
+fn process_table(o: &mut String, processes: &[ProcessPeak]) {
+    if processes.is_empty() {
+        return;
     }
-    for p in &s.gpu_processes {
+    let _ = writeln!(
+        o,
+        "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
+        "PID", "PEAK RSS", "AT", "CPU"
+    );
+    for p in processes {
+        let cpu = p.cpu_ns.map_or("-".to_string(), secs);
         let _ = writeln!(
             o,
-            "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}, engines busy {}",
+            "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
             p.pid,
-            bytes(p.vram_peak_bytes),
-            bytes(p.gtt_peak_bytes),
-            bytes(p.kfd_vram_peak_bytes),
-            p.engine_busy_avg_percent
-                .map_or("-".into(), |b| format!("{b:.1} %"))
+            bytes(p.peak_rss_bytes),
+            secs(p.peak_t_ns),
+            cpu,
+            p.comm
         );
     }
-    if let Some(safety) = &s.safety {
-        for b in &safety.breaches {
-            let _ = writeln!(o, "  {b}");
-        }
-    }
-    if !s.processes.is_empty() {
-        let _ = writeln!(
-            o,
-            "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
-            "PID", "PEAK RSS", "AT", "CPU"
-        );
-        for p in &s.processes {
-            let cpu = p.cpu_ns.map_or("-".to_string(), secs);
-            let _ = writeln!(
-                o,
-                "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
-                p.pid,
-                bytes(p.peak_rss_bytes),
-                secs(p.peak_t_ns),
-                cpu,
-                p.comm
-            );
-        }
-    }
-    for w in &s.warnings {
-        let _ = writeln!(o, "  warning: {w}");
-    }
-    o
 }
 
 #[cfg(test)]
@@ -872,5 +925,19 @@ mod tests {
     fn exit_codes_follow_the_shell() {
         assert_eq!(ExitInfo::from_status(7 << 8).shell_code(), 7);
         assert_eq!(ExitInfo::from_status(9).shell_code(), 137);
+        // A real-time signal (SIGRTMIN + 3) keeps its number; a core dump its signal.
+        assert_eq!(ExitInfo::from_status(37).signal, Some(37));
+        assert_eq!(ExitInfo::from_status(0x80 | 11).shell_code(), 139);
+        assert_eq!(ExitInfo::from_status(0).code, Some(0));
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-31\n"), Some(32));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert!(online_cpus() >= 1);
     }
 }
