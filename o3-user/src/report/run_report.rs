@@ -1,6 +1,6 @@
 //! The report on one `o3 optimize` run: what was searched and found, the presets with their
 //! artefacts, the statistics per configuration, what learning reused or predicted, and the
-//! resources over time. Pure: a `Run` in, a `Doc` out.
+//! resources over time. Pure: a `Run` in, a `ReportDoc` out.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use crate::optimize::stats::Observation;
 use crate::util::order::{median, nearest_rank};
 use crate::util::units::{bytes, utc};
 
-use super::doc::Doc;
+use super::doc::ReportDoc;
 use super::plot::{self, Chart, Marker, Rule, Series, Style};
 use super::read::tree_cpu_percent;
 use super::run::Run;
@@ -94,14 +94,14 @@ fn ttft_of(e: &Entry) -> Vec<f64> {
 }
 
 /// Builds the report.
-pub fn build(run: &Run) -> Doc {
+pub fn build(run: &Run) -> ReportDoc {
     let s = run.summary.as_ref().unwrap_or(&Value::Null);
     let r = &run.run;
     let model = r["target"]["model"].as_str().unwrap_or("?");
     let model_name = model.rsplit('/').next().unwrap_or(model);
-    let mut d = Doc {
+    let mut d = ReportDoc {
         title: format!("o3 optimize report: {model_name}"),
-        ..Doc::default()
+        ..ReportDoc::default()
     };
     overview(&mut d, run, s);
     time(&mut d, s);
@@ -116,7 +116,7 @@ pub fn build(run: &Run) -> Doc {
     d
 }
 
-fn overview(d: &mut Doc, run: &Run, s: &Value) {
+fn overview(d: &mut ReportDoc, run: &Run, s: &Value) {
     let r = &run.run;
     let t = &r["target"];
     let host = &r["host"];
@@ -205,7 +205,7 @@ fn overview(d: &mut Doc, run: &Run, s: &Value) {
 
 /// The plan against what it cost: the prediction at the start, the time spent, the floor and the
 /// run in floor units, the budget and what it cut, the time model.
-fn time(d: &mut Doc, s: &Value) {
+fn time(d: &mut ReportDoc, s: &Value) {
     let p = &s["plan"];
     if p.is_null() {
         return;
@@ -251,7 +251,7 @@ fn time(d: &mut Doc, s: &Value) {
     d.table(&["", ""], rows);
 }
 
-fn presets(d: &mut Doc, s: &Value) {
+fn presets(d: &mut ReportDoc, s: &Value) {
     let Some(ps) = s["presets"].as_array() else {
         return;
     };
@@ -317,7 +317,7 @@ fn presets(d: &mut Doc, s: &Value) {
     }
 }
 
-fn context(d: &mut Doc, run: &Run, s: &Value) {
+fn context(d: &mut ReportDoc, run: &Run, s: &Value) {
     let c = &s["context"];
     d.h2("Context search");
     if !c.is_null() {
@@ -505,7 +505,7 @@ fn by_context<'a>(run: &'a Run, stages: &[Stage]) -> BTreeMap<u32, Vec<&'a Entry
     m
 }
 
-fn batch(d: &mut Doc, run: &Run) {
+fn batch(d: &mut ReportDoc, run: &Run) {
     let groups = by_context(run, &[Stage::Batch]);
     if groups.is_empty() {
         return;
@@ -586,7 +586,7 @@ fn batch(d: &mut Doc, run: &Run) {
     );
 }
 
-fn concurrency(d: &mut Doc, run: &Run) {
+fn concurrency(d: &mut ReportDoc, run: &Run) {
     let groups = by_context(run, &[Stage::Concurrency]);
     if groups.is_empty() {
         return;
@@ -671,7 +671,7 @@ fn byte_unit(max: f64) -> (f64, &'static str) {
 
 const MAX_POINTS: usize = 600;
 
-fn resources(d: &mut Doc, run: &Run, s: &Value) {
+fn resources(d: &mut ReportDoc, run: &Run, s: &Value) {
     let peaks = &s["peaks"];
     if run.traces.is_empty() && peaks.is_null() {
         return;
@@ -885,7 +885,7 @@ fn resources(d: &mut Doc, run: &Run, s: &Value) {
     gpu(d, run, safety, &at);
 }
 
-fn gpu(d: &mut Doc, run: &Run, safety: &Value, at: &dyn Fn(&super::run::ProbeTrace, u64) -> f64) {
+fn gpu(d: &mut ReportDoc, run: &Run, safety: &Value, at: &dyn Fn(&super::run::ProbeTrace, u64) -> f64) {
     let mut idx: Vec<u32> = run
         .traces
         .iter()
@@ -986,7 +986,7 @@ fn gpu(d: &mut Doc, run: &Run, safety: &Value, at: &dyn Fn(&super::run::ProbeTra
     d.plot("gpu-temperature", temp);
 }
 
-fn statistics(d: &mut Doc, s: &Value) {
+fn statistics(d: &mut ReportDoc, s: &Value) {
     let Some(cs) = s["configurations"].as_array().filter(|c| !c.is_empty()) else {
         return;
     };
@@ -1151,7 +1151,7 @@ fn cv_checks_cell(v: &Value) -> String {
         .join("; ")
 }
 
-fn learning(d: &mut Doc, run: &Run, s: &Value) {
+fn learning(d: &mut ReportDoc, run: &Run, s: &Value) {
     let r = &run.run;
     let mut items: Vec<String> = Vec::new();
     if let Some(l) = r["learned"].as_object() {
@@ -1218,7 +1218,7 @@ fn learning(d: &mut Doc, run: &Run, s: &Value) {
     d.list(items);
 }
 
-fn notes(d: &mut Doc, run: &Run, s: &Value) {
+fn notes(d: &mut ReportDoc, run: &Run, s: &Value) {
     let mut items: Vec<String> = Vec::new();
     for n in s["notes"].as_array().into_iter().flatten() {
         items.push(str_of(n));
@@ -1335,7 +1335,7 @@ mod tests {
         }
     }
 
-    fn chart<'a>(d: &'a Doc, name: &str) -> &'a Chart {
+    fn chart<'a>(d: &'a ReportDoc, name: &str) -> &'a Chart {
         d.plots()
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("no {name} plot"))
@@ -1572,7 +1572,7 @@ mod tests {
              "outcome": "oom", "error": "out of memory at depth",
              "validation": validate(&obs[3..4], 0, None, &k)},
         ]});
-        let mut d = Doc::default();
+        let mut d = ReportDoc::default();
         statistics(&mut d, &s);
         let Some(super::super::doc::Block::Table(head, rows)) = d.blocks.last() else {
             panic!("no table");
