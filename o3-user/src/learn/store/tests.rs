@@ -1,8 +1,11 @@
 use std::io::BufRead;
 
+use rusqlite::params;
+
 use super::*;
 use crate::backend::OutcomeClass;
 use crate::learn::fingerprint::Gpu;
+use crate::learn::ModelShape;
 
 pub(crate) fn host() -> Host {
     Host {
