@@ -268,7 +268,8 @@ fn x_ticks(c: &Chart, x0: f64, x1: f64) -> Vec<f64> {
     v
 }
 
-type DrawError = Box<dyn std::error::Error>;
+/// What plotters reports (an SVG in memory has no I/O to fail: a plotters bug).
+type DrawError = plotters::drawing::DrawingAreaErrorKind<std::io::Error>;
 type DrawResult = Result<(), DrawError>;
 
 /// The plotting area of a chart, in data coordinates.
