@@ -154,99 +154,130 @@ impl Host {
     }
 
     /// What changed since `then` that may invalidate learned limits, one human-readable item
-    /// each (`kernel 6.18.1 -> 6.18.2`). Empty when nothing did.
+    /// each (`kernel 6.18.1 -> 6.18.2`). Empty when nothing did. When the GPUs themselves
+    /// differ that is said alone, without comparing their states.
     pub fn changes_from(&self, then: &Host) -> Vec<String> {
         let mut out = Vec::new();
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
-        let mut diff = |what: &str, old: String, new: String| {
-            if old != new {
-                out.push(format!("{what} {old} -> {new}"));
-            }
-        };
-        diff("kernel", then.kernel.clone(), self.kernel.clone());
-        diff("ROCm", opt(&then.rocm_version), opt(&self.rocm_version));
-        diff(
+        changed(&mut out, "kernel", &then.kernel, &self.kernel);
+        changed(
+            &mut out,
+            "ROCm",
+            &opt(&then.rocm_version),
+            &opt(&self.rocm_version),
+        );
+        changed(
+            &mut out,
             "CUDA driver",
-            opt(&then.cuda_driver),
-            opt(&self.cuda_driver),
+            &opt(&then.cuda_driver),
+            &opt(&self.cuda_driver),
         );
-        diff(
+        changed(
+            &mut out,
             "Vulkan driver",
-            opt(&then.vulkan_driver),
-            opt(&self.vulkan_driver),
+            &opt(&then.vulkan_driver),
+            &opt(&self.vulkan_driver),
         );
-        let ident = |g: &Gpu| format!("{} {}", g.name, g.pci_id.as_deref().unwrap_or(""));
-        let now_ids: Vec<String> = self.gpus.iter().map(ident).collect();
-        let then_ids: Vec<String> = then.gpus.iter().map(ident).collect();
-        if now_ids != then_ids {
-            let names = |gs: &[Gpu]| {
-                if gs.is_empty() {
-                    "none".to_string()
-                } else {
-                    gs.iter()
-                        .map(|g| g.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            };
-            out.push(format!(
-                "GPUs {} -> {}",
-                names(&then.gpus),
-                names(&self.gpus)
-            ));
+        if let Some(c) = gpu_set_change(&then.gpus, &self.gpus) {
+            out.push(c);
             return out;
         }
         for (i, (new, old)) in self.gpus.iter().zip(&then.gpus).enumerate() {
-            let p = format!("GPU {i} ({})", new.name);
-            let size = |b: Option<u64>| b.map(gib).unwrap_or_else(|| "unknown".into());
-            if new.vram_bytes != old.vram_bytes {
-                out.push(format!(
-                    "{p} VRAM {} -> {}",
-                    size(old.vram_bytes),
-                    size(new.vram_bytes)
-                ));
-            }
-            if new.gtt_bytes != old.gtt_bytes {
-                out.push(format!(
-                    "{p} GTT {} -> {}",
-                    size(old.gtt_bytes),
-                    size(new.gtt_bytes)
-                ));
-            }
-            if new.driver_version != old.driver_version {
-                out.push(format!(
-                    "{p} driver {} -> {}",
-                    opt(&old.driver_version),
-                    opt(&new.driver_version)
-                ));
-            }
-            if new.firmware != old.firmware {
-                let parse = |f: &Option<String>| -> BTreeMap<String, String> {
-                    f.as_deref()
-                        .unwrap_or("")
-                        .split(';')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect()
-                };
-                let (a, b) = (parse(&old.firmware), parse(&new.firmware));
-                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    let (x, y) = (a.get(k), b.get(k));
-                    if x != y {
-                        out.push(format!(
-                            "{p} firmware {k} {} -> {}",
-                            x.map(String::as_str).unwrap_or("none"),
-                            y.map(String::as_str).unwrap_or("none")
-                        ));
-                    }
-                }
-            }
+            out.extend(gpu_changes(i, old, new));
         }
         out
     }
+}
+
+/// `what old -> new` into `out` where they differ.
+fn changed(out: &mut Vec<String>, what: &str, old: &str, new: &str) {
+    if old != new {
+        out.push(format!("{what} {old} -> {new}"));
+    }
+}
+
+/// A version, or `none`.
+fn opt(o: &Option<String>) -> String {
+    o.clone().unwrap_or_else(|| "none".into())
+}
+
+/// `GPUs a, b -> c` when the GPUs (names and PCI ids, in order) are not the same ones.
+fn gpu_set_change(then: &[Gpu], now: &[Gpu]) -> Option<String> {
+    let ident = |g: &Gpu| format!("{} {}", g.name, g.pci_id.as_deref().unwrap_or(""));
+    if now.iter().map(ident).eq(then.iter().map(ident)) {
+        return None;
+    }
+    let names = |gs: &[Gpu]| {
+        if gs.is_empty() {
+            "none".to_string()
+        } else {
+            gs.iter()
+                .map(|g| g.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    Some(format!("GPUs {} -> {}", names(then), names(now)))
+}
+
+/// What changed of the same GPU, number `i`: its memory sizes, driver and firmware.
+fn gpu_changes(i: usize, old: &Gpu, new: &Gpu) -> Vec<String> {
+    let mut out = Vec::new();
+    let p = format!("GPU {i} ({})", new.name);
+    let size = |b: Option<u64>| b.map(gib).unwrap_or_else(|| "unknown".into());
+    if new.vram_bytes != old.vram_bytes {
+        out.push(format!(
+            "{p} VRAM {} -> {}",
+            size(old.vram_bytes),
+            size(new.vram_bytes)
+        ));
+    }
+    if new.gtt_bytes != old.gtt_bytes {
+        out.push(format!(
+            "{p} GTT {} -> {}",
+            size(old.gtt_bytes),
+            size(new.gtt_bytes)
+        ));
+    }
+    if new.driver_version != old.driver_version {
+        out.push(format!(
+            "{p} driver {} -> {}",
+            opt(&old.driver_version),
+            opt(&new.driver_version)
+        ));
+    }
+    if new.firmware != old.firmware {
+        out.extend(firmware_changes(&p, &old.firmware, &new.firmware));
+    }
+    out
+}
+
+/// Each firmware whose version changed (or that came or went), by name: `{gpu} firmware mec
+/// 0xa3 -> 0xa4`.
+fn firmware_changes(gpu: &str, old: &Option<String>, new: &Option<String>) -> Vec<String> {
+    let (a, b) = (firmware_versions(old), firmware_versions(new));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            format!(
+                "{gpu} firmware {k} {} -> {}",
+                a.get(k).map(String::as_str).unwrap_or("none"),
+                b.get(k).map(String::as_str).unwrap_or("none")
+            )
+        })
+        .collect()
+}
+
+/// `mec=0xa3;sos=0x1` as name → version.
+fn firmware_versions(f: &Option<String>) -> BTreeMap<String, String> {
+    f.as_deref()
+        .unwrap_or("")
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Sizes in changes and summaries: whole GiB where exact, else one decimal.
@@ -688,6 +719,33 @@ mod tests {
         assert_eq!(
             swapped.changes_from(&then),
             vec!["GPUs AMD Strix Halo -> none"]
+        );
+    }
+
+    #[test]
+    fn firmware_that_came_or_went_is_named_with_none() {
+        let fw = |s: &str| Some(s.to_string());
+        assert_eq!(
+            firmware_changes("GPU 0 (x)", &fw("mec=0x1;sos=0x2"), &fw("sos=0x2;ta=0x9")),
+            vec![
+                "GPU 0 (x) firmware mec 0x1 -> none",
+                "GPU 0 (x) firmware ta none -> 0x9",
+            ]
+        );
+        assert!(firmware_changes("g", &None, &fw("garbage")).is_empty());
+        let g = |name: &str, pci: Option<&str>| Gpu {
+            name: name.into(),
+            pci_id: pci.map(String::from),
+            apu: false,
+            vram_bytes: None,
+            gtt_bytes: None,
+            driver_version: None,
+            firmware: None,
+        };
+        assert_eq!(gpu_set_change(&[g("a", None)], &[g("a", None)]), None);
+        assert_eq!(
+            gpu_set_change(&[g("a", Some("1:2"))], &[g("a", Some("1:3")), g("b", None)]).as_deref(),
+            Some("GPUs a -> a, b")
         );
     }
 

@@ -362,46 +362,7 @@ fn parse_layout<R: Read>(
         file_size,
         path,
     };
-    let magic: [u8; 4] = r.bytes(&|| "the GGUF magic".to_owned())?;
-    if magic != MAGIC {
-        return Err(GgufError::BadMagic {
-            path: path.to_owned(),
-            found: magic.escape_ascii().to_string(),
-        });
-    }
-    let version = r.u32(&|| "the GGUF version".to_owned())?;
-    if !(2..=3).contains(&version) {
-        let hint = if version == 1 {
-            "version 1 files (2023) use 32-bit lengths: convert the model again with a current \
-             llama.cpp or download a newer file"
-        } else if (2..=3).contains(&version.swap_bytes()) {
-            "this is a big-endian GGUF file: use the model's little-endian build"
-        } else {
-            "is it a GGUF model file? (a newer format may need a newer o3)"
-        };
-        return Err(GgufError::UnsupportedVersion {
-            path: path.to_owned(),
-            version,
-            hint,
-        });
-    }
-    let at = r.offset;
-    let tensor_count = r.u64(&|| "the tensor count".to_owned())?;
-    if tensor_count > MAX_TENSOR_COUNT {
-        return Err(r.malformed(
-            at,
-            format!("tensor count {tensor_count} is above the limit of {MAX_TENSOR_COUNT}"),
-        ));
-    }
-    let at = r.offset;
-    let kv_count = r.u64(&|| "the metadata key/value count".to_owned())?;
-    if kv_count > MAX_KV_COUNT {
-        return Err(r.malformed(
-            at,
-            format!("metadata key/value count {kv_count} is above the limit of {MAX_KV_COUNT}"),
-        ));
-    }
-
+    let (version, tensor_count, kv_count) = r.preamble()?;
     let mut meta = Meta::default();
     for index in 0..kv_count {
         r.kv(index, &mut meta)?;
@@ -434,6 +395,18 @@ fn parse_layout<R: Read>(
     Ok((info, layout))
 }
 
+/// What to do about a file of an unsupported GGUF `version`.
+fn version_hint(version: u32) -> &'static str {
+    if version == 1 {
+        "version 1 files (2023) use 32-bit lengths: convert the model again with a current \
+         llama.cpp or download a newer file"
+    } else if (2..=3).contains(&version.swap_bytes()) {
+        "this is a big-endian GGUF file: use the model's little-endian build"
+    } else {
+        "is it a GGUF model file? (a newer format may need a newer o3)"
+    }
+}
+
 /// The metadata kept while reading: two strings, the alignment and the integers of [`wanted`]
 /// keys.
 #[derive(Default)]
@@ -464,6 +437,28 @@ struct Tensors {
     /// that tensor and where its data ends.
     past: Option<(u64, u64)>,
     first_past: Option<(String, u64)>,
+}
+
+impl Tensors {
+    /// Where a tensor's data lies (`data_offset` into the data section, `tensor_bytes` long):
+    /// notes the first misaligned tensor, the first whose data ends past the end of the file
+    /// (when looked for) and the one whose data ends furthest (the first of equals).
+    fn place(&mut self, name: String, data_offset: u64, tensor_bytes: u64) {
+        if self.misaligned.is_none() && data_offset % self.alignment != 0 {
+            self.misaligned = Some((name.clone(), data_offset));
+        }
+        let end = data_offset.saturating_add(tensor_bytes);
+        if let Some((data_start, file_size)) = self.past {
+            let end = data_start.saturating_add(end);
+            if self.first_past.is_none() && end > file_size {
+                self.first_past = Some((name.clone(), end));
+            }
+        }
+        if self.furthest.is_none() || end > self.furthest_end {
+            self.furthest_end = end;
+            self.furthest = Some(name);
+        }
+    }
 }
 
 impl Meta {
@@ -893,6 +888,39 @@ impl<R: Read> Reader<'_, R> {
         Ok(())
     }
 
+    /// The magic, the version (2 or 3), and the tensor and metadata key/value counts (each
+    /// within its limit).
+    fn preamble(&mut self) -> Result<(u32, u64, u64), GgufError> {
+        let magic: [u8; 4] = self.bytes(&|| "the GGUF magic".to_owned())?;
+        if magic != MAGIC {
+            return Err(GgufError::BadMagic {
+                path: self.path.to_owned(),
+                found: magic.escape_ascii().to_string(),
+            });
+        }
+        let version = self.u32(&|| "the GGUF version".to_owned())?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::UnsupportedVersion {
+                path: self.path.to_owned(),
+                version,
+                hint: version_hint(version),
+            });
+        }
+        let tensor_count = self.count("tensor count", MAX_TENSOR_COUNT)?;
+        let kv_count = self.count("metadata key/value count", MAX_KV_COUNT)?;
+        Ok((version, tensor_count, kv_count))
+    }
+
+    /// The `u64` count `name`, refused above `limit`.
+    fn count(&mut self, name: &str, limit: u64) -> Result<u64, GgufError> {
+        let at = self.offset;
+        let n = self.u64(&|| format!("the {name}"))?;
+        if n > limit {
+            return Err(self.malformed(at, format!("{name} {n} is above the limit of {limit}")));
+        }
+        Ok(n)
+    }
+
     /// An array value (after its key and type): integer arrays of wanted keys keep their
     /// largest element; everything else is read past.
     fn array(&mut self, key: &str, meta: &mut Meta) -> Result<(), GgufError> {
@@ -967,6 +995,40 @@ impl<R: Read> Reader<'_, R> {
     fn tensor_info(&mut self, index: u64, acc: &mut Tensors) -> Result<(), GgufError> {
         let name = self.string(&|| format!("the name of tensor {index}"))?;
         let dims_at = self.offset;
+        let (elements, first_dim) = self.tensor_dims(&name)?;
+        let ty_at = self.offset;
+        let ty = self.u32(&|| format!("the type of tensor \"{name}\""))?;
+        let data_offset = self.u64(&|| format!("the data offset of tensor \"{name}\""))?;
+        let tensor_bytes = match ggml_block(ty) {
+            Some(block) => {
+                let b = self.tensor_bytes(&name, ty, ty_at, block, elements, first_dim)?;
+                acc.bytes = acc
+                    .bytes
+                    .checked_add(b)
+                    .ok_or_else(|| self.sizes_overflow(ty_at))?;
+                b
+            }
+            None => {
+                acc.exact = false;
+                0
+            }
+        };
+        acc.place(name, data_offset, tensor_bytes);
+        acc.parameters = acc.parameters.checked_add(elements).ok_or_else(|| {
+            self.malformed(
+                dims_at,
+                "the tensors add up to more than 2^64 elements".into(),
+            )
+        })?;
+        let by_type = acc.elements_by_type.entry(ty).or_insert(0);
+        *by_type = by_type.saturating_add(elements);
+        Ok(())
+    }
+
+    /// A tensor's dimension count (at most [`MAX_DIMS`]) and dimensions: its element count (at
+    /// most 2^63-1) and its first dimension.
+    fn tensor_dims(&mut self, name: &str) -> Result<(u64, u64), GgufError> {
+        let dims_at = self.offset;
         let n_dims = self.u32(&|| format!("the dimension count of tensor \"{name}\""))?;
         if n_dims > MAX_DIMS {
             return Err(self.malformed(
@@ -995,59 +1057,37 @@ impl<R: Read> Reader<'_, R> {
                     )
                 })?;
         }
-        let ty_at = self.offset;
-        let ty = self.u32(&|| format!("the type of tensor \"{name}\""))?;
-        let data_offset = self.u64(&|| format!("the data offset of tensor \"{name}\""))?;
+        Ok((elements, first_dim))
+    }
 
-        let mut tensor_bytes = 0;
-        match ggml_block(ty) {
-            Some((block, block_bytes)) => {
-                if first_dim % block != 0 {
-                    let ty_name = ggml_type_name(ty).unwrap_or("?");
-                    return Err(self.malformed(
-                        ty_at,
-                        format!(
-                            "tensor \"{name}\" of type {ty_name} has a first dimension of \
-                             {first_dim}, not a multiple of its block size {block}"
-                        ),
-                    ));
-                }
-                let too_big = || {
-                    self.malformed(
-                        ty_at,
-                        "the tensor sizes add up to more than 2^64 bytes".into(),
-                    )
-                };
-                tensor_bytes = (elements / block)
-                    .checked_mul(block_bytes)
-                    .ok_or_else(too_big)?;
-                acc.bytes = acc.bytes.checked_add(tensor_bytes).ok_or_else(too_big)?;
-            }
-            None => acc.exact = false,
+    /// Bytes of a tensor of ggml type `ty` (read at `ty_at`) with `(block, block_bytes)`: its
+    /// first dimension must be whole blocks.
+    fn tensor_bytes(
+        &self,
+        name: &str,
+        ty: u32,
+        ty_at: u64,
+        (block, block_bytes): (u64, u64),
+        elements: u64,
+        first_dim: u64,
+    ) -> Result<u64, GgufError> {
+        if first_dim % block != 0 {
+            let ty_name = ggml_type_name(ty).unwrap_or("?");
+            return Err(self.malformed(
+                ty_at,
+                format!(
+                    "tensor \"{name}\" of type {ty_name} has a first dimension of \
+                     {first_dim}, not a multiple of its block size {block}"
+                ),
+            ));
         }
-        if acc.misaligned.is_none() && data_offset % acc.alignment != 0 {
-            acc.misaligned = Some((name.clone(), data_offset));
-        }
-        let end = data_offset.saturating_add(tensor_bytes);
-        if let Some((data_start, file_size)) = acc.past {
-            let end = data_start.saturating_add(end);
-            if acc.first_past.is_none() && end > file_size {
-                acc.first_past = Some((name.clone(), end));
-            }
-        }
-        if acc.furthest.is_none() || end > acc.furthest_end {
-            acc.furthest_end = end;
-            acc.furthest = Some(name);
-        }
-        acc.parameters = acc.parameters.checked_add(elements).ok_or_else(|| {
-            self.malformed(
-                dims_at,
-                "the tensors add up to more than 2^64 elements".into(),
-            )
-        })?;
-        let by_type = acc.elements_by_type.entry(ty).or_insert(0);
-        *by_type = by_type.saturating_add(elements);
-        Ok(())
+        (elements / block)
+            .checked_mul(block_bytes)
+            .ok_or_else(|| self.sizes_overflow(ty_at))
+    }
+
+    fn sizes_overflow(&self, at: u64) -> GgufError {
+        self.malformed(at, "the tensor sizes add up to more than 2^64 bytes".into())
     }
 }
 
@@ -1440,6 +1480,31 @@ mod tests {
         );
         // Extra bytes after the data (a writer's final padding) are fine.
         two_tensors(None, 32).zeros_to(256).strict().unwrap();
+    }
+
+    #[test]
+    fn placing_tensors_keeps_the_first_misaligned_the_first_past_and_the_furthest() {
+        let mut t = Tensors {
+            alignment: 32,
+            // Data starts at 100 in a file of 200 bytes.
+            past: Some((100, 200)),
+            ..Tensors::default()
+        };
+        t.place("a".into(), 0, 64);
+        t.place("b".into(), 64, 50); // ends at 100 + 114 > 200
+        t.place("c".into(), 70, 44); // misaligned; ends where b does
+        t.place("d".into(), 96, 200); // past too, and furthest
+        assert_eq!(t.misaligned, Some(("c".into(), 70)));
+        assert_eq!(t.first_past, Some(("b".into(), 214)));
+        assert_eq!((t.furthest.as_deref(), t.furthest_end), (Some("d"), 296));
+        let mut equal = Tensors {
+            alignment: 32,
+            ..Tensors::default()
+        };
+        equal.place("x".into(), 0, 32);
+        equal.place("y".into(), 0, 32);
+        assert_eq!(equal.furthest.as_deref(), Some("x"));
+        assert_eq!(equal.first_past, None);
     }
 
     #[test]

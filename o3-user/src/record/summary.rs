@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
 
 use serde::Serialize;
 
@@ -22,18 +23,20 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    /// From a wait status.
+    /// From a wait status (as `wait4` fills it in): the exit code, or the terminating signal.
     pub fn from_status(status: i32) -> ExitInfo {
-        if libc::WIFSIGNALED(status) {
-            ExitInfo {
+        // std decodes the status as WIFSIGNALED/WTERMSIG/WEXITSTATUS do, and keeps any signal
+        // number (nix's `WaitStatus` refuses real-time signals).
+        let st = std::process::ExitStatus::from_raw(status);
+        match st.signal() {
+            Some(sig) => ExitInfo {
                 code: None,
-                signal: Some(libc::WTERMSIG(status)),
-            }
-        } else {
-            ExitInfo {
-                code: Some(libc::WEXITSTATUS(status)),
+                signal: Some(sig),
+            },
+            None => ExitInfo {
+                code: st.code(),
                 signal: None,
-            }
+            },
         }
     }
 
@@ -236,15 +239,26 @@ fn max_opt<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// CPUs online now.
+/// CPUs online now, as `sysconf(_SC_NPROCESSORS_ONLN)` counts them: the CPUs listed in
+/// `/sys/devices/system/cpu/online`; else the CPUs this process may run on; at least 1.
 fn online_cpus() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 {
-        n as usize
-    } else {
-        1
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|l| count_cpu_list(&l))
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// How many CPUs a kernel CPU list names (`0-3,8,10-11` → 7); `None` where it does not parse.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        n += hi.checked_sub(lo)? + 1;
     }
+    Some(n)
 }
 
 impl Aggregate {
@@ -434,10 +448,39 @@ fn method_note(m: Method) -> &'static str {
     }
 }
 
-/// The text summary, one fact per line.
+/// The text summary, one fact per line: how the command ended, the tree's memory and CPU, the
+/// system's, the sampling and its cost, the GPUs, the safety breaches, the processes, the
+/// warnings.
 pub fn render(s: &Summary, what: &str) -> String {
     let mut o = String::new();
-    let ended = match &s.exit {
+    let _ = writeln!(
+        o,
+        "o3 record: {what} {} after {}",
+        ended(s.exit.as_ref()),
+        secs(s.wall_ns)
+    );
+    tree_lines(&mut o, s);
+    system_lines(&mut o, s);
+    sampling_lines(&mut o, s);
+    for g in &s.gpus {
+        let _ = writeln!(o, "{}", gpu_line(g));
+    }
+    for p in &s.gpu_processes {
+        let _ = writeln!(o, "{}", gpu_process_line(p));
+    }
+    for b in s.safety.iter().flat_map(|safety| &safety.breaches) {
+        let _ = writeln!(o, "  {b}");
+    }
+    process_table(&mut o, &s.processes);
+    for w in &s.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    o
+}
+
+/// How the recording ended: `exited with status 0`, `was killed by signal 9`.
+fn ended(exit: Option<&ExitInfo>) -> String {
+    match exit {
         Some(ExitInfo {
             code: Some(c),
             signal: None,
@@ -446,8 +489,11 @@ pub fn render(s: &Summary, what: &str) -> String {
             signal: Some(sig), ..
         }) => format!("was killed by signal {sig}"),
         _ => "recording ended".to_string(),
-    };
-    let _ = writeln!(o, "o3 record: {what} {ended} after {}", secs(s.wall_ns));
+    }
+}
+
+/// The tracked tree's RSS peak, its RSS at the end and its CPU time.
+fn tree_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "  peak RSS of the tree     {} at {}  ({})",
@@ -465,6 +511,10 @@ pub fn render(s: &Summary, what: &str) -> String {
         s.cpu.peak_window_ns / 1_000_000,
         method_note(s.cpu.method)
     );
+}
+
+/// System RAM and the kernel's rusage of the command, where measured.
+fn system_lines(o: &mut String, s: &Summary) {
     if let Some(m) = &s.system_memory {
         let _ = writeln!(
             o,
@@ -484,6 +534,10 @@ pub fn render(s: &Summary, what: &str) -> String {
             bytes(r.maxrss_bytes)
         );
     }
+}
+
+/// How often the tree was sampled, and what the monitoring cost.
+fn sampling_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "  samples                  {} every {} ms, {} late",
@@ -499,69 +553,69 @@ pub fn render(s: &Summary, what: &str) -> String {
         secs(s.overhead.bpf_run_ns),
         s.overhead.bpf_run_count
     );
-    for g in &s.gpus {
-        let gib = |b: Option<u64>| b.map_or("-".to_string(), bytes);
-        let _ = writeln!(
-            o,
-            "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
-            g.index,
-            g.name,
-            if g.apu { " (APU)" } else { "" },
-            if g.apu { "GTT" } else { "VRAM" },
-            gib(g.usable_used_peak_bytes),
-            gib(g.usable_total_bytes),
-            g.usable_used_peak_t_ns.map_or("-".into(), secs),
-            g.temp_peak_c.unwrap_or(f64::NAN),
-            g.power_avg_w.map_or("-".into(), |w| format!("{w:.1} W")),
-            g.power_peak_w.map_or("-".into(), |w| format!("{w:.1} W")),
-            g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
-        );
+}
+
+/// One GPU's peaks; `-` for what was not measured.
+fn gpu_line(g: &GpuSummary) -> String {
+    let size = |b: Option<u64>| b.map_or("-".to_string(), bytes);
+    let watts = |w: Option<f64>| w.map_or("-".into(), |w| format!("{w:.1} W"));
+    format!(
+        "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
+        g.index,
+        g.name,
+        if g.apu { " (APU)" } else { "" },
+        if g.apu { "GTT" } else { "VRAM" },
+        size(g.usable_used_peak_bytes),
+        size(g.usable_total_bytes),
+        g.usable_used_peak_t_ns.map_or("-".into(), secs),
+        g.temp_peak_c.unwrap_or(f64::NAN),
+        watts(g.power_avg_w),
+        watts(g.power_peak_w),
+        g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
+    )
+}
+
+/// One process's GPU-memory peaks and engine use.
+fn gpu_process_line(p: &GpuProcessSummary) -> String {
+    format!(
+        "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}, engines busy {}",
+        p.pid,
+        bytes(p.vram_peak_bytes),
+        bytes(p.gtt_peak_bytes),
+        bytes(p.kfd_vram_peak_bytes),
+        p.engine_busy_avg_percent
+            .map_or("-".into(), |b| format!("{b:.1} %"))
+    )
+}
+
+/// The tree's processes with their RSS peaks, under a header; nothing without processes.
+fn process_table(o: &mut String, processes: &[ProcessPeak]) {
+    if processes.is_empty() {
+        return;
     }
-    for p in &s.gpu_processes {
+    let _ = writeln!(
+        o,
+        "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
+        "PID", "PEAK RSS", "AT", "CPU"
+    );
+    for p in processes {
+        let cpu = p.cpu_ns.map_or("-".to_string(), secs);
         let _ = writeln!(
             o,
-            "  GPU memory of pid {}: VRAM peak {}, GTT peak {}, KFD VRAM peak {}, engines busy {}",
+            "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
             p.pid,
-            bytes(p.vram_peak_bytes),
-            bytes(p.gtt_peak_bytes),
-            bytes(p.kfd_vram_peak_bytes),
-            p.engine_busy_avg_percent
-                .map_or("-".into(), |b| format!("{b:.1} %"))
+            bytes(p.peak_rss_bytes),
+            secs(p.peak_t_ns),
+            cpu,
+            p.comm
         );
     }
-    if let Some(safety) = &s.safety {
-        for b in &safety.breaches {
-            let _ = writeln!(o, "  {b}");
-        }
-    }
-    if !s.processes.is_empty() {
-        let _ = writeln!(
-            o,
-            "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
-            "PID", "PEAK RSS", "AT", "CPU"
-        );
-        for p in &s.processes {
-            let cpu = p.cpu_ns.map_or("-".to_string(), secs);
-            let _ = writeln!(
-                o,
-                "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
-                p.pid,
-                bytes(p.peak_rss_bytes),
-                secs(p.peak_t_ns),
-                cpu,
-                p.comm
-            );
-        }
-    }
-    for w in &s.warnings {
-        let _ = writeln!(o, "  warning: {w}");
-    }
-    o
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::watchdog::Breach;
 
     fn sample(t_ms: u64, cpu_ms: u64, mem: u64) -> Sample {
         Sample {
@@ -695,9 +749,195 @@ mod tests {
         assert_eq!(p.engine_busy_avg_percent, Some(50.0));
     }
 
+    /// A summary with every optional part present, and one with none.
+    fn full_summary() -> Summary {
+        Summary {
+            schema_version: 1,
+            o3_version: "test",
+            target: serde_json::json!({"command": ["sleep", "1"]}),
+            wall_ns: 12_345_678_901,
+            exit: Some(ExitInfo {
+                code: Some(3),
+                signal: None,
+            }),
+            rss: RssSummary {
+                peak_bytes: 3 << 30,
+                peak_t_ns: 2_500_000_000,
+                final_bytes: 1 << 20,
+                method: Method::Ebpf,
+                program: Some("raw"),
+            },
+            processes: vec![
+                ProcessPeak {
+                    pid: 42,
+                    comm: "llama-server".into(),
+                    peak_rss_bytes: 3 << 30,
+                    peak_t_ns: 2_500_000_000,
+                    cpu_ns: Some(7_000_000_000),
+                },
+                ProcessPeak {
+                    pid: 43,
+                    comm: "sh".into(),
+                    peak_rss_bytes: 4 << 20,
+                    peak_t_ns: 1_000_000,
+                    cpu_ns: None,
+                },
+            ],
+            cpu: CpuSummary {
+                total_ns: 9_000_000_000,
+                avg_percent: 72.91,
+                peak_percent: 398.5,
+                peak_window_ns: 100_000_000,
+                method: Method::Ebpf,
+            },
+            system_memory: Some(SystemMemory {
+                used_peak_bytes: 20 << 30,
+                used_peak_t_ns: 3_000_000_000,
+                total_bytes: 64 << 30,
+                method: Method::ProcfsPolling,
+            }),
+            rusage: Some(Rusage {
+                user_ns: 6_000_000_000,
+                sys_ns: 1_500_000_000,
+                cpu_ns: 7_500_000_000,
+                maxrss_bytes: 3 << 30,
+            }),
+            sampling: Sampling {
+                interval_ns: 10_000_000,
+                kernel: true,
+                sources_every_ns: 10_000_000,
+                samples: 1234,
+                late_ticks: 2,
+                max_tick_ns: 15_000_000,
+            },
+            overhead: Overhead {
+                attach_ns: 50_000_000,
+                o3_cpu_ns: 40_000_000,
+                sampler_cpu_ns: 30_000_000,
+                bpf_run_ns: 2_000_000,
+                bpf_run_count: 12_000,
+                percent_of_one_core: 0.3456,
+            },
+            gpus: vec![
+                GpuSummary {
+                    index: 0,
+                    name: "Radeon 8060S".into(),
+                    vendor: "amd".into(),
+                    apu: true,
+                    usable_total_bytes: Some(96 << 30),
+                    usable_used_peak_bytes: Some(18 << 30),
+                    usable_used_peak_t_ns: Some(2_000_000_000),
+                    temp_peak_c: Some(61.0),
+                    power_avg_w: Some(55.25),
+                    power_peak_w: Some(120.0),
+                    energy_j: Some(680.5),
+                    ..GpuSummary::default()
+                },
+                GpuSummary {
+                    index: 1,
+                    name: "dGPU".into(),
+                    ..GpuSummary::default()
+                },
+            ],
+            gpu_processes: vec![
+                GpuProcessSummary {
+                    pid: 42,
+                    vram_peak_bytes: 1 << 30,
+                    gtt_peak_bytes: 17 << 30,
+                    kfd_vram_peak_bytes: 0,
+                    engine_busy_avg_percent: Some(87.25),
+                    ..GpuProcessSummary::default()
+                },
+                GpuProcessSummary {
+                    pid: 43,
+                    ..GpuProcessSummary::default()
+                },
+            ],
+            gpu_mem_exact: Vec::new(),
+            safety: Some(Safety {
+                thresholds: Thresholds::default(),
+                breaches: vec![Breach {
+                    metric: "ram_percent",
+                    value: 91.25,
+                    limit: 85.0,
+                    t_ns: 3_000_000_000,
+                    gpu: None,
+                }],
+            }),
+            warnings: vec!["one warning".into()],
+        }
+    }
+
+    #[test]
+    fn the_text_summary_of_a_full_recording() {
+        let want = concat!(
+            "o3 record: `sleep 1` exited with status 3 after 12.346 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (exact, kernel programs)\n",
+            "  RSS at the end           1.0 MiB\n",
+            "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (exact, kernel programs)\n",
+            "  system RAM used, peak    20.0 GiB of 64.0 GiB at 3.000 s  (sampled)\n",
+            "  kernel rusage of CMD     cpu 7.500 s (user 6.000 s, sys 1.500 s), maxrss 3.0 GiB\n",
+            "  samples                  1234 every 10 ms, 2 late\n",
+            "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
+            "  GPU 0 Radeon 8060S (APU)  peak GTT 18.0 GiB of 96.0 GiB at 2.000 s (sampled), peak 61 °C, power avg 55.2 W peak 120.0 W, energy 680.5 J\n",
+            "  GPU 1 dGPU  peak VRAM - of - at - (sampled), peak NaN °C, power avg - peak -, energy -\n",
+            "  GPU memory of pid 42: VRAM peak 1.0 GiB, GTT peak 17.0 GiB, KFD VRAM peak 0 B, engines busy 87.2 %\n",
+            "  GPU memory of pid 43: VRAM peak 0 B, GTT peak 0 B, KFD VRAM peak 0 B, engines busy -\n",
+            "  safety limit: ram_percent 91.2 over 85.0 at 3.000 s\n",
+            "       PID      PEAK RSS          AT         CPU  COMMAND\n",
+            "        42       3.0 GiB     2.500 s     7.000 s  llama-server\n",
+            "        43       4.0 MiB     0.001 s           -  sh\n",
+            "  warning: one warning\n",
+        );
+        assert_eq!(render(&full_summary(), "`sleep 1`"), want);
+    }
+
+    #[test]
+    fn the_text_summary_without_the_optional_parts() {
+        let mut s = full_summary();
+        s.exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+        });
+        s.processes.clear();
+        s.system_memory = None;
+        s.rusage = None;
+        s.gpus.clear();
+        s.gpu_processes.clear();
+        s.safety = None;
+        s.warnings.clear();
+        s.rss.method = Method::ProcfsPolling;
+        s.cpu.method = Method::Rusage;
+        let want = concat!(
+            "o3 record: pid 7 was killed by signal 9 after 12.346 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (procfs polling: peaks between samples are missed)\n",
+            "  RSS at the end           1.0 MiB\n",
+            "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (kernel rusage)\n",
+            "  samples                  1234 every 10 ms, 2 late\n",
+            "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
+        );
+        assert_eq!(render(&s, "pid 7"), want);
+        s.exit = None;
+        assert!(render(&s, "pid 7").starts_with("o3 record: pid 7 recording ended after "));
+    }
+
     #[test]
     fn exit_codes_follow_the_shell() {
         assert_eq!(ExitInfo::from_status(7 << 8).shell_code(), 7);
         assert_eq!(ExitInfo::from_status(9).shell_code(), 137);
+        // A real-time signal (SIGRTMIN + 3) keeps its number; a core dump its signal.
+        assert_eq!(ExitInfo::from_status(37).signal, Some(37));
+        assert_eq!(ExitInfo::from_status(0x80 | 11).shell_code(), 139);
+        assert_eq!(ExitInfo::from_status(0).code, Some(0));
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-31\n"), Some(32));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert!(online_cpus() >= 1);
     }
 }

@@ -18,8 +18,10 @@ pub enum Block {
     Code(String),
 }
 
+/// A report as a document: its title and its blocks in order, before it is rendered as
+/// Markdown or HTML.
 #[derive(Debug, Clone, Default)]
-pub struct Doc {
+pub struct ReportDoc {
     pub title: String,
     pub blocks: Vec<Block>,
 }
@@ -27,7 +29,7 @@ pub struct Doc {
 pub const PLOT_W: u32 = 880;
 pub const PLOT_H: u32 = 380;
 
-impl Doc {
+impl ReportDoc {
     pub fn h2(&mut self, t: impl Into<String>) {
         self.blocks.push(Block::Heading(2, t.into()));
     }
@@ -74,7 +76,7 @@ fn md_cell(s: &str) -> String {
 }
 
 /// Markdown; each plot is `![title](<plots_dir>/<name>.svg)`.
-pub fn markdown(d: &Doc, plots_dir: &str) -> String {
+pub fn markdown(d: &ReportDoc, plots_dir: &str) -> String {
     let mut o = format!("# {}\n", d.title);
     for b in &d.blocks {
         o.push('\n');
@@ -153,7 +155,7 @@ pub fn svg_file(c: &Chart) -> String {
 }
 
 /// One self-contained HTML page.
-pub fn html(d: &Doc) -> String {
+pub fn html(d: &ReportDoc) -> String {
     let mut o = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
         esc(&d.title),
@@ -209,10 +211,10 @@ mod tests {
     use super::*;
     use crate::report::plot::{Series, Style, BLUE};
 
-    fn doc() -> Doc {
-        let mut d = Doc {
+    fn doc() -> ReportDoc {
+        let mut d = ReportDoc {
             title: "Run <a & b>".into(),
-            ..Doc::default()
+            ..ReportDoc::default()
         };
         d.h2("Presets");
         d.table(&["name", "cmd"], vec![vec!["fast".into(), "a | b".into()]]);

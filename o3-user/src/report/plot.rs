@@ -2,6 +2,8 @@
 //! data — series of points, threshold lines, labelled markers — so what the report draws can be
 //! tested without parsing SVG.
 
+use plotters::chart::SeriesAnno;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// An RGB colour.
@@ -82,6 +84,9 @@ impl Series {
     }
 }
 
+/// The x range and the y range of a chart, low to high.
+type Ranges = ((f64, f64), (f64, f64));
+
 /// A horizontal or vertical reference line (a safety threshold, the validated maximum).
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -141,7 +146,7 @@ impl Chart {
     }
 
     /// The drawn ranges: every point and rule inside, y from 0, 5 % headroom.
-    fn ranges(&self) -> ((f64, f64), (f64, f64)) {
+    fn ranges(&self) -> Ranges {
         let pts = self.series.iter().flat_map(Series::all);
         let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
         for (x, y) in pts {
@@ -263,13 +268,41 @@ fn x_ticks(c: &Chart, x0: f64, x1: f64) -> Vec<f64> {
     v
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
+/// What plotters reports (an SVG in memory has no I/O to fail: a plotters bug).
+type DrawError = plotters::drawing::DrawingAreaErrorKind<std::io::Error>;
+type DrawResult = Result<(), DrawError>;
 
+/// The plotting area of a chart, in data coordinates.
+type Plot<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, RangedCoordf64>>;
+
+/// The chart into `out`: axes, threshold lines, series, legend, in that order (later ones are
+/// drawn over earlier ones).
 fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
     let root = SVGBackend::with_string(out, (w, h)).into_drawing_area();
     root.fill(&WHITE)?;
-    let ((x0, x1), (y0, y1)) = c.ranges();
-    let mut chart = ChartBuilder::on(&root)
+    let ranges = c.ranges();
+    let mut chart = axes(c, &root, ranges)?;
+    for r in &c.hrules {
+        draw_hrule(&mut chart, r, ranges)?;
+    }
+    for r in &c.vrules {
+        draw_vrule(&mut chart, r, ranges)?;
+    }
+    for s in &c.series {
+        draw_series(&mut chart, s)?;
+    }
+    draw_legend(&mut chart, c)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The caption, the axes with their ticks and labels, and the grid.
+fn axes<'a, 'b>(
+    c: &Chart,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    ((x0, x1), (y0, y1)): Ranges,
+) -> Result<Plot<'a, 'b>, DrawError> {
+    let mut chart = ChartBuilder::on(root)
         .caption(&c.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(42)
@@ -300,94 +333,130 @@ fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
         .bold_line_style(RGBColor(215, 215, 215))
         .label_style(("sans-serif", 12));
     mesh.draw()?;
+    Ok(chart)
+}
 
-    for r in &c.hrules {
-        let style = color(r.color).stroke_width(1);
-        chart.draw_series(DashedLineSeries::new(
-            vec![(x0, r.at), (x1, r.at)],
-            6,
-            4,
-            style,
-        ))?;
-        chart.draw_series(std::iter::once(Text::new(
-            r.label.clone(),
-            (x0 + (x1 - x0) * 0.01, r.at),
-            ("sans-serif", 12).into_font().color(&color(r.color)),
-        )))?;
+/// A dashed horizontal line across the chart, labelled at its left end.
+fn draw_hrule(chart: &mut Plot, r: &Rule, ((x0, x1), _): Ranges) -> DrawResult {
+    let style = color(r.color).stroke_width(1);
+    chart.draw_series(DashedLineSeries::new(
+        vec![(x0, r.at), (x1, r.at)],
+        6,
+        4,
+        style,
+    ))?;
+    chart.draw_series(std::iter::once(Text::new(
+        r.label.clone(),
+        (x0 + (x1 - x0) * 0.01, r.at),
+        ("sans-serif", 12).into_font().color(&color(r.color)),
+    )))?;
+    Ok(())
+}
+
+/// A dashed vertical line up the chart, labelled near its foot.
+fn draw_vrule(chart: &mut Plot, r: &Rule, ((x0, x1), (y0, y1)): Ranges) -> DrawResult {
+    let style = color(r.color).stroke_width(1);
+    chart.draw_series(DashedLineSeries::new(
+        vec![(r.at, y0), (r.at, y1)],
+        6,
+        4,
+        style,
+    ))?;
+    chart.draw_series(std::iter::once(Text::new(
+        r.label.clone(),
+        (vrule_label_x(r, x0, x1), y1 * 0.05),
+        ("sans-serif", 12).into_font().color(&color(r.color)),
+    )))?;
+    Ok(())
+}
+
+/// Where a vertical rule's label starts: right of the line, or left of it near the right edge,
+/// so the text stays inside.
+fn vrule_label_x(r: &Rule, x0: f64, x1: f64) -> f64 {
+    let right_half = r.at > x0 + (x1 - x0) * 0.6;
+    if right_half {
+        r.at - (x1 - x0) * (0.012 * r.label.chars().count() as f64 + 0.01)
+    } else {
+        r.at + (x1 - x0) * 0.01
     }
-    for r in &c.vrules {
-        let style = color(r.color).stroke_width(1);
-        chart.draw_series(DashedLineSeries::new(
-            vec![(r.at, y0), (r.at, y1)],
-            6,
-            4,
-            style,
-        ))?;
-        // Right of the line, or left of it near the right edge, so the text stays inside.
-        let right_half = r.at > x0 + (x1 - x0) * 0.6;
-        let lx = if right_half {
-            r.at - (x1 - x0) * (0.012 * r.label.chars().count() as f64 + 0.01)
+}
+
+/// Each segment of the series as its style says, the legend entry once (on the first segment
+/// drawn), then the series' text labels.
+fn draw_series(chart: &mut Plot, s: &Series) -> DrawResult {
+    let col = color(s.color);
+    let mut legend_drawn = false;
+    for seg in &s.segments {
+        let line = draw_line(chart, s.style, col, seg)?;
+        let anno = if matches!(s.style, Style::Points | Style::LinePoints) {
+            Some(draw_markers(chart, s.marker, col, seg)?)
         } else {
-            r.at + (x1 - x0) * 0.01
+            line
         };
-        chart.draw_series(std::iter::once(Text::new(
-            r.label.clone(),
-            (lx, y1 * 0.05),
-            ("sans-serif", 12).into_font().color(&color(r.color)),
-        )))?;
-    }
-
-    for s in &c.series {
-        let col = color(s.color);
-        let line = col.stroke_width(2);
-        let mut legend_drawn = false;
-        for seg in &s.segments {
-            let anno = match s.style {
-                Style::Line | Style::LinePoints => {
-                    Some(chart.draw_series(LineSeries::new(seg.iter().copied(), line))?)
-                }
-                Style::Dashed => Some(chart.draw_series(DashedLineSeries::new(
-                    seg.iter().copied(),
-                    5,
-                    4,
-                    col.stroke_width(1),
-                ))?),
-                Style::Points => None,
-            };
-            let anno = if matches!(s.style, Style::Points | Style::LinePoints) {
-                Some(match s.marker {
-                    Marker::Circle => chart.draw_series(
-                        seg.iter()
-                            .map(|p| Circle::new(*p, 3, col.filled()).into_dyn()),
-                    )?,
-                    Marker::Cross => chart.draw_series(
-                        seg.iter()
-                            .map(|p| Cross::new(*p, 5, col.stroke_width(2)).into_dyn()),
-                    )?,
-                    Marker::Triangle => chart.draw_series(
-                        seg.iter()
-                            .map(|p| TriangleMarker::new(*p, 6, col.filled()).into_dyn()),
-                    )?,
-                })
-            } else {
-                anno
-            };
-            if let (Some(a), false) = (anno, legend_drawn) {
-                legend_drawn = true;
-                let name = s.name.clone();
-                a.label(name).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
-                });
-            }
+        if let (Some(a), false) = (anno, legend_drawn) {
+            legend_drawn = true;
+            let name = s.name.clone();
+            a.label(name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
+            });
         }
-        chart.draw_series(s.labels.iter().map(|(x, y, t)| {
-            Text::new(
-                t.clone(),
-                (*x, *y),
-                ("sans-serif", 11).into_font().color(&col),
-            )
-        }))?;
     }
+    chart.draw_series(s.labels.iter().map(|(x, y, t)| {
+        Text::new(
+            t.clone(),
+            (*x, *y),
+            ("sans-serif", 11).into_font().color(&col),
+        )
+    }))?;
+    Ok(())
+}
+
+/// The line through a segment (none for a `Points` series), as an annotation for the legend.
+fn draw_line<'c, 'a, 'b>(
+    chart: &'c mut Plot<'a, 'b>,
+    style: Style,
+    col: RGBColor,
+    seg: &[(f64, f64)],
+) -> Result<Option<&'c mut SeriesAnno<'a, SVGBackend<'b>>>, DrawError> {
+    Ok(match style {
+        Style::Line | Style::LinePoints => {
+            Some(chart.draw_series(LineSeries::new(seg.iter().copied(), col.stroke_width(2)))?)
+        }
+        Style::Dashed => Some(chart.draw_series(DashedLineSeries::new(
+            seg.iter().copied(),
+            5,
+            4,
+            col.stroke_width(1),
+        ))?),
+        Style::Points => None,
+    })
+}
+
+/// A marker on each point of a segment, as an annotation for the legend.
+fn draw_markers<'c, 'a, 'b>(
+    chart: &'c mut Plot<'a, 'b>,
+    marker: Marker,
+    col: RGBColor,
+    seg: &[(f64, f64)],
+) -> Result<&'c mut SeriesAnno<'a, SVGBackend<'b>>, DrawError> {
+    Ok(match marker {
+        Marker::Circle => chart.draw_series(
+            seg.iter()
+                .map(|p| Circle::new(*p, 3, col.filled()).into_dyn()),
+        )?,
+        Marker::Cross => chart.draw_series(
+            seg.iter()
+                .map(|p| Cross::new(*p, 5, col.stroke_width(2)).into_dyn()),
+        )?,
+        Marker::Triangle => chart.draw_series(
+            seg.iter()
+                .map(|p| TriangleMarker::new(*p, 6, col.filled()).into_dyn()),
+        )?,
+    })
+}
+
+/// The legend, in the upper corner with fewer points under it.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Plot<'a, 'b>, c: &Chart) -> DrawResult {
     let corner = if c.crowded_upper_right() {
         SeriesLabelPosition::UpperLeft
     } else {
@@ -400,7 +469,6 @@ fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
         .border_style(RGBColor(200, 200, 200))
         .label_font(("sans-serif", 12))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -497,6 +565,19 @@ mod tests {
         }
         assert!(!s.contains("empty"), "an empty series is not drawn");
         assert_eq!(c.series.len(), 2);
+    }
+
+    #[test]
+    fn a_vertical_rules_label_stays_inside_the_chart() {
+        let rule = |at: f64| Rule {
+            label: "validated 4096".into(),
+            at,
+            color: GREEN,
+        };
+        // Left of 60 % of the width: the label starts just right of the line.
+        assert_eq!(vrule_label_x(&rule(20.0), 0.0, 100.0), 21.0);
+        // Right of it: the label ends before the line (14 characters × 1.2 % + 1 %).
+        assert!((vrule_label_x(&rule(90.0), 0.0, 100.0) - (90.0 - 17.8)).abs() < 1e-9);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 use std::io::BufRead;
 
+use rusqlite::params;
+
 use super::*;
 use crate::backend::OutcomeClass;
 use crate::learn::fingerprint::Gpu;
+use crate::learn::ModelShape;
 
 pub(crate) fn host() -> Host {
     Host {
@@ -457,8 +460,7 @@ fn a_read_only_file_is_named_as_such() {
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
             .unwrap();
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         eprintln!("file-permission case skipped: root writes read-only files");
         return;
     }

@@ -903,7 +903,7 @@ mod tests {
         let h = &s.gpus[1];
         assert_eq!(h.index, 1);
         assert_eq!(h.usable_total_bytes, Some(81_559 * MIB));
-        assert_eq!(h.reading.sclk_mhz, Some(1980.0));
+        assert_eq!(h.reading.power_w, Some(612.45));
         assert_eq!(s.gpu_processes.len(), 1);
         assert_eq!(s.gpu_processes[0].pid, 4242);
         assert_eq!(s.gpu_processes[0].vram_bytes, 70_656 * MIB);
