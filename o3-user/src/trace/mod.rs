@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod export;
+pub mod gpu;
 pub mod lines;
 pub mod read;
 pub mod record;

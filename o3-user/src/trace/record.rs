@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::telemetry::gpu::fdinfo::ProcessGpu;
-use crate::telemetry::gpu::source::{GpuInfo, GpuSample};
+use crate::trace::gpu::ProcessGpu;
+use crate::trace::gpu::{GpuInfo, GpuSample};
 
 /// How a metric was obtained; written next to every number in summaries and traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::record::{Header, HeaderRec, Method, Methods, Sample, SampleRec, TreeEvent};
 use super::{read_file, TraceWriter, SCHEMA_VERSION};
-use crate::telemetry::gpu::fdinfo::ProcessGpu;
-use crate::telemetry::gpu::source::{GpuInfo, GpuSample};
-use crate::telemetry::gpu::GpuReading;
+use crate::trace::gpu::GpuReading;
+use crate::trace::gpu::ProcessGpu;
+use crate::trace::gpu::{GpuInfo, GpuSample};
 
 /// Any finite float (JSON has no NaN or infinity: serde_json writes them as null).
 fn float() -> impl Strategy<Value = f64> {

@@ -173,9 +173,9 @@ mod tests {
     /// files o3 wrote before (and the docs describe) is the format it writes.
     #[test]
     fn writes_the_fixture_lines_byte_for_byte() {
-        use crate::telemetry::gpu::fdinfo::ProcessGpu;
-        use crate::telemetry::gpu::source::GpuSample;
-        use crate::telemetry::gpu::GpuReading;
+        use crate::trace::gpu::GpuReading;
+        use crate::trace::gpu::GpuSample;
+        use crate::trace::gpu::ProcessGpu;
 
         let fixture = |name: &str, lines: &[usize]| {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/traces");

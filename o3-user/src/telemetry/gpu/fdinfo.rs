@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 /// One DRM client as its fdinfo describes it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DrmClient {
@@ -109,22 +107,7 @@ pub fn process_clients(procfs: &Path, pid: u32) -> Vec<DrmClient> {
     out
 }
 
-/// GPU memory of one process, summed over its clients, bytes. Also the trace's
-/// `gpu_processes` entry, read back with a missing figure as 0.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProcessGpu {
-    pub pid: u32,
-    #[serde(default)]
-    pub vram_bytes: u64,
-    #[serde(default)]
-    pub gtt_bytes: u64,
-    /// KFD (ROCm) VRAM, which DRM fdinfo does not show for compute queues.
-    #[serde(default)]
-    pub kfd_vram_bytes: u64,
-    /// Sum of engine busy ns over clients (for busy % between two readings).
-    #[serde(default)]
-    pub engine_ns: u64,
-}
+pub use crate::trace::gpu::ProcessGpu;
 
 /// KFD per-process VRAM: the sum of `vram_<gpu_id>` files under
 /// `<sysfs>/class/kfd/kfd/proc/<pid>/`.

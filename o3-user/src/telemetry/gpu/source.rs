@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nvml_wrapper::error::NvmlError;
-use serde::Serialize;
 use thiserror::Error;
 
 use super::amd::{self, AmdDevice, AmdSysfs};
@@ -102,39 +101,7 @@ impl GpuBackends {
     }
 }
 
-/// Identity of a device and which reader serves what, for `doctor`, traces and summaries.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuInfo {
-    /// o3's index: AMD devices by card number first, then NVIDIA devices after them.
-    pub index: u32,
-    pub vendor: &'static str,
-    pub name: String,
-    pub pci_id: Option<String>,
-    pub pci_slot: Option<String>,
-    pub apu: bool,
-    pub apu_basis: Option<String>,
-    /// Reader per metric group: `memory`, `sensors`, `processes`.
-    pub memory_reader: String,
-    pub sensor_reader: String,
-    pub process_reader: String,
-    /// Critical temperatures the device reports (°C).
-    pub crit_c: Vec<(String, f64)>,
-    pub notes: Vec<String>,
-}
-
-/// One device in one sample.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct GpuSample {
-    pub index: u32,
-    #[serde(flatten)]
-    pub reading: GpuReading,
-    /// Memory the GPU can use and how much of it is in use: GTT on an APU (bounded by system
-    /// RAM; the VRAM carve-out is reported separately, never added), VRAM on a discrete card.
-    pub usable_used_bytes: Option<u64>,
-    pub usable_total_bytes: Option<u64>,
-    /// Runtime-suspended: sensors were not read so as not to wake it.
-    pub asleep: bool,
-}
+pub use crate::trace::gpu::{GpuInfo, GpuSample};
 
 enum Reader {
     Amd {

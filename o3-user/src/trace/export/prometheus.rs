@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
-use crate::telemetry::gpu::source::{GpuInfo, GpuSample};
+use crate::trace::gpu::{GpuInfo, GpuSample};
 use crate::trace::Sample;
 
 /// Highest values seen so far.
@@ -276,7 +276,7 @@ pub fn serve(addr: &str, text: Arc<Mutex<String>>) -> std::io::Result<SocketAddr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::gpu::GpuReading;
+    use crate::trace::gpu::GpuReading;
 
     fn sample() -> Sample {
         Sample {
