@@ -1,6 +1,9 @@
 //! The command line: bad input gives one clear line and the right exit status; the child's
 //! output and exit status pass through. These tests use procfs polling (no root needed).
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

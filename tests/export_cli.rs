@@ -1,6 +1,9 @@
 //! `o3 export` and `o3 analyze` on the fixture traces in tests/fixtures/traces (real recordings
 //! and hand-made malformed ones). No root needed.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -430,8 +433,8 @@ fn export_parquet_to_a_terminal_is_a_one_line_error() {
     // winsize may be null.
     let rc = unsafe {
         libc::openpty(
-            &mut master,
-            &mut slave,
+            &raw mut master,
+            &raw mut slave,
             std::ptr::null_mut(),
             std::ptr::null(),
             std::ptr::null(),

@@ -1,6 +1,9 @@
 //! `o3 monitor` and `o3 doctor` on the GPU fixture trees (tests/fixtures/README.md says which
 //! real layouts they reproduce), and the Prometheus endpoint scraped over loopback.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

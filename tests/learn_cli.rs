@@ -2,6 +2,9 @@
 //! legacy results come in untrusted and are shown so; a missing store is "no history yet"; a
 //! file that is not a store is one line and exit status 1.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -2,6 +2,9 @@
 //! tiny test model (built by `cargo xtask setup`), measured with eBPF when run as root: a short
 //! configuration (config/short.yaml) produces validated presets and the artefacts users paste.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -17,6 +20,7 @@ fn short_config() -> String {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario end to end, each step asserted in order
 fn a_short_optimization_produces_presets_and_artefacts() {
     let Some((bin, model)) = server() else {
         return;
@@ -317,7 +321,7 @@ fn assert_no_server_left(bin: &Path) {
 /// One optimization at a time: each checks that no server outlives it.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
+    M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! A run killed with SIGKILL resumes without repeating a probe and ends where an uninterrupted
 //! run ends.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -3,6 +3,9 @@
 //! legacy tool's request logs, amdgpu sysfs trees of a Strix Halo, procfs files of Linux 6.x)
 //! never panic, and what they refuse is refused with a one-line reason.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -222,7 +225,7 @@ fn amdgpu_sysfs_trees_with_one_damaged_file() {
     let strategy = (
         0..list.len(),
         prop_oneof![
-            "\\PC{0,40}".prop_map(|s| s.into_bytes()),
+            "\\PC{0,40}".prop_map(std::string::String::into_bytes),
             prop::collection::vec(any::<u8>(), 0..64),
             Just(b"18446744073709551616\n".to_vec()),
             Just(b"-1\n".to_vec()),

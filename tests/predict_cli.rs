@@ -7,6 +7,9 @@
 //! The tiny model and llama-server come from `cargo xtask setup`; without them those tests skip
 //! with the reason printed, unless O3_REQUIRE_SERVER=1 (CI), where that is a failure.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -581,6 +584,7 @@ fn mb(b: f64) -> String {
 /// compute law covers both; its growth from the smallest context is checked within 25 % (plus
 /// 2 MiB of noise).
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario end to end, each step asserted in order
 fn kv_cache_matches_llama_server_rss() {
     let Some((bin, model)) = common::server() else {
         return;

@@ -4,6 +4,9 @@
 //! server is slowed or stopped from outside with SIGSTOP/SIGCONT, so the verdicts do not depend
 //! on how fast this machine is: the test checks that the slowing really happened.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -3,6 +3,9 @@
 //! by `cargo xtask setup`; tests/server/README.md). Without them these tests skip with the
 //! reason printed, unless O3_REQUIRE_SERVER=1 (CI), where that is a failure.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;

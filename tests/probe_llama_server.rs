@@ -5,6 +5,9 @@
 //! O3_TEST_LLAMA_SERVER) and makes the model. Without them these tests skip with the reason
 //! printed, unless O3_REQUIRE_SERVER=1 (CI), where that is a failure.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -2,6 +2,9 @@
 //! (tests/sim/ollama_sim.py, which speaks the Ollama API subset o3 uses; its memory model and
 //! speeds are known, so the outcomes and rates asserted here are the simulator's truth).
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

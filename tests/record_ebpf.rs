@@ -6,6 +6,9 @@
 //! The tests in this file run one at a time: they measure CPU and memory, and one of them
 //! unmounts tracefs.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;
@@ -17,14 +20,16 @@ use common::*;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The kernel's VmHWM / ru_maxrss read per-CPU RSS counters without their unfolded per-CPU
 /// deltas (percpu_counter_read), so they may differ from the exact sum by up to
 /// batch × CPUs pages for each of the three counters (batch = max(32, 2 × CPUs)).
 fn hwm_slack() -> i64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as i64;
     3 * cpus * (2 * cpus).max(32) * PAGE
 }
 
@@ -307,7 +312,7 @@ fn cpu_time_matches_rusage_within_2_percent() {
         "tree CPU {tree} vs wait4 {ru}"
     );
     let peak = s["cpu"]["peak_percent"].as_f64().unwrap();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     // Never more than the machine has. How far above 100 % two threads get depends on what
     // else runs on this shared machine, so that is not asserted.
     assert!(
@@ -365,7 +370,7 @@ fn descendants_started_later_are_tracked_and_an_unrelated_process_is_not() {
         );
     }
     assert!(
-        !has_process(&s, unrelated.id() as i64),
+        !has_process(&s, i64::from(unrelated.id())),
         "unrelated pid tracked"
     );
     let tree = i(&s["rss"]["peak_bytes"]);

@@ -4,6 +4,9 @@
 //! `cargo xtask setup`): no console errors, every plot in the DOM, and plots visible in the
 //! screenshot. Also a run cut before its summary, and bad input.
 
+// A test may unwrap: a panic there is the failure, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -119,6 +122,7 @@ fn bytes_label(b: u64) -> String {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario end to end, each step asserted in order
 fn a_real_run_reports_as_markdown_and_html_that_chromium_renders_cleanly() {
     let Some((bin, model)) = server() else {
         return;
@@ -372,6 +376,7 @@ fn bad_input_is_one_line_naming_the_problem() {
 /// wrong kind or type refuse the report with one line: journal.jsonl a directory, summary.json
 /// whose `presets` is not an array.
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario end to end, each step asserted in order
 fn a_journal_cut_inside_a_character_and_files_of_the_wrong_kind() {
     let dir = tempfile::tempdir().unwrap();
     let sim = dir.path().join("sim.json");

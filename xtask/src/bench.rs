@@ -138,7 +138,7 @@ pub(crate) fn machine() -> String {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
@@ -308,9 +308,9 @@ impl Floors {
                 stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 let v = h.join().expect("timer thread");
                 if i == 0 {
-                    self.floor100.push(v)
+                    self.floor100.push(v);
                 } else {
-                    self.floor1k.push(v)
+                    self.floor1k.push(v);
                 }
             }
         }
@@ -715,8 +715,8 @@ fn peak_section(t: &Tools) -> Result<String> {
     }
     let mut rows = String::new();
     for i in 0..modes.len() {
-        let lo = ratio[i].iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = ratio[i].iter().cloned().fold(0.0, f64::max);
+        let lo = ratio[i].iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratio[i].iter().copied().fold(0.0, f64::max);
         rows += &format!(
             "| {} | {:.4} | {:.4} – {:.4} | {}/{} |\n",
             modes[i].0,
@@ -734,7 +734,7 @@ Ground truth: that page-table walk. Found: the per-process peak o3 reports for t
 | mode | found / truth (median) | range | within one page |\n\
 |---|---|---|---|\n{rows}\n\
 Target: peak exactness unchanged (10/10 within one page): **{v}**.\n\n",
-        walk = walk.iter().cloned().fold(0.0, f64::max),
+        walk = walk.iter().copied().fold(0.0, f64::max),
         v = verdict(exact[0] == PEAK_ROUNDS),
     ))
 }

@@ -203,7 +203,7 @@ fn server_venv() -> Result<PathBuf> {
     if !python.is_file() {
         make_venv(&dir)?;
     }
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     eprintln!("xtask: building llama-cpp-python (about 6 minutes on 2 cores, once)");
     let started = std::time::Instant::now();
     run(Command::new(&python)
@@ -301,7 +301,7 @@ pub fn llama_server_bin() -> Result<PathBuf> {
         .parent()
         .context("the venv's python has no directory")?;
     let cmake = venv_bin.join("cmake");
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     eprintln!(
         "xtask: building llama-server from the llama.cpp in {sdist}'s sdist (about 7 minutes on 2 cores, once)"
     );

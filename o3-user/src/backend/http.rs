@@ -221,7 +221,7 @@ async fn within<F: std::future::Future>(
                 let nap = Duration::from_secs_f64(w.max(0.0) + 0.01);
                 tokio::select! {
                     out = &mut fut => return Ok(out),
-                    _ = tokio::time::sleep(nap) => {}
+                    () = tokio::time::sleep(nap) => {}
                 }
             }
         }

@@ -265,7 +265,7 @@ impl Server for Launched {
     }
 
     fn stop(&mut self, grace: Duration) {
-        Launched::stop(self, grace)
+        Launched::stop(self, grace);
     }
 }
 

@@ -453,14 +453,14 @@ impl ModelInfo {
     /// KV cache bytes per token of context per slot at `bytes_per_element` (2 for f16), using
     /// `embedding_length / head_count` as the head dimension when key/value lengths are absent.
     pub fn kv_bytes_per_token(&self, bytes_per_element: f64) -> Option<f64> {
-        let blocks = self.block_count? as f64;
-        let kv_heads = self.head_count_kv.or(self.head_count)? as f64;
+        let blocks = f64::from(self.block_count?);
+        let kv_heads = f64::from(self.head_count_kv.or(self.head_count)?);
         let derived = match (self.embedding_length, self.head_count) {
             (Some(e), Some(h)) if h > 0 => Some(e / h),
             _ => None,
         };
-        let k = self.key_length.or(derived)? as f64;
-        let v = self.value_length.or(self.key_length).or(derived)? as f64;
+        let k = f64::from(self.key_length.or(derived)?);
+        let v = f64::from(self.value_length.or(self.key_length).or(derived)?);
         Some(blocks * kv_heads * (k + v) * bytes_per_element)
     }
 }

@@ -32,7 +32,7 @@ pub fn completions(_roots: &Roots, a: CompletionsArgs) -> CliResult {
     let script = completion_script(a.shell);
     let mut out = std::io::stdout().lock();
     out.write_all(&script)
-        .and_then(|_| out.flush())
+        .and_then(|()| out.flush())
         .map_err(|e| (anyhow::anyhow!("writing to stdout: {e}"), 1))?;
     Ok(0)
 }

@@ -68,7 +68,7 @@ pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(&bytes)
-                .and_then(|_| out.flush())
+                .and_then(|()| out.flush())
                 .context("writing to stdout")
         }
     };

@@ -108,7 +108,7 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
         // Two readings 100 ms apart, so CPU % (a difference) is defined.
         let mut s = Sample::default();
         let t0 = monotonic_ns();
-        for src in sources.iter_mut() {
+        for src in &mut sources {
             src.sample(t0, t0, &mut s, &mut Vec::new());
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -117,7 +117,7 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
             ..Sample::default()
         };
         let now = monotonic_ns();
-        for src in sources.iter_mut() {
+        for src in &mut sources {
             src.sample(now, t0, &mut s, &mut Vec::new());
         }
         print(&s, &infos, a.json);

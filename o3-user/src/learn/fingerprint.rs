@@ -314,7 +314,7 @@ pub fn parse_cpuinfo(text: &str) -> (String, u32) {
             "processor" if v.parse::<u32>().is_ok() => cores += 1,
             "model name" if model.is_none() && !v.is_empty() => model = Some(v.to_string()),
             "Hardware" | "Processor" | "cpu model" if fallback.is_none() && !v.is_empty() => {
-                fallback = Some(v.to_string())
+                fallback = Some(v.to_string());
             }
             _ => {}
         }

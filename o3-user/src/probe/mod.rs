@@ -155,13 +155,13 @@ impl ProbeSpec {
     /// context minus the output, capped.
     pub fn target_tokens(&self) -> u64 {
         match self.prompt_tokens {
-            Some(n) => n.max(1) as u64,
+            Some(n) => u64::from(n.max(1)),
             None => {
-                let mut t = (self.config.ctx as f64 * self.fill) as u64;
+                let mut t = (f64::from(self.config.ctx) * self.fill) as u64;
                 if let Some(cap) = self.max_prompt_tokens {
-                    t = t.min(cap as u64);
+                    t = t.min(u64::from(cap));
                 }
-                t.saturating_sub(self.output_tokens as u64).max(1)
+                t.saturating_sub(u64::from(self.output_tokens)).max(1)
             }
         }
     }

@@ -231,7 +231,7 @@ impl Session<'_> {
         let streams = spec.concurrency.max(1);
         let seed = spec
             .seed
-            .wrapping_add(round as u64 * streams as u64 + k as u64 + 1);
+            .wrapping_add(u64::from(round) * u64::from(streams) + u64::from(k) + 1);
         if mode != Prompts::Short && chat_stream(k, streams, spec.chat_streams) {
             // A chat turn beside the streams at depth: short, fresh each round.
             return self.short_prompt(seed, SampleKind::Chat);
@@ -282,7 +282,7 @@ impl Session<'_> {
 
     /// Stream `k`'s prefix of `want` tokens, made once and reused by its every request.
     fn prefix(&self, k: u32, want: u64) -> Option<Prefix> {
-        let pseed = self.spec.seed ^ 0x5eed_0000_0000 ^ (k as u64 + 1);
+        let pseed = self.spec.seed ^ 0x5eed_0000_0000 ^ (u64::from(k) + 1);
         Some(if self.has_tokenizer {
             let (text, n) = prompt::fit(pseed, want as usize, 1.0, |t: &str| self.count(t))?;
             Prefix {

@@ -370,7 +370,7 @@ impl<'a> Session<'a> {
         self.http.block_on(async {
             tokio::select! {
                 out = fut => Some(out),
-                _ = async {
+                () = async {
                     while !spec.cancelled() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }

@@ -43,7 +43,7 @@ fn reap(root: u32) -> Option<(ExitInfo, Rusage)> {
     // SAFETY: zeroed rusage is a valid out-value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: reaping our own child, which has exited; valid out-pointers.
-    let r = unsafe { libc::wait4(root as i32, &mut status, 0, &mut ru) };
+    let r = unsafe { libc::wait4(root as i32, &raw mut status, 0, &raw mut ru) };
     (r == root as i32).then(|| {
         let (user, sys) = (tv_ns(ru.ru_utime), tv_ns(ru.ru_stime));
         let usage = Rusage {

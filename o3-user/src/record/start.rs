@@ -101,7 +101,7 @@ pub(super) fn start_target(
             if let Some(l) = loaded {
                 if let Err(e) = l
                     .track(held.pid, true)
-                    .and_then(|_| l.start_ticks(opts.interval))
+                    .and_then(|()| l.start_ticks(opts.interval))
                 {
                     held.abandon();
                     return Err(e.into());
@@ -167,7 +167,7 @@ pub(super) fn open_sources(
     match loaded.and_then(|l| l.take_source()) {
         Some(s) => {
             kernel_ticks = s.kernel_ticks();
-            list.push(Box::new(s))
+            list.push(Box::new(s));
         }
         None => list.push(Box::new(ProcTree::new(&opts.procfs_root, root).map_err(
             |e| RecordError::Io(format!("reading {}/{root}", opts.procfs_root.display()), e),

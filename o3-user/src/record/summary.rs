@@ -375,7 +375,7 @@ impl Aggregate {
 
     pub fn gpu_processes(&self) -> Vec<GpuProcessSummary> {
         let mut out = self.gpu_procs.clone();
-        for p in out.iter_mut() {
+        for p in &mut out {
             if let (Some((t0, e0)), Some((t1, e1))) = (p.first_engine, p.last_engine) {
                 p.engine_busy_avg_percent =
                     crate::telemetry::gpu::fdinfo::busy_percent(e0, e1, t1.saturating_sub(t0))
@@ -750,6 +750,7 @@ mod tests {
     }
 
     /// A summary with every optional part present, and one with none.
+    #[allow(clippy::too_many_lines)] // a literal: every field of a summary, set
     fn full_summary() -> Summary {
         Summary {
             schema_version: 1,

@@ -521,7 +521,12 @@ mod tests {
     #[test]
     fn thinning_keeps_the_peak_and_the_order() {
         let pts: Vec<(f64, f64)> = (0..10_000)
-            .map(|i| (i as f64, if i == 7777 { 1e6 } else { (i % 13) as f64 }))
+            .map(|i| {
+                (
+                    f64::from(i),
+                    if i == 7777 { 1e6 } else { f64::from(i % 13) },
+                )
+            })
             .collect();
         let t = thin(&pts, 500);
         assert!(t.len() <= 500, "{}", t.len());

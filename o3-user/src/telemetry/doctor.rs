@@ -99,7 +99,7 @@ fn bpf_usable() -> std::io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_MAP_CREATE,
-            &attr as *const Attr,
+            &raw const attr,
             std::mem::size_of::<Attr>(),
         )
     };

@@ -460,7 +460,7 @@ impl ProcTree {
     fn discover(&mut self) {
         let mut found = Vec::new();
         let all_threads = self.ticks % 100 == 0;
-        for (pid, t) in self.procs.iter_mut() {
+        for (pid, t) in &mut self.procs {
             if let Some(children) = t.children.as_mut() {
                 if let Ok(Ok(list)) = children.read().map(parse_children) {
                     found.extend(list);
@@ -496,7 +496,7 @@ impl Source for ProcTree {
         let mut shared = 0u64;
         let mut ticks = self.exited_ticks;
         let mut gone = Vec::new();
-        for (pid, t) in self.procs.iter_mut() {
+        for (pid, t) in &mut self.procs {
             let stat = t.stat.read().map(parse_stat);
             let statm = t.statm.read().map(parse_statm);
             match (stat, statm) {

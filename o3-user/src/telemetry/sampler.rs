@@ -212,7 +212,7 @@ impl<C: Clock, S: Sink> Sampler<C, S> {
 
     /// Samples the kernel took since the last wake-up, in time order, before this tick's.
     fn drain_kernel_samples(&mut self, now: u64) {
-        for s in self.sources.iter_mut() {
+        for s in &mut self.sources {
             s.drain_samples(now, self.t0_ns, &mut self.kernel);
         }
         self.kernel.sort_by_key(|s| s.t_ns);
@@ -231,7 +231,7 @@ impl<C: Clock, S: Sink> Sampler<C, S> {
             },
             events: Vec::new(),
         };
-        for s in self.sources.iter_mut() {
+        for s in &mut self.sources {
             s.sample(now, self.t0_ns, &mut tick.sample, &mut tick.events);
         }
         self.stats.ticks += 1;

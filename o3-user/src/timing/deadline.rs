@@ -265,7 +265,7 @@ mod tests {
         }
         match j.verdict(110.0 + p.stall_s + 0.5) {
             Verdict::TimedOut(TimeoutKind::Stalled, why) => {
-                assert!(why.starts_with("stalled: no progress for"), "{why}")
+                assert!(why.starts_with("stalled: no progress for"), "{why}");
             }
             v => panic!("{v:?}"),
         }
@@ -287,7 +287,7 @@ mod tests {
         assert!(matches!(j.verdict(2.0 * full.expected_s), Verdict::Wait(_)));
         match j.verdict(p.first_event_s + 1.0) {
             Verdict::TimedOut(TimeoutKind::BeyondModel, why) => {
-                assert!(why.starts_with("beyond the model"), "{why}")
+                assert!(why.starts_with("beyond the model"), "{why}");
             }
             v => panic!("{v:?}"),
         }
@@ -331,7 +331,7 @@ mod tests {
         let j = Judge::new(p, 0.0);
         match j.verdict(91.0) {
             Verdict::TimedOut(TimeoutKind::Stalled, why) => {
-                assert!(why.contains("no progress event in 91 s"), "{why}")
+                assert!(why.contains("no progress event in 91 s"), "{why}");
             }
             v => panic!("{v:?}"),
         }

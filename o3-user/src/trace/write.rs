@@ -172,6 +172,7 @@ mod tests {
     /// The writer reproduces lines of the fixture traces byte for byte: the format of the
     /// files o3 wrote before (and the docs describe) is the format it writes.
     #[test]
+    #[allow(clippy::too_many_lines)] // literal records equal to the fixture lines
     fn writes_the_fixture_lines_byte_for_byte() {
         use crate::trace::gpu::GpuReading;
         use crate::trace::gpu::GpuSample;

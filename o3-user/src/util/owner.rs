@@ -157,7 +157,7 @@ fn write_ledger(path: &Path, procs: &[Proc]) {
     let tmp = path.with_extension("tmp");
     let ok = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|()| std::fs::rename(&tmp, path));
     if ok.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

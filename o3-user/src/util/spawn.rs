@@ -140,7 +140,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 fn read_retrying(fd: RawFd, buf: &mut [u8]) -> nix::Result<usize> {
     loop {
         match unistd::read(fd, buf) {
-            Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR) => {}
             r => return r,
         }
     }

@@ -459,7 +459,7 @@ fn ceil_log2(n: u64) -> u64 {
     if n <= 1 {
         0
     } else {
-        64 - (n - 1).leading_zeros() as u64
+        64 - u64::from((n - 1).leading_zeros())
     }
 }
 

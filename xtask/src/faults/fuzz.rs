@@ -59,7 +59,7 @@ pub(super) const BIG_TEXT: &[&str] = &[
 /// range, a deleted range, a large integer (written over a decimal number in text, or as 4 or
 /// 8 little-endian bytes).
 pub(super) fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
-    for _ in 0..1 + rng.below(3) {
+    for _ in 0..=rng.below(3) {
         let len = data.len();
         let range = |rng: &mut Rng| {
             let a = rng.below(len);

@@ -109,7 +109,7 @@ impl Scn {
                     // Our own child, not reaped yet (its waiter thread has not returned), so
                     // the pid is still ours.
                     let _ = signal::kill(pid(r.pid), Signal::SIGKILL);
-                    r.status = r.rx.recv().ok().and_then(|s| s.ok());
+                    r.status = r.rx.recv().ok().and_then(std::result::Result::ok);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
@@ -194,7 +194,7 @@ impl Drain {
             let mut chunk = [0u8; 65536];
             while let Ok(n @ 1..) = r.read(&mut chunk) {
                 b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .extend_from_slice(&chunk[..n]);
             }
         });
@@ -209,7 +209,10 @@ impl Drain {
             self.open.recv_timeout(left),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
-        let b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self
+            .buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (String::from_utf8_lossy(&b).into_owned(), open)
     }
 }

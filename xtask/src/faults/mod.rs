@@ -327,7 +327,7 @@ fn set_key(yaml: &str, section: &str, key: &str, value: &str) -> String {
         .iter()
         .position(|l| !l.is_empty() && !l.starts_with(' ') && !l.starts_with('#'))
         .map_or(lines.len(), |i| start + 1 + i);
-    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut out: Vec<String> = lines.iter().map(std::string::ToString::to_string).collect();
     let prefix = format!("  {key}:");
     match (start + 1..end).find(|&i| lines[i].starts_with(&prefix)) {
         Some(i) => out[i] = line,

@@ -106,7 +106,7 @@ pub(super) fn three_records(s: &mut Suite, c: &mut Scn) -> Result<String> {
                         out.what
                     ));
                 }
-                peaks.push(format!("{:.1}", peak as f64 / (1 << 20) as f64));
+                peaks.push(format!("{:.1}", peak as f64 / f64::from(1 << 20)));
             }
             Err(e) => c.problem(format!("{e:#}")),
         }

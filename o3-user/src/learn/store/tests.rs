@@ -121,6 +121,7 @@ fn open_creates_folders_wal_and_latest_schema() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario end to end, each step asserted in order
 fn run_roundtrip_records_learned_history_profiles() {
     let d = tempfile::tempdir().unwrap();
     let s = Store::open(&d.path().join("o3.db")).unwrap();

@@ -401,11 +401,11 @@ impl Btf {
             let m_type = t.u32_at(12 * i + 4)?;
             let m_off = t.u32_at(12 * i + 8)?;
             // With kind_flag, the top 8 bits hold a bitfield's size.
-            let bits = if t.kind_flag {
+            let bits = u64::from(if t.kind_flag {
                 m_off & 0x00ff_ffff
             } else {
                 m_off
-            } as u64;
+            });
             if m_name == 0 {
                 anonymous.push((bits, m_type));
             } else if self.name(m_name) == Some(name) {
@@ -523,7 +523,7 @@ pub(crate) mod test_blobs {
         pub(crate) fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, st: u32) {
             let n = self.str(name);
             self.u32(n);
-            self.u32((kflag as u32) << 31 | kind << 24 | vlen);
+            self.u32(u32::from(kflag) << 31 | kind << 24 | vlen);
             self.u32(st);
         }
 
@@ -557,7 +557,7 @@ pub(crate) mod test_blobs {
                     v.to_be_bytes()
                 } else {
                     v.to_le_bytes()
-                })
+                });
             };
             let magic = if self.big_endian {
                 BTF_MAGIC.to_be_bytes()
@@ -799,7 +799,7 @@ mod tests {
         };
         for _ in 0..2000 {
             let mut b = good.clone();
-            for _ in 0..(rnd() % 8 + 1) {
+            for _ in 0..=(rnd() % 8) {
                 let i = (rnd() as usize) % b.len();
                 b[i] = rnd() as u8;
             }

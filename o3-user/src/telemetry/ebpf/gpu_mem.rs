@@ -575,7 +575,7 @@ mod tests {
     #[test]
     fn manager_map_is_bounded_like_the_kernels() {
         let mut m = GpuMemMirror::new();
-        for i in 0..(MAX_GPU_MANAGERS as u64 + 4) {
+        for i in 0..(u64::from(MAX_GPU_MANAGERS) + 4) {
             for e in alloc(0x1000 * (i + 1), GPU_MEM_KIND_GTT, 1, MIB, true, i) {
                 m.apply(e);
             }

@@ -856,7 +856,7 @@ impl EbpfSource {
             }
             // SAFETY: the kernel wrote a full `Event` (#[repr(C)], plain integers) here; the
             // read is unaligned-safe.
-            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             match ev.kind {
                 EVENT_FORK => self.processes += 1,
                 EVENT_EXIT => self.processes = self.processes.saturating_sub(1),
@@ -917,7 +917,7 @@ impl Source for EbpfSource {
                     }
                     // SAFETY: the kernel wrote a full `KTick` (#[repr(C)], plain integers);
                     // the read is unaligned-safe.
-                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const KTick) }
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<KTick>()) }
                 }
             };
             if k.t_ns > up_to_ns {

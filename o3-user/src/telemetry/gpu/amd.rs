@@ -294,7 +294,7 @@ impl AmdSysfs {
     /// watchdog and the trace see them at the sampling interval. Skipped while the device
     /// sleeps.
     pub fn read_temps(&mut self, r: &mut GpuReading) {
-        for t in self.temps.iter_mut() {
+        for t in &mut self.temps {
             let v = t.input.read_u64().map(|m| m as f64 / 1000.0);
             match t.kind {
                 TempKind::Edge => r.temp_edge_c = v,

@@ -126,7 +126,7 @@ impl DrmInfo for RenderNode {
         // SAFETY: DRM_IOCTL_AMDGPU_INFO reads `info` and writes at most `return_size` bytes
         // to `return_pointer`, which points at `out`, alive and exclusively borrowed for the
         // call; the fd is an open render node owned by `self`.
-        unsafe { amdgpu_info(self.fd.as_raw_fd(), &info) }?;
+        unsafe { amdgpu_info(self.fd.as_raw_fd(), &raw const info) }?;
         Ok(())
     }
 }
@@ -222,7 +222,7 @@ impl AmdIoctl {
     pub fn read_sensors(&mut self, r: &mut GpuReading) {
         r.sclk_mhz = self.sensor(SENSOR_GFX_SCLK).map(f64::from);
         r.mclk_mhz = self.sensor(SENSOR_GFX_MCLK).map(f64::from);
-        r.temp_edge_c = self.sensor(SENSOR_GPU_TEMP).map(|m| m as f64 / 1000.0);
+        r.temp_edge_c = self.sensor(SENSOR_GPU_TEMP).map(|m| f64::from(m) / 1000.0);
         r.gpu_busy_percent = self
             .sensor(SENSOR_GPU_LOAD)
             .filter(|v| *v <= 100)

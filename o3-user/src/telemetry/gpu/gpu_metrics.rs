@@ -103,7 +103,7 @@ pub fn read_once(file: &File) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; READ_BUF_LEN];
     let n = loop {
         match file.read_at(&mut buf, 0) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => break r?,
         }
     };

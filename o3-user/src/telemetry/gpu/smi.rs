@@ -806,7 +806,7 @@ fn set_nvidia_field(gpu: &mut SmiGpu, field: &str, value: &str) -> Result<(), Pr
             gpu.index = value
                 .trim()
                 .parse()
-                .map_err(|_| Problem::NotAnIndex(value.trim().to_string()))?
+                .map_err(|_| Problem::NotAnIndex(value.trim().to_string()))?;
         }
         "name" if !is_not_available(value) => gpu.name = Some(value.trim().to_string()),
         "memory.used" => r.vram_used_bytes = parse_size(value, MIB_BYTES)?,
@@ -919,7 +919,11 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> io::Result<ExitSta
                 format!("did not finish within {timeout:?}; killed"),
             ));
         }
-        thread::sleep((timeout - elapsed).min(Duration::from_millis(10)));
+        thread::sleep(
+            timeout
+                .saturating_sub(elapsed)
+                .min(Duration::from_millis(10)),
+        );
     }
 }
 
