@@ -441,7 +441,8 @@ impl<'a, P: Prober, O: Observer> Search<'a, '_, P, O> {
     fn admit(&mut self, remaining: &[Item]) -> bool {
         match plan::admit(remaining, self.left_s()) {
             Ok(()) => true,
-            Err(why) => {
+            Err(cut) => {
+                let why = cut.to_string();
                 let budget = self.budget.describe(self.floor_s());
                 self.plan.cut.push(why.clone());
                 self.note(format!(
