@@ -350,6 +350,13 @@ fn render(r: &ProbeResult) -> String {
             r.rss_method
         );
     }
+    out + &details(r)
+}
+
+/// The lines under the row: each kind of request, what the server fixed, notes, the error and
+/// (for a failure) the server's last lines.
+fn details(r: &ProbeResult) -> String {
+    let mut out = String::new();
     for k in &r.kinds {
         out += &format!("\n  {}", k.line());
     }
