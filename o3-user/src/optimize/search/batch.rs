@@ -1,8 +1,9 @@
 //! Stage 2, batch ranking: the ladder of batches at the maximum, with fresh prompts of a
 //! moderate depth, while each gains enough prefill throughput.
 
-use super::super::plan::Priority;
-use super::super::prober::{Prober, Stage};
+use crate::optimize::plan::Priority;
+use crate::optimize::prober::{Prober, Stage};
+
 use super::state::Search;
 use super::{batch_ladder, Measured, Observer};
 

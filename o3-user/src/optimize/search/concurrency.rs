@@ -2,8 +2,8 @@
 //! at each proven context.
 
 use crate::backend::ProbeConfig;
+use crate::optimize::prober::{Prober, Stage};
 
-use super::super::prober::{Prober, Stage};
 use super::state::Search;
 use super::Observer;
 

@@ -1,7 +1,8 @@
 //! Stage 1, the context search: the largest context that loads, by bisection (or a gallop
 //! from a trained prediction); the baselines step upward.
 
-use super::super::prober::{ProbeRequest, Prober, Stage};
+use crate::optimize::prober::{ProbeRequest, Prober, Stage};
+
 use super::state::Search;
 use super::{ceil_log2, ContextProbe, Observer, Report, Strategy};
 

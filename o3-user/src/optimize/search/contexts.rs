@@ -1,8 +1,9 @@
 //! Stage 4, the presets' own contexts: the top of the balanced range and the fast-response
 //! minimum, each proven filled like the maximum.
 
-use super::super::plan::{Item, Priority};
-use super::super::prober::{Prober, Stage};
+use crate::optimize::plan::{Item, Priority};
+use crate::optimize::prober::{Prober, Stage};
+
 use super::state::Search;
 use super::Observer;
 

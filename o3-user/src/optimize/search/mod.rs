@@ -264,7 +264,7 @@ pub fn run<P: Prober, O: Observer + ?Sized>(inp: &Inputs, prober: &mut P, obs: &
         plan: plan::Report::default(),
         time_model: TimeModel::new(Prior::from_size(None, None)),
     };
-    let mut s = Search::new(inp, prober, obs);
+    let mut s = Search::new(inp, &report.context, prober, obs);
     let start_ctx = report.context.start;
     report.interrupted = if inp.strategy == Strategy::Grid {
         s.grid(&mut report).is_none()
@@ -306,14 +306,12 @@ impl ContextSearch {
 }
 
 impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
-    /// A search of `inp` with nothing measured yet: the fields the server fixes asked once,
-    /// the initial batch (none where the server fixes it), the time model to start from.
-    fn new(inp: &'b Inputs<'a>, prober: &'b mut P, obs: &'b mut O) -> Self {
+    /// A search of `inp` over the grid of `range` with nothing measured yet: the fields the
+    /// server fixes asked once, the initial batch (none where the server fixes it), the time
+    /// model to start from.
+    fn new(inp: &'b Inputs<'a>, range: &ContextSearch, prober: &'b mut P, obs: &'b mut O) -> Self {
         let c = inp.config;
-        let g = c.search.granularity.max(1);
-        let ceiling = inp
-            .trained_context
-            .map_or(c.search.max_context, |t| t.min(c.search.max_context));
+        let g = range.granularity;
         let fixed = prober.fixed_by_server(&ProbeConfig {
             ctx: c.search.min_context,
             batch: Some(1),
@@ -350,8 +348,8 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
             plan: plan::Report::default(),
             fixed,
             batch0,
-            lo_k: c.search.min_context.div_ceil(g),
-            hi_k: ceiling / g,
+            lo_k: range.low / g,
+            hi_k: range.high / g,
             g,
         }
     }

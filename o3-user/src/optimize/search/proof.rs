@@ -3,8 +3,8 @@
 //! fails filled is bisected with filled probes; one that fails validation steps down a granule.
 
 use crate::backend::OutcomeClass;
+use crate::optimize::prober::{Prober, Stage};
 
-use super::super::prober::{Prober, Stage};
 use super::state::Search;
 use super::{batch_ladder, ContextProbe, Measured, Observer, Report};
 

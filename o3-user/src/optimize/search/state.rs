@@ -4,11 +4,11 @@
 
 use crate::backend::{OutcomeClass, ProbeConfig};
 use crate::config::Config;
+use crate::optimize::plan::{self, Budget, Item, Priority};
+use crate::optimize::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
+use crate::optimize::stats;
 use crate::timing::{Estimate, TimeModel};
 
-use super::super::plan::{self, Budget, Item, Priority};
-use super::super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
-use super::super::stats;
 use super::{config_id, Eta, Inputs, Measured, Observer};
 
 /// Work still to do, for the plan, the budget and the ETA.

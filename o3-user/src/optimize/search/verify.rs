@@ -1,6 +1,7 @@
 //! Learned results verified instead of searched: one filled probe each.
 
-use super::super::prober::{Prober, Stage};
+use crate::optimize::prober::{Prober, Stage};
+
 use super::state::{Search, Todo};
 use super::{config_id, Learned, Observer, Report};
 
