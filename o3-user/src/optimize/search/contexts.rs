@@ -2,7 +2,7 @@
 //! minimum, each proven filled like the maximum.
 
 use crate::optimize::plan::{Item, Priority};
-use crate::optimize::prober::{Prober, Stage};
+use crate::optimize::prober::Prober;
 
 use super::state::Search;
 use super::Observer;
@@ -65,13 +65,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
                 self.todo.concurrency.retain(|&(x, _)| x != ctx);
                 continue;
             }
-            let m = self.measure(
-                Stage::Validate,
-                self.at(ctx, batch, None),
-                self.filled(ctx),
-                self.samples(),
-                1,
-            )?;
+            let m = self.validate_filled(ctx, batch)?;
             let stable = m.stable;
             if !stable {
                 let why = Self::why_unstable(&m);

@@ -384,13 +384,7 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
         for k in self.lo_k..=self.hi_k {
             for &b in &ladder {
                 let ctx = k * self.g;
-                let m = self.measure(
-                    Stage::Validate,
-                    self.at(ctx, b, None),
-                    self.filled(ctx),
-                    self.samples(),
-                    1,
-                )?;
+                let m = self.validate_filled(ctx, b)?;
                 if m.stable {
                     report.context.validated = Some(ctx);
                     report.context.max_passing = Some(ctx);

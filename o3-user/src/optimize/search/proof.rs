@@ -3,7 +3,7 @@
 //! fails filled is bisected with filled probes; one that fails validation steps down a granule.
 
 use crate::backend::OutcomeClass;
-use crate::optimize::prober::{Prober, Stage};
+use crate::optimize::prober::Prober;
 
 use super::state::Search;
 use super::{batch_ladder, ContextProbe, Measured, Observer, Report};
@@ -165,13 +165,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
         let batch = p.batch(self.batch0);
         self.todo.proof = Some(ctx);
         self.todo.max_ctx = ctx;
-        let m = self.measure(
-            Stage::Validate,
-            self.at(ctx, batch, None),
-            self.filled(ctx),
-            self.samples(),
-            1,
-        )?;
+        let m = self.validate_filled(ctx, batch)?;
         if p.attempts > 1 || p.bi > 0 {
             self.extra_required_s += m.wall_s;
         }

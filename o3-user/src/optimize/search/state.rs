@@ -282,6 +282,17 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
         Some(self.judge(req, &out))
     }
 
+    /// One filled validation of `ctx` at `batch` (one slot), as every proof takes it.
+    pub(super) fn validate_filled(&mut self, ctx: u32, batch: Option<u32>) -> Option<Measured> {
+        self.measure(
+            Stage::Validate,
+            self.at(ctx, batch, None),
+            self.filled(ctx),
+            self.samples(),
+            1,
+        )
+    }
+
     /// What a validation must show: timeouts among simultaneous streams are judged by their
     /// allowance (a single stream has none).
     fn criteria(&self, concurrency: u32) -> stats::Criteria {
