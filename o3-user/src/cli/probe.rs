@@ -3,53 +3,38 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::llama_server;
-use crate::backend::openai::Template;
 use crate::backend::{OutcomeClass, ProbeConfig};
-use crate::learn::gguf;
-use crate::probe::{self, BackendSpec, ProbeSpec};
+use crate::optimize::target::{
+    backend_spec, check_model_file, pin_load_mode, BackendKind, ServerFlags,
+};
+use crate::probe::{self, ProbeResult, ProbeSpec};
 use crate::telemetry::ebpf::Loaded;
+use crate::telemetry::watchdog::Thresholds;
 use crate::util::duration;
 
 use super::{CliResult, Roots};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendArg {
-    /// Any OpenAI-compatible server launched from --launch TEMPLATE.
-    Openai,
-    /// llama.cpp's llama-server (--server-bin), launched with explicit flags.
-    LlamaServer,
-    /// A running Ollama server (--url), per-request options.
-    Ollama,
+fn parse_timeout(s: &str) -> anyhow::Result<Duration> {
+    duration::parse_in_range(s, Duration::from_secs(1), Duration::from_secs(3600))
+        .map_err(anyhow::Error::msg)
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    Ok(duration::parse_in_range(
-        s,
-        Duration::from_secs(1),
-        Duration::from_secs(3600),
-    )?)
-}
-
-fn parse_margin(s: &str) -> Result<f64, String> {
+fn parse_margin(s: &str) -> anyhow::Result<f64> {
     let v: f64 = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a number (1.5 to 100)"))?;
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a number (1.5 to 100)"))?;
     if !(1.5..=100.0).contains(&v) {
-        return Err(format!("{v} is out of range: accepted 1.5 to 100"));
+        anyhow::bail!("{v} is out of range: accepted 1.5 to 100");
     }
     Ok(v)
 }
 
-fn parse_fill(s: &str) -> Result<f64, String> {
+fn parse_fill(s: &str) -> anyhow::Result<f64> {
     let v: f64 = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a fraction (0.05 to 1.0)"))?;
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a fraction (0.05 to 1.0)"))?;
     if !(0.05..=1.0).contains(&v) {
-        return Err(format!("{v} is out of range: accepted 0.05 to 1.0"));
+        anyhow::bail!("{v} is out of range: accepted 0.05 to 1.0");
     }
     Ok(v)
 }
@@ -61,7 +46,7 @@ fn parse_fill(s: &str) -> Result<f64, String> {
 pub struct ProbeArgs {
     /// The server to measure.
     #[arg(long, value_enum, default_value = "ollama")]
-    pub backend: BackendArg,
+    pub backend: BackendKind,
     /// Model name (Ollama) or path (the {model} placeholder; llama-server's -m).
     #[arg(long)]
     pub model: String,
@@ -173,6 +158,36 @@ pub struct ProbeArgs {
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
+    check_streams(&a)?;
+    check_model_file(a.backend, &a.model).map_err(|e| (e.into(), 2))?;
+    // Servers an earlier o3 left behind (killed in a way that spared their workers) would
+    // share the machine with this probe's server: stopped first, with a notice.
+    let swept = crate::util::owner::reap_orphans(Path::new("/proc"));
+    if let Some(n) = crate::util::owner::notice(&swept) {
+        eprintln!("o3: notice: {n}");
+    }
+    let spec = spec(roots, &a)?;
+    // The output file first: a bad --out fails before a server starts.
+    if let Some(p) = &a.out {
+        crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?;
+    }
+    let mut loaded = load_ebpf(&roots.sysfs_root)?;
+    let r = probe::run(&spec, loaded.as_mut());
+    if let Some(path) = &a.out {
+        let target =
+            serde_json::json!({ "probe": { "model": a.model, "backend": a.backend.store_name() } });
+        probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("result serialises"));
+    } else {
+        println!("{}", render(&r));
+    }
+    Ok(if r.outcome == OutcomeClass::Ok { 0 } else { 3 })
+}
+
+/// `--chat-streams` must leave a stream at depth.
+fn check_streams(a: &ProbeArgs) -> Result<(), (anyhow::Error, i32)> {
     if a.chat_streams > 0 && a.chat_streams >= a.concurrency {
         return Err((
             anyhow::anyhow!(
@@ -184,14 +199,12 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
             2,
         ));
     }
-    check_model_file(a.backend, &a.model)?;
-    // Servers an earlier o3 left behind (killed in a way that spared their workers) would
-    // share the machine with this probe's server: stopped first, with a notice.
-    let swept = crate::util::owner::reap_orphans(Path::new("/proc"));
-    if let Some(n) = crate::util::owner::notice(&swept) {
-        eprintln!("o3: notice: {n}");
-    }
-    let mut backend = backend_spec(BackendFlags {
+    Ok(())
+}
+
+/// The probe the flags ask for, llama-server's load mode pinned for this machine.
+fn spec(roots: &Roots, a: &ProbeArgs) -> Result<ProbeSpec, (anyhow::Error, i32)> {
+    let mut backend = backend_spec(ServerFlags {
         kind: a.backend,
         model: &a.model,
         url: &a.url,
@@ -200,30 +213,24 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         ready: &a.ready,
         tokenize: &a.tokenize,
         ollama_serve: a.ollama_serve.as_deref(),
+    })
+    .map_err(|e| {
+        let code = if e.is_usage() { 2 } else { 1 };
+        (e.into(), code)
     })?;
     let integrated = crate::telemetry::gpu::amd::discover(&roots.sysfs_root, &roots.dev_root)
         .iter()
         .any(|d| d.apu);
     pin_load_mode(&mut backend, integrated);
-    let spec = ProbeSpec {
+    Ok(ProbeSpec {
         backend,
-        config: ProbeConfig {
-            ctx: a.ctx,
-            batch: a.batch,
-            ubatch: a.ubatch,
-            parallel: a.parallel,
-            gpu_layers: a.gpu_layers,
-            flash_attn: a.flash_attn,
-            cache_type_k: a.cache_type_k.clone(),
-            cache_type_v: a.cache_type_v.clone(),
-            threads: a.threads,
-        },
+        procfs_root: roots.procfs_root.clone(),
+        config: config(a),
         samples: a.samples,
         concurrency: a.concurrency,
         chat_streams: a.chat_streams,
         stabilize: Duration::ZERO,
         cancel: None,
-        procfs_root: roots.procfs_root.clone(),
         output_tokens: a.output_tokens,
         fill: a.fill,
         prompt_tokens: a.prompt_tokens,
@@ -241,40 +248,46 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
         load_timeout: a.load_timeout,
         interval: Duration::from_millis(10),
         seed: a.seed,
-        safety: a.safety.then(|| {
-            let mut th = crate::telemetry::watchdog::Thresholds::default();
-            if let Some(p) = a.max_ram_percent {
-                th.max_ram_percent = p;
-            }
-            th
-        }),
-    };
-    // The output file first: a bad --out fails before a server starts.
-    if let Some(p) = &a.out {
-        crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?;
+        safety: a.safety.then(|| safety(a.max_ram_percent)),
+    })
+}
+
+/// The configuration to measure.
+fn config(a: &ProbeArgs) -> ProbeConfig {
+    ProbeConfig {
+        ctx: a.ctx,
+        batch: a.batch,
+        ubatch: a.ubatch,
+        parallel: a.parallel,
+        gpu_layers: a.gpu_layers,
+        flash_attn: a.flash_attn,
+        cache_type_k: a.cache_type_k.clone(),
+        cache_type_v: a.cache_type_v.clone(),
+        threads: a.threads,
     }
+}
+
+/// `--safety`'s limits: the defaults, the RAM limit from `--max-ram-percent`.
+fn safety(max_ram_percent: Option<f64>) -> Thresholds {
+    let mut th = Thresholds::default();
+    if let Some(p) = max_ram_percent {
+        th.max_ram_percent = p;
+    }
+    th
+}
+
+/// The eBPF programs, where they load; where they do not, procfs polling measures (with a
+/// warning), unless `O3_REQUIRE_EBPF=1` makes that an error.
+fn load_ebpf(sysfs: &Path) -> Result<Option<Loaded>, (anyhow::Error, i32)> {
     let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    let mut loaded = match Loaded::load(&roots.sysfs_root, 1 << 20) {
-        Ok(l) => Some(l),
-        Err(e) if require => {
-            return Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1))
-        }
+    match Loaded::load(sysfs, 1 << 20) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if require => Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1)),
         Err(e) => {
             eprintln!("o3: warning: eBPF unavailable ({e}); server peaks come from procfs polling");
-            None
+            Ok(None)
         }
-    };
-    let r = probe::run(&spec, loaded.as_mut());
-    if let Some(path) = &a.out {
-        let target = serde_json::json!({ "probe": { "model": a.model, "backend": format!("{:?}", a.backend).to_lowercase() } });
-        probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&r).expect("result serialises"));
-    } else {
-        println!("{}", render(&r));
-    }
-    Ok(if r.outcome == OutcomeClass::Ok { 0 } else { 3 })
 }
 
 fn med(v: &mut [f64]) -> Option<f64> {
@@ -284,7 +297,7 @@ fn med(v: &mut [f64]) -> Option<f64> {
 
 /// One row like llama-bench's, plus peaks: prefill over the prompts read whole, TTFT of the
 /// fill (the whole prompt) and of the cached samples (a reused prefix) apart.
-fn render(r: &probe::ProbeResult) -> String {
+fn render(r: &ProbeResult) -> String {
     use probe::SampleKind;
     let c = &r.config;
     let ok: Vec<_> = r
@@ -338,6 +351,13 @@ fn render(r: &probe::ProbeResult) -> String {
             r.rss_method
         );
     }
+    out + &details(r)
+}
+
+/// The lines under the row: each kind of request, what the server fixed, notes, the error and
+/// (for a failure) the server's last lines.
+fn details(r: &ProbeResult) -> String {
+    let mut out = String::new();
     for k in &r.kinds {
         out += &format!("\n  {}", k.line());
     }
@@ -362,118 +382,4 @@ fn render(r: &probe::ProbeResult) -> String {
         }
     }
     out
-}
-
-/// The backend from the command-line flags `o3 probe` and `o3 optimize` share.
-pub(super) struct BackendFlags<'a> {
-    pub kind: BackendArg,
-    pub model: &'a str,
-    pub url: &'a str,
-    pub server_bin: &'a str,
-    pub launch: Option<&'a str>,
-    pub ready: &'a str,
-    pub tokenize: &'a str,
-    pub ollama_serve: Option<&'a str>,
-}
-
-/// Reads the model file a server is about to load as the server will ([`gguf::read`]), so a
-/// file cut short or corrupt is refused (exit 2, like `o3 optimize`) before any server
-/// starts: llama-server's model (any file: it loads nothing but GGUF), and an
-/// OpenAI-compatible server's model where it is a `.gguf` file. Ollama's model names, other
-/// servers' names, and paths that do not exist (left to the server, whose own error then says
-/// so in the probe's result) are not read.
-pub(super) fn check_model_file(kind: BackendArg, model: &str) -> Result<(), (anyhow::Error, i32)> {
-    let path = Path::new(model);
-    let is_gguf_name = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    let read = match kind {
-        BackendArg::Ollama => false,
-        BackendArg::LlamaServer => path.is_file(),
-        BackendArg::Openai => is_gguf_name && path.is_file(),
-    };
-    if read {
-        gguf::read(path).map_err(|e| (anyhow::Error::new(e), 2))?;
-    }
-    Ok(())
-}
-
-/// Pins llama-server's loading mode for this machine (see
-/// [`llama_server::default_load_mode`]); returns what was pinned, for a notice, where the
-/// build has the flag.
-pub(super) fn pin_load_mode(spec: &mut BackendSpec, integrated_gpu: bool) -> Option<String> {
-    let BackendSpec::LlamaServer { flags, .. } = spec else {
-        return None;
-    };
-    let mode = llama_server::default_load_mode(integrated_gpu);
-    flags.load_mode_value = Some(mode.to_string());
-    let flag = flags.load_mode.as_ref()?;
-    Some(format!(
-        "llama-server loads the model with `{flag} {mode}` in every probe and artefact ({})",
-        if integrated_gpu {
-            "an integrated AMD GPU: direct I/O, as Ollama loads there; mmap stalls ROCm on models over ~64 GB"
-        } else {
-            "mmap, the builds' long-standing default"
-        }
-    ))
-}
-
-pub(super) fn backend_spec(f: BackendFlags) -> Result<BackendSpec, (anyhow::Error, i32)> {
-    let BackendFlags {
-        kind,
-        model,
-        url,
-        server_bin,
-        launch,
-        ready,
-        tokenize,
-        ollama_serve,
-    } = f;
-    let usage = |e: String| (anyhow::anyhow!(e), 2);
-    Ok(match kind {
-        BackendArg::Openai => {
-            let text = launch
-                .ok_or_else(|| usage("--backend openai needs --launch TEMPLATE (the server's command line with {port} and {ctx})".into()))?;
-            BackendSpec::OpenAi {
-                template: Template::parse(text).map_err(|e| usage(e.into()))?,
-                model: model.to_string(),
-                ready_path: ready.to_string(),
-                tokenize_path: (tokenize != "none").then(|| tokenize.to_string()),
-            }
-        }
-        BackendArg::LlamaServer => {
-            let help = std::process::Command::new(server_bin)
-                .arg("--help")
-                .output()
-                .map_err(|e| {
-                    (
-                        anyhow::anyhow!(
-                            "cannot run `{server_bin} --help`: {e} (give the binary with --server-bin)"
-                        ),
-                        1,
-                    )
-                })?;
-            let text = String::from_utf8_lossy(&help.stdout).into_owned()
-                + &String::from_utf8_lossy(&help.stderr);
-            BackendSpec::LlamaServer {
-                bin: server_bin.to_string(),
-                model: model.to_string(),
-                flags: Box::new(llama_server::parse_help(&text)),
-            }
-        }
-        BackendArg::Ollama => BackendSpec::Ollama {
-            url: url.to_string(),
-            model: model.to_string(),
-            serve: match ollama_serve {
-                Some(cmd) => {
-                    let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-                    if argv.is_empty() {
-                        return Err(usage("--ollama-serve is empty: give the command that starts Ollama, e.g. \"ollama serve\"".into()));
-                    }
-                    Some(argv)
-                }
-                None => None,
-            },
-        },
-    })
 }

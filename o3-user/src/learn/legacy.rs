@@ -46,6 +46,34 @@ pub enum LegacyError {
     Store(#[from] StoreError),
 }
 
+/// Why a legacy request line or defaults file is left out.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("not JSON ({0})")]
+    NotJson(serde_json::Error),
+    #[error("not a JSON object")]
+    NotObject,
+    /// A member that must be there (`model`, `config`, `timestamp`, `presets mapping`).
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error("no config.num_ctx (a positive integer)")]
+    NoContext,
+    #[error("success is not true or false")]
+    Success,
+    #[error("timestamp {0} is not ISO 8601")]
+    Timestamp(Value),
+    #[error("concurrency_level {0} is not a positive integer")]
+    Concurrency(Value),
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    #[error("not YAML ({0})")]
+    NotYaml(serde_yaml::Error),
+    #[error("not representable ({0})")]
+    NotRepresentable(serde_json::Error),
+    #[error("preset {name}: {why}")]
+    Preset { name: String, why: Box<Unusable> },
+}
+
 /// A line or file left out, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Skipped {
@@ -166,8 +194,8 @@ pub fn parse_timestamp(v: &Value) -> Option<u64> {
 
 /// The configuration a legacy request asked for: `num_ctx`, `batch` (which Ollama ignored) and
 /// `num_thread`. `num_predict`, `f16_kv` and sampling stay in the raw JSON.
-fn legacy_config(c: &Value) -> Result<ProbeConfig, String> {
-    let ctx = u32_field(c, "num_ctx").ok_or("no config.num_ctx (a positive integer)")?;
+fn legacy_config(c: &Value) -> Result<ProbeConfig, Unusable> {
+    let ctx = u32_field(c, "num_ctx").ok_or(Unusable::NoContext)?;
     Ok(ProbeConfig {
         ctx,
         batch: u32_field(c, "batch"),
@@ -177,20 +205,22 @@ fn legacy_config(c: &Value) -> Result<ProbeConfig, String> {
 }
 
 /// One request line. `Err` is the reason it is skipped.
-pub fn parse_request(line_no: usize, text: &str) -> Result<Request, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+pub fn parse_request(line_no: usize, text: &str) -> Result<Request, Unusable> {
+    let v: Value = serde_json::from_str(text).map_err(Unusable::NotJson)?;
     if !v.is_object() {
-        return Err("not a JSON object".into());
+        return Err(Unusable::NotObject);
     }
-    let model = str_field(&v, "model").ok_or("no model")?.to_string();
-    let config = legacy_config(v.get("config").ok_or("no config")?)?;
+    let model = str_field(&v, "model")
+        .ok_or(Unusable::Missing("model"))?
+        .to_string();
+    let config = legacy_config(v.get("config").ok_or(Unusable::Missing("config"))?)?;
     let success = v
         .get("success")
         .and_then(Value::as_bool)
-        .ok_or("success is not true or false")?;
+        .ok_or(Unusable::Success)?;
     let unix_s = match v.get("timestamp") {
-        None | Some(Value::Null) => return Err("no timestamp".into()),
-        Some(t) => parse_timestamp(t).ok_or_else(|| format!("timestamp {t} is not ISO 8601"))?,
+        None | Some(Value::Null) => return Err(Unusable::Missing("timestamp")),
+        Some(t) => parse_timestamp(t).ok_or_else(|| Unusable::Timestamp(t.clone()))?,
     };
     let concurrency = match v.get("concurrency_level") {
         None | Some(Value::Null) => 1,
@@ -198,7 +228,7 @@ pub fn parse_request(line_no: usize, text: &str) -> Result<Request, String> {
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
-            .ok_or_else(|| format!("concurrency_level {c} is not a positive integer"))?,
+            .ok_or_else(|| Unusable::Concurrency(c.clone()))?,
     };
     let f = |k: &str| v.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
     Ok(Request {
@@ -303,7 +333,7 @@ pub fn parse_log(path: &Path) -> Result<(Vec<LegacyRun>, Vec<Skipped>), LegacyEr
             Err(reason) => skipped.push(Skipped {
                 file: path.display().to_string(),
                 line: Some(i + 1),
-                reason,
+                reason: reason.to_string(),
             }),
         }
     }
@@ -338,22 +368,24 @@ pub fn parse_log(path: &Path) -> Result<(Vec<LegacyRun>, Vec<Skipped>), LegacyEr
 
 /// Reads one defaults file: the model and its presets as store values (a `config` member and
 /// the legacy performance numbers, flagged untrusted).
-pub fn parse_defaults(path: &Path) -> Result<(String, Vec<(String, Value)>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let v: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("not YAML ({e})"))?;
-    let v: Value = serde_json::to_value(&v).map_err(|e| format!("not representable ({e})"))?;
+pub fn parse_defaults(path: &Path) -> Result<(String, Vec<(String, Value)>), Unusable> {
+    let text = std::fs::read_to_string(path).map_err(Unusable::Read)?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).map_err(Unusable::NotYaml)?;
+    let v: Value = serde_json::to_value(&v).map_err(Unusable::NotRepresentable)?;
     let model = str_field(&v, "model")
         .map(str::to_string)
         .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .ok_or("no model")?;
+        .ok_or(Unusable::Missing("model"))?;
     let presets = v
         .get("presets")
         .and_then(Value::as_object)
-        .ok_or("no presets mapping")?;
+        .ok_or(Unusable::Missing("presets mapping"))?;
     let mut out = Vec::new();
     for (name, p) in presets {
-        let config = legacy_config(p).map_err(|e| format!("preset {name}: {e}"))?;
+        let config = legacy_config(p).map_err(|why| Unusable::Preset {
+            name: name.clone(),
+            why: Box::new(why),
+        })?;
         let mut value = serde_json::json!({
             "config": config,
             "source": "legacy O3 defaults",
@@ -428,7 +460,7 @@ pub fn parse_dir(dir: &Path) -> Result<(Vec<LegacyRun>, ImportSummary), LegacyEr
                 summary.skipped.push(Skipped {
                     file: f.display().to_string(),
                     line: None,
-                    reason,
+                    reason: reason.to_string(),
                 });
                 continue;
             }
@@ -571,7 +603,7 @@ mod tests {
                 "is not ISO 8601",
             ),
         ] {
-            let e = parse_request(1, bad).unwrap_err();
+            let e = parse_request(1, bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

@@ -214,117 +214,133 @@ fn matrix(rows: &[Vec<f64>]) -> Option<Matrix> {
     DenseMatrix::from_2d_vec(&rows.to_vec()).ok()
 }
 
+/// Why the forests could not be trained (the predictor stays in cold start).
+#[derive(Debug, thiserror::Error)]
+enum TrainError {
+    #[error("the training rows could not be assembled")]
+    Rows,
+    #[error("the success forest failed to train ({0})")]
+    Trees(smartcore::error::Failed),
+}
+
+/// Why `records` are too few or too uniform for a trained prediction, if they are.
+fn cold_reason(records: &[Record]) -> Option<String> {
+    if records.len() < MIN_RECORDS {
+        return Some(format!(
+            "{} record(s): a trained prediction needs at least {MIN_RECORDS}",
+            records.len()
+        ));
+    }
+    let successes = records.iter().filter(|r| r.success).count();
+    if successes == 0 || successes == records.len() {
+        return Some(format!(
+            "all {} records {}: the classifier needs both outcomes",
+            records.len(),
+            if successes == 0 {
+                "failed"
+            } else {
+                "succeeded"
+            }
+        ));
+    }
+    None
+}
+
+/// Training rows (features, targets), this host's records repeated [`THIS_HOST_WEIGHT`] times.
+#[derive(Debug, Default)]
+struct Rows {
+    /// Every record's features and success.
+    x: Vec<Vec<f64>>,
+    y: Vec<u32>,
+    /// ln(rate) of successful, trusted, single-stream records.
+    decode: (Vec<Vec<f64>>, Vec<f64>),
+    prefill: (Vec<Vec<f64>>, Vec<f64>),
+}
+
+impl Rows {
+    fn of(records: &[Record], this_host: Option<&str>, fit: &ComputeFit) -> Rows {
+        let mut rows = Rows::default();
+        for r in records {
+            let copies = if this_host.is_some_and(|h| r.host_id == h) {
+                THIS_HOST_WEIGHT
+            } else {
+                1
+            };
+            let row = features(&r.model, &r.config, r.capacity_bytes, fit);
+            for _ in 0..copies {
+                rows.add(r, &row);
+            }
+        }
+        rows
+    }
+
+    fn add(&mut self, r: &Record, row: &[f64]) {
+        self.x.push(row.to_vec());
+        self.y.push(u32::from(r.success));
+        if !(r.success && r.trusted && r.concurrency <= 1) {
+            return;
+        }
+        let usable = |v: Option<f64>| v.filter(|v| *v > 0.0 && v.is_finite());
+        if let Some(v) = usable(r.decode_tokens_per_s) {
+            self.decode.0.push(row.to_vec());
+            self.decode.1.push(v.ln());
+        }
+        if let Some(v) = usable(r.prefill_tokens_per_s) {
+            self.prefill.0.push(row.to_vec());
+            self.prefill.1.push(v.ln());
+        }
+    }
+
+    /// Mean of each feature.
+    fn means(&self) -> Vec<f64> {
+        let n = self.x.len() as f64;
+        (0..FEATURE_NAMES.len())
+            .map(|j| self.x.iter().map(|r| r[j]).sum::<f64>() / n)
+            .collect()
+    }
+}
+
+/// A ln(rate) regressor, where there are at least [`MIN_RATE_RECORDS`] distinct records (not
+/// copies) to learn from.
+fn regressor((rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64) -> Option<Regressor> {
+    let mut distinct = rx.clone();
+    distinct.sort_by(|a, b| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| p.total_cmp(q))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    distinct.dedup();
+    if distinct.len() < MIN_RATE_RECORDS {
+        return None;
+    }
+    let params = RandomForestRegressorParameters::default()
+        .with_n_trees(usize::from(N_TREES))
+        .with_m(FEATURE_NAMES.len())
+        .with_seed(seed);
+    Regressor::fit(&matrix(&rx)?, &ry, params).ok()
+}
+
 impl Predictor {
     /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times).
     /// The compute fit comes from the same records ([`memory::fit_compute`]).
     pub fn train(records: &[Record], this_host: Option<&str>) -> Predictor {
         let fit = memory::fit_compute(records);
-        let this_host_n =
-            this_host.map_or(0, |h| records.iter().filter(|r| r.host_id == h).count());
         let mut p = Predictor {
-            fit,
             records: records.len(),
-            this_host: this_host_n,
-            cold: None,
+            this_host: this_host.map_or(0, |h| records.iter().filter(|r| r.host_id == h).count()),
+            cold: cold_reason(records),
             forests: None,
+            fit,
         };
-        let successes = records.iter().filter(|r| r.success).count();
-        if records.len() < MIN_RECORDS {
-            p.cold = Some(format!(
-                "{} record(s): a trained prediction needs at least {MIN_RECORDS}",
-                records.len()
-            ));
+        if p.cold.is_some() {
             return p;
         }
-        if successes == 0 || successes == records.len() {
-            p.cold = Some(format!(
-                "all {} records {}: the classifier needs both outcomes",
-                records.len(),
-                if successes == 0 {
-                    "failed"
-                } else {
-                    "succeeded"
-                }
-            ));
-            return p;
+        match Forests::fit(Rows::of(records, this_host, &p.fit)) {
+            Ok(f) => p.forests = Some(f),
+            Err(e) => p.cold = Some(e.to_string()),
         }
-        let copies = |r: &Record| {
-            if this_host.is_some_and(|h| r.host_id == h) {
-                THIS_HOST_WEIGHT
-            } else {
-                1
-            }
-        };
-        let mut x = Vec::new();
-        let mut y = Vec::new();
-        let mut decode = (Vec::new(), Vec::new());
-        let mut prefill = (Vec::new(), Vec::new());
-        for r in records {
-            let row = features(&r.model, &r.config, r.capacity_bytes, &p.fit);
-            let rates_usable = r.success && r.trusted && r.concurrency <= 1;
-            for _ in 0..copies(r) {
-                x.push(row.clone());
-                y.push(u32::from(r.success));
-                if rates_usable {
-                    if let Some(v) = r.decode_tokens_per_s.filter(|v| *v > 0.0 && v.is_finite()) {
-                        decode.0.push(row.clone());
-                        decode.1.push(v.ln());
-                    }
-                    if let Some(v) = r.prefill_tokens_per_s.filter(|v| *v > 0.0 && v.is_finite()) {
-                        prefill.0.push(row.clone());
-                        prefill.1.push(v.ln());
-                    }
-                }
-            }
-        }
-        let Some(xm) = matrix(&x) else {
-            p.cold = Some("the training rows could not be assembled".into());
-            return p;
-        };
-        let mut trees = Vec::with_capacity(usize::from(N_TREES));
-        for i in 0..u64::from(N_TREES) {
-            let params = RandomForestClassifierParameters::default()
-                .with_n_trees(1)
-                .with_m(FEATURE_NAMES.len())
-                .with_seed(SEED + i);
-            match Classifier::fit(&xm, &y, params) {
-                Ok(t) => trees.push(t),
-                Err(e) => {
-                    p.cold = Some(format!("the success forest failed to train ({e})"));
-                    return p;
-                }
-            }
-        }
-        let n = x.len() as f64;
-        let means = (0..FEATURE_NAMES.len())
-            .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
-            .collect();
-        let regressor = |(rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64| {
-            // Distinct records, not copies, decide whether there is enough to learn from.
-            let mut distinct = rx.clone();
-            distinct.sort_by(|a, b| {
-                a.iter()
-                    .zip(b)
-                    .map(|(p, q)| p.total_cmp(q))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-            distinct.dedup();
-            if distinct.len() < MIN_RATE_RECORDS {
-                return None;
-            }
-            let params = RandomForestRegressorParameters::default()
-                .with_n_trees(usize::from(N_TREES))
-                .with_m(FEATURE_NAMES.len())
-                .with_seed(seed);
-            Regressor::fit(&matrix(&rx)?, &ry, params).ok()
-        };
-        p.forests = Some(Forests {
-            trees,
-            decode: regressor(decode, SEED + 1000),
-            prefill: regressor(prefill, SEED + 2000),
-            means,
-        });
         p
     }
 
@@ -351,87 +367,56 @@ impl Predictor {
         capacity: Option<u64>,
     ) -> Prediction {
         let (feat, estimate) = Features::of(shape, cfg, capacity, &self.fit);
-        let p_memory = memory_model_p(estimate.load_ratio);
+        let blend = Blend {
+            p_memory: memory_model_p(estimate.load_ratio),
+            capacity_known: estimate.load_ratio.is_some(),
+        };
+        match &self.forests {
+            None => self.cold_prediction(estimate, &blend),
+            Some(f) => self.trained_prediction(f, &feat.to_vec(), estimate, &blend),
+        }
+    }
+
+    /// The memory model's logistic alone.
+    fn cold_prediction(&self, estimate: Estimate, blend: &Blend) -> Prediction {
+        let p_memory = blend.p_memory;
         let mut reasons = vec![memory_reason(&estimate)];
-        let Some(forests) = &self.forests else {
-            reasons.push(format!(
-                "P(success) {p_memory:.3} from the memory model's logistic (0.5 at load 1.0){}",
-                if estimate.load_ratio.is_none() {
-                    ": capacity unknown"
-                } else {
-                    ""
-                }
-            ));
-            if let Some(why) = &self.cold {
-                reasons.push(why.clone());
-            }
-            return Prediction {
-                p_success: p_memory,
-                prefill_tokens_per_s: None,
-                decode_tokens_per_s: None,
-                estimate,
-                basis: "cold start: memory model only".into(),
-                reasons,
-            };
-        };
-        let x = feat.to_vec();
-        let forest_p = forests.vote(&x);
-        let blend = |fp: f64| {
-            if estimate.load_ratio.is_some() {
-                (1.0 - MEMORY_MODEL_WEIGHT) * fp + MEMORY_MODEL_WEIGHT * p_memory
+        reasons.push(format!(
+            "P(success) {p_memory:.3} from the memory model's logistic (0.5 at load 1.0){}",
+            if blend.capacity_known {
+                ""
             } else {
-                fp
+                ": capacity unknown"
             }
-        };
-        let p_success = blend(forest_p);
-        reasons.push(if estimate.load_ratio.is_some() {
-            format!(
-                "P(success) {p_success:.3} = 0.8 × forest vote {forest_p:.3} + 0.2 × memory \
-                 model {p_memory:.3}"
-            )
-        } else {
-            format!("P(success) {p_success:.3}: forest vote (capacity unknown)")
-        });
-        // Sensitivity: each feature at its training mean, the rest as they are.
-        let mut moves: Vec<(usize, f64, f64)> = (0..x.len())
-            .map(|j| {
-                let mut xj = x.clone();
-                xj[j] = forests.means[j];
-                let pj = blend(forests.vote(&xj));
-                (j, p_success - pj, pj)
-            })
-            .collect();
-        moves.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-        let strong: Vec<_> = moves
-            .iter()
-            .filter(|m| m.1.abs() >= 0.005)
-            .take(4)
-            .collect();
-        if strong.is_empty() {
-            reasons.push(
-                "no single feature moves P(success) by 0.005 or more when set to its training \
-                 mean"
-                    .into(),
-            );
+        ));
+        reasons.extend(self.cold.clone());
+        Prediction {
+            p_success: p_memory,
+            prefill_tokens_per_s: None,
+            decode_tokens_per_s: None,
+            estimate,
+            basis: "cold start: memory model only".into(),
+            reasons,
         }
-        for &&(j, delta, pj) in &strong {
-            reasons.push(format!(
-                "{} = {} (training mean {}): P(success) {p_success:.3} vs {pj:.3} at the mean \
-                 ({delta:+.3})",
-                FEATURE_NAMES[j],
-                number(x[j]),
-                number(forests.means[j])
-            ));
-        }
-        let rate = |m: &Option<Regressor>| {
-            let m = m.as_ref()?;
-            let v = m.predict(&matrix(std::slice::from_ref(&x))?).ok()?;
-            v.first().map(|l| l.exp()).filter(|r| r.is_finite())
-        };
+    }
+
+    /// The forests' vote blended with the memory model, the features that moved it, and the
+    /// rates.
+    fn trained_prediction(
+        &self,
+        forests: &Forests,
+        x: &[f64],
+        estimate: Estimate,
+        blend: &Blend,
+    ) -> Prediction {
+        let forest_p = forests.vote(x);
+        let p_success = blend.of(forest_p);
+        let mut reasons = vec![memory_reason(&estimate), blend.reason(p_success, forest_p)];
+        reasons.extend(forests.sensitivity(x, p_success, blend));
         Prediction {
             p_success,
-            prefill_tokens_per_s: rate(&forests.prefill),
-            decode_tokens_per_s: rate(&forests.decode),
+            prefill_tokens_per_s: Forests::rate(forests.prefill.as_ref(), x),
+            decode_tokens_per_s: Forests::rate(forests.decode.as_ref(), x),
             estimate,
             basis: format!(
                 "random forest on {} records ({} from this host)",
@@ -442,7 +427,102 @@ impl Predictor {
     }
 }
 
+/// How a forest vote and the memory model make P(success).
+struct Blend {
+    /// The memory model's logistic.
+    p_memory: f64,
+    capacity_known: bool,
+}
+
+impl Blend {
+    /// P(success) from a forest vote: [`MEMORY_MODEL_WEIGHT`] of the memory model where the
+    /// capacity is known, the vote alone otherwise.
+    fn of(&self, forest_p: f64) -> f64 {
+        if self.capacity_known {
+            (1.0 - MEMORY_MODEL_WEIGHT) * forest_p + MEMORY_MODEL_WEIGHT * self.p_memory
+        } else {
+            forest_p
+        }
+    }
+
+    fn reason(&self, p_success: f64, forest_p: f64) -> String {
+        if self.capacity_known {
+            format!(
+                "P(success) {p_success:.3} = 0.8 × forest vote {forest_p:.3} + 0.2 × memory \
+                 model {:.3}",
+                self.p_memory
+            )
+        } else {
+            format!("P(success) {p_success:.3}: forest vote (capacity unknown)")
+        }
+    }
+}
+
 impl Forests {
+    /// The success trees, the rate regressors and the feature means from `rows`.
+    fn fit(rows: Rows) -> Result<Forests, TrainError> {
+        let xm = matrix(&rows.x).ok_or(TrainError::Rows)?;
+        let mut trees = Vec::with_capacity(usize::from(N_TREES));
+        for i in 0..u64::from(N_TREES) {
+            let params = RandomForestClassifierParameters::default()
+                .with_n_trees(1)
+                .with_m(FEATURE_NAMES.len())
+                .with_seed(SEED + i);
+            trees.push(Classifier::fit(&xm, &rows.y, params).map_err(TrainError::Trees)?);
+        }
+        let means = rows.means();
+        Ok(Forests {
+            trees,
+            decode: regressor(rows.decode, SEED + 1000),
+            prefill: regressor(rows.prefill, SEED + 2000),
+            means,
+        })
+    }
+
+    /// Sensitivity: each feature at its training mean, the rest as they are; the (at most
+    /// four) that move P(success) by 0.005 or more, most first.
+    fn sensitivity(&self, x: &[f64], p_success: f64, blend: &Blend) -> Vec<String> {
+        let mut moves: Vec<(usize, f64, f64)> = (0..x.len())
+            .map(|j| {
+                let mut xj = x.to_vec();
+                xj[j] = self.means[j];
+                let pj = blend.of(self.vote(&xj));
+                (j, p_success - pj, pj)
+            })
+            .collect();
+        moves.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        let strong: Vec<_> = moves
+            .iter()
+            .filter(|m| m.1.abs() >= 0.005)
+            .take(4)
+            .collect();
+        if strong.is_empty() {
+            return vec![
+                "no single feature moves P(success) by 0.005 or more when set to its training \
+                 mean"
+                    .into(),
+            ];
+        }
+        strong
+            .iter()
+            .map(|&&(j, delta, pj)| {
+                format!(
+                    "{} = {} (training mean {}): P(success) {p_success:.3} vs {pj:.3} at the mean \
+                     ({delta:+.3})",
+                    FEATURE_NAMES[j],
+                    number(x[j]),
+                    number(self.means[j])
+                )
+            })
+            .collect()
+    }
+
+    /// A regressor's rate at `x` (it predicts the logarithm).
+    fn rate(m: Option<&Regressor>, x: &[f64]) -> Option<f64> {
+        let v = m?.predict(&matrix(&[x.to_vec()])?).ok()?;
+        v.first().map(|l| l.exp()).filter(|r| r.is_finite())
+    }
+
     /// Share of the trees voting success.
     fn vote(&self, x: &[f64]) -> f64 {
         let Some(m) = matrix(&[x.to_vec()]) else {

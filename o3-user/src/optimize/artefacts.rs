@@ -27,6 +27,18 @@ pub struct Artefacts {
     pub command_line: Option<String>,
 }
 
+/// Why a configuration has no artefact.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtefactError {
+    #[error("no model name for the Modelfile's FROM line")]
+    NoModel,
+    #[error(transparent)]
+    Ollama(#[from] ollama::UnsupportedConfig),
+    /// The server's command line cannot express the configuration (as the backend says it).
+    #[error("{0}")]
+    Command(String),
+}
+
 /// Per-model options, in Modelfile order. Each is also a Modelfile `PARAMETER` name (Ollama's
 /// Modelfile reference lists num_ctx, num_batch, num_gpu and num_thread among valid parameters).
 const MODEL_OPTIONS: [&str; 4] = ["num_ctx", "num_batch", "num_gpu", "num_thread"];
@@ -68,9 +80,9 @@ fn command_line<S: AsRef<str>>(words: &[S]) -> String {
 /// environment comes from [`ollama::server_env`], whose refusals (K and V cache types that
 /// differ, a quantized cache without flash attention, ...) are returned as errors. The
 /// micro-batch cannot be set in Ollama and appears in neither.
-pub fn ollama(model: &str, cfg: &ProbeConfig) -> Result<Artefacts, String> {
+pub fn ollama(model: &str, cfg: &ProbeConfig) -> Result<Artefacts, ArtefactError> {
     if model.trim().is_empty() {
-        return Err("no model name for the Modelfile's FROM line".to_string());
+        return Err(ArtefactError::NoModel);
     }
     let request = ollama::generate_request(model, "", cfg, 0, 0);
     let mut modelfile = format!("FROM {model}\n");
@@ -84,7 +96,7 @@ pub fn ollama(model: &str, cfg: &ProbeConfig) -> Result<Artefacts, String> {
         modelfile.push_str(&format!("PARAMETER {name} {value}\n"));
     }
     // The host is o3's own; it is filtered out with the other managed-server variables.
-    let env = ollama::server_env(cfg, "127.0.0.1:11434").map_err(|e| e.to_string())?;
+    let env = ollama::server_env(cfg, "127.0.0.1:11434")?;
     let server_env = env
         .iter()
         .filter(|(k, _)| SERVER_VARS.contains(&k.as_str()))
@@ -106,9 +118,12 @@ pub fn llama_server(
     cfg: &ProbeConfig,
     host: &str,
     port: u16,
-) -> Result<Artefacts, String> {
+) -> Result<Artefacts, ArtefactError> {
     let mut words = vec![bin.to_string()];
-    words.extend(llama_server::command_args(flags, model, cfg, host, port)?);
+    words.extend(
+        llama_server::command_args(flags, model, cfg, host, port)
+            .map_err(|e| ArtefactError::Command(e.to_string()))?,
+    );
     Ok(Artefacts {
         modelfile: None,
         server_env: Vec::new(),
@@ -124,8 +139,10 @@ pub fn template(
     cfg: &ProbeConfig,
     host: &str,
     port: u16,
-) -> Result<Artefacts, String> {
-    let words = t.fill(cfg, model, host, port)?;
+) -> Result<Artefacts, ArtefactError> {
+    let words = t
+        .fill(cfg, model, host, port)
+        .map_err(|e| ArtefactError::Command(e.to_string()))?;
     Ok(Artefacts {
         modelfile: None,
         server_env: Vec::new(),
@@ -201,8 +218,12 @@ mod tests {
             ..full()
         };
         let e = ollama("m", &cfg).unwrap_err();
-        assert!(e.contains("K q4_0"), "{e}");
-        assert!(ollama(" ", &full()).unwrap_err().contains("model"));
+        assert!(matches!(e, ArtefactError::Ollama(_)), "{e}");
+        assert!(e.to_string().contains("K q4_0"), "{e}");
+        assert!(matches!(
+            ollama(" ", &full()).unwrap_err(),
+            ArtefactError::NoModel
+        ));
     }
 
     #[test]
@@ -258,7 +279,7 @@ mod tests {
         );
         let unset = ProbeConfig { batch: None, ..cfg };
         let e = template(&t, "m", &unset, "h", 1).unwrap_err();
-        assert!(e.contains("{batch}"), "{e}");
+        assert!(e.to_string().contains("{batch}"), "{e}");
     }
 
     #[test]

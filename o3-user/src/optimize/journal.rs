@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ProbeConfig;
+use crate::learn::store::StoreError;
 use crate::trace::lines;
 
 use super::prober::{ProbeOutcome, ProbeRequest, Prober};
@@ -42,14 +43,25 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The results store refused a finished probe (said as the store says it).
     #[error("{0}")]
-    Sink(String),
+    Sink(StoreError),
     #[error("{path} line {line}: {what}; the journal is damaged (move it away to start over)")]
     Corrupt {
         path: PathBuf,
         line: usize,
-        what: String,
+        what: BadRecord,
     },
+}
+
+/// Why a journal line is not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    /// Not UTF-8 text (where, as the line reader says it).
+    #[error("{0}")]
+    Text(String),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
 }
 
 pub struct Journal {
@@ -60,10 +72,11 @@ pub struct Journal {
     pub loaded: usize,
 }
 
-/// One journal line's record; why not, in words.
-fn parse_line(line: &lines::Line) -> Result<Line, String> {
-    let text = line.text().map_err(|e| e.to_string())?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+/// One journal line's record, or why it is not one.
+fn parse_line(line: &lines::Line) -> Result<Line, BadRecord> {
+    Ok(serde_json::from_str(
+        line.text().map_err(|e| BadRecord::Text(e.to_string()))?,
+    )?)
 }
 
 impl Journal {
@@ -204,7 +217,7 @@ pub fn read_entries(path: &Path) -> std::io::Result<(Vec<Entry>, Vec<BadLine>)> 
                     l.bytes.len()
                 ),
             )),
-            Err(e) => problems.push((l.number, e)),
+            Err(e) => problems.push((l.number, e.to_string())),
         }
     }
     Ok((entries, problems))
@@ -238,9 +251,10 @@ pub struct Journaled<'j, P> {
     pub sink: Option<Sink<'j>>,
 }
 
-/// Where finished probes also go; an error stops the run.
+/// Where finished probes also go (the results store); an error stops the run.
 pub type Sink<'j> = Box<
-    dyn FnMut(&ProbeRequest, &ProbeOutcome, Option<&serde_json::Value>) -> Result<(), String> + 'j,
+    dyn FnMut(&ProbeRequest, &ProbeOutcome, Option<&serde_json::Value>) -> Result<(), StoreError>
+        + 'j,
 >;
 
 impl<'j, P> Journaled<'j, P> {

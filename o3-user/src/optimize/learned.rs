@@ -3,7 +3,7 @@
 //! machine has not changed in a way that matters.
 
 use crate::learn::fingerprint::Host;
-use crate::learn::store::Store;
+use crate::learn::store::{Store, StoreError};
 use crate::learn::{ModelShape, Record};
 
 use super::prober::{Depth, ProbeOutcome, ProbeRequest};
@@ -53,6 +53,25 @@ pub fn record_of(
     }
 }
 
+/// Why an earlier run is not reused (the search runs instead).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReused {
+    #[error("no earlier run of this model on this machine")]
+    NoEarlierRun,
+    #[error("the store could not be read: {0}")]
+    Store(StoreError),
+    #[error("run {run_id} established no validated context")]
+    NoValidatedContext { run_id: i64 },
+    #[error("run {run_id} is {age_days:.1} days old (learning.max_age_days {max_age_days}): searching again")]
+    TooOld {
+        run_id: i64,
+        age_days: f64,
+        max_age_days: f64,
+    },
+    #[error("the machine changed since run {run_id} ({}): searching again", .changed.join(", "))]
+    MachineChanged { run_id: i64, changed: Vec<String> },
+}
+
 /// What to verify instead of searching, or why nothing is reused.
 pub fn to_verify(
     store: &Store,
@@ -61,31 +80,30 @@ pub fn to_verify(
     model_id: &str,
     max_age_days: f64,
     now_unix_s: u64,
-) -> Result<Option<Learned>, String> {
-    let l = match store.learned(host_id, model_id) {
-        Ok(Some(l)) => l,
-        Ok(None) => return Err("no earlier run of this model on this machine".into()),
-        Err(e) => return Err(format!("the store could not be read: {e}")),
-    };
+) -> Result<Learned, NotReused> {
+    let l = store
+        .learned(host_id, model_id)
+        .map_err(NotReused::Store)?
+        .ok_or(NotReused::NoEarlierRun)?;
     let Some(max_context) = l.max_context else {
-        return Err(format!("run {} established no validated context", l.run_id));
+        return Err(NotReused::NoValidatedContext { run_id: l.run_id });
     };
     let age_days = now_unix_s.saturating_sub(l.finished_unix_s) as f64 / 86_400.0;
     if age_days > max_age_days {
-        return Err(format!(
-            "run {} is {age_days:.1} days old (learning.max_age_days {max_age_days}): searching again",
-            l.run_id
-        ));
+        return Err(NotReused::TooOld {
+            run_id: l.run_id,
+            age_days,
+            max_age_days,
+        });
     }
     let changed = host.changes_from(&l.host);
     if !changed.is_empty() {
-        return Err(format!(
-            "the machine changed since run {} ({}): searching again",
-            l.run_id,
-            changed.join(", ")
-        ));
+        return Err(NotReused::MachineChanged {
+            run_id: l.run_id,
+            changed,
+        });
     }
-    Ok(Some(Learned {
+    Ok(Learned {
         source: format!("run {}, {age_days:.1} days old", l.run_id),
         max_context,
         presets: l
@@ -96,7 +114,7 @@ pub fn to_verify(
                 (name, cfg, streams)
             })
             .collect(),
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -195,18 +213,19 @@ mod tests {
         let h = host("6.18.1");
         let (hid, mid) = stored_run(&store, &h);
         let now = crate::util::system::unix_now_ns() / 1_000_000_000;
-        let l = to_verify(&store, &h, &hid, &mid, 7.0, now)
-            .unwrap()
-            .unwrap();
+        let l = to_verify(&store, &h, &hid, &mid, 7.0, now).unwrap();
         assert_eq!(l.max_context, 8192);
         assert_eq!(l.presets.len(), 1);
         // Too old.
         let e = to_verify(&store, &h, &hid, &mid, 7.0, now + 8 * 86_400).unwrap_err();
-        assert!(e.contains("days old"), "{e}");
+        assert!(e.to_string().contains("days old"), "{e}");
         // A new kernel: revalidate.
         let e = to_verify(&store, &host("6.18.2"), &hid, &mid, 7.0, now).unwrap_err();
-        assert!(e.contains("kernel"), "{e}");
+        assert!(e.to_string().contains("kernel"), "{e}");
         // Another model: nothing learned.
-        assert!(to_verify(&store, &h, &hid, "other", 7.0, now).is_err());
+        assert!(matches!(
+            to_verify(&store, &h, &hid, "other", 7.0, now),
+            Err(NotReused::NoEarlierRun)
+        ));
     }
 }

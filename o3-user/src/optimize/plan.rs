@@ -141,11 +141,22 @@ pub const RESERVE: f64 = 1.5;
 /// The item being decided is admitted only with this margin on its own expected cost.
 pub const MARGIN: f64 = 1.1;
 
+/// Optional work that does not fit what is left of the budget.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{what} (predicted {}) does not fit the {} left after higher-priority work", human(*.predicted_s), human(*.left_s))]
+pub struct Cut {
+    /// The work, in words.
+    pub what: String,
+    pub predicted_s: f64,
+    /// What is left after the work ranked above it, s.
+    pub left_s: f64,
+}
+
 /// Whether `next` (the first of `remaining`, in execution order) fits: items are admitted by
 /// priority (ties in execution order) while their costs fit what is left, the ones ranked above
-/// `next` counted with the [`RESERVE`] margin; required items always are. Returns `Err(why)`
-/// for a cut.
-pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
+/// `next` counted with the [`RESERVE`] margin; required items always are. Returns the [`Cut`]
+/// where it does not.
+pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), Cut> {
     let Some(next) = remaining.first() else {
         return Ok(());
     };
@@ -171,12 +182,11 @@ pub fn admit(remaining: &[Item], left_s: Option<f64>) -> Result<(), String> {
             return if fits {
                 Ok(())
             } else {
-                Err(format!(
-                    "{} (predicted {}) does not fit the {} left after higher-priority work",
-                    next.what,
-                    human(next.cost.expected_s),
-                    human((left - used).max(0.0))
-                ))
+                Err(Cut {
+                    what: next.what.clone(),
+                    predicted_s: next.cost.expected_s,
+                    left_s: (left - used).max(0.0),
+                })
             };
         }
     }
@@ -300,8 +310,10 @@ mod tests {
         // The work above the balanced proof is reserved with a margin, 1.5 × (500 + 50) = 825,
         // and the proof itself needs 1.1 × 40 = 44.
         let e = admit(&plan, Some(865.0)).unwrap_err();
+        assert_eq!((e.what.as_str(), e.predicted_s), ("balanced", 40.0));
         assert!(
-            e.starts_with("balanced (predicted 40 s) does not fit"),
+            e.to_string()
+                .starts_with("balanced (predicted 40 s) does not fit"),
             "{e}"
         );
         assert!(admit(&plan, Some(870.0)).is_ok());

@@ -50,195 +50,269 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[rank.min(n) - 1]
 }
 
-/// Name, throughput weight, TTFT weight, context constraint, the constraint in words.
-type Category = (&'static str, f64, f64, Box<dyn Fn(u32) -> bool>, String);
+/// A preset category: its name, weights, and context constraint (with the constraint in words).
+struct Category {
+    name: &'static str,
+    throughput_weight: f64,
+    ttft_weight: f64,
+    fits: Box<dyn Fn(u32) -> bool>,
+    constraint: String,
+}
 
-pub fn choose(measured: &[Measured], cfg: &PresetConfig) -> Vec<Preset> {
-    let pool: Vec<&Measured> = measured
-        .iter()
-        // Only configurations proven filled to their depth: a batch ranking at a moderate
-        // depth says nothing of its context.
-        .filter(|m| {
-            m.stable && m.filled() && m.output_tokens_per_s.is_some() && m.ttft_p95_ms.is_some()
+/// The configurations presets are chosen among: stable, filled to their depth, with a decode
+/// rate and a TTFT; and the ranges scores are normalised over.
+struct Pool<'a> {
+    members: Vec<&'a Measured>,
+    /// Their contexts, ascending.
+    contexts: Vec<u32>,
+    /// Lowest and highest decode rate and TTFT p95 of the members.
+    throughput: (f64, f64),
+    ttft: (f64, f64),
+    slo: &'a crate::config::Slo,
+}
+
+fn thr(m: &Measured) -> f64 {
+    m.output_tokens_per_s.unwrap_or(0.0)
+}
+
+fn ttft(m: &Measured) -> f64 {
+    m.ttft_p95_ms.unwrap_or(f64::INFINITY)
+}
+
+/// Lowest and highest of `f` over `pool`.
+fn range(pool: &[&Measured], f: fn(&Measured) -> f64) -> (f64, f64) {
+    pool.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), m| {
+            (a.min(f(m)), b.max(f(m)))
         })
-        .collect();
-    let thr = |m: &Measured| m.output_tokens_per_s.unwrap_or(0.0);
-    let ttft = |m: &Measured| m.ttft_p95_ms.unwrap_or(f64::INFINITY);
-    let (tlo, thi) = pool
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), m| {
-            (a.min(thr(m)), b.max(thr(m)))
-        });
-    let (llo, lhi) = pool
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), m| {
-            (a.min(ttft(m)), b.max(ttft(m)))
-        });
-    let score = |m: &Measured, tw: f64, lw: f64| -> f64 {
+}
+
+impl<'a> Pool<'a> {
+    fn of(measured: &'a [Measured], slo: &'a crate::config::Slo) -> Pool<'a> {
+        let members: Vec<&Measured> = measured
+            .iter()
+            // Only configurations proven filled to their depth: a batch ranking at a moderate
+            // depth says nothing of its context.
+            .filter(|m| {
+                m.stable && m.filled() && m.output_tokens_per_s.is_some() && m.ttft_p95_ms.is_some()
+            })
+            .collect();
+        let mut contexts: Vec<u32> = members.iter().map(|m| m.config.ctx).collect();
+        contexts.sort_unstable();
+        Pool {
+            throughput: range(&members, thr),
+            ttft: range(&members, ttft),
+            members,
+            contexts,
+            slo,
+        }
+    }
+
+    /// The weighted score in [0, 1] of throughput and TTFT, each normalised over the pool.
+    fn score(&self, m: &Measured, tw: f64, lw: f64) -> f64 {
         if tw + lw <= 0.0 {
             return 0.0;
         }
+        let (tlo, thi) = self.throughput;
+        let (llo, lhi) = self.ttft;
         (tw * norm(thr(m), tlo, thi, true) + lw * norm(ttft(m), llo, lhi, false)) / (tw + lw)
-    };
-    let slo_ok = |m: &Measured| -> Option<String> {
-        if let Some(limit) = cfg.slo.ttft_p95_ms {
+    }
+
+    /// Which SLO `m` misses, in words.
+    fn slo_miss(&self, m: &Measured) -> Option<String> {
+        if let Some(limit) = self.slo.ttft_p95_ms {
             if ttft(m) > limit {
                 return Some(format!("TTFT p95 {:.0} ms > {limit:.0} ms", ttft(m)));
             }
         }
-        if let Some(min) = cfg.slo.min_decode_tokens_per_s {
+        if let Some(min) = self.slo.min_decode_tokens_per_s {
             if thr(m) < min {
                 return Some(format!("{:.1} tok/s < {min:.1} tok/s", thr(m)));
             }
         }
         None
-    };
-
-    // The batch the largest context was proven with: the one the batch stage kept (or the
-    // largest that loads there); a preset at another batch says why.
-    let proven_batch = pool
-        .iter()
-        .filter(|m| m.stage == Stage::Validate)
-        .max_by_key(|m| m.config.ctx)
-        .map(|m| (m.config.ctx, m.config.batch));
-    let mut contexts: Vec<u32> = pool.iter().map(|m| m.config.ctx).collect();
-    contexts.sort_unstable();
-    let mut out = Vec::new();
-    let categories: [Category; 3] = {
-        let mc = &cfg.max_context;
-        let (min_ctx, mc_text) = if contexts.is_empty() {
-            (u32::MAX, "no stable configuration".to_string())
-        } else {
-            let p = percentile(&contexts, mc.target_context_percentile);
-            (
-                p,
-                format!(
-                    "context ≥ {p} (the {}th percentile of the stable configurations' contexts)",
-                    mc.target_context_percentile
-                ),
-            )
-        };
-        let [blo, bhi] = cfg.balanced.target_context_range;
-        let fmin = cfg.fast_response.target_context_min;
-        [
-            (
-                "max_context",
-                mc.throughput_weight,
-                mc.ttft_weight,
-                Box::new(move |c| c >= min_ctx),
-                mc_text,
-            ),
-            (
-                "balanced",
-                cfg.balanced.throughput_weight,
-                cfg.balanced.ttft_weight,
-                Box::new(move |c| (blo..=bhi).contains(&c)),
-                format!("context in {blo}..{bhi}"),
-            ),
-            (
-                "fast_response",
-                cfg.fast_response.throughput_weight,
-                cfg.fast_response.ttft_weight,
-                Box::new(move |c| c >= fmin),
-                format!("context ≥ {fmin}"),
-            ),
-        ]
-    };
-    for (name, tw, lw, fits, constraint) in categories.iter() {
-        let in_range: Vec<&Measured> = pool
-            .iter()
-            .copied()
-            .filter(|m| fits(m.config.ctx))
-            .collect();
-        let mut rejected = Vec::new();
-        let mut cands: Vec<(&Measured, f64)> = Vec::new();
-        for m in &in_range {
-            match slo_ok(m) {
-                Some(why) => rejected.push(format!("{} ({why})", m.id)),
-                None => cands.push((m, score(m, *tw, *lw))),
-            }
-        }
-        let mut p = Preset {
-            name,
-            constraint: constraint.clone(),
-            chosen: None,
-            config: None,
-            concurrency: None,
-            score: None,
-            throughput_weight: *tw,
-            ttft_weight: *lw,
-            output_tokens_per_s: None,
-            ttft_p95_ms: None,
-            candidates: cands.len(),
-            why: String::new(),
-        };
-        if cands.is_empty() {
-            p.why = if pool.is_empty() {
-                "no configuration passed statistical validation".to_string()
-            } else if in_range.is_empty() {
-                format!(
-                    "no stable configuration meets {constraint} (stable contexts: {})",
-                    contexts
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else {
-                format!("every candidate misses the SLOs: {}", rejected.join(", "))
-            };
-            out.push(p);
-            continue;
-        }
-        // Highest score; ties broken by larger context, then higher throughput, then id.
-        cands.sort_by(|(a, sa), (b, sb)| {
-            sb.total_cmp(sa)
-                .then(b.config.ctx.cmp(&a.config.ctx))
-                .then(thr(b).total_cmp(&thr(a)))
-                .then(a.id.cmp(&b.id))
-        });
-        let (best, s) = cands[0];
-        let tied: Vec<&str> = cands[1..]
-            .iter()
-            .filter(|(_, x)| (x - s).abs() < 1e-9)
-            .map(|(m, _)| m.id.as_str())
-            .collect();
-        p.chosen = Some(best.id.clone());
-        p.config = Some(best.config.clone());
-        p.concurrency = Some(best.concurrency);
-        p.score = Some(s);
-        p.output_tokens_per_s = best.output_tokens_per_s;
-        p.ttft_p95_ms = best.ttft_p95_ms;
-        p.why = format!(
-            "highest score {s:.3} of {} candidate{} ({:.1} tok/s, TTFT p95 {:.0} ms; weights throughput {tw}, TTFT {lw})",
-            cands.len(),
-            if cands.len() == 1 { "" } else { "s" },
-            thr(best),
-            ttft(best)
-        );
-        if !tied.is_empty() {
-            p.why.push_str(&format!(
-                "; tied with {}: the larger context, then the higher throughput wins",
-                tied.join(", ")
-            ));
-        }
-        if !rejected.is_empty() {
-            p.why
-                .push_str(&format!("; excluded by the SLOs: {}", rejected.join(", ")));
-        }
-        if let Some((ctx, b)) = proven_batch.filter(|(_, b)| *b != best.config.batch) {
-            let show = |b: Option<u32>| b.map_or("the server's default".into(), |b| b.to_string());
-            p.why.push_str(&format!(
-                "; batch {} as measured by the {} stage, not the batch {} the maximum (ctx {ctx}) \
-                 was proven with",
-                show(best.config.batch),
-                best.stage.name(),
-                show(b)
-            ));
-        }
-        out.push(p);
     }
-    out
+
+    /// The batch the largest context was proven with: the one the batch stage kept (or the
+    /// largest that loads there); a preset at another batch says why.
+    fn proven_batch(&self) -> Option<(u32, Option<u32>)> {
+        self.members
+            .iter()
+            .filter(|m| m.stage == Stage::Validate)
+            .max_by_key(|m| m.config.ctx)
+            .map(|m| (m.config.ctx, m.config.batch))
+    }
+}
+
+/// The three categories, max_context's constraint from the pool's contexts.
+fn categories(cfg: &PresetConfig, contexts: &[u32]) -> [Category; 3] {
+    let mc = &cfg.max_context;
+    let (min_ctx, mc_text) = if contexts.is_empty() {
+        (u32::MAX, "no stable configuration".to_string())
+    } else {
+        let p = percentile(contexts, mc.target_context_percentile);
+        (
+            p,
+            format!(
+                "context ≥ {p} (the {}th percentile of the stable configurations' contexts)",
+                mc.target_context_percentile
+            ),
+        )
+    };
+    let [blo, bhi] = cfg.balanced.target_context_range;
+    let fmin = cfg.fast_response.target_context_min;
+    [
+        Category {
+            name: "max_context",
+            throughput_weight: mc.throughput_weight,
+            ttft_weight: mc.ttft_weight,
+            fits: Box::new(move |c| c >= min_ctx),
+            constraint: mc_text,
+        },
+        Category {
+            name: "balanced",
+            throughput_weight: cfg.balanced.throughput_weight,
+            ttft_weight: cfg.balanced.ttft_weight,
+            fits: Box::new(move |c| (blo..=bhi).contains(&c)),
+            constraint: format!("context in {blo}..{bhi}"),
+        },
+        Category {
+            name: "fast_response",
+            throughput_weight: cfg.fast_response.throughput_weight,
+            ttft_weight: cfg.fast_response.ttft_weight,
+            fits: Box::new(move |c| c >= fmin),
+            constraint: format!("context ≥ {fmin}"),
+        },
+    ]
+}
+
+/// Chooses one configuration per category (see the module docs).
+pub fn choose(measured: &[Measured], cfg: &PresetConfig) -> Vec<Preset> {
+    let pool = Pool::of(measured, &cfg.slo);
+    let proven_batch = pool.proven_batch();
+    categories(cfg, &pool.contexts)
+        .iter()
+        .map(|cat| pick(&pool, cat, proven_batch))
+        .collect()
+}
+
+/// The category's preset: the best candidate, or why there is none.
+fn pick(pool: &Pool, cat: &Category, proven_batch: Option<(u32, Option<u32>)>) -> Preset {
+    let in_range: Vec<&Measured> = pool
+        .members
+        .iter()
+        .copied()
+        .filter(|m| (cat.fits)(m.config.ctx))
+        .collect();
+    let mut rejected = Vec::new();
+    let mut cands: Vec<(&Measured, f64)> = Vec::new();
+    for m in &in_range {
+        match pool.slo_miss(m) {
+            Some(why) => rejected.push(format!("{} ({why})", m.id)),
+            None => cands.push((m, pool.score(m, cat.throughput_weight, cat.ttft_weight))),
+        }
+    }
+    let mut p = Preset {
+        name: cat.name,
+        constraint: cat.constraint.clone(),
+        chosen: None,
+        config: None,
+        concurrency: None,
+        score: None,
+        throughput_weight: cat.throughput_weight,
+        ttft_weight: cat.ttft_weight,
+        output_tokens_per_s: None,
+        ttft_p95_ms: None,
+        candidates: cands.len(),
+        why: String::new(),
+    };
+    if cands.is_empty() {
+        p.why = why_none(pool, cat, in_range.is_empty(), &rejected);
+        return p;
+    }
+    rank(&mut cands);
+    let (best, s) = cands[0];
+    p.chosen = Some(best.id.clone());
+    p.config = Some(best.config.clone());
+    p.concurrency = Some(best.concurrency);
+    p.score = Some(s);
+    p.output_tokens_per_s = best.output_tokens_per_s;
+    p.ttft_p95_ms = best.ttft_p95_ms;
+    p.why = why_chosen(cat, &cands, &rejected, proven_batch);
+    p
+}
+
+/// Why a category has no preset.
+fn why_none(pool: &Pool, cat: &Category, none_in_range: bool, rejected: &[String]) -> String {
+    if pool.members.is_empty() {
+        "no configuration passed statistical validation".to_string()
+    } else if none_in_range {
+        format!(
+            "no stable configuration meets {} (stable contexts: {})",
+            cat.constraint,
+            pool.contexts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!("every candidate misses the SLOs: {}", rejected.join(", "))
+    }
+}
+
+/// Highest score first; ties broken by larger context, then higher throughput, then id.
+fn rank(cands: &mut [(&Measured, f64)]) {
+    cands.sort_by(|(a, sa), (b, sb)| {
+        sb.total_cmp(sa)
+            .then(b.config.ctx.cmp(&a.config.ctx))
+            .then(thr(b).total_cmp(&thr(a)))
+            .then(a.id.cmp(&b.id))
+    });
+}
+
+/// Why the first of the ranked candidates: its score, the ties and their tie-break, what the
+/// SLOs excluded, and a batch other than the proof's.
+fn why_chosen(
+    cat: &Category,
+    cands: &[(&Measured, f64)],
+    rejected: &[String],
+    proven_batch: Option<(u32, Option<u32>)>,
+) -> String {
+    let (best, s) = cands[0];
+    let (tw, lw) = (cat.throughput_weight, cat.ttft_weight);
+    let mut why = format!(
+        "highest score {s:.3} of {} candidate{} ({:.1} tok/s, TTFT p95 {:.0} ms; weights throughput {tw}, TTFT {lw})",
+        cands.len(),
+        if cands.len() == 1 { "" } else { "s" },
+        thr(best),
+        ttft(best)
+    );
+    let tied: Vec<&str> = cands[1..]
+        .iter()
+        .filter(|(_, x)| (x - s).abs() < 1e-9)
+        .map(|(m, _)| m.id.as_str())
+        .collect();
+    if !tied.is_empty() {
+        why.push_str(&format!(
+            "; tied with {}: the larger context, then the higher throughput wins",
+            tied.join(", ")
+        ));
+    }
+    if !rejected.is_empty() {
+        why.push_str(&format!("; excluded by the SLOs: {}", rejected.join(", ")));
+    }
+    if let Some((ctx, b)) = proven_batch.filter(|(_, b)| *b != best.config.batch) {
+        let show = |b: Option<u32>| b.map_or("the server's default".into(), |b| b.to_string());
+        why.push_str(&format!(
+            "; batch {} as measured by the {} stage, not the batch {} the maximum (ctx {ctx}) \
+             was proven with",
+            show(best.config.batch),
+            best.stage.name(),
+            show(b)
+        ));
+    }
+    why
 }
 
 #[cfg(test)]

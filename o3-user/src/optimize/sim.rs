@@ -218,131 +218,207 @@ impl Raw for Sim {}
 
 impl Prober for Sim {
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
-        let m = &self.model;
-        let c = &req.config;
         self.probes += 1;
-        let mut rng = Rng(m.seed ^ hash(&req.key()));
-        let load_s = m.load_ms / 1000.0;
-        if !m.fits(c) {
-            let mut o = ProbeOutcome::failed(
-                OutcomeClass::Oom,
-                format!(
-                    "out of memory at load: ctx {} × {} slots at batch {:?} needs more than {} bytes",
-                    c.ctx,
-                    c.parallel.unwrap_or(1),
-                    c.batch,
-                    m.capacity_bytes
-                ),
-            );
-            o.wall_ms = m.load_ms;
-            o.load_ms = Some(m.load_ms);
-            o.timing.push(Obs::Load { s: load_s });
-            self.wall_ms += m.load_ms;
-            return Some(o);
-        }
-        let streams = req.concurrency.max(1);
-        let out_tokens = m.output_tokens as u64;
+        let out = if self.model.fits(&req.config) {
+            Probe::new(&self.model, req).run()
+        } else {
+            oom_at_load(&self.model, &req.config)
+        };
+        self.wall_ms += out.wall_ms;
+        Some(out)
+    }
+
+    fn fixed_by_server(&self, _cfg: &ProbeConfig) -> Vec<&'static str> {
+        self.fixed.clone()
+    }
+}
+
+/// A configuration that does not fit: out of memory at load, after the load's time.
+fn oom_at_load(m: &SimModel, c: &ProbeConfig) -> ProbeOutcome {
+    let mut o = ProbeOutcome::failed(
+        OutcomeClass::Oom,
+        format!(
+            "out of memory at load: ctx {} × {} slots at batch {:?} needs more than {} bytes",
+            c.ctx,
+            c.parallel.unwrap_or(1),
+            c.batch,
+            m.capacity_bytes
+        ),
+    );
+    o.wall_ms = m.load_ms;
+    o.load_ms = Some(m.load_ms);
+    o.timing.push(Obs::Load {
+        s: m.load_ms / 1000.0,
+    });
+    o
+}
+
+/// One probe of a configuration that loads, in progress: rounds of simultaneous requests.
+struct Probe<'a> {
+    m: &'a SimModel,
+    req: &'a ProbeRequest,
+    rng: Rng,
+    streams: u32,
+    /// Tokens of each request's prompt.
+    prompt: u64,
+    /// Later rounds reuse the filled prefix.
+    reuse: bool,
+    /// The filled prompt fails (the zone that loads but fails filled).
+    fails_filled: bool,
+    /// Each stream's share of one stream's decode rate.
+    share: f64,
+    /// Simulated time so far, s.
+    wall_s: f64,
+    out: ProbeOutcome,
+}
+
+impl<'a> Probe<'a> {
+    fn new(m: &'a SimModel, req: &'a ProbeRequest) -> Probe<'a> {
+        let c = &req.config;
         let prompt = match req.depth {
             Depth::Load => SHORT_TOKENS,
             Depth::Fresh { tokens } | Depth::Filled { tokens } => tokens as u64,
         };
-        let reuse = matches!(req.depth, Depth::Filled { .. }) && reusable(prompt) && m.prefix_reuse;
+        let filled = matches!(req.depth, Depth::Filled { .. });
+        let reuse = filled && reusable(prompt) && m.prefix_reuse;
+        let streams = req.concurrency.max(1);
         let mut out = ProbeOutcome::failed(OutcomeClass::Ok, "");
         out.error = None;
         out.prompt_tokens = Some(prompt);
         out.rss_method = "simulated".into();
         out.load_ms = Some(m.load_ms);
-        out.timing.push(Obs::Load { s: load_s });
+        out.timing.push(Obs::Load {
+            s: m.load_ms / 1000.0,
+        });
         out.gpu_used_peak_bytes = Some(
             m.weights_bytes
                 + m.kv_bytes_per_token * c.ctx as u64 * c.parallel.unwrap_or(1) as u64
                 + m.compute_bytes(c.batch.unwrap_or(512)),
         );
-        if matches!(req.depth, Depth::Filled { .. }) && m.prefix_reuse && !reuse {
+        if filled && m.prefix_reuse && !reuse {
             out.notes.push("prompt too short to reuse a prefix".into());
         }
-        let mut wall = load_s;
-        let share = (streams as f64).powf(m.parallel_efficiency) / streams as f64;
-        let fills_at_depth = m
-            .fill_fails_above
-            .is_some_and(|f| c.ctx > f && prompt > SHORT_TOKENS);
-        'rounds: for round in 0..req.rounds {
-            // Reads first: the round's prompts share the prefill; then decode together.
-            let mut reads = Vec::with_capacity(streams as usize);
-            for _ in 0..streams {
-                let np = (1.0 + m.noise_cv * rng.normal()).max(0.1);
-                let cached = if reuse && round > 0 {
-                    prompt - suffix_tokens(prompt)
-                } else {
-                    0
-                };
-                reads.push((cached, m.fill_s(c.batch, cached, prompt) / np));
-            }
-            let read_all: f64 = reads.iter().map(|r| r.1).sum();
-            let mut round_s: f64 = 0.0;
-            for (k, (cached, read_s)) in reads.into_iter().enumerate() {
-                let nd = (1.0 + m.noise_cv * rng.normal()).max(0.1);
-                let decode_s = m.decode_s(prompt, out_tokens) / nd / share;
-                // Streams sharing the server wait for every prompt of the round.
-                let ttft = read_all.max(read_s) + decode_s / out_tokens.max(1) as f64;
-                let e2e = read_all.max(read_s) + decode_s;
-                let flaky = m.flaky_above.is_some_and(|f| c.ctx > f);
-                let timed_out = m.max_streams_in_time.is_some_and(|n| k as u32 >= n);
-                // Stateless, so a replayed journal and a live run agree: request i of a probe
-                // fails when (i + 1) is a multiple of `flaky_every`.
-                let i = out.observations.len() as u32;
-                let oom_filled = fills_at_depth && cached == 0;
-                let fails = oom_filled || (flaky && (i + 1) % m.flaky_every.max(1) == 0);
-                let ok = !fails && !timed_out;
-                round_s = round_s.max(e2e);
-                if timed_out {
-                    out.timeouts += 1;
-                }
-                out.observations.push(Observation {
-                    ok,
-                    ttft_ms: ok.then_some(ttft * 1000.0),
-                    prefill_tokens_per_s: ok.then_some((prompt - cached) as f64 / read_s),
-                    decode_tokens_per_s: ok.then_some(out_tokens as f64 / decode_s),
-                    cached: cached > 0,
-                });
-                if ok && streams == 1 {
-                    out.timing.push(Obs::Prefill {
-                        from: cached,
-                        to: prompt,
-                        s: read_s,
-                        batch: c.batch,
-                    });
-                    out.timing.push(Obs::Decode {
-                        depth: prompt,
-                        tokens: out_tokens,
-                        s: decode_s,
-                    });
-                }
-                if oom_filled {
-                    out.outcome = OutcomeClass::Oom;
-                    out.error = Some(format!(
-                        "out of memory at depth: a {prompt}-token prompt at ctx {} (loads, fails filled)",
-                        c.ctx
-                    ));
-                } else if fails {
-                    out.outcome = OutcomeClass::HttpError;
-                    out.error = Some("simulated intermittent failure".into());
-                }
-            }
-            wall += round_s;
-            out.round_tokens_per_s.push(
-                out.observations[out.observations.len() - streams as usize..]
-                    .iter()
-                    .filter_map(|o| o.decode_tokens_per_s)
-                    .sum(),
-            );
-            if out.outcome != OutcomeClass::Ok {
-                break 'rounds;
+        Probe {
+            m,
+            req,
+            rng: Rng(m.seed ^ hash(&req.key())),
+            streams,
+            prompt,
+            reuse,
+            fails_filled: m
+                .fill_fails_above
+                .is_some_and(|f| c.ctx > f && prompt > SHORT_TOKENS),
+            share: (streams as f64).powf(m.parallel_efficiency) / streams as f64,
+            wall_s: m.load_ms / 1000.0,
+            out,
+        }
+    }
+
+    /// Every round, until one fails; then what the probe showed of prefix reuse and timeouts.
+    fn run(mut self) -> ProbeOutcome {
+        for round in 0..self.req.rounds {
+            self.round(round);
+            if self.out.outcome != OutcomeClass::Ok {
+                break;
             }
         }
-        if reuse && req.rounds > 1 {
+        self.finish()
+    }
+
+    /// One round: the streams' prompts read first (they share the prefill), then decoded
+    /// together.
+    fn round(&mut self, round: u32) {
+        let reads: Vec<(u64, f64)> = (0..self.streams).map(|_| self.read(round)).collect();
+        let read_all: f64 = reads.iter().map(|r| r.1).sum();
+        let mut round_s: f64 = 0.0;
+        for (k, (cached, read_s)) in reads.into_iter().enumerate() {
+            round_s = round_s.max(self.request(k as u32, cached, read_s, read_all));
+        }
+        self.wall_s += round_s;
+        let streams = self.streams as usize;
+        let this_round = &self.out.observations[self.out.observations.len() - streams..];
+        let tokens_per_s = this_round
+            .iter()
+            .filter_map(|o| o.decode_tokens_per_s)
+            .sum();
+        self.out.round_tokens_per_s.push(tokens_per_s);
+    }
+
+    /// One stream's prompt read: the tokens it found cached and its time, s.
+    fn read(&mut self, round: u32) -> (u64, f64) {
+        let np = (1.0 + self.m.noise_cv * self.rng.normal()).max(0.1);
+        let cached = if self.reuse && round > 0 {
+            self.prompt - suffix_tokens(self.prompt)
+        } else {
+            0
+        };
+        let c = &self.req.config;
+        (cached, self.m.fill_s(c.batch, cached, self.prompt) / np)
+    }
+
+    /// Stream `k`'s request after its read: its observation; returns its end-to-end time, s.
+    fn request(&mut self, k: u32, cached: u64, read_s: f64, read_all: f64) -> f64 {
+        let (m, c) = (self.m, &self.req.config);
+        let out_tokens = m.output_tokens as u64;
+        let nd = (1.0 + m.noise_cv * self.rng.normal()).max(0.1);
+        let decode_s = m.decode_s(self.prompt, out_tokens) / nd / self.share;
+        // Streams sharing the server wait for every prompt of the round.
+        let ttft = read_all.max(read_s) + decode_s / out_tokens.max(1) as f64;
+        let e2e = read_all.max(read_s) + decode_s;
+        let flaky = m.flaky_above.is_some_and(|f| c.ctx > f);
+        let timed_out = m.max_streams_in_time.is_some_and(|n| k >= n);
+        // Stateless, so a replayed journal and a live run agree: request i of a probe fails
+        // when (i + 1) is a multiple of `flaky_every`.
+        let i = self.out.observations.len() as u32;
+        let oom_filled = self.fails_filled && cached == 0;
+        let fails = oom_filled || (flaky && (i + 1) % m.flaky_every.max(1) == 0);
+        let ok = !fails && !timed_out;
+        let out = &mut self.out;
+        if timed_out {
+            out.timeouts += 1;
+        }
+        out.observations.push(Observation {
+            ok,
+            ttft_ms: ok.then_some(ttft * 1000.0),
+            prefill_tokens_per_s: ok.then_some((self.prompt - cached) as f64 / read_s),
+            decode_tokens_per_s: ok.then_some(out_tokens as f64 / decode_s),
+            cached: cached > 0,
+        });
+        if ok && self.streams == 1 {
+            out.timing.push(Obs::Prefill {
+                from: cached,
+                to: self.prompt,
+                s: read_s,
+                batch: c.batch,
+            });
+            out.timing.push(Obs::Decode {
+                depth: self.prompt,
+                tokens: out_tokens,
+                s: decode_s,
+            });
+        }
+        if oom_filled {
+            out.outcome = OutcomeClass::Oom;
+            out.error = Some(format!(
+                "out of memory at depth: a {}-token prompt at ctx {} (loads, fails filled)",
+                self.prompt, c.ctx
+            ));
+        } else if fails {
+            out.outcome = OutcomeClass::HttpError;
+            out.error = Some("simulated intermittent failure".into());
+        }
+        e2e
+    }
+
+    /// Whether the prefix was reused, timeouts as the outcome, and the probe's time.
+    fn finish(mut self) -> ProbeOutcome {
+        let (req, out) = (self.req, &mut self.out);
+        if self.reuse && req.rounds > 1 {
             out.prefix_reuse = Some(true);
-        } else if matches!(req.depth, Depth::Filled { .. }) && !m.prefix_reuse && req.rounds > 1 {
+        } else if matches!(req.depth, Depth::Filled { .. })
+            && !self.m.prefix_reuse
+            && req.rounds > 1
+        {
             out.prefix_reuse = Some(false);
             out.notes
                 .push("the model cannot reuse a filled prefix: every sample re-read it".into());
@@ -351,13 +427,8 @@ impl Prober for Sim {
             out.outcome = OutcomeClass::Timeout;
             out.error = Some(format!("{} requests timed out", out.timeouts));
         }
-        out.wall_ms = wall * 1000.0;
-        self.wall_ms += out.wall_ms;
-        Some(out)
-    }
-
-    fn fixed_by_server(&self, _cfg: &ProbeConfig) -> Vec<&'static str> {
-        self.fixed.clone()
+        out.wall_ms = self.wall_s * 1000.0;
+        self.out
     }
 }
 

@@ -447,110 +447,201 @@ pub fn validate(
     rounds: Option<&[f64]>,
     k: &Criteria,
 ) -> Validation {
-    let n = u32::try_from(obs.len()).unwrap_or(u32::MAX);
+    let c = Counts::of(obs, timeouts);
     let ok: Vec<&Observation> = obs.iter().filter(|o| o.ok).collect();
-    let successes = u32::try_from(ok.len()).unwrap_or(u32::MAX).min(n);
-    let timeouts = timeouts.min(n - successes);
-    let judged = n - timeouts;
-    let failures = judged - successes;
-    let success_rate = if judged == 0 {
-        0.0
-    } else {
-        f64::from(successes) / f64::from(judged)
-    };
-    let success_rate_wilson_low = wilson_lower_bound(successes, judged, Z_95);
-    let metric = |keep: fn(&Observation) -> bool, f: fn(&Observation) -> Option<f64>| {
-        let values: Vec<f64> = ok.iter().filter(|o| keep(o)).filter_map(|o| f(o)).collect();
-        describe(&values)
-    };
-    let ttft_ms = metric(|o| !o.cached, |o| o.ttft_ms);
-    let cached_ttft_ms = metric(|o| o.cached, |o| o.ttft_ms);
-    let prefill_tokens_per_s = metric(|o| !o.cached, |o| o.prefill_tokens_per_s);
-    let decode_tokens_per_s = metric(|_| true, |o| o.decode_tokens_per_s);
-    let round_tokens_per_s = rounds.and_then(describe);
-
-    // The metrics judged by their CV, with their units.
-    let mut judged_metrics: Vec<(&'static str, &Describe, &str)> = Vec::new();
-    if let Some(r) = &round_tokens_per_s {
-        judged_metrics.push(("round_tokens_per_s", r, "tokens/s"));
-    } else if rounds.is_none() {
-        let steady_ttft = match &cached_ttft_ms {
-            Some(d) if d.n >= 2 => Some(("cached_ttft_ms", d)),
-            _ => ttft_ms.as_ref().map(|d| ("ttft_ms", d)),
-        }
-        .filter(|(_, d)| d.mean >= TTFT_CV_FLOOR_MS);
-        if let Some((m, d)) = steady_ttft {
-            judged_metrics.push((m, d, "ms"));
-        }
-        if let Some(d) = &decode_tokens_per_s {
-            judged_metrics.push(("decode_tokens_per_s", d, "tokens/s"));
-        }
-    }
-    judged_metrics.retain(|(_, d, _)| d.n >= 2);
-
-    let mut reasons = Vec::new();
-    let apart = match timeouts {
-        0 => String::new(),
-        t => format!(", {t} timed out"),
-    };
-    if n == 0 {
-        reasons.push("no requests were measured".to_string());
-    } else if successes == 0 {
-        reasons.push(format!("all {n} requests failed{apart}"));
-    } else if success_rate < k.min_success_rate {
-        reasons.push(format!(
-            "success rate {:.1}% ({successes}/{judged}{apart}) is below the minimum {:.1}% \
-             (Wilson 95% lower bound {:.1}%)",
-            success_rate * 100.0,
-            k.min_success_rate * 100.0,
-            success_rate_wilson_low * 100.0
-        ));
-    }
-    if timeouts > k.max_timeouts {
-        reasons.push(format!(
-            "{timeouts} timeout{}, more than the {} allowed",
-            if timeouts == 1 { "" } else { "s" },
-            k.max_timeouts
-        ));
-    }
-    let cv_checks: Vec<CvCheck> = judged_metrics
+    let m = Metrics::of(&ok, rounds);
+    let judged = m.judged(rounds.is_none());
+    let cv_checks: Vec<CvCheck> = judged
         .iter()
-        .map(|(m, d, _)| CvCheck::of(m, d, k.max_cv))
+        .map(|(name, d, _)| CvCheck::of(name, d, k.max_cv))
         .collect();
-    for (c, (_, d, unit)) in cv_checks.iter().zip(&judged_metrics) {
-        if !c.passed {
-            reasons.push(cv_reason(c, d, unit));
-        }
-    }
+    let reasons = reasons(&c, k, &cv_checks, &judged);
     let stable = reasons.is_empty();
     debug_assert_eq!(
         stable,
-        n > 0
-            && success_passes(successes, failures, timeouts, k)
+        c.n > 0
+            && success_passes(c.successes, c.failures, c.timeouts, k)
             && cv_checks.iter().all(|c| c.passed)
     );
+    let evidence = evidence(&c, k, &cv_checks);
+    Validation {
+        n: c.n,
+        successes: c.successes,
+        timeouts: c.timeouts,
+        success_rate: c.success_rate,
+        success_rate_wilson_low: c.wilson_low,
+        min_success_rate: k.min_success_rate,
+        max_timeouts: k.max_timeouts,
+        ttft_ms: m.ttft_ms,
+        cached_ttft_ms: m.cached_ttft_ms,
+        prefill_tokens_per_s: m.prefill_tokens_per_s,
+        decode_tokens_per_s: m.decode_tokens_per_s,
+        round_tokens_per_s: m.round_tokens_per_s,
+        cv_checks,
+        stable,
+        reasons,
+        evidence,
+    }
+}
 
+/// The requests of a verdict counted: timeouts apart from the other failures.
+struct Counts {
+    n: u32,
+    successes: u32,
+    timeouts: u32,
+    /// Requests that did not time out (the success rate's denominator).
+    judged: u32,
+    failures: u32,
+    success_rate: f64,
+    wilson_low: f64,
+}
+
+impl Counts {
+    fn of(obs: &[Observation], timeouts: u32) -> Counts {
+        let n = u32::try_from(obs.len()).unwrap_or(u32::MAX);
+        let successes = u32::try_from(obs.iter().filter(|o| o.ok).count())
+            .unwrap_or(u32::MAX)
+            .min(n);
+        let timeouts = timeouts.min(n - successes);
+        let judged = n - timeouts;
+        Counts {
+            n,
+            successes,
+            timeouts,
+            judged,
+            failures: judged - successes,
+            success_rate: if judged == 0 {
+                0.0
+            } else {
+                f64::from(successes) / f64::from(judged)
+            },
+            wilson_low: wilson_lower_bound(successes, judged, Z_95),
+        }
+    }
+
+    /// `, 2 timed out` where any did.
+    fn apart(&self) -> String {
+        match self.timeouts {
+            0 => String::new(),
+            t => format!(", {t} timed out"),
+        }
+    }
+}
+
+/// The summaries of a verdict's successful requests.
+struct Metrics {
+    ttft_ms: Option<Describe>,
+    cached_ttft_ms: Option<Describe>,
+    prefill_tokens_per_s: Option<Describe>,
+    decode_tokens_per_s: Option<Describe>,
+    round_tokens_per_s: Option<Describe>,
+}
+
+impl Metrics {
+    fn of(ok: &[&Observation], rounds: Option<&[f64]>) -> Metrics {
+        let metric = |keep: fn(&Observation) -> bool, f: fn(&Observation) -> Option<f64>| {
+            let values: Vec<f64> = ok.iter().filter(|o| keep(o)).filter_map(|o| f(o)).collect();
+            describe(&values)
+        };
+        Metrics {
+            ttft_ms: metric(|o| !o.cached, |o| o.ttft_ms),
+            cached_ttft_ms: metric(|o| o.cached, |o| o.ttft_ms),
+            prefill_tokens_per_s: metric(|o| !o.cached, |o| o.prefill_tokens_per_s),
+            decode_tokens_per_s: metric(|_| true, |o| o.decode_tokens_per_s),
+            round_tokens_per_s: rounds.and_then(describe),
+        }
+    }
+
+    /// The metrics judged by their CV, with their units (see [`validate`]); `one_stream`: no
+    /// rounds of simultaneous streams were given.
+    fn judged(&self, one_stream: bool) -> Vec<(&'static str, &Describe, &'static str)> {
+        let mut v: Vec<(&'static str, &Describe, &'static str)> = Vec::new();
+        if let Some(r) = &self.round_tokens_per_s {
+            v.push(("round_tokens_per_s", r, "tokens/s"));
+        } else if one_stream {
+            let steady_ttft = match &self.cached_ttft_ms {
+                Some(d) if d.n >= 2 => Some(("cached_ttft_ms", d)),
+                _ => self.ttft_ms.as_ref().map(|d| ("ttft_ms", d)),
+            }
+            .filter(|(_, d)| d.mean >= TTFT_CV_FLOOR_MS);
+            if let Some((m, d)) = steady_ttft {
+                v.push((m, d, "ms"));
+            }
+            if let Some(d) = &self.decode_tokens_per_s {
+                v.push(("decode_tokens_per_s", d, "tokens/s"));
+            }
+        }
+        v.retain(|(_, d, _)| d.n >= 2);
+        v
+    }
+}
+
+/// Why not stable, one reason per entry (empty: stable).
+fn reasons(
+    c: &Counts,
+    k: &Criteria,
+    cv_checks: &[CvCheck],
+    judged: &[(&'static str, &Describe, &'static str)],
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if c.n == 0 {
+        reasons.push("no requests were measured".to_string());
+    } else if c.successes == 0 {
+        reasons.push(format!("all {} requests failed{}", c.n, c.apart()));
+    } else if c.success_rate < k.min_success_rate {
+        reasons.push(format!(
+            "success rate {:.1}% ({}/{}{}) is below the minimum {:.1}% \
+             (Wilson 95% lower bound {:.1}%)",
+            c.success_rate * 100.0,
+            c.successes,
+            c.judged,
+            c.apart(),
+            k.min_success_rate * 100.0,
+            c.wilson_low * 100.0
+        ));
+    }
+    if c.timeouts > k.max_timeouts {
+        reasons.push(format!(
+            "{} timeout{}, more than the {} allowed",
+            c.timeouts,
+            if c.timeouts == 1 { "" } else { "s" },
+            k.max_timeouts
+        ));
+    }
+    for (check, (_, d, unit)) in cv_checks.iter().zip(judged) {
+        if !check.passed {
+            reasons.push(cv_reason(check, d, unit));
+        }
+    }
+    reasons
+}
+
+/// What the verdict rests on, one line (see [`Validation::evidence`]).
+fn evidence(c: &Counts, k: &Criteria, cv_checks: &[CvCheck]) -> String {
     let mut evidence = vec![format!(
-        "{successes}/{judged} succeeded{apart}: rate {:.1}% {} {:.1}%, Wilson 95% lower bound \
-         {:.1}%{}",
-        success_rate * 100.0,
-        if success_rate >= k.min_success_rate {
+        "{}/{} succeeded{}: rate {:.1}% {} {:.1}%, Wilson 95% lower bound {:.1}%{}",
+        c.successes,
+        c.judged,
+        c.apart(),
+        c.success_rate * 100.0,
+        if c.success_rate >= k.min_success_rate {
             "≥"
         } else {
             "<"
         },
         k.min_success_rate * 100.0,
-        success_rate_wilson_low * 100.0,
-        if success_rate_wilson_low < k.min_success_rate {
+        c.wilson_low * 100.0,
+        if c.wilson_low < k.min_success_rate {
             " (below the minimum: too few requests to show it at 95%)"
         } else {
             ""
         }
     )];
-    if timeouts > 0 || k.max_timeouts > 0 {
+    if c.timeouts > 0 || k.max_timeouts > 0 {
         evidence.push(format!(
-            "timeouts {timeouts} {} {} allowed",
-            if timeouts <= k.max_timeouts {
+            "timeouts {} {} {} allowed",
+            c.timeouts,
+            if c.timeouts <= k.max_timeouts {
                 "≤"
             } else {
                 ">"
@@ -558,37 +649,19 @@ pub fn validate(
             k.max_timeouts
         ));
     }
-    for c in &cv_checks {
+    for check in cv_checks {
         evidence.push(format!(
             "{} CV {} {} {:.3}",
-            label(c.metric),
-            c.describe(),
-            if c.passed { "≤" } else { ">" },
-            c.max_cv
+            label(check.metric),
+            check.describe(),
+            if check.passed { "≤" } else { ">" },
+            check.max_cv
         ));
     }
-    if cv_checks.is_empty() && successes > 0 {
+    if cv_checks.is_empty() && c.successes > 0 {
         evidence.push("no CV judged (fewer than 2 values)".into());
     }
-
-    Validation {
-        n,
-        successes,
-        timeouts,
-        success_rate,
-        success_rate_wilson_low,
-        min_success_rate: k.min_success_rate,
-        max_timeouts: k.max_timeouts,
-        ttft_ms,
-        cached_ttft_ms,
-        prefill_tokens_per_s,
-        decode_tokens_per_s,
-        round_tokens_per_s,
-        cv_checks,
-        stable,
-        reasons,
-        evidence: evidence.join("; "),
-    }
+    evidence.join("; ")
 }
 
 #[cfg(test)]
