@@ -456,7 +456,7 @@ fn context_lines(s: &Summary) -> Vec<String> {
     if let Some(cap) = s.max_prompt_tokens {
         v.push(format!(
             "NOT PROVEN AT DEPTH: prompts were capped at {cap} tokens (prompt.max_prompt_tokens); contexts above {} were not filled to {:.0} %",
-            (cap as f64 / s.fill) as u64,
+            (f64::from(cap) / s.fill) as u64,
             s.fill * 100.0
         ));
     }

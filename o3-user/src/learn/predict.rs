@@ -595,7 +595,7 @@ mod tests {
     /// The synthetic truth: the memory model with this compute law is exact.
     fn truth_fit() -> ComputeFit {
         ComputeFit {
-            base_bytes: 300.0 * (1 << 20) as f64,
+            base_bytes: 300.0 * f64::from(1 << 20),
             per_ubatch_bytes: 520_000.0,
             per_ctx_bytes: 200.0,
             per_ctx_ubatch_bytes: 2.0,

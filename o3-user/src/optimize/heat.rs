@@ -267,7 +267,7 @@ impl<P, S: Sensors> Cooled<P, S> {
             if waited >= MAX_COOL_DOWN {
                 return Cool::TooLong;
             }
-            let step = POLL.min(MAX_COOL_DOWN - waited);
+            let step = POLL.min(MAX_COOL_DOWN.saturating_sub(waited));
             if !(self.sleep)(step) {
                 return Cool::Asked;
             }
@@ -284,7 +284,7 @@ impl<P: Raw, S> Raw for Cooled<P, S> {
 
 impl<P: Prober + Raw, S: Sensors> Prober for Cooled<P, S> {
     fn know(&mut self, model: &TimeModel) {
-        self.inner.know(model)
+        self.inner.know(model);
     }
 
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
@@ -610,7 +610,7 @@ mod tests {
                 proc.join("stat"),
                 format!("cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n"),
             )
-            .unwrap()
+            .unwrap();
         };
         stat(100, 900);
         let mut m = Machine::new(

@@ -272,7 +272,7 @@ impl<'j, P> Journaled<'j, P> {
 
 impl<P: Prober + Raw> Prober for Journaled<'_, P> {
     fn know(&mut self, model: &crate::timing::TimeModel) {
-        self.inner.know(model)
+        self.inner.know(model);
     }
 
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
@@ -348,7 +348,7 @@ mod tests {
         let third = line_start(&whole, 3);
         let e_grave = third + whole[third..].iter().position(|&b| b == 0xC3).unwrap();
         // Cut between the two bytes of "è".
-        std::fs::write(&path, &whole[..e_grave + 1]).unwrap();
+        std::fs::write(&path, &whole[..=e_grave]).unwrap();
 
         let (entries, bad) = read_entries(&path).unwrap();
         assert_eq!(entries.len(), 2);

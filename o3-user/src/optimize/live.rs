@@ -137,7 +137,7 @@ impl Live {
             limits: c.timeouts.limits(),
             time_model: self.model.clone(),
             load_timeout: Duration::from_secs_f64(c.timeouts.load_s),
-            interval: Duration::from_millis(c.monitoring.interval_ms as u64),
+            interval: Duration::from_millis(u64::from(c.monitoring.interval_ms)),
             // The same request always sends the same prompts.
             seed: fnv(&req.key()),
             safety: Some(c.safety.thresholds()),
@@ -154,7 +154,7 @@ impl Live {
 
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 

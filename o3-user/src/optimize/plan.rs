@@ -26,13 +26,13 @@ pub fn probe_cost(
     streams: u32,
     output_tokens: u32,
 ) -> Estimate {
-    let out = output_tokens as u64;
+    let out = u64::from(output_tokens);
     let k = f64::from(streams.max(1));
     let load = model.load();
     let body = match depth {
         Depth::Load => model.request(0, SHORT_TOKENS, out).times(f64::from(rounds)),
         Depth::Fresh { tokens } => {
-            let t = tokens as u64;
+            let t = u64::from(tokens);
             model
                 .fill(0, t)
                 .times(k)
@@ -40,7 +40,7 @@ pub fn probe_cost(
                 .times(f64::from(rounds))
         }
         Depth::Filled { tokens } => {
-            let t = tokens as u64;
+            let t = u64::from(tokens);
             let reuse = model.prefix_reuse != Some(false) && crate::probe::reusable(t);
             let first = model.fill(0, t).times(k).plus(model.decode(t, out));
             let again = if reuse {
@@ -62,7 +62,7 @@ pub fn probe_cost(
 pub fn floor(model: &TimeModel, tokens: u64, output_tokens: u32) -> Estimate {
     model
         .load()
-        .plus(model.request(0, tokens, output_tokens as u64))
+        .plus(model.request(0, tokens, u64::from(output_tokens)))
 }
 
 /// Work that may be cut, highest priority first.

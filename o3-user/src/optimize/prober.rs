@@ -189,7 +189,7 @@ impl<P: Prober + ?Sized> Prober for &mut P {
         (**self).probe(req)
     }
     fn know(&mut self, model: &TimeModel) {
-        (**self).know(model)
+        (**self).know(model);
     }
     fn fixed_by_server(&self, cfg: &ProbeConfig) -> Vec<&'static str> {
         (**self).fixed_by_server(cfg)

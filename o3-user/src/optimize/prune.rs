@@ -63,7 +63,7 @@ impl<P: Raw> Raw for Pruned<'_, P> {
 
 impl<P: Prober> Prober for Pruned<'_, P> {
     fn know(&mut self, model: &crate::timing::TimeModel) {
-        self.inner.know(model)
+        self.inner.know(model);
     }
 
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {
@@ -154,10 +154,10 @@ mod tests {
         fn p_success(&self, cfg: &ProbeConfig) -> (f64, String) {
             let need = self.m.weights_bytes as f64
                 + self.m.kv_bytes_per_token as f64
-                    * cfg.ctx as f64
-                    * cfg.parallel.unwrap_or(1) as f64
+                    * f64::from(cfg.ctx)
+                    * f64::from(cfg.parallel.unwrap_or(1))
                 + (self.m.compute_base_bytes
-                    + self.m.compute_per_batch_bytes * cfg.batch.unwrap_or(512) as u64)
+                    + self.m.compute_per_batch_bytes * u64::from(cfg.batch.unwrap_or(512)))
                     as f64;
             let ratio = need * (1.0 + self.bias) / self.m.capacity_bytes as f64;
             (1.0 / (1.0 + ((ratio - 1.0) / 0.03).exp()), "test".into())
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn pruning_saves_probes_and_never_skips_the_optimum() {
-        let (plain, _, plain_probes) = {
+        let (plain, (), plain_probes) = {
             let mut cfg = crate::config::Config::default();
             cfg.plan.floor_multiple = 0.0;
             let m = SimModel::default();

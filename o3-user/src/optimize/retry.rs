@@ -101,7 +101,7 @@ impl<P: Raw> Raw for Retried<P> {
 
 impl<P: Prober + Raw> Prober for Retried<P> {
     fn know(&mut self, model: &TimeModel) {
-        self.inner.know(model)
+        self.inner.know(model);
     }
 
     fn probe(&mut self, req: &ProbeRequest) -> Option<ProbeOutcome> {

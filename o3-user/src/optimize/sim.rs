@@ -105,7 +105,7 @@ impl Default for SimModel {
 
 impl SimModel {
     fn compute_bytes(&self, batch: u32) -> u64 {
-        self.compute_base_bytes + self.compute_per_batch_bytes * batch as u64
+        self.compute_base_bytes + self.compute_per_batch_bytes * u64::from(batch)
     }
 
     /// The truth: the largest context per slot that loads at this batch and slot count.
@@ -114,8 +114,9 @@ impl SimModel {
         if fixed >= self.capacity_bytes {
             return 0;
         }
-        let by_memory = (self.capacity_bytes - fixed) / (self.kv_bytes_per_token * slots as u64);
-        by_memory.min(self.trained_context as u64) as u32
+        let by_memory =
+            (self.capacity_bytes - fixed) / (self.kv_bytes_per_token * u64::from(slots));
+        by_memory.min(u64::from(self.trained_context)) as u32
     }
 
     /// The largest context that also passes validation filled (below the flaky zone and the
@@ -132,8 +133,8 @@ impl SimModel {
 
     /// Prefill rate at depth 0 at this batch, tokens/s.
     fn r0(&self, batch: Option<u32>) -> f64 {
-        let b = batch.unwrap_or(512) as f64;
-        self.prefill_tps * (b / self.batch_knee.max(1) as f64).min(1.0).sqrt()
+        let b = f64::from(batch.unwrap_or(512));
+        self.prefill_tps * (b / f64::from(self.batch_knee.max(1))).min(1.0).sqrt()
     }
 
     /// Seconds to read prompt tokens `from..to` alone.
@@ -156,7 +157,7 @@ impl SimModel {
     pub fn floor_s(&self, batch: Option<u32>, tokens: u64) -> f64 {
         self.load_ms / 1000.0
             + self.fill_s(batch, 0, tokens)
-            + self.decode_s(tokens, self.output_tokens as u64)
+            + self.decode_s(tokens, u64::from(self.output_tokens))
     }
 
     /// Prefill rate at depth `d` (for tests and reports).
@@ -189,7 +190,7 @@ impl Rng {
 fn hash(s: &str) -> u64 {
     // FNV-1a: stable across runs and platforms.
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -277,7 +278,7 @@ impl<'a> Probe<'a> {
         let c = &req.config;
         let prompt = match req.depth {
             Depth::Load => SHORT_TOKENS,
-            Depth::Fresh { tokens } | Depth::Filled { tokens } => tokens as u64,
+            Depth::Fresh { tokens } | Depth::Filled { tokens } => u64::from(tokens),
         };
         let filled = matches!(req.depth, Depth::Filled { .. });
         let reuse = filled && reusable(prompt) && m.prefix_reuse;
@@ -292,7 +293,7 @@ impl<'a> Probe<'a> {
         });
         out.gpu_used_peak_bytes = Some(
             m.weights_bytes
-                + m.kv_bytes_per_token * c.ctx as u64 * c.parallel.unwrap_or(1) as u64
+                + m.kv_bytes_per_token * u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1))
                 + m.compute_bytes(c.batch.unwrap_or(512)),
         );
         if filled && m.prefix_reuse && !reuse {
@@ -308,7 +309,7 @@ impl<'a> Probe<'a> {
             fails_filled: m
                 .fill_fails_above
                 .is_some_and(|f| c.ctx > f && prompt > SHORT_TOKENS),
-            share: (streams as f64).powf(m.parallel_efficiency) / streams as f64,
+            share: f64::from(streams).powf(m.parallel_efficiency) / f64::from(streams),
             wall_s: m.load_ms / 1000.0,
             out,
         }
@@ -359,7 +360,7 @@ impl<'a> Probe<'a> {
     /// Stream `k`'s request after its read: its observation; returns its end-to-end time, s.
     fn request(&mut self, k: u32, cached: u64, read_s: f64, read_all: f64) -> f64 {
         let (m, c) = (self.m, &self.req.config);
-        let out_tokens = m.output_tokens as u64;
+        let out_tokens = u64::from(m.output_tokens);
         let nd = (1.0 + m.noise_cv * self.rng.normal()).max(0.1);
         let decode_s = m.decode_s(self.prompt, out_tokens) / nd / self.share;
         // Streams sharing the server wait for every prompt of the round.

@@ -73,7 +73,7 @@ fn context_search_finds_the_true_maximum_to_the_granule_within_the_bound() {
                 );
                 // The bound is the ceil(log2(range / granularity)) + 1.
                 let range = (r.context.high - r.context.low) / g + 1;
-                assert!(r.context.probe_bound <= (range as f64).log2().ceil() as u32 + 1 + 1);
+                assert!(r.context.probe_bound <= f64::from(range).log2().ceil() as u32 + 1 + 1);
                 cases += 1;
             }
         }
@@ -507,7 +507,7 @@ fn every_answer_is_proven_filled_to_depth_and_a_cap_says_otherwise() {
     );
     assert_eq!(
         proof.prompt_tokens,
-        Some(cfg.prompt.depth_tokens(vmax) as u64)
+        Some(u64::from(cfg.prompt.depth_tokens(vmax)))
     );
     assert!(proof.proven_at_depth);
     assert_eq!(proof.prefix_reuse, Some(true));

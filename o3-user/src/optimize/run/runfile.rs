@@ -252,7 +252,7 @@ pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| RunError::io("create", &tmp, e))?;
     f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+        .and_then(|()| f.sync_all())
         .map_err(|e| RunError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| RunError::io("rename", path, e))
 }

@@ -29,9 +29,9 @@ impl Bracket {
     /// The range `lo_k..=hi_k` with nothing known, starting at `start_k` (clamped into it).
     fn new(lo_k: u32, hi_k: u32, start_k: i64, strategy: Strategy, gallop: bool) -> Bracket {
         Bracket {
-            lo: lo_k as i64 - 1,
-            hi: hi_k as i64,
-            start_k: start_k.clamp(lo_k as i64, hi_k as i64),
+            lo: i64::from(lo_k) - 1,
+            hi: i64::from(hi_k),
+            start_k: start_k.clamp(i64::from(lo_k), i64::from(hi_k)),
             iterations: 0,
             strategy,
             gallop,
@@ -104,7 +104,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
             self.note_empty_range();
             return Some(None);
         }
-        let start_k = (start_ctx as f64 / g as f64).round() as i64;
+        let start_k = (f64::from(start_ctx) / f64::from(g)).round() as i64;
         let gallop = self.inp.gallop && self.inp.start_context.is_some();
         let mut b = Bracket::new(lo_k, hi_k, start_k, self.inp.strategy, gallop);
         let max_iterations = self.cfg().search.max_iterations;
@@ -114,8 +114,8 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
                 self.note(format!(
                     "context search stopped after {} probes (search.max_iterations); the answer lies in {}..{}",
                     b.iterations,
-                    (b.lo + 1).max(lo_k as i64) * g as i64,
-                    b.hi * g as i64
+                    (b.lo + 1).max(i64::from(lo_k)) * i64::from(g),
+                    b.hi * i64::from(g)
                 ));
                 break;
             }
@@ -124,7 +124,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
             b.record(mid, passed);
         }
         self.todo.search = 0;
-        if b.lo < lo_k as i64 {
+        if b.lo < i64::from(lo_k) {
             self.note_nothing_loads(report);
             return Some(None);
         }
@@ -136,7 +136,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
     fn context_probe(&mut self, report: &mut Report, b: &Bracket, mid: i64) -> Option<bool> {
         let ctx = mid as u32 * self.g;
         self.todo.search = b.probes_left();
-        self.todo.max_ctx = ((b.lo + b.hi + 1) / 2).max(self.lo_k as i64) as u32 * self.g;
+        self.todo.max_ctx = ((b.lo + b.hi + 1) / 2).max(i64::from(self.lo_k)) as u32 * self.g;
         let req = ProbeRequest {
             stage: Stage::Context,
             config: self.at(ctx, self.batch0, None),
@@ -210,8 +210,8 @@ mod tests {
     fn bisection_finds_every_answer_within_the_bound() {
         let (lo_k, hi_k) = (2u32, 128u32);
         let bound = ceil_log2(u64::from(hi_k - lo_k + 1) + 1) + 1;
-        for truth in lo_k as i64 - 1..=hi_k as i64 {
-            for start in [lo_k as i64, 16, 64, hi_k as i64] {
+        for truth in i64::from(lo_k) - 1..=i64::from(hi_k) {
+            for start in [i64::from(lo_k), 16, 64, i64::from(hi_k)] {
                 let b = Bracket::new(lo_k, hi_k, start, Strategy::Binary, false);
                 let (found, probes) = search(b, truth);
                 assert_eq!(found, truth, "truth {truth}, start {start}");

@@ -243,7 +243,7 @@ fn batch_ladder(batch0: Option<u32>, scale: f64, max: u32) -> Vec<Option<u32>> {
     };
     let mut out = vec![Some(b)];
     loop {
-        let next = ((b as f64 * scale).round() as u32).min(max);
+        let next = ((f64::from(b) * scale).round() as u32).min(max);
         if next <= b {
             return out;
         }
@@ -292,7 +292,7 @@ impl ContextSearch {
             high: hi_k * g,
             granularity: g,
             start: inp.start_context.unwrap_or(c.search.initial_context),
-            probe_bound: ceil_log2(grid as u64 + 1) + 1,
+            probe_bound: ceil_log2(u64::from(grid) + 1) + 1,
             load_only: c.search.load_only,
             probes: Vec::new(),
             max_passing: None,
@@ -401,10 +401,13 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
     fn all(&mut self, report: &mut Report, start_ctx: u32) -> Option<()> {
         self.plan_start(report);
         let start_ctx = match self.learned() {
-            Some(l) => match self.verify_learned(report, &l)? {
-                true => return Some(()),
-                false => self.search_again(report, &l),
-            },
+            Some(l) => {
+                if self.verify_learned(report, &l)? {
+                    return Some(());
+                } else {
+                    self.search_again(report, &l)
+                }
+            }
             None => start_ctx,
         };
         let Some(kmax) = self.find_context(report, start_ctx)? else {

@@ -53,9 +53,9 @@ impl Proof {
         Proof {
             batches,
             bi: 0,
-            lo: lo_k as i64 - 1,
-            hi: kmax as i64,
-            k: kmax as i64,
+            lo: i64::from(lo_k) - 1,
+            hi: i64::from(kmax),
+            k: i64::from(kmax),
             bisect: false,
             attempts: 0,
         }
@@ -133,13 +133,13 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
                 None => {}
                 Some(f) => {
                     self.proof_failed(report, &mut p, &a, f);
-                    if p.k < self.lo_k as i64 {
+                    if p.k < i64::from(self.lo_k) {
                         break;
                     }
                 }
             }
         }
-        if p.lo < self.lo_k as i64 {
+        if p.lo < i64::from(self.lo_k) {
             self.note("no context passed statistical validation filled to depth".into());
             return Some(None);
         }

@@ -194,7 +194,7 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
     /// load, fill and decode where that is less: one slow request must not raise a budget set
     /// in floors.
     pub(super) fn floor_s(&self) -> f64 {
-        let tokens = self.cfg().prompt.filled_tokens(self.todo.max_ctx) as u64;
+        let tokens = u64::from(self.cfg().prompt.filled_tokens(self.todo.max_ctx));
         let model = plan::floor(&self.model, tokens, self.cfg().prompt.output_tokens).expected_s;
         self.floor_measured.map_or(model, |m| m.min(model))
     }
