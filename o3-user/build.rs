@@ -36,12 +36,10 @@ fn main() {
     let mut all = dirs.clone();
     all.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     let path = env::join_paths(&all).expect("PATH entries without ':'");
-    if find_in(&path, "bpf-linker").is_none() {
-        panic!(
-            "bpf-linker not found (searched {} and PATH): run `cargo xtask setup`, which installs rust-src and bpf-linker",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-        );
-    }
+    assert!(find_in(&path, "bpf-linker").is_some(), 
+        "bpf-linker not found (searched {} and PATH): run `cargo xtask setup`, which installs rust-src and bpf-linker",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let target_dir = root.join("target/ebpf");
@@ -83,9 +81,10 @@ fn main() {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("running cargo for o3-ebpf: {e}"));
-    if !status.success() {
-        panic!("building the kernel programs (o3-ebpf) failed: see the errors above");
-    }
+    assert!(
+        status.success(),
+        "building the kernel programs (o3-ebpf) failed: see the errors above"
+    );
     let obj = target_dir.join("bpfel-unknown-none/release/o3-ebpf");
     std::fs::copy(&obj, out.join("o3-ebpf"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));

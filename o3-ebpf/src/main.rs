@@ -161,13 +161,13 @@ fn count(slot: u32) {
 fn offsets() -> Offsets {
     // SAFETY: OFFSETS is a plain global in .rodata, written by the loader before load; a
     // volatile read keeps the compiler from folding the placeholder values.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
 }
 
 #[inline(always)]
 fn raw() -> RawTp {
     // SAFETY: as for `offsets`.
-    unsafe { core::ptr::read_volatile(&RAW) }
+    unsafe { core::ptr::read_volatile(&raw const RAW) }
 }
 
 #[inline(always)]
@@ -197,7 +197,7 @@ fn emit(kind: u32, pid: u32, aux: u32, value: i64, now: u64, fill: impl FnOnce(*
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(tree) = TREE.get_ptr_mut(0) {
             // SAFETY: pointer into the array map's value, valid for the program's run.
-            unsafe { atomic::add(&mut (*tree).events_lost, 1) };
+            unsafe { atomic::add(&raw mut (*tree).events_lost, 1) };
         }
         return;
     };
@@ -318,10 +318,11 @@ fn try_exec_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (old_pid, bprm) = (raw_arg(ctx, 1) as u32, raw_arg(ctx, 2));
     let r = raw();
     // SAFETY: reads `bprm->filename` (a kernel pointer) without faulting.
-    let name = unsafe { bpf_probe_read_kernel((bprm + r.binprm_filename as u64) as *const u64) }
-        .ok()
-        .filter(|p| *p != 0)
-        .map(|p| p as *const u8);
+    let name =
+        unsafe { bpf_probe_read_kernel((bprm + u64::from(r.binprm_filename)) as *const u64) }
+            .ok()
+            .filter(|p| *p != 0)
+            .map(|p| p as *const u8);
     on_exec(tgid, old_pid, name)
 }
 
@@ -431,7 +432,7 @@ fn try_switch_raw(ctx: &RawTracePointContext) -> Result<(), i64> {
     let r = raw();
     // The process of the task switched in, from the task itself: tracked or not.
     // SAFETY: reads `next->tgid` without faulting.
-    let tgid = unsafe { bpf_probe_read_kernel((next + r.task_tgid as u64) as *const i32) }
+    let tgid = unsafe { bpf_probe_read_kernel((next + u64::from(r.task_tgid)) as *const i32) }
         .map_or(0, |t| t as u32);
     // SAFETY: map lookup result is only tested.
     let next_tgid = if tgid != 0 && unsafe { TRACKED.get(&tgid) }.is_some() {
@@ -482,8 +483,12 @@ fn on_switch(dead: bool, next: Next) -> Result<(), i64> {
                 if unsafe { (*t).dead_tid } == tid {
                     let _ = TRACKED.remove(&tgid);
                 }
-            } else if unsafe { THREADS.get(&tid) }.is_none() {
-                let _ = THREADS.insert(&tid, &tgid, 0);
+            } else {
+                // SAFETY: only whether the entry exists is looked at, not the value.
+                let absent = unsafe { THREADS.get(&tid) }.is_none();
+                if absent {
+                    let _ = THREADS.insert(&tid, &tgid, 0);
+                }
             }
         }
     }
@@ -497,11 +502,11 @@ fn on_switch(dead: bool, next: Next) -> Result<(), i64> {
     // SAFETY: `run` is this CPU's value; all pointers are into it.
     unsafe {
         let seq = (*run).seq_begin.wrapping_add(1);
-        write_volatile(&mut (*run).seq_begin, seq);
-        write_volatile(&mut (*run).total_ns, (*run).total_ns + slice);
-        write_volatile(&mut (*run).since_ns, now);
-        write_volatile(&mut (*run).tgid, next_tgid);
-        write_volatile(&mut (*run).seq_end, seq);
+        write_volatile(&raw mut (*run).seq_begin, seq);
+        write_volatile(&raw mut (*run).total_ns, (*run).total_ns + slice);
+        write_volatile(&raw mut (*run).since_ns, now);
+        write_volatile(&raw mut (*run).tgid, next_tgid);
+        write_volatile(&raw mut (*run).seq_end, seq);
     }
     Ok(())
 }
@@ -527,14 +532,14 @@ impl Record {
     fn u32_at(&self, off: u32) -> u32 {
         let off = (off & (RSS_RECORD_MAX - 4)) as usize;
         // SAFETY: aligned 4-byte read inside the buffer.
-        unsafe { core::ptr::read(self.0.as_ptr().add(off) as *const u32) }
+        unsafe { core::ptr::read(self.0.as_ptr().add(off).cast::<u32>()) }
     }
 
     #[inline(always)]
     fn i64_at(&self, off: u32) -> i64 {
         let off = (off & (RSS_RECORD_MAX - 8)) as usize;
         // SAFETY: aligned 8-byte read inside the buffer.
-        unsafe { core::ptr::read(self.0.as_ptr().add(off) as *const i64) }
+        unsafe { core::ptr::read(self.0.as_ptr().add(off).cast::<i64>()) }
     }
 }
 
@@ -549,7 +554,7 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let k = (member as u32 & 3) as usize;
-    let mm_id = rec.u32_at(o.rss_mm_id) as u64;
+    let mm_id = u64::from(rec.u32_at(o.rss_mm_id));
     let size = rec.i64_at(o.rss_size);
 
     if let Some(mm) = MMS.get_ptr_mut(&mm_id) {
@@ -594,7 +599,7 @@ fn try_rss(ctx: &TracePointContext) -> Result<(), i64> {
             replay_seed = seed;
         }
     }
-    let _ = MMS.insert(&mm_id, &state, BPF_NOEXIST as u64);
+    let _ = MMS.insert(&mm_id, &state, u64::from(BPF_NOEXIST));
     let mm = MMS.get_ptr_mut(&mm_id).ok_or(-1)?;
     replay(mm, &replay_seed, &o);
     // SAFETY: map lookup result is copied.
@@ -675,7 +680,7 @@ fn forget_if_empty(mm_id: u64, mm: *mut MmState) {
 fn apply(mm: *mut MmState, k: usize, size: i64, o: &Offsets) {
     let k = k & 3;
     // SAFETY: `mm` points into the MMS map value, aligned for i64.
-    let old = unsafe { atomic::swap(&mut (*mm).cur[k], size) };
+    let old = unsafe { atomic::swap(&raw mut (*mm).cur[k], size) };
     let delta = size - old;
     if delta == 0 {
         return;
@@ -684,12 +689,12 @@ fn apply(mm: *mut MmState, k: usize, size: i64, o: &Offsets) {
         return;
     };
     // SAFETY: `tree` points into the array map's single value, aligned for i64.
-    unsafe { atomic::add(&mut (*tree).cur[k], delta) };
+    unsafe { atomic::add(&raw mut (*tree).cur[k], delta) };
     if k == RSS_SWAP {
         return;
     }
     // SAFETY: as above.
-    let rss = unsafe { atomic::add(&mut (*tree).rss, delta) } + delta;
+    let rss = unsafe { atomic::add(&raw mut (*tree).rss, delta) } + delta;
     if delta < 0 {
         return;
     }
@@ -730,7 +735,7 @@ fn raise_proc_peak(owner: u32, rss: i64, now: u64) {
 #[inline(always)]
 fn raise_tree_peak(tree: *mut Tree, rss: i64, now: u64, owner: u32, o: &Offsets) {
     // SAFETY: `tree` points into the array map's single value, aligned for i64.
-    let peak = unsafe { &mut (*tree).rss_peak as *mut i64 };
+    let peak = unsafe { &raw mut (*tree).rss_peak };
     // SAFETY: as above.
     let mut seen = unsafe { core::ptr::read_volatile(peak) };
     let mut tries = 0;
@@ -755,7 +760,7 @@ fn raise_tree_peak(tree: *mut Tree, rss: i64, now: u64, owner: u32, o: &Offsets)
     unsafe { (*tree).rss_peak_ns = now };
     let step = o.peak_event_step_bytes as i64;
     // SAFETY: as above.
-    let last = unsafe { &mut (*tree).last_event_peak as *mut i64 };
+    let last = unsafe { &raw mut (*tree).last_event_peak };
     // SAFETY: as above.
     let prev = unsafe { core::ptr::read_volatile(last) };
     // SAFETY: as above.
@@ -784,10 +789,10 @@ fn pcpu_ready(r: &RawTp) -> Result<(), i64> {
     }
     // The map's kernel address, as a number: through the stack, since the verifier forbids
     // arithmetic on map pointers.
-    let map = &PCPU_PROBE as *const PerCpuArray<u64> as u64;
+    let map = &raw const PCPU_PROBE as u64;
     let map = launder(&map)?;
     // SAFETY: bpf_probe_read_kernel reads kernel memory without faulting.
-    let pptr = unsafe { bpf_probe_read_kernel((map + r.array_pptrs as u64) as *const u64) }?;
+    let pptr = unsafe { bpf_probe_read_kernel((map + u64::from(r.array_pptrs)) as *const u64) }?;
     let key = 0u32;
     let mut cpu = 0u32;
     while cpu < MAX_CPUS {
@@ -797,8 +802,8 @@ fn pcpu_ready(r: &RawTp) -> Result<(), i64> {
         // SAFETY: helper call with a valid map and key; the result is checked for NULL.
         let v = unsafe {
             aya_ebpf::helpers::gen::bpf_map_lookup_percpu_elem(
-                &PCPU_PROBE as *const PerCpuArray<u64> as *mut core::ffi::c_void,
-                &key as *const u32 as *const core::ffi::c_void,
+                &raw const PCPU_PROBE as *mut core::ffi::c_void,
+                (&raw const key).cast::<core::ffi::c_void>(),
                 cpu,
             )
         } as u64;
@@ -828,7 +833,7 @@ fn raw_arg(ctx: &RawTracePointContext, i: usize) -> u64 {
 #[inline(always)]
 fn task_pid(task: u64, r: &RawTp) -> Result<u32, i64> {
     // SAFETY: bpf_probe_read_kernel reads kernel memory without faulting.
-    let pid = unsafe { bpf_probe_read_kernel((task + r.task_pid as u64) as *const i32) }?;
+    let pid = unsafe { bpf_probe_read_kernel((task + u64::from(r.task_pid)) as *const i32) }?;
     Ok(pid as u32)
 }
 
@@ -845,7 +850,7 @@ fn current_mm(r: &RawTp) -> Result<u64, i64> {
     // SAFETY: the current task is valid while the program runs; the read cannot fault.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
     // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((task + r.task_mm as u64) as *const u64) }
+    unsafe { bpf_probe_read_kernel((task + u64::from(r.task_mm)) as *const u64) }
 }
 
 /// The exact value of `mm->rss_stat[k]` in bytes. A fold of one CPU's part into `count` (done
@@ -853,7 +858,7 @@ fn current_mm(r: &RawTp) -> Result<u64, i64> {
 /// the lock is held or `count` moved during the sum.
 #[inline(always)]
 fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
-    let fbc = mm + r.mm_rss_stat as u64 + (k as u64 & 3) * r.counter_size as u64;
+    let fbc = mm + u64::from(r.mm_rss_stat) + (k as u64 & 3) * u64::from(r.counter_size);
     let mut tries = 0;
     while tries < 2 {
         tries += 1;
@@ -876,11 +881,12 @@ fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
             let off = PCPU_OFF.get(cpu).copied().ok_or(-1)?;
             // SAFETY: reads one CPU's part of the counter; cannot fault.
             let part = unsafe { bpf_probe_read_kernel(counters.wrapping_add(off) as *const i32) }?;
-            sum += part as i64;
+            sum += i64::from(part);
             cpu += 1;
         }
         // SAFETY: as above.
-        let again = unsafe { bpf_probe_read_kernel((fbc + r.counter_count as u64) as *const i64) }?;
+        let again =
+            unsafe { bpf_probe_read_kernel((fbc + u64::from(r.counter_count)) as *const i64) }?;
         if again == count {
             return Ok(if sum < 0 {
                 0
@@ -896,7 +902,7 @@ fn exact(mm: u64, k: usize, r: &RawTp) -> Result<i64, i64> {
 fn as_bytes(words: &mut [u64; COUNTER_READ_MAX as usize / 8]) -> &mut [u8] {
     // SAFETY: a u64 array viewed as its bytes.
     unsafe {
-        core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, COUNTER_READ_MAX as usize)
+        core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), COUNTER_READ_MAX as usize)
     }
 }
 
@@ -920,7 +926,7 @@ fn first_sight(mm: u64, tgid: u32, r: &RawTp, o: &Offsets) -> Result<(), i64> {
             state.cur = masked(&seed);
         }
     }
-    let _ = MMS.insert(&mm, &state, BPF_NOEXIST as u64);
+    let _ = MMS.insert(&mm, &state, u64::from(BPF_NOEXIST));
     let p = MMS.get_ptr_mut(&mm).ok_or(-1)?;
     let mut k = 0;
     while k < NR_RSS {
@@ -997,7 +1003,7 @@ fn try_tick() -> Result<(), i64> {
     let tree = TREE.get_ptr_mut(0).ok_or(-1)?;
     let Some(mut entry) = TICKS.reserve::<KTick>(0) else {
         // SAFETY: pointer into the array map's value, aligned for u64.
-        unsafe { atomic::add(&mut (*tree).ticks_lost, 1u64) };
+        unsafe { atomic::add(&raw mut (*tree).ticks_lost, 1u64) };
         return Ok(());
     };
     let now = now_ns();
@@ -1009,7 +1015,7 @@ fn try_tick() -> Result<(), i64> {
         }
         match RUN.get_ptr_mut(cpu) {
             Some(slot) if cpu_ns != u64::MAX => {
-                cpu_ns = cpu_of(slot, now).map_or(u64::MAX, |v| cpu_ns + v)
+                cpu_ns = cpu_of(slot, now).map_or(u64::MAX, |v| cpu_ns + v);
             }
             _ => {}
         }
@@ -1022,15 +1028,15 @@ fn try_tick() -> Result<(), i64> {
         (*t).t_ns = now;
         let mut k = 0;
         while k < NR_RSS {
-            (*t).cur[k] = core::ptr::read_volatile(&(*tree).cur[k]);
+            (*t).cur[k] = core::ptr::read_volatile(&raw const (*tree).cur[k]);
             k += 1;
         }
-        (*t).rss = core::ptr::read_volatile(&(*tree).rss);
-        (*t).rss_peak = core::ptr::read_volatile(&(*tree).rss_peak);
-        (*t).rss_peak_ns = core::ptr::read_volatile(&(*tree).rss_peak_ns);
+        (*t).rss = core::ptr::read_volatile(&raw const (*tree).rss);
+        (*t).rss_peak = core::ptr::read_volatile(&raw const (*tree).rss_peak);
+        (*t).rss_peak_ns = core::ptr::read_volatile(&raw const (*tree).rss_peak_ns);
         (*t).cpu_ns = cpu_ns;
     }
-    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     Ok(())
 }
 
@@ -1044,11 +1050,11 @@ fn cpu_of(slot: *mut RunState, now: u64) -> Option<u64> {
         // SAFETY: `slot` points into the array map's value; loads in the lock's order.
         let (end, total, since, tgid, begin) = unsafe {
             (
-                core::ptr::read_volatile(&(*slot).seq_end),
-                core::ptr::read_volatile(&(*slot).total_ns),
-                core::ptr::read_volatile(&(*slot).since_ns),
-                core::ptr::read_volatile(&(*slot).tgid),
-                core::ptr::read_volatile(&(*slot).seq_begin),
+                core::ptr::read_volatile(&raw const (*slot).seq_end),
+                core::ptr::read_volatile(&raw const (*slot).total_ns),
+                core::ptr::read_volatile(&raw const (*slot).since_ns),
+                core::ptr::read_volatile(&raw const (*slot).tgid),
+                core::ptr::read_volatile(&raw const (*slot).seq_begin),
             )
         };
         if end == begin {
@@ -1119,7 +1125,7 @@ static GPU_PENDING: LruHashMap<u32, GpuPending> = LruHashMap::with_max_entries(M
 fn gpu_offsets() -> GpuMemOffsets {
     // SAFETY: GPU_OFFSETS is a plain global in .rodata, written by the loader before load; a
     // volatile read keeps the compiler from folding the placeholder values.
-    unsafe { core::ptr::read_volatile(&GPU_OFFSETS) }
+    unsafe { core::ptr::read_volatile(&raw const GPU_OFFSETS) }
 }
 
 /// The size_t at `base + off` in kernel memory; offset 0 means "unknown" (no BTF).
@@ -1130,7 +1136,7 @@ fn read_kernel_size(base: u64, off: u32) -> Result<i64, i64> {
     }
     // SAFETY: bpf_probe_read_kernel copies 8 bytes from a kernel address and returns an error
     // instead of faulting.
-    let v = unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }?;
+    let v = unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u64) }?;
     Ok(v as i64)
 }
 
@@ -1206,9 +1212,9 @@ fn try_gpu_new_ret(ctx: &RetProbeContext) -> Result<(), i64> {
     let g = gpu_manager(p.man, p.kind)?;
     let size = p.size as i64;
     // SAFETY: `g` points into the GPU_MEM map value, aligned for i64/u64.
-    let cur = unsafe { atomic::add(&mut (*g).cur, size) } + size;
+    let cur = unsafe { atomic::add(&raw mut (*g).cur, size) } + size;
     // SAFETY: as above.
-    unsafe { atomic::add(&mut (*g).allocs, 1u64) };
+    unsafe { atomic::add(&raw mut (*g).allocs, 1u64) };
     raise_gpu_peak(g, cur, now_ns());
     Ok(())
 }
@@ -1220,18 +1226,18 @@ fn try_gpu_del(ctx: &ProbeContext, kind: u32) -> Result<(), i64> {
     let size = read_kernel_size(res, gpu_offsets().res_size)?;
     let g = gpu_manager(man, kind)?;
     // SAFETY: `g` points into the GPU_MEM map value, aligned for i64/u64.
-    let old = unsafe { atomic::add(&mut (*g).cur, -size) };
+    let old = unsafe { atomic::add(&raw mut (*g).cur, -size) };
     // SAFETY: as above.
-    unsafe { atomic::add(&mut (*g).frees, 1u64) };
+    unsafe { atomic::add(&raw mut (*g).frees, 1u64) };
     let new = old - size;
     if new < 0 {
         // Freed memory allocated before attach: give back the part below zero. Concurrent
         // frees each give back their own part, so the sum telescopes to the clamped value.
         let excess = if size < -new { size } else { -new };
         // SAFETY: as above.
-        let cur = unsafe { atomic::add(&mut (*g).cur, excess) } + excess;
+        let cur = unsafe { atomic::add(&raw mut (*g).cur, excess) } + excess;
         // SAFETY: as above.
-        unsafe { atomic::add(&mut (*g).clamped, 1u64) };
+        unsafe { atomic::add(&raw mut (*g).clamped, 1u64) };
         raise_gpu_peak(g, cur, now_ns());
     }
     Ok(())
@@ -1247,7 +1253,7 @@ fn gpu_manager(man: u64, kind: u32) -> Result<*mut GpuMem, i64> {
         kind,
         ..GpuMem::default()
     };
-    let _ = GPU_MEM.insert(&man, &fresh, BPF_NOEXIST as u64);
+    let _ = GPU_MEM.insert(&man, &fresh, u64::from(BPF_NOEXIST));
     GPU_MEM.get_ptr_mut(&man).ok_or(-1)
 }
 
@@ -1255,7 +1261,7 @@ fn gpu_manager(man: u64, kind: u32) -> Result<*mut GpuMem, i64> {
 #[inline(always)]
 fn raise_gpu_peak(g: *mut GpuMem, cur: i64, now: u64) {
     // SAFETY: `g` points into the GPU_MEM map value, aligned for i64.
-    let peak = unsafe { &mut (*g).peak as *mut i64 };
+    let peak = unsafe { &raw mut (*g).peak };
     // SAFETY: as above.
     let mut seen = unsafe { core::ptr::read_volatile(peak) };
     let mut tries = 0;
