@@ -222,8 +222,9 @@ fn procfs_root_points_at_a_fixture_tree() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap();
     assert_eq!(i(&s["rss"]["peak_bytes"]), (1530 + 500) * page);
     assert_eq!(i(&s["system_memory"]["total_bytes"]), 24_568_964 * 1024);
     assert!(has_process(&s, 1234) && has_process(&s, 1300));

@@ -428,27 +428,8 @@ fn export_parquet_to_a_pipe_is_the_same_file() {
 
 #[test]
 fn export_parquet_to_a_terminal_is_a_one_line_error() {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two descriptors into the provided ints; name, termios and
-    // winsize may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &raw mut master,
-            &raw mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened by openpty and are owned by nothing else.
-    let (master, slave) = unsafe {
-        use std::os::fd::FromRawFd;
-        (
-            std::os::fd::OwnedFd::from_raw_fd(master),
-            std::os::fd::OwnedFd::from_raw_fd(slave),
-        )
-    };
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let (master, slave) = (pty.master, pty.slave);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_o3"))
         .args(["export", "--format", "parquet"])
         .arg(fixture("record.jsonl"))

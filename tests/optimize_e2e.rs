@@ -159,8 +159,7 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     // Peaks of the server tree were measured (exactly, with eBPF, when root).
     let rss = s["peaks"]["rss_peak_bytes"].as_u64().unwrap();
     assert!(rss > 8 << 20, "server RSS peak {rss}");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         assert_eq!(s["peaks"]["rss_method"], "ebpf");
     }
     // The run directory holds everything, and the journal one line per probe.
@@ -505,8 +504,11 @@ fn a_server_killed_once_mid_probe_is_retried_and_the_answer_stands() {
         .unwrap();
     // Kill the server of the first probe, as a stray `kill -9` would.
     let server = server_of(child.id(), &bin);
-    // SAFETY: signalling the server o3 started.
-    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    // The server o3 started.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let out = child.wait_with_output().unwrap();
     let s = last_json(&out);
     assert_eq!(out.status.code(), Some(0), "{s}");

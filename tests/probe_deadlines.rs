@@ -89,9 +89,9 @@ fn slot_progress(port: u16) -> Option<u64> {
         .and_then(|slot| slot["n_prompt_tokens_processed"].as_u64())
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: signalling a server process this test's o3 started.
-    unsafe { libc::kill(pid as i32, sig) };
+/// Signals a server process this test's o3 started.
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 /// Stops and continues `server` in turns (`stop_ms` stopped, `run_ms` running) until `done`.
@@ -103,12 +103,12 @@ fn throttle(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !done.load(Ordering::SeqCst) {
-            signal(server, libc::SIGSTOP);
+            signal(server, nix::sys::signal::Signal::SIGSTOP);
             std::thread::sleep(Duration::from_millis(stop_ms));
             if done.load(Ordering::SeqCst) {
                 break;
             }
-            signal(server, libc::SIGCONT);
+            signal(server, nix::sys::signal::Signal::SIGCONT);
             std::thread::sleep(Duration::from_millis(run_ms));
         }
     })
@@ -152,9 +152,9 @@ fn a_request_that_makes_progress_outlives_the_old_formulas_deadline() {
         if stops < STOPS {
             if let Some(n) = slot_progress(port).filter(|&n| n >= 256 && n > last) {
                 last = n;
-                signal(server, libc::SIGSTOP);
+                signal(server, nix::sys::signal::Signal::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(400));
-                signal(server, libc::SIGCONT);
+                signal(server, nix::sys::signal::Signal::SIGCONT);
                 stops += 1;
             }
         }
@@ -200,7 +200,7 @@ fn a_server_stopped_mid_prefill_is_a_stall_within_its_bound_and_is_cleaned_up() 
         if slot_progress(port).is_some_and(|n| (512..3000).contains(&n)) {
             done.store(true, Ordering::SeqCst);
             slow.join().unwrap();
-            signal(server, libc::SIGSTOP);
+            signal(server, nix::sys::signal::Signal::SIGSTOP);
             break Instant::now();
         }
         std::thread::sleep(Duration::from_millis(10));

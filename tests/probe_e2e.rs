@@ -99,8 +99,7 @@ fn probes_at_several_contexts_and_batches_with_real_inference() {
             assert!(i(&s["output_tokens"]) >= 1);
         }
         // Measured by the kernel programs where they load (root; required in CI).
-        // SAFETY: geteuid has no preconditions.
-        let want = if unsafe { libc::geteuid() } == 0 {
+        let want = if nix::unistd::geteuid().is_root() {
             "ebpf"
         } else {
             "procfs_polling"

@@ -642,7 +642,10 @@ fn safety_breach_stops_the_command_within_one_interval() {
         "took {:?}",
         t.elapsed()
     );
-    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(
+        out.status.code(),
+        Some(128 + nix::sys::signal::Signal::SIGTERM as i32)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let b = &s["safety"]["breaches"][0];
     assert_eq!(b["metric"], "ram_percent", "{s}");

@@ -1,7 +1,14 @@
 //! o3: find the best serving configuration of a local LLM on this machine, and measure peak
 //! resources exactly while doing it.
 //!
-//! Data flows one way: `cli` → `record` → `telemetry` / `trace` → `o3-common`.
+//! Data flows one way (docs/architecture.md); every arrow is an import and none points back:
+//!
+//! - `cli` → `report` → `optimize` → `probe` → `backend` → `timing` → `util`
+//! - `optimize` → `learn` (→ `backend`, `telemetry`), `config` (→ `telemetry`, `timing`)
+//! - `cli` → `record` → `telemetry` → `trace` → `util`
+//! - `probe` → `telemetry`, `trace`
+//!
+//! `cli` parses arguments and prints; each command's work lives in its stage.
 
 pub mod backend;
 pub mod cli;

@@ -49,8 +49,7 @@ pub fn complete_gguf(name: &str, dir: &Path) -> PathBuf {
 /// True when eBPF tests can run here. Without root they are skipped with the reason printed,
 /// unless O3_REQUIRE_EBPF=1 (CI), where a missing capability is a failure.
 pub fn ebpf_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
     assert!(

@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn each_reason_is_said_once() {
-        let io = || std::io::Error::from_raw_os_error(libc::EEXIST);
+        let io = || std::io::Error::from_raw_os_error(nix::errno::Errno::EEXIST as i32);
         let e = anyhow::Error::new(Quoting { source: io() }).context("writing the run");
         let text = one_reason(&e);
         assert_eq!(text.matches("File exists").count(), 1, "{text}");

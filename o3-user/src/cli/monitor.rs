@@ -132,7 +132,7 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
         })?;
         eprintln!("o3: serving Prometheus metrics at http://{bound}/metrics");
     }
-    let sig = crate::record::signals::install().map_err(|e| fail(e.to_string()))?;
+    let sig = crate::util::signals::install().map_err(|e| fail(e.to_string()))?;
     let (tx, rx) = channel();
     let t0 = monotonic_ns();
     let h = sampler::spawn(sources, a.interval, Duration::ZERO, t0, move |b| {

@@ -129,7 +129,7 @@ impl Collected {
             // With a command, o3 waits for it like `time` does: Ctrl-C reaches the command
             // through the terminal; a SIGTERM/SIGHUP sent to o3 alone is passed on to it.
             Msg::Signal(sig) => {
-                if sig != libc::SIGINT && !self.forwarded {
+                if sig != Signal::SIGINT as i32 && !self.forwarded {
                     self.forwarded = true;
                     if let Ok(sig) = Signal::try_from(sig) {
                         let _ = kill(Pid::from_raw(root as i32), sig);

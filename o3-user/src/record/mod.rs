@@ -3,7 +3,6 @@
 
 mod collect;
 mod finish;
-pub mod signals;
 mod start;
 pub use crate::util::spawn;
 pub mod summary;
@@ -23,6 +22,7 @@ use crate::telemetry::gpu::source::{GpuInfo, GpuSelect};
 use crate::telemetry::watchdog::Thresholds;
 use crate::telemetry::{monotonic_ns, sampler, Method};
 use crate::trace::{Header, Methods, TraceError, TraceWriter, SCHEMA_VERSION};
+use crate::util::signals;
 use crate::util::system::{uname, unix_now_ns};
 use collect::Collected;
 use spawn::{Prepared, SpawnError};

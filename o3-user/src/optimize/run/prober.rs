@@ -180,7 +180,7 @@ fn sweep_servers<E: Events>(ledger: &Path, ev: &mut E) {
 fn watch_signals(stop: Arc<AtomicBool>) -> Result<(), RunError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::BorrowedFd;
-    let fd = crate::record::signals::install().map_err(RunError::Signals)?;
+    let fd = crate::util::signals::install().map_err(RunError::Signals)?;
     std::thread::Builder::new()
         .name("o3-signals".into())
         .spawn(move || loop {
