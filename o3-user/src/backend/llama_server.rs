@@ -251,13 +251,6 @@ pub enum ArgsError {
     GpuLayers(i32),
 }
 
-/// For callers that report errors as text.
-impl From<ArgsError> for String {
-    fn from(e: ArgsError) -> String {
-        e.to_string()
-    }
-}
-
 fn require<'a>(
     flag: &'a Option<String>,
     what: &'static str,

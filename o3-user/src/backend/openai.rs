@@ -42,13 +42,6 @@ pub enum TemplateError {
     NoValue(String),
 }
 
-/// For callers that report errors as text.
-impl From<TemplateError> for String {
-    fn from(e: TemplateError) -> String {
-        e.to_string()
-    }
-}
-
 fn known_placeholders() -> String {
     PLACEHOLDERS
         .iter()

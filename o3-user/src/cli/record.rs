@@ -16,18 +16,16 @@ fn parse_interval(s: &str) -> Result<Duration, duration::DurationError> {
     duration::parse_in_range(s, MIN_INTERVAL, MAX_INTERVAL)
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let d = duration::parse(s)?;
-    if d.is_zero() {
-        return Err("the duration must be longer than 0".into());
-    }
+    anyhow::ensure!(!d.is_zero(), "the duration must be longer than 0");
     Ok(d)
 }
 
-fn parse_rss_program(s: &str) -> Result<RssProgram, String> {
+fn parse_rss_program(s: &str) -> anyhow::Result<RssProgram> {
     RssProgram::parse(s).ok_or_else(|| {
         let all: Vec<&str> = RssProgram::ALL.iter().map(|p| p.name()).collect();
-        format!("unknown rss program {s:?} (one of: {})", all.join(", "))
+        anyhow::anyhow!("unknown rss program {s:?} (one of: {})", all.join(", "))
     })
 }
 

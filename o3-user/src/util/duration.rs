@@ -20,13 +20,6 @@ pub enum DurationError {
     OutOfRange { shown: String, range: String },
 }
 
-/// clap's value parsers take a message.
-impl From<DurationError> for String {
-    fn from(e: DurationError) -> String {
-        e.to_string()
-    }
-}
-
 /// Parses `N<unit>` with unit ns, us, ms, s, m or h; fractions are allowed (`0.5s`).
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
