@@ -279,14 +279,13 @@ fn safety(max_ram_percent: Option<f64>) -> Thresholds {
 /// The eBPF programs, where they load; where they do not, procfs polling measures (with a
 /// warning), unless `O3_REQUIRE_EBPF=1` makes that an error.
 fn load_ebpf(sysfs: &Path) -> Result<Option<Loaded>, (anyhow::Error, i32)> {
-    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    match Loaded::load(sysfs, 1 << 20) {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if require => Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1)),
-        Err(e) => {
-            eprintln!("o3: warning: eBPF unavailable ({e}); server peaks come from procfs polling");
+    match probe::ebpf_for_servers(sysfs) {
+        Ok(Ok(l)) => Ok(Some(l)),
+        Ok(Err(warning)) => {
+            eprintln!("o3: warning: {warning}");
             Ok(None)
         }
+        Err(e) => Err((anyhow::anyhow!("eBPF is required but unavailable: {e}"), 1)),
     }
 }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::launch::{Launcher, Processes};
 use crate::backend::openai::Template;
 use crate::backend::{llama_server, ollama, OutcomeClass, ProbeConfig};
-use crate::telemetry::ebpf::Loaded;
+use crate::telemetry::ebpf::{EbpfError, Loaded};
 use crate::telemetry::watchdog::Thresholds;
 use crate::telemetry::Sample;
 use crate::timing::{Limits, Obs, TimeModel, TimeoutKind};
@@ -378,6 +378,20 @@ pub struct Round {
     pub output_tokens: u64,
     /// Aggregate decode throughput: output tokens of the round / its wall time.
     pub output_tokens_per_s: f64,
+}
+
+/// The kernel programs that measure a server's peaks. `Ok(Err(warning))`: they cannot load
+/// here and the peaks come from procfs polling (the warning says so); `Err`: they cannot load
+/// and `O3_REQUIRE_EBPF=1` requires them.
+pub fn ebpf_for_servers(sysfs: &Path) -> Result<Result<Loaded, String>, EbpfError> {
+    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    match Loaded::load(sysfs, 1 << 20) {
+        Ok(l) => Ok(Ok(l)),
+        Err(e) if require => Err(e),
+        Err(e) => Ok(Err(format!(
+            "eBPF unavailable ({e}); server peaks come from procfs polling"
+        ))),
+    }
 }
 
 /// Runs one probe to its end. Never fails: every way of failing is an outcome class. The

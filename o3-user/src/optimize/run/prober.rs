@@ -16,7 +16,6 @@ use crate::optimize::progress::Events;
 use crate::optimize::sim::Sim;
 use crate::optimize::target::{backend_spec, pin_load_mode};
 use crate::probe::BackendSpec;
-use crate::telemetry::ebpf;
 use crate::timing::TimeModel;
 
 use super::runfile::RunFile;
@@ -150,16 +149,13 @@ pub(super) fn choose<E: Events>(
 /// Whether eBPF can measure the server's peaks; where it cannot, procfs polling does (with a
 /// warning), unless `O3_REQUIRE_EBPF=1` makes that an error.
 fn ebpf_available<E: Events>(sysfs: &Path, ev: &mut E) -> Result<bool, RunError> {
-    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    match ebpf::Loaded::load(sysfs, 1 << 20) {
-        Ok(_) => Ok(true),
-        Err(e) if require => Err(RunError::EbpfRequired(e)),
-        Err(e) => {
-            ev.warning(&format!(
-                "eBPF unavailable ({e}); server peaks come from procfs polling"
-            ));
+    match crate::probe::ebpf_for_servers(sysfs) {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(warning)) => {
+            ev.warning(&warning);
             Ok(false)
         }
+        Err(e) => Err(RunError::EbpfRequired(e)),
     }
 }
 
