@@ -117,14 +117,8 @@ pub fn main() -> i32 {
                     0
                 };
             }
-            // One line: what is wrong; `--help` says the rest.
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("o3: {first} (see `o3 --help`)");
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            eprintln!("o3: {}", usage_line(&e.render().to_string(), &args));
             return 2;
         }
     };
@@ -154,6 +148,43 @@ pub fn main() -> i32 {
     }
 }
 
+/// clap's usage error on one line, with all it says: the missing arguments' names, the
+/// possible values, its suggestion, and which `--help` says the rest.
+fn usage_line(rendered: &str, args: &[String]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    // The subcommand named on the command line, where clap's text has no usage line.
+    let mut command = {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        match args
+            .iter()
+            .find(|a| cli.get_subcommands().any(|s| s.get_name() == a.as_str()))
+        {
+            Some(sub) => format!("o3 {sub}"),
+            None => "o3".to_string(),
+        }
+    };
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            command = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['-', '<', '[']))
+                .collect::<Vec<_>>()
+                .join(" ");
+        } else if !line.starts_with("For more information") {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+        }
+    }
+    let what = match parts.split_first() {
+        // A list under a line ending in ':' (the missing arguments) joins that line.
+        Some((head, rest)) if head.ends_with(':') => format!("{head} {}", rest.join(", ")),
+        Some((head, rest)) if !rest.is_empty() => format!("{head}; {}", rest.join("; ")),
+        Some((head, _)) => head.clone(),
+        None => "invalid arguments".into(),
+    };
+    format!("{what} (see `{command} --help`)")
+}
+
 /// An error and its causes on one line, each reason once: a message that already quotes its
 /// cause (most do, to read well on their own) is not followed by the cause again.
 pub fn one_reason(e: &anyhow::Error) -> String {
@@ -173,7 +204,34 @@ pub type CliResult = Result<i32, (anyhow::Error, i32)>;
 
 #[cfg(test)]
 mod tests {
-    use super::one_reason;
+    use super::{one_reason, usage_line, Cli};
+
+    fn usage_error(args: &[&str]) -> String {
+        use clap::Parser;
+        let e = Cli::try_parse_from(args).expect_err("a usage error");
+        let rest: Vec<String> = args[1..].iter().map(|a| (*a).to_string()).collect();
+        usage_line(&e.render().to_string(), &rest)
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_with_all_clap_says() {
+        let missing = usage_error(&["o3", "predict"]);
+        assert!(
+            missing.starts_with("the following required arguments were not provided: --"),
+            "{missing}"
+        );
+        assert!(missing.ends_with("(see `o3 predict --help`)"), "{missing}");
+        let bad = usage_error(&["o3", "record", "--method", "bogus", "--", "true"]);
+        assert!(bad.contains("'bogus'"), "{bad}");
+        assert!(bad.contains("auto, ebpf, procfs"), "{bad}");
+        assert!(bad.ends_with("(see `o3 record --help`)"), "{bad}");
+        let typo = usage_error(&["o3", "recrod"]);
+        assert!(typo.contains("'record'"), "{typo}");
+        assert!(typo.ends_with("(see `o3 --help`)"), "{typo}");
+        for e in [missing, bad, typo] {
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot create /x: {source}")]
