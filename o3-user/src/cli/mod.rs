@@ -24,13 +24,31 @@ use clap::{Parser, Subcommand};
 pub struct Roots {
     /// Where procfs is mounted (run inside a container with the host's /proc mounted elsewhere,
     /// or point at a fixture tree).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/proc")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/proc",
+        help_heading = "Global options"
+    )]
     pub procfs_root: PathBuf,
     /// Where sysfs is mounted (tracefs is expected at <DIR>/kernel/tracing).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/sys")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/sys",
+        help_heading = "Global options"
+    )]
     pub sysfs_root: PathBuf,
     /// Where device nodes are (render nodes are expected at <DIR>/dri/renderD*).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/dev")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/dev",
+        help_heading = "Global options"
+    )]
     pub dev_root: PathBuf,
 }
 
