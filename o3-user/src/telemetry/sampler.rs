@@ -345,13 +345,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ticks_follow_absolute_deadlines_and_count_late_ones() {
+    /// Runs the sampler at 10 ms on the fake clock until `n` ticks came, with tick number
+    /// `stall_on` taking `stall_ns`; the tick times (ms) and the stats.
+    fn stalled_run(stall_on: u64, stall_ns: u64, n: usize) -> (Vec<u64>, SamplerStats) {
         let clock = FakeClock::at(T0);
         let mut src = Counter::new(&clock);
-        src.stall_on = Some(3);
-        src.stall_ns = 55 * MS;
-        let (sink, rx) = collect(8);
+        src.stall_on = Some(stall_on);
+        src.stall_ns = stall_ns;
+        let (sink, rx) = collect(n);
         let h = spawn_with(
             clock,
             vec![Box::new(src)],
@@ -362,7 +363,12 @@ mod tests {
         );
         // The sink stops the sampler; the channel closes when its thread ends.
         let ts: Vec<u64> = rx.iter().flatten().map(|t| t.sample.t_ns / MS).collect();
-        let (_, stats) = h.finish();
+        (ts, h.finish().1)
+    }
+
+    #[test]
+    fn ticks_follow_absolute_deadlines_and_count_late_ones() {
+        let (ts, stats) = stalled_run(3, 55 * MS, 8);
         // The third tick (at 20 ms) took 55 ms: the deadlines at 30..=70 ms passed during it
         // and are counted; the next tick is at 80 ms, on the original grid, not at 75 ms.
         assert_eq!(ts, [0, 10, 20, 80, 90, 100, 110, 120]);
@@ -373,22 +379,7 @@ mod tests {
 
     #[test]
     fn a_tick_that_ends_on_a_deadline_is_not_late() {
-        let clock = FakeClock::at(T0);
-        let mut src = Counter::new(&clock);
-        src.stall_on = Some(1);
-        src.stall_ns = 10 * MS;
-        let (sink, rx) = collect(3);
-        let h = spawn_with(
-            clock,
-            vec![Box::new(src)],
-            Duration::from_millis(10),
-            Duration::ZERO,
-            T0,
-            sink,
-        );
-        // The sink stops the sampler; the channel closes when its thread ends.
-        let ts: Vec<u64> = rx.iter().flatten().map(|t| t.sample.t_ns / MS).collect();
-        let (_, stats) = h.finish();
+        let (ts, stats) = stalled_run(1, 10 * MS, 3);
         assert_eq!(ts, [0, 10, 20]);
         assert_eq!(stats.late_ticks, 0);
     }
