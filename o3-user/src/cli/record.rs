@@ -105,7 +105,7 @@ pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
             ))
         }
     };
-    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    let require = crate::telemetry::ebpf::required();
     let mode = match a.method {
         MethodArg::Auto if require => Mode::Ebpf,
         MethodArg::Auto => Mode::Auto,

@@ -384,10 +384,9 @@ pub struct Round {
 /// here and the peaks come from procfs polling (the warning says so); `Err`: they cannot load
 /// and `O3_REQUIRE_EBPF=1` requires them.
 pub fn ebpf_for_servers(sysfs: &Path) -> Result<Result<Loaded, String>, EbpfError> {
-    let require = std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     match Loaded::load(sysfs, 1 << 20) {
         Ok(l) => Ok(Ok(l)),
-        Err(e) if require => Err(e),
+        Err(e) if crate::telemetry::ebpf::required() => Err(e),
         Err(e) => Ok(Err(format!(
             "eBPF unavailable ({e}); server peaks come from procfs polling"
         ))),

@@ -113,6 +113,12 @@ pub enum EbpfError {
 }
 
 /// Reads the tracepoint formats and returns the offsets the programs need.
+/// Whether eBPF is required here (`O3_REQUIRE_EBPF=1`, as CI sets it): where the kernel
+/// programs cannot load, the command fails instead of falling back to procfs polling.
+pub fn required() -> bool {
+    std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1")
+}
+
 pub fn read_offsets(tracefs_dir: &Path, peak_event_step: u64) -> Result<Offsets, TracefsError> {
     let fmt = |cat: &str, name: &str| tracefs::read_format(tracefs_dir, cat, name);
     offsets_from_formats(
