@@ -346,9 +346,11 @@ fn the_plan_the_budget_and_a_prompt_cap_are_said_where_the_user_reads() {
         err.contains("cut by the budget 2.0 min (--budget)"),
         "{err}"
     );
+    // The results table is on stdout.
+    let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        err.contains("NOT PROVEN AT DEPTH: prompts were capped at 8192 tokens"),
-        "{err}"
+        table.contains("NOT PROVEN AT DEPTH: prompts were capped at 8192 tokens"),
+        "{table}"
     );
     assert!(!s["plan"]["cut"].as_array().unwrap().is_empty(), "{s}");
     let max = s["presets"]

@@ -533,11 +533,12 @@ fn a_truncated_model_file_is_refused_before_anything_runs() {
     assert_eq!(one_line_error(&out, 1).trim_end(), want);
     let out = probe_without_server(&cut);
     assert_eq!(one_line_error(&out, 2).trim_end(), want);
-    // The whole model gets past the model check to the missing server.
+    // The whole model gets past the model check to the missing server, which the pre-flight
+    // check names before anything is started.
     let out = probe_without_server(&model);
-    let err = one_line_error(&out, 1);
+    let err = one_line_error(&out, 2);
     assert!(
-        err.contains("cannot run `/nonexistent/llama-server --help`"),
+        err.contains("the server binary `/nonexistent/llama-server` is not found"),
         "{err}"
     );
 }

@@ -167,6 +167,11 @@ impl Template {
 
     /// Placeholders the template uses (a configuration field it does not use is fixed by
     /// the server).
+    /// The program the template starts (its first word).
+    pub fn program(&self) -> &str {
+        self.words.first().map_or("", String::as_str)
+    }
+
     pub fn uses(&self, name: &str) -> bool {
         self.words
             .iter()

@@ -185,6 +185,7 @@ mod tests {
             started_unix_s: 1_736_847_015,
             finished_unix_s: Some(1_736_847_100),
             status: "finished".into(),
+            failure: None,
             max_context: (!imported).then_some(32768),
             max_context_proven: None,
             probes: 6,

@@ -1,6 +1,11 @@
 //! `o3 optimize`: the flags, turned into a run's request ([`crate::optimize::run`] does the
-//! run), and what the run says printed: progress on stderr (a bar on a terminal, lines
-//! otherwise), the results table, and the summary as JSON with `--json`.
+//! run), and what the run says printed: progress and diagnostics on stderr (a bar on a
+//! terminal, lines otherwise), the results table on stdout (then the summary as JSON with
+//! `--json`), and the report written into the run directory.
+//!
+//! Exit status: 0 a configuration to serve was found; 1 an error stopped the run; 2 the
+//! request was wrong or a pre-flight check failed (nothing stored); 3 the run measured and
+//! nothing passed (stored as failed, with why); 130 interrupted (resume it).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,7 +18,7 @@ use crate::optimize::prober::{ProbeOutcome, ProbeRequest};
 use crate::optimize::progress::{Clock, Events};
 use crate::optimize::run::{self, BudgetChoice, NewRun, Request, Start, Summary};
 use crate::optimize::search::{self, Eta, Observer};
-use crate::optimize::target::BackendKind;
+use crate::optimize::target::{choose_backend, BackendKind};
 use crate::util::units::span;
 
 use super::{CliResult, Roots};
@@ -40,9 +45,10 @@ fn parse_budget(s: &str) -> anyhow::Result<BudgetChoice> {
       --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn true\n  \
     o3 optimize --resume ~/.local/share/o3/runs/<run>")]
 pub struct OptimizeArgs {
-    /// The server to optimize.
-    #[arg(long, value_enum, default_value = "ollama")]
-    pub backend: BackendKind,
+    /// The server to optimize (default: llama-server for a .gguf --model, openai with
+    /// --launch, else ollama).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
     /// Model name (Ollama) or GGUF path (llama-server's -m, a template's {model}).
     #[arg(long, required_unless_present_any = ["resume", "simulate"])]
     pub model: Option<String>,
@@ -126,31 +132,55 @@ pub fn run(roots: &Roots, a: OptimizeArgs) -> CliResult {
         dev: roots.dev_root.clone(),
     };
     let mut progress = Progress::new(a.quiet);
-    let done = run::run(&request(&a), &roots, &mut progress).map_err(|e| {
+    let (backend, chosen) = choose_backend(a.backend, a.model.as_deref(), a.launch.is_some());
+    if let (Some(note), None, false) = (chosen, &a.resume, a.quiet) {
+        eprintln!("o3: notice: {note}");
+    }
+    let done = run::run(&request(&a, backend), &roots, &mut progress).map_err(|e| {
         let code = if e.is_usage() { 2 } else { 1 };
         (e.into(), code)
     })?;
     print_table(&done.summary);
+    write_report(&done.dir, a.quiet);
     if a.json {
         println!("{}", done.json);
     }
+    let dir = done.dir.display();
     if done.summary.interrupted {
         eprintln!(
-            "o3: interrupted; the partial summary is in {}; continue with `o3 optimize --resume {}`",
-            done.dir.display(),
-            done.dir.display()
+            "o3: interrupted; the partial summary is in {dir}; continue with `o3 optimize --resume {dir}`"
         );
         return Ok(130);
+    }
+    if let Some(why) = &done.summary.failure {
+        eprintln!("o3: {why}; the run is stored as failed (its measurements are in {dir})");
+        return Ok(3);
     }
     Ok(0)
 }
 
+/// The run's report in DIR/report (Markdown, SVG plots, one HTML page), or the command that
+/// writes it when it could not be written.
+fn write_report(dir: &std::path::Path, quiet: bool) {
+    match crate::report::files::write(dir, &dir.join("report"), true) {
+        Ok(w) if !quiet => {
+            let files: Vec<String> = w.files.iter().map(|f| f.display().to_string()).collect();
+            eprintln!("o3: report: {}", files.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "o3: warning: no report written ({e}); write it with `o3 report {} --html`",
+            dir.display()
+        ),
+    }
+}
+
 /// The run the flags ask for.
-fn request(a: &OptimizeArgs) -> Request {
+fn request(a: &OptimizeArgs, backend: BackendKind) -> Request {
     let start = match &a.resume {
         Some(dir) => Start::Resume(dir.clone()),
         None => Start::New(Box::new(NewRun {
-            backend: a.backend,
+            backend,
             model: a.model.clone(),
             url: a.url.clone(),
             server_bin: a.server_bin.clone(),
@@ -372,26 +402,26 @@ impl Events for Progress {
 
 /// The results: one row per preset, then the context search, the time and the peaks.
 fn print_table(s: &Summary) {
-    eprintln!();
-    eprintln!(
+    println!();
+    println!(
         "{:<14} {:>8} {:>6} {:>6} {:>8} {:>10} {:>12}  why",
         "preset", "context", "batch", "slots", "tok/s", "TTFT p95", "success"
     );
     for p in &s.presets {
-        eprintln!("{}", preset_row(s, &p.preset));
+        println!("{}", preset_row(s, &p.preset));
     }
-    eprintln!();
+    println!();
     for line in context_lines(s).into_iter().chain(time_lines(s)) {
-        eprintln!("{line}");
+        println!("{line}");
     }
-    eprintln!(
+    println!(
         "peaks: server RSS {} ({}), system RAM in use {}, GPU memory {}",
         mib(s.peaks.rss_peak_bytes),
         s.peaks.rss_method.as_deref().unwrap_or("not measured"),
         mib(s.peaks.mem_used_peak_bytes),
         mib(s.peaks.gpu_used_peak_bytes)
     );
-    eprintln!(
+    println!(
         "{} probes ({} now, {} from the journal) in {:.1} s; results in {}",
         s.probes.total, s.probes.ran_now, s.probes.from_journal, s.wall_s, s.run_dir
     );

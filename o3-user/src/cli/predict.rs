@@ -36,9 +36,10 @@ pub struct PredictArgs {
     /// A GGUF file (llama-server) or an Ollama model name.
     #[arg(long)]
     pub model: String,
-    /// Where the model's shape is read from.
-    #[arg(long, value_enum, default_value = "llama-server")]
-    pub backend: ShapeFrom,
+    /// Where the model's shape is read from (default: llama-server for a .gguf file, else
+    /// Ollama, as `o3 probe` and `o3 optimize` choose).
+    #[arg(long, value_enum)]
+    pub backend: Option<ShapeFrom>,
     /// Ollama's address.
     #[arg(long, default_value = "http://127.0.0.1:11434")]
     pub url: String,
@@ -123,7 +124,13 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
         }
     };
     let mut notes = Vec::new();
-    let (shape, digest) = match a.backend {
+    let backend = a.backend.unwrap_or(
+        match crate::optimize::target::choose_backend(None, Some(&a.model), false).0 {
+            crate::optimize::target::BackendKind::Ollama => ShapeFrom::Ollama,
+            _ => ShapeFrom::LlamaServer,
+        },
+    );
+    let (shape, digest) = match backend {
         ShapeFrom::LlamaServer => {
             let path = Path::new(&a.model);
             let info = gguf::read(path).map_err(|e| failure(e.to_string()))?;
@@ -161,7 +168,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
         let out = Output {
             schema_version: 1,
             model: &a.model,
-            backend: a.backend,
+            backend,
             shape: &shape,
             config: &cfg,
             capacity_bytes: capacity,

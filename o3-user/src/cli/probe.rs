@@ -4,8 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::optimize::preflight;
 use crate::optimize::target::{
-    backend_spec, check_model_file, pin_load_mode, BackendKind, ServerFlags,
+    backend_spec, check_model_file, choose_backend, pin_load_mode, BackendKind, ServerFlags,
 };
 use crate::probe::{self, ProbeResult, ProbeSpec};
 use crate::telemetry::ebpf::Loaded;
@@ -44,9 +45,10 @@ fn parse_fill(s: &str) -> anyhow::Result<f64> {
     after_help = "Example (llama-cpp-python's server):\n  o3 probe --backend openai --model model.gguf --ctx 8192 --batch 256 \\\n    --launch 'python3 -m llama_cpp.server --model {model} --n_ctx {ctx} --n_batch {batch} --port {port}'"
 )]
 pub struct ProbeArgs {
-    /// The server to measure.
-    #[arg(long, value_enum, default_value = "ollama")]
-    pub backend: BackendKind,
+    /// The server to measure (default: llama-server for a .gguf --model, openai with
+    /// --launch, else ollama).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
     /// Model name (Ollama) or path (the {model} placeholder; llama-server's -m).
     #[arg(long)]
     pub model: String,
@@ -159,14 +161,23 @@ pub struct ProbeArgs {
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     check_streams(&a)?;
-    check_model_file(a.backend, &a.model).map_err(|e| (e.into(), 2))?;
+    let (kind, chosen) = choose_backend(a.backend, Some(&a.model), a.launch.is_some());
+    if let Some(note) = chosen {
+        eprintln!("o3: notice: {note}");
+    }
+    check_model_file(kind, &a.model).map_err(|e| (e.into(), 2))?;
+    // What the flags name is there and runs, before a server starts or a file is written.
+    let passed = preflight::check(&server_flags(&a, kind)).map_err(|e| (e.into(), 2))?;
+    if let Some(v) = passed.server_version {
+        eprintln!("o3: notice: server: {v}");
+    }
     // Servers an earlier o3 left behind (killed in a way that spared their workers) would
     // share the machine with this probe's server: stopped first, with a notice.
     let swept = crate::util::owner::reap_orphans(Path::new("/proc"));
     if let Some(n) = crate::util::owner::notice(&swept) {
         eprintln!("o3: notice: {n}");
     }
-    let spec = spec(roots, &a)?;
+    let spec = spec(roots, &a, kind)?;
     // The output file first: a bad --out fails before a server starts.
     if let Some(p) = &a.out {
         crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?;
@@ -175,7 +186,7 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     let r = probe::run(&spec, loaded.as_mut());
     if let Some(path) = &a.out {
         let target =
-            serde_json::json!({ "probe": { "model": a.model, "backend": a.backend.store_name() } });
+            serde_json::json!({ "probe": { "model": a.model, "backend": kind.store_name() } });
         probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
     }
     if a.json {
@@ -202,10 +213,10 @@ fn check_streams(a: &ProbeArgs) -> Result<(), (anyhow::Error, i32)> {
     Ok(())
 }
 
-/// The probe the flags ask for, llama-server's load mode pinned for this machine.
-fn spec(roots: &Roots, a: &ProbeArgs) -> Result<ProbeSpec, (anyhow::Error, i32)> {
-    let mut backend = backend_spec(ServerFlags {
-        kind: a.backend,
+/// The flags that name the server.
+fn server_flags(a: &ProbeArgs, kind: BackendKind) -> ServerFlags<'_> {
+    ServerFlags {
+        kind,
         model: &a.model,
         url: &a.url,
         server_bin: &a.server_bin,
@@ -213,8 +224,16 @@ fn spec(roots: &Roots, a: &ProbeArgs) -> Result<ProbeSpec, (anyhow::Error, i32)>
         ready: &a.ready,
         tokenize: &a.tokenize,
         ollama_serve: a.ollama_serve.as_deref(),
-    })
-    .map_err(|e| {
+    }
+}
+
+/// The probe the flags ask for, llama-server's load mode pinned for this machine.
+fn spec(
+    roots: &Roots,
+    a: &ProbeArgs,
+    kind: BackendKind,
+) -> Result<ProbeSpec, (anyhow::Error, i32)> {
+    let mut backend = backend_spec(server_flags(a, kind)).map_err(|e| {
         let code = if e.is_usage() { 2 } else { 1 };
         (e.into(), code)
     })?;

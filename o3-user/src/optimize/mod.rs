@@ -9,6 +9,7 @@ pub mod learned;
 pub mod live;
 pub mod noise;
 pub mod plan;
+pub mod preflight;
 pub mod presets;
 pub mod prober;
 pub mod progress;

@@ -24,10 +24,53 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// The name `--backend` takes (`llama-server`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::LlamaServer => "llama-server",
+            BackendKind::Ollama => "ollama",
+        }
+    }
+
     /// The name the results store and trace headers give it (`llamaserver`).
     pub fn store_name(self) -> String {
         format!("{self:?}").to_lowercase()
     }
+}
+
+/// `--backend` as given, else the one the other flags imply: a `--launch` template is an
+/// OpenAI-compatible server's, a `.gguf` name or any existing file is llama-server's (it loads
+/// GGUF files), anything else is an Ollama model name. Returns the notice that says what was chosen when it was not given.
+pub fn choose_backend(
+    given: Option<BackendKind>,
+    model: Option<&str>,
+    launch: bool,
+) -> (BackendKind, Option<String>) {
+    if let Some(k) = given {
+        return (k, None);
+    }
+    let gguf = model.is_some_and(|m| {
+        let p = Path::new(m);
+        p.is_file()
+            || p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    });
+    let (kind, why) = if launch {
+        (
+            BackendKind::Openai,
+            "--launch starts an OpenAI-compatible server",
+        )
+    } else if gguf {
+        (BackendKind::LlamaServer, "the model is a GGUF file")
+    } else {
+        return (BackendKind::Ollama, None);
+    };
+    let note = format!(
+        "--backend {} ({why}; give --backend to choose another)",
+        kind.cli_name()
+    );
+    (kind, Some(note))
 }
 
 /// The flags `o3 probe` and `o3 optimize` share that describe the server.
@@ -205,5 +248,28 @@ mod tests {
     fn the_store_name_is_the_lowercased_variant() {
         assert_eq!(BackendKind::LlamaServer.store_name(), "llamaserver");
         assert_eq!(BackendKind::Ollama.store_name(), "ollama");
+    }
+
+    #[test]
+    fn the_backend_follows_the_model_when_not_given() {
+        let ls = choose_backend(None, Some("/m/Qwen3-8B-Q4_K_M.GGUF"), false);
+        assert_eq!(ls.0, BackendKind::LlamaServer);
+        assert_eq!(
+            ls.1.as_deref(),
+            Some("--backend llama-server (the model is a GGUF file; give --backend to choose another)")
+        );
+        assert_eq!(
+            choose_backend(None, Some("qwen3:8b"), false),
+            (BackendKind::Ollama, None)
+        );
+        assert_eq!(
+            choose_backend(None, Some("m.gguf"), true).0,
+            BackendKind::Openai
+        );
+        // Given, it is kept, even for a GGUF file (the pre-flight then says what is wrong).
+        assert_eq!(
+            choose_backend(Some(BackendKind::Ollama), Some("m.gguf"), false),
+            (BackendKind::Ollama, None)
+        );
     }
 }

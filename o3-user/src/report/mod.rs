@@ -3,6 +3,7 @@
 //! exported and analysed in [`crate::trace`].
 
 pub mod doc;
+pub mod files;
 pub mod plot;
 pub mod run;
 pub mod run_report;

@@ -2,6 +2,7 @@
 //! processes and making sure the servers among them die with o3, the host name, kernel release
 //! and wall clock, the signal pipe of long-running commands.
 
+pub mod command;
 pub mod duration;
 pub mod order;
 pub mod owner;

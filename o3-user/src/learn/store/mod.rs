@@ -83,8 +83,11 @@ pub struct RunRow {
     pub backend: String,
     pub started_unix_s: u64,
     pub finished_unix_s: Option<u64>,
-    /// `running`, `finished` or `interrupted` (`running` for a run whose o3 was killed).
+    /// `running`, `finished`, `interrupted` or `failed` (`running` for a run whose o3 was
+    /// killed).
     pub status: String,
+    /// Why a `failed` run failed.
+    pub failure: Option<String>,
     pub max_context: Option<u32>,
     /// `Some(false)`: the maximum was not proven at depth (prompts capped).
     pub max_context_proven: Option<bool>,
@@ -210,11 +213,18 @@ impl Store {
         store.switch_to_wal()?;
         store
             .conn
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
             .map_err(err("setting pragmas"))?;
         if version < schema::LATEST {
             store.migrate_to(schema::LATEST)?;
         }
+        // Off while migrating (this SQLite build turns them on by default): a step that
+        // rebuilds a table drops the old one, which with foreign keys on would delete the rows
+        // that refer to it.
+        store
+            .conn
+            .execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(err("setting pragmas"))?;
         Ok(store)
     }
 

@@ -151,7 +151,7 @@ impl Store {
                         (SELECT COUNT(*) FROM probes p WHERE p.run_id = r.id),
                         (SELECT COUNT(*) FROM probes p WHERE p.run_id = r.id AND p.trusted),
                         (SELECT COUNT(*) FROM skips k WHERE k.run_id = r.id),
-                        r.max_context_proven
+                        r.max_context_proven, r.failure
                  FROM runs r JOIN hosts h ON h.id = r.host_id JOIN models m ON m.id = r.model_id
                  ORDER BY h.label, r.host_id, m.name, r.model_id, r.started_unix_s DESC, r.id DESC",
             )
@@ -176,6 +176,7 @@ impl Store {
                     trusted_probes: from_i64(r.get(13)?),
                     skips: from_i64(r.get(14)?),
                     max_context_proven: r.get(15)?,
+                    failure: r.get(16)?,
                 })
             })
             .map_err(self.err("reading runs"))?

@@ -87,8 +87,37 @@ ALTER TABLE probes ADD COLUMN timing_json TEXT;         -- [timing::Obs], or NUL
 ALTER TABLE runs ADD COLUMN max_context_proven INTEGER; -- 0: not proven at depth (capped)
 ";
 
+/// Version 4: a run can end `failed` (nothing passed, or an error stopped it), with why. SQLite
+/// cannot change a CHECK constraint in place: the table is rebuilt (foreign keys are switched
+/// on only after migrating, so dropping the old table touches no probe).
+const V4: &str = "
+CREATE TABLE runs_v4 (
+    id INTEGER PRIMARY KEY,
+    host_id TEXT NOT NULL REFERENCES hosts(id),
+    model_id TEXT NOT NULL REFERENCES models(id),
+    backend TEXT NOT NULL,
+    started_unix_s INTEGER NOT NULL,
+    finished_unix_s INTEGER,
+    run_dir TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+    config_json TEXT NOT NULL,
+    host_json TEXT NOT NULL,
+    max_context INTEGER,
+    source TEXT NOT NULL CHECK (source IN ('measured', 'legacy')),
+    max_context_proven INTEGER,
+    failure TEXT                            -- why a failed run failed
+);
+INSERT INTO runs_v4 (id, host_id, model_id, backend, started_unix_s, finished_unix_s, run_dir,
+                     status, config_json, host_json, max_context, source, max_context_proven)
+    SELECT id, host_id, model_id, backend, started_unix_s, finished_unix_s, run_dir,
+           status, config_json, host_json, max_context, source, max_context_proven FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+CREATE INDEX runs_host_model ON runs(host_id, model_id, status, finished_unix_s);
+";
+
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this o3 writes.
 pub const LATEST: u32 = MIGRATIONS.len() as u32;

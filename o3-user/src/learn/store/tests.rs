@@ -350,6 +350,34 @@ fn a_version_1_file_is_migrated_and_keeps_its_data() {
         .unwrap();
     assert_eq!(count(&s, "SELECT COUNT(*) FROM skips"), 1);
     assert_eq!(s.integrity_check().unwrap(), "ok");
+    // Version 4 rebuilt the runs table: the probe that refers to the run survived it, and the
+    // foreign keys are whole.
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM probes WHERE run_id = 1"), 1);
+    assert_eq!(
+        count(&s, "SELECT COUNT(*) FROM pragma_foreign_key_check"),
+        0
+    );
+}
+
+#[test]
+fn a_failed_run_says_why_and_is_not_learned_from() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("o3.db");
+    v1_file(&p);
+    let s = Store::open(&p).unwrap();
+    s.fail_run(1, "no configuration passed: 7 probes, 7 load_failed")
+        .unwrap();
+    let h = s.history().unwrap();
+    assert_eq!(h[0].status, "failed");
+    assert_eq!(
+        h[0].failure.as_deref(),
+        Some("no configuration passed: 7 probes, 7 load_failed")
+    );
+    assert!(s.learned(&host().id(), "m1").unwrap().is_none());
+    assert!(s.fail_run(99, "x").is_err());
+    // Deleting a run still deletes its probes: foreign keys are on after the migration.
+    s.conn.execute("DELETE FROM runs WHERE id = 1", []).unwrap();
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM probes"), 0);
 }
 
 #[test]

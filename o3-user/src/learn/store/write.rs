@@ -252,6 +252,25 @@ impl Store {
         tx.commit().map_err(self.err("finishing a run"))
     }
 
+    /// Ends a run as `failed`, with why (nothing passed, or an error stopped it). Its probes
+    /// stay: they are measurements like any other.
+    pub fn fail_run(&self, run_id: i64, why: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = 'failed', failure = ?2, finished_unix_s = ?3 WHERE id = ?1",
+                params![run_id, why, to_i64(now_s())],
+            )
+            .map_err(self.err("ending a failed run"))?;
+        if n == 0 {
+            return Err(StoreError::NoRun {
+                path: self.path_str(),
+                run_id,
+            });
+        }
+        Ok(())
+    }
+
     fn finish_in(
         &self,
         conn: &Connection,

@@ -103,29 +103,6 @@ fn managed_ollama_show(cmd: &str, model: &str) -> Option<ModelInfo> {
     info
 }
 
-/// `llama-server --version`'s version line (`version: 0.5.0-dev (build 1, commit 0c1e570)`),
-/// for llama-server targets.
-pub(super) fn server_version(t: &Target) -> Option<String> {
-    if t.simulate.is_some() || t.backend != BackendKind::LlamaServer {
-        return None;
-    }
-    let out = std::process::Command::new(&t.server_bin)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    version_line(&text)
-}
-
-/// The version in `--version`'s output, named as the server.
-fn version_line(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("version:"))
-        .map(|v| format!("llama-server {}", v.trim()))
-}
-
 /// The machine as learning sees it (a simulated run: the simulated device), and what a model
 /// may occupy there.
 pub(super) fn host(roots: &Roots, simulate: Option<&SimModel>) -> (Host, Option<u64>) {
@@ -239,15 +216,5 @@ mod tests {
             ..m.clone()
         };
         assert_eq!(simulated_model(&bigger).1, digest);
-    }
-
-    #[test]
-    fn the_version_line_names_the_server() {
-        let text = "ggml_vulkan: found 1 device\nversion: 5890 (0c1e570)\nbuilt with cc\n";
-        assert_eq!(
-            version_line(text).as_deref(),
-            Some("llama-server 5890 (0c1e570)")
-        );
-        assert_eq!(version_line("usage: llama-server"), None);
     }
 }

@@ -28,6 +28,7 @@ use crate::learn::store::{Store, StoreError};
 use crate::telemetry::ebpf::EbpfError;
 
 use super::journal::{Journal, JournalError};
+use super::preflight::PreflightError;
 use super::progress::Events;
 use super::search::Strategy;
 use super::target::{BackendKind, TargetError};
@@ -144,6 +145,8 @@ pub enum RunError {
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot {what} {}: {source}", .path.display())]
     Io {
@@ -170,7 +173,8 @@ impl RunError {
             | RunError::SimRead { .. }
             | RunError::SimParse { .. }
             | RunError::AlreadyARun { .. }
-            | RunError::ModelFile(_) => true,
+            | RunError::ModelFile(_)
+            | RunError::Preflight(_) => true,
             RunError::Target(t) => t.is_usage(),
             _ => false,
         }
@@ -200,9 +204,27 @@ pub fn run<E: Events>(req: &Request, roots: &Roots, ev: &mut E) -> Result<Finish
         apply_budget(&mut rf.config.plan, b);
     }
     let rf = rf;
+    let done = search_and_finish(req, roots, ev, &dir, &rf, store.as_ref());
+    // A run that an error stopped is stored as failed, with why, not left `running`.
+    if let (Err(e), Some(st), Some(r)) = (&done, &store, &rf.store) {
+        if let Err(se) = st.fail_run(r.run_id, &e.to_string()) {
+            ev.warning(&format!("cannot store the run as failed: {se}"));
+        }
+    }
+    done
+}
 
+/// Steps 2 to 5: the prober, the journaled search, the summary and the outputs.
+fn search_and_finish<E: Events>(
+    req: &Request,
+    roots: &Roots,
+    ev: &mut E,
+    dir: &Path,
+    rf: &runfile::RunFile,
+    store: Option<&Store>,
+) -> Result<Finished, RunError> {
     // 2. The prober; 3. stop requests end a live run's probes.
-    let (mut prober, backend) = prober::choose(&rf, &dir, roots, req.quiet, ev)?;
+    let (mut prober, backend) = prober::choose(rf, dir, roots, req.quiet, ev)?;
     prober.watch_signals()?;
     if !req.quiet {
         prober.warn_if_busy(ev);
@@ -219,8 +241,8 @@ pub fn run<E: Events>(req: &Request, roots: &Roots, ev: &mut E) -> Result<Finish
     }
     let started = Instant::now();
     let searched = search_loop::search(
-        &rf,
-        store.as_ref(),
+        rf,
+        store,
         &mut prober,
         &mut journal,
         roots,
@@ -234,12 +256,16 @@ pub fn run<E: Events>(req: &Request, roots: &Roots, ev: &mut E) -> Result<Finish
             "probe traces incomplete: {e} (the results are not affected)"
         ));
     }
-    let summary = outputs::summary(&rf, &dir, searched, &prober, backend.as_ref(), started);
-    if let (Some(st), Some(r)) = (&store, &rf.store) {
+    let summary = outputs::summary(rf, dir, searched, &prober, backend.as_ref(), started);
+    if let (Some(st), Some(r)) = (store, &rf.store) {
         outputs::finish_store(st, r, &summary)?;
     }
-    let json = outputs::write(&dir, &summary)?;
-    Ok(Finished { dir, summary, json })
+    let json = outputs::write(dir, &summary)?;
+    Ok(Finished {
+        dir: dir.to_path_buf(),
+        summary,
+        json,
+    })
 }
 
 /// The notices of the run's start: the configuration's, learning's, the server's version.

@@ -65,6 +65,9 @@ pub struct Summary {
     pub simulated_s: Option<f64>,
     pub wall_s: f64,
     pub interrupted: bool,
+    /// Why a run that was not interrupted has nothing to serve (no preset has a
+    /// configuration): the run is stored as failed and o3 exits with status 3.
+    pub failure: Option<String>,
     pub finished_unix_ns: u64,
 }
 
@@ -121,6 +124,7 @@ pub(super) fn summary(
         plan,
         ..
     } = report;
+    let failure = failure(&presets, &configurations, interrupted);
     Summary {
         schema_version: runfile::SCHEMA_VERSION,
         o3_version: env!("CARGO_PKG_VERSION"),
@@ -148,8 +152,39 @@ pub(super) fn summary(
         simulated_s: prober.simulated_s(),
         wall_s: started.elapsed().as_secs_f64(),
         interrupted,
+        failure,
         finished_unix_ns: crate::util::system::unix_now_ns(),
     }
+}
+
+/// Why nothing can be served: no preset found a configuration, said with the outcomes of what
+/// was measured and the first error (`None` when a preset has one, or the run was cut short).
+fn failure(presets: &[PresetOut], measured: &[Measured], interrupted: bool) -> Option<String> {
+    if interrupted || presets.iter().any(|p| p.preset.config.is_some()) {
+        return None;
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for m in measured {
+        let name = m.outcome.name();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    let outcomes: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
+    let mut why = format!(
+        "no configuration passed: {} configurations measured ({})",
+        measured.len(),
+        if outcomes.is_empty() {
+            "none".into()
+        } else {
+            outcomes.join(", ")
+        }
+    );
+    if let Some(e) = measured.iter().find_map(|m| m.error.as_deref()) {
+        why += &format!("; first error: {}", e.lines().next().unwrap_or(e));
+    }
+    Some(why)
 }
 
 /// The presets chosen among `measured`, each with its artefacts and whether its context was
@@ -211,8 +246,13 @@ fn peaks(measured: &[Measured]) -> PeaksOut {
     }
 }
 
-/// The run's end in the results store: how it ended, the validated maximum and the presets.
+/// The run's end in the results store: how it ended, the validated maximum and the presets,
+/// or why it failed.
 pub(super) fn finish_store(st: &Store, r: &StoreRef, s: &Summary) -> Result<(), RunError> {
+    if let Some(why) = &s.failure {
+        st.fail_run(r.run_id, why)?;
+        return Ok(());
+    }
     let presets: Vec<(String, serde_json::Value)> = s
         .presets
         .iter()

@@ -9,6 +9,7 @@ use crate::backend::ProbeConfig;
 use crate::config::{self, Config};
 use crate::learn::fingerprint::Host;
 use crate::learn::ModelShape;
+use crate::optimize::preflight;
 use crate::optimize::search;
 use crate::optimize::sim::SimModel;
 use crate::optimize::target::{self, BackendKind, ServerFlags};
@@ -105,9 +106,13 @@ pub(super) struct StoreRef {
 impl RunFile {
     /// A new run's file: the target, its configuration, and the facts of the model and the
     /// host; learning has decided nothing yet.
-    pub(super) fn new(target: Target, loaded: config::Loaded, roots: &Roots) -> RunFile {
+    pub(super) fn new(
+        target: Target,
+        loaded: config::Loaded,
+        roots: &Roots,
+        server_version: Option<String>,
+    ) -> RunFile {
         let (shape, model_digest) = facts::model(&target);
-        let server_version = facts::server_version(&target);
         let (host, capacity_bytes) = facts::host(roots, target.simulate.as_ref());
         RunFile {
             schema_version: SCHEMA_VERSION,
@@ -155,8 +160,12 @@ pub(super) fn create(
     let target = Target::new(n, simulate);
     let dir = new_dir(n.out.as_deref(), &target.model)?;
     check_model_file(&target)?;
+    let passed = match target.simulate {
+        Some(_) => preflight::Passed::default(),
+        None => preflight::check(&target.flags())?,
+    };
     let opened = learning::open_store(n.db.as_deref(), &loaded.config)?;
-    let mut rf = RunFile::new(target, loaded, roots);
+    let mut rf = RunFile::new(target, loaded, roots, passed.server_version);
     std::fs::create_dir_all(&dir).map_err(|e| RunError::io("create", &dir, e))?;
     learning::at_start(&mut rf, &dir, opened, req)?;
     let text = serde_json::to_string_pretty(&rf).expect("run file serialises");

@@ -53,7 +53,7 @@ pub(super) fn simulated_runfile(m: SimModel) -> RunFile {
         layout: crate::config::Layout::Current,
         notices: Vec::new(),
     };
-    RunFile::new(target, loaded, &no_roots())
+    RunFile::new(target, loaded, &no_roots(), None)
 }
 
 /// A new simulated run of the 12 GiB example, its files and store under `dir`.

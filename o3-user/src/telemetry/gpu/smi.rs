@@ -12,10 +12,8 @@
 //! Tests never spawn a real tool: [`query`] takes a [`ToolRunner`], and [`RealRunner`] is the
 //! only implementation that starts processes.
 
-use std::io::{self, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::io;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -880,73 +878,21 @@ pub trait ToolRunner {
 /// non-zero after printing valid values for the sensors they could read).
 pub struct RealRunner;
 
-/// Upper bound on what is read from a tool's stdout or stderr.
-const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
-
-/// Reads a pipe to the end on a thread, so a chatty tool cannot block on a full pipe while
-/// the caller polls for its exit.
-fn spawn_reader(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<io::Result<Vec<u8>>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(p) = pipe {
-            p.take(MAX_OUTPUT).read_to_end(&mut buf)?;
-        }
-        Ok(buf)
-    })
-}
-
-fn join_reader(h: JoinHandle<io::Result<Vec<u8>>>) -> io::Result<String> {
-    let bytes = h
-        .join()
-        .map_err(|_| io::Error::other("output reader thread panicked"))??;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Waits for `child` up to `timeout`; kills and reaps it when the time is up.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> io::Result<ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        let elapsed = start.elapsed();
-        if elapsed >= timeout {
-            // Best effort: the child may have exited between try_wait and kill.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("did not finish within {timeout:?}; killed"),
-            ));
-        }
-        thread::sleep(
-            timeout
-                .saturating_sub(elapsed)
-                .min(Duration::from_millis(10)),
-        );
-    }
-}
-
 impl ToolRunner for RealRunner {
     fn run(&self, program: &str, args: &[&str], timeout: Duration) -> io::Result<String> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stdout = spawn_reader(child.stdout.take());
-        let stderr = spawn_reader(child.stderr.take());
-        // On timeout the reader threads are left to finish on their own: a grandchild may
-        // still hold the pipes open.
-        let status = wait_with_timeout(&mut child, timeout)?;
-        let out = join_reader(stdout)?;
-        let err = join_reader(stderr)?;
-        if !status.success() && out.trim().is_empty() {
-            let detail = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-            return Err(io::Error::other(format!("exited with {status}: {detail}")));
+        let o = crate::util::command::output_within(program, args, timeout)?;
+        if !o.status.success() && o.stdout.trim().is_empty() {
+            let detail = o
+                .stderr
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(io::Error::other(format!(
+                "exited with {}: {detail}",
+                o.status
+            )));
         }
-        Ok(out)
+        Ok(o.stdout)
     }
 }
 
@@ -1509,7 +1455,7 @@ trailing text"#;
 
     #[test]
     fn real_runner_kills_after_timeout() {
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let err = RealRunner
             .run("sleep", &["10"], Duration::from_millis(100))
             .unwrap_err();
