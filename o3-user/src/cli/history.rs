@@ -132,6 +132,14 @@ pub fn render(runs: &[RunRow]) -> String {
             ]);
         }
         out += &table(&rows, "  ");
+        for r in runs[i..end].iter().filter(|r| r.status == "failed") {
+            out += &format!(
+                "  {} started {} failed: {}\n",
+                r.model,
+                utc(r.started_unix_s),
+                r.failure.as_deref().unwrap_or("no reason stored")
+            );
+        }
         i = end;
     }
     out
@@ -202,5 +210,13 @@ mod tests {
         );
         assert!(text.contains("imported (untrusted)"), "{text}");
         assert_eq!(text.matches("MODEL").count(), 2, "{text}");
+        let mut failed = row(3, "aaa", false);
+        failed.status = "failed".into();
+        failed.failure = Some("no configuration passed: 7 configurations measured".into());
+        let text = render(&[failed]);
+        assert!(
+            text.contains("  llama3.1:8b started 2025-01-14 09:30 failed: no configuration passed: 7 configurations measured\n"),
+            "{text}"
+        );
     }
 }
