@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use crate::backend::ProbeConfig;
 use crate::optimize::plan;
 use crate::optimize::prober::{ProbeOutcome, ProbeRequest};
-use crate::optimize::progress::{Clock, Events};
+use crate::optimize::progress::{revision, Clock, Events};
 use crate::optimize::run::{self, BudgetChoice, NewRun, Request, Start, Summary};
 use crate::optimize::search::{self, Eta, Observer};
 use crate::optimize::target::{choose_backend, BackendKind};
+use crate::probe::phase::Phase;
 use crate::util::units::span;
 
 use super::{CliResult, Roots};
@@ -219,7 +220,18 @@ struct Progress {
     quiet: bool,
     started: Instant,
     clock: Arc<Clock>,
+    /// Where the live probe in flight stands.
+    phase: Option<Arc<Phase>>,
+    /// The predicted total (spent and ahead) that revisions are said against.
+    total_s: Option<f64>,
+    /// Without a terminal: the probe in flight in words, and the thread that says every
+    /// [`HEARTBEAT`] that it still runs (a probe at depth can take an hour).
+    current: Arc<std::sync::Mutex<String>>,
+    heartbeat: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
 }
+
+/// How often a log (no terminal) hears of a probe that is still running.
+const HEARTBEAT: Duration = Duration::from_secs(300);
 
 impl Progress {
     fn new(quiet: bool) -> Progress {
@@ -229,24 +241,64 @@ impl Progress {
             quiet,
             started: Instant::now(),
             clock: Arc::new(Clock::default()),
+            phase: None,
+            total_s: None,
+            current: Arc::default(),
+            heartbeat: None,
         }
     }
 
-    /// A bar whose work and ETA come from the clock, redrawn twice a second.
+    /// The thread that says, every [`HEARTBEAT`] of a probe, where it stands.
+    fn heartbeat(&self) -> (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>) {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop2, clock, phase, current) = (
+            stop.clone(),
+            self.clock.clone(),
+            self.phase.clone(),
+            self.current.clone(),
+        );
+        let started = self.started;
+        let h = std::thread::spawn(move || {
+            let mut said = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let (ran, predicted) = clock.probe_time(started.elapsed().as_millis() as u64);
+                let beat = (ran / HEARTBEAT.as_secs_f64()) as u64;
+                let at = phase.as_ref().and_then(|p| p.describe());
+                if beat > said && at.is_some() {
+                    said = beat;
+                    let what = current.lock().map(|c| c.clone()).unwrap_or_default();
+                    eprintln!(
+                        "o3: [{:>8}] {what} still running {}",
+                        span(started.elapsed().as_secs_f64()),
+                        probe_clock(at.as_deref(), ran, predicted)
+                    );
+                } else if beat < said {
+                    said = 0;
+                }
+            }
+        });
+        (stop, h)
+    }
+
+    /// A bar whose work and ETA come from the clock, redrawn twice a second, and the probe in
+    /// flight: its phase and its time against its prediction.
     fn bar(&self) -> indicatif::ProgressBar {
         let b = indicatif::ProgressBar::new(1);
-        let (c1, c2) = (self.clock.clone(), self.clock.clone());
+        let (c1, c2, c3) = (self.clock.clone(), self.clock.clone(), self.clock.clone());
+        let phase = self.phase.clone();
         let started = self.started;
         let ms = move || started.elapsed().as_millis() as u64;
         let style = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {work} (ETA {model_eta}) {msg}",
+            "{spinner} [{elapsed_precise}] {work} (ETA {model_eta}) {msg} {probe}",
         )
         .expect("valid template")
         .with_key(
             "work",
             move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                 let (done, total, _) = c1.read(ms());
-                let _ = write!(w, "{}", work_bar(done, total));
+                let _ = write!(w, "{}", work_bar(c1.fraction(ms()), done, total));
             },
         )
         .with_key(
@@ -254,6 +306,14 @@ impl Progress {
             move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                 let (_, _, left) = c2.read(started.elapsed().as_millis() as u64);
                 let _ = write!(w, "{}", span(left));
+            },
+        )
+        .with_key(
+            "probe",
+            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let (ran, predicted) = c3.probe_time(started.elapsed().as_millis() as u64);
+                let at = phase.as_ref().and_then(|p| p.describe());
+                let _ = write!(w, "{}", probe_clock(at.as_deref(), ran, predicted));
             },
         );
         b.set_style(style);
@@ -279,13 +339,16 @@ impl Progress {
     }
 }
 
-/// `████░░░░ 1.0 min/4.0 min`: the work done of the work predicted, 30 cells wide.
-fn work_bar(done: f64, total: f64) -> String {
-    let filled = if total > 0.0 {
-        (((done / total) * 30.0).round() as usize).min(30)
-    } else {
-        0
-    };
+/// `[sample 2/3 · 42 s of ~2.0 min]`: the probe in flight, its phase and time.
+fn probe_clock(phase: Option<&str>, ran_s: f64, predicted_s: f64) -> String {
+    let at = phase.map_or(String::new(), |p| format!("{p} · "));
+    format!("[{at}{} of ~{}]", span(ran_s), span(predicted_s))
+}
+
+/// `████░░░░ 1.0 min/4.0 min`: the share of the work shown done (never less than before),
+/// 30 cells wide, and the work done of the work predicted.
+fn work_bar(fraction: f64, done: f64, total: f64) -> String {
+    let filled = ((fraction.clamp(0.0, 1.0) * 30.0).round() as usize).min(30);
     format!(
         "{}{} {}/{}",
         "█".repeat(filled),
@@ -341,14 +404,14 @@ impl Observer for Progress {
     fn before(&mut self, req: &ProbeRequest, eta: &Eta) {
         self.clock
             .set(self.started.elapsed().as_millis() as u64, eta);
+        self.total_s
+            .get_or_insert(eta.spent_s + eta.probe.expected_s + eta.after_s);
+        let what = format!("{} · {}{}", req.stage.name(), req.describe(), streams(req));
         if let Some(b) = &self.bar {
-            b.set_message(format!(
-                "{} · {}{} (predicted {})",
-                req.stage.name(),
-                req.describe(),
-                streams(req),
-                span(eta.probe.expected_s)
-            ));
+            b.set_message(format!("{what} (predicted {})", span(eta.probe.expected_s)));
+        }
+        if let Ok(mut c) = self.current.lock() {
+            *c = what;
         }
     }
 
@@ -366,6 +429,15 @@ impl Observer for Progress {
             span(eta.after_s)
         );
         self.progress_line(&line);
+        let total = eta.spent_s + eta.after_s;
+        let what = format!("{} {} ({})", req.stage.name(), req.describe(), out.outcome.name());
+        let said = self.total_s.and_then(|old| {
+            revision(old, total, out.wall_ms / 1000.0, eta.probe.expected_s, &what)
+        });
+        if let Some(r) = said {
+            self.total_s = Some(total);
+            self.progress_line(&format!("note: {r}"));
+        }
     }
 
     fn note(&mut self, msg: &str) {
@@ -390,6 +462,8 @@ impl Events for Progress {
         self.started = Instant::now();
         if !self.quiet && self.tty {
             self.bar = Some(self.bar());
+        } else if !self.quiet {
+            self.heartbeat = Some(self.heartbeat());
         }
     }
 
@@ -397,6 +471,14 @@ impl Events for Progress {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+        if let Some((stop, h)) = self.heartbeat.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
+
+    fn follow(&mut self, phase: Arc<Phase>) {
+        self.phase = Some(phase);
     }
 }
 
@@ -523,13 +605,19 @@ mod tests {
 
     #[test]
     fn the_work_bar_fills_with_the_work_done() {
-        assert!(work_bar(0.0, 0.0).starts_with(&"░".repeat(30)));
-        let half = work_bar(30.0, 60.0);
-        assert!(
-            half.starts_with(&("█".repeat(15) + &"░".repeat(15))),
-            "{half}"
+        assert!(work_bar(0.0, 0.0, 0.0).starts_with(&"░".repeat(30)));
+        let half = work_bar(0.5, 30.0, 60.0);
+        assert_eq!(half, "█".repeat(15) + &"░".repeat(15) + " 30 s/60 s");
+        assert!(work_bar(1.5, 90.0, 60.0).starts_with(&"█".repeat(30)));
+    }
+
+    #[test]
+    fn the_probe_in_flight_shows_its_phase_and_time() {
+        assert_eq!(
+            probe_clock(Some("sample 2/3"), 42.0, 120.0),
+            "[sample 2/3 · 42 s of ~2.0 min]"
         );
-        assert!(work_bar(90.0, 60.0).starts_with(&"█".repeat(30)));
+        assert_eq!(probe_clock(None, 3.0, 10.0), "[3 s of ~10 s]");
     }
 
     #[test]

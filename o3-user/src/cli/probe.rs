@@ -250,6 +250,7 @@ fn spec(
         chat_streams: a.chat_streams,
         stabilize: Duration::ZERO,
         cancel: None,
+        phase: None,
         output_tokens: a.output_tokens,
         fill: a.fill,
         prompt_tokens: a.prompt_tokens,

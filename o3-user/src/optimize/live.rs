@@ -30,6 +30,8 @@ pub struct Live {
     /// Measure with eBPF (a fresh session per probe, since a session follows one server).
     pub ebpf: bool,
     pub stop: Arc<AtomicBool>,
+    /// Where the probe in flight stands, for the progress display.
+    pub phase: Arc<crate::probe::phase::Phase>,
     raw: Option<serde_json::Value>,
     /// Set when a probe's eBPF session could not load (the probe fell back to procfs).
     pub ebpf_error: Option<String>,
@@ -54,6 +56,7 @@ impl Live {
             procfs_root: PathBuf::from("/proc"),
             ebpf,
             stop: Arc::new(AtomicBool::new(false)),
+            phase: Arc::default(),
             raw: None,
             ebpf_error: None,
             traces: None,
@@ -147,6 +150,7 @@ impl Live {
                 Duration::ZERO
             },
             cancel: Some(self.stop.clone()),
+            phase: Some(self.phase.clone()),
             procfs_root: self.procfs_root.clone(),
         }
     }

@@ -9,6 +9,7 @@
 //! Stages: `session` (launch, ready, warm-up, the configuration really in effect, the end),
 //! `rounds` (prompts, requests, what they measured), `watch` (telemetry), `server` (backends).
 
+pub mod phase;
 pub mod prompt;
 mod rounds;
 mod server;
@@ -123,6 +124,8 @@ pub struct ProbeSpec {
     /// Set from outside (a signal) to abandon the probe: waits and streams end at once, the
     /// server o3 started is stopped, and the result says `interrupted`.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the probe stands (loading, warm-up, sample i/n), for a display; `None`: unseen.
+    pub phase: Option<std::sync::Arc<phase::Phase>>,
     /// Where procfs is mounted (`--procfs-root`). The machine's own figures (OOM kills, system
     /// memory) and a server o3 did not start are read under it; a server o3 launched is its
     /// child, read under the real /proc (o3's pid namespace).
@@ -145,6 +148,13 @@ pub fn reusable(target: u64) -> bool {
 }
 
 impl ProbeSpec {
+    /// Moves the display's phase, where one follows the probe.
+    fn at(&self, step: impl FnOnce(&phase::Phase)) {
+        if let Some(p) = &self.phase {
+            step(p);
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel
             .as_ref()
@@ -407,17 +417,25 @@ pub fn run_with(
 ) -> ProbeResult {
     let vmstat = spec.procfs_root.join("vmstat");
     let kills = oom_kills(&vmstat);
+    spec.at(phase::Phase::loading);
     let mut s = match session::Session::start(spec, ebpf, launcher) {
         Ok(s) => s,
-        Err(r) => return *r,
+        Err(r) => {
+            spec.at(phase::Phase::idle);
+            return *r;
+        }
     };
     let _ = s
         .ready()
-        .and_then(|()| s.warm_up())
+        .and_then(|()| {
+            spec.at(phase::Phase::warm_up);
+            s.warm_up()
+        })
         .and_then(|()| s.in_effect())
         .and_then(|()| s.settle())
         .and_then(|()| s.rounds());
     let mut r = s.end();
+    spec.at(phase::Phase::idle);
     attribute_oom(&mut r, kills, oom_kills(&vmstat));
     r
 }
@@ -548,6 +566,7 @@ mod tests {
             safety: None,
             stabilize: Duration::ZERO,
             cancel: None,
+            phase: None,
             procfs_root: procfs.to_path_buf(),
         }
     }

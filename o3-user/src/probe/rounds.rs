@@ -92,6 +92,7 @@ impl Session<'_> {
         let mut prefixes: Vec<Option<Prefix>> = vec![None; streams];
         let mut fills: Vec<Option<FillRef>> = vec![None; streams];
         for round in 0..spec.samples {
+            spec.at(|p| p.sample(round, spec.samples));
             let reqs = self.round_prompts(mode, round, target, &mut prefixes)?;
             if self.cancelled() {
                 return Err(self.fail(OutcomeClass::HttpError, INTERRUPTED.into()));

@@ -226,6 +226,9 @@ fn search_and_finish<E: Events>(
     // 2. The prober; 3. stop requests end a live run's probes.
     let (mut prober, backend) = prober::choose(rf, dir, roots, req.quiet, ev)?;
     prober.watch_signals()?;
+    if let Some(p) = prober.phase() {
+        ev.follow(p);
+    }
     if !req.quiet {
         prober.warn_if_busy(ev);
     }

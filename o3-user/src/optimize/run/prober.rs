@@ -63,6 +63,14 @@ impl Prober for Any {
 }
 
 impl Any {
+    /// Where a live probe in flight stands (a simulated probe is over at once).
+    pub fn phase(&self) -> Option<Arc<crate::probe::phase::Phase>> {
+        match self {
+            Any::Live(l) => Some(l.phase.clone()),
+            Any::Sim(_) => None,
+        }
+    }
+
     /// Set when the run is asked to stop (a simulated run never is).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         match self {
