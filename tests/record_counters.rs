@@ -69,23 +69,47 @@ fn a_commands_counters_are_its_rusage() {
             report.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = read_report(&report);
     let (_, after) = truth(&r);
     let c = &s["counters"];
     assert_eq!(c["source"], "rusage");
     // The workload's figures were read before it wrote its report and exited: o3's cover
     // that too, and the few pages o3's child touched before exec.
-    within("minor_faults", u(&c["minor_faults"]), u(&after["minflt"]), u(&after["minflt"]) + 2000);
-    within("major_faults", u(&c["major_faults"]), u(&after["majflt"]), u(&after["majflt"]) + 100);
+    within(
+        "minor_faults",
+        u(&c["minor_faults"]),
+        u(&after["minflt"]),
+        u(&after["minflt"]) + 2000,
+    );
+    within(
+        "major_faults",
+        u(&c["major_faults"]),
+        u(&after["majflt"]),
+        u(&after["majflt"]) + 100,
+    );
     let w = u(&after["io_write_bytes"]);
     within("write_bytes", u(&c["write_bytes"]), w, w + (1 << 20));
     let r = u(&after["io_read_bytes"]);
     within("read_bytes", u(&c["read_bytes"]), r, r + (1 << 20));
     let v = u(&after["nvcsw"]);
-    within("voluntary", u(&c["voluntary_context_switches"]), v, v + 1000);
+    within(
+        "voluntary",
+        u(&c["voluntary_context_switches"]),
+        v,
+        v + 1000,
+    );
     let iv = u(&after["nivcsw"]);
-    within("involuntary", u(&c["involuntary_context_switches"]), iv, iv + 1000);
+    within(
+        "involuntary",
+        u(&c["involuntary_context_switches"]),
+        iv,
+        iv + 1000,
+    );
     // The text summary states where they come from.
     let text = o3()
         .args(["record", "--method", "procfs", "--", "true"])
@@ -107,7 +131,11 @@ fn wait_for_json(path: &Path) -> Value {
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
             return v;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "no report in {}", path.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no report in {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -116,7 +144,11 @@ fn wait_for_json(path: &Path) -> Value {
 fn wait_for_content(path: &PathBuf) {
     let t = Instant::now();
     while std::fs::metadata(path).map_or(0, |m| m.len()) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(60), "nothing in {}", path.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "nothing in {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -138,7 +170,9 @@ fn an_attached_process_counters_come_from_procfs_and_count_from_the_attach() {
         .unwrap();
     let pid = child.id().to_string();
     let o3_run = o3()
-        .args(["record", "--method", "procfs", "--json", "--pid", &pid, "--out"])
+        .args([
+            "record", "--method", "procfs", "--json", "--pid", &pid, "--out",
+        ])
         .arg(&trace)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -163,13 +197,32 @@ fn an_attached_process_counters_come_from_procfs_and_count_from_the_attach() {
     let out = o3_run.wait_with_output().unwrap();
     drop(stdin);
     child.wait().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = last_json(&out);
     let c = &s["counters"];
     assert_eq!(c["source"], "procfs_sampled");
     // At least what the work did, at most all the process did since it started.
     let d = |k: &str| u(&after[k]) - u(&before[k]);
-    within("minor_faults", u(&c["minor_faults"]), d("minflt"), u(&after["minflt"]) + 2000);
-    within("write_bytes", u(&c["write_bytes"]), d("io_write_bytes"), u(&after["io_write_bytes"]) + (1 << 20));
-    within("voluntary", u(&c["voluntary_context_switches"]), d("nvcsw"), u(&after["nvcsw"]) + 100);
+    within(
+        "minor_faults",
+        u(&c["minor_faults"]),
+        d("minflt"),
+        u(&after["minflt"]) + 2000,
+    );
+    within(
+        "write_bytes",
+        u(&c["write_bytes"]),
+        d("io_write_bytes"),
+        u(&after["io_write_bytes"]) + (1 << 20),
+    );
+    within(
+        "voluntary",
+        u(&c["voluntary_context_switches"]),
+        d("nvcsw"),
+        u(&after["nvcsw"]) + 100,
+    );
 }
