@@ -530,7 +530,7 @@ pub fn short_warning(s: &Summary) -> String {
         ("the recording lasted", "record longer (--duration)")
     };
     format!(
-        "{took} less than {} ms, the least for 10 samples at {} ms and one full {} ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration and are left out; CPU time, peak RSS and the counters still hold. For CPU %, {what_to_do}",
+        "{took} less than {} ms, the least for 10 samples at {} ms and one full {} ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration (the text summary leaves them out); CPU time, peak RSS and the counters still hold. For CPU %, {what_to_do}",
         ms(short_run_ns(s)),
         ms(s.sampling.interval_ns),
         ms(s.cpu.peak_window_ns),
@@ -1216,7 +1216,7 @@ mod tests {
             "  CPU time of the tree     0.002 s  (exact, kernel programs)\n",
             "  samples                  1 every 10 ms, 2 late\n",
             "  monitor overhead         o3 0.040 s, kernel programs 0.002 s in 12000 runs\n",
-            "  warning: the command took less than 100 ms, the least for 10 samples at 10 ms and one full 100 ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration and are left out; CPU time, peak RSS and the counters still hold. For CPU %, record a longer run, e.g. the command in a loop: o3 record -- sh -c 'for i in $(seq 100); do CMD; done'\n",
+            "  warning: the command took less than 100 ms, the least for 10 samples at 10 ms and one full 100 ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration (the text summary leaves them out); CPU time, peak RSS and the counters still hold. For CPU %, record a longer run, e.g. the command in a loop: o3 record -- sh -c 'for i in $(seq 100); do CMD; done'\n",
         );
         assert_eq!(render(&s, "true", Processes::Top(10)), want);
         // At 1 s a sample, 10 samples take 10 s.
