@@ -574,6 +574,9 @@ fn trace_file_has_header_samples_events_and_summary() {
     let last = lines.last().unwrap();
     assert_eq!(last["type"], "summary");
     assert_eq!(last["rss"]["peak_bytes"], s["rss"]["peak_bytes"]);
+    // The kernel's counters of the command are in the trace's summary too.
+    assert_eq!(last["counters"]["source"], "rusage");
+    assert!(i(&last["counters"]["minor_faults"]) > 0);
     let ts: Vec<i64> = lines
         .iter()
         .filter(|l| l["type"] == "sample")
