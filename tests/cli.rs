@@ -229,6 +229,58 @@ fn procfs_root_points_at_a_fixture_tree() {
     assert_eq!(i(&s["system_memory"]["total_bytes"]), 24_568_964 * 1024);
     assert!(has_process(&s, 1234) && has_process(&s, 1300));
     assert_eq!(process(&s, 1234)["comm"], "llama server (x)");
+    // An attached tree's counters come from procfs, counted from the attach: the fixture
+    // files do not change, so nothing happened.
+    assert_eq!(s["counters"]["source"], "procfs_sampled");
+    assert_eq!(i(&s["counters"]["minor_faults"]), 0);
+    assert_eq!(i(&s["counters"]["write_bytes"]), 0);
+}
+
+/// At 1 s a sample a run shorter than 10 s cannot give CPU %: the summary leaves the rates
+/// out and says why, and what to do.
+#[test]
+fn a_short_run_gets_a_warning_and_no_cpu_percentages() {
+    let out = o3_cmd()
+        .args([
+            "record",
+            "--method",
+            "procfs",
+            "--interval",
+            "1s",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the command took less than 10000 ms")
+            && err.contains("CPU % and the monitor's overhead % are not meaningful"),
+        "{err}"
+    );
+    let cpu = err
+        .lines()
+        .find(|l| l.contains("CPU time of the tree"))
+        .unwrap();
+    assert!(!cpu.contains('%'), "{cpu}");
+    let overhead = err
+        .lines()
+        .find(|l| l.contains("monitor overhead"))
+        .unwrap();
+    assert!(!overhead.contains('%'), "{overhead}");
+    // The command's stdout stays clean: the summary is on stderr.
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn record_help_says_the_summary_goes_to_stderr() {
+    let out = o3_cmd().args(["record", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("The summary goes to stderr") && text.contains("--all-processes"),
+        "{text}"
+    );
 }
 
 #[test]

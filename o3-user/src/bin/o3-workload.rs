@@ -11,6 +11,8 @@
 //!   work --iters N [--cpu C]                               fixed work (on CPU C); its duration
 //!   faults --mib N --repeat R                              page-fault-heavy work; its duration
 //!   wait --ms M                                            sleep M ms (a process to signal)
+//!   io --mib N --file F [--go-stdin 1]                     fault in N MiB, write N MiB to F
+//!                                                          and fsync; counters before/after
 //!
 //! With `--ready 1`, any of them first prints `o3-workload: ready` on stderr, so a test knows
 //! the workload runs (and is about to start its work) without sleeping for a guess.
@@ -360,6 +362,68 @@ fn busy_loop(opts: &BTreeMap<String, String>) {
     report(opts, serde_json::json!({"mode": "loop"}));
 }
 
+/// The counters `time -v` reports, as the kernel gives them to this process about itself:
+/// getrusage(RUSAGE_SELF) and `/proc/self/io`.
+fn counters_self() -> serde_json::Value {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let r = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage of this process");
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let io_field = |key: &str| -> u64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    serde_json::json!({
+        "minflt": r.minor_page_faults(),
+        "majflt": r.major_page_faults(),
+        "nvcsw": r.voluntary_context_switches(),
+        "nivcsw": r.involuntary_context_switches(),
+        "inblock_bytes": r.block_reads() * 512,
+        "oublock_bytes": r.block_writes() * 512,
+        "io_read_bytes": io_field("read_bytes"),
+        "io_write_bytes": io_field("write_bytes"),
+    })
+}
+
+/// Faults in N MiB of anonymous memory and writes N MiB to `--file` with an fsync, reporting
+/// its own counters before and after. With `--go-stdin 1` it starts on a line from stdin and,
+/// once its report is written, stays until stdin closes (a process to attach to, whose work
+/// starts when the test says so and which is still there to be read at the end).
+fn io(opts: &BTreeMap<String, String>) {
+    let bytes = num(opts, "mib", 32) as usize * 1024 * 1024;
+    let path = opts.get("file").cloned().unwrap_or_else(|| {
+        eprintln!("o3-workload: io needs --file PATH");
+        std::process::exit(2)
+    });
+    let go_stdin = num(opts, "go-stdin", 0) == 1;
+    let mut line = String::new();
+    if go_stdin {
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    let before = counters_self();
+    let p = touch(bytes);
+    untouch(p, bytes);
+    let mut f = std::fs::File::create(&path).expect("creating --file");
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n]).expect("writing --file");
+        left -= n;
+    }
+    f.sync_all().expect("fsync of --file");
+    drop(f);
+    let after = counters_self();
+    report(
+        opts,
+        serde_json::json!({"mode": "io", "before": before, "after": after}),
+    );
+    if go_stdin {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    }
+}
+
 /// Sleeps `--ms` milliseconds: a running process that does nothing.
 fn wait(opts: &BTreeMap<String, String>) {
     std::thread::sleep(Duration::from_millis(num(opts, "ms", 30_000)));
@@ -379,9 +443,10 @@ fn main() {
         "work" => work(&opts),
         "faults" => faults(&opts),
         "wait" => wait(&opts),
+        "io" => io(&opts),
         _ => {
             eprintln!(
-                "usage: o3-workload spike|cpu|tree|loop|work|faults|wait [--OPTION VALUE]... [--report FILE] [--ready 1]"
+                "usage: o3-workload spike|cpu|tree|loop|work|faults|wait|io [--OPTION VALUE]... [--report FILE] [--ready 1]"
             );
             std::process::exit(2);
         }

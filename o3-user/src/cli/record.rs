@@ -5,12 +5,16 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::record::summary::Processes;
 use crate::record::{self, Mode, Options, Target};
 use crate::telemetry::sampler::{MAX_INTERVAL, MIN_INTERVAL};
 use crate::telemetry::watchdog::Thresholds;
 use crate::util::duration;
 
 use super::{CliResult, GpuArg, Roots};
+
+/// Rows of the text summary's process table without --all-processes.
+const TOP_COMMANDS: usize = 10;
 
 fn parse_interval(s: &str) -> Result<Duration, duration::DurationError> {
     duration::parse_in_range(s, MIN_INTERVAL, MAX_INTERVAL)
@@ -41,7 +45,7 @@ pub enum MethodArg {
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  o3 record -- llama-server -m model.gguf -c 8192\n  o3 record --interval 1ms --out trace.jsonl -- ./bench.sh\n  o3 record --pid 4242 --duration 30s --json"
+    after_help = "The summary goes to stderr, like time(1)'s, so the command's own stdout stays clean (--json prints it on stdout instead).\n\nExamples:\n  o3 record -- llama-server -m model.gguf -c 8192\n  o3 record --interval 1ms --out trace.jsonl -- ./bench.sh\n  o3 record --all-processes -- make -j8\n  o3 record --pid 4242 --duration 30s --json"
 )]
 pub struct RecordArgs {
     /// Sampling interval (1ms to 10s), e.g. 10ms, 500us... peaks are exact with eBPF at any interval.
@@ -53,6 +57,10 @@ pub struct RecordArgs {
     /// Print the summary as one JSON object on stdout instead of text on stderr.
     #[arg(long)]
     pub json: bool,
+    /// List every process of the tree in the text summary (default: the 10 commands with the
+    /// largest peaks, processes grouped by name).
+    #[arg(long)]
+    pub all_processes: bool,
     /// Attach to a running process and its descendants instead of running a command.
     #[arg(long, value_name = "N", conflicts_with = "command")]
     pub pid: Option<u32>,
@@ -133,7 +141,15 @@ pub fn run(roots: &Roots, a: RecordArgs) -> CliResult {
                     serde_json::to_string(&o.summary).expect("summary serialises")
                 );
             } else {
-                eprint!("{}", record::summary::render(&o.summary, &o.what));
+                let processes = if a.all_processes {
+                    Processes::All
+                } else {
+                    Processes::Top(TOP_COMMANDS)
+                };
+                eprint!(
+                    "{}",
+                    record::summary::render(&o.summary, &o.what, processes)
+                );
             }
             Ok(o.exit_code)
         }

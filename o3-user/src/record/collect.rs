@@ -10,10 +10,15 @@ use nix::unistd::Pid;
 use super::summary::{Aggregate, ExitInfo, Rusage};
 use super::waiter::Msg;
 use super::Target;
+use crate::telemetry::counters::{Counters, SampledTree};
 use crate::telemetry::ebpf::Loaded;
 use crate::telemetry::watchdog::Breach;
 use crate::telemetry::{monotonic_ns, sampler, TreeEvent};
+use crate::trace::record::{CounterSource, TreeCounters};
 use crate::trace::{TraceError, TraceWriter};
+
+/// How often an attached tree's procfs counters are read (and once more at the end).
+const COUNTERS_EVERY_NS: u64 = 1_000_000_000;
 
 /// Everything the loop learns.
 pub(super) struct Collected {
@@ -22,6 +27,10 @@ pub(super) struct Collected {
     pub comms: BTreeMap<u32, String>,
     pub exit: Option<ExitInfo>,
     pub child_rusage: Option<Rusage>,
+    /// The tree's faults, switches and block I/O: the command's rusage, or procfs reads.
+    pub counters: Option<TreeCounters>,
+    /// An attached tree's procfs counters, and when they were last read.
+    sampled: Option<(SampledTree, u64)>,
     pub end_ns: Option<u64>,
     pub breaches: Vec<Breach>,
     /// The first failed trace write (the recording goes on; the run fails at the end).
@@ -38,7 +47,7 @@ fn tv_ns(tv: libc::timeval) -> u64 {
 }
 
 /// Reaps the command o3 started, with its rusage. wait4(2): nix's waitpid gives no rusage.
-fn reap(root: u32) -> Option<(ExitInfo, Rusage)> {
+fn reap(root: u32) -> Option<(ExitInfo, Rusage, Counters)> {
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid out-value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -52,17 +61,29 @@ fn reap(root: u32) -> Option<(ExitInfo, Rusage)> {
             cpu_ns: user + sys,
             maxrss_bytes: ru.ru_maxrss as u64 * 1024,
         };
-        (ExitInfo::from_status(status), usage)
+        // ru_inblock and ru_oublock count 512-byte blocks.
+        let counts = Counters {
+            minor_faults: ru.ru_minflt as u64,
+            major_faults: ru.ru_majflt as u64,
+            voluntary_context_switches: ru.ru_nvcsw as u64,
+            involuntary_context_switches: ru.ru_nivcsw as u64,
+            read_bytes: ru.ru_inblock as u64 * 512,
+            write_bytes: ru.ru_oublock as u64 * 512,
+        };
+        (ExitInfo::from_status(status), usage, counts)
     })
 }
 
 impl Collected {
-    pub(super) fn new(interval_ns: u64) -> Collected {
+    /// `sampled`: an attached tree's counters, read at the start.
+    pub(super) fn new(interval_ns: u64, sampled: Option<SampledTree>) -> Collected {
         Collected {
             agg: Aggregate::new(interval_ns),
             comms: BTreeMap::new(),
             exit: None,
             child_rusage: None,
+            counters: None,
+            sampled: sampled.map(|t| (t, monotonic_ns())),
             end_ns: None,
             breaches: Vec::new(),
             write_error: None,
@@ -83,6 +104,7 @@ impl Collected {
             let Ok(msg) = rx.recv() else { break };
             if let Msg::Ticks(batch) = msg {
                 self.take(batch, trace);
+                self.read_counters(false);
                 if let Some(l) = loaded.as_deref_mut() {
                     // It worked at the start; a later failure only shortens the sampling.
                     let _ = l.sample_cost(monotonic_ns());
@@ -90,6 +112,23 @@ impl Collected {
             } else {
                 self.on_event(msg, target, root);
             }
+        }
+    }
+
+    /// Reads an attached tree's counters when a second has passed since the last read (or
+    /// `now`), and keeps their total.
+    pub(super) fn read_counters(&mut self, now: bool) {
+        let Some((tree, last)) = self.sampled.as_mut() else {
+            return;
+        };
+        let t = monotonic_ns();
+        if now || t.saturating_sub(*last) >= COUNTERS_EVERY_NS {
+            tree.read();
+            *last = t;
+            self.counters = Some(TreeCounters {
+                source: CounterSource::ProcfsSampled,
+                counts: tree.total(),
+            });
         }
     }
 
@@ -108,9 +147,13 @@ impl Collected {
             Msg::Ticks(_) => {}
             Msg::Exited(now) => {
                 if !attached {
-                    if let Some((exit, usage)) = reap(root) {
+                    if let Some((exit, usage, counts)) = reap(root) {
                         self.exit = Some(exit);
                         self.child_rusage = Some(usage);
+                        self.counters = Some(TreeCounters {
+                            source: CounterSource::Rusage,
+                            counts,
+                        });
                     }
                 }
                 self.end_ns = Some(now);
@@ -178,7 +221,7 @@ mod tests {
 
     #[test]
     fn an_exec_names_the_process_by_its_file_and_a_fork_keeps_the_first_name() {
-        let mut c = Collected::new(10_000_000);
+        let mut c = Collected::new(10_000_000, None);
         c.name(&TreeEvent::Exec {
             t_ns: 0,
             pid: 7,

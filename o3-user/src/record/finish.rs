@@ -110,6 +110,16 @@ fn overhead(m: &Measured) -> Overhead {
 
 /// The summary of the whole recording.
 pub(super) fn summary(m: Measured, c: Collected, processes: Vec<ProcessPeak>) -> Summary {
+    let mut s = figures(m, c, processes);
+    if summary::is_short(&s) {
+        let w = summary::short_warning(&s);
+        s.warnings.push(w);
+    }
+    s
+}
+
+/// Every figure of the summary.
+fn figures(m: Measured, c: Collected, processes: Vec<ProcessPeak>) -> Summary {
     let last = &c.agg.last;
     let cpu_total = last.cpu_ns.unwrap_or(0);
     Summary {
@@ -124,17 +134,22 @@ pub(super) fn summary(m: Measured, c: Collected, processes: Vec<ProcessPeak>) ->
             final_bytes: last.rss_bytes.unwrap_or(0),
             method: m.method,
             program: m.loaded.map(|l| l.report.rss_program),
+            sampled_peak: c.agg.rss_split(),
         },
         processes,
         cpu: CpuSummary {
             total_ns: cpu_total,
-            avg_percent: percent(cpu_total, m.wall_ns),
+            // More than the CPUs can give: the run was too short to time (the tree's CPU
+            // time also counts its start, before the wall clock's zero).
+            avg_percent: Some(percent(cpu_total, m.wall_ns))
+                .filter(|a| *a <= c.agg.cpu_capacity_percent()),
             peak_percent: c.agg.cpu_peak_percent(),
             peak_window_ns: c.agg.window_ns(),
             method: m.method,
         },
         system_memory: c.agg.system_memory(),
         rusage: c.child_rusage.clone(),
+        counters: c.counters,
         sampling: sampling(&m, &c),
         overhead: overhead(&m),
         gpus: c.agg.gpus(m.gpu_infos),

@@ -6,6 +6,7 @@ mod finish;
 mod start;
 pub use crate::util::spawn;
 pub mod summary;
+mod table;
 mod waiter;
 
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use nix::sys::resource::{getrusage, UsageWho};
 use thiserror::Error;
 
+use crate::telemetry::counters::SampledTree;
 use crate::telemetry::ebpf::{EbpfError, RssProgram};
 use crate::telemetry::gpu::source::{GpuInfo, GpuSelect};
 use crate::telemetry::watchdog::Thresholds;
@@ -189,6 +191,10 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     let mut sources = start::open_sources(opts, root, loaded.as_mut(), &mut warnings)?;
 
     let liveness = Liveness::new(opts, root)?;
+    // A tree o3 did not start has no rusage to wait for: its counters come from procfs,
+    // counted from now.
+    let sampled = matches!(opts.target, Target::Pid { .. })
+        .then(|| SampledTree::start(&opts.procfs_root, root));
     if let Some(l) = loaded.as_mut() {
         l.sample_cost(monotonic_ns())?;
     }
@@ -224,8 +230,9 @@ pub fn run(opts: &Options) -> Result<Outcome, RecordError> {
     };
     spawn_waiter(liveness, deadline, sig_fd, tx);
 
-    let mut c = Collected::new(opts.interval.as_nanos() as u64);
+    let mut c = Collected::new(opts.interval.as_nanos() as u64, sampled);
     c.run(&rx, &opts.target, root, loaded.as_mut(), &mut trace);
+    c.read_counters(true);
     stop.store(true, Ordering::SeqCst);
     let (sources_back, sstats) = sampler.finish();
     let cpu_self_ns = self_cpu_ns().saturating_sub(cpu_self0);

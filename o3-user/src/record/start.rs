@@ -139,7 +139,8 @@ pub(super) fn describe_target(target: &Target, root: u32) -> (serde_json::Value,
     match target {
         Target::Command(cmd) => {
             let argv: Vec<String> = cmd.iter().map(|a| a.to_string_lossy().into()).collect();
-            let what = format!("`{}`", argv.join(" "));
+            // Shell-quoted, so that it can be pasted back into a shell.
+            let what = crate::util::shell::join(&argv);
             (serde_json::json!({ "command": argv, "pid": root }), what)
         }
         Target::Pid { pid, .. } => (serde_json::json!({ "pid": pid }), format!("pid {pid}")),

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::telemetry::gpu::source::GpuInfo;
 use crate::telemetry::watchdog::{Breach, Thresholds};
 use crate::telemetry::{Method, ProcessPeak, Sample};
+use crate::trace::record::{CounterSource, TreeCounters};
 use crate::util::units::{bytes, secs};
 
 /// CPU % peaks are taken over windows at least this long, so one short interval of scheduler
@@ -59,13 +60,29 @@ pub struct RssSummary {
     /// With eBPF: the rss_stat program that measured (`raw` or `classic`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub program: Option<&'static str>,
+    /// The split of the highest sampled RSS (the exact peak keeps no split).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled_peak: Option<RssSplit>,
+}
+
+/// The tree's RSS by kind in one sample; `None` for a kind the source does not tell apart
+/// (procfs polling gives anon and file + shmem together).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RssSplit {
+    pub t_ns: u64,
+    pub rss_bytes: u64,
+    pub anon_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuSummary {
     pub total_ns: u64,
-    pub avg_percent: f64,
-    pub peak_percent: f64,
+    /// `None` where it would exceed what the CPUs can give (a run too short to time).
+    pub avg_percent: Option<f64>,
+    /// `None` where the recording held no full window.
+    pub peak_percent: Option<f64>,
     pub peak_window_ns: u64,
     pub method: Method,
 }
@@ -156,6 +173,16 @@ pub struct GpuProcessSummary {
     last_engine: Option<(u64, u64)>,
 }
 
+impl GpuProcessSummary {
+    /// Nothing seen: no memory and no engine time.
+    fn is_empty(&self) -> bool {
+        self.vram_peak_bytes == 0
+            && self.gtt_peak_bytes == 0
+            && self.kfd_vram_peak_bytes == 0
+            && self.engine_busy_avg_percent.is_none()
+    }
+}
+
 /// Exact GPU-memory allocation peak of one amdgpu memory manager (kprobes), counted from the
 /// start of the recording.
 #[derive(Debug, Clone, Serialize)]
@@ -187,6 +214,9 @@ pub struct Summary {
     pub cpu: CpuSummary,
     pub system_memory: Option<SystemMemory>,
     pub rusage: Option<Rusage>,
+    /// Page faults, context switches and block I/O of the tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<TreeCounters>,
     pub sampling: Sampling,
     pub overhead: Overhead,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -211,7 +241,9 @@ pub struct Aggregate {
     mem_total: u64,
     window_ns: u64,
     cpu_window: VecDeque<(u64, u64)>,
-    cpu_peak_percent: f64,
+    cpu_peak_percent: Option<f64>,
+    /// The sample with the highest RSS, by kind.
+    rss_split: Option<RssSplit>,
     gpus: Vec<GpuAgg>,
     gpu_procs: Vec<GpuProcessSummary>,
 }
@@ -271,7 +303,8 @@ impl Aggregate {
             window_ns: interval_ns.max(MIN_CPU_WINDOW_NS),
             cpu_capacity_percent: online_cpus() as f64 * 100.0,
             cpu_window: VecDeque::new(),
-            cpu_peak_percent: 0.0,
+            cpu_peak_percent: None,
+            rss_split: None,
             gpus: Vec::new(),
             gpu_procs: Vec::new(),
         }
@@ -385,9 +418,35 @@ impl Aggregate {
         out
     }
 
+    /// Keeps the split of the sample with the highest RSS.
+    fn add_split(&mut self, s: &Sample) {
+        let Some(rss) = s.rss_bytes else { return };
+        if self.rss_split.as_ref().is_some_and(|b| b.rss_bytes >= rss) || rss == 0 {
+            return;
+        }
+        // procfs polling tells anon alone; file and shmem come together as the rest.
+        self.rss_split = Some(RssSplit {
+            t_ns: s.t_ns,
+            rss_bytes: rss,
+            anon_bytes: s.rss_anon_bytes,
+            file_bytes: s.rss_file_bytes,
+            shmem_bytes: s.rss_shmem_bytes,
+        });
+    }
+
+    pub fn rss_split(&self) -> Option<RssSplit> {
+        self.rss_split.clone()
+    }
+
+    /// Online CPUs × 100 %.
+    pub fn cpu_capacity_percent(&self) -> f64 {
+        self.cpu_capacity_percent
+    }
+
     /// Takes the sample (kept as the last one, without a copy).
     pub fn add(&mut self, s: Sample) {
         self.samples += 1;
+        self.add_split(&s);
         if let Some(m) = s.mem_used_bytes {
             if m > self.mem_peak.0 {
                 self.mem_peak = (m, s.t_ns);
@@ -415,7 +474,7 @@ impl Aggregate {
                 // would show more than the machine has. The rate is capped at the CPUs'
                 // capacity; the total is exact either way.
                 let pct = pct.min(self.cpu_capacity_percent);
-                self.cpu_peak_percent = self.cpu_peak_percent.max(pct);
+                self.cpu_peak_percent = Some(self.cpu_peak_percent.map_or(pct, |p| p.max(pct)));
             }
         }
         self.add_gpus(&s);
@@ -426,7 +485,7 @@ impl Aggregate {
         self.window_ns
     }
 
-    pub fn cpu_peak_percent(&self) -> f64 {
+    pub fn cpu_peak_percent(&self) -> Option<f64> {
         self.cpu_peak_percent
     }
 
@@ -448,10 +507,49 @@ fn method_note(m: Method) -> &'static str {
     }
 }
 
-/// The text summary, one fact per line: how the command ended, the tree's memory and CPU, the
-/// system's, the sampling and its cost, the GPUs, the safety breaches, the processes, the
-/// warnings.
-pub fn render(s: &Summary, what: &str) -> String {
+/// Below this length a recording holds fewer than 10 samples or no full CPU window: its CPU %
+/// and the monitor's overhead % say nothing.
+pub fn short_run_ns(s: &Summary) -> u64 {
+    (10 * s.sampling.interval_ns).max(s.cpu.peak_window_ns)
+}
+
+/// True when the recording is shorter than [`short_run_ns`].
+pub fn is_short(s: &Summary) -> bool {
+    s.wall_ns < short_run_ns(s)
+}
+
+/// The warning of a recording shorter than [`short_run_ns`]: what is left out, and what to do.
+pub fn short_warning(s: &Summary) -> String {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let (took, what_to_do) = if s.target.get("command").is_some() {
+        (
+            "the command took",
+            "record a longer run, e.g. the command in a loop: o3 record -- sh -c 'for i in $(seq 100); do CMD; done'",
+        )
+    } else {
+        ("the recording lasted", "record longer (--duration)")
+    };
+    format!(
+        "{took} less than {} ms, the least for 10 samples at {} ms and one full {} ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration (the text summary leaves them out); CPU time, peak RSS and the counters still hold. For CPU %, {what_to_do}",
+        ms(short_run_ns(s)),
+        ms(s.sampling.interval_ns),
+        ms(s.cpu.peak_window_ns),
+    )
+}
+
+/// How many processes the text summary lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processes {
+    /// The commands with the largest peaks, grouped by name, at most this many rows.
+    Top(usize),
+    /// Every process, one row each.
+    All,
+}
+
+/// The text summary, one fact per line: how the command ended, the tree's memory, CPU and
+/// counters, the system's, the sampling and its cost, the GPUs, the safety breaches, the
+/// processes, the warnings. Lines that would carry no information are left out.
+pub fn render(s: &Summary, what: &str, processes: Processes) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -460,18 +558,22 @@ pub fn render(s: &Summary, what: &str) -> String {
         secs(s.wall_ns)
     );
     tree_lines(&mut o, s);
+    counter_lines(&mut o, s);
     system_lines(&mut o, s);
     sampling_lines(&mut o, s);
     for g in &s.gpus {
         let _ = writeln!(o, "{}", gpu_line(g));
     }
-    for p in &s.gpu_processes {
+    for p in s.gpu_processes.iter().filter(|p| !p.is_empty()) {
         let _ = writeln!(o, "{}", gpu_process_line(p));
     }
     for b in s.safety.iter().flat_map(|safety| &safety.breaches) {
         let _ = writeln!(o, "  {b}");
     }
-    process_table(&mut o, &s.processes);
+    match processes {
+        Processes::Top(n) => super::table::top_commands(&mut o, &s.processes, n),
+        Processes::All => super::table::every_process(&mut o, &s.processes),
+    }
     for w in &s.warnings {
         let _ = writeln!(o, "  warning: {w}");
     }
@@ -492,7 +594,50 @@ fn ended(exit: Option<&ExitInfo>) -> String {
     }
 }
 
-/// The tracked tree's RSS peak, its RSS at the end and its CPU time.
+/// The CPU rates that can be right: none for a short run, the average where it is within the
+/// CPUs' capacity, the peak where a full window was seen.
+fn cpu_rates(s: &Summary) -> String {
+    if is_short(s) {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if let Some(a) = s.cpu.avg_percent {
+        parts.push(format!("avg {a:.1} %"));
+    }
+    if let Some(p) = s.cpu.peak_percent {
+        parts.push(format!(
+            "peak {p:.1} % of one core over {} ms windows",
+            s.cpu.peak_window_ns / 1_000_000
+        ));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("  {}", parts.join(", "))
+}
+
+/// The split of the highest sample: anon, file, shmem (procfs: anon and the rest).
+fn split_line(o: &mut String, p: &RssSplit) {
+    let kinds = match (p.anon_bytes, p.file_bytes, p.shmem_bytes) {
+        (Some(a), Some(f), Some(sh)) => {
+            format!("anon {}, file {}, shmem {}", bytes(a), bytes(f), bytes(sh))
+        }
+        (Some(a), _, _) => format!(
+            "anon {}, file + shmem {}",
+            bytes(a),
+            bytes(p.rss_bytes.saturating_sub(a))
+        ),
+        _ => return,
+    };
+    let _ = writeln!(
+        o,
+        "  RSS by kind              {kinds}  (sampled at {}, the highest sample: {})",
+        secs(p.t_ns),
+        bytes(p.rss_bytes)
+    );
+}
+
+/// The tracked tree's RSS peak and its split, its RSS at the end (when not 0) and its CPU.
 fn tree_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
@@ -501,15 +646,51 @@ fn tree_lines(o: &mut String, s: &Summary) {
         secs(s.rss.peak_t_ns),
         method_note(s.rss.method)
     );
-    let _ = writeln!(o, "  RSS at the end           {}", bytes(s.rss.final_bytes));
+    if let Some(p) = &s.rss.sampled_peak {
+        split_line(o, p);
+    }
+    if s.rss.final_bytes > 0 {
+        let _ = writeln!(o, "  RSS at the end           {}", bytes(s.rss.final_bytes));
+    }
     let _ = writeln!(
         o,
-        "  CPU time of the tree     {}  avg {:.1} %, peak {:.1} % of one core over {} ms windows  ({})",
+        "  CPU time of the tree     {}{}  ({})",
         secs(s.cpu.total_ns),
-        s.cpu.avg_percent,
-        s.cpu.peak_percent,
-        s.cpu.peak_window_ns / 1_000_000,
+        cpu_rates(s),
         method_note(s.cpu.method)
+    );
+}
+
+/// Page faults, context switches and block I/O, with where they come from.
+fn counter_lines(o: &mut String, s: &Summary) {
+    let Some(t) = &s.counters else { return };
+    // Said in full once, then named.
+    let (note, again) = match t.source {
+        CounterSource::Rusage => (
+            "kernel rusage of CMD and the children it waited for",
+            "rusage",
+        ),
+        CounterSource::ProcfsSampled => (
+            "procfs, read every second: a lower bound, what a process did after its last read is missed",
+            "procfs, a lower bound",
+        ),
+    };
+    let c = &t.counts;
+    let _ = writeln!(
+        o,
+        "  page faults              minor {}, major {}  ({note})",
+        c.minor_faults, c.major_faults
+    );
+    let _ = writeln!(
+        o,
+        "  context switches         voluntary {}, involuntary {}  ({again})",
+        c.voluntary_context_switches, c.involuntary_context_switches
+    );
+    let _ = writeln!(
+        o,
+        "  block device I/O         read {}, written {}  ({again})",
+        bytes(c.read_bytes),
+        bytes(c.write_bytes)
     );
 }
 
@@ -536,7 +717,8 @@ fn system_lines(o: &mut String, s: &Summary) {
     }
 }
 
-/// How often the tree was sampled, and what the monitoring cost.
+/// How often the tree was sampled, and what the monitoring cost (in % of one core only where
+/// the run was long enough for that to mean something).
 fn sampling_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
@@ -545,22 +727,36 @@ fn sampling_lines(o: &mut String, s: &Summary) {
         s.sampling.interval_ns as f64 / 1e6,
         s.sampling.late_ticks
     );
-    let _ = writeln!(
-        o,
-        "  monitor overhead         {:.3} % of one core (o3 {}, kernel programs {} in {} runs)",
-        s.overhead.percent_of_one_core,
+    let cost = format!(
+        "o3 {}, kernel programs {} in {} runs",
         secs(s.overhead.o3_cpu_ns),
         secs(s.overhead.bpf_run_ns),
         s.overhead.bpf_run_count
     );
+    let _ = if is_short(s) {
+        writeln!(o, "  monitor overhead         {cost}")
+    } else {
+        writeln!(
+            o,
+            "  monitor overhead         {:.3} % of one core ({cost})",
+            s.overhead.percent_of_one_core
+        )
+    };
 }
 
-/// One GPU's peaks; `-` for what was not measured.
+/// One GPU's peaks, all of the whole device (every process on it, not only the tree); `-`
+/// for what was not measured.
 fn gpu_line(g: &GpuSummary) -> String {
     let size = |b: Option<u64>| b.map_or("-".to_string(), bytes);
     let watts = |w: Option<f64>| w.map_or("-".into(), |w| format!("{w:.1} W"));
+    let temp = g
+        .temp_peak_c
+        .filter(|t| t.is_finite())
+        .map_or("temperature no reading".into(), |t| {
+            format!("peak {t:.0} °C")
+        });
     format!(
-        "  GPU {} {}{}  peak {} {} of {} at {} (sampled), peak {:.0} °C, power avg {} peak {}, energy {}",
+        "  GPU {} {}{}, whole device: peak {} {} of {} at {} (sampled), {temp}, power avg {} peak {}, energy {}",
         g.index,
         g.name,
         if g.apu { " (APU)" } else { "" },
@@ -568,7 +764,6 @@ fn gpu_line(g: &GpuSummary) -> String {
         size(g.usable_used_peak_bytes),
         size(g.usable_total_bytes),
         g.usable_used_peak_t_ns.map_or("-".into(), secs),
-        g.temp_peak_c.unwrap_or(f64::NAN),
         watts(g.power_avg_w),
         watts(g.power_peak_w),
         g.energy_j.map_or("-".into(), |j| format!("{j:.1} J")),
@@ -588,30 +783,6 @@ fn gpu_process_line(p: &GpuProcessSummary) -> String {
     )
 }
 
-/// The tree's processes with their RSS peaks, under a header; nothing without processes.
-fn process_table(o: &mut String, processes: &[ProcessPeak]) {
-    if processes.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        o,
-        "  {:>8}  {:>12}  {:>10}  {:>10}  COMMAND",
-        "PID", "PEAK RSS", "AT", "CPU"
-    );
-    for p in processes {
-        let cpu = p.cpu_ns.map_or("-".to_string(), secs);
-        let _ = writeln!(
-            o,
-            "  {:>8}  {:>12}  {:>10}  {:>10}  {}",
-            p.pid,
-            bytes(p.peak_rss_bytes),
-            secs(p.peak_t_ns),
-            cpu,
-            p.comm
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +798,32 @@ mod tests {
         }
     }
 
+    fn peak(a: &Aggregate) -> f64 {
+        a.cpu_peak_percent().expect("a full window")
+    }
+
+    #[test]
+    fn no_full_window_gives_no_peak_and_the_highest_sample_keeps_its_split() {
+        let mut a = Aggregate::new(10_000_000);
+        for (t, rss, anon) in [(0, 10, 4), (10, 30, 20), (20, 20, 15)] {
+            let mut s = sample(t, t, 10);
+            s.rss_bytes = Some(rss);
+            s.rss_anon_bytes = Some(anon);
+            a.add(s);
+        }
+        assert_eq!(a.cpu_peak_percent(), None);
+        let split = a.rss_split().unwrap();
+        assert_eq!(
+            (
+                split.t_ns,
+                split.rss_bytes,
+                split.anon_bytes,
+                split.file_bytes
+            ),
+            (10_000_000, 30, Some(20), None)
+        );
+    }
+
     #[test]
     fn a_window_never_shows_more_than_the_cpus_have() {
         let mut a = Aggregate::new(10_000_000);
@@ -636,7 +833,7 @@ mod tests {
         for (t, cpu) in [(0, 0), (50, 60), (100, 100), (150, 330), (200, 400)] {
             a.add(sample(t, cpu, 10));
         }
-        assert_eq!(a.cpu_peak_percent(), 200.0);
+        assert_eq!(peak(&a), 200.0);
     }
 
     #[test]
@@ -651,11 +848,7 @@ mod tests {
             }
             a.add(sample(t, cpu, 10));
         }
-        assert!(
-            (a.cpu_peak_percent() - 200.0).abs() < 1e-6,
-            "{}",
-            a.cpu_peak_percent()
-        );
+        assert!((peak(&a) - 200.0).abs() < 1e-6, "{}", peak(&a));
         assert_eq!(a.window_ns(), 100_000_000);
     }
 
@@ -670,7 +863,7 @@ mod tests {
             }
             a.add(sample(t, cpu, 10));
         }
-        assert!((a.cpu_peak_percent() - 10.0).abs() < 1e-6);
+        assert!((peak(&a) - 10.0).abs() < 1e-6);
     }
 
     #[test]
@@ -684,11 +877,7 @@ mod tests {
             s.cpu_t_ns = Some(read_at * 1_000_000);
             a.add(s);
         }
-        assert!(
-            (a.cpu_peak_percent() - 200.0).abs() < 1e-6,
-            "{}",
-            a.cpu_peak_percent()
-        );
+        assert!((peak(&a) - 200.0).abs() < 1e-6, "{}", peak(&a));
     }
 
     #[test]
@@ -767,6 +956,13 @@ mod tests {
                 final_bytes: 1 << 20,
                 method: Method::Ebpf,
                 program: Some("raw"),
+                sampled_peak: Some(RssSplit {
+                    t_ns: 2_490_000_000,
+                    rss_bytes: (3 << 30) - (16 << 20),
+                    anon_bytes: Some((2 << 30) + (512 << 20)),
+                    file_bytes: Some((512 << 20) - (16 << 20)),
+                    shmem_bytes: Some(0),
+                }),
             },
             processes: vec![
                 ProcessPeak {
@@ -786,8 +982,8 @@ mod tests {
             ],
             cpu: CpuSummary {
                 total_ns: 9_000_000_000,
-                avg_percent: 72.91,
-                peak_percent: 398.5,
+                avg_percent: Some(72.91),
+                peak_percent: Some(398.5),
                 peak_window_ns: 100_000_000,
                 method: Method::Ebpf,
             },
@@ -802,6 +998,17 @@ mod tests {
                 sys_ns: 1_500_000_000,
                 cpu_ns: 7_500_000_000,
                 maxrss_bytes: 3 << 30,
+            }),
+            counters: Some(TreeCounters {
+                source: CounterSource::Rusage,
+                counts: crate::trace::record::Counters {
+                    minor_faults: 812_345,
+                    major_faults: 17,
+                    voluntary_context_switches: 4_321,
+                    involuntary_context_switches: 765,
+                    read_bytes: 5 << 30,
+                    write_bytes: 3 << 20,
+                },
             }),
             sampling: Sampling {
                 interval_ns: 10_000_000,
@@ -872,25 +1079,39 @@ mod tests {
     #[test]
     fn the_text_summary_of_a_full_recording() {
         let want = concat!(
-            "o3 record: `sleep 1` exited with status 3 after 12.346 s\n",
+            "o3 record: sleep 1 exited with status 3 after 12.346 s\n",
             "  peak RSS of the tree     3.0 GiB at 2.500 s  (exact, kernel programs)\n",
+            "  RSS by kind              anon 2.5 GiB, file 496.0 MiB, shmem 0 B  (sampled at 2.490 s, the highest sample: 3.0 GiB)\n",
             "  RSS at the end           1.0 MiB\n",
             "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (exact, kernel programs)\n",
+            "  page faults              minor 812345, major 17  (kernel rusage of CMD and the children it waited for)\n",
+            "  context switches         voluntary 4321, involuntary 765  (rusage)\n",
+            "  block device I/O         read 5.0 GiB, written 3.0 MiB  (rusage)\n",
             "  system RAM used, peak    20.0 GiB of 64.0 GiB at 3.000 s  (sampled)\n",
             "  kernel rusage of CMD     cpu 7.500 s (user 6.000 s, sys 1.500 s), maxrss 3.0 GiB\n",
             "  samples                  1234 every 10 ms, 2 late\n",
             "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
-            "  GPU 0 Radeon 8060S (APU)  peak GTT 18.0 GiB of 96.0 GiB at 2.000 s (sampled), peak 61 °C, power avg 55.2 W peak 120.0 W, energy 680.5 J\n",
-            "  GPU 1 dGPU  peak VRAM - of - at - (sampled), peak NaN °C, power avg - peak -, energy -\n",
+            "  GPU 0 Radeon 8060S (APU), whole device: peak GTT 18.0 GiB of 96.0 GiB at 2.000 s (sampled), peak 61 °C, power avg 55.2 W peak 120.0 W, energy 680.5 J\n",
+            "  GPU 1 dGPU, whole device: peak VRAM - of - at - (sampled), temperature no reading, power avg - peak -, energy -\n",
             "  GPU memory of pid 42: VRAM peak 1.0 GiB, GTT peak 17.0 GiB, KFD VRAM peak 0 B, engines busy 87.2 %\n",
-            "  GPU memory of pid 43: VRAM peak 0 B, GTT peak 0 B, KFD VRAM peak 0 B, engines busy -\n",
             "  safety limit: ram_percent 91.2 over 85.0 at 3.000 s\n",
+            "  commands by peak RSS (PROCS: processes of that name; PEAK RSS: the largest one's; CPU: summed over them)\n",
+            "     PROCS      PEAK RSS         CPU  COMMAND\n",
+            "         1       3.0 GiB     7.000 s  llama-server\n",
+            "         1       4.0 MiB           -  sh\n",
+            "  warning: one warning\n",
+        );
+        let s = full_summary();
+        assert_eq!(render(&s, "sleep 1", Processes::Top(10)), want);
+        // --all-processes: one row per process instead of the commands.
+        let all = render(&s, "sleep 1", Processes::All);
+        let table = concat!(
             "       PID      PEAK RSS          AT         CPU  COMMAND\n",
             "        42       3.0 GiB     2.500 s     7.000 s  llama-server\n",
             "        43       4.0 MiB     0.001 s           -  sh\n",
-            "  warning: one warning\n",
         );
-        assert_eq!(render(&full_summary(), "`sleep 1`"), want);
+        assert!(all.contains(table), "{all}");
+        assert!(!all.contains("PROCS"), "{all}");
     }
 
     #[test]
@@ -903,6 +1124,8 @@ mod tests {
         s.processes.clear();
         s.system_memory = None;
         s.rusage = None;
+        s.counters = None;
+        s.rss.sampled_peak = None;
         s.gpus.clear();
         s.gpu_processes.clear();
         s.safety = None;
@@ -917,9 +1140,109 @@ mod tests {
             "  samples                  1234 every 10 ms, 2 late\n",
             "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
         );
-        assert_eq!(render(&s, "pid 7"), want);
+        assert_eq!(render(&s, "pid 7", Processes::Top(10)), want);
         s.exit = None;
-        assert!(render(&s, "pid 7").starts_with("o3 record: pid 7 recording ended after "));
+        let text = render(&s, "pid 7", Processes::Top(10));
+        assert!(text.starts_with("o3 record: pid 7 recording ended after "));
+        // An exited tree holds nothing at the end: no line says so.
+        s.rss.final_bytes = 0;
+        let text = render(&s, "pid 7", Processes::Top(10));
+        assert!(!text.contains("RSS at the end"), "{text}");
+    }
+
+    /// An attached tree: counters read from procfs, RSS split without file and shmem apart.
+    #[test]
+    fn the_text_summary_of_an_attached_tree_names_procfs_as_the_source() {
+        let mut s = full_summary();
+        s.target = serde_json::json!({"pid": 7});
+        s.exit = None;
+        s.rusage = None;
+        s.gpus.clear();
+        s.gpu_processes.clear();
+        s.safety = None;
+        s.processes.clear();
+        s.warnings.clear();
+        s.rss.method = Method::ProcfsPolling;
+        s.rss.sampled_peak = Some(RssSplit {
+            t_ns: 2_500_000_000,
+            rss_bytes: 3 << 30,
+            anon_bytes: Some(2 << 30),
+            file_bytes: None,
+            shmem_bytes: None,
+        });
+        if let Some(c) = s.counters.as_mut() {
+            c.source = CounterSource::ProcfsSampled;
+        }
+        let want = concat!(
+            "o3 record: pid 7 recording ended after 12.346 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (procfs polling: peaks between samples are missed)\n",
+            "  RSS by kind              anon 2.0 GiB, file + shmem 1.0 GiB  (sampled at 2.500 s, the highest sample: 3.0 GiB)\n",
+            "  RSS at the end           1.0 MiB\n",
+            "  CPU time of the tree     9.000 s  avg 72.9 %, peak 398.5 % of one core over 100 ms windows  (exact, kernel programs)\n",
+            "  page faults              minor 812345, major 17  (procfs, read every second: a lower bound, what a process did after its last read is missed)\n",
+            "  context switches         voluntary 4321, involuntary 765  (procfs, a lower bound)\n",
+            "  block device I/O         read 5.0 GiB, written 3.0 MiB  (procfs, a lower bound)\n",
+            "  system RAM used, peak    20.0 GiB of 64.0 GiB at 3.000 s  (sampled)\n",
+            "  samples                  1234 every 10 ms, 2 late\n",
+            "  monitor overhead         0.346 % of one core (o3 0.040 s, kernel programs 0.002 s in 12000 runs)\n",
+        );
+        assert_eq!(render(&s, "pid 7", Processes::Top(10)), want);
+    }
+
+    /// A 3 ms command (as `o3 record -- true` gives): no CPU % and no overhead %, and a
+    /// warning that says why and what to do.
+    #[test]
+    fn a_command_shorter_than_ten_samples_gets_no_percentages_and_a_warning() {
+        let mut s = full_summary();
+        s.wall_ns = 3_000_000;
+        s.rss.final_bytes = 0;
+        s.cpu.total_ns = 2_000_000;
+        s.cpu.avg_percent = Some(66.7);
+        s.cpu.peak_percent = None;
+        s.sampling.samples = 1;
+        s.counters = None;
+        s.rusage = None;
+        s.rss.sampled_peak = None;
+        s.system_memory = None;
+        s.gpus.clear();
+        s.gpu_processes.clear();
+        s.safety = None;
+        s.processes.clear();
+        s.warnings = vec![short_warning(&s)];
+        assert!(is_short(&s));
+        let want = concat!(
+            "o3 record: true exited with status 3 after 0.003 s\n",
+            "  peak RSS of the tree     3.0 GiB at 2.500 s  (exact, kernel programs)\n",
+            "  CPU time of the tree     0.002 s  (exact, kernel programs)\n",
+            "  samples                  1 every 10 ms, 2 late\n",
+            "  monitor overhead         o3 0.040 s, kernel programs 0.002 s in 12000 runs\n",
+            "  warning: the command took less than 100 ms, the least for 10 samples at 10 ms and one full 100 ms CPU window: CPU % and the monitor's overhead % are not meaningful at this duration (the text summary leaves them out); CPU time, peak RSS and the counters still hold. For CPU %, record a longer run, e.g. the command in a loop: o3 record -- sh -c 'for i in $(seq 100); do CMD; done'\n",
+        );
+        assert_eq!(render(&s, "true", Processes::Top(10)), want);
+        // At 1 s a sample, 10 samples take 10 s.
+        s.sampling.interval_ns = 1_000_000_000;
+        s.wall_ns = 9_000_000_000;
+        assert!(is_short(&s));
+        s.wall_ns = 10_000_000_000;
+        assert!(!is_short(&s));
+        s.target = serde_json::json!({"pid": 7});
+        assert!(short_warning(&s).starts_with("the recording lasted less than 10000 ms"));
+        assert!(short_warning(&s).ends_with("record longer (--duration)"));
+    }
+
+    #[test]
+    fn a_long_run_still_omits_the_rates_that_cannot_be_right() {
+        let mut s = full_summary();
+        s.cpu.avg_percent = None;
+        s.cpu.peak_percent = None;
+        let text = render(&s, "x", Processes::Top(10));
+        assert!(
+            text.contains("  CPU time of the tree     9.000 s  (exact, kernel programs)\n"),
+            "{text}"
+        );
+        s.cpu.avg_percent = Some(50.0);
+        let text = render(&s, "x", Processes::Top(10));
+        assert!(text.contains("9.000 s  avg 50.0 %  (exact"), "{text}");
     }
 
     #[test]

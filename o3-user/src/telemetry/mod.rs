@@ -1,6 +1,7 @@
 //! Telemetry: sources that fill a [`Sample`] (eBPF maps, procfs), the sampler thread that
 //! drives them at absolute deadlines, and process-tree bookkeeping.
 
+pub mod counters;
 pub mod doctor;
 pub mod ebpf;
 pub mod gpu;

@@ -52,6 +52,10 @@ pub struct Stat {
     pub comm: String,
     pub state: char,
     pub ppid: u32,
+    /// Page faults of the whole process (all its threads, live and exited): minor (no disk
+    /// read) and major.
+    pub minflt: u64,
+    pub majflt: u64,
     /// Clock ticks (USER_HZ).
     pub utime: u64,
     pub stime: u64,
@@ -89,6 +93,8 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
         comm,
         state,
         ppid: field(4)? as u32,
+        minflt: field(10)?,
+        majflt: field(12)?,
         utime: field(14)?,
         stime: field(15)?,
         starttime: field(22)?,
@@ -586,6 +592,7 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1200);
         assert_eq!((s.utime, s.stime), (4125, 310));
+        assert_eq!((s.minflt, s.majflt), (7766, 2));
         assert_eq!(s.starttime, 987654);
     }
 

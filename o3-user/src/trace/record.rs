@@ -39,6 +39,80 @@ pub struct Methods {
     pub gpu_mem: &'static str,
 }
 
+/// Page faults, context switches and block I/O: what `time -v` reports besides time and
+/// memory. Fields a trace lacks read as 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Page faults served without reading from disk.
+    pub minor_faults: u64,
+    /// Page faults that read from disk.
+    pub major_faults: u64,
+    /// Context switches because a thread waited (I/O, a lock, sleep).
+    pub voluntary_context_switches: u64,
+    /// Context switches because a thread's time slice ran out or a higher-priority one woke.
+    pub involuntary_context_switches: u64,
+    /// Bytes read from and written to block devices (the page cache's reads and writebacks
+    /// caused by the tree; rusage counts them in 512-byte blocks).
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+impl Counters {
+    /// Field by field `self - base`, 0 where a counter went back.
+    pub fn since(self, base: Counters) -> Counters {
+        Counters {
+            minor_faults: self.minor_faults.saturating_sub(base.minor_faults),
+            major_faults: self.major_faults.saturating_sub(base.major_faults),
+            voluntary_context_switches: self
+                .voluntary_context_switches
+                .saturating_sub(base.voluntary_context_switches),
+            involuntary_context_switches: self
+                .involuntary_context_switches
+                .saturating_sub(base.involuntary_context_switches),
+            read_bytes: self.read_bytes.saturating_sub(base.read_bytes),
+            write_bytes: self.write_bytes.saturating_sub(base.write_bytes),
+        }
+    }
+
+    /// Field by field `self + other`.
+    pub fn plus(self, o: Counters) -> Counters {
+        Counters {
+            minor_faults: self.minor_faults.saturating_add(o.minor_faults),
+            major_faults: self.major_faults.saturating_add(o.major_faults),
+            voluntary_context_switches: self
+                .voluntary_context_switches
+                .saturating_add(o.voluntary_context_switches),
+            involuntary_context_switches: self
+                .involuntary_context_switches
+                .saturating_add(o.involuntary_context_switches),
+            read_bytes: self.read_bytes.saturating_add(o.read_bytes),
+            write_bytes: self.write_bytes.saturating_add(o.write_bytes),
+        }
+    }
+}
+
+/// Where the summary's `counters` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterSource {
+    /// The kernel's rusage of the command o3 started (wait4): exact, for the command and every
+    /// descendant it waited for.
+    Rusage,
+    /// Each tracked process' procfs counters, read every second and at the end, counted from
+    /// the start of the recording: a lower bound (what a process did after its last read
+    /// before it exited is missed).
+    ProcfsSampled,
+}
+
+/// The summary's `counters`: the whole tree's [`Counters`] and their source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeCounters {
+    pub source: CounterSource,
+    #[serde(flatten)]
+    pub counts: Counters,
+}
+
 /// The `header` record, generic over its methods `M` and GPU entries `G`. Fields an older, a
 /// newer or a hand-made trace lacks read as `None` (or null, or empty).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +321,31 @@ mod tests {
             assert_eq!(serde_json::to_value(e).unwrap()["event"], kind);
             assert_eq!(e.kind(), kind);
         }
+    }
+
+    #[test]
+    fn counters_read_with_the_fields_a_trace_has() {
+        let c: TreeCounters =
+            serde_json::from_str(r#"{"source":"procfs_sampled","minor_faults":7}"#).unwrap();
+        assert_eq!(c.source, CounterSource::ProcfsSampled);
+        assert_eq!(c.counts.minor_faults, 7);
+        assert_eq!(c.counts.write_bytes, 0);
+        let v = serde_json::to_value(c).unwrap();
+        assert_eq!(v["source"], "procfs_sampled");
+        assert_eq!(v["involuntary_context_switches"], 0);
+        let a = Counters {
+            minor_faults: 5,
+            write_bytes: 10,
+            ..Counters::default()
+        };
+        let b = Counters {
+            minor_faults: 7,
+            write_bytes: 4,
+            ..Counters::default()
+        };
+        assert_eq!(b.since(a).minor_faults, 2);
+        assert_eq!(b.since(a).write_bytes, 0);
+        assert_eq!(a.plus(b).write_bytes, 14);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Small helpers shared by the stages: durations, byte sizes, order statistics, starting
 //! processes and making sure the servers among them die with o3, the host name, kernel release
-//! and wall clock, the signal pipe of long-running commands.
+//! and wall clock, the signal pipe of long-running commands, shell quoting.
 
 pub mod command;
 pub mod duration;
 pub mod order;
 pub mod owner;
+pub mod shell;
 pub mod signals;
 pub mod spawn;
 pub mod system;
