@@ -135,7 +135,7 @@ fn a_prompt_longer_than_the_context_is_context_exceeded() {
 }
 
 #[test]
-fn a_bad_model_path_is_load_failed_with_the_log_tail() {
+fn a_bad_model_path_is_refused_before_the_server_starts() {
     let Some((python, _)) = server() else { return };
     let out = o3()
         .args([
@@ -150,20 +150,17 @@ fn a_bad_model_path_is_load_failed_with_the_log_tail() {
         .arg(launch(&python))
         .output()
         .unwrap();
-    let r: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    assert_eq!(r["outcome"], "load_failed", "{r}");
-    assert!(
-        r["log_tail"]
-            .as_str()
-            .unwrap()
-            .contains("/nonexistent/model.gguf"),
-        "{r}"
+    // Refused by the pre-flight check before a server starts: one line, exit 2.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "o3: model file /nonexistent/model.gguf does not exist: give the path of a GGUF file with --model"
     );
 }
 
 #[test]
-fn a_bad_server_path_is_load_failed() {
+fn a_bad_server_path_is_refused_before_anything_starts() {
     let Some((_, model)) = server() else { return };
     let out = o3()
         .args(["probe", "--backend", "openai", "--json", "--model"])
@@ -176,12 +173,12 @@ fn a_bad_server_path_is_load_failed() {
         ])
         .output()
         .unwrap();
-    let r: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    assert_eq!(r["outcome"], "load_failed");
-    assert!(
-        r["error"].as_str().unwrap().contains("/nonexistent/server"),
-        "{r}"
+    // Refused by the pre-flight check before anything starts: one line, exit 2.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "o3: --launch's program `/nonexistent/server` is not found (check the name and PATH)"
     );
 }
 

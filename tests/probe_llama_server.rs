@@ -134,24 +134,20 @@ fn a_prompt_longer_than_the_context_is_context_exceeded() {
 }
 
 #[test]
-fn a_missing_model_file_is_load_failed_with_the_servers_output() {
-    let Some((r, out)) = probe_with(
-        Some("/nonexistent/model.gguf"),
-        &["--ctx", "512", "--batch", "64"],
-    ) else {
-        return;
-    };
-    assert_eq!(out.status.code(), Some(3), "{r}");
-    assert_eq!(r["outcome"], "load_failed", "{r}");
-    assert!(
-        r["log_tail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("/nonexistent/model.gguf"),
-        "{r}"
+fn a_missing_model_file_is_refused_before_the_server_starts() {
+    let Some((bin, _)) = server() else { return };
+    let out = o3()
+        .args(["probe", "--backend", "llama-server", "--server-bin"])
+        .arg(&bin)
+        .args(["--model", "/nonexistent/model.gguf", "--ctx", "512"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "o3: model file /nonexistent/model.gguf does not exist: give the path of a GGUF file with --model"
     );
-    // The server exited by itself while loading; its status is recorded.
-    assert!(r["server_exit"].as_str().is_some(), "{r}");
 }
 
 #[test]
@@ -231,5 +227,60 @@ fn chat_streams_must_leave_a_stream_at_depth() {
             "--chat-streams 2 leaves no stream at depth among --concurrency 2; give at most 1"
         ),
         "{err}"
+    );
+}
+
+/// `o3 probe` with lists sweeps every combination, one row per configuration as each finishes
+/// (llama-bench's habit): the rows follow the lists' order, each row's configuration is the one
+/// its server ran (the JSON results say so), and `--out` gets a trace per configuration.
+#[test]
+fn a_sweep_prints_one_row_per_configuration_in_each_format() {
+    let Some((bin, model)) = server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |format: &str, out: Option<&std::path::Path>| {
+        let mut c = o3();
+        c.args(["probe", "--server-bin"])
+            .arg(&bin)
+            .arg("--model")
+            .arg(&model)
+            .args(["--ctx", "512,1024", "--batch", "64,128", "--samples", "1"])
+            .args(["--output-tokens", "4", "-o", format]);
+        if let Some(p) = out {
+            c.arg("--out").arg(p);
+        }
+        c.output().unwrap()
+    };
+    let order = [(512, 64), (512, 128), (1024, 64), (1024, 128)];
+    let out = sweep("csv", Some(&dir.path().join("sweep.jsonl")));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with("ctx,batch,ubatch,parallel,outcome,"),
+        "{text}"
+    );
+    for (line, (ctx, batch)) in lines[1..].iter().zip(order) {
+        assert!(line.starts_with(&format!("{ctx},{batch},,1,ok,")), "{line}");
+    }
+    for (ctx, batch) in order {
+        let trace = dir.path().join(format!("sweep-c{ctx}-b{batch}.jsonl"));
+        assert!(trace.is_file(), "{}", trace.display());
+    }
+    let out = sweep("json", None);
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(i64, i64)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (i(&r["config"]["ctx"]), i(&r["config"]["batch"])))
+        .collect();
+    assert_eq!(got, order.map(|(c, b)| (c, b)).to_vec());
+    let out = sweep("md", None);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("| ---: |"),
+        "{text}"
     );
 }

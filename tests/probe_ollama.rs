@@ -124,9 +124,21 @@ fn spill_and_clamping_are_not_successes() {
 #[test]
 fn unknown_model_lists_what_the_server_has() {
     let s = sim(|_| {});
-    let r = probe(&s, "nope:1b", &["--ctx", "4096", "--samples", "1"]);
-    assert_eq!(r["outcome"], "load_failed", "{r}");
-    assert!(r["error"].as_str().unwrap().contains("sim-llama:8b"), "{r}");
+    let out = o3()
+        .args(["probe", "--backend", "ollama", "--json", "--url", &s.url])
+        .args(["--model", "nope:1b", "--ctx", "4096", "--samples", "1"])
+        .output()
+        .unwrap();
+    // The pre-flight check asks /api/tags before any request: one line, exit 2.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "o3: the Ollama at {} has no model `nope:1b` (it has: sim-llama:8b",
+            s.url
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,7 +154,10 @@ fn unreachable_server_is_named() {
         .args(["--model", "m", "--ctx", "4096"])
         .output()
         .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["outcome"], "load_failed");
-    assert!(r["error"].as_str().unwrap().contains(&url), "{r}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!("o3: no Ollama answers at {url} (")),
+        "{err}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `o3 probe`: measure one configuration of a server and print one result row.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backend::{OutcomeClass, ProbeConfig};
@@ -74,18 +74,19 @@ pub struct ProbeArgs {
     /// Tokenizer endpoint (`{"input": text}` → `{"tokens": [...]}`); "none" to estimate.
     #[arg(long, default_value = "/extras/tokenize")]
     pub tokenize: String,
-    /// Context length per slot (tokens).
-    #[arg(long)]
-    pub ctx: u32,
-    /// Logical batch size (tokens; llama-server's -b, Ollama's num_batch).
-    #[arg(long)]
-    pub batch: Option<u32>,
-    /// Physical batch size (tokens; llama-server's -ub).
-    #[arg(long)]
-    pub ubatch: Option<u32>,
-    /// Parallel slots (each gets --ctx tokens).
-    #[arg(long)]
-    pub parallel: Option<u32>,
+    /// Context length per slot (tokens); a list (4096,8192) measures each.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub ctx: Vec<u32>,
+    /// Logical batch size (tokens; llama-server's -b, Ollama's num_batch); a list measures
+    /// each.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub batch: Vec<u32>,
+    /// Physical batch size (tokens; llama-server's -ub); a list measures each.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub ubatch: Vec<u32>,
+    /// Parallel slots (each gets --ctx tokens); a list measures each.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub parallel: Vec<u32>,
     /// Layers offloaded to the GPU (-1: all).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
@@ -151,12 +152,28 @@ pub struct ProbeArgs {
     /// With --safety: the RAM limit in % of system RAM (default 85).
     #[arg(long, value_name = "PCT", requires = "safety")]
     pub max_ram_percent: Option<f64>,
-    /// Print the result as one JSON object.
-    #[arg(long)]
+    /// Print each result as one JSON object on a line (as `-o jsonl`).
+    #[arg(long, conflicts_with = "output")]
     pub json: bool,
-    /// Append the result to a trace file (JSON Lines: a header, then a `probe` record).
+    /// Output format: text (one configuration's row and its details; the default for one),
+    /// md (a Markdown table, a row per configuration; the default for a sweep), csv, json
+    /// (one array of the full results at the end) or jsonl (a full result per line).
+    #[arg(long, short = 'o', value_enum)]
+    pub output: Option<Format>,
+    /// Append the result to a trace file (JSON Lines: a header, then a `probe` record); in a
+    /// sweep each configuration gets its own file, FILE's stem plus `-c<ctx>-b<batch>…`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,
+}
+
+/// `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Md,
+    Csv,
+    Json,
+    Jsonl,
 }
 
 pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
@@ -177,24 +194,141 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     if let Some(n) = crate::util::owner::notice(&swept) {
         eprintln!("o3: notice: {n}");
     }
-    let spec = spec(roots, &a, kind)?;
-    // The output file first: a bad --out fails before a server starts.
-    if let Some(p) = &a.out {
+    let configs = configs(&a);
+    let format = a.output.unwrap_or(if a.json {
+        Format::Jsonl
+    } else if configs.len() > 1 {
+        Format::Md
+    } else {
+        Format::Text
+    });
+    // The output files first: a bad --out fails before a server starts.
+    let outs: Vec<Option<PathBuf>> = configs
+        .iter()
+        .map(|c| trace_path(&a, c, configs.len()))
+        .collect();
+    for p in outs.iter().flatten() {
         crate::trace::TraceWriter::create(p).map_err(|e| (e.into(), 1))?;
     }
-    let mut loaded = load_ebpf(&roots.sysfs_root)?;
-    let r = probe::run(&spec, loaded.as_mut());
-    if let Some(path) = &a.out {
-        let target =
-            serde_json::json!({ "probe": { "model": a.model, "backend": kind.store_name() } });
-        probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
+    let mut results = Vec::new();
+    for (i, (cfg, out)) in configs.iter().zip(&outs).enumerate() {
+        if configs.len() > 1 {
+            eprintln!(
+                "o3: configuration {}/{}: {}",
+                i + 1,
+                configs.len(),
+                named(cfg)
+            );
+        }
+        let mut spec = spec(roots, &a, kind)?;
+        spec.config = cfg.clone();
+        let mut loaded = load_ebpf(&roots.sysfs_root)?;
+        let r = probe::run(&spec, loaded.as_mut());
+        drop(loaded);
+        if let Some(path) = out {
+            let target =
+                serde_json::json!({ "probe": { "model": a.model, "backend": kind.store_name() } });
+            probe::trace::write(path, &r, target, spec.interval).map_err(|e| (e.into(), 1))?;
+        }
+        print_result(format, &r, i == 0);
+        results.push(r);
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&r).expect("result serialises"));
-    } else {
-        println!("{}", render(&r));
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string(&results).expect("results serialise")
+        );
     }
-    Ok(if r.outcome == OutcomeClass::Ok { 0 } else { 3 })
+    let all_ok = results.iter().all(|r| r.outcome == OutcomeClass::Ok);
+    Ok(if all_ok { 0 } else { 3 })
+}
+
+/// Every configuration the lists ask for: contexts, then batches, ubatches and slots, each
+/// list in the order given (an empty list: the server's default).
+fn configs(a: &ProbeArgs) -> Vec<ProbeConfig> {
+    let or_default = |v: &[u32]| -> Vec<Option<u32>> {
+        if v.is_empty() {
+            vec![None]
+        } else {
+            v.iter().copied().map(Some).collect()
+        }
+    };
+    let mut out = Vec::new();
+    for &ctx in &a.ctx {
+        for batch in or_default(&a.batch) {
+            for ubatch in or_default(&a.ubatch) {
+                for parallel in or_default(&a.parallel) {
+                    out.push(ProbeConfig {
+                        ctx,
+                        batch,
+                        ubatch,
+                        parallel,
+                        ..config(a)
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `ctx 8192 · batch 512 · slots 2`: what a sweep's configuration sets.
+fn named(c: &ProbeConfig) -> String {
+    let mut s = format!("ctx {}", c.ctx);
+    for (tag, v) in [
+        ("batch", c.batch),
+        ("ubatch", c.ubatch),
+        ("slots", c.parallel),
+    ] {
+        if let Some(v) = v {
+            s += &format!(" · {tag} {v}");
+        }
+    }
+    s
+}
+
+/// `--out` for one configuration: the file itself for a single probe, else its stem with the
+/// configuration (`run-c8192-b512.jsonl`).
+fn trace_path(a: &ProbeArgs, c: &ProbeConfig, n: usize) -> Option<PathBuf> {
+    let p = a.out.as_ref()?;
+    if n == 1 {
+        return Some(p.clone());
+    }
+    let stem = p
+        .file_stem()
+        .map_or("probe".into(), |s| s.to_string_lossy().into_owned());
+    let mut name = format!("{stem}-c{}", c.ctx);
+    for (tag, v) in [("b", c.batch), ("ub", c.ubatch), ("p", c.parallel)] {
+        if let Some(v) = v {
+            name += &format!("-{tag}{v}");
+        }
+    }
+    if let Some(ext) = p.extension() {
+        name += &format!(".{}", ext.to_string_lossy());
+    }
+    Some(p.with_file_name(name))
+}
+
+/// One configuration's result on stdout, as it finishes (a table's header before the first).
+fn print_result(format: Format, r: &ProbeResult, first: bool) {
+    let row = probe::row::Row::of(r);
+    match format {
+        Format::Text => println!("{}", render(r)),
+        Format::Md => {
+            if first {
+                println!("{}", probe::row::md_header());
+            }
+            println!("{}", probe::row::md_row(&row));
+        }
+        Format::Csv => {
+            if first {
+                println!("{}", probe::row::csv_header());
+            }
+            println!("{}", probe::row::csv_row(&row));
+        }
+        Format::Jsonl => println!("{}", serde_json::to_string(r).expect("result serialises")),
+        Format::Json => {}
+    }
 }
 
 /// `--chat-streams` must leave a stream at depth.
@@ -272,13 +406,13 @@ fn spec(
     })
 }
 
-/// The configuration to measure.
+/// The configuration's fixed fields (the first of each list; a sweep sets its own).
 fn config(a: &ProbeArgs) -> ProbeConfig {
     ProbeConfig {
-        ctx: a.ctx,
-        batch: a.batch,
-        ubatch: a.ubatch,
-        parallel: a.parallel,
+        ctx: a.ctx.first().copied().unwrap_or_default(),
+        batch: a.batch.first().copied(),
+        ubatch: a.ubatch.first().copied(),
+        parallel: a.parallel.first().copied(),
         gpu_layers: a.gpu_layers,
         flash_attn: a.flash_attn,
         cache_type_k: a.cache_type_k.clone(),
@@ -309,53 +443,28 @@ fn load_ebpf(sysfs: &Path) -> Result<Option<Loaded>, (anyhow::Error, i32)> {
     }
 }
 
-fn med(v: &mut [f64]) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
-}
-
 /// One row like llama-bench's, plus peaks: prefill over the prompts read whole, TTFT of the
 /// fill (the whole prompt) and of the cached samples (a reused prefix) apart.
 fn render(r: &ProbeResult) -> String {
-    use probe::SampleKind;
-    let c = &r.config;
-    let ok: Vec<_> = r
-        .samples
-        .iter()
-        .filter(|s| s.outcome == OutcomeClass::Ok)
-        .collect();
-    let pick = |kinds: &[SampleKind], f: &dyn Fn(&probe::SampleResult) -> Option<f64>| {
-        let mut v: Vec<f64> = ok
-            .iter()
-            .filter(|s| kinds.contains(&s.kind))
-            .filter_map(|s| f(s))
-            .collect();
-        med(&mut v).map_or("-".to_string(), |x| format!("{x:.1}"))
-    };
-    let whole = [SampleKind::Fill, SampleKind::Fresh, SampleKind::Short];
-    let all = [
-        SampleKind::Fill,
-        SampleKind::Fresh,
-        SampleKind::Short,
-        SampleKind::Cached,
-    ];
+    let row = probe::row::Row::of(r);
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
     let mut out = format!(
         "{:<10} ctx {:>7} batch {:>5} slots {:>2}  prompt {:>6} tok  pp {:>8} tok/s  tg {:>7} tok/s  ttft {:>8} ms  samples {}/{}",
-        r.outcome.name(),
-        c.ctx,
-        c.batch.map_or("-".into(), |b| b.to_string()),
-        c.parallel.unwrap_or(1),
-        r.prompt_tokens_target,
-        pick(&whole, &|s| s.prefill_tokens_per_s),
-        pick(&all, &|s| s.decode_tokens_per_s),
-        pick(&whole, &|s| s.ttft_ms),
-        ok.len(),
-        r.samples.len()
+        row.outcome,
+        row.ctx,
+        row.batch.map_or("-".into(), |b| b.to_string()),
+        row.parallel,
+        row.prompt_tokens,
+        f(row.prefill_tokens_per_s),
+        f(row.decode_tokens_per_s),
+        f(row.ttft_ms),
+        row.samples_ok,
+        row.samples
     );
-    if ok.iter().any(|s| s.kind == SampleKind::Cached) {
+    if row.cached_ttft_ms.is_some() {
         out += &format!(
             "\n  cached prefix: ttft {} ms, reused {}",
-            pick(&[SampleKind::Cached], &|s| s.ttft_ms),
+            f(row.cached_ttft_ms),
             match r.prefix_reuse {
                 Some(true) => "in every sample",
                 Some(false) => "NOT in every sample (see the note)",

@@ -12,6 +12,7 @@
 pub mod phase;
 pub mod prompt;
 mod rounds;
+pub mod row;
 mod server;
 mod session;
 pub mod trace;
