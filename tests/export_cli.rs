@@ -448,3 +448,70 @@ fn export_parquet_to_a_terminal_is_a_one_line_error() {
         "{err}"
     );
 }
+
+/// `o3 export RUN_DIR`: an `o3 optimize` run's results, a row per measured configuration, as
+/// CSV and Parquet. The run is the in-process simulator's (its truth is known; the table must
+/// hold every configuration summary.json lists, in its order).
+#[test]
+fn a_run_directorys_results_export_as_csv_and_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim.json");
+    std::fs::write(&sim, "{}").unwrap();
+    let run = dir.path().join("run");
+    let out = common::o3()
+        .args(["optimize", "--quiet", "--json", "--simulate"])
+        .arg(&sim)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(dir.path().join("o3.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let measured = summary["configurations"].as_array().unwrap();
+    assert!(!measured.is_empty());
+
+    let csv = o3()
+        .arg("export")
+        .arg(&run)
+        .args(["--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(csv.status.success(), "{csv:?}");
+    let csv = text(&csv.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,stage,ctx,batch,"), "{csv}");
+    assert_eq!(lines.len(), measured.len() + 1, "{csv}");
+    for (line, m) in lines[1..].iter().zip(measured) {
+        let id = m["id"].as_str().unwrap();
+        assert!(line.starts_with(&format!("{id},")), "{line}");
+    }
+
+    let pq = dir.path().join("results.parquet");
+    let out = o3()
+        .arg("export")
+        .arg(&run)
+        .args(["--format", "parquet", "--out"])
+        .arg(&pq)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&pq).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+
+    let out = o3()
+        .arg("export")
+        .arg(&run)
+        .args(["--format", "perfetto"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(
+            "a run directory's results are a table: export them with --format csv or parquet"
+        ),
+        "{out:?}"
+    );
+}

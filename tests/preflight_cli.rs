@@ -61,7 +61,10 @@ fn refused(out: &Output, code: i32) -> String {
     assert_eq!(out.status.code(), Some(code), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("o3: notice:")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("o3: notice:"))
+        .collect();
     assert_eq!(lines.len(), 1, "not one line: {err:?}");
     lines[0].to_string()
 }
@@ -79,11 +82,21 @@ fn each_missing_piece_is_one_line_before_anything_is_stored() {
             "o3: no Ollama answers at http://127.0.0.1:",
         ),
         (
-            &["probe", "--model", "qwen3:8b", "--ctx", "4096", "--url", &url],
+            &[
+                "probe", "--model", "qwen3:8b", "--ctx", "4096", "--url", &url,
+            ],
             "o3: no Ollama answers at http://127.0.0.1:",
         ),
         (
-            &["optimize", "--model", "m", "--backend", "ollama", "--ollama-serve", "no-such-ollama serve"],
+            &[
+                "optimize",
+                "--model",
+                "m",
+                "--backend",
+                "ollama",
+                "--ollama-serve",
+                "no-such-ollama serve",
+            ],
             "o3: --ollama-serve's program `no-such-ollama` is not found",
         ),
     ];
@@ -101,7 +114,13 @@ fn a_gguf_model_chooses_llama_server_and_its_binary_is_checked() {
     let model = complete_gguf("llama31-8b-q4km.gguf", d.path());
     let m = model.to_str().unwrap();
     for sub in ["optimize", "probe"] {
-        let mut args = vec![sub, "--model", m, "--server-bin", "/nonexistent/llama-server"];
+        let mut args = vec![
+            sub,
+            "--model",
+            m,
+            "--server-bin",
+            "/nonexistent/llama-server",
+        ];
         if sub == "probe" {
             args.extend(["--ctx", "4096"]);
         }
@@ -138,16 +157,27 @@ fn ollama_is_asked_for_the_model_before_anything_runs() {
         )),
         "{line}"
     );
-    assert!(line.ends_with("pull it with `ollama pull no-such:7b` or name one of those with --model"), "{line}");
+    assert!(
+        line.ends_with("pull it with `ollama pull no-such:7b` or name one of those with --model"),
+        "{line}"
+    );
     nothing_stored(data.path());
     // A GGUF file given to Ollama is named for what it is.
     let d = tempfile::tempdir().unwrap();
     let model = complete_gguf("llama31-8b-q4km.gguf", d.path());
     let (out, data) = run(&[
-        "optimize", "--backend", "ollama", "--url", &s.url, "--model", model.to_str().unwrap(),
+        "optimize",
+        "--backend",
+        "ollama",
+        "--url",
+        &s.url,
+        "--model",
+        model.to_str().unwrap(),
     ]);
     assert!(
-        refused(&out, 2).contains("is a GGUF file, not an Ollama model name: measure it with --backend llama-server"),
+        refused(&out, 2).contains(
+            "is a GGUF file, not an Ollama model name: measure it with --backend llama-server"
+        ),
         "{out:?}"
     );
     nothing_stored(data.path());
@@ -157,8 +187,17 @@ fn ollama_is_asked_for_the_model_before_anything_runs() {
 fn the_real_llama_server_passes_and_says_its_version() {
     let Some((bin, model)) = server() else { return };
     let (out, _data) = run(&[
-        "probe", "--model", model.to_str().unwrap(), "--server-bin", bin.to_str().unwrap(),
-        "--ctx", "256", "--samples", "1", "--output-tokens", "2",
+        "probe",
+        "--model",
+        model.to_str().unwrap(),
+        "--server-bin",
+        bin.to_str().unwrap(),
+        "--ctx",
+        "256",
+        "--samples",
+        "1",
+        "--output-tokens",
+        "2",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("o3: notice: server: llama-server "), "{err}");
@@ -190,7 +229,13 @@ fn a_run_where_nothing_passed_exits_3_and_is_stored_as_failed() {
         err.contains(&format!("o3: {why}; the run is stored as failed")),
         "{err}"
     );
-    let h = o3().arg("history").arg("--db").arg(&db).arg("--json").output().unwrap();
+    let h = o3()
+        .arg("history")
+        .arg("--db")
+        .arg(&db)
+        .arg("--json")
+        .output()
+        .unwrap();
     let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
     let run = &h["runs"][0];
     assert_eq!(run["status"], "failed", "{h}");

@@ -1,4 +1,5 @@
-//! `o3 export`: a trace file as CSV, Chrome trace-event JSON (Perfetto) or Apache Parquet.
+//! `o3 export`: a trace file as CSV, Chrome trace-event JSON (Perfetto) or Apache Parquet; an
+//! `o3 optimize` run directory's results (a row per measured configuration) as CSV or Parquet.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -24,8 +25,9 @@ pub enum Format {
     after_help = "Examples:\n  o3 export trace.jsonl --format csv --out trace.csv\n  o3 export trace.jsonl --format perfetto --out trace.json   (then open it in ui.perfetto.dev)\n  o3 export trace.jsonl --format parquet --out trace.parquet   (then: duckdb -c \"SELECT max(rss_bytes) FROM 'trace.parquet'\")\n  o3 export trace.jsonl --format parquet > trace.parquet   (a file or a pipe, never a terminal)"
 )]
 pub struct ExportArgs {
-    /// The trace written by `o3 record --out` or `o3 probe --out`.
-    #[arg(value_name = "TRACE")]
+    /// The trace written by `o3 record --out` or `o3 probe --out`, or the run directory of
+    /// `o3 optimize` (its results: a row per measured configuration).
+    #[arg(value_name = "TRACE|RUN_DIR")]
     pub trace: PathBuf,
     /// Output format.
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -56,11 +58,10 @@ pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
             2,
         ));
     }
-    let trace = load("export", &a.trace)?;
-    let bytes = match a.format {
-        Format::Csv => export::csv::csv(&trace),
-        Format::Perfetto => export::perfetto::perfetto(&trace),
-        Format::Parquet => export::parquet::parquet(&trace),
+    let bytes = if a.trace.is_dir() {
+        results(&a)?
+    } else {
+        trace_bytes(&a)?
     };
     let written = match &a.out {
         Some(path) => std::fs::write(path, &bytes)
@@ -74,4 +75,40 @@ pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
     };
     written.map_err(|e| (e, 1))?;
     Ok(0)
+}
+
+/// A run directory's results table.
+fn results(a: &ExportArgs) -> Result<Vec<u8>, (anyhow::Error, i32)> {
+    let run = crate::report::run::read_run(&a.trace).map_err(|e| (anyhow::Error::new(e), 1))?;
+    let Some(summary) = &run.summary else {
+        return Err((
+            anyhow::anyhow!(
+                "{} has no summary.json yet (the run was stopped before its end): finish it with `o3 optimize --resume {}`",
+                a.trace.display(),
+                a.trace.display()
+            ),
+            1,
+        ));
+    };
+    match a.format {
+        Format::Csv => Ok(crate::report::results::csv(summary)),
+        Format::Parquet => Ok(crate::report::results::parquet(summary)),
+        Format::Perfetto => Err((
+            anyhow::anyhow!(
+                "a run directory's results are a table: export them with --format csv or parquet (perfetto takes a probe's trace, e.g. {}/traces/*.jsonl)",
+                a.trace.display()
+            ),
+            2,
+        )),
+    }
+}
+
+/// A trace file, exported.
+fn trace_bytes(a: &ExportArgs) -> Result<Vec<u8>, (anyhow::Error, i32)> {
+    let trace = load("export", &a.trace)?;
+    Ok(match a.format {
+        Format::Csv => export::csv::csv(&trace),
+        Format::Perfetto => export::perfetto::perfetto(&trace),
+        Format::Parquet => export::parquet::parquet(&trace),
+    })
 }

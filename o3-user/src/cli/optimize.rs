@@ -227,7 +227,10 @@ struct Progress {
     /// Without a terminal: the probe in flight in words, and the thread that says every
     /// [`HEARTBEAT`] that it still runs (a probe at depth can take an hour).
     current: Arc<std::sync::Mutex<String>>,
-    heartbeat: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+    heartbeat: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 /// How often a log (no terminal) hears of a probe that is still running.
@@ -249,7 +252,12 @@ impl Progress {
     }
 
     /// The thread that says, every [`HEARTBEAT`] of a probe, where it stands.
-    fn heartbeat(&self) -> (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>) {
+    fn heartbeat(
+        &self,
+    ) -> (
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop2, clock, phase, current) = (
@@ -430,9 +438,20 @@ impl Observer for Progress {
         );
         self.progress_line(&line);
         let total = eta.spent_s + eta.after_s;
-        let what = format!("{} {} ({})", req.stage.name(), req.describe(), out.outcome.name());
+        let what = format!(
+            "{} {} ({})",
+            req.stage.name(),
+            req.describe(),
+            out.outcome.name()
+        );
         let said = self.total_s.and_then(|old| {
-            revision(old, total, out.wall_ms / 1000.0, eta.probe.expected_s, &what)
+            revision(
+                old,
+                total,
+                out.wall_ms / 1000.0,
+                eta.probe.expected_s,
+                &what,
+            )
         });
         if let Some(r) = said {
             self.total_s = Some(total);

@@ -5,5 +5,6 @@
 pub mod doc;
 pub mod files;
 pub mod plot;
+pub mod results;
 pub mod run;
 pub mod run_report;
