@@ -167,7 +167,7 @@ fn write_column(w: &mut SerializedColumnWriter<'_>, k: Kind, cells: &[&Value]) {
             w.typed::<BoolType>().write_batch(&v, Some(&d), None)
         }
         Kind::Text => {
-            let (d, v) = levels(cells, |c| c.as_str().map(|s| ByteArray::from(s)));
+            let (d, v) = levels(cells, |c| c.as_str().map(ByteArray::from));
             w.typed::<ByteArrayType>().write_batch(&v, Some(&d), None)
         }
     };
