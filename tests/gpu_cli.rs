@@ -220,7 +220,7 @@ fn prometheus_endpoint_is_scraped_over_loopback() {
 
 /// tmux, or `None` (the test is skipped with the reason) where it is missing; under
 /// O3_REQUIRE_SERVER=1 (CI, where `cargo xtask setup` installs it) a missing tmux fails.
-fn tmux_or_skip(test: &str) -> Option<&'static str> {
+fn tmux() -> Option<&'static str> {
     let tmux = "tmux";
     if Command::new(tmux)
         .arg("-V")
@@ -229,12 +229,10 @@ fn tmux_or_skip(test: &str) -> Option<&'static str> {
     {
         return Some(tmux);
     }
-    assert!(
-        !std::env::var("O3_REQUIRE_SERVER").is_ok_and(|v| v == "1"),
-        "{test}: tmux is missing and O3_REQUIRE_SERVER=1: install it (`cargo xtask setup` does)"
-    );
-    eprintln!("{test}: skipped: tmux is missing (`cargo xtask setup` installs it)");
-    None
+    missing(
+        "tmux is missing",
+        "`cargo xtask setup` installs Debian's tmux",
+    )
 }
 
 /// A tmux server of the test's own (its socket in a temporary directory), killed on drop.
@@ -281,7 +279,7 @@ fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> boo
 /// device, its bars and llama-server's row; `q` ends it with status 0.
 #[test]
 fn tui_in_tmux_draws_the_fixture_and_quits_on_q() {
-    let Some(bin) = tmux_or_skip("tui_in_tmux_draws_the_fixture_and_quits_on_q") else {
+    let Some(bin) = tmux() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
