@@ -275,26 +275,23 @@ fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> boo
     done()
 }
 
-/// `o3 monitor --tui` in a 120×40 tmux pane on the Strix Halo tree: the frame shows the
-/// device, its bars and llama-server's row; `q` ends it with status 0.
-#[test]
-fn tui_in_tmux_draws_the_fixture_and_quits_on_q() {
-    let Some(bin) = tmux() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
+/// `o3 monitor --tui` on the Strix Halo tree in a 120×40 pane of a tmux server of its own;
+/// the pane's shell writes o3's exit status and `stty -a` to `dir` when o3 ends, then waits (so
+/// the pane's screen can still be read).
+fn start_tui(dir: &std::path::Path) -> Option<Tmux> {
+    let bin = tmux()?;
     let tmux = Tmux {
         bin,
-        socket: dir.path().join("tmux.sock"),
+        socket: dir.join("tmux.sock"),
     };
     let root = fixtures().join("strix-halo");
-    let status = dir.path().join("status");
-    let o3 = format!(
-        "{} --sysfs-root {} --procfs-root {} monitor --tui --interval 200ms; echo $? > {}",
+    let script = format!(
+        "{} --sysfs-root {} --procfs-root {} monitor --tui --interval 200ms; \
+         echo $? > {d}/status.tmp; stty -a > {d}/stty; mv {d}/status.tmp {d}/status; sleep 600",
         env!("CARGO_BIN_EXE_o3"),
         root.join("sys").display(),
         root.join("proc").display(),
-        status.display()
+        d = dir.display()
     );
     let out = tmux.cmd(&[
         "new-session",
@@ -305,7 +302,7 @@ fn tui_in_tmux_draws_the_fixture_and_quits_on_q() {
         "120",
         "-y",
         "40",
-        &o3,
+        &script,
     ]);
     assert!(
         out.status.success(),
@@ -324,12 +321,68 @@ fn tui_in_tmux_draws_the_fixture_and_quits_on_q() {
         drawn,
         "no frame with the device, its bars and llama-server within 30 s:\n{frame}"
     );
+    Some(tmux)
+}
+
+/// After o3 ended: its exit status, and the terminal as it left it (main screen, cursor shown,
+/// cooked mode with echo).
+fn assert_ended_and_restored(tmux: &Tmux, dir: &std::path::Path, how: &str) {
+    let status = dir.join("status");
+    let ended = wait_until(std::time::Duration::from_secs(30), || status.exists());
+    assert!(ended, "o3 still runs 30 s after {how}:\n{}", tmux.pane());
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap(),
+        "0\n",
+        "after {how}"
+    );
+    let flags = tmux.cmd(&[
+        "display-message",
+        "-p",
+        "-t",
+        "o3",
+        "#{alternate_on} #{cursor_flag}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&flags.stdout),
+        "0 1\n",
+        "alternate screen, cursor after {how}"
+    );
+    let stty = std::fs::read_to_string(dir.join("stty")).unwrap();
+    let words: Vec<&str> = stty.split_whitespace().collect();
+    assert!(
+        words.contains(&"icanon") && words.contains(&"echo"),
+        "raw mode left on after {how}: {stty}"
+    );
+}
+
+#[test]
+fn tui_in_tmux_draws_the_fixture_and_quits_on_q() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmux) = start_tui(dir.path()) else {
+        return;
+    };
     tmux.cmd(&["send-keys", "-t", "o3", "q"]);
-    let ended = wait_until(std::time::Duration::from_secs(30), || {
-        std::fs::read_to_string(&status).is_ok_and(|s| s.ends_with('\n'))
-    });
-    assert!(ended, "o3 still runs 30 s after q:\n{}", tmux.pane());
-    assert_eq!(std::fs::read_to_string(&status).unwrap(), "0\n");
+    assert_ended_and_restored(&tmux, dir.path(), "q");
+}
+
+/// SIGTERM ends the view like q, the terminal restored.
+#[test]
+fn tui_in_tmux_ends_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmux) = start_tui(dir.path()) else {
+        return;
+    };
+    let pane = tmux.cmd(&["display-message", "-p", "-t", "o3", "#{pane_pid}"]);
+    let shell = String::from_utf8_lossy(&pane.stdout).trim().to_string();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let o3: u32 = children
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("the pane's shell {shell} has no child"))
+        .parse()
+        .unwrap();
+    signal(o3, nix::sys::signal::Signal::SIGTERM);
+    assert_ended_and_restored(&tmux, dir.path(), "SIGTERM");
 }
 
 #[test]
