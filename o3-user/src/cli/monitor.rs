@@ -1,5 +1,5 @@
 //! `o3 monitor`: live system and GPU view, one compact line (or JSON object) per refresh, and
-//! optionally a Prometheus endpoint.
+//! optionally a Prometheus endpoint; or a full-screen view (`--tui`).
 
 mod line;
 mod tui;

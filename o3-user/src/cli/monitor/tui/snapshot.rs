@@ -14,8 +14,8 @@ use crate::telemetry::procfs::SystemMemory;
 use crate::telemetry::top::{self, TopProcess};
 use crate::telemetry::{monotonic_ns, Sample, Source};
 
-/// Process rows per table.
-pub const TOP: usize = 8;
+/// Process rows per table at most (a table shows as many as its height holds).
+pub const TOP: usize = 40;
 
 /// Everything one frame draws.
 #[derive(Debug, Clone, Default)]

@@ -45,11 +45,16 @@ pub fn draw(f: &mut Frame, s: &Snapshot) {
 /// `o3 monitor  host strix  every 200ms  2026-12-07 00:40:05 UTC  q quits`.
 fn header(s: &Snapshot) -> Line<'static> {
     Line::from(format!(
-        "o3 monitor  host {}  every {}  {}:{:02} UTC  q quits",
+        "o3 monitor  host {}  every {}  {}:{:02} UTC  q quits{}",
         s.host,
         duration::show(s.interval),
         utc(s.unix_s),
-        s.unix_s % 60
+        s.unix_s % 60,
+        if s.sample.gpus.is_empty() {
+            "  (no AMD or NVIDIA GPU found)"
+        } else {
+            ""
+        }
     ))
     .style(Style::default().add_modifier(Modifier::BOLD))
 }
@@ -346,6 +351,19 @@ mod tests {
         assert_eq!(cells(0.0, 4), (String::new(), "░░░░".into()));
         assert_eq!(cells(0.5, 4), ("██".into(), "░░".into()));
         assert_eq!(cells(1.7, 4), ("████".into(), String::new()));
+    }
+
+    #[test]
+    fn without_a_gpu_the_header_says_so() {
+        let text = render(&snapshot("no-gpu/sys", "procfs"));
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains("q quits  (no AMD or NVIDIA GPU found)"),
+            "{text}"
+        );
+        assert!(!text.contains("┌ GPU"), "{text}");
+        // tests/fixtures/procfs: the command name with spaces and parentheses is one cell.
+        assert!(text.contains("llama server (x)"), "{text}");
     }
 
     #[test]
