@@ -32,6 +32,8 @@ pub enum TuiError {
     Terminal(std::io::Error),
     #[error("starting the sampling thread: {0}")]
     Thread(std::io::Error),
+    #[error("the sampling thread ended unexpectedly (its message is above)")]
+    SamplerEnded,
 }
 
 /// Refuses early, before any source is opened, when stdout is not a terminal.
@@ -113,7 +115,8 @@ pub fn run(collector: Collector, sig: RawFd) -> Result<(), TuiError> {
             }
         }
         if gone {
-            break Ok(());
+            // The thread sends until told to stop: it ended by a panic.
+            break Err(TuiError::SamplerEnded);
         }
         if dirty {
             let drawn = screen.terminal.draw(|f| match &latest {
