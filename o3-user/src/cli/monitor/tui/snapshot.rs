@@ -17,6 +17,10 @@ use crate::telemetry::{monotonic_ns, Sample, Source};
 /// Process rows per table at most (a table shows as many as its height holds).
 pub const TOP: usize = 40;
 
+/// The process tables are rescanned at most this often (a scan reads every process's stat,
+/// statm and fds), whatever the interval.
+pub const PROCESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Everything one frame draws.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -40,6 +44,8 @@ pub struct Collector {
     pub interval: Duration,
     pub host: String,
     t0_ns: u64,
+    /// The last process tables and when they were made.
+    procs: Option<(Instant, Vec<TopProcess>, Vec<TopProcess>)>,
 }
 
 impl Collector {
@@ -56,6 +62,7 @@ impl Collector {
             interval,
             host: crate::util::system::uname().0,
             t0_ns: monotonic_ns(),
+            procs: None,
         }
     }
 
@@ -69,12 +76,9 @@ impl Collector {
         if let Some(s) = self.system.as_mut() {
             s.sample(now, self.t0_ns, &mut sample, &mut Vec::new());
         }
-        let mut procs = top::scan(&self.procfs, crate::telemetry::page_size() as u64);
-        self.gpu.track_only(procs.iter().map(|p| p.pid));
         self.gpu
             .sample(now, self.t0_ns, &mut sample, &mut Vec::new());
-        top::add_gpu(&mut procs, &self.gpu.read_processes());
-        let (by_gpu, by_rss) = top::rank(&procs, TOP);
+        let (by_gpu, by_rss) = self.processes();
         Snapshot {
             host: self.host.clone(),
             interval: self.interval,
@@ -84,6 +88,26 @@ impl Collector {
             by_gpu,
             by_rss,
         }
+    }
+}
+
+impl Collector {
+    /// The process tables, rescanned when the last scan is [`PROCESS_EVERY`] old.
+    fn processes(&mut self) -> (Vec<TopProcess>, Vec<TopProcess>) {
+        if let Some((at, by_gpu, by_rss)) = &self.procs {
+            if at.elapsed() < PROCESS_EVERY {
+                return (by_gpu.clone(), by_rss.clone());
+            }
+        }
+        let mut procs = top::scan(&self.procfs, crate::telemetry::page_size() as u64);
+        self.gpu.track_only(procs.iter().map(|p| p.pid));
+        let gpu = self.gpu.read_processes();
+        // Untracked again, so that the source's own sampling does not read them a second time.
+        self.gpu.track_only([]);
+        top::add_gpu(&mut procs, &gpu);
+        let (by_gpu, by_rss) = top::rank(&procs, TOP);
+        self.procs = Some((Instant::now(), by_gpu.clone(), by_rss.clone()));
+        (by_gpu, by_rss)
     }
 }
 
