@@ -16,18 +16,16 @@ use crate::util::units::{bytes, utc};
 
 use super::snapshot::Snapshot;
 
+/// Rows of a GPU block: borders, two memory bars, and one line of sensors (or of sleep).
+const GPU_HEIGHT: u16 = 5;
+
 /// Width of a bar (with its name and percent) left of its figures.
 const BAR_WIDTH: u16 = 36;
 
 /// Draws `s` on the whole frame.
 pub fn draw(f: &mut Frame, s: &Snapshot) {
     let mut heights = vec![Constraint::Length(1)];
-    heights.extend(
-        s.sample
-            .gpus
-            .iter()
-            .map(|g| Constraint::Length(gpu_height(g))),
-    );
+    heights.extend(s.sample.gpus.iter().map(|_| Constraint::Length(GPU_HEIGHT)));
     heights.extend([Constraint::Length(3), Constraint::Min(4)]);
     let rows = Layout::vertical(heights).split(f.area());
     f.render_widget(Paragraph::new(header(s)), rows[0]);
@@ -57,11 +55,6 @@ fn header(s: &Snapshot) -> Line<'static> {
         }
     ))
     .style(Style::default().add_modifier(Modifier::BOLD))
-}
-
-/// Borders, two memory bars, and one line of sensors (or of sleep).
-fn gpu_height(_g: &GpuSample) -> u16 {
-    5
 }
 
 /// The cells of a bar `width` wide filled to `ratio` (0–1): `█` filled, `░` not, so that the
