@@ -69,10 +69,11 @@ fn cells(ratio: f64, width: u16) -> (String, String) {
 
 /// A memory bar: `GTT    33% ████░░░░` filled to `used / total`, then the figures.
 fn bar(f: &mut Frame, area: Rect, name: &str, used: u64, total: u64, figures: String) {
+    // The label says the share as it is (over 100 % too); the bar stops at its end.
     let ratio = if total == 0 {
         0.0
     } else {
-        (used as f64 / total as f64).clamp(0.0, 1.0)
+        used as f64 / total as f64
     };
     let color = match ratio {
         r if r >= 0.9 => Color::Red,
@@ -337,6 +338,18 @@ mod tests {
         has("(bounded by the GTT size)");
         has("edge 45 °C   junction 52 °C   mem 60 °C");
         has("no process holds GPU memory that o3 can read");
+    }
+
+    /// The same APU with ram-90's 23.4 GiB of RAM: the GTT capacity is the RAM, says so, and
+    /// 40 GiB in use fills the bar without overflowing it.
+    #[test]
+    fn an_apu_bounded_by_ram_says_so() {
+        let text = render(&snapshot("strix-halo/sys", "ram-90/proc"));
+        let want = format!(
+            "GTT   171% {} 40.0 GiB of 23.4 GiB usable (bounded by RAM)",
+            "█".repeat(25)
+        );
+        assert!(text.contains(&want), "{want:?} not in\n{text}");
     }
 
     #[test]
