@@ -405,3 +405,138 @@ fn completions_for_an_unknown_shell_exit_2_with_one_line() {
     let err = one_line_stderr(&out);
     assert!(err.contains("nosuchshell"), "{err}");
 }
+
+/// `o3 doctor` as nobody (uid 65534) through setpriv: exit status 1, and tracefs judged from
+/// the kernel's own mount table and the directory's mode: mounted but root-only, or not
+/// mounted, each with its advice. Needs root to switch users (skipped otherwise).
+#[test]
+fn doctor_as_an_unprivileged_user_exits_1_and_tells_unreadable_from_unmounted() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_o3"))
+        .args(["doctor", "--server-bin", "/nonexistent/llama-server"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("setpriv runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tracefs = text
+        .lines()
+        .find(|l| l.contains(" tracefs "))
+        .unwrap_or_else(|| panic!("no tracefs line in {text}"));
+    let dir = std::path::Path::new("/sys/kernel/tracing");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let listed = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 3 && f[1] == "/sys/kernel/tracing" && f[2] == "tracefs"
+    });
+    let others_may_read = std::fs::metadata(dir)
+        .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o005 == 0o005);
+    if listed && !others_may_read {
+        assert!(
+            tracefs.contains(
+                "mounted at /sys/kernel/tracing but readable by root only: run o3 as root"
+            ),
+            "{tracefs}"
+        );
+    } else if !listed {
+        assert!(
+            tracefs.contains("mount -t tracefs nodev /sys/kernel/tracing"),
+            "{tracefs}"
+        );
+    }
+    assert!(!tracefs.contains("is not mounted") || !listed, "{tracefs}");
+    let verdict = text.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("verdict: exact path unavailable (root, bpf"),
+        "{verdict}"
+    );
+    assert!(
+        text.contains("/nonexistent/llama-server does not exist"),
+        "{text}"
+    );
+}
+
+/// As root, the exit status is the verdict's: 0 with the exact path (CI: O3_REQUIRE_EBPF=1
+/// requires it), 1 without.
+#[test]
+fn doctor_exit_status_is_its_verdict() {
+    let out = o3().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdict = text.lines().last().unwrap_or("");
+    assert!(verdict.starts_with("verdict: exact path "), "{text}");
+    let exact = verdict.starts_with("verdict: exact path available");
+    assert_eq!(out.status.code(), Some(if exact { 0 } else { 1 }), "{text}");
+    if !nix::unistd::geteuid().is_root() {
+        assert!(!exact, "{text}");
+    } else if std::env::var("O3_REQUIRE_EBPF").is_ok_and(|v| v == "1") {
+        assert!(exact, "O3_REQUIRE_EBPF=1 but: {text}");
+    }
+}
+
+/// llama-server's version as the binary itself prints it; Ollama's from the simulator's
+/// `GET /api/version`.
+#[test]
+fn doctor_reports_the_servers_versions() {
+    let Some((bin, _model)) = server() else {
+        return;
+    };
+    let printed = Command::new(&bin).arg("--version").output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&printed.stdout),
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let version = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("version: "))
+        .unwrap_or_else(|| panic!("no version line in {printed}"));
+    let sim = sim(|_| {});
+    let out = o3()
+        .args(["doctor", "--json", "--url", &sim.url, "--server-bin"])
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let v = last_json(&out);
+    let check = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {v}"))
+            .clone()
+    };
+    let llama = check("llama-server");
+    assert_eq!(llama["ok"], true, "{llama}");
+    assert_eq!(
+        llama["detail"],
+        format!("{}: version {version}", bin.display()),
+        "{llama}"
+    );
+    let ollama = check("ollama");
+    assert_eq!(ollama["ok"], true, "{ollama}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("../sim/example.json")).unwrap(),
+    )
+    .unwrap();
+    let want = format!(
+        "server at {}: version {}",
+        sim.url,
+        cfg["version"].as_str().unwrap()
+    );
+    assert!(
+        ollama["detail"].as_str().unwrap().contains(&want),
+        "{ollama}"
+    );
+    assert_eq!(v["exact"], out.status.code() == Some(0), "{v}");
+}

@@ -70,6 +70,7 @@ fn main_job() -> Result<()> {
     setup::setup()?;
     let bin = build_release()?;
     let o3 = bin.join("o3");
+    // Exits 1 without the exact path (root + eBPF), which the recording below needs.
     run(Command::new(&o3).arg("doctor"))?;
     let out_dir = root().join("target/o3-run");
     std::fs::create_dir_all(&out_dir)?;

@@ -14,7 +14,9 @@
 //! - the tools the tests read o3's output with (DuckDB, for the Parquet export), a PyPI wheel
 //!   in a second venv at ~/.cache/o3/tools-venv, keyed by its own stamp;
 //! - a headless browser for the HTML report's test: Debian's chromium package (as root on
-//!   Debian; elsewhere install Chromium and set O3_TEST_CHROMIUM to it).
+//!   Debian; elsewhere install Chromium and set O3_TEST_CHROMIUM to it);
+//! - a terminal multiplexer the full-screen `o3 monitor --tui` is driven in by its test:
+//!   Debian's tmux package (as root on Debian; elsewhere install tmux in PATH).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -447,11 +449,29 @@ pub fn chromium() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// tmux, which the test of `o3 monitor --tui` draws the view in: /usr/bin/tmux, installed from
+/// Debian's packages when missing (root on Debian only).
+pub fn tmux() -> Result<()> {
+    if Path::new("/usr/bin/tmux").is_file() {
+        return Ok(());
+    }
+    if !(is_root() && Path::new("/etc/debian_version").exists()) {
+        bail!("no /usr/bin/tmux: install tmux (Debian: apt-get install tmux) so that the test of `o3 monitor --tui` runs");
+    }
+    eprintln!("xtask: installing Debian's tmux (the test of o3 monitor --tui)");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "tmux"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing tmux from Debian's packages")
+}
+
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     test_server()?;
     tools_python()?;
     chromium()?;
+    tmux()?;
     llama_server_bin().map(drop)
 }

@@ -10,6 +10,7 @@ pub mod launch;
 pub mod llama_server;
 pub mod ollama;
 pub mod openai;
+pub mod version;
 
 use serde::{Deserialize, Serialize};
 

@@ -82,9 +82,11 @@ pub enum Command {
     /// Find the best configurations of a model on this machine: the largest stable context,
     /// batch, concurrency, and presets (resumable).
     Optimize(Box<optimize::OptimizeArgs>),
-    /// Live system and GPU view (one line per refresh, JSON lines, or a Prometheus endpoint).
+    /// Live system and GPU view (one line per refresh, JSON lines, a Prometheus endpoint, or a
+    /// full-screen view with --tui).
     Monitor(monitor::MonitorArgs),
-    /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes, GPUs).
+    /// Check what this machine offers o3 (root, bpf(), tracefs, BTF, tracepoints, kprobes, GPUs,
+    /// llama-server, Ollama); exits 0 only with the exact path (root + eBPF).
     Doctor(doctor::DoctorArgs),
     /// Check a configuration file or print the default one.
     Config(config::ConfigArgs),

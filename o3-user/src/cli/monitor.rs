@@ -1,5 +1,8 @@
 //! `o3 monitor`: live system and GPU view, one compact line (or JSON object) per refresh, and
-//! optionally a Prometheus endpoint.
+//! optionally a Prometheus endpoint; or a full-screen view (`--tui`).
+
+mod line;
+mod tui;
 
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,6 @@ use crate::telemetry::sampler::{self, MAX_INTERVAL, MIN_INTERVAL};
 use crate::telemetry::{monotonic_ns, Sample, Source};
 use crate::trace::export::prometheus::{self, Peaks};
 use crate::util::duration;
-use crate::util::units::bytes;
 
 use super::{CliResult, GpuArg, Roots};
 
@@ -30,61 +32,23 @@ pub struct MonitorArgs {
     /// One JSON object per refresh instead of a text line.
     #[arg(long)]
     pub json: bool,
-    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at /metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at /metrics (not with --once:
+    /// the endpoint lives as long as the monitor).
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
     pub prometheus: Option<String>,
+    /// Full-screen live view: GPU memory bars with what bounds them, sensors, system RAM, and
+    /// the top processes by GPU memory and by RSS. q, Esc or Ctrl-C quits. Needs a terminal.
+    #[arg(long, conflicts_with_all = ["once", "json", "prometheus"])]
+    pub tui: bool,
     #[command(flatten)]
     pub gpu: GpuArg,
 }
 
-/// One compact line: RAM, CPU, then each GPU's memory (GTT and carve-out apart on an APU).
-pub fn line(s: &Sample, infos: &[GpuInfo]) -> String {
-    let mut out = String::new();
-    if let (Some(u), Some(t)) = (s.mem_used_bytes, s.mem_total_bytes) {
-        out += &format!("RAM {} / {}", bytes(u), bytes(t));
-    }
-    if let Some(c) = s.system_cpu_percent {
-        out += &format!("  CPU {c:.0} %");
-    }
-    for g in &s.gpus {
-        let info = infos.iter().find(|i| i.index == g.index);
-        let apu = info.is_some_and(|i| i.apu);
-        out += &format!("  | GPU{}", g.index);
-        if g.asleep {
-            out += " asleep";
-        }
-        let r = &g.reading;
-        if let (Some(u), Some(t)) = (g.usable_used_bytes, g.usable_total_bytes) {
-            out += &format!(
-                " {} {} / {}",
-                if apu { "GTT" } else { "VRAM" },
-                bytes(u),
-                bytes(t)
-            );
-        }
-        if apu {
-            if let (Some(u), Some(t)) = (r.vram_used_bytes, r.vram_total_bytes) {
-                out += &format!(" (carve-out {} / {})", bytes(u), bytes(t));
-            }
-        }
-        if let Some(b) = r.gpu_busy_percent {
-            out += &format!(" busy {b:.0} %");
-        }
-        if let Some(t) = r.temp_edge_c {
-            out += &format!(" {t:.0} °C");
-        }
-        if let Some(t) = r.temp_junction_c {
-            out += &format!(" (junction {t:.0} °C)");
-        }
-        if let Some(p) = r.power_w {
-            out += &format!(" {p:.0} W");
-        }
-    }
-    out
-}
-
 pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
     let fail = |e: String| (anyhow::anyhow!(e), 1);
+    if a.tui {
+        tui::check_terminal().map_err(|e| (e.into(), 2))?;
+    }
     let (gpu, warnings) = GpuSource::open(GpuOptions {
         select: a.gpu.gpu,
         sysfs_root: roots.sysfs_root.clone(),
@@ -103,26 +67,48 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
             roots.procfs_root.display()
         ))
     })?;
-    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(system), Box::new(gpu)];
-    if a.once {
-        // Two readings 100 ms apart, so CPU % (a difference) is defined.
-        let mut s = Sample::default();
-        let t0 = monotonic_ns();
-        for src in &mut sources {
-            src.sample(t0, t0, &mut s, &mut Vec::new());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let mut s = Sample {
-            t_ns: monotonic_ns() - t0,
-            ..Sample::default()
-        };
-        let now = monotonic_ns();
-        for src in &mut sources {
-            src.sample(now, t0, &mut s, &mut Vec::new());
-        }
-        print(&s, &infos, a.json);
+    if a.tui {
+        let sig = crate::util::signals::install().map_err(|e| fail(e.to_string()))?;
+        let c =
+            tui::snapshot::Collector::new(Some(system), gpu, roots.procfs_root.clone(), a.interval);
+        tui::run(c, sig).map_err(|e| fail(e.to_string()))?;
         return Ok(0);
     }
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(system), Box::new(gpu)];
+    if a.once {
+        let s = once(&mut sources);
+        if a.json {
+            print_json(&s);
+        } else {
+            println!("{}", line::Paged::default().next(&s, &infos));
+        }
+        return Ok(0);
+    }
+    live(sources, &infos, &a)
+}
+
+/// One sample from two readings 100 ms apart, so CPU % (a difference) is defined.
+fn once(sources: &mut [Box<dyn Source>]) -> Sample {
+    let mut s = Sample::default();
+    let t0 = monotonic_ns();
+    for src in sources.iter_mut() {
+        src.sample(t0, t0, &mut s, &mut Vec::new());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut s = Sample {
+        t_ns: monotonic_ns() - t0,
+        ..Sample::default()
+    };
+    let now = monotonic_ns();
+    for src in sources.iter_mut() {
+        src.sample(now, t0, &mut s, &mut Vec::new());
+    }
+    s
+}
+
+/// A line or JSON object per refresh, and the Prometheus endpoint, until a signal.
+fn live(sources: Vec<Box<dyn Source>>, infos: &[GpuInfo], a: &MonitorArgs) -> CliResult {
+    let fail = |e: String| (anyhow::anyhow!(e), 1);
     let text = Arc::new(Mutex::new(String::new()));
     if let Some(addr) = &a.prometheus {
         let bound = prometheus::serve(addr, text.clone()).map_err(|e| {
@@ -139,6 +125,7 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
         tx.send(b).is_ok()
     });
     let mut peaks = Peaks::default();
+    let mut lines = line::Paged::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(batch) => {
@@ -146,9 +133,13 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
                     peaks.add(&tick.sample);
                     if a.prometheus.is_some() {
                         *text.lock().expect("not poisoned") =
-                            prometheus::render(&tick.sample, &peaks, &infos);
+                            prometheus::render(&tick.sample, &peaks, infos);
                     }
-                    print(&tick.sample, &infos, a.json);
+                    if a.json {
+                        print_json(&tick.sample);
+                    } else {
+                        println!("{}", lines.next(&tick.sample, infos));
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -163,10 +154,6 @@ pub fn run(roots: &Roots, a: MonitorArgs) -> CliResult {
     Ok(0)
 }
 
-fn print(s: &Sample, infos: &[GpuInfo], json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(s).expect("sample serialises"));
-    } else {
-        println!("{:>9.3} s  {}", s.t_ns as f64 / 1e9, line(s, infos));
-    }
+fn print_json(s: &Sample) {
+    println!("{}", serde_json::to_string(s).expect("sample serialises"));
 }

@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod procfs;
 pub mod reread;
 pub mod sampler;
+pub mod top;
 pub mod watchdog;
 
 use serde::Serialize;

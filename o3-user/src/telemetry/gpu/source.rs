@@ -135,6 +135,70 @@ pub struct GpuSource {
     pids: BTreeSet<u32>,
 }
 
+/// What bounds a device's usable capacity (the denominator of its memory figure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsableBound {
+    /// The GTT size (`mem_info_gtt_total`, set by `ttm.pages_limit` / `amdgpu.gttsize`).
+    GttSize,
+    /// GTT less pinned memory (the ioctl's heap info).
+    GttUnpinned,
+    /// System RAM: an APU's GTT larger than RAM cannot all be used.
+    Ram,
+    VramSize,
+    /// VRAM less pinned and reserved memory (the ioctl's heap info).
+    VramUnreserved,
+}
+
+impl UsableBound {
+    /// For people: `bounded by RAM`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UsableBound::GttSize => "bounded by the GTT size",
+            UsableBound::GttUnpinned => "bounded by GTT less pinned memory",
+            UsableBound::Ram => "bounded by RAM",
+            UsableBound::VramSize => "bounded by the VRAM size",
+            UsableBound::VramUnreserved => "bounded by VRAM less reserved memory",
+        }
+    }
+}
+
+/// A device's usable memory: in use, capacity, and what bounds the capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usable {
+    pub used_bytes: Option<u64>,
+    pub total_bytes: u64,
+    pub bound: UsableBound,
+}
+
+/// Usable memory of a device: GTT bounded by system RAM (`ram_total`) on an APU (its carve-out
+/// is reported apart, never added), VRAM on a discrete card. `None` without a capacity.
+pub fn usable(apu: bool, r: &GpuReading, ram_total: Option<u64>) -> Option<Usable> {
+    let (used, cap) = if apu {
+        let cap = match (r.gtt_usable_bytes, r.gtt_total_bytes) {
+            (Some(u), _) => (u, UsableBound::GttUnpinned),
+            (None, Some(t)) => (t, UsableBound::GttSize),
+            (None, None) => return None,
+        };
+        let cap = match ram_total {
+            Some(ram) if ram < cap.0 => (ram, UsableBound::Ram),
+            _ => cap,
+        };
+        (r.gtt_used_bytes, cap)
+    } else {
+        let cap = match (r.vram_usable_bytes, r.vram_total_bytes) {
+            (Some(u), _) => (u, UsableBound::VramUnreserved),
+            (None, Some(t)) => (t, UsableBound::VramSize),
+            (None, None) => return None,
+        };
+        (r.vram_used_bytes, cap)
+    };
+    Some(Usable {
+        used_bytes: used,
+        total_bytes: cap.0,
+        bound: cap.1,
+    })
+}
+
 fn ram_total(procfs: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(procfs.join("meminfo")).ok()?;
     crate::telemetry::procfs::parse_meminfo(&text)
@@ -407,6 +471,11 @@ impl GpuSource {
         self.pids.insert(pid);
     }
 
+    /// Reads the GPU memory of exactly `pids` from now on (the live view: every process).
+    pub fn track_only(&mut self, pids: impl IntoIterator<Item = u32>) {
+        self.pids = pids.into_iter().collect();
+    }
+
     fn read_device(&mut self, i: usize, sensors: bool) -> GpuSample {
         let ram_total = self.ram_total;
         let nvidia = self.nvidia.as_ref();
@@ -466,19 +535,8 @@ impl GpuSource {
             }
         }
         r.fill_from(&d.sensors);
-        let (usable_used, usable_total) = if d.info.apu {
-            let cap = r.gtt_usable_bytes.or(r.gtt_total_bytes);
-            let cap = match (cap, ram_total) {
-                (Some(c), Some(ram)) => Some(c.min(ram)),
-                (c, _) => c,
-            };
-            (r.gtt_used_bytes, cap)
-        } else {
-            (
-                r.vram_used_bytes,
-                r.vram_usable_bytes.or(r.vram_total_bytes),
-            )
-        };
+        let (usable_used, usable_total) = usable(d.info.apu, &r, ram_total)
+            .map_or((None, None), |u| (u.used_bytes, Some(u.total_bytes)));
         GpuSample {
             index: d.info.index,
             reading: r,
@@ -668,6 +726,43 @@ mod tests {
         assert_eq!(g.usable_used_bytes, Some(8 << 30));
         assert_eq!(info.crit_c.len(), 3);
         assert_eq!(g.reading.temp_junction_c, Some(52.0));
+    }
+
+    /// The bound named with each capacity: whichever of GTT size, pinned-less GTT and RAM is
+    /// smallest on an APU; VRAM (less reserved when the ioctl says) on a discrete card.
+    #[test]
+    fn each_capacity_names_its_bound() {
+        let gtt = GpuReading {
+            gtt_used_bytes: Some(40 << 30),
+            gtt_total_bytes: Some(120 << 30),
+            ..GpuReading::default()
+        };
+        let u = usable(true, &gtt, Some(124 << 30)).unwrap();
+        assert_eq!((u.total_bytes, u.bound), (120 << 30, UsableBound::GttSize));
+        let u = usable(true, &gtt, Some(24 << 30)).unwrap();
+        assert_eq!((u.total_bytes, u.bound), (24 << 30, UsableBound::Ram));
+        assert_eq!(u.bound.describe(), "bounded by RAM");
+        let pinned = GpuReading {
+            gtt_usable_bytes: Some(100 << 30),
+            ..gtt.clone()
+        };
+        let u = usable(true, &pinned, None).unwrap();
+        assert_eq!(
+            (u.total_bytes, u.bound),
+            (100 << 30, UsableBound::GttUnpinned)
+        );
+        let vram = GpuReading {
+            vram_used_bytes: Some(1),
+            vram_total_bytes: Some(24 << 30),
+            ..GpuReading::default()
+        };
+        let u = usable(false, &vram, Some(1)).unwrap();
+        assert_eq!((u.total_bytes, u.bound), (24 << 30, UsableBound::VramSize));
+        assert_eq!(
+            usable(false, &gtt, None),
+            None,
+            "a discrete card without VRAM size"
+        );
     }
 
     #[test]

@@ -9,39 +9,61 @@ use std::sync::{Arc, Mutex};
 use crate::trace::gpu::{GpuInfo, GpuSample};
 use crate::trace::Sample;
 
+/// The temperature sensors, in the order [`GpuPeaks::temps_c`] keeps them: `sensor` label.
+const SENSORS: [&str; 3] = ["edge", "junction", "mem"];
+
+fn temps(g: &GpuSample) -> [Option<f64>; 3] {
+    [
+        g.reading.temp_edge_c,
+        g.reading.temp_junction_c,
+        g.reading.temp_mem_c,
+    ]
+}
+
+/// One GPU's highest values so far; `None` until a value was read.
+#[derive(Debug, Clone, Default)]
+pub struct GpuPeaks {
+    pub index: u32,
+    pub usable_used_bytes: Option<u64>,
+    /// Per sensor, as [`SENSORS`].
+    pub temps_c: [Option<f64>; 3],
+    pub power_w: Option<f64>,
+}
+
 /// Highest values seen so far.
 #[derive(Debug, Clone, Default)]
 pub struct Peaks {
-    pub mem_used_bytes: u64,
-    /// Per GPU index: usable used bytes, temperature °C, power W.
-    pub gpus: Vec<(u32, u64, f64, f64)>,
+    pub mem_used_bytes: Option<u64>,
+    pub gpus: Vec<GpuPeaks>,
+}
+
+fn max<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y > x { y } else { x }),
+        (x, y) => x.or(y),
+    }
 }
 
 impl Peaks {
     pub fn add(&mut self, s: &Sample) {
-        self.mem_used_bytes = self.mem_used_bytes.max(s.mem_used_bytes.unwrap_or(0));
+        self.mem_used_bytes = max(self.mem_used_bytes, s.mem_used_bytes);
         for g in &s.gpus {
-            let i = match self.gpus.iter().position(|p| p.0 == g.index) {
+            let i = match self.gpus.iter().position(|p| p.index == g.index) {
                 Some(i) => i,
                 None => {
-                    self.gpus.push((g.index, 0, f64::NAN, f64::NAN));
+                    self.gpus.push(GpuPeaks {
+                        index: g.index,
+                        ..GpuPeaks::default()
+                    });
                     self.gpus.len() - 1
                 }
             };
             let p = &mut self.gpus[i];
-            p.1 = p.1.max(g.usable_used_bytes.unwrap_or(0));
-            let hottest = [
-                g.reading.temp_edge_c,
-                g.reading.temp_junction_c,
-                g.reading.temp_mem_c,
-            ]
-            .into_iter()
-            .flatten()
-            .fold(f64::NAN, f64::max);
-            p.2 = p.2.max(hottest);
-            if let Some(w) = g.reading.power_w {
-                p.3 = p.3.max(w);
+            p.usable_used_bytes = max(p.usable_used_bytes, g.usable_used_bytes);
+            for (peak, t) in p.temps_c.iter_mut().zip(temps(g)) {
+                *peak = max(*peak, t);
             }
+            p.power_w = max(p.power_w, g.reading.power_w);
         }
     }
 }
@@ -52,13 +74,19 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// One gauge: its help and type lines, then its rows; nothing when it has no row.
-fn gauge(o: &mut String, name: &str, help: &str, rows: impl IntoIterator<Item = String>) {
+/// One metric family: its help and type lines, then its rows; nothing when it has no row.
+fn family(
+    o: &mut String,
+    kind: &str,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = String>,
+) {
     let mut rows = rows.into_iter().peekable();
     if rows.peek().is_none() {
         return;
     }
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for r in rows {
         let _ = writeln!(o, "{r}");
     }
@@ -66,63 +94,91 @@ fn gauge(o: &mut String, name: &str, help: &str, rows: impl IntoIterator<Item = 
 
 /// A gauge without labels, when it was measured.
 fn scalar(o: &mut String, name: &str, help: &str, v: Option<f64>) {
-    gauge(o, name, help, v.map(|v| format!("{name} {v}")));
+    family(o, "gauge", name, help, v.map(|v| format!("{name} {v}")));
 }
 
 fn bytes(v: Option<u64>) -> Option<f64> {
     v.map(|v| v as f64)
 }
 
+/// 0–100 to 0–1.
+fn ratio(percent: Option<f64>) -> Option<f64> {
+    percent.map(|p| p / 100.0)
+}
+
+fn hertz(mhz: Option<f64>) -> Option<f64> {
+    mhz.map(|m| m * 1e6)
+}
+
 type GpuGet = fn(&GpuSample) -> Option<f64>;
 
-/// The per-GPU gauges: name, help, value.
-const GPU_GAUGES: [(&str, &str, GpuGet); 12] = [
+/// The per-GPU families: type, name, help, value; all labelled `gpu`, `name`, `apu`.
+const GPU_FAMILIES: [(&str, &str, &str, GpuGet); 13] = [
     (
+        "gauge",
         "o3_gpu_vram_used_bytes",
         "VRAM in use (the carve-out on an APU).",
         |g| bytes(g.reading.vram_used_bytes),
     ),
-    ("o3_gpu_vram_total_bytes", "VRAM size.", |g| {
+    ("gauge", "o3_gpu_vram_total_bytes", "VRAM size.", |g| {
         bytes(g.reading.vram_total_bytes)
     }),
     (
+        "gauge",
         "o3_gpu_gtt_used_bytes",
         "GTT (system memory mapped for the GPU) in use.",
         |g| bytes(g.reading.gtt_used_bytes),
     ),
-    ("o3_gpu_gtt_total_bytes", "GTT size.", |g| {
+    ("gauge", "o3_gpu_gtt_total_bytes", "GTT size.", |g| {
         bytes(g.reading.gtt_total_bytes)
     }),
     (
+        "gauge",
         "o3_gpu_usable_used_bytes",
         "GPU-usable memory in use: GTT on an APU, VRAM on a discrete GPU.",
         |g| bytes(g.usable_used_bytes),
     ),
     (
+        "gauge",
         "o3_gpu_usable_total_bytes",
         "GPU-usable capacity: GTT bounded by RAM on an APU, VRAM on a discrete GPU.",
         |g| bytes(g.usable_total_bytes),
     ),
     (
-        "o3_gpu_busy_percent",
-        "Graphics/compute engine busy.",
-        |g| g.reading.gpu_busy_percent,
+        "gauge",
+        "o3_gpu_busy_ratio",
+        "Graphics/compute engine busy, 0 to 1.",
+        |g| ratio(g.reading.gpu_busy_percent),
     ),
     (
-        "o3_gpu_memory_busy_percent",
-        "Memory controller busy.",
-        |g| g.reading.mem_busy_percent,
+        "gauge",
+        "o3_gpu_memory_busy_ratio",
+        "Memory controller busy, 0 to 1.",
+        |g| ratio(g.reading.mem_busy_percent),
     ),
     (
+        "gauge",
         "o3_gpu_power_watts",
         "Power (average where the device has it; the whole SoC on an APU).",
         |g| g.reading.power_w,
     ),
-    ("o3_gpu_energy_joules", "Cumulative energy counter.", |g| {
-        g.reading.energy_j
-    }),
-    ("o3_gpu_sclk_mhz", "Graphics clock.", |g| g.reading.sclk_mhz),
     (
+        "counter",
+        "o3_gpu_energy_joules_total",
+        "Energy used, from the device's cumulative counter.",
+        |g| g.reading.energy_j,
+    ),
+    (
+        "gauge",
+        "o3_gpu_graphics_clock_hertz",
+        "Graphics clock.",
+        |g| hertz(g.reading.sclk_mhz),
+    ),
+    ("gauge", "o3_gpu_memory_clock_hertz", "Memory clock.", |g| {
+        hertz(g.reading.mclk_mhz)
+    }),
+    (
+        "gauge",
         "o3_gpu_asleep",
         "1 when the device is runtime-suspended (its sensors are not read).",
         |g| Some(if g.asleep { 1.0 } else { 0.0 }),
@@ -133,16 +189,28 @@ const GPU_GAUGES: [(&str, &str, GpuGet); 12] = [
 pub fn render(s: &Sample, peaks: &Peaks, gpus: &[GpuInfo]) -> String {
     let mut o = String::new();
     system(&mut o, s, peaks);
-    let label = |g: &GpuSample| gpu_label(g, gpus);
-    for (name, help, get) in GPU_GAUGES {
+    let label = |i: u32| gpu_label(i, gpus);
+    for (kind, name, help, get) in GPU_FAMILIES {
         let rows = s
             .gpus
             .iter()
-            .filter_map(|g| get(g).map(|v| format!("{name}{{{}}} {v}", label(g))));
-        gauge(&mut o, name, help, rows);
+            .filter_map(|g| get(g).map(|v| format!("{name}{{{}}} {v}", label(g.index))));
+        family(&mut o, kind, name, help, rows);
     }
-    gpu_temperatures(&mut o, &s.gpus, &label);
-    gpu_peaks(&mut o, peaks);
+    let rows = s.gpus.iter().flat_map(|g| sensor_rows(g.index, temps(g)));
+    family(
+        &mut o,
+        "gauge",
+        "o3_gpu_temperature_celsius",
+        "GPU temperatures.",
+        rows.map(|(i, sensor, t)| {
+            format!(
+                "o3_gpu_temperature_celsius{{{},sensor=\"{sensor}\"}} {t}",
+                label(i)
+            )
+        }),
+    );
+    gpu_peaks(&mut o, peaks, &label);
     o
 }
 
@@ -164,68 +232,73 @@ fn system(o: &mut String, s: &Sample, peaks: &Peaks) {
         o,
         "o3_memory_used_peak_bytes",
         "Highest system RAM in use since o3 started.",
-        bytes(Some(peaks.mem_used_bytes)),
+        bytes(peaks.mem_used_bytes),
     );
     scalar(
         o,
-        "o3_cpu_busy_percent",
-        "System CPU busy, percent of all cores.",
-        s.system_cpu_percent,
+        "o3_cpu_busy_ratio",
+        "System CPU busy, share of all cores, 0 to 1.",
+        ratio(s.system_cpu_percent),
     );
 }
 
 /// The labels of a GPU's rows: index, name (`?` when not listed), APU or not.
-fn gpu_label(g: &GpuSample, gpus: &[GpuInfo]) -> String {
-    let info = gpus.iter().find(|i| i.index == g.index);
+fn gpu_label(index: u32, gpus: &[GpuInfo]) -> String {
+    let info = gpus.iter().find(|i| i.index == index);
     format!(
-        "gpu=\"{}\",name=\"{}\",apu=\"{}\"",
-        g.index,
+        "gpu=\"{index}\",name=\"{}\",apu=\"{}\"",
         escape(info.map_or("?", |i| i.name.as_str())),
         info.is_some_and(|i| i.apu)
     )
 }
 
-/// Every temperature sensor of every GPU, one gauge labelled by sensor.
-fn gpu_temperatures(o: &mut String, gpus: &[GpuSample], label: &dyn Fn(&GpuSample) -> String) {
-    let rows = gpus.iter().flat_map(|g| {
-        [
-            ("edge", g.reading.temp_edge_c),
-            ("junction", g.reading.temp_junction_c),
-            ("mem", g.reading.temp_mem_c),
-        ]
+/// (gpu, sensor, value) of each sensor that has a value.
+fn sensor_rows(
+    index: u32,
+    temps: [Option<f64>; 3],
+) -> impl Iterator<Item = (u32, &'static str, f64)> {
+    SENSORS
         .into_iter()
-        .filter_map(move |(sensor, t)| {
-            t.map(|t| {
-                format!(
-                    "o3_gpu_temperature_celsius{{{},sensor=\"{sensor}\"}} {t}",
-                    label(g)
-                )
-            })
-        })
-    });
-    gauge(o, "o3_gpu_temperature_celsius", "GPU temperatures.", rows);
+        .zip(temps)
+        .filter_map(move |(sensor, t)| t.map(|t| (index, sensor, t)))
 }
 
-/// The GPUs' highest usable memory and temperature so far.
-fn gpu_peaks(o: &mut String, peaks: &Peaks) {
-    gauge(
+/// The GPUs' highest usable memory, temperatures and power so far, with the labels of the
+/// families they are the peaks of.
+fn gpu_peaks(o: &mut String, peaks: &Peaks, label: &dyn Fn(u32) -> String) {
+    let name = "o3_gpu_usable_used_peak_bytes";
+    family(
         o,
-        "o3_gpu_usable_used_peak_bytes",
+        "gauge",
+        name,
         "Highest GPU-usable memory in use since o3 started (sampled).",
-        peaks
-            .gpus
-            .iter()
-            .map(|(i, used, _, _)| format!("o3_gpu_usable_used_peak_bytes{{gpu=\"{i}\"}} {used}")),
+        peaks.gpus.iter().filter_map(|p| {
+            p.usable_used_bytes
+                .map(|v| format!("{name}{{{}}} {v}", label(p.index)))
+        }),
     );
-    gauge(
+    let name = "o3_gpu_temperature_peak_celsius";
+    family(
         o,
-        "o3_gpu_temperature_peak_celsius",
-        "Highest GPU temperature since o3 started.",
+        "gauge",
+        name,
+        "Highest GPU temperature per sensor since o3 started.",
         peaks
             .gpus
             .iter()
-            .filter(|p| p.2.is_finite())
-            .map(|(i, _, t, _)| format!("o3_gpu_temperature_peak_celsius{{gpu=\"{i}\"}} {t}")),
+            .flat_map(|p| sensor_rows(p.index, p.temps_c))
+            .map(|(i, sensor, t)| format!("{name}{{{},sensor=\"{sensor}\"}} {t}", label(i))),
+    );
+    let name = "o3_gpu_power_peak_watts";
+    family(
+        o,
+        "gauge",
+        name,
+        "Highest GPU power since o3 started.",
+        peaks.gpus.iter().filter_map(|p| {
+            p.power_w
+                .map(|w| format!("{name}{{{}}} {w}", label(p.index)))
+        }),
     );
 }
 
@@ -299,30 +372,146 @@ mod tests {
         }
     }
 
+    fn info() -> GpuInfo {
+        GpuInfo {
+            index: 1,
+            vendor: "amd",
+            name: "AMD Strix Halo".into(),
+            pci_id: None,
+            pci_slot: None,
+            apu: true,
+            apu_basis: None,
+            memory_reader: "amdgpu sysfs".into(),
+            sensor_reader: "hwmon".into(),
+            process_reader: "fdinfo".into(),
+            crit_c: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The whole exposition of a fixed sample, after a hotter one (the peaks differ from the
+    /// current values): base units, ratios, hertz, a counter, the same labels on the peaks.
     #[test]
-    fn exposition_has_units_labels_and_peaks() {
-        let s = sample();
+    fn exposition_golden() {
+        let mut s = sample();
+        s.gpus[0].reading.gpu_busy_percent = Some(41.0);
+        s.gpus[0].reading.sclk_mhz = Some(2900.0);
+        s.gpus[0].reading.energy_j = Some(1234.5);
+        let mut hot = s.clone();
+        hot.gpus[0].reading.temp_edge_c = Some(71.0);
+        hot.gpus[0].reading.power_w = Some(90.0);
+        let mut p = Peaks::default();
+        p.add(&hot);
+        p.add(&s);
+        let l = "gpu=\"1\",name=\"AMD Strix Halo\",apu=\"true\"";
+        let want = format!(
+            "# HELP o3_memory_used_bytes System RAM in use (MemTotal - MemAvailable).
+# TYPE o3_memory_used_bytes gauge
+o3_memory_used_bytes 3221225472
+# HELP o3_memory_total_bytes System RAM.
+# TYPE o3_memory_total_bytes gauge
+o3_memory_total_bytes 25769803776
+# HELP o3_memory_used_peak_bytes Highest system RAM in use since o3 started.
+# TYPE o3_memory_used_peak_bytes gauge
+o3_memory_used_peak_bytes 3221225472
+# HELP o3_cpu_busy_ratio System CPU busy, share of all cores, 0 to 1.
+# TYPE o3_cpu_busy_ratio gauge
+o3_cpu_busy_ratio 0.125
+# HELP o3_gpu_gtt_used_bytes GTT (system memory mapped for the GPU) in use.
+# TYPE o3_gpu_gtt_used_bytes gauge
+o3_gpu_gtt_used_bytes{{{l}}} 42949672960
+# HELP o3_gpu_usable_used_bytes GPU-usable memory in use: GTT on an APU, VRAM on a discrete GPU.
+# TYPE o3_gpu_usable_used_bytes gauge
+o3_gpu_usable_used_bytes{{{l}}} 42949672960
+# HELP o3_gpu_usable_total_bytes GPU-usable capacity: GTT bounded by RAM on an APU, VRAM on a discrete GPU.
+# TYPE o3_gpu_usable_total_bytes gauge
+o3_gpu_usable_total_bytes{{{l}}} 128849018880
+# HELP o3_gpu_busy_ratio Graphics/compute engine busy, 0 to 1.
+# TYPE o3_gpu_busy_ratio gauge
+o3_gpu_busy_ratio{{{l}}} 0.41
+# HELP o3_gpu_power_watts Power (average where the device has it; the whole SoC on an APU).
+# TYPE o3_gpu_power_watts gauge
+o3_gpu_power_watts{{{l}}} 65
+# HELP o3_gpu_energy_joules_total Energy used, from the device's cumulative counter.
+# TYPE o3_gpu_energy_joules_total counter
+o3_gpu_energy_joules_total{{{l}}} 1234.5
+# HELP o3_gpu_graphics_clock_hertz Graphics clock.
+# TYPE o3_gpu_graphics_clock_hertz gauge
+o3_gpu_graphics_clock_hertz{{{l}}} 2900000000
+# HELP o3_gpu_asleep 1 when the device is runtime-suspended (its sensors are not read).
+# TYPE o3_gpu_asleep gauge
+o3_gpu_asleep{{{l}}} 0
+# HELP o3_gpu_temperature_celsius GPU temperatures.
+# TYPE o3_gpu_temperature_celsius gauge
+o3_gpu_temperature_celsius{{{l},sensor=\"edge\"}} 48
+# HELP o3_gpu_usable_used_peak_bytes Highest GPU-usable memory in use since o3 started (sampled).
+# TYPE o3_gpu_usable_used_peak_bytes gauge
+o3_gpu_usable_used_peak_bytes{{{l}}} 42949672960
+# HELP o3_gpu_temperature_peak_celsius Highest GPU temperature per sensor since o3 started.
+# TYPE o3_gpu_temperature_peak_celsius gauge
+o3_gpu_temperature_peak_celsius{{{l},sensor=\"edge\"}} 71
+# HELP o3_gpu_power_peak_watts Highest GPU power since o3 started.
+# TYPE o3_gpu_power_peak_watts gauge
+o3_gpu_power_peak_watts{{{l}}} 90
+"
+        );
+        assert_eq!(render(&s, &p, &[info()]), want);
+    }
+
+    /// The label names of each family's rows, by family.
+    fn label_sets(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap().to_string();
+            let labels = line
+                .split_once('{')
+                .map(|(_, r)| r.split('}').next().unwrap())
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+                .collect();
+            out.insert(name, labels);
+        }
+        out
+    }
+
+    /// Every family has HELP and TYPE, ends in a base unit (or is a ratio or a 0/1 state),
+    /// counters end in `_total`, and a `*_peak_*` family has its base family's labels.
+    #[test]
+    fn every_family_follows_the_naming_conventions() {
+        let mut s = sample();
+        s.gpus[0].reading.temp_junction_c = Some(50.0);
+        s.gpus[0].reading.mclk_mhz = Some(1000.0);
+        s.gpus[0].reading.energy_j = Some(1.0);
         let mut p = Peaks::default();
         p.add(&s);
-        let text = render(&s, &p, &[]);
-        assert!(
-            text.contains("# TYPE o3_memory_used_bytes gauge\no3_memory_used_bytes 3221225472\n")
-        );
-        assert!(text.contains(
-            "o3_gpu_usable_total_bytes{gpu=\"1\",name=\"?\",apu=\"false\"} 128849018880"
-        ));
-        assert!(text.contains(
-            "o3_gpu_temperature_celsius{gpu=\"1\",name=\"?\",apu=\"false\",sensor=\"edge\"} 48"
-        ));
-        assert!(text.contains("o3_gpu_usable_used_peak_bytes{gpu=\"1\"} 42949672960"));
-        assert!(
-            !text.contains("o3_gpu_vram_used_bytes"),
-            "absent values are not exported"
-        );
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
-            assert!(name.starts_with("o3_"), "{line}");
+        let text = render(&s, &p, &[info()]);
+        let sets = label_sets(&text);
+        for (name, labels) in &sets {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+            let unit = [
+                "_bytes",
+                "_ratio",
+                "_watts",
+                "_celsius",
+                "_hertz",
+                "_joules_total",
+            ]
+            .iter()
+            .any(|u| name.ends_with(u));
+            assert!(unit || name == "o3_gpu_asleep", "{name} has no base unit");
+            if let Some((head, tail)) = name.split_once("_peak") {
+                let base = format!("{head}{tail}");
+                assert_eq!(Some(labels), sets.get(&base), "{name} vs {base}");
+            }
         }
+        assert!(!text.contains("percent") && !text.contains("mhz"), "{text}");
     }
 
     /// A sleeping GPU has no temperature: no temperature family at all, not an empty one.
@@ -335,7 +524,9 @@ mod tests {
         p.add(&s);
         let text = render(&s, &p, &[]);
         assert!(text.contains("o3_gpu_asleep{gpu=\"1\",name=\"?\",apu=\"false\"} 1\n"));
-        assert!(text.contains("o3_gpu_usable_used_peak_bytes{gpu=\"1\"} 42949672960\n"));
+        assert!(text.contains(
+            "o3_gpu_usable_used_peak_bytes{gpu=\"1\",name=\"?\",apu=\"false\"} 42949672960\n"
+        ));
         assert!(!text.contains("temperature"), "{text}");
     }
 
