@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::backend::{FlashAttnChoice, OutcomeClass, ProbeConfig};
 use crate::optimize::target::{
     backend_spec, check_model_file, pin_load_mode, BackendKind, ServerFlags,
 };
@@ -87,9 +87,9 @@ pub struct ProbeArgs {
     /// Layers offloaded to the GPU (-1: all).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
-    /// Flash attention on or off (true, false).
-    #[arg(long)]
-    pub flash_attn: Option<bool>,
+    /// Flash attention on, off or auto (the server decides; true/false mean on/off).
+    #[arg(long, value_enum, value_name = "on|off|auto")]
+    pub flash_attn: Option<FlashAttnChoice>,
     /// KV cache type of K (f16, q8_0, q4_0, ...).
     #[arg(long)]
     pub cache_type_k: Option<String>,
@@ -260,7 +260,7 @@ fn config(a: &ProbeArgs) -> ProbeConfig {
         ubatch: a.ubatch,
         parallel: a.parallel,
         gpu_layers: a.gpu_layers,
-        flash_attn: a.flash_attn,
+        flash_attn: a.flash_attn.and_then(FlashAttnChoice::setting),
         cache_type_k: a.cache_type_k.clone(),
         cache_type_v: a.cache_type_v.clone(),
         threads: a.threads,

@@ -39,7 +39,14 @@ pub fn config_text(c: &ProbeConfig) -> String {
         });
     }
     if let Some(fa) = c.flash_attn {
-        s.push(if fa { "flash-attn" } else { "no flash-attn" }.into());
+        s.push(
+            if fa.is_on() {
+                "flash-attn"
+            } else {
+                "no flash-attn"
+            }
+            .into(),
+        );
     }
     match (&c.cache_type_k, &c.cache_type_v) {
         (None, None) => {}
@@ -173,7 +180,7 @@ mod tests {
             ctx: 32768,
             batch: Some(512),
             parallel: Some(4),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(16),
