@@ -10,7 +10,7 @@ use crate::optimize::target::{
 use crate::probe::{self, ProbeResult, ProbeSpec};
 use crate::telemetry::ebpf::Loaded;
 use crate::telemetry::watchdog::Thresholds;
-use crate::util::duration;
+use crate::util::{duration, percent};
 
 use super::{CliResult, Roots};
 
@@ -29,14 +29,8 @@ fn parse_margin(s: &str) -> anyhow::Result<f64> {
     Ok(v)
 }
 
-fn parse_fill(s: &str) -> anyhow::Result<f64> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{s}` is not a fraction (0.05 to 1.0)"))?;
-    if !(0.05..=1.0).contains(&v) {
-        anyhow::bail!("{v} is out of range: accepted 0.05 to 1.0");
-    }
-    Ok(v)
+fn parse_fill(s: &str) -> Result<f64, percent::ShareError> {
+    percent::parse_fraction(s, percent::FractionRange::new(0.05, false, 1.0))
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,8 +107,8 @@ pub struct ProbeArgs {
     /// Tokens generated per sample.
     #[arg(long, default_value_t = 32)]
     pub output_tokens: u32,
-    /// Fraction of the context the prompt fills.
-    #[arg(long, default_value = "0.9", value_parser = parse_fill)]
+    /// Fraction of the context the prompt fills: 0.05 to 1, or a percent with its sign (90%).
+    #[arg(long, default_value = "0.9", value_name = "FRACTION", value_parser = parse_fill)]
     pub fill: f64,
     /// Exact prompt length in tokens instead of --fill (may exceed the context, to test it).
     #[arg(long, value_name = "N")]
@@ -146,8 +140,8 @@ pub struct ProbeArgs {
     /// probe ends as `safety_abort`.
     #[arg(long)]
     pub safety: bool,
-    /// With --safety: the RAM limit in % of system RAM (default 85).
-    #[arg(long, value_name = "PCT", requires = "safety")]
+    /// With --safety: the RAM limit in % of system RAM, 1 to 100 (default 85).
+    #[arg(long, value_name = "PERCENT", requires = "safety", value_parser = percent::parse_percent)]
     pub max_ram_percent: Option<f64>,
     /// Print the result as one JSON object.
     #[arg(long)]

@@ -1,10 +1,11 @@
-//! Small helpers shared by the stages: durations, byte sizes, order statistics, starting
+//! Small helpers shared by the stages: durations, percents and fractions, byte sizes, order statistics, starting
 //! processes and making sure the servers among them die with o3, the host name, kernel release
 //! and wall clock, the signal pipe of long-running commands.
 
 pub mod duration;
 pub mod order;
 pub mod owner;
+pub mod percent;
 pub mod signals;
 pub mod spawn;
 pub mod system;
