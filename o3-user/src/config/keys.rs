@@ -122,10 +122,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("batch.min_gain", fraction(0.0, false, 1.0)),
     ("batch.rank_tokens", int(16, CONTEXT_MAX)),
     ("batch.rank_samples", int(1, 100)),
-    (
-        "presets.max_context.target_context_percentile",
-        num(1.0, 100.0),
-    ),
+    ("presets.max_context.target_context_percentile", PERCENT),
     ("presets.max_context.throughput_weight", WEIGHT),
     ("presets.max_context.ttft_weight", WEIGHT),
     (

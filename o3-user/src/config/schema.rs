@@ -129,6 +129,7 @@ pub struct Presets {
 #[serde(deny_unknown_fields, default)]
 pub struct MaxContextPreset {
     /// Percentile (of the largest stable context) a candidate must reach, %.
+    #[serde(deserialize_with = "units::percent")]
     pub target_context_percentile: f64,
     /// Weight of decode throughput in the ranking, 0 to 1.
     pub throughput_weight: f64,

@@ -352,6 +352,10 @@ fn percents_and_fractions_say_their_unit_and_the_value_meant() {
         "t.yaml:2: safety.max_ram_percent: 0.5 is not a percent; give a percent from 1 to 100 (did you mean 50?)"
     );
     assert_eq!(
+        err("presets:\n  max_context:\n    target_context_percentile: 0.95\n").to_string(),
+        "t.yaml:3: presets.max_context.target_context_percentile: 0.95 is not a percent; give a percent from 1 to 100 (did you mean 95?)"
+    );
+    assert_eq!(
         err("safety:\n  max_vram_percent: 150\n").to_string(),
         "t.yaml:2: safety.max_vram_percent: 150 is out of range; allowed a percent from 1 to 100 (85 or 85%)"
     );
