@@ -237,3 +237,49 @@ fn import_legacy_prints_its_summary_on_stdout() {
     assert!(summary.contains("imported: 3 runs"), "{summary}");
     error_on_stderr(&["import-legacy", s(dir.path()), "--db", s(&db)], 1);
 }
+
+/// llama.cpp's real llama-server (`cargo xtask setup` builds it; skipped without it unless
+/// O3_REQUIRE_SERVER=1) takes `--flash-attn on|off|auto` as o3 passes it: each probe loads and
+/// answers; the result says "on"/"off" (null: the server decided), and the trace header names
+/// the backend as `--backend` does.
+#[test]
+fn flash_attn_on_off_auto_reach_the_real_llama_server() {
+    let Some((bin, model)) = common::server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (given, written) in [("on", "\"on\""), ("off", "\"off\""), ("auto", "null")] {
+        let trace = dir.path().join(format!("{given}.jsonl"));
+        let out = o3()
+            .args([
+                "probe",
+                "--backend",
+                "llama-server",
+                "--json",
+                "--server-bin",
+            ])
+            .arg(&bin)
+            .arg("--model")
+            .arg(&model)
+            .args(["--ctx", "512", "--samples", "1", "--output-tokens", "4"])
+            .args(["--flash-attn", given, "--out", s(&trace)])
+            .output()
+            .unwrap();
+        let r = common::last_json(&out);
+        assert_eq!(out.status.code(), Some(0), "{given}: {r}");
+        assert_eq!(r["outcome"], "ok", "{given}: {r}");
+        assert_eq!(r["config"]["flash_attn"].to_string(), written, "{given}");
+        let header: Value = serde_json::from_str(
+            std::fs::read_to_string(&trace)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            header["target"]["probe"]["backend"], "llama-server",
+            "{header}"
+        );
+    }
+}
