@@ -197,6 +197,18 @@ fn analyze_and_export_print_results_on_stdout_and_skipped_lines_on_stderr() {
         assert_eq!(err.matches("(skipped)").count(), 2, "{args:?}: {err}");
         assert!(!out.contains("(skipped)"), "{args:?}: {out}");
     }
+    // A trace cut before its summary: the warning once, on stderr only.
+    let (code, out, err) = run(&["analyze", s(&traces.join("truncated.jsonl"))]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        err.matches("warning: no summary record").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        !out.contains("warning") && !out.contains("skipped"),
+        "{out}"
+    );
     error_on_stderr(&["analyze", "/nonexistent/trace.jsonl"], 1);
 }
 

@@ -51,7 +51,8 @@ pub(super) fn value(metric: &str, v: f64) -> String {
     }
 }
 
-/// The analysis as text, one fact per line.
+/// The analysis as text, one fact per line. Skipped lines and warnings are not in it: they are
+/// diagnostics, which `o3 analyze` prints on stderr (and `--json` lists in the object).
 pub fn text(a: &Analysis) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -67,12 +68,6 @@ pub fn text(a: &Analysis) -> String {
     thresholds_text(&mut o, &a.thresholds);
     processes_text(&mut o, &a.processes);
     overhead_text(&mut o, a.overhead.as_ref());
-    for w in &a.warnings {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    if !a.problems.is_empty() {
-        let _ = writeln!(o, "{} unreadable line(s) skipped", a.problems.len());
-    }
     o
 }
 
