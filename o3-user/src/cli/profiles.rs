@@ -19,7 +19,7 @@ pub struct ProfilesArgs {
     pub json: bool,
 }
 
-/// `ctx 32768 · batch 512 · 4 slots · flash-attn · KV q8_0/q8_0 · 16 threads`.
+/// `ctx 32768 · batch 512 · 4 slots · flash-attn on · KV q8_0/q8_0 · 16 threads`.
 pub fn config_text(c: &ProbeConfig) -> String {
     let mut s = vec![format!("ctx {}", c.ctx)];
     if let Some(b) = c.batch {
@@ -39,14 +39,7 @@ pub fn config_text(c: &ProbeConfig) -> String {
         });
     }
     if let Some(fa) = c.flash_attn {
-        s.push(
-            if fa.is_on() {
-                "flash-attn"
-            } else {
-                "no flash-attn"
-            }
-            .into(),
-        );
+        s.push(format!("flash-attn {}", fa.name()));
     }
     match (&c.cache_type_k, &c.cache_type_v) {
         (None, None) => {}
@@ -188,7 +181,7 @@ mod tests {
         };
         assert_eq!(
             config_text(&c),
-            "ctx 32768 · batch 512 · 4 slots · flash-attn · KV q8_0/q8_0 · 16 threads"
+            "ctx 32768 · batch 512 · 4 slots · flash-attn on · KV q8_0/q8_0 · 16 threads"
         );
     }
 
