@@ -295,3 +295,38 @@ fn flash_attn_on_off_auto_reach_the_real_llama_server() {
         );
     }
 }
+
+/// `o3 ARGS` with stdout a pipe whose reader has gone before o3 starts (as `o3 history |
+/// head -1` once head has its line): every write fails with EPIPE, deterministically.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stdout");
+    drop(read);
+    o3().args(args)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, db) = simulated_run(dir.path());
+    let record = common::fixtures().join("traces/record.jsonl");
+    let out_dir = dir.path().join("r");
+    for args in [
+        vec!["config", "default"],
+        vec!["history", "--db", s(&db)],
+        vec!["profiles", "--db", s(&db), "--json"],
+        vec!["analyze", s(&record)],
+        vec!["export", s(&record), "--format", "csv"],
+        vec!["report", s(&run_dir), "--out", s(&out_dir)],
+    ] {
+        let out = with_closed_stdout(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -172,15 +172,15 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             prediction: &prediction,
             notes: &notes,
         };
-        println!(
-            "{}",
-            serde_json::to_string(&out).expect("prediction serialises")
-        );
+        super::stdout::line(serde_json::to_string(&out).expect("prediction serialises"))?;
     } else {
-        print!(
-            "{}",
-            render(&a.model, &cfg, &capacity_source, &prediction, &notes)
-        );
+        super::stdout::print(&render(
+            &a.model,
+            &cfg,
+            &capacity_source,
+            &prediction,
+            &notes,
+        ))?;
     }
     Ok(0)
 }

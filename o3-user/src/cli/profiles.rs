@@ -6,7 +6,7 @@ use crate::backend::ProbeConfig;
 use crate::learn::store::{PresetRow, Profile};
 
 use super::history::{no_history_yet, open_existing, table};
-use super::{CliResult, Roots};
+use super::{stdout, CliResult, Roots};
 use crate::util::units::utc;
 
 #[derive(Debug, clap::Args)]
@@ -142,7 +142,7 @@ pub fn render(profiles: &[Profile]) -> String {
 pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
     let (path, store) = open_existing(a.db)?;
     let Some(store) = store else {
-        no_history_yet(&path, a.json, "hosts");
+        no_history_yet(&path, a.json, "hosts")?;
         return Ok(0);
     };
     let profiles = store.profiles().map_err(|e| (anyhow::Error::new(e), 1))?;
@@ -154,11 +154,11 @@ pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
             "exists": true,
             "hosts": profiles,
         });
-        println!("{v}");
+        stdout::line(v)?;
     } else if profiles.is_empty() {
-        println!("no hosts in {} yet", path.display());
+        stdout::line(format!("no hosts in {} yet", path.display()))?;
     } else {
-        print!("{}", render(&profiles));
+        stdout::print(&render(&profiles))?;
     }
     Ok(0)
 }

@@ -59,7 +59,7 @@ pub fn run(_roots: &Roots, a: ReportArgs) -> CliResult {
         written.push(html);
     }
     for p in written {
-        println!("{}", p.display());
+        super::stdout::line(p.display())?;
     }
     Ok(0)
 }
