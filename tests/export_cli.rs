@@ -153,7 +153,8 @@ fn analyze_text_names_peaks_thresholds_processes_and_overhead() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     for want in [
-        "rss_bytes                        24047616 at 18.766 ms  (summary)",
+        // 24047616 bytes at 18.766 ms in the trace.
+        "rss_bytes                            22.9 MiB at 18.8 ms  (summary)",
         "percentiles (nearest rank)",
         "time above safety thresholds (thresholds from the trace)",
         "CPU and GPU per process",
@@ -168,6 +169,32 @@ fn analyze_text_names_peaks_thresholds_processes_and_overhead() {
         .unwrap();
     let s = text(&out.stdout);
     assert!(s.contains("default thresholds: 85 % RAM, 90 % VRAM"), "{s}");
+}
+
+/// The text says every value in a human unit; the raw numbers of handmade-gpu.jsonl converted
+/// by hand: 23622320128 B = 22 GiB, 1000000 B = 976.6 KiB, 8642363392 B = 8.05 GiB,
+/// 50000000 ns = 50 ms, 360 ms of samples.
+#[test]
+fn analyze_text_is_in_human_units() {
+    let out = o3()
+        .arg("analyze")
+        .arg(fixture("handmade-gpu.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for want in [
+        "3 samples over 360.0 ms",
+        "gpu0_vram_used_bytes                 22.0 GiB at 200.0 ms  (samples)",
+        "gpu0_temp_edge_c                      88.0 °C at 300.0 ms  (samples)",
+        "gpu0_power_w                          330.0 W at 300.0 ms  (samples)",
+        "gpu0_usable_used_percent         > 90.0 %   200.0 ms (2 of 3 samples)",
+        "      4243    50.0 ms    20.0 %  976.6 KiB    50.0 %      8.0 GiB  llama-server",
+        "o3_cpu_ns=3.0 ms percent_of_one_core=1.10 %",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    assert!(!s.contains("23622320128"), "{s}");
 }
 
 #[test]

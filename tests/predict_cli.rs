@@ -169,7 +169,7 @@ fn llama31_8b_fixture_fits_small_contexts_not_the_trained_one() {
             "--ctx",
             "8192",
             "--flash-attn",
-            "false",
+            "off",
             "--capacity-gib",
             "8",
         ],
@@ -283,7 +283,7 @@ fn synthetic_records(host: &str, shape: &ModelShape) -> Vec<Record> {
             let config = ProbeConfig {
                 ctx: 1024 << k,
                 batch: Some(batch),
-                flash_attn: Some(true),
+                flash_attn: Some(o3::backend::FlashAttn::On),
                 ..ProbeConfig::default()
             };
             let e = memory::estimate(shape, &config, Some(cap), &truth);
@@ -769,4 +769,36 @@ fn ollama_shape_from_api_show_and_size_from_api_tags() {
         err.contains("cannot reach Ollama at http://127.0.0.1:9"),
         "{err}"
     );
+}
+
+/// `--flash-attn` takes llama.cpp's words; `true`/`false` still mean on/off; the JSON says
+/// `"on"`/`"off"`, and `null` for auto (the server decides).
+#[test]
+fn flash_attn_takes_on_off_auto_and_the_old_bools() {
+    let (_dir, model) = fixture_8b();
+    let m = model.to_str().unwrap();
+    for (given, written) in [
+        ("on", "\"on\""),
+        ("true", "\"on\""),
+        ("off", "\"off\""),
+        ("false", "\"off\""),
+        ("auto", "null"),
+    ] {
+        let args = [
+            "--model",
+            m,
+            "--ctx",
+            "4096",
+            "--flash-attn",
+            given,
+            "--capacity-gib",
+            "8",
+        ];
+        let v = json(&[], &args);
+        assert_eq!(v["config"]["flash_attn"].to_string(), written, "{given}");
+    }
+    let (out, _d) = run(&[], &["--model", m, "--ctx", "4096", "--flash-attn", "yes"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[possible values: on, off, auto]"), "{err}");
 }

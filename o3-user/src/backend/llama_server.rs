@@ -442,12 +442,12 @@ fn gpu_args(w: &mut Words, flags: &Flags, cfg: &ProbeConfig) -> Result<(), ArgsE
         w.push(flag, Some(value));
     }
     match cfg.flash_attn {
-        Some(on) => {
-            let asked = format!("flash_attn = {on}");
+        Some(fa) => {
+            let asked = format!("flash_attn = {}", fa.name());
             let flag = require(&flags.flash_attn, "-fa/--flash-attn", &asked)?;
             if flags.flash_attn_takes_value {
-                w.push(flag, Some(if on { "on" } else { "off" }.to_string()));
-            } else if on {
+                w.push(flag, Some(fa.name().to_string()));
+            } else if fa.is_on() {
                 // A plain switch: off is that build's default, there is nothing to pass.
                 w.push(flag, None);
             }
@@ -971,7 +971,7 @@ mod tests {
             ubatch: Some(256),
             parallel: Some(2),
             gpu_layers: Some(-1),
-            flash_attn: Some(false),
+            flash_attn: Some(crate::backend::FlashAttn::Off),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
@@ -1022,7 +1022,7 @@ mod tests {
         let f = parse_help(HELP_OLD);
         let mut c = cfg(2048);
         c.gpu_layers = Some(-1);
-        c.flash_attn = Some(true);
+        c.flash_attn = Some(crate::backend::FlashAttn::On);
         let args = command_args(&f, Path::new("m.gguf"), &c, "127.0.0.1", 8080).unwrap();
         assert_eq!(
             args,
@@ -1051,7 +1051,7 @@ mod tests {
             ])
         );
         // off is the switch build's default: nothing to pass
-        c.flash_attn = Some(false);
+        c.flash_attn = Some(crate::backend::FlashAttn::Off);
         c.gpu_layers = Some(20);
         let args = command_args(&f, Path::new("m.gguf"), &c, "127.0.0.1", 8080).unwrap();
         assert!(!args.iter().any(|a| a.contains("flash")));
@@ -1095,7 +1095,7 @@ mod tests {
             "this llama-server build has no -ub/--ubatch-size flag (ubatch = 128 requested)"
         );
         let mut c = cfg(512);
-        c.flash_attn = Some(false);
+        c.flash_attn = Some(crate::backend::FlashAttn::Off);
         assert!(command_args(&f, model, &c, "h", 1)
             .unwrap_err()
             .to_string()

@@ -26,14 +26,88 @@ pub struct ProbeConfig {
     pub parallel: Option<u32>,
     /// Layers offloaded to the GPU (-1: all / automatic).
     pub gpu_layers: Option<i32>,
-    pub flash_attn: Option<bool>,
+    /// On or off; `None` (`--flash-attn auto`) leaves it to the server.
+    pub flash_attn: Option<FlashAttn>,
     /// KV cache types, e.g. `f16`, `q8_0`, `q4_0`.
     pub cache_type_k: Option<String>,
     pub cache_type_v: Option<String>,
     pub threads: Option<u32>,
 }
 
-/// How a probe (or one sample of it) ended.
+/// Flash attention asked on or off, written `"on"`/`"off"` (llama.cpp's spelling). Files
+/// and store rows of earlier versions have `true`/`false`; they read as on/off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", from = "FlashAttnRead")]
+pub enum FlashAttn {
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn is_on(self) -> bool {
+        self == FlashAttn::On
+    }
+
+    /// `on` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
+}
+
+/// What a stored flash-attention setting can be: this version's name or an earlier bool.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FlashAttnRead {
+    Bool(bool),
+    Name(FlashAttnName),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FlashAttnName {
+    On,
+    Off,
+}
+
+impl From<FlashAttnRead> for FlashAttn {
+    fn from(r: FlashAttnRead) -> FlashAttn {
+        match r {
+            FlashAttnRead::Bool(true) | FlashAttnRead::Name(FlashAttnName::On) => FlashAttn::On,
+            FlashAttnRead::Bool(false) | FlashAttnRead::Name(FlashAttnName::Off) => FlashAttn::Off,
+        }
+    }
+}
+
+/// `--flash-attn on|off|auto` (llama.cpp's words; `true`/`false` are accepted for on/off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttnChoice {
+    /// Flash attention on.
+    #[value(alias = "true")]
+    On,
+    /// Flash attention off.
+    #[value(alias = "false")]
+    Off,
+    /// The server decides: llama-server gets `--flash-attn auto`, Ollama's
+    /// OLLAMA_FLASH_ATTENTION stays unset.
+    Auto,
+}
+
+impl FlashAttnChoice {
+    /// The configuration's setting: `None` for auto.
+    pub fn setting(self) -> Option<FlashAttn> {
+        match self {
+            FlashAttnChoice::On => Some(FlashAttn::On),
+            FlashAttnChoice::Off => Some(FlashAttn::Off),
+            FlashAttnChoice::Auto => None,
+        }
+    }
+}
+
+/// How a probe (or one sample of it) ended. Serialized snake_case (`load_failed`); the
+/// run-together spellings of earlier versions (`loadfailed`) still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeClass {
@@ -41,19 +115,24 @@ pub enum OutcomeClass {
     /// Out of memory (host or device), from the server's error text or stderr.
     Oom,
     /// The server or model did not load (bad path, bad flags, never became ready).
+    #[serde(alias = "loadfailed")]
     LoadFailed,
     /// The prompt did not fit the context.
+    #[serde(alias = "contextexceeded")]
     ContextExceeded,
     /// The server silently used a smaller context than requested.
     Clamped,
     /// Layers spilled to the CPU (a degraded configuration, not a success).
+    #[serde(alias = "cpuspill")]
     CpuSpill,
     Timeout,
     /// The server process died (exit status or signal recorded).
     Crashed,
     /// Any other HTTP or protocol failure (malformed JSON/SSE included).
+    #[serde(alias = "httperror")]
     HttpError,
     /// The safety watchdog stopped the probe.
+    #[serde(alias = "safetyabort")]
     SafetyAbort,
     /// Not run: the predictor gave it a probability of success under the threshold
     /// (`learning.min_p_success`); the error says which probability.
@@ -212,6 +291,51 @@ mod tests {
             Skipped,
         ] {
             assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+        }
+    }
+
+    #[test]
+    fn flash_attention_is_written_on_off_and_old_bools_still_read() {
+        let on: FlashAttn = serde_json::from_str("true").unwrap();
+        let off: FlashAttn = serde_json::from_str("false").unwrap();
+        assert_eq!((on, off), (FlashAttn::On, FlashAttn::Off));
+        assert_eq!(serde_json::to_string(&on).unwrap(), "\"on\"");
+        assert_eq!(serde_json::to_string(&off).unwrap(), "\"off\"");
+        let back: FlashAttn = serde_json::from_str("\"off\"").unwrap();
+        assert_eq!(back, FlashAttn::Off);
+        assert!(serde_json::from_str::<FlashAttn>("\"auto\"").is_err());
+        // A configuration as an earlier version stored it.
+        let old: ProbeConfig =
+            serde_json::from_str(r#"{"ctx": 4096, "flash_attn": true}"#).unwrap();
+        assert_eq!(old.flash_attn, Some(FlashAttn::On));
+    }
+
+    #[test]
+    fn the_flash_attn_flag_takes_llama_cpps_words_and_the_old_bools() {
+        use clap::ValueEnum;
+        let parse = |s: &str| FlashAttnChoice::from_str(s, false).unwrap().setting();
+        assert_eq!(parse("on"), Some(FlashAttn::On));
+        assert_eq!(parse("true"), Some(FlashAttn::On));
+        assert_eq!(parse("off"), Some(FlashAttn::Off));
+        assert_eq!(parse("false"), Some(FlashAttn::Off));
+        assert_eq!(parse("auto"), None);
+        assert!(FlashAttnChoice::from_str("maybe", false).is_err());
+    }
+
+    #[test]
+    fn run_together_outcome_names_of_earlier_versions_still_read() {
+        use OutcomeClass::*;
+        for (old, o) in [
+            ("loadfailed", LoadFailed),
+            ("contextexceeded", ContextExceeded),
+            ("cpuspill", CpuSpill),
+            ("httperror", HttpError),
+            ("safetyabort", SafetyAbort),
+        ] {
+            let read: OutcomeClass = serde_json::from_value(old.into()).unwrap();
+            assert_eq!(read, o);
+            // Written back in the one spelling.
+            assert_eq!(serde_json::to_value(read).unwrap(), o.name());
         }
     }
 }

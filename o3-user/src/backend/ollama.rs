@@ -112,7 +112,7 @@ pub struct UnsupportedConfig(pub String);
 /// Ollama has one KV cache type for both K and V (`OLLAMA_KV_CACHE_TYPE`), honoured only with
 /// flash attention on; types other than f16/q8_0/q4_0 are silently replaced by f16. Each of
 /// these would silently change the configuration, so they are errors: K and V types that
-/// differ, an unknown type, or a quantized type without `flash_attn: Some(true)`. A type given
+/// differ, an unknown type, or a quantized type without `flash_attn: Some(crate::backend::FlashAttn::On)`. A type given
 /// for only one of K and V applies to both. Settings left `None` are not set (server default).
 pub fn server_env(
     cfg: &ProbeConfig,
@@ -128,7 +128,7 @@ pub fn server_env(
     if let Some(fa) = cfg.flash_attn {
         env.push((
             "OLLAMA_FLASH_ATTENTION".to_string(),
-            if fa { "1" } else { "0" }.to_string(),
+            if fa.is_on() { "1" } else { "0" }.to_string(),
         ));
     }
     let kv_type = match (cfg.cache_type_k.as_deref(), cfg.cache_type_v.as_deref()) {
@@ -147,9 +147,9 @@ pub fn server_env(
                 KV_CACHE_TYPES.join(", ")
             )));
         }
-        if kv != "f16" && cfg.flash_attn != Some(true) {
+        if kv != "f16" && cfg.flash_attn != Some(super::FlashAttn::On) {
             return Err(UnsupportedConfig(format!(
-                "a quantized KV cache ({kv}) needs flash attention (flash_attn true)"
+                "a quantized KV cache ({kv}) needs flash attention (--flash-attn on)"
             )));
         }
         env.push(("OLLAMA_KV_CACHE_TYPE".to_string(), kv.to_string()));
@@ -616,7 +616,7 @@ mod tests {
             ubatch: Some(128),
             parallel: Some(2),
             gpu_layers: Some(-1),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
@@ -662,7 +662,7 @@ mod tests {
             ubatch: Some(512),
             parallel: Some(4),
             gpu_layers: Some(20),
-            flash_attn: Some(false),
+            flash_attn: Some(crate::backend::FlashAttn::Off),
             cache_type_k: Some("f16".into()),
             cache_type_v: Some("f16".into()),
             threads: Some(4),
@@ -685,7 +685,7 @@ mod tests {
         let c = ProbeConfig {
             ctx: 16384,
             parallel: Some(2),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             ..ProbeConfig::default()
@@ -700,7 +700,7 @@ mod tests {
         assert_eq!(get("OLLAMA_HOST"), Some("127.0.0.1:11500"));
 
         let off = ProbeConfig {
-            flash_attn: Some(false),
+            flash_attn: Some(crate::backend::FlashAttn::Off),
             cache_type_k: Some("f16".into()),
             ..cfg(4096)
         };
@@ -719,19 +719,19 @@ mod tests {
         let e = server_env(&quant_no_fa, "h").unwrap_err();
         assert!(e.to_string().contains("flash attention"), "{e}");
         let quant_fa_off = ProbeConfig {
-            flash_attn: Some(false),
+            flash_attn: Some(crate::backend::FlashAttn::Off),
             ..quant_no_fa.clone()
         };
         assert!(server_env(&quant_fa_off, "h").is_err());
         let differ = ProbeConfig {
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q4_0".into()),
             ..cfg(4096)
         };
         assert!(server_env(&differ, "h").unwrap_err().0.contains("K q8_0"));
         let unknown = ProbeConfig {
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_v: Some("q5_1".into()),
             ..cfg(4096)
         };
@@ -1079,7 +1079,7 @@ mod tests {
         // What is asked stays as asked.
         let asked = ProbeConfig {
             parallel: Some(3),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_v: Some("q8_0".into()),
             ..c
         };

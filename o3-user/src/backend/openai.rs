@@ -196,7 +196,12 @@ impl Template {
                 "ubatch" => cfg.ubatch?.to_string(),
                 "parallel" => cfg.parallel.unwrap_or(1).to_string(),
                 "gpu_layers" => cfg.gpu_layers?.to_string(),
-                "flash_attn" => (if cfg.flash_attn? { "true" } else { "false" }).to_string(),
+                "flash_attn" => (if cfg.flash_attn?.is_on() {
+                    "true"
+                } else {
+                    "false"
+                })
+                .to_string(),
                 "cache_type_k" => cfg.cache_type_k.clone()?,
                 "cache_type_v" => cfg.cache_type_v.clone()?,
                 "threads" => cfg.threads?.to_string(),

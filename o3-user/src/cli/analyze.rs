@@ -22,9 +22,9 @@ pub fn run(_roots: &Roots, a: AnalyzeArgs) -> CliResult {
     let analysis = analyze::analyze(&trace);
     if a.json {
         let text = serde_json::to_string(&analysis).map_err(|e| (e.into(), 1))?;
-        println!("{text}");
+        super::stdout::line(text)?;
     } else {
-        print!("{}", analyze::text(&analysis));
+        super::stdout::print(&analyze::text(&analysis))?;
     }
     Ok(0)
 }

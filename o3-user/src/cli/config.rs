@@ -44,7 +44,7 @@ struct Report<'a> {
 pub fn run(_roots: &Roots, a: ConfigArgs) -> CliResult {
     match a.action {
         Action::Default => {
-            print!("{}", config::default_yaml());
+            super::stdout::print(config::default_yaml())?;
             Ok(0)
         }
         Action::Check { file, json } => {
@@ -59,14 +59,13 @@ pub fn run(_roots: &Roots, a: ConfigArgs) -> CliResult {
                     notices: &loaded.notices,
                     config: &loaded.config,
                 };
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("a configuration serialises")
-                );
+                super::stdout::line(
+                    serde_json::to_string(&report).expect("a configuration serialises"),
+                )?;
             } else {
-                println!("{name}: ok ({} layout)", loaded.layout.as_str());
+                super::stdout::line(format!("{name}: ok ({} layout)", loaded.layout.as_str()))?;
                 for n in &loaded.notices {
-                    println!("notice: {n}");
+                    super::stdout::line(format!("notice: {n}"))?;
                 }
             }
             Ok(0)

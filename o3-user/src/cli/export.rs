@@ -1,7 +1,7 @@
 //! `o3 export`: a trace file as CSV, Chrome trace-event JSON (Perfetto) or Apache Parquet; an
 //! `o3 optimize` run directory's results (a row per measured configuration) as CSV or Parquet.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -63,17 +63,12 @@ pub fn run(_roots: &Roots, a: ExportArgs) -> CliResult {
     } else {
         trace_bytes(&a)?
     };
-    let written = match &a.out {
+    match &a.out {
         Some(path) => std::fs::write(path, &bytes)
-            .with_context(|| format!("cannot write {} (choose a writable --out)", path.display())),
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .context("writing to stdout")
-        }
-    };
-    written.map_err(|e| (e, 1))?;
+            .with_context(|| format!("cannot write {} (choose a writable --out)", path.display()))
+            .map_err(|e| (e, 1))?,
+        None => super::stdout::write_to(&mut std::io::stdout().lock(), &bytes)?,
+    }
     Ok(0)
 }
 

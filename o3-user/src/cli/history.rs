@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::learn::store::{self, RunRow, Store};
 use crate::util::units::utc;
 
-use super::{CliResult, Roots};
+use super::{stdout, CliResult, Roots};
 
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
@@ -31,7 +31,11 @@ pub(super) fn open_existing(
     }
 }
 
-pub(super) fn no_history_yet(path: &Path, json: bool, key: &str) {
+pub(super) fn no_history_yet(
+    path: &Path,
+    json: bool,
+    key: &str,
+) -> Result<(), (anyhow::Error, i32)> {
     if json {
         let mut v = serde_json::json!({
             "schema_version": 1,
@@ -39,12 +43,12 @@ pub(super) fn no_history_yet(path: &Path, json: bool, key: &str) {
             "exists": false,
         });
         v[key] = serde_json::json!([]);
-        println!("{v}");
+        stdout::line(v)
     } else {
-        println!(
+        stdout::line(format!(
             "no history yet: {} does not exist (o3 optimize stores every run there; o3 import-legacy DIR imports the legacy tool's results)",
             path.display()
-        );
+        ))
     }
 }
 
@@ -148,7 +152,7 @@ pub fn render(runs: &[RunRow]) -> String {
 pub fn run(_roots: &Roots, a: HistoryArgs) -> CliResult {
     let (path, store) = open_existing(a.db)?;
     let Some(store) = store else {
-        no_history_yet(&path, a.json, "runs");
+        no_history_yet(&path, a.json, "runs")?;
         return Ok(0);
     };
     let runs = store.history().map_err(|e| (anyhow::Error::new(e), 1))?;
@@ -168,11 +172,11 @@ pub fn run(_roots: &Roots, a: HistoryArgs) -> CliResult {
             "exists": true,
             "runs": runs,
         });
-        println!("{v}");
+        stdout::line(v)?;
     } else if runs.is_empty() {
-        println!("no runs in {} yet", path.display());
+        stdout::line(format!("no runs in {} yet", path.display()))?;
     } else {
-        print!("{}", render(&runs));
+        stdout::print(&render(&runs))?;
     }
     Ok(0)
 }

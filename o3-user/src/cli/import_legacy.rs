@@ -79,16 +79,13 @@ pub fn run(_roots: &Roots, a: ImportLegacyArgs) -> CliResult {
             "trusted": false,
             "summary": summary,
         });
-        println!("{v}");
+        super::stdout::line(v)?;
     } else {
-        print!(
-            "{}",
-            render(
-                &summary,
-                &a.dir.display().to_string(),
-                &path.display().to_string()
-            )
-        );
+        super::stdout::print(&render(
+            &summary,
+            &a.dir.display().to_string(),
+            &path.display().to_string(),
+        ))?;
     }
     Ok(0)
 }

@@ -14,6 +14,7 @@ mod probe;
 mod profiles;
 mod record;
 mod report;
+mod stdout;
 
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::ProbeConfig;
+use crate::backend::{FlashAttnChoice, ProbeConfig};
 use crate::optimize::plan;
 use crate::optimize::prober::{ProbeOutcome, ProbeRequest};
 use crate::optimize::progress::{revision, Clock, Events};
@@ -43,7 +43,7 @@ fn parse_budget(s: &str) -> anyhow::Result<BudgetChoice> {
 #[command(after_help = "Examples:\n  \
     o3 optimize --backend ollama --model qwen3:30b-a3b\n  \
     o3 optimize --backend llama-server --server-bin ~/llama.cpp/build/bin/llama-server \\\n    \
-      --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn true\n  \
+      --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn on\n  \
     o3 optimize --resume ~/.local/share/o3/runs/<run>")]
 pub struct OptimizeArgs {
     /// The server to optimize (default: llama-server for a .gguf --model, openai with
@@ -86,9 +86,10 @@ pub struct OptimizeArgs {
     /// Layers on the GPU (fixed for the whole search).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
-    /// Flash attention on or off (true, false; fixed for the whole search).
-    #[arg(long)]
-    pub flash_attn: Option<bool>,
+    /// Flash attention on, off or auto (the server decides; true/false mean on/off; fixed for
+    /// the whole search).
+    #[arg(long, value_enum, value_name = "on|off|auto")]
+    pub flash_attn: Option<FlashAttnChoice>,
     /// KV cache type of K (f16, q8_0, q4_0, ...; fixed for the whole search).
     #[arg(long)]
     pub cache_type_k: Option<String>,
@@ -191,7 +192,7 @@ fn request(a: &OptimizeArgs, backend: BackendKind) -> Request {
             ollama_serve: a.ollama_serve.clone(),
             base: ProbeConfig {
                 gpu_layers: a.gpu_layers,
-                flash_attn: a.flash_attn,
+                flash_attn: a.flash_attn.and_then(FlashAttnChoice::setting),
                 cache_type_k: a.cache_type_k.clone(),
                 cache_type_v: a.cache_type_v.clone(),
                 threads: a.threads,

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use crate::backend::http::{Blocking, HttpError, Reply};
-use crate::backend::{ollama, ProbeConfig};
+use crate::backend::{ollama, FlashAttnChoice, ProbeConfig};
 use crate::learn::memory::{self, Estimate};
 use crate::learn::predict::{Prediction, Predictor};
 use crate::learn::store::{self, Store};
@@ -64,9 +64,10 @@ pub struct PredictArgs {
     /// KV cache type of V (f16, q8_0, q4_0, ...).
     #[arg(long, value_name = "TYPE")]
     pub cache_type_v: Option<String>,
-    /// Flash attention on or off (true, false).
-    #[arg(long, value_name = "BOOL")]
-    pub flash_attn: Option<bool>,
+    /// Flash attention on, off or auto (the server decides, assumed on; true/false mean
+    /// on/off).
+    #[arg(long, value_enum, value_name = "on|off|auto")]
+    pub flash_attn: Option<FlashAttnChoice>,
     /// Memory the configuration may use, in GiB (default: this machine's GPU-usable memory,
     /// else its RAM).
     #[arg(long, value_name = "GIB", allow_negative_numbers = true)]
@@ -178,15 +179,15 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             prediction: &prediction,
             notes: &notes,
         };
-        println!(
-            "{}",
-            serde_json::to_string(&out).expect("prediction serialises")
-        );
+        super::stdout::line(serde_json::to_string(&out).expect("prediction serialises"))?;
     } else {
-        print!(
-            "{}",
-            render(&a.model, &cfg, &capacity_source, &prediction, &notes)
-        );
+        super::stdout::print(&render(
+            &a.model,
+            &cfg,
+            &capacity_source,
+            &prediction,
+            &notes,
+        ))?;
     }
     Ok(0)
 }
@@ -232,7 +233,7 @@ fn config(a: &PredictArgs) -> Result<ProbeConfig, (anyhow::Error, i32)> {
         ubatch: a.ubatch,
         parallel: a.parallel,
         gpu_layers: a.gpu_layers,
-        flash_attn: a.flash_attn,
+        flash_attn: a.flash_attn.and_then(FlashAttnChoice::setting),
         cache_type_k: a.cache_type_k.clone(),
         cache_type_v: a.cache_type_v.clone(),
         threads: None,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{OutcomeClass, ProbeConfig};
+use crate::backend::{FlashAttnChoice, OutcomeClass, ProbeConfig};
 use crate::optimize::preflight;
 use crate::optimize::target::{
     backend_spec, check_model_file, choose_backend, pin_load_mode, BackendKind, ServerFlags,
@@ -11,7 +11,7 @@ use crate::optimize::target::{
 use crate::probe::{self, ProbeResult, ProbeSpec};
 use crate::telemetry::ebpf::Loaded;
 use crate::telemetry::watchdog::Thresholds;
-use crate::util::duration;
+use crate::util::{duration, percent};
 
 use super::{CliResult, Roots};
 
@@ -30,14 +30,8 @@ fn parse_margin(s: &str) -> anyhow::Result<f64> {
     Ok(v)
 }
 
-fn parse_fill(s: &str) -> anyhow::Result<f64> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{s}` is not a fraction (0.05 to 1.0)"))?;
-    if !(0.05..=1.0).contains(&v) {
-        anyhow::bail!("{v} is out of range: accepted 0.05 to 1.0");
-    }
-    Ok(v)
+fn parse_fill(s: &str) -> Result<f64, percent::ShareError> {
+    percent::parse_fraction(s, percent::FractionRange::new(0.05, false, 1.0))
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,9 +84,9 @@ pub struct ProbeArgs {
     /// Layers offloaded to the GPU (-1: all).
     #[arg(long, allow_hyphen_values = true)]
     pub gpu_layers: Option<i32>,
-    /// Flash attention on or off (true, false).
-    #[arg(long)]
-    pub flash_attn: Option<bool>,
+    /// Flash attention on, off or auto (the server decides; true/false mean on/off).
+    #[arg(long, value_enum, value_name = "on|off|auto")]
+    pub flash_attn: Option<FlashAttnChoice>,
     /// KV cache type of K (f16, q8_0, q4_0, ...).
     #[arg(long)]
     pub cache_type_k: Option<String>,
@@ -116,8 +110,8 @@ pub struct ProbeArgs {
     /// Tokens generated per sample.
     #[arg(long, default_value_t = 32)]
     pub output_tokens: u32,
-    /// Fraction of the context the prompt fills.
-    #[arg(long, default_value = "0.9", value_parser = parse_fill)]
+    /// Fraction of the context the prompt fills: 0.05 to 1, or a percent with its sign (90%).
+    #[arg(long, default_value = "0.9", value_name = "FRACTION", value_parser = parse_fill)]
     pub fill: f64,
     /// Exact prompt length in tokens instead of --fill (may exceed the context, to test it).
     #[arg(long, value_name = "N")]
@@ -149,8 +143,8 @@ pub struct ProbeArgs {
     /// probe ends as `safety_abort`.
     #[arg(long)]
     pub safety: bool,
-    /// With --safety: the RAM limit in % of system RAM (default 85).
-    #[arg(long, value_name = "PCT", requires = "safety")]
+    /// With --safety: the RAM limit in % of system RAM, 1 to 100 (default 85).
+    #[arg(long, value_name = "PERCENT", requires = "safety", value_parser = percent::parse_percent)]
     pub max_ram_percent: Option<f64>,
     /// Print each result as one JSON object on a line (as `-o jsonl`).
     #[arg(long, conflicts_with = "output")]
@@ -414,7 +408,7 @@ fn config(a: &ProbeArgs) -> ProbeConfig {
         ubatch: a.ubatch.first().copied(),
         parallel: a.parallel.first().copied(),
         gpu_layers: a.gpu_layers,
-        flash_attn: a.flash_attn,
+        flash_attn: a.flash_attn.and_then(FlashAttnChoice::setting),
         cache_type_k: a.cache_type_k.clone(),
         cache_type_v: a.cache_type_v.clone(),
         threads: a.threads,

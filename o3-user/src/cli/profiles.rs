@@ -6,7 +6,7 @@ use crate::backend::ProbeConfig;
 use crate::learn::store::{PresetRow, Profile};
 
 use super::history::{no_history_yet, open_existing, table};
-use super::{CliResult, Roots};
+use super::{stdout, CliResult, Roots};
 use crate::util::units::utc;
 
 #[derive(Debug, clap::Args)]
@@ -19,7 +19,7 @@ pub struct ProfilesArgs {
     pub json: bool,
 }
 
-/// `ctx 32768 · batch 512 · 4 slots · flash-attn · KV q8_0/q8_0 · 16 threads`.
+/// `ctx 32768 · batch 512 · 4 slots · flash-attn on · KV q8_0/q8_0 · 16 threads`.
 pub fn config_text(c: &ProbeConfig) -> String {
     let mut s = vec![format!("ctx {}", c.ctx)];
     if let Some(b) = c.batch {
@@ -39,7 +39,7 @@ pub fn config_text(c: &ProbeConfig) -> String {
         });
     }
     if let Some(fa) = c.flash_attn {
-        s.push(if fa { "flash-attn" } else { "no flash-attn" }.into());
+        s.push(format!("flash-attn {}", fa.name()));
     }
     match (&c.cache_type_k, &c.cache_type_v) {
         (None, None) => {}
@@ -142,7 +142,7 @@ pub fn render(profiles: &[Profile]) -> String {
 pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
     let (path, store) = open_existing(a.db)?;
     let Some(store) = store else {
-        no_history_yet(&path, a.json, "hosts");
+        no_history_yet(&path, a.json, "hosts")?;
         return Ok(0);
     };
     let profiles = store.profiles().map_err(|e| (anyhow::Error::new(e), 1))?;
@@ -154,11 +154,11 @@ pub fn run(_roots: &Roots, a: ProfilesArgs) -> CliResult {
             "exists": true,
             "hosts": profiles,
         });
-        println!("{v}");
+        stdout::line(v)?;
     } else if profiles.is_empty() {
-        println!("no hosts in {} yet", path.display());
+        stdout::line(format!("no hosts in {} yet", path.display()))?;
     } else {
-        print!("{}", render(&profiles));
+        stdout::print(&render(&profiles))?;
     }
     Ok(0)
 }
@@ -173,7 +173,7 @@ mod tests {
             ctx: 32768,
             batch: Some(512),
             parallel: Some(4),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(16),
@@ -181,7 +181,7 @@ mod tests {
         };
         assert_eq!(
             config_text(&c),
-            "ctx 32768 · batch 512 · 4 slots · flash-attn · KV q8_0/q8_0 · 16 threads"
+            "ctx 32768 · batch 512 · 4 slots · flash-attn on · KV q8_0/q8_0 · 16 threads"
         );
     }
 

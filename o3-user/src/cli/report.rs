@@ -30,7 +30,7 @@ pub fn run(_roots: &Roots, a: ReportArgs) -> CliResult {
         eprintln!("o3 report: {}: {p}", a.run_dir.display());
     }
     for p in w.files {
-        println!("{}", p.display());
+        super::stdout::line(p.display())?;
     }
     Ok(0)
 }

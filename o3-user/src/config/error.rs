@@ -173,11 +173,11 @@ pub(crate) fn from_serde(e: &serde_yaml::Error, doc: &Doc, layout: Layout) -> Co
         return at.duplicate_field(tail, doc);
     }
     if !path.is_empty() {
-        return at.key(
-            path.into(),
-            rest.into(),
-            "see docs/config.md for this key".into(),
-        );
+        // A value with a unit that does not read (config::units) says `<problem>; <fix>`.
+        let (problem, fix) = rest
+            .split_once("; ")
+            .unwrap_or((rest, "see docs/config.md for this key"));
+        return at.key(path.into(), problem.into(), fix.into());
     }
     syntax(
         doc.origin,

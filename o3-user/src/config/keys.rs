@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+use super::units::TimeUnit;
+use crate::util::percent::FractionRange;
+
 /// Which layout a file was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,6 +55,17 @@ pub(crate) enum Rule {
         min: u64,
         max: u64,
     },
+    /// A percent, 1 to 100 (`85` or `85%`).
+    Percent,
+    /// A share of one (`0.9` or `90%`).
+    Fraction(FractionRange),
+    /// A duration in `min..=max` of `unit`: a bare number of the unit, or a duration with a
+    /// unit (`2m`).
+    Time {
+        min: f64,
+        max: f64,
+        unit: TimeUnit,
+    },
 }
 
 /// Smallest and largest context o3 searches (tokens).
@@ -75,10 +89,20 @@ const fn above(min: f64, max: f64) -> Rule {
         max,
     }
 }
+const fn fraction(lo: f64, above: bool, hi: f64) -> Rule {
+    Rule::Fraction(FractionRange::new(lo, above, hi))
+}
+const fn secs(min: f64, max: f64) -> Rule {
+    Rule::Time {
+        min,
+        max,
+        unit: TimeUnit::S,
+    }
+}
 const CTX: Rule = int(CONTEXT_MIN, CONTEXT_MAX);
 const BATCH: Rule = int(1, 65_536);
 const WEIGHT: Rule = num(0.0, 1.0);
-const PERCENT: Rule = above(0.0, 100.0);
+const PERCENT: Rule = Rule::Percent;
 
 /// Every key of the current layout with its rule, in the order of config/o3.yaml.
 pub(crate) const FIELDS: &[(&str, Rule)] = &[
@@ -95,13 +119,10 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("batch.scale_factor", above(1.0, 16.0)),
     ("batch.max_batch", BATCH),
     ("batch.ubatch", Rule::Opt(&BATCH)),
-    ("batch.min_gain", num(0.0, 1.0)),
+    ("batch.min_gain", fraction(0.0, false, 1.0)),
     ("batch.rank_tokens", int(16, CONTEXT_MAX)),
     ("batch.rank_samples", int(1, 100)),
-    (
-        "presets.max_context.target_context_percentile",
-        num(1.0, 100.0),
-    ),
+    ("presets.max_context.target_context_percentile", PERCENT),
     ("presets.max_context.throughput_weight", WEIGHT),
     ("presets.max_context.ttft_weight", WEIGHT),
     (
@@ -116,25 +137,32 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("presets.fast_response.target_context_min", CTX),
     ("presets.fast_response.throughput_weight", WEIGHT),
     ("presets.fast_response.ttft_weight", WEIGHT),
-    ("presets.slo.ttft_p95_ms", Rule::Opt(&above(0.0, 600_000.0))),
+    (
+        "presets.slo.ttft_p95_ms",
+        Rule::Opt(&Rule::Time {
+            min: 1.0,
+            max: 600_000.0,
+            unit: TimeUnit::Ms,
+        }),
+    ),
     (
         "presets.slo.min_decode_tokens_per_s",
         Rule::Opt(&above(0.0, 100_000.0)),
     ),
     ("validation.samples", int(1, 100)),
-    ("validation.min_success_rate", num(0.0, 1.0)),
-    ("validation.max_cv", above(0.0, 1.0)),
+    ("validation.min_success_rate", fraction(0.0, false, 1.0)),
+    ("validation.max_cv", fraction(0.0, true, 1.0)),
     ("concurrency.enabled", Rule::Bool),
     ("concurrency.levels", Rule::Ascending { min: 1, max: 256 }),
-    ("concurrency.stabilization_delay_s", num(0.0, 600.0)),
+    ("concurrency.stabilization_delay_s", secs(0.0, 600.0)),
     ("concurrency.max_timeouts", int(0, 100)),
     ("concurrency.mixed_short_streams", int(0, 255)),
-    ("timeouts.stall_s", num(1.0, 86_400.0)),
+    ("timeouts.stall_s", secs(1.0, 86_400.0)),
     ("timeouts.margin", num(1.5, 100.0)),
-    ("timeouts.load_s", num(1.0, 86_400.0)),
-    ("plan.budget_s", Rule::Opt(&num(60.0, 31_536_000.0))),
+    ("timeouts.load_s", secs(1.0, 86_400.0)),
+    ("plan.budget_s", Rule::Opt(&secs(60.0, 31_536_000.0))),
     ("plan.floor_multiple", num(0.0, 1000.0)),
-    ("plan.min_budget_s", num(0.0, 31_536_000.0)),
+    ("plan.min_budget_s", secs(0.0, 31_536_000.0)),
     ("plan.concurrency_at_max_context", Rule::Bool),
     ("safety.max_vram_percent", PERCENT),
     ("safety.max_ram_percent", PERCENT),
@@ -142,18 +170,32 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
     ("safety.max_cpu_percent", PERCENT),
     ("safety.vram_reserve_mb", int(0, 1_048_576)),
     ("safety.ram_reserve_mb", int(0, 1_048_576)),
-    ("prompt.fill", num(0.05, 1.0)),
+    ("prompt.fill", fraction(0.05, false, 1.0)),
     ("prompt.max_prompt_tokens", Rule::Opt(&int(16, CONTEXT_MAX))),
     ("prompt.output_tokens", int(1, 4096)),
     ("prompt.reuse_prefix", Rule::Bool),
     ("learning.store_results", Rule::Bool),
     ("learning.reuse_learned_configs", Rule::Bool),
     ("learning.predict", Rule::Bool),
-    ("learning.max_age_days", num(0.0, 3650.0)),
-    ("learning.min_p_success", num(0.0, 0.5)),
+    (
+        "learning.max_age_days",
+        Rule::Time {
+            min: 0.0,
+            max: 3650.0,
+            unit: TimeUnit::Days,
+        },
+    ),
+    ("learning.min_p_success", fraction(0.0, false, 0.5)),
     ("learning.exploration_probes", int(0, 100)),
     ("learning.db", Rule::Opt(&Rule::Path)),
-    ("monitoring.interval_ms", int(1, 10_000)),
+    (
+        "monitoring.interval_ms",
+        Rule::Time {
+            min: 1.0,
+            max: 10_000.0,
+            unit: TimeUnit::Ms,
+        },
+    ),
 ];
 
 /// The rule of a current-layout key.
@@ -194,6 +236,9 @@ impl Rule {
             Rule::Pair { min, max } => {
                 format!("allowed [low, high] with low <= high, each {min} to {max}")
             }
+            Rule::Percent | Rule::Fraction(_) | Rule::Time { .. } => {
+                format!("allowed {}", self.expected())
+            }
         }
     }
 
@@ -213,6 +258,15 @@ impl Rule {
             Rule::Pair { min, max } => {
                 format!("a list of two whole numbers [low, high], each {min} to {max}")
             }
+            Rule::Percent => "a percent from 1 to 100 (85 or 85%)".into(),
+            Rule::Fraction(r) => r.words(),
+            Rule::Time { min, max, unit } => format!(
+                "a duration from {} to {} (a number of {}, or a number with a unit, e.g. {})",
+                unit.show(*min),
+                unit.show(*max),
+                unit.word(),
+                unit.examples()
+            ),
         }
     }
 }

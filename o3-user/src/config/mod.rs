@@ -11,6 +11,7 @@ mod keys;
 mod legacy;
 mod locate;
 mod schema;
+mod units;
 mod validate;
 
 #[cfg(test)]

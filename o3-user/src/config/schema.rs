@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::units;
+
 /// Everything `o3 optimize` can be told, by section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +73,7 @@ pub struct Batch {
     /// Physical batch (llama.cpp `--ubatch-size`); None leaves the server's default.
     pub ubatch: Option<u32>,
     /// The sweep stops when throughput improves by less than this fraction (0.05 = 5 %).
+    #[serde(deserialize_with = "units::fraction")]
     pub min_gain: f64,
     /// Prompt tokens of the ranking requests (a moderate depth, every one read whole).
     pub rank_tokens: u32,
@@ -126,6 +129,7 @@ pub struct Presets {
 #[serde(deny_unknown_fields, default)]
 pub struct MaxContextPreset {
     /// Percentile (of the largest stable context) a candidate must reach, %.
+    #[serde(deserialize_with = "units::percent")]
     pub target_context_percentile: f64,
     /// Weight of decode throughput in the ranking, 0 to 1.
     pub throughput_weight: f64,
@@ -188,6 +192,7 @@ impl Default for FastResponsePreset {
 #[serde(deny_unknown_fields, default)]
 pub struct Slo {
     /// Largest acceptable 95th-percentile time to first token, ms.
+    #[serde(deserialize_with = "units::opt_ms")]
     pub ttft_p95_ms: Option<f64>,
     /// Smallest acceptable decode rate, tokens/s.
     pub min_decode_tokens_per_s: Option<f64>,
@@ -200,8 +205,10 @@ pub struct Validation {
     /// Requests per configuration.
     pub samples: u32,
     /// Fraction of requests that must succeed, 0 to 1.
+    #[serde(deserialize_with = "units::fraction")]
     pub min_success_rate: f64,
     /// Largest coefficient of variation (stddev / mean) of decode throughput.
+    #[serde(deserialize_with = "units::fraction")]
     pub max_cv: f64,
 }
 
@@ -223,6 +230,7 @@ pub struct Concurrency {
     /// Parallel requests (and server slots), strictly ascending.
     pub levels: Vec<u32>,
     /// Pause between levels, s.
+    #[serde(deserialize_with = "units::secs")]
     pub stabilization_delay_s: f64,
     /// Timeouts tolerated at one level before the progression stops.
     pub max_timeouts: u32,
@@ -250,22 +258,24 @@ impl Default for Concurrency {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Longest silence once a request shows progress, s (deeper batches get more).
+    #[serde(deserialize_with = "units::secs")]
     pub stall_s: f64,
     /// Multiple of the time model's upper estimate before a silent request is abandoned.
     pub margin: f64,
     /// Longest wait for a server to load a model, s.
+    #[serde(deserialize_with = "units::secs")]
     pub load_s: f64,
     /// Keys of the fixed-formula timeouts of earlier versions: accepted, ignored, each with a
     /// notice.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing, deserialize_with = "units::opt_secs")]
     pub base_s: Option<f64>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing, deserialize_with = "units::opt_secs")]
     pub per_1k_context_s: Option<f64>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing, deserialize_with = "units::opt_secs")]
     pub per_batch_unit_s: Option<f64>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing, deserialize_with = "units::opt_secs")]
     pub min_s: Option<f64>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing, deserialize_with = "units::opt_secs")]
     pub max_s: Option<f64>,
 }
 
@@ -318,11 +328,13 @@ impl Timeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct Plan {
     /// Seconds the whole run may take; None: `floor_multiple` times the floor.
+    #[serde(deserialize_with = "units::opt_secs")]
     pub budget_s: Option<f64>,
     /// Without `budget_s`, the budget is this multiple of the floor (one load, one prompt
     /// filled to the validated maximum, one sample's decode); 0: no budget.
     pub floor_multiple: f64,
     /// The budget from `floor_multiple` is never less than this, s.
+    #[serde(deserialize_with = "units::secs")]
     pub min_budget_s: f64,
     /// Concurrency levels at the validated maximum too (each stream fills the whole depth).
     pub concurrency_at_max_context: bool,
@@ -344,12 +356,15 @@ impl Default for Plan {
 #[serde(deny_unknown_fields, default)]
 pub struct Safety {
     /// Of the GPU-usable memory (GTT on an APU, VRAM on a discrete card), %.
+    #[serde(deserialize_with = "units::percent")]
     pub max_vram_percent: f64,
     /// Of system RAM, %.
+    #[serde(deserialize_with = "units::percent")]
     pub max_ram_percent: f64,
     /// GPU edge temperature, °C.
     pub max_temperature_c: f64,
     /// System CPU busy, % of all cores, sustained for 2 s.
+    #[serde(deserialize_with = "units::percent")]
     pub max_cpu_percent: f64,
     /// GPU-usable memory that must stay free, MiB.
     pub vram_reserve_mb: u64,
@@ -390,6 +405,7 @@ impl Safety {
 #[serde(deny_unknown_fields, default)]
 pub struct Prompt {
     /// Fraction of the context the prompt fills.
+    #[serde(deserialize_with = "units::fraction")]
     pub fill: f64,
     /// Cap on prompt tokens; None: no cap. A capped result is not proven at depth.
     pub max_prompt_tokens: Option<u32>,
@@ -437,8 +453,10 @@ pub struct Learning {
     /// Skip configurations predicted to fail (memory model and earlier runs).
     pub predict: bool,
     /// Learned results older than this many days are searched again, not reused.
+    #[serde(deserialize_with = "units::days")]
     pub max_age_days: f64,
     /// Configurations whose predicted probability of success is below this are skipped.
+    #[serde(deserialize_with = "units::fraction")]
     pub min_p_success: f64,
     /// Of the configurations the predictor would skip, this many per run are measured anyway,
     /// so a wrong prediction can be found out.
@@ -466,6 +484,7 @@ impl Default for Learning {
 #[serde(deny_unknown_fields, default)]
 pub struct Monitoring {
     /// Sampling interval, ms.
+    #[serde(deserialize_with = "units::whole_ms")]
     pub interval_ms: u32,
 }
 

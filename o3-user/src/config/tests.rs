@@ -264,6 +264,26 @@ fn bad_values(rule: &Rule) -> Vec<String> {
             format!("[{min}, {}]", max + 1),
             format!("[{}, {}]", min + 1, min),
         ],
+        Rule::Percent => vec!["0.5".into(), "0".into(), "150".into(), "\"150%\"".into()],
+        Rule::Fraction(r) => {
+            let low = if r.above { r.lo } else { r.lo - 0.01 };
+            vec![
+                fmt(low),
+                fmt(r.hi + 0.5),
+                "90".into(),
+                "\"150%\"".into(),
+                ".nan".into(),
+            ]
+        }
+        Rule::Time { min, max, .. } => {
+            let low = if *min >= 1.0 { min - 1.0 } else { min - 0.01 };
+            vec![
+                fmt(low),
+                fmt(max + 1.0),
+                "\"2x\"".into(),
+                "\"10 parsecs\"".into(),
+            ]
+        }
     }
 }
 
@@ -297,7 +317,7 @@ fn range_messages() {
     );
     assert_eq!(
         err("prompt:\n  fill: 0.01\n").to_string(),
-        "t.yaml:2: prompt.fill: 0.01 is out of range; allowed 0.05 to 1"
+        "t.yaml:2: prompt.fill: 0.01 is out of range; allowed a fraction from 0.05 to 1 (or a percent such as 90%)"
     );
     assert_eq!(
         err("batch:\n  ubatch: 0\n").to_string(),
@@ -321,7 +341,68 @@ fn range_messages() {
     );
     assert_eq!(
         err("validation:\n  max_cv: 0\n").to_string(),
-        "t.yaml:2: validation.max_cv: 0 is out of range; allowed more than 0 up to 1"
+        "t.yaml:2: validation.max_cv: 0 is out of range; allowed a fraction above 0 up to 1 (or a percent such as 90%)"
+    );
+}
+
+#[test]
+fn percents_and_fractions_say_their_unit_and_the_value_meant() {
+    assert_eq!(
+        err("safety:\n  max_ram_percent: 0.5\n").to_string(),
+        "t.yaml:2: safety.max_ram_percent: 0.5 is not a percent; give a percent from 1 to 100 (did you mean 50?)"
+    );
+    assert_eq!(
+        err("presets:\n  max_context:\n    target_context_percentile: 0.95\n").to_string(),
+        "t.yaml:3: presets.max_context.target_context_percentile: 0.95 is not a percent; give a percent from 1 to 100 (did you mean 95?)"
+    );
+    assert_eq!(
+        err("safety:\n  max_vram_percent: 150\n").to_string(),
+        "t.yaml:2: safety.max_vram_percent: 150 is out of range; allowed a percent from 1 to 100 (85 or 85%)"
+    );
+    assert_eq!(
+        err("prompt:\n  fill: 90\n").to_string(),
+        "t.yaml:2: prompt.fill: 90 is not a fraction; give a fraction from 0.05 to 1 (or a percent such as 90%) (did you mean 90%?)"
+    );
+    assert_eq!(
+        err("prompt:\n  fill: ninety\n").to_string(),
+        "t.yaml:2: prompt.fill: `ninety` is not a number; give a fraction, e.g. 0.9 or 90%"
+    );
+    let l = ok("prompt:\n  fill: 90%\nsafety:\n  max_ram_percent: 85%\n  max_cpu_percent: 100\nvalidation:\n  min_success_rate: \"85%\"\n");
+    assert_eq!(l.config.prompt.fill, 0.9);
+    assert_eq!(l.config.safety.max_ram_percent, 85.0);
+    assert_eq!(l.config.safety.max_cpu_percent, 100.0);
+    assert_eq!(l.config.validation.min_success_rate, 0.85);
+}
+
+#[test]
+fn durations_take_a_unit_or_a_bare_number_of_the_keys_unit() {
+    let l = ok("timeouts:\n  load_s: 2m\n  stall_s: \"90s\"\nconcurrency:\n  stabilization_delay_s: 500ms\nplan:\n  budget_s: 1.5h\n  min_budget_s: 600\nlearning:\n  max_age_days: 12h\nmonitoring:\n  interval_ms: 1s\npresets:\n  slo:\n    ttft_p95_ms: 2.5s\n");
+    let c = &l.config;
+    assert_eq!((c.timeouts.load_s, c.timeouts.stall_s), (120.0, 90.0));
+    assert_eq!(c.concurrency.stabilization_delay_s, 0.5);
+    assert_eq!(
+        (c.plan.budget_s, c.plan.min_budget_s),
+        (Some(5400.0), 600.0)
+    );
+    assert_eq!(c.learning.max_age_days, 0.5);
+    assert_eq!(c.monitoring.interval_ms, 1000);
+    assert_eq!(c.presets.slo.ttft_p95_ms, Some(2500.0));
+    // Bare numbers are the key's unit, as before.
+    assert_eq!(
+        ok("timeouts:\n  load_s: 120\n").config.timeouts.load_s,
+        120.0
+    );
+    assert_eq!(
+        err("timeouts:\n  load_s: 2x\n").to_string(),
+        "t.yaml:2: timeouts.load_s: `2x`: unknown unit `x` (use ns, us, ms, s, m, h or d); give a number of seconds, or a number with a unit, e.g. 90s, 2m or 1h"
+    );
+    assert_eq!(
+        err("timeouts:\n  load_s: 48h\n").to_string(),
+        "t.yaml:2: timeouts.load_s: 48h is out of range; allowed a duration from 1s to 24h (a number of seconds, or a number with a unit, e.g. 90s, 2m or 1h)"
+    );
+    assert_eq!(
+        err("monitoring:\n  interval_ms: 1.5ms\n").to_string(),
+        "t.yaml:2: monitoring.interval_ms: 1.5 is not a whole number of milliseconds; give e.g. 10 or 10ms"
     );
 }
 
@@ -484,7 +565,7 @@ fn wrong_types_say_what_is_expected() {
     );
     assert_eq!(
         err("monitoring:\n  interval_ms: ~\n").to_string(),
-        "t.yaml:2: monitoring.interval_ms: wrong type (null); expected a whole number 1 to 10000"
+        "t.yaml:2: monitoring.interval_ms: wrong type (null); expected a duration from 1ms to 10s (a number of milliseconds, or a number with a unit, e.g. 250ms or 2s)"
     );
 }
 
@@ -797,7 +878,7 @@ fn every_legacy_key_reaches_its_current_key() {
 fn legacy_errors_name_the_legacy_keys() {
     assert_eq!(
         err("testing:\n  statistical_validation:\n    confidence_threshold: 85\n").to_string(),
-        "t.yaml:3: testing.statistical_validation.confidence_threshold: 85 is out of range; allowed 0 to 1"
+        "t.yaml:3: testing.statistical_validation.confidence_threshold: 85 is not a fraction; give a fraction from 0 to 1 (or a percent such as 90%) (did you mean 85%?)"
     );
     assert_eq!(
         err("search_strategy:\n  batch_adaptation:\n    max_batch: big\n").to_string(),
@@ -809,7 +890,7 @@ fn legacy_errors_name_the_legacy_keys() {
     );
     assert_eq!(
         err("learning_system:\n  configuration_learning:\n    hardware_profiles:\n      update_frequency_days: weekly\n").to_string(),
-        "t.yaml:4: learning_system.configuration_learning.hardware_profiles.update_frequency_days: wrong type (string \"weekly\"); expected a number, allowed 0 to 3650"
+        "t.yaml:4: learning_system.configuration_learning.hardware_profiles.update_frequency_days: wrong type (string \"weekly\"); expected a duration from 0 to 3650d (a number of days, or a number with a unit, e.g. 12h or 7d)"
     );
     // A section that holds mapped keys must be a mapping.
     assert_eq!(

@@ -9,6 +9,7 @@ use super::keys::Layout;
 use super::keys::{self, fmt_num, Rule, FIELDS};
 use super::locate::Doc;
 use super::schema::Config;
+use crate::util::percent::{self, ShareError};
 
 /// Names keys and builds errors in the layout the user wrote.
 pub(crate) struct Ctx<'d, 'a> {
@@ -112,6 +113,36 @@ fn check_rule(ctx: &Ctx, key: &str, rule: &Rule, v: &Value) -> Result<(), Config
         Rule::Num { min, above, max } => check_num(ctx, key, v, (*min, *above, *max), rule),
         Rule::Ascending { min, max } => check_ascending(ctx, key, v, *min, *max),
         Rule::Pair { min, max } => check_pair(ctx, key, v, *min, *max),
+        Rule::Percent | Rule::Fraction(_) => check_share(ctx, key, v, rule),
+        Rule::Time { min, max, unit } => {
+            let t = v.as_f64().unwrap_or(f64::NAN);
+            if (*min..=*max).contains(&t) {
+                Ok(())
+            } else {
+                Err(out_of_range(ctx, key, unit.show(t), rule))
+            }
+        }
+    }
+}
+
+/// A percent or a fraction; a value that fits the other unit says which value was meant.
+fn check_share(ctx: &Ctx, key: &str, v: &Value, rule: &Rule) -> Result<(), ConfigError> {
+    let f = v.as_f64().unwrap_or(f64::NAN);
+    let (checked, unit) = match rule {
+        Rule::Fraction(r) => (percent::check_fraction(f, *r), "a fraction"),
+        _ => (percent::check_percent(f), "a percent"),
+    };
+    match checked {
+        Ok(_) => Ok(()),
+        Err(e @ (ShareError::FractionForPercent(_) | ShareError::PercentForFraction { .. })) => {
+            Err(ctx.err(
+                key,
+                &[],
+                format!("{} is not {unit}", value_text(v)),
+                format!("give {e}"),
+            ))
+        }
+        Err(_) => Err(out_of_range(ctx, key, value_text(v), rule)),
     }
 }
 

@@ -212,7 +212,7 @@ fn offload_fraction(shape: &ModelShape, cfg: &ProbeConfig) -> (f64, Option<Strin
 /// bytes per ctx·ubatch). Measured on llama.cpp's CPU backend within 2 %. Zero with flash
 /// attention on or unset (llama.cpp's default `auto` turns it on where the backend has it).
 pub fn attention_scores_bytes(shape: &ModelShape, cfg: &ProbeConfig) -> f64 {
-    if cfg.flash_attn != Some(false) {
+    if cfg.flash_attn != Some(crate::backend::FlashAttn::Off) {
         return 0.0;
     }
     let heads = f64::from(shape.head_count.unwrap_or(0));
@@ -691,12 +691,12 @@ mod tests {
     fn flash_attention_off_adds_the_attention_scores() {
         let s = llama8b();
         let on = ProbeConfig {
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             batch: Some(512),
             ..cfg(16384)
         };
         let off = ProbeConfig {
-            flash_attn: Some(false),
+            flash_attn: Some(crate::backend::FlashAttn::Off),
             ..on.clone()
         };
         let a = estimate(&s, &on, None, &ComputeFit::DEFAULT);

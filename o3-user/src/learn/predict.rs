@@ -116,8 +116,8 @@ impl Features {
             slots: f64::from(memory::slots(cfg)),
             kv_type_bytes: (type_bytes(&cfg.cache_type_k) + type_bytes(&cfg.cache_type_v)) / 2.0,
             flash_attn: match cfg.flash_attn {
-                Some(true) => 1.0,
-                Some(false) => 0.0,
+                Some(crate::backend::FlashAttn::On) => 1.0,
+                Some(crate::backend::FlashAttn::Off) => 0.0,
                 None => 0.5,
             },
             gpu_layers_fraction: fraction,
@@ -607,7 +607,7 @@ mod tests {
         ProbeConfig {
             ctx,
             batch: Some(batch),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some(kv.into()),
             cache_type_v: Some(kv.into()),
             ..ProbeConfig::default()

@@ -164,7 +164,7 @@ mod tests {
             ubatch: Some(256),
             parallel: Some(2),
             gpu_layers: Some(-1),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
@@ -232,7 +232,7 @@ mod tests {
         let cfg = ProbeConfig {
             ctx: 4096,
             gpu_layers: Some(-1),
-            flash_attn: Some(true),
+            flash_attn: Some(crate::backend::FlashAttn::On),
             ..ProbeConfig::default()
         };
         let a = llama_server(

@@ -113,7 +113,9 @@ impl Journal {
                                 source,
                             })?;
                     }
-                    done.insert(line.key, line.outcome);
+                    // Keyed by the request as this version writes it, so that a journal
+                    // of an earlier version (`"flash_attn": true`) still answers.
+                    done.insert(line.request.key(), line.outcome);
                 }
                 Err(_) if !l.terminated => {
                     // Appends then start where the cut line started.
@@ -377,6 +379,32 @@ mod tests {
         let (entries, bad) = read_entries(&path).unwrap();
         assert_eq!((entries.len(), bad.len()), (3, 0));
         assert_eq!(Journal::open(&path).unwrap().loaded, 3);
+    }
+
+    /// A journal line as an earlier version wrote it: flash attention as a bool, the outcome
+    /// run together (`loadfailed`). Resuming answers the same request from it.
+    #[test]
+    fn a_journal_with_the_old_spellings_still_answers_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut r = req(8192);
+        r.config.flash_attn = Some(crate::backend::FlashAttn::On);
+        let mut j = Journal::open(&path).unwrap();
+        let out = ProbeOutcome::failed(OutcomeClass::LoadFailed, "never became ready");
+        j.append(&r, &out, None).unwrap();
+        drop(j);
+        let new = std::fs::read_to_string(&path).unwrap();
+        let old = new
+            .replace(r#""flash_attn":"on""#, r#""flash_attn":true"#)
+            .replace(r#"\"flash_attn\":\"on\""#, r#"\"flash_attn\":true"#)
+            .replace(r#""load_failed""#, r#""loadfailed""#);
+        assert!(
+            !old.contains("\"on\"") && old.contains("loadfailed"),
+            "{old}"
+        );
+        std::fs::write(&path, old).unwrap();
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.get(&r).unwrap().outcome, OutcomeClass::LoadFailed);
     }
 
     #[test]

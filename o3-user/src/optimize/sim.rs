@@ -239,10 +239,11 @@ fn oom_at_load(m: &SimModel, c: &ProbeConfig) -> ProbeOutcome {
     let mut o = ProbeOutcome::failed(
         OutcomeClass::Oom,
         format!(
-            "out of memory at load: ctx {} × {} slots at batch {:?} needs more than {} bytes",
+            "out of memory at load: ctx {} × {} slots at batch {} needs more than {} bytes",
             c.ctx,
             c.parallel.unwrap_or(1),
-            c.batch,
+            c.batch
+                .map_or_else(|| "(the default)".to_string(), |b| b.to_string()),
             m.capacity_bytes
         ),
     );

@@ -18,24 +18,23 @@ pub enum BackendKind {
     /// Any OpenAI-compatible server launched from --launch TEMPLATE.
     Openai,
     /// llama.cpp's llama-server (--server-bin), launched with explicit flags.
+    // Earlier versions wrote `llamaserver` into run.json; such files still read.
+    #[serde(alias = "llamaserver")]
+    #[value(alias = "llamaserver")]
     LlamaServer,
     /// A running Ollama server (--url), per-request options.
     Ollama,
 }
 
 impl BackendKind {
-    /// The name `--backend` takes (`llama-server`).
-    pub fn cli_name(self) -> &'static str {
+    /// The name the results store, trace headers and JSON give it: the `--backend` value
+    /// (`llama-server`).
+    pub fn store_name(self) -> &'static str {
         match self {
             BackendKind::Openai => "openai",
             BackendKind::LlamaServer => "llama-server",
             BackendKind::Ollama => "ollama",
         }
-    }
-
-    /// The name the results store and trace headers give it (`llamaserver`).
-    pub fn store_name(self) -> String {
-        format!("{self:?}").to_lowercase()
     }
 }
 
@@ -68,7 +67,7 @@ pub fn choose_backend(
     };
     let note = format!(
         "--backend {} ({why}; give --backend to choose another)",
-        kind.cli_name()
+        kind.store_name()
     );
     (kind, Some(note))
 }
@@ -245,9 +244,21 @@ mod tests {
     }
 
     #[test]
-    fn the_store_name_is_the_lowercased_variant() {
-        assert_eq!(BackendKind::LlamaServer.store_name(), "llamaserver");
-        assert_eq!(BackendKind::Ollama.store_name(), "ollama");
+    fn the_store_name_is_the_backend_flags_value() {
+        use clap::ValueEnum;
+        for k in BackendKind::value_variants() {
+            let flag = k.to_possible_value().unwrap();
+            assert_eq!(k.store_name(), flag.get_name());
+            assert_eq!(serde_json::to_value(k).unwrap(), k.store_name());
+        }
+        assert_eq!(BackendKind::LlamaServer.store_name(), "llama-server");
+    }
+
+    #[test]
+    fn the_old_spelling_llamaserver_still_reads() {
+        // run.json of earlier versions: `"backend": "llamaserver"`.
+        let k: BackendKind = serde_json::from_str("\"llamaserver\"").unwrap();
+        assert_eq!(k, BackendKind::LlamaServer);
     }
 
     #[test]

@@ -345,10 +345,10 @@ impl<'a> Session<'a> {
                 return Err(self.fail(OutcomeClass::CpuSpill, why));
             }
             if m.clamped(cfg.ctx) {
-                let why = format!(
-                    "context {} requested, {:?} in effect",
-                    cfg.ctx, m.context_length
-                );
+                let in_effect = m
+                    .context_length
+                    .map_or_else(|| "an unknown context".to_string(), |c| c.to_string());
+                let why = format!("context {} requested, {in_effect} in effect", cfg.ctx);
                 return Err(self.fail(OutcomeClass::Clamped, why));
             }
         }

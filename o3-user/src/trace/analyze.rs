@@ -1,15 +1,18 @@
 //! `o3 analyze`: an offline summary of a trace: peaks with their time, percentiles per
 //! metric, time above the safety thresholds, CPU per process, and the recording's overhead.
 
+mod text;
+
 use crate::util::order::nearest_rank as percentile;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::export::perfetto::number;
 use super::{tree_cpu_percent, GpuRec, SampleRec, Trace};
+
+pub use text::text;
 
 /// Version of the `o3 analyze --json` object.
 pub const ANALYSIS_SCHEMA_VERSION: u32 = 1;
@@ -455,128 +458,6 @@ pub fn analyze(trace: &Trace) -> Analysis {
             })
             .collect(),
         warnings: trace.warnings.clone(),
-    }
-}
-
-fn num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-/// The analysis as text, one fact per line.
-pub fn text(a: &Analysis) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "trace {} (schema {}): {} samples over {}",
-        a.trace,
-        a.trace_schema_version,
-        a.samples,
-        a.duration_ms.map_or("?".into(), |d| format!("{d:.3} ms"))
-    );
-    peaks_text(&mut o, &a.peaks);
-    percentiles_text(&mut o, &a.percentiles);
-    thresholds_text(&mut o, &a.thresholds);
-    processes_text(&mut o, &a.processes);
-    overhead_text(&mut o, a.overhead.as_ref());
-    for w in &a.warnings {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    if !a.problems.is_empty() {
-        let _ = writeln!(o, "{} unreadable line(s) skipped", a.problems.len());
-    }
-    o
-}
-
-fn peaks_text(o: &mut String, peaks: &BTreeMap<String, Peak>) {
-    let _ = writeln!(o, "peaks");
-    for (k, p) in peaks {
-        let _ = writeln!(
-            o,
-            "  {k:<32} {:>16} at {:.3} ms  ({})",
-            p.value, p.t_ms, p.source
-        );
-    }
-}
-
-fn percentiles_text(o: &mut String, percentiles: &BTreeMap<String, Stats>) {
-    let _ = writeln!(
-        o,
-        "percentiles (nearest rank)\n  {:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
-        "metric", "n", "p50", "p90", "p99", "max"
-    );
-    for (k, s) in percentiles {
-        let _ = writeln!(
-            o,
-            "  {k:<32} {:>6} {:>16} {:>16} {:>16} {:>16}",
-            s.count,
-            num(s.p50),
-            num(s.p90),
-            num(s.p99),
-            num(s.max)
-        );
-    }
-}
-
-fn thresholds_text(o: &mut String, t: &Thresholds) {
-    let which = match t.source {
-        "trace" => "thresholds from the trace",
-        _ => "default thresholds: 85 % RAM, 90 % VRAM (the trace names none)",
-    };
-    let _ = writeln!(o, "time above safety thresholds ({which})");
-    if t.items.is_empty() {
-        let _ = writeln!(o, "  (no measured metric has a threshold)");
-    }
-    for i in &t.items {
-        let _ = writeln!(
-            o,
-            "  {:<32} > {:<8} {:.3} ms ({} of {} samples)",
-            i.metric,
-            num(i.limit),
-            i.above_ms,
-            i.samples_above,
-            i.samples_measured
-        );
-    }
-}
-
-fn processes_text(o: &mut String, processes: &[ProcessCpu]) {
-    if processes.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        o,
-        "CPU and GPU per process\n  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  COMMAND",
-        "PID", "CPU_NS", "SHARE_%", "PEAK_RSS_BYTES", "GPU_BUSY_%", "GPU_MEM_PEAK_B"
-    );
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    for p in processes {
-        let _ = writeln!(
-            o,
-            "  {:>8} {:>14} {:>8} {:>16} {:>10} {:>16}  {}",
-            p.pid,
-            or_dash(p.cpu_ns.map(|c| c.to_string())),
-            or_dash(p.cpu_share_percent.map(|s| format!("{s:.1}"))),
-            or_dash(p.peak_rss_bytes.map(|b| b.to_string())),
-            or_dash(p.gpu_busy_percent.map(|s| format!("{s:.1}"))),
-            or_dash(p.gpu_mem_peak_bytes.map(|b| b.to_string())),
-            p.comm
-        );
-    }
-}
-
-fn overhead_text(o: &mut String, overhead: Option<&Value>) {
-    match overhead {
-        Some(Value::Object(m)) => {
-            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(o, "recording overhead  {}", parts.join(" "));
-        }
-        _ => {
-            let _ = writeln!(o, "recording overhead  unknown (no summary)");
-        }
     }
 }
 

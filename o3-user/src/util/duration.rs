@@ -1,4 +1,5 @@
-//! Durations on the command line: a number with a unit (`500us`, `10ms`, `1.5s`, `2m`, `1h`).
+//! Durations on the command line and in the configuration: a number with a unit (`500us`,
+//! `10ms`, `1.5s`, `2m`, `1h`, `7d`).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ pub enum DurationError {
     NotADuration(String),
     #[error("`{0}` needs a unit (write e.g. {0}ms or {0}s)")]
     NoUnit(String),
-    #[error("`{text}`: unknown unit `{unit}` (use ns, us, ms, s, m or h)")]
+    #[error("`{text}`: unknown unit `{unit}` (use ns, us, ms, s, m, h or d)")]
     UnknownUnit { text: String, unit: String },
     #[error("`{0}` is too long")]
     TooLong(String),
@@ -20,7 +21,7 @@ pub enum DurationError {
     OutOfRange { shown: String, range: String },
 }
 
-/// Parses `N<unit>` with unit ns, us, ms, s, m or h; fractions are allowed (`0.5s`).
+/// Parses `N<unit>` with unit ns, us, ms, s, m, h or d; fractions are allowed (`0.5s`).
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t
@@ -39,6 +40,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         "s" => 1e9,
         "m" | "min" => 60e9,
         "h" => 3600e9,
+        "d" => 86_400e9,
         "" => return Err(DurationError::NoUnit(text.to_string())),
         u => {
             return Err(DurationError::UnknownUnit {
@@ -101,6 +103,7 @@ mod tests {
         assert_eq!(parse("250us").unwrap(), Duration::from_micros(250));
         assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse("7d").unwrap(), Duration::from_secs(7 * 86_400));
     }
 
     #[test]

@@ -7,6 +7,16 @@ use super::{from_i64, Learned, PresetRow, Profile, ProfileModel, RunRow, Store, 
 use crate::learn::fingerprint::Host;
 use crate::learn::Record;
 
+/// A run's backend as stored by any version: `llamaserver`, the spelling of earlier versions,
+/// reads as `llama-server` (the `--backend` value); any other name is kept.
+fn normalize_backend(name: String) -> String {
+    if name == "llamaserver" {
+        "llama-server".into()
+    } else {
+        name
+    }
+}
+
 impl Store {
     /// Training rows: every probe (of this host and/or model when given), newest first.
     pub fn records(
@@ -165,7 +175,7 @@ impl Store {
                     host: r.get(2)?,
                     model_id: r.get(3)?,
                     model: r.get(4)?,
-                    backend: r.get(5)?,
+                    backend: normalize_backend(r.get(5)?),
                     started_unix_s: from_i64(r.get(6)?),
                     finished_unix_s: r.get::<_, Option<i64>>(7)?.map(from_i64),
                     status: r.get(8)?,

@@ -801,3 +801,33 @@ fn a_new_store_opened_while_another_process_writes_it_waits_instead_of_failing()
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+/// A store an earlier version wrote: the backend as `llamaserver`, a failure as `loadfailed`,
+/// flash attention as a bool (their spellings then); all read in today's spelling.
+#[test]
+fn old_spellings_in_a_store_read_in_todays_spelling() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("o3.db");
+    v1_file(&p);
+    let c = Connection::open(&p).unwrap();
+    c.execute("UPDATE runs SET backend = 'llamaserver'", [])
+        .unwrap();
+    c.execute(
+        "INSERT INTO probes (run_id, stage, config_json, concurrency, outcome, success, trusted,
+            unix_s)
+         VALUES (1, 'context', '{\"ctx\":16384,\"flash_attn\":true}', 1, 'loadfailed', 0, 1,
+            16)",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let s = Store::open(&p).unwrap();
+    assert_eq!(s.history().unwrap()[0].backend, "llama-server");
+    let r = s.records(None, None).unwrap();
+    let failed = r.iter().find(|r| r.config.ctx == 16_384).unwrap();
+    assert_eq!(failed.outcome, OutcomeClass::LoadFailed);
+    assert_eq!(
+        failed.config.flash_attn,
+        Some(crate::backend::FlashAttn::On)
+    );
+}

@@ -165,7 +165,7 @@ fn begin_run(rf: &RunFile, ids: &Ids, dir: &Path) -> Result<i64, RunError> {
     Ok(ids.store.begin_run(
         ids.host,
         ids.model,
-        &rf.target.backend.store_name(),
+        rf.target.backend.store_name(),
         &dir.display().to_string(),
         &config_json,
     )?)

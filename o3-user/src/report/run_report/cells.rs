@@ -46,9 +46,13 @@ pub(super) fn describe(c: &Value) -> String {
         ("cache_type_v", "V cache"),
         ("threads", "threads"),
     ] {
-        if !c[k].is_null() {
-            s.push_str(&format!(" · {label} {}", str_of(&c[k])));
-        }
+        let v = match &c[k] {
+            // Runs of earlier versions wrote flash attention as a bool.
+            Value::Bool(on) => if *on { "on" } else { "off" }.to_string(),
+            Value::Null => continue,
+            v => str_of(v),
+        };
+        s.push_str(&format!(" · {label} {v}"));
     }
     s
 }
@@ -59,5 +63,20 @@ pub(super) fn result(e: &Entry) -> String {
         "passed".into()
     } else {
         format!("failed ({})", e.outcome.outcome.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flash_attention_reads_on_off_whether_written_as_a_word_or_an_old_bool() {
+        let new = serde_json::json!({"ctx": 4096, "flash_attn": "on", "threads": null});
+        let old = serde_json::json!({"ctx": 4096, "flash_attn": true});
+        assert_eq!(describe(&new), "ctx 4096 · flash attn on");
+        assert_eq!(describe(&old), "ctx 4096 · flash attn on");
+        let off = serde_json::json!({"ctx": 4096, "flash_attn": false});
+        assert_eq!(describe(&off), "ctx 4096 · flash attn off");
     }
 }
