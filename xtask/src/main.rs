@@ -114,8 +114,7 @@ fn main_job() -> Result<()> {
             .arg(&db)
             .arg("--out")
             .arg(&run_dir))?;
-        // The report: Markdown with SVG plots and one HTML page.
-        run(Command::new(&o3).arg("report").arg(&run_dir).arg("--html"))?;
+        // `o3 optimize` wrote its report: Markdown with SVG plots and one HTML page.
         eprintln!(
             "xtask: presets in {}, the artefacts to paste in {}, the report in {}",
             run_dir.join("presets.yaml").display(),
