@@ -522,14 +522,15 @@ fn vrule_label_x(r: &Rule, x0: f64, x1: f64) -> f64 {
     }
 }
 
-/// Each segment of the series as its style says, the legend entry once (on the first segment
-/// drawn), then the series' text labels.
+/// Each segment of the series as its style says (a segment of one point as its marker), the
+/// legend entry once (on the first segment drawn), then the series' text labels.
 fn draw_series<'a, 'b: 'a>(chart: &mut Plot<'a, 'b>, s: &Series) -> DrawResult {
     let col = color(s.color);
     let mut legend_drawn = false;
     for seg in &s.segments {
         let line = draw_line(chart, s.style, col, seg)?;
-        let anno = if matches!(s.style, Style::Points | Style::LinePoints) {
+        // A line through one point draws nothing: its marker shows where it is.
+        let anno = if matches!(s.style, Style::Points | Style::LinePoints) || seg.len() == 1 {
             Some(draw_markers(chart, s.marker, col, seg)?)
         } else {
             line
@@ -865,6 +866,26 @@ mod tests {
         assert_eq!(near.ranges().1, (0.0, 3.0 * 1.12));
         let s = svg(&near, 640, 360);
         assert!(s.contains("RAM safety limit 85 % (20.0 GiB)") && !s.contains("above the plot"));
+    }
+
+    #[test]
+    fn a_line_of_one_point_shows_its_marker() {
+        let circles = |s: &str| s.matches("<circle").count();
+        let mut c = Chart::new(
+            "Decode rate by context, and the search path",
+            "ctx",
+            "tok/s",
+        );
+        c.add(
+            Series::new("decode", BLUE, Style::Line).points(vec![(512.0, 760.0), (4096.0, 40.0)]),
+        );
+        let none = circles(&svg(&c, 640, 360));
+        c.add(Series::new("search path", GREY, Style::Dashed).points(vec![(4096.0, 602.0)]));
+        assert_eq!(
+            circles(&svg(&c, 640, 360)),
+            none + 1,
+            "the one-probe path is marked"
+        );
     }
 
     #[test]
