@@ -195,6 +195,32 @@ impl Chart {
         ["", &self.x_label, &self.y_label]
     }
 
+    /// `ranges` with the y range raised, where needed, so the points under the legend's corner
+    /// stay below its box (about 17 px per entry hung from the top of the plot area of a
+    /// `w`×`h` chart, as wide as its longest name), and the legend hides no data.
+    fn legend_room(&self, ((x0, x1), (y0, y1)): Ranges, w: u32, h: u32) -> Ranges {
+        // The plot area: the chart less the caption, margins and axis label areas.
+        let (plot_w, plot_h) = (
+            f64::from(w.saturating_sub(90).max(100)),
+            f64::from(h.saturating_sub(100).max(100)),
+        );
+        let share = (self.series.len() as f64 * 17.0 + 16.0) / plot_h;
+        let longest = self.series.iter().map(|s| s.name.chars().count()).max();
+        let span = (longest.unwrap_or(0) as f64 * 7.0 + 50.0) / plot_w * (x1 - x0);
+        if share >= 0.5 {
+            return ((x0, x1), (y0, y1));
+        }
+        let left = self.crowded_upper_right();
+        let under = self
+            .series
+            .iter()
+            .flat_map(Series::all)
+            .filter(|(x, _)| if left { *x < x0 + span } else { *x > x1 - span })
+            .map(|p| p.1)
+            .fold(0.0, f64::max);
+        ((x0, x1), (y0, y1.max(under / (1.0 - share))))
+    }
+
     /// The series' highest y value (0 without points).
     fn data_y_max(&self) -> f64 {
         self.series
@@ -381,7 +407,7 @@ type Plot<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, RangedCoo
 fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
     let root = SVGBackend::with_string(out, (w, h)).into_drawing_area();
     root.fill(&WHITE)?;
-    let ranges = c.ranges();
+    let ranges = c.legend_room(c.ranges(), w, h);
     let mut chart = axes(c, &root, ranges)?;
     let (on_scale, above) = c.split_hrules();
     for r in &on_scale {
@@ -866,6 +892,25 @@ mod tests {
         assert_eq!(near.ranges().1, (0.0, 3.0 * 1.12));
         let s = svg(&near, 640, 360);
         assert!(s.contains("RAM safety limit 85 % (20.0 GiB)") && !s.contains("above the plot"));
+    }
+
+    #[test]
+    fn the_legend_gets_room_above_the_data_it_would_hide() {
+        // A timeline at its top across the whole width: no free corner.
+        let mut c = Chart::new("Server memory", "time (s)", "RSS (MiB)");
+        let flat: Vec<(f64, f64)> = (0..=90).map(|t| (f64::from(t), 38.0)).collect();
+        c.add(Series::new("server RSS", BLUE, Style::Line).points(flat));
+        c.add(Series::new("probe start (number)", GREY, Style::Points).points(vec![(0.0, 0.0)]));
+        let base = c.ranges();
+        let ((_, _), (_, y1)) = c.legend_room(base, 880, 380);
+        // Two entries hang (2 × 17 + 16) px from the top of a 280 px plot area.
+        let share = 50.0 / 280.0;
+        assert!((y1 - 38.0 / (1.0 - share)).abs() < 1e-9, "{y1}");
+        assert!(y1 > base.1 .1);
+        // Data low under the legend's corner: the range stays as it was.
+        let mut low = Chart::new("Falling", "time (s)", "tok/s");
+        low.add(Series::new("rate", BLUE, Style::Line).points(vec![(0.0, 100.0), (90.0, 10.0)]));
+        assert_eq!(low.legend_room(low.ranges(), 880, 380), low.ranges());
     }
 
     #[test]
