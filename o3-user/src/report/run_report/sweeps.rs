@@ -6,8 +6,8 @@ use crate::optimize::prober::Stage;
 use crate::report::plot::{self, Chart, Marker, Series, Style};
 use crate::util::order::median;
 
-use super::cells::{f0, f1, result};
-use super::metrics::{by_context, decode_of, p95, prefill_of, ttft_of};
+use super::cells::{f0, f1, judged};
+use super::metrics::{by_context, decode_of, p95, prefill_of, stable, ttft_of};
 use super::{ReportDoc, Run};
 
 /// What one context's probes of a sweep add: its curves' points, its failed probes (at 0) and
@@ -50,7 +50,7 @@ pub(super) fn batch(d: &mut ReportDoc, run: &Run) {
                 && e.request.concurrency == 1
                 && e.outcome.passed()
         });
-        let sw = batch_sweep(*ctx, base.chain(es.iter().copied()));
+        let sw = batch_sweep(run, *ctx, base.chain(es.iter().copied()));
         fails.extend(sw.fails);
         rows.extend(sw.rows);
         let [mut pts, _] = sw.curves;
@@ -82,7 +82,7 @@ pub(super) fn batch(d: &mut ReportDoc, run: &Run) {
 }
 
 /// The probes of one context by batch size (log2 on the curve): prefill median where passed.
-fn batch_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
+fn batch_sweep<'a>(run: &Run, ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
     let mut sw = Sweep::default();
     for e in probes {
         let Some(b) = e.request.config.batch else {
@@ -100,7 +100,7 @@ fn batch_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
             ctx.to_string(),
             b.to_string(),
             e.request.stage.name().into(),
-            result(e),
+            judged(e, stable(run, e)),
             f0(median(prefill_of(e))),
             f1(median(decode_of(e))),
             f0(median(ttft_of(e))),
@@ -133,7 +133,7 @@ pub(super) fn concurrency(d: &mut ReportDoc, run: &Run) {
     for (i, (ctx, es)) in groups.iter().enumerate() {
         let color = plot::PALETTE[i % plot::PALETTE.len()];
         let single = single_stream(run, *ctx, es);
-        let sw = concurrency_sweep(*ctx, single.iter().chain(es.iter()).copied());
+        let sw = concurrency_sweep(run, *ctx, single.iter().chain(es.iter()).copied());
         fails.extend(sw.fails);
         rows.extend(sw.rows);
         let [mut t, mut l] = sw.curves;
@@ -183,7 +183,7 @@ fn single_stream<'a>(run: &'a Run, ctx: u32, sweep: &[&Entry]) -> Option<&'a Ent
 
 /// The probes of one context by streams: aggregate throughput (median over rounds) and TTFT
 /// p95 where passed.
-fn concurrency_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
+fn concurrency_sweep<'a>(run: &Run, ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
     let mut sw = Sweep::default();
     for e in probes {
         let x = f64::from(e.request.concurrency);
@@ -205,7 +205,7 @@ fn concurrency_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> S
             ctx.to_string(),
             e.request.concurrency.to_string(),
             e.request.stage.name().into(),
-            result(e),
+            judged(e, stable(run, e)),
             f1(agg),
             f0(tp95),
             e.outcome.timeouts.to_string(),

@@ -204,6 +204,29 @@ fn batch_and_concurrency_curves_start_from_the_validated_point() {
 }
 
 #[test]
+fn a_level_that_passed_but_varied_too_much_says_so() {
+    let mut r = search_run();
+    // As summary.json's `configurations` holds it (o3 optimize's summary): the 2-stream level
+    // at 6144 had every request succeed, and its rates varied beyond validation.max_cv.
+    r.summary.as_mut().unwrap()["configurations"] = json!([{
+        "id": "c6144-b64-p2", "stage": "concurrency", "concurrency": 2, "stable": false,
+        "config": {"ctx": 6144, "batch": 64, "ubatch": null, "parallel": 2, "gpu_layers": null,
+                   "flash_attn": null, "cache_type_k": null, "cache_type_v": null, "threads": null},
+        "depth": {"kind": "filled", "tokens": 5529}
+    }]);
+    let md = super::super::doc::markdown(&build(&r), "plots");
+    assert!(
+        md.contains("| 6144 | 2 | concurrency | passed, unstable (see the statistics) | 124.0 |"),
+        "{md}"
+    );
+    // The validation it does not name keeps its plain result.
+    assert!(
+        md.contains("| 6144 | 1 | validate | passed | 80.0 |"),
+        "{md}"
+    );
+}
+
+#[test]
 fn a_sweep_with_one_level_is_a_short_table_not_a_chart() {
     // No validation at 6144 and one level measured: nothing to draw a curve through.
     let d = build(&run(
