@@ -301,7 +301,13 @@ fn cell(v: f64) -> String {
 
 /// Short tick labels: 1.5k, 2M.
 pub fn short(v: f64) -> String {
-    let a = v.abs();
+    short_on(v, v)
+}
+
+/// A tick label in the unit that suits the axis' largest value `top`, so one axis does not read
+/// "8000, 9000, 10k".
+pub fn short_on(v: f64, top: f64) -> String {
+    let a = top.abs();
     let (n, unit) = if a >= 1e9 {
         (v / 1e9, "G")
     } else if a >= 1e6 {
@@ -313,6 +319,8 @@ pub fn short(v: f64) -> String {
     };
     // No "-0" for a tick a rounding error put below zero.
     let n = if n.abs() < 5e-3 { 0.0 } else { n };
+    // Zero needs no unit.
+    let unit = if n == 0.0 { "" } else { unit };
     let s = if n.fract().abs() < 1e-9 || n.abs() >= 100.0 {
         format!("{n:.0}")
     } else if n.abs() >= 10.0 {
@@ -449,14 +457,16 @@ fn axes<'a, 'b>(
             y0..y1,
         )?;
     let log2 = c.x_log2;
+    let x_top = x0.abs().max(x1.abs());
     let fmt_x = move |v: &f64| {
         if log2 {
+            // Powers of two each in their own unit: 2048, not 2.05k.
             short(2f64.powf(*v).round())
         } else {
-            short(*v)
+            short_on(*v, x_top)
         }
     };
-    let fmt_y = |v: &f64| short(*v);
+    let fmt_y = move |v: &f64| short_on(*v, y1);
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(c.x_label.as_str())
         .y_desc(c.y_label.as_str())
@@ -711,6 +721,11 @@ mod tests {
         assert_eq!(short(131072.0), "131k");
         assert_eq!(short(1_500_000.0), "1.5M");
         assert_eq!(short(-0.0001), "0");
+        // One unit along an axis that reaches 10k.
+        assert_eq!(short_on(9000.0, 10_500.0), "9k");
+        assert_eq!(short_on(2500.0, 10_500.0), "2.5k");
+        assert_eq!(short_on(0.0, 10_500.0), "0");
+        assert_eq!(short_on(9000.0, 9_500.0), "9000");
     }
 
     #[test]
