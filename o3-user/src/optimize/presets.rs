@@ -250,15 +250,20 @@ fn why_none(pool: &Pool, cat: &Category, none_in_range: bool, rejected: &[String
         format!(
             "no stable configuration meets {} (stable contexts: {})",
             cat.constraint,
-            pool.contexts
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            context_list(&pool.contexts)
         )
     } else {
         format!("every candidate misses the SLOs: {}", rejected.join(", "))
     }
+}
+
+/// Contexts as the reader wants them: ascending, each once (a context measured at one stream
+/// and at several is one context).
+fn context_list(contexts: &[u32]) -> String {
+    let mut v = contexts.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Highest score first; ties broken by larger context, then higher throughput, then id.
@@ -479,6 +484,28 @@ mod tests {
         ranking.depth = Depth::Fresh { tokens: 2048 };
         let p = choose(&[shaky, ranking], &cfg());
         assert!(p.iter().all(|x| x.chosen.is_none()));
+    }
+
+    #[test]
+    fn stable_contexts_are_listed_once_each_in_order() {
+        // 2560 proven at one stream and measured again at two: one context, said once.
+        let mut two = m(Stage::Concurrency, 2560, 64, 60.0, 900.0);
+        two.concurrency = 2;
+        two.id = "c2560-b64-p2".into();
+        let pool = [
+            m(Stage::Validate, 2560, 64, 40.0, 800.0),
+            two,
+            m(Stage::Validate, 1024, 64, 50.0, 300.0),
+        ];
+        let mut c = cfg();
+        c.balanced.target_context_range = [4096, 8192];
+        let p = choose(&pool, &c);
+        assert_eq!(
+            by_name(&p, "balanced").why,
+            "no stable configuration meets context in 4096..8192 (stable contexts: 1024, 2560)"
+        );
+        assert_eq!(context_list(&[4096, 512, 4096, 512]), "512, 4096");
+        assert_eq!(context_list(&[]), "");
     }
 
     #[test]

@@ -50,9 +50,26 @@ impl ReportDoc {
             rows,
         ));
     }
-    /// Adds the chart unless it has nothing to draw.
+    /// Adds the chart unless it has nothing to draw; a chart whose points all sit at one x
+    /// (a single measurement: no curve to see) becomes a sentence and a short table of them.
     pub fn plot(&mut self, name: &str, chart: Chart) {
-        if !chart.is_empty() {
+        if chart.too_few_points() {
+            self.para(format!("{}:", too_few(&chart)));
+            self.table(&chart.point_head(), chart.point_rows());
+        } else {
+            self.plot_listed(name, chart);
+        }
+    }
+
+    /// As [`ReportDoc::plot`], for a chart whose values the section's table lists: with too
+    /// few points, a sentence points there instead of repeating them.
+    pub fn plot_listed(&mut self, name: &str, chart: Chart) {
+        if chart.too_few_points() {
+            self.para(format!(
+                "{}; the table below lists the values.",
+                too_few(&chart)
+            ));
+        } else if !chart.is_empty() {
             self.blocks.push(Block::Plot {
                 name: name.into(),
                 chart,
@@ -69,6 +86,14 @@ impl ReportDoc {
             _ => None,
         })
     }
+}
+
+/// What stands for a chart with too few points.
+fn too_few(c: &Chart) -> String {
+    format!(
+        "{}: too few points for a chart (one {} value only)",
+        c.title, c.x_label
+    )
 }
 
 fn md_cell(s: &str) -> String {
@@ -140,6 +165,33 @@ pub fn esc(s: &str) -> String {
     o
 }
 
+/// Text as HTML with the Markdown the report's sentences use: `code` and **bold**, each only
+/// where its marks pair up (else the marks stay as they are).
+fn inline(t: &str) -> String {
+    let e = esc(t);
+    pair(&pair(&e, "`", "code"), "**", "strong")
+}
+
+/// `mark`…`mark` as `<tag>`…`</tag>`, when the marks pair up.
+fn pair(s: &str, mark: &str, tag: &str) -> String {
+    let parts: Vec<&str> = s.split(mark).collect();
+    if parts.len() < 3 || parts.len() % 2 == 0 {
+        return s.to_string();
+    }
+    let mut o = String::with_capacity(s.len());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            o.push_str(&if i % 2 == 1 {
+                format!("<{tag}>")
+            } else {
+                format!("</{tag}>")
+            });
+        }
+        o.push_str(p);
+    }
+    o
+}
+
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
 h1{font-size:1.7em;border-bottom:2px solid #444;padding-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}\
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
@@ -164,11 +216,11 @@ pub fn html(d: &ReportDoc) -> String {
     for b in &d.blocks {
         match b {
             Block::Heading(l, t) => o.push_str(&format!("<h{l}>{}</h{l}>\n", esc(t))),
-            Block::Para(t) => o.push_str(&format!("<p>{}</p>\n", esc(t))),
+            Block::Para(t) => o.push_str(&format!("<p>{}</p>\n", inline(t))),
             Block::List(items) => {
                 o.push_str("<ul>\n");
                 for i in items {
-                    o.push_str(&format!("<li>{}</li>\n", esc(i)));
+                    o.push_str(&format!("<li>{}</li>\n", inline(i)));
                 }
                 o.push_str("</ul>\n");
             }
@@ -237,6 +289,35 @@ mod tests {
         assert!(!m.contains("nothing"), "an empty chart is left out");
         assert!(m.contains("```\nllama-server --ctx-size 4096\n```"));
         assert_eq!(doc().plots().count(), 1);
+    }
+
+    #[test]
+    fn a_chart_of_one_point_is_a_short_table_or_a_pointer_to_the_sections_table() {
+        let one = || {
+            let mut c = Chart::new("Prefill rate by context", "context (tokens)", "tok/s");
+            c.add(Series::new("prefill", BLUE, Style::LinePoints).points(vec![(1536.0, 408.7)]));
+            c
+        };
+        let mut d = ReportDoc::default();
+        d.plot("context-prefill", one());
+        d.plot_listed("batch", one());
+        assert_eq!(d.plots().count(), 0, "no SVG for a single point");
+        assert_eq!(
+            markdown(&d, "plots"),
+            "# \n\nPrefill rate by context: too few points for a chart (one context (tokens) value only):\n\n\
+             |  | context (tokens) | tok/s |\n|---|---|---|\n| prefill | 1536 | 408.7 |\n\n\
+             Prefill rate by context: too few points for a chart (one context (tokens) value only); \
+             the table below lists the values.\n"
+        );
+    }
+
+    #[test]
+    fn html_sentences_render_their_code_and_bold() {
+        assert_eq!(
+            inline("**Not proven at depth**: run `o3 optimize --resume <dir>`"),
+            "<strong>Not proven at depth</strong>: run <code>o3 optimize --resume &lt;dir&gt;</code>"
+        );
+        assert_eq!(inline("a ` alone and ** too"), "a ` alone and ** too");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use plotters::chart::SeriesAnno;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// An RGB colour.
 pub type Rgb = (u8, u8, u8);
@@ -105,6 +106,29 @@ pub struct Chart {
     pub vrules: Vec<Rule>,
     /// x values are log2 of the quantity; ticks show the quantity (batch sizes).
     pub x_log2: bool,
+    /// x is a count (streams, tokens): ticks only at whole numbers.
+    pub x_count: bool,
+}
+
+/// Fewest distinct x positions worth a chart: with fewer there is no curve to see, and the
+/// points are given as a short table instead (see [`Chart::point_rows`]).
+pub const MIN_X_POSITIONS: usize = 2;
+
+/// The least share of the height the data keeps under a horizontal rule: a rule more than
+/// `1 / MIN_DATA_SHARE` times the data's highest value is named at the top edge instead of
+/// stretching the axis to it (the data would be squashed flat at the bottom).
+pub const MIN_DATA_SHARE: f64 = 0.25;
+
+/// Whether a horizontal rule at `at` is drawn on the y axis with data up to `data_max`: yes
+/// unless it would leave the data less than [`MIN_DATA_SHARE`] of the height. Without data the
+/// rule sets the scale.
+pub fn rule_on_scale(data_max: f64, at: f64) -> bool {
+    data_max <= 0.0 || data_max >= at * MIN_DATA_SHARE
+}
+
+/// The note at the top edge for a rule above the plot's scale.
+pub fn off_scale_note(r: &Rule) -> String {
+    format!("↑ {} is above the plot", r.label)
 }
 
 impl Chart {
@@ -129,20 +153,107 @@ impl Chart {
         self.series.is_empty()
     }
 
-    /// More points in the upper-right corner, where the legend goes, than in the upper-left.
-    fn crowded_upper_right(&self) -> bool {
-        let ((x0, x1), (_, y1)) = self.ranges();
-        let (mut left, mut right) = (0, 0);
-        for (x, y) in self.series.iter().flat_map(Series::all) {
-            if y > y1 * 0.6 {
-                if x > x0 + (x1 - x0) * 0.65 {
-                    right += 1;
-                } else if x < x0 + (x1 - x0) * 0.35 {
-                    left += 1;
-                }
+    /// How many distinct x positions the series' points take.
+    pub fn x_positions(&self) -> usize {
+        let mut xs: Vec<f64> = self
+            .series
+            .iter()
+            .flat_map(Series::all)
+            .map(|p| p.0)
+            .collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        xs.len()
+    }
+
+    /// Too few positions for a chart (but something to say): the report gives the points as a
+    /// table instead.
+    pub fn too_few_points(&self) -> bool {
+        !self.is_empty() && self.x_positions() < MIN_X_POSITIONS
+    }
+
+    /// The points as table rows under [`Chart::point_head`]: series, x as the axis shows it, y
+    /// ("–" for a failure, which is drawn at 0).
+    pub fn point_rows(&self) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for s in &self.series {
+            for (x, y) in s.all() {
+                let x = if self.x_log2 { 2f64.powf(x).round() } else { x };
+                let y = if s.marker == Marker::Cross {
+                    "–".to_string()
+                } else {
+                    cell(y)
+                };
+                rows.push(vec![s.name.clone(), cell(x), y]);
             }
         }
-        right > left
+        rows
+    }
+
+    /// The header of [`Chart::point_rows`].
+    pub fn point_head(&self) -> [&str; 3] {
+        ["", &self.x_label, &self.y_label]
+    }
+
+    /// `ranges` with the y range raised, where needed, so the points under the legend's corner
+    /// stay below its box (about 17 px per entry hung from the top of the plot area of a
+    /// `w`×`h` chart, as wide as its longest name), and the legend hides no data.
+    fn legend_room(&self, ((x0, x1), (y0, y1)): Ranges, w: u32, h: u32) -> Ranges {
+        // The plot area: the chart less the caption, margins and axis label areas.
+        let (plot_w, plot_h) = (
+            f64::from(w.saturating_sub(90).max(100)),
+            f64::from(h.saturating_sub(100).max(100)),
+        );
+        let share = (self.series.len() as f64 * 17.0 + 16.0) / plot_h;
+        let longest = self.series.iter().map(|s| s.name.chars().count()).max();
+        let span = (longest.unwrap_or(0) as f64 * 7.0 + 50.0) / plot_w * (x1 - x0);
+        if share >= 0.5 {
+            return ((x0, x1), (y0, y1));
+        }
+        let left = self.crowded_upper_right();
+        let under = self
+            .series
+            .iter()
+            .flat_map(Series::all)
+            .filter(|(x, _)| if left { *x < x0 + span } else { *x > x1 - span })
+            .map(|p| p.1)
+            .fold(0.0, f64::max);
+        ((x0, x1), (y0, y1.max(under / (1.0 - share))))
+    }
+
+    /// The series' highest y value (0 without points).
+    fn data_y_max(&self) -> f64 {
+        self.series
+            .iter()
+            .flat_map(Series::all)
+            .map(|p| p.1)
+            .fold(0.0, f64::max)
+    }
+
+    /// Horizontal rules drawn on the scale, and those only named at the top edge.
+    pub fn split_hrules(&self) -> (Vec<&Rule>, Vec<&Rule>) {
+        let top = self.data_y_max();
+        self.hrules.iter().partition(|r| rule_on_scale(top, r.at))
+    }
+
+    /// More points in the upper-right corner, where the legend goes, than in the upper-left;
+    /// as many: the higher point there (the legend box hangs from the top).
+    fn crowded_upper_right(&self) -> bool {
+        let ((x0, x1), (_, y1)) = self.ranges();
+        let (mut left, mut right) = ((0, 0.0f64), (0, 0.0f64));
+        for (x, y) in self.series.iter().flat_map(Series::all) {
+            if y > y1 * 0.6 {
+                let corner = if x > x0 + (x1 - x0) * 0.65 {
+                    &mut right
+                } else if x < x0 + (x1 - x0) * 0.35 {
+                    &mut left
+                } else {
+                    continue;
+                };
+                *corner = (corner.0 + 1, corner.1.max(y));
+            }
+        }
+        right.0 > left.0 || (right.0 == left.0 && right.1 > left.1)
     }
 
     /// The drawn ranges: every point and rule inside, y from 0, 5 % headroom.
@@ -158,7 +269,7 @@ impl Chart {
             x0 = x0.min(r.at);
             x1 = x1.max(r.at);
         }
-        for r in &self.hrules {
+        for r in self.split_hrules().0 {
             y1 = y1.max(r.at);
         }
         if !x0.is_finite() {
@@ -179,9 +290,24 @@ fn color(c: Rgb) -> RGBColor {
     RGBColor(c.0, c.1, c.2)
 }
 
+/// A value in a table cell: whole numbers as they are, others to one decimal.
+fn cell(v: f64) -> String {
+    if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// Short tick labels: 1.5k, 2M.
 pub fn short(v: f64) -> String {
-    let a = v.abs();
+    short_on(v, v)
+}
+
+/// A tick label in the unit that suits the axis' largest value `top`, so one axis does not read
+/// "8000, 9000, 10k".
+pub fn short_on(v: f64, top: f64) -> String {
+    let a = top.abs();
     let (n, unit) = if a >= 1e9 {
         (v / 1e9, "G")
     } else if a >= 1e6 {
@@ -193,6 +319,8 @@ pub fn short(v: f64) -> String {
     };
     // No "-0" for a tick a rounding error put below zero.
     let n = if n.abs() < 5e-3 { 0.0 } else { n };
+    // Zero needs no unit.
+    let unit = if n == 0.0 { "" } else { unit };
     let s = if n.fract().abs() < 1e-9 || n.abs() >= 100.0 {
         format!("{n:.0}")
     } else if n.abs() >= 10.0 {
@@ -246,14 +374,21 @@ impl plotters::coord::ranged1d::Ranged for Axis {
     }
 }
 
-/// Tick positions: whole powers of two on a log2 axis, else 1-2-5 steps, about 8 of them.
+/// Tick positions: whole powers of two on a log2 axis, else 1-2-5 steps, about 8 of them;
+/// whole numbers only on a count axis (no 1.5 streams).
 fn x_ticks(c: &Chart, x0: f64, x1: f64) -> Vec<f64> {
     let step = if c.x_log2 {
         ((x1 - x0) / 10.0).ceil().max(1.0)
     } else {
         let raw = (x1 - x0) / 8.0;
-        let mag = 10f64.powf(raw.log10().floor());
-        [1.0, 2.0, 2.5, 5.0, 10.0]
+        let mut mag = 10f64.powf(raw.log10().floor());
+        let steps: &[f64] = if c.x_count {
+            mag = mag.max(1.0);
+            &[1.0, 2.0, 5.0, 10.0]
+        } else {
+            &[1.0, 2.0, 2.5, 5.0, 10.0]
+        };
+        steps
             .iter()
             .map(|m| m * mag)
             .find(|s| *s >= raw)
@@ -280,9 +415,10 @@ type Plot<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, RangedCoo
 fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
     let root = SVGBackend::with_string(out, (w, h)).into_drawing_area();
     root.fill(&WHITE)?;
-    let ranges = c.ranges();
+    let ranges = c.legend_room(c.ranges(), w, h);
     let mut chart = axes(c, &root, ranges)?;
-    for r in &c.hrules {
+    let (on_scale, above) = c.split_hrules();
+    for r in &on_scale {
         draw_hrule(&mut chart, r, ranges)?;
     }
     for r in &c.vrules {
@@ -291,6 +427,11 @@ fn draw(c: &Chart, w: u32, h: u32, out: &mut String) -> DrawResult {
     for s in &c.series {
         draw_series(&mut chart, s)?;
     }
+    // The rules' names over the data, so a series along a rule does not hide its name.
+    for r in &on_scale {
+        draw_hrule_label(&mut chart, r, ranges)?;
+    }
+    draw_above(&mut chart, c, &above, ranges)?;
     draw_legend(&mut chart, c)?;
     root.present()?;
     Ok(())
@@ -316,14 +457,16 @@ fn axes<'a, 'b>(
             y0..y1,
         )?;
     let log2 = c.x_log2;
+    let x_top = x0.abs().max(x1.abs());
     let fmt_x = move |v: &f64| {
         if log2 {
+            // Powers of two each in their own unit: 2048, not 2.05k.
             short(2f64.powf(*v).round())
         } else {
-            short(*v)
+            short_on(*v, x_top)
         }
     };
-    let fmt_y = |v: &f64| short(*v);
+    let fmt_y = move |v: &f64| short_on(*v, y1);
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(c.x_label.as_str())
         .y_desc(c.y_label.as_str())
@@ -336,7 +479,7 @@ fn axes<'a, 'b>(
     Ok(chart)
 }
 
-/// A dashed horizontal line across the chart, labelled at its left end.
+/// A dashed horizontal line across the chart (its name comes after the series).
 fn draw_hrule(chart: &mut Plot, r: &Rule, ((x0, x1), _): Ranges) -> DrawResult {
     let style = color(r.color).stroke_width(1);
     chart.draw_series(DashedLineSeries::new(
@@ -345,11 +488,45 @@ fn draw_hrule(chart: &mut Plot, r: &Rule, ((x0, x1), _): Ranges) -> DrawResult {
         4,
         style,
     ))?;
+    Ok(())
+}
+
+/// A horizontal rule's name, at its left end, just above the line (the headroom above the
+/// highest rule holds it).
+fn draw_hrule_label(chart: &mut Plot, r: &Rule, ((x0, x1), _): Ranges) -> DrawResult {
     chart.draw_series(std::iter::once(Text::new(
         r.label.clone(),
         (x0 + (x1 - x0) * 0.01, r.at),
-        ("sans-serif", 12).into_font().color(&color(r.color)),
+        ("sans-serif", 12)
+            .into_font()
+            .color(&color(r.color))
+            .pos(Pos::new(HPos::Left, VPos::Bottom)),
     )))?;
+    Ok(())
+}
+
+/// The rules above the plot's scale, named at its top edge, one line each, in the corner the
+/// legend leaves free.
+fn draw_above(
+    chart: &mut Plot,
+    c: &Chart,
+    above: &[&Rule],
+    ((x0, x1), (_, y1)): Ranges,
+) -> DrawResult {
+    let right = c.crowded_upper_right();
+    let (x, h) = if right {
+        (x1 - (x1 - x0) * 0.01, HPos::Right)
+    } else {
+        (x0 + (x1 - x0) * 0.01, HPos::Left)
+    };
+    for (i, r) in above.iter().enumerate() {
+        let font = ("sans-serif", 12)
+            .into_font()
+            .color(&color(r.color))
+            .pos(Pos::new(h, VPos::Top));
+        let y = y1 * (0.99 - 0.05 * i as f64);
+        chart.draw_series(std::iter::once(Text::new(off_scale_note(r), (x, y), font)))?;
+    }
     Ok(())
 }
 
@@ -381,34 +558,62 @@ fn vrule_label_x(r: &Rule, x0: f64, x1: f64) -> f64 {
     }
 }
 
-/// Each segment of the series as its style says, the legend entry once (on the first segment
-/// drawn), then the series' text labels.
-fn draw_series(chart: &mut Plot, s: &Series) -> DrawResult {
+/// Each segment of the series as its style says (a segment of one point as its marker), the
+/// legend entry once (on the first segment drawn), then the series' text labels.
+fn draw_series<'a, 'b: 'a>(chart: &mut Plot<'a, 'b>, s: &Series) -> DrawResult {
     let col = color(s.color);
     let mut legend_drawn = false;
     for seg in &s.segments {
         let line = draw_line(chart, s.style, col, seg)?;
-        let anno = if matches!(s.style, Style::Points | Style::LinePoints) {
+        // A line through one point draws nothing: its marker shows where it is.
+        let anno = if matches!(s.style, Style::Points | Style::LinePoints) || seg.len() == 1 {
             Some(draw_markers(chart, s.marker, col, seg)?)
         } else {
             line
         };
         if let (Some(a), false) = (anno, legend_drawn) {
             legend_drawn = true;
-            let name = s.name.clone();
-            a.label(name).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
-            });
+            legend_entry(a, s, col);
         }
     }
     chart.draw_series(s.labels.iter().map(|(x, y, t)| {
         Text::new(
             t.clone(),
             (*x, *y),
-            ("sans-serif", 11).into_font().color(&col),
+            ("sans-serif", 11)
+                .into_font()
+                .color(&col)
+                .pos(label_anchor(*y)),
         )
     }))?;
     Ok(())
+}
+
+/// Where a point's text hangs: below the point, except on the x axis (y = 0: a probe's start, a
+/// failure), where the tick labels would hide it: there above.
+fn label_anchor(y: f64) -> Pos {
+    let v = if y <= 0.0 { VPos::Bottom } else { VPos::Top };
+    Pos::new(HPos::Left, v)
+}
+
+/// A series' legend entry: its marker for a series of markers only (a failure is a cross
+/// there too), else a short line.
+fn legend_entry<'a, 'b: 'a>(a: &mut SeriesAnno<'a, SVGBackend<'b>>, s: &Series, col: RGBColor) {
+    let e = a.label(s.name.clone());
+    match (s.style, s.marker) {
+        (Style::Points, Marker::Cross) => {
+            e.legend(move |(x, y)| Cross::new((x + 9, y), 5, col.stroke_width(2)))
+        }
+        (Style::Points, Marker::Triangle) => {
+            e.legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, col.filled()))
+        }
+        (Style::Points, Marker::Circle) => {
+            e.legend(move |(x, y)| Circle::new((x + 9, y), 3, col.filled()))
+        }
+        _ => {
+            e.legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)))
+        }
+    };
 }
 
 /// The line through a segment (none for a `Points` series), as an annotation for the legend.
@@ -516,6 +721,11 @@ mod tests {
         assert_eq!(short(131072.0), "131k");
         assert_eq!(short(1_500_000.0), "1.5M");
         assert_eq!(short(-0.0001), "0");
+        // One unit along an axis that reaches 10k.
+        assert_eq!(short_on(9000.0, 10_500.0), "9k");
+        assert_eq!(short_on(2500.0, 10_500.0), "2.5k");
+        assert_eq!(short_on(0.0, 10_500.0), "0");
+        assert_eq!(short_on(9000.0, 9_500.0), "9000");
     }
 
     #[test]
@@ -583,6 +793,159 @@ mod tests {
         assert_eq!(vrule_label_x(&rule(20.0), 0.0, 100.0), 21.0);
         // Right of it: the label ends before the line (14 characters × 1.2 % + 1 %).
         assert!((vrule_label_x(&rule(90.0), 0.0, 100.0) - (90.0 - 17.8)).abs() < 1e-9);
+    }
+
+    /// The tick labels of the x axis: the text elements of the SVG just above its bottom edge.
+    fn numbers_in(svg: &str) -> Vec<String> {
+        svg.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit() || c == '.'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_count_axis_ticks_only_whole_numbers() {
+        let mut c = Chart::new("Streams", "simultaneous streams", "tokens/s");
+        c.x_count = true;
+        // Levels 1 and 2: a linear axis would tick every 0.1 (1.1, 1.2, ...).
+        assert_eq!(x_ticks(&c, 0.96, 2.04), vec![1.0, 2.0]);
+        // A single level: one tick, at it.
+        assert_eq!(x_ticks(&c, 1.5, 2.5), vec![2.0]);
+        // Wide ranges keep 1-2-5 steps of whole numbers.
+        assert_eq!(
+            x_ticks(&c, 0.0, 40.0),
+            (0..=8).map(|i| f64::from(i) * 5.0).collect::<Vec<_>>()
+        );
+        c.x_count = false;
+        assert!(x_ticks(&c, 0.96, 2.04).iter().any(|t| t.fract() != 0.0));
+        // Drawn: the labels under the axis are whole numbers.
+        c.x_count = true;
+        c.add(
+            Series::new("ctx 1536", BLUE, Style::LinePoints)
+                .points(vec![(1.0, 157.0), (2.0, 30.0)]),
+        );
+        let s = svg(&c, 640, 360);
+        assert!(
+            !numbers_in(&s).iter().any(|n| n.contains('.')),
+            "{:?}",
+            numbers_in(&s)
+        );
+    }
+
+    #[test]
+    fn one_x_position_is_too_few_for_a_chart() {
+        let mut c = Chart::new("Streams", "simultaneous streams", "tokens/s");
+        assert!(
+            !c.too_few_points(),
+            "an empty chart is left out, not tabulated"
+        );
+        c.add(Series::new("ctx 4096", BLUE, Style::LinePoints).points(vec![(2.0, 96.1)]));
+        c.add(
+            Series::new("failed", RED, Style::Points)
+                .marker(Marker::Cross)
+                .points(vec![(2.0, 0.0)]),
+        );
+        assert_eq!(c.x_positions(), 1);
+        assert!(c.too_few_points());
+        assert_eq!(c.point_head(), ["", "simultaneous streams", "tokens/s"]);
+        assert_eq!(
+            c.point_rows(),
+            vec![
+                vec!["ctx 4096".to_string(), "2".into(), "96.1".into()],
+                vec!["failed".to_string(), "2".into(), "–".into()],
+            ]
+        );
+        c.add(Series::new("ctx 8192", GREEN, Style::LinePoints).points(vec![(1.0, 50.0)]));
+        assert!(!c.too_few_points(), "two levels make a curve");
+        // A log2 axis gives the quantity.
+        let mut b = Chart::new("Batch", "batch", "tokens/s");
+        b.x_log2 = true;
+        b.add(Series::new("ctx 512", BLUE, Style::LinePoints).points(vec![(6.0, 307.5)]));
+        assert_eq!(b.point_rows()[0][1], "64");
+    }
+
+    #[test]
+    fn a_limit_far_above_the_data_is_named_at_the_top_instead_of_drawn() {
+        // The data keeps at least a quarter of the height under a rule.
+        assert!(rule_on_scale(2.4, 9.6));
+        assert!(!rule_on_scale(2.4, 9.7));
+        assert!(
+            rule_on_scale(0.0, 20.0),
+            "without data the rule sets the scale"
+        );
+        let chart = |at: f64| {
+            let mut c = Chart::new("System RAM in use", "time (s)", "RAM used (GiB)");
+            c.add(
+                Series::new("system RAM used", ORANGE, Style::Line)
+                    .points(vec![(0.0, 1.5), (9.0, 2.4)]),
+            );
+            c.hrules.push(Rule {
+                label: "RAM safety limit 85 % (20.0 GiB)".into(),
+                at,
+                color: RED,
+            });
+            c
+        };
+        // 20 GiB over 2.4 GiB of data: the axis stops at the data, the limit is named.
+        let far = chart(20.0);
+        assert_eq!(far.ranges().1, (0.0, 2.4 * 1.12));
+        let s = svg(&far, 640, 360);
+        assert!(
+            s.contains("↑ RAM safety limit 85 % (20.0 GiB) is above the plot"),
+            "{s}"
+        );
+        let ticks = numbers_in(&s);
+        assert!(
+            !ticks
+                .iter()
+                .any(|n| ["10", "15", "20"].contains(&n.as_str())),
+            "the y axis stops near 2.4: {ticks:?}"
+        );
+        // 3 GiB: drawn on the scale, named at its line.
+        let near = chart(3.0);
+        assert_eq!(near.ranges().1, (0.0, 3.0 * 1.12));
+        let s = svg(&near, 640, 360);
+        assert!(s.contains("RAM safety limit 85 % (20.0 GiB)") && !s.contains("above the plot"));
+    }
+
+    #[test]
+    fn the_legend_gets_room_above_the_data_it_would_hide() {
+        // A timeline at its top across the whole width: no free corner.
+        let mut c = Chart::new("Server memory", "time (s)", "RSS (MiB)");
+        let flat: Vec<(f64, f64)> = (0..=90).map(|t| (f64::from(t), 38.0)).collect();
+        c.add(Series::new("server RSS", BLUE, Style::Line).points(flat));
+        c.add(Series::new("probe start (number)", GREY, Style::Points).points(vec![(0.0, 0.0)]));
+        let base = c.ranges();
+        let ((_, _), (_, y1)) = c.legend_room(base, 880, 380);
+        // Two entries hang (2 × 17 + 16) px from the top of a 280 px plot area.
+        let share = 50.0 / 280.0;
+        assert!((y1 - 38.0 / (1.0 - share)).abs() < 1e-9, "{y1}");
+        assert!(y1 > base.1 .1);
+        // Data low under the legend's corner: the range stays as it was.
+        let mut low = Chart::new("Falling", "time (s)", "tok/s");
+        low.add(Series::new("rate", BLUE, Style::Line).points(vec![(0.0, 100.0), (90.0, 10.0)]));
+        assert_eq!(low.legend_room(low.ranges(), 880, 380), low.ranges());
+    }
+
+    #[test]
+    fn a_line_of_one_point_shows_its_marker() {
+        let circles = |s: &str| s.matches("<circle").count();
+        let mut c = Chart::new(
+            "Decode rate by context, and the search path",
+            "ctx",
+            "tok/s",
+        );
+        c.add(
+            Series::new("decode", BLUE, Style::Line).points(vec![(512.0, 760.0), (4096.0, 40.0)]),
+        );
+        let none = circles(&svg(&c, 640, 360));
+        c.add(Series::new("search path", GREY, Style::Dashed).points(vec![(4096.0, 602.0)]));
+        assert_eq!(
+            circles(&svg(&c, 640, 360)),
+            none + 1,
+            "the one-probe path is marked"
+        );
     }
 
     #[test]

@@ -58,6 +58,16 @@ pub(super) fn describe(c: &Value) -> String {
 }
 
 /// `passed`, or `failed (oom)`.
+/// A probe's result, with the statistics' verdict where it differs: a probe whose requests all
+/// succeeded but whose rates varied beyond validation.max_cv is "passed, unstable".
+pub(super) fn judged(e: &Entry, stable: Option<bool>) -> String {
+    if e.outcome.passed() && stable == Some(false) {
+        "passed, unstable (see the statistics)".into()
+    } else {
+        result(e)
+    }
+}
+
 pub(super) fn result(e: &Entry) -> String {
     if e.outcome.passed() {
         "passed".into()

@@ -118,6 +118,7 @@ fn decode_chart(
         "context (tokens)",
         "decode tokens/s",
     );
+    rates.x_count = true;
     rates.add(
         Series::new("decode (median)", plot::BLUE, Style::LinePoints)
             .points(per_context(decode, median)),
@@ -164,6 +165,7 @@ fn prefill_chart(prefill: &BTreeMap<u32, Vec<f64>>) -> Chart {
         "context (tokens)",
         "prefill tokens/s",
     );
+    pf.x_count = true;
     pf.add(
         Series::new("prefill (median)", plot::ORANGE, Style::LinePoints)
             .points(per_context(prefill, median)),
@@ -177,6 +179,7 @@ fn ttft_chart(ttft: &BTreeMap<u32, Vec<f64>>) -> Chart {
         "context (tokens)",
         "TTFT (ms)",
     );
+    tt.x_count = true;
     tt.add(Series::new("median", plot::BLUE, Style::LinePoints).points(per_context(ttft, median)));
     tt.add(Series::new("p95", plot::PURPLE, Style::LinePoints).points(per_context(ttft, p95)));
     tt

@@ -41,6 +41,27 @@ pub(super) fn ttft_of(e: &Entry) -> Vec<f64> {
     of(e, |o| o.ttft_ms)
 }
 
+/// Whether the summary's statistics found the probe's configuration stable (`None` without a
+/// summary, or for a probe it does not hold): the configuration of the same stage, settings,
+/// depth and streams.
+pub(super) fn stable(run: &Run, e: &Entry) -> Option<bool> {
+    let r = &e.request;
+    let (config, depth) = (
+        serde_json::to_value(&r.config).ok()?,
+        serde_json::to_value(r.depth).ok()?,
+    );
+    run.summary.as_ref()?["configurations"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["stage"] == r.stage.name()
+                && c["concurrency"] == r.concurrency
+                && c["config"] == config
+                && c["depth"] == depth
+        })?["stable"]
+        .as_bool()
+}
+
 /// Probes of `stages` grouped by context, in probe order.
 pub(super) fn by_context<'a>(run: &'a Run, stages: &[Stage]) -> BTreeMap<u32, Vec<&'a Entry>> {
     let mut m: BTreeMap<u32, Vec<&Entry>> = BTreeMap::new();

@@ -24,13 +24,32 @@ pub(super) fn presets(d: &mut ReportDoc, s: &Value) {
         ],
         ps.iter().map(preset_row).collect(),
     );
+    for (names, text) in serving(ps) {
+        let same = if names.len() > 1 {
+            " (the same configuration)"
+        } else {
+            ""
+        };
+        d.h3(format!("{}{same}: how to serve it", names.join(", ")));
+        d.code(text.trim_end());
+    }
+}
+
+/// Each distinct way to serve, in the presets' order, with the presets that share it (three
+/// presets that chose one configuration print one command, not the same one three times).
+fn serving(ps: &[Value]) -> Vec<(Vec<String>, String)> {
+    let mut out: Vec<(Vec<String>, String)> = Vec::new();
     for p in ps {
         let text = how_to_serve(&p["artefacts"]);
-        if !text.is_empty() {
-            d.h3(format!("{}: how to serve it", str_of(&p["name"])));
-            d.code(text.trim_end());
+        if text.is_empty() {
+            continue;
+        }
+        match out.iter_mut().find(|(_, t)| *t == text) {
+            Some((names, _)) => names.push(str_of(&p["name"])),
+            None => out.push((vec![str_of(&p["name"])], text)),
         }
     }
+    out
 }
 
 fn preset_row(p: &Value) -> Vec<String> {
@@ -80,6 +99,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn presets_of_one_configuration_share_one_command() {
+        let cmd = |c: u32| json!({"command_line": format!("llama-server -c {c}")});
+        let ps = [
+            json!({"name": "max_context", "artefacts": cmd(4096)}),
+            json!({"name": "balanced", "artefacts": cmd(1536)}),
+            json!({"name": "fast_response", "artefacts": cmd(4096)}),
+            json!({"name": "none", "artefacts": null}),
+        ];
+        let mut d = ReportDoc::default();
+        presets(&mut d, &json!({"presets": ps}));
+        let md = crate::report::doc::markdown(&d, "plots");
+        assert!(md.contains("### max_context, fast_response (the same configuration): how to serve it\n\n```\nllama-server -c 4096\n```"), "{md}");
+        assert!(
+            md.contains("### balanced: how to serve it\n\n```\nllama-server -c 1536\n```"),
+            "{md}"
+        );
+        assert_eq!(md.matches("llama-server -c 4096").count(), 1);
+    }
 
     #[test]
     fn how_to_serve_is_environment_then_modelfile_then_command() {

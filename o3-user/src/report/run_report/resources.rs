@@ -209,7 +209,12 @@ fn system_memory_chart(tl: &Timeline, safety: &Value) -> Chart {
         _ => None,
     };
     let used_max = best_used.map_or(0.0, |(_, b)| b as f64);
-    let (div, unit) = byte_unit(used_max.max(ram_limit.map_or(0.0, |(_, l)| l)));
+    // The limit sets the unit only where it is drawn on the scale.
+    let scale_max = match ram_limit {
+        Some((_, l)) if plot::rule_on_scale(used_max, l) => used_max.max(l),
+        _ => used_max,
+    };
+    let (div, unit) = byte_unit(scale_max);
     let mut sys = Chart::new(
         "System RAM in use",
         TIME_AXIS,

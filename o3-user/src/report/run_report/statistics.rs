@@ -86,6 +86,16 @@ fn stable_cell(c: &Value) -> String {
     format!("no ({})", why.join("; "))
 }
 
+/// An interval's end: to one decimal, or in powers of ten from a million on (two samples far
+/// apart give an interval of 14 digits, which says no more than 2.1e13).
+fn bound(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// A rate's geometric mean with its 95 % interval: `41.2 [39.8, 42.7]`.
 fn rate_cell(m: &Value) -> String {
     if m.is_null() {
@@ -96,7 +106,7 @@ fn rate_cell(m: &Value) -> String {
         m["gmean_ci95_low"].as_f64(),
         m["gmean_ci95_high"].as_f64(),
     ) {
-        (Some(g), Some(lo), Some(hi)) => format!("{g:.1} [{lo:.1}, {hi:.1}]"),
+        (Some(g), Some(lo), Some(hi)) => format!("{g:.1} [{}, {}]", bound(lo), bound(hi)),
         (Some(g), _, _) => format!("{g:.1}"),
         // A summary of an earlier version (arithmetic mean only), or values ≤ 0.
         _ => f1(m["mean"].as_f64()),
@@ -194,6 +204,15 @@ mod tests {
         let oom = json!({"stable": false, "outcome": "oom", "error": "out of memory",
                          "validation": {"reasons": ["no successes"]}});
         assert_eq!(stable_cell(&oom), "no (oom: out of memory; no successes)");
+    }
+
+    #[test]
+    fn a_wide_interval_is_written_in_powers_of_ten() {
+        let m = serde_json::json!({"gmean": 26.5, "gmean_ci95_low": 0.0, "gmean_ci95_high": 21315743839858.7});
+        assert_eq!(rate_cell(&m), "26.5 [0.0, 2.1e13]");
+        let m =
+            serde_json::json!({"gmean": 41.2, "gmean_ci95_low": 39.8, "gmean_ci95_high": 999999.0});
+        assert_eq!(rate_cell(&m), "41.2 [39.8, 999999.0]");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use crate::optimize::prober::Stage;
 use crate::report::plot::{self, Chart, Marker, Series, Style};
 use crate::util::order::median;
 
-use super::cells::{f0, f1, result};
-use super::metrics::{by_context, decode_of, p95, prefill_of, ttft_of};
+use super::cells::{f0, f1, judged};
+use super::metrics::{by_context, decode_of, p95, prefill_of, stable, ttft_of};
 use super::{ReportDoc, Run};
 
 /// What one context's probes of a sweep add: its curves' points, its failed probes (at 0) and
@@ -50,7 +50,7 @@ pub(super) fn batch(d: &mut ReportDoc, run: &Run) {
                 && e.request.concurrency == 1
                 && e.outcome.passed()
         });
-        let sw = batch_sweep(*ctx, base.chain(es.iter().copied()));
+        let sw = batch_sweep(run, *ctx, base.chain(es.iter().copied()));
         fails.extend(sw.fails);
         rows.extend(sw.rows);
         let [mut pts, _] = sw.curves;
@@ -66,7 +66,7 @@ pub(super) fn batch(d: &mut ReportDoc, run: &Run) {
         );
     }
     ch.add(failed_series(fails));
-    d.plot("batch", ch);
+    d.plot_listed("batch", ch);
     d.table(
         &[
             "context",
@@ -82,7 +82,7 @@ pub(super) fn batch(d: &mut ReportDoc, run: &Run) {
 }
 
 /// The probes of one context by batch size (log2 on the curve): prefill median where passed.
-fn batch_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
+fn batch_sweep<'a>(run: &Run, ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
     let mut sw = Sweep::default();
     for e in probes {
         let Some(b) = e.request.config.batch else {
@@ -100,7 +100,7 @@ fn batch_sweep<'a>(ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
             ctx.to_string(),
             b.to_string(),
             e.request.stage.name().into(),
-            result(e),
+            judged(e, stable(run, e)),
             f0(median(prefill_of(e))),
             f1(median(decode_of(e))),
             f0(median(ttft_of(e))),
@@ -115,7 +115,7 @@ pub(super) fn concurrency(d: &mut ReportDoc, run: &Run) {
         return;
     }
     d.h2("Concurrency");
-    d.para("Each level restarts the server with that many slots and sends that many streams at once; throughput is the streams' decode rates summed per round.");
+    d.para("Each level restarts the server with that many slots and sends that many streams at once; throughput is the streams' decode rates summed per round. One stream is the context's validation (its proof, filled to the same depth), each curve's first point.");
     let mut thr = Chart::new(
         "Aggregate decode throughput by streams",
         "simultaneous streams",
@@ -126,11 +126,14 @@ pub(super) fn concurrency(d: &mut ReportDoc, run: &Run) {
         "simultaneous streams",
         "TTFT p95 (ms)",
     );
+    thr.x_count = true;
+    lat.x_count = true;
     let mut fails = Vec::new();
     let mut rows = Vec::new();
     for (i, (ctx, es)) in groups.iter().enumerate() {
         let color = plot::PALETTE[i % plot::PALETTE.len()];
-        let sw = concurrency_sweep(*ctx, es);
+        let single = single_stream(run, *ctx, es);
+        let sw = concurrency_sweep(run, *ctx, single.iter().chain(es.iter()).copied());
         fails.extend(sw.fails);
         rows.extend(sw.rows);
         let [mut t, mut l] = sw.curves;
@@ -140,12 +143,13 @@ pub(super) fn concurrency(d: &mut ReportDoc, run: &Run) {
         lat.add(Series::new(format!("ctx {ctx}"), color, Style::LinePoints).points(l));
     }
     thr.add(failed_series(fails));
-    d.plot("concurrency-throughput", thr);
-    d.plot("concurrency-ttft", lat);
+    d.plot_listed("concurrency-throughput", thr);
+    d.plot_listed("concurrency-ttft", lat);
     d.table(
         &[
             "context",
             "streams",
+            "stage",
             "result",
             "tok/s (all streams)",
             "TTFT p95 ms",
@@ -155,13 +159,37 @@ pub(super) fn concurrency(d: &mut ReportDoc, run: &Run) {
     );
 }
 
+/// The single-stream measurement at `ctx` that starts the streams' curve, unless the sweep
+/// measured one stream itself: the last passed validation (or verification) of one stream
+/// there, at the sweep's batch where there is one.
+fn single_stream<'a>(run: &'a Run, ctx: u32, sweep: &[&Entry]) -> Option<&'a Entry> {
+    if sweep.iter().any(|e| e.request.concurrency == 1) {
+        return None;
+    }
+    let batch = sweep.first().and_then(|e| e.request.config.batch);
+    let ones: Vec<&Entry> = run
+        .probes
+        .iter()
+        .filter(|e| {
+            matches!(e.request.stage, Stage::Validate | Stage::Verify)
+                && e.request.config.ctx == ctx
+                && e.request.concurrency == 1
+                && e.outcome.passed()
+        })
+        .collect();
+    let same_batch = ones.iter().rev().find(|e| e.request.config.batch == batch);
+    same_batch.or(ones.last()).copied()
+}
+
 /// The probes of one context by streams: aggregate throughput (median over rounds) and TTFT
 /// p95 where passed.
-fn concurrency_sweep(ctx: u32, probes: &[&Entry]) -> Sweep {
+fn concurrency_sweep<'a>(run: &Run, ctx: u32, probes: impl Iterator<Item = &'a Entry>) -> Sweep {
     let mut sw = Sweep::default();
     for e in probes {
         let x = f64::from(e.request.concurrency);
-        let agg = median(e.outcome.round_tokens_per_s.clone());
+        // One stream's aggregate is its own decode rate.
+        let agg = median(e.outcome.round_tokens_per_s.clone())
+            .or_else(|| median(decode_of(e)).filter(|_| e.request.concurrency == 1));
         let tp95 = p95(ttft_of(e));
         if e.outcome.passed() {
             if let Some(y) = agg {
@@ -176,7 +204,8 @@ fn concurrency_sweep(ctx: u32, probes: &[&Entry]) -> Sweep {
         sw.rows.push(vec![
             ctx.to_string(),
             e.request.concurrency.to_string(),
-            result(e),
+            e.request.stage.name().into(),
+            judged(e, stable(run, e)),
             f1(agg),
             f0(tp95),
             e.outcome.timeouts.to_string(),

@@ -184,9 +184,67 @@ fn batch_and_concurrency_curves_start_from_the_validated_point() {
     );
     assert_eq!(points(series(b, "failed")), vec![(8.0, 0.0)]);
     let t = chart(&d, "concurrency-throughput");
-    // Aggregate = median over rounds of the streams' summed rates: 2 × {60, 64} → 124.
-    assert_eq!(points(series(t, "ctx 6144")), vec![(2.0, 124.0)]);
+    // One stream is the validation at 6144 (median of its rounds {70, 90, 80}), then the
+    // aggregate = median over rounds of the streams' summed rates: 2 × {60, 64} → 124.
+    assert_eq!(
+        points(series(t, "ctx 6144")),
+        vec![(1.0, 80.0), (2.0, 124.0)]
+    );
+    assert!(t.x_count, "streams are counted: whole-number ticks");
     assert_eq!(points(series(t, "failed")), vec![(4.0, 0.0)]);
+    let md = super::super::doc::markdown(&d, "plots");
+    assert!(
+        md.contains("| 6144 | 1 | validate | passed | 80.0 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 6144 | 2 | concurrency | passed | 124.0 |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn a_level_that_passed_but_varied_too_much_says_so() {
+    let mut r = search_run();
+    // As summary.json's `configurations` holds it (o3 optimize's summary): the 2-stream level
+    // at 6144 had every request succeed, and its rates varied beyond validation.max_cv.
+    r.summary.as_mut().unwrap()["configurations"] = json!([{
+        "id": "c6144-b64-p2", "stage": "concurrency", "concurrency": 2, "stable": false,
+        "config": {"ctx": 6144, "batch": 64, "ubatch": null, "parallel": 2, "gpu_layers": null,
+                   "flash_attn": null, "cache_type_k": null, "cache_type_v": null, "threads": null},
+        "depth": {"kind": "filled", "tokens": 5529}
+    }]);
+    let md = super::super::doc::markdown(&build(&r), "plots");
+    assert!(
+        md.contains("| 6144 | 2 | concurrency | passed, unstable (see the statistics) | 124.0 |"),
+        "{md}"
+    );
+    // The validation it does not name keeps its plain result.
+    assert!(
+        md.contains("| 6144 | 1 | validate | passed | 80.0 |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn a_sweep_with_one_level_is_a_short_table_not_a_chart() {
+    // No validation at 6144 and one level measured: nothing to draw a curve through.
+    let d = build(&run(
+        vec![
+            entry(Stage::Context, 6144, 64, 1, &[80.0]),
+            entry(Stage::Concurrency, 6144, 64, 2, &[60.0, 64.0]),
+        ],
+        &[],
+    ));
+    assert!(d.plots().all(|(n, _)| !n.starts_with("concurrency")));
+    let md = super::super::doc::markdown(&d, "plots");
+    assert!(md.contains("| 6144 | 2 | concurrency | passed | 124.0 | 1667 | 0 |"));
+    assert!(
+        md.contains(
+            "Aggregate decode throughput by streams: too few points for a chart (one simultaneous streams value only); the table below lists the values.\n"
+        ),
+        "{md}"
+    );
 }
 
 #[test]
@@ -229,7 +287,14 @@ fn timelines_mark_the_exact_peak_and_the_thresholds() {
     assert!(pk.labels[0].2.contains(&bytes(peak.0)) && pk.labels[0].2.contains("exact"));
     let sys = chart(&d, "memory-system");
     let total = raw[0]["mem_total_bytes"].as_u64().unwrap() as f64;
-    let (div, _) = byte_unit(total * 0.85);
+    let used = raw
+        .iter()
+        .filter_map(|s| s["mem_used_bytes"].as_u64())
+        .max()
+        .unwrap() as f64;
+    // The unit suits the data, and the limit too where it is drawn on the scale.
+    let on_scale = crate::report::plot::rule_on_scale(used, total * 0.85);
+    let (div, _) = byte_unit(if on_scale { total * 0.85 } else { used });
     assert!((sys.hrules[0].at - total * 0.85 / div).abs() < 1e-9);
     assert!(sys.hrules[0].label.starts_with("RAM safety limit 85 %"));
     let cpu = chart(&d, "cpu");
