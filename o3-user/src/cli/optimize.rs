@@ -44,7 +44,10 @@ fn parse_budget(s: &str) -> anyhow::Result<BudgetChoice> {
     o3 optimize --backend ollama --model qwen3:30b-a3b\n  \
     o3 optimize --backend llama-server --server-bin ~/llama.cpp/build/bin/llama-server \\\n    \
       --model ~/models/Qwen3-30B-A3B-Q4_K_M.gguf --gpu-layers 999 --flash-attn on\n  \
-    o3 optimize --resume ~/.local/share/o3/runs/<run>")]
+    o3 optimize --resume ~/.local/share/o3/runs/<run>\n\n\
+    Exit status: 0 a configuration to serve was found; 1 an error stopped the run (stored as\n\
+    failed); 2 a wrong request or a failed pre-flight check (nothing stored); 3 the run measured\n\
+    and nothing passed (stored as failed, with why); 130 interrupted (--resume continues it).")]
 pub struct OptimizeArgs {
     /// The server to optimize (default: llama-server for a .gguf --model, openai with
     /// --launch, else ollama).
@@ -524,8 +527,13 @@ fn print_table(s: &Summary) {
         mib(s.peaks.gpu_used_peak_bytes)
     );
     println!(
-        "{} probes ({} now, {} from the journal) in {:.1} s; results in {}",
-        s.probes.total, s.probes.ran_now, s.probes.from_journal, s.wall_s, s.run_dir
+        "{} probe{} ({} now, {} from the journal) in {:.1} s; results in {}",
+        s.probes.total,
+        if s.probes.total == 1 { "" } else { "s" },
+        s.probes.ran_now,
+        s.probes.from_journal,
+        s.wall_s,
+        s.run_dir
     );
 }
 
