@@ -589,18 +589,8 @@ mod tests {
     #[test]
     fn a_gpu_is_ok_when_its_memory_can_be_read() {
         let mut g = GpuInfo {
-            index: 1,
-            vendor: "amd",
-            name: "AMD Strix Halo".into(),
-            pci_id: None,
-            pci_slot: None,
-            apu: true,
-            apu_basis: None,
-            memory_reader: "amdgpu sysfs".into(),
-            sensor_reader: "hwmon".into(),
-            process_reader: "fdinfo".into(),
-            crit_c: Vec::new(),
             notes: vec!["a note".into()],
+            ..GpuInfo::strix_halo()
         };
         let c = gpu_check(&g);
         assert!(c.ok);

@@ -83,6 +83,28 @@ pub struct GpuInfo {
     pub notes: Vec<String>,
 }
 
+#[cfg(test)]
+impl GpuInfo {
+    /// A Strix Halo APU read through amdgpu sysfs, hwmon and fdinfo: the device the unit tests
+    /// of the monitor, the exposition and doctor describe.
+    pub fn strix_halo() -> GpuInfo {
+        GpuInfo {
+            index: 1,
+            vendor: "amd",
+            name: "AMD Strix Halo".into(),
+            pci_id: None,
+            pci_slot: None,
+            apu: true,
+            apu_basis: None,
+            memory_reader: "amdgpu sysfs".into(),
+            sensor_reader: "hwmon".into(),
+            process_reader: "fdinfo".into(),
+            crit_c: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// One device in one sample.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GpuSample {

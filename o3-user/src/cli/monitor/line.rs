@@ -100,20 +100,7 @@ mod tests {
     use crate::trace::gpu::{GpuReading, GpuSample};
 
     fn apu() -> GpuInfo {
-        GpuInfo {
-            index: 1,
-            vendor: "amd",
-            name: "AMD Strix Halo".into(),
-            pci_id: None,
-            pci_slot: None,
-            apu: true,
-            apu_basis: None,
-            memory_reader: "amdgpu sysfs".into(),
-            sensor_reader: "hwmon".into(),
-            process_reader: "fdinfo".into(),
-            crit_c: Vec::new(),
-            notes: Vec::new(),
-        }
+        GpuInfo::strix_halo()
     }
 
     /// A 120 GiB GTT on a machine with 23.6 GiB of RAM: the capacity is the RAM, and says so.

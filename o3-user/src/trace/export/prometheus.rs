@@ -373,20 +373,7 @@ mod tests {
     }
 
     fn info() -> GpuInfo {
-        GpuInfo {
-            index: 1,
-            vendor: "amd",
-            name: "AMD Strix Halo".into(),
-            pci_id: None,
-            pci_slot: None,
-            apu: true,
-            apu_basis: None,
-            memory_reader: "amdgpu sysfs".into(),
-            sensor_reader: "hwmon".into(),
-            process_reader: "fdinfo".into(),
-            crit_c: Vec::new(),
-            notes: Vec::new(),
-        }
+        GpuInfo::strix_halo()
     }
 
     /// The whole exposition of a fixed sample, after a hotter one (the peaks differ from the
