@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
-use parquet::basic::{Compression, ConvertedType, LogicalType, Repetition, Type as Physical};
+use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::types::Type;
 use serde_json::Value;
+
+use crate::trace::export::parquet::{primitive, Kind};
 
 /// The columns, in order: a name and the path to its value in a configuration object.
 const COLUMNS: [(&str, &[&str]); 21] = [
@@ -37,15 +39,6 @@ const COLUMNS: [(&str, &[&str]); 21] = [
     ("presets", &[]),
     ("error", &["error"]),
 ];
-
-/// A column's type in the Parquet file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Int64,
-    Double,
-    Bool,
-    Text,
-}
 
 fn kind(column: &str) -> Kind {
     match column {
@@ -92,7 +85,7 @@ pub fn parquet(summary: &Value) -> Vec<u8> {
     let rows = rows(summary);
     let fields = COLUMNS
         .iter()
-        .map(|(name, _)| Arc::new(field(name)))
+        .map(|(name, _)| Arc::new(primitive(name, kind(name))))
         .collect();
     let schema = Type::group_type_builder("o3_configurations")
         .with_fields(fields)
@@ -115,25 +108,6 @@ pub fn parquet(summary: &Value) -> Vec<u8> {
     }
     group.close().expect("closing a row group");
     file.into_inner().expect("writing the footer into memory")
-}
-
-fn field(name: &str) -> Type {
-    let (physical, logical, converted) = match kind(name) {
-        Kind::Int64 => (Physical::INT64, None, ConvertedType::NONE),
-        Kind::Double => (Physical::DOUBLE, None, ConvertedType::NONE),
-        Kind::Bool => (Physical::BOOLEAN, None, ConvertedType::NONE),
-        Kind::Text => (
-            Physical::BYTE_ARRAY,
-            Some(LogicalType::String),
-            ConvertedType::UTF8,
-        ),
-    };
-    Type::primitive_type_builder(name, physical)
-        .with_repetition(Repetition::OPTIONAL)
-        .with_logical_type(logical)
-        .with_converted_type(converted)
-        .build()
-        .expect("a primitive column type is valid")
 }
 
 /// Definition levels (1 present, 0 null) and the present values.

@@ -28,7 +28,7 @@ const ROWS_PER_GROUP: usize = 1 << 20;
 
 /// A column's type in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Int64,
     Double,
     Bool,
@@ -206,7 +206,13 @@ fn columns(t: &Trace) -> Vec<Column> {
 }
 
 fn schema_field(c: &Column) -> Type {
-    let (physical, logical, converted) = match c.kind {
+    primitive(&c.name, c.kind)
+}
+
+/// A nullable column of `kind` named `name` (UTF8 text, INT64, DOUBLE or BOOLEAN); the
+/// results export types its columns the same way.
+pub(crate) fn primitive(name: &str, kind: Kind) -> Type {
+    let (physical, logical, converted) = match kind {
         Kind::Int64 => (Physical::INT64, None, ConvertedType::NONE),
         Kind::Double => (Physical::DOUBLE, None, ConvertedType::NONE),
         Kind::Bool => (Physical::BOOLEAN, None, ConvertedType::NONE),
@@ -216,7 +222,7 @@ fn schema_field(c: &Column) -> Type {
             ConvertedType::UTF8,
         ),
     };
-    Type::primitive_type_builder(&c.name, physical)
+    Type::primitive_type_builder(name, physical)
         .with_repetition(Repetition::OPTIONAL)
         .with_logical_type(logical)
         .with_converted_type(converted)
