@@ -411,7 +411,7 @@ fn render(
         rate(p.prefill_tokens_per_s),
         rate(p.decode_tokens_per_s),
         if p.decode_tokens_per_s.is_none() && p.prefill_tokens_per_s.is_none() {
-            " (no measurements to learn from)"
+            " (fewer than 3 successful single-stream measurements of this model to learn them from)"
         } else {
             ""
         }

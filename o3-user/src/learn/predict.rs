@@ -4,7 +4,8 @@
 //! - **Cold start** (fewer than [`MIN_RECORDS`] records, or only successes or only failures):
 //!   P(success) is a steep logistic of the memory model's load ratio,
 //!   `1 / (1 + exp((ratio − 1) / 0.03))` (0.5 at a ratio of 1, 0.034 at 1.1, 0.966 at 0.9);
-//!   0.5 when the capacity is unknown; no rates.
+//!   0.5 when the capacity is unknown. Rates need only successes: they are predicted in cold
+//!   start too wherever there are [`MIN_RATE_RECORDS`] successful records to learn them from.
 //! - **Trained**: P(success) = 0.8 × the vote share of a random forest of [`N_TREES`] trees on
 //!   [`FEATURE_NAMES`] + 0.2 × the memory model's logistic (capacity known; the forest alone
 //!   otherwise). The memory model's share is a floor: a configuration it says fits (ratio ≤ 1)
@@ -189,15 +190,55 @@ type Matrix = DenseMatrix<f64>;
 type Classifier = RandomForestClassifier<f64, u32, Matrix, Vec<u32>>;
 type Regressor = RandomForestRegressor<f64, f64, Matrix, Vec<f64>>;
 
-/// The trained part of a predictor.
+/// The trained part of a predictor: the success classifier (both outcomes needed).
 struct Forests {
     /// Single-tree forests; P(success) is the share voting 1.
     trees: Vec<Classifier>,
-    /// ln(rate) regressors.
-    decode: Option<Regressor>,
-    prefill: Option<Regressor>,
     /// Mean of each feature over the training rows (for the reasons).
     means: Vec<f64>,
+}
+
+/// ln(rate) regressors, trained on successful records alone (`None`: too few to learn from).
+#[derive(Default)]
+struct Rates {
+    decode: Option<Regressor>,
+    prefill: Option<Regressor>,
+    /// Distinct successful, trusted, single-stream records with a rate.
+    learned_from: usize,
+}
+
+impl Rates {
+    fn of(rows: &mut Rows) -> Rates {
+        let learned_from = distinct(&rows.decode.0).max(distinct(&rows.prefill.0));
+        Rates {
+            decode: regressor(std::mem::take(&mut rows.decode), SEED + 1000),
+            prefill: regressor(std::mem::take(&mut rows.prefill), SEED + 2000),
+            learned_from,
+        }
+    }
+
+    /// (prefill, decode) at `x`.
+    fn at(&self, x: &[f64]) -> (Option<f64>, Option<f64>) {
+        (
+            Forests::rate(self.prefill.as_ref(), x),
+            Forests::rate(self.decode.as_ref(), x),
+        )
+    }
+
+    /// What the rates come from, for the reasons.
+    fn reason(&self) -> String {
+        if self.decode.is_none() && self.prefill.is_none() {
+            format!(
+                "rates: {} successful single-stream measurement(s); at least {MIN_RATE_RECORDS} distinct ones are needed",
+                self.learned_from
+            )
+        } else {
+            format!(
+                "rates: random forest on {} successful single-stream measurement(s)",
+                self.learned_from
+            )
+        }
+    }
 }
 
 /// Predicts configurations of one model from past records (see the module docs).
@@ -208,6 +249,7 @@ pub struct Predictor {
     /// Why the predictor is in cold start; `None` when trained.
     cold: Option<String>,
     forests: Option<Forests>,
+    rates: Rates,
 }
 
 fn matrix(rows: &[Vec<f64>]) -> Option<Matrix> {
@@ -303,16 +345,7 @@ impl Rows {
 /// A ln(rate) regressor, where there are at least [`MIN_RATE_RECORDS`] distinct records (not
 /// copies) to learn from.
 fn regressor((rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64) -> Option<Regressor> {
-    let mut distinct = rx.clone();
-    distinct.sort_by(|a, b| {
-        a.iter()
-            .zip(b)
-            .map(|(p, q)| p.total_cmp(q))
-            .find(|o| o.is_ne())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    distinct.dedup();
-    if distinct.len() < MIN_RATE_RECORDS {
+    if distinct(&rx) < MIN_RATE_RECORDS {
         return None;
     }
     let params = RandomForestRegressorParameters::default()
@@ -322,22 +355,38 @@ fn regressor((rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64) -> Option<Regressor
     Regressor::fit(&matrix(&rx)?, &ry, params).ok()
 }
 
+/// Distinct rows (this host's copies counted once).
+fn distinct(rows: &[Vec<f64>]) -> usize {
+    let mut d = rows.to_vec();
+    d.sort_by(|a, b| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| p.total_cmp(q))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    d.dedup();
+    d.len()
+}
+
 impl Predictor {
     /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times).
     /// The compute fit comes from the same records ([`memory::fit_compute`]).
     pub fn train(records: &[Record], this_host: Option<&str>) -> Predictor {
         let fit = memory::fit_compute(records);
+        let mut rows = Rows::of(records, this_host, &fit);
         let mut p = Predictor {
             records: records.len(),
             this_host: this_host.map_or(0, |h| records.iter().filter(|r| r.host_id == h).count()),
             cold: cold_reason(records),
             forests: None,
+            rates: Rates::of(&mut rows),
             fit,
         };
         if p.cold.is_some() {
             return p;
         }
-        match Forests::fit(Rows::of(records, this_host, &p.fit)) {
+        match Forests::fit(rows) {
             Ok(f) => p.forests = Some(f),
             Err(e) => p.cold = Some(e.to_string()),
         }
@@ -371,10 +420,14 @@ impl Predictor {
             p_memory: memory_model_p(estimate.load_ratio),
             capacity_known: estimate.load_ratio.is_some(),
         };
-        match &self.forests {
+        let x = feat.to_vec();
+        let mut p = match &self.forests {
             None => self.cold_prediction(estimate, &blend),
-            Some(f) => self.trained_prediction(f, &feat.to_vec(), estimate, &blend),
-        }
+            Some(f) => self.trained_prediction(f, &x, estimate, &blend),
+        };
+        (p.prefill_tokens_per_s, p.decode_tokens_per_s) = self.rates.at(&x);
+        p.reasons.push(self.rates.reason());
+        p
     }
 
     /// The memory model's logistic alone.
@@ -415,8 +468,8 @@ impl Predictor {
         reasons.extend(forests.sensitivity(x, p_success, blend));
         Prediction {
             p_success,
-            prefill_tokens_per_s: Forests::rate(forests.prefill.as_ref(), x),
-            decode_tokens_per_s: Forests::rate(forests.decode.as_ref(), x),
+            prefill_tokens_per_s: None,
+            decode_tokens_per_s: None,
             estimate,
             basis: format!(
                 "random forest on {} records ({} from this host)",
@@ -470,12 +523,9 @@ impl Forests {
                 .with_seed(SEED + i);
             trees.push(Classifier::fit(&xm, &rows.y, params).map_err(TrainError::Trees)?);
         }
-        let means = rows.means();
         Ok(Forests {
             trees,
-            decode: regressor(rows.decode, SEED + 1000),
-            prefill: regressor(rows.prefill, SEED + 2000),
-            means,
+            means: rows.means(),
         })
     }
 
@@ -689,9 +739,16 @@ mod tests {
             let r = e.load_ratio.unwrap();
             assert_eq!(pr.p_success, 1.0 / (1.0 + ((r - 1.0) / 0.03).exp()));
             assert_eq!(pr.basis, "cold start: memory model only");
+            // Rates need only successes: learned here wherever three distinct ones exist.
+            let learned = pr
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("rates: random forest"));
             assert_eq!(
-                (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
-                (None, None)
+                pr.decode_tokens_per_s.is_some(),
+                learned,
+                "{:?}",
+                pr.reasons
             );
             assert!(
                 pr.reasons[0].starts_with("memory model: "),
@@ -705,6 +762,20 @@ mod tests {
         // Unknown capacity: a coin toss.
         let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), None);
         assert_eq!(pr.p_success, 0.5);
+        // Two records are too few for rates, and the reason says so.
+        let two = Predictor::train(&recs[..2], Some("a"));
+        let pr = two.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
+        assert_eq!(
+            (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
+            (None, None)
+        );
+        assert!(
+            pr.reasons
+                .iter()
+                .any(|r| r.ends_with("at least 3 distinct ones are needed")),
+            "{:?}",
+            pr.reasons
+        );
         // Only one outcome: cold start too, whatever the count.
         let all_ok: Vec<Record> = training().into_iter().filter(|r| r.success).collect();
         assert!(all_ok.len() >= MIN_RECORDS);
@@ -804,6 +875,43 @@ mod tests {
         }
         assert!(checked >= 8, "{checked} held-out successes");
         eprintln!("worst relative rate error on {checked} held-out configurations: {worst:.3}");
+    }
+
+    /// Rates need only successes: a store of successful probes alone (the classifier, which
+    /// needs both outcomes, stays cold) predicts the simulated truth's rates of held-out
+    /// configurations.
+    #[test]
+    fn rates_are_learned_from_successes_alone() {
+        let ok: Vec<(usize, ProbeConfig)> = grid()
+            .into_iter()
+            .filter(|c| probe("a", c.clone(), CAP).success)
+            .enumerate()
+            .collect();
+        let (held, train): (Vec<_>, Vec<_>) = ok.into_iter().partition(|(i, _)| i % 4 == 1);
+        let recs: Vec<Record> = train.into_iter().map(|(_, c)| probe("a", c, CAP)).collect();
+        let p = Predictor::train(&recs, None);
+        assert!(p.is_cold(), "all succeeded: the classifier cannot train");
+        assert!(!held.is_empty());
+        for (_, c) in held {
+            let (prefill, decode) = truth_rates(&c);
+            let pr = p.predict(&shape(), &c, Some(CAP));
+            let (got_p, got_d) = (
+                pr.prefill_tokens_per_s.unwrap(),
+                pr.decode_tokens_per_s.unwrap(),
+            );
+            let err = ((got_d - decode).abs() / decode).max((got_p - prefill).abs() / prefill);
+            assert!(
+                err <= 0.2,
+                "{c:?}: decode {got_d} vs {decode}, prefill {got_p} vs {prefill}"
+            );
+            assert!(
+                pr.reasons
+                    .iter()
+                    .any(|r| r.starts_with("rates: random forest on ")),
+                "{:?}",
+                pr.reasons
+            );
+        }
     }
 
     #[test]
