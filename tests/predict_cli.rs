@@ -275,6 +275,7 @@ fn synthetic_records(host: &str, shape: &ModelShape) -> Vec<Record> {
         per_ctx_bytes: 200.0,
         per_ctx_ubatch_bytes: 2.0,
         samples: 0,
+        residual: None,
     };
     let cap = 8 * GIB;
     let mut out = Vec::new();

@@ -76,6 +76,41 @@ pub struct ComputeFit {
     pub per_ctx_ubatch_bytes: f64,
     /// Measurements the fit used (0: the default).
     pub samples: usize,
+    /// How well the fit reproduces the peaks it was fitted to (`None`: the default).
+    pub residual: Option<Residual>,
+}
+
+/// The fit's error on its own points: (estimated − measured) ÷ measured of each whole peak.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Residual {
+    /// Median of the absolute relative errors.
+    pub median_abs: f64,
+    /// The relative error largest in size, with its sign (negative: underestimated).
+    pub worst: f64,
+}
+
+impl Residual {
+    /// From each point's (estimated, measured) peak; `None` without points.
+    fn of(points: &[(f64, f64)]) -> Option<Residual> {
+        let mut errs: Vec<f64> = points
+            .iter()
+            .filter(|(_, m)| *m > 0.0)
+            .map(|(e, m)| (e - m) / m)
+            .collect();
+        let worst = errs
+            .iter()
+            .copied()
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()))?;
+        errs.iter_mut().for_each(|e| *e = e.abs());
+        errs.sort_by(f64::total_cmp);
+        let n = errs.len();
+        let median_abs = if n % 2 == 1 {
+            errs[n / 2]
+        } else {
+            (errs[n / 2 - 1] + errs[n / 2]) / 2.0
+        };
+        Some(Residual { median_abs, worst })
+    }
 }
 
 impl ComputeFit {
@@ -98,6 +133,7 @@ impl ComputeFit {
         per_ctx_bytes: 1024.0,
         per_ctx_ubatch_bytes: 2.0,
         samples: 0,
+        residual: None,
     };
 
     /// Compute-buffer bytes at micro-batch `ubatch` and `ctx_total` context tokens over all
@@ -325,7 +361,15 @@ pub fn estimate(
             ""
         },
         if fit.samples >= MIN_FIT_SAMPLES {
-            format!("fitted to {} measured peaks", fit.samples)
+            format!(
+                "fitted to {} measured peaks{}",
+                fit.samples,
+                fit.residual.map_or(String::new(), |r| format!(
+                    ", which the whole estimate reproduces within a median {:.1} %, worst {:+.1} %",
+                    r.median_abs * 100.0,
+                    r.worst * 100.0
+                ))
+            )
         } else {
             format!("default: fewer than {MIN_FIT_SAMPLES} measured peaks, sized to overestimate")
         }
@@ -394,6 +438,8 @@ pub fn fit_compute(records: &[Record]) -> ComputeFit {
         Peak::Rss
     };
     let mut rows: Vec<([f64; 4], f64)> = Vec::new();
+    // Each row's fixed parts (weights, KV, scores, overhead) and its measured peak.
+    let mut totals: Vec<(f64, f64)> = Vec::new();
     for r in records.iter().filter(usable) {
         let peak = match kind {
             Peak::Gpu => r.gpu_used_peak_bytes,
@@ -405,7 +451,9 @@ pub fn fit_compute(records: &[Record]) -> ComputeFit {
             Peak::Rss => 1.0,
         };
         let f = fixed_parts(&r.model, &r.config, fraction);
-        let compute = peak as f64 - f.weights - f.kv - f.scores - OVERHEAD_BYTES as f64;
+        let fixed = f.weights + f.kv + f.scores + OVERHEAD_BYTES as f64;
+        let compute = peak as f64 - fixed;
+        totals.push((fixed, peak as f64));
         let ctx_total = f64::from(r.config.ctx) * f64::from(slots(&r.config));
         rows.push((
             terms(f64::from(effective_ubatch(&r.config)), ctx_total),
@@ -419,13 +467,21 @@ pub fn fit_compute(records: &[Record]) -> ComputeFit {
         };
     }
     let coef = ridge(&rows, &ComputeFit::DEFAULT.coefficients());
-    ComputeFit {
+    let mut fit = ComputeFit {
         base_bytes: coef[0],
         per_ubatch_bytes: coef[1],
         per_ctx_bytes: coef[2],
         per_ctx_ubatch_bytes: coef[3],
         samples: rows.len(),
-    }
+        residual: None,
+    };
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .zip(&totals)
+        .map(|((x, _), (fixed, peak))| (fixed + fit.bytes(x[1], x[2]), *peak))
+        .collect();
+    fit.residual = Residual::of(&points);
+    fit
 }
 
 /// Least squares of `y` on `x` with a ridge penalty towards `prior`, on columns scaled to unit
@@ -774,6 +830,7 @@ mod tests {
             per_ctx_bytes: 100.0,
             per_ctx_ubatch_bytes: 2.0,
             samples: 0,
+            residual: None,
         };
         let mut recs = Vec::new();
         for ctx in [2048, 8192, 32768] {
@@ -791,7 +848,7 @@ mod tests {
         for (got, want) in fit.coefficients().iter().zip(truth.coefficients()) {
             assert!((got - want).abs() <= want.abs() * 0.01 + 1.0, "{fit:?}");
         }
-        // Estimates with the fit match the peaks within rounding.
+        // Estimates with the fit match the peaks within rounding, and the fit says so.
         for r in &recs {
             let e = estimate(&r.model, &r.config, None, &fit);
             let peak = r.gpu_used_peak_bytes.unwrap() as f64;
@@ -800,6 +857,27 @@ mod tests {
                 "{e:?} vs {peak}"
             );
         }
+        let res = fit.residual.unwrap();
+        assert!(res.median_abs < 1e-4 && res.worst.abs() < 1e-4, "{res:?}");
+        let e = estimate(&s, &cfg(4096), None, &fit);
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("fitted to 9 measured peaks, which the whole estimate reproduces within a median 0.0 %")),
+            "{:?}",
+            e.notes
+        );
+    }
+
+    #[test]
+    fn a_residual_is_the_median_and_the_worst_relative_error() {
+        // Estimated 90 of 100 (−10 %), 105 of 100 (+5 %), 101 of 100 (+1 %).
+        let r = Residual::of(&[(90.0, 100.0), (105.0, 100.0), (101.0, 100.0)]).unwrap();
+        assert!((r.median_abs - 0.05).abs() < 1e-12, "{r:?}");
+        assert!((r.worst + 0.10).abs() < 1e-12, "{r:?}");
+        let even = Residual::of(&[(98.0, 100.0), (104.0, 100.0)]).unwrap();
+        assert!((even.median_abs - 0.03).abs() < 1e-12, "{even:?}");
+        assert_eq!(Residual::of(&[]), None);
     }
 
     #[test]
@@ -845,6 +923,7 @@ mod tests {
             per_ctx_bytes: 250.0,
             per_ctx_ubatch_bytes: 2.0,
             samples: 0,
+            residual: None,
         };
         let recs: Vec<Record> = [1024, 4096, 16384, 32768]
             .into_iter()

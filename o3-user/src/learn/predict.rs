@@ -650,6 +650,7 @@ mod tests {
             per_ctx_bytes: 200.0,
             per_ctx_ubatch_bytes: 2.0,
             samples: 0,
+            residual: None,
         }
     }
 
