@@ -12,6 +12,7 @@ use crate::backend::llama_server::{self, Flags};
 use crate::backend::ollama;
 use crate::backend::openai::Template;
 use crate::backend::ProbeConfig;
+use crate::util::shell;
 
 /// Ready-to-paste artefacts of one configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,28 +52,6 @@ const SERVER_VARS: [&str; 3] = [
     "OLLAMA_KV_CACHE_TYPE",
 ];
 
-/// Quotes one word for a POSIX shell: bare when it consists only of `[A-Za-z0-9_./:=,+-]`,
-/// otherwise in single quotes, an embedded `'` written as `'\''`. The empty word is `''`.
-pub fn shell_quote(arg: &str) -> String {
-    let bare = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-".contains(c));
-    if bare {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-fn command_line<S: AsRef<str>>(words: &[S]) -> String {
-    words
-        .iter()
-        .map(|w| shell_quote(w.as_ref()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A Modelfile and server environment for Ollama.
 ///
 /// The options are those [`ollama::generate_request`] sends per request, so the Modelfile
@@ -100,7 +79,7 @@ pub fn ollama(model: &str, cfg: &ProbeConfig) -> Result<Artefacts, ArtefactError
     let server_env = env
         .iter()
         .filter(|(k, _)| SERVER_VARS.contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+        .map(|(k, v)| format!("{k}={}", shell::quote(v)))
         .collect();
     Ok(Artefacts {
         modelfile: Some(modelfile),
@@ -127,7 +106,7 @@ pub fn llama_server(
     Ok(Artefacts {
         modelfile: None,
         server_env: Vec::new(),
-        command_line: Some(command_line(&words)),
+        command_line: Some(shell::join(&words)),
     })
 }
 
@@ -146,7 +125,7 @@ pub fn template(
     Ok(Artefacts {
         modelfile: None,
         server_env: Vec::new(),
-        command_line: Some(command_line(&words)),
+        command_line: Some(shell::join(&words)),
     })
 }
 
@@ -280,19 +259,5 @@ mod tests {
         let unset = ProbeConfig { batch: None, ..cfg };
         let e = template(&t, "m", &unset, "h", 1).unwrap_err();
         assert!(e.to_string().contains("{batch}"), "{e}");
-    }
-
-    #[test]
-    fn shell_quote_cases() {
-        assert_eq!(
-            shell_quote("plain-word_1.2:3=a,b+c/d"),
-            "plain-word_1.2:3=a,b+c/d"
-        );
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-        assert_eq!(shell_quote("~/m.gguf"), "'~/m.gguf'");
-        assert_eq!(shell_quote("a*b;c"), "'a*b;c'");
     }
 }

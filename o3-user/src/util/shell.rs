@@ -49,6 +49,14 @@ mod tests {
         assert_eq!(quote("line\nbreak"), "'line\nbreak'");
         assert_eq!(quote("x;y|z&"), "'x;y|z&'");
         assert_eq!(quote("é"), "'é'");
+        // The artefacts' command lines (optimize/artefacts.rs) are quoted here too.
+        assert_eq!(
+            quote("plain-word_1.2:3=a,b+c/d"),
+            "plain-word_1.2:3=a,b+c/d"
+        );
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("~/m.gguf"), "'~/m.gguf'");
+        assert_eq!(quote("a*b;c"), "'a*b;c'");
     }
 
     #[test]
