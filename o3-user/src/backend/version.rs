@@ -2,10 +2,8 @@
 //! versions, from `--version` and from Ollama's `GET /api/version`.
 
 use std::ffi::OsStr;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -72,34 +70,14 @@ fn resolve(program: &str) -> Result<PathBuf, VersionError> {
 /// Runs `path --version` and returns stdout and stderr together; killed after `TIMEOUT`.
 fn run_version(path: &Path) -> Result<String, VersionError> {
     let shown = path.display().to_string();
-    let mut child = Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| VersionError::Run(shown.clone(), e))?;
-    let end = Instant::now() + TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(VersionError::Hung(shown, TIMEOUT));
-            }
-            Err(e) => return Err(VersionError::Run(shown, e)),
+    let program = path.to_string_lossy();
+    match crate::util::command::output_within(&program, &["--version"], TIMEOUT) {
+        Ok(o) => Ok(o.stdout + &o.stderr),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(VersionError::Hung(shown, TIMEOUT))
         }
+        Err(e) => Err(VersionError::Run(shown, e)),
     }
-    let mut text = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut text);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut text);
-    }
-    Ok(text)
 }
 
 /// A program and the version its `--version` prints, read by `parse`.
@@ -122,7 +100,7 @@ pub fn ollama_program() -> Result<Found, VersionError> {
 
 /// The deepest cause of `e` (`Connection refused (os error 111)`, not reqwest's "error sending
 /// request").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut e = e;
     while let Some(next) = e.source() {
         e = next;

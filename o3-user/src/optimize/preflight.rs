@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backend::{http, ollama};
+use crate::backend::{http, ollama, version};
 use crate::util::{command, spawn};
 
 use super::target::{BackendKind, ServerFlags};
@@ -157,10 +157,8 @@ fn server_version(bin: &str) -> Result<String, PreflightError> {
 }
 
 /// The version in llama-server's `--version` output (`version: 5890 (0c1e570)`), named.
-pub fn version_line(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("version:"))
-        .map(|v| format!("llama-server {}", v.trim()))
+fn version_line(text: &str) -> Option<String> {
+    version::parse_llama_server(text).map(|v| format!("llama-server {v}"))
 }
 
 /// The Ollama at `url` answers and lists `model`.
@@ -206,17 +204,13 @@ fn ollama(url: &str, model: &str) -> Result<Passed, PreflightError> {
     })
 }
 
-/// The innermost cause of an error (`Connection refused (os error 111)`), where the outer
-/// ones only repeat the URL.
+/// The innermost cause of a request's error (`Connection refused (os error 111)`), where the
+/// outer ones only repeat the URL.
 fn root_cause(e: &http::HttpError) -> String {
-    let mut cur: &(dyn std::error::Error + 'static) = match e {
-        http::HttpError::Send(inner) => inner,
-        other => other,
-    };
-    while let Some(next) = cur.source() {
-        cur = next;
+    match e {
+        http::HttpError::Send(inner) => version::innermost(inner),
+        other => other.to_string(),
     }
-    cur.to_string()
 }
 
 /// `Ollama 0.12.3` from `/api/version`'s `{"version": "0.12.3"}`.
