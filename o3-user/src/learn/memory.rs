@@ -102,13 +102,7 @@ impl Residual {
             .copied()
             .max_by(|a, b| a.abs().total_cmp(&b.abs()))?;
         errs.iter_mut().for_each(|e| *e = e.abs());
-        errs.sort_by(f64::total_cmp);
-        let n = errs.len();
-        let median_abs = if n % 2 == 1 {
-            errs[n / 2]
-        } else {
-            (errs[n / 2 - 1] + errs[n / 2]) / 2.0
-        };
+        let median_abs = crate::util::order::median(errs)?;
         Some(Residual { median_abs, worst })
     }
 }
