@@ -9,8 +9,10 @@ use thiserror::Error;
 
 use super::http::{Blocking, HttpError};
 
-/// How long a `--version` run or the API request may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `--version` run may take: a ROCm or Vulkan build enumerates its devices before
+/// it prints anything, which takes seconds on a Strix Halo, not the milliseconds of a CPU
+/// build. `o3 doctor` and the pre-flight of `o3 optimize`/`o3 probe` wait the same.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum VersionError {

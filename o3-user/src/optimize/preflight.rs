@@ -18,8 +18,6 @@ use crate::util::{command, spawn};
 
 use super::target::{BackendKind, ServerFlags};
 
-/// How long a server binary may take to print its version (a ROCm build probes its devices).
-const VERSION_WAIT: Duration = Duration::from_secs(30);
 /// How long the Ollama at `--url` may take to answer.
 const OLLAMA_WAIT: Duration = Duration::from_secs(5);
 
@@ -135,7 +133,7 @@ fn server_version(bin: &str) -> Result<String, PreflightError> {
         bin: bin.to_string(),
         problem,
     };
-    let out = command::output_within(bin, &["--version"], VERSION_WAIT).map_err(|e| {
+    let out = command::output_within(bin, &["--version"], version::TIMEOUT).map_err(|e| {
         bad(match e.kind() {
             std::io::ErrorKind::NotFound => "is not found (check the path, or PATH)".into(),
             std::io::ErrorKind::PermissionDenied => "is not executable".into(),
