@@ -196,6 +196,8 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
     } else {
         Format::Text
     });
+    // The server's flags (llama-server's --help) are read once for the whole sweep.
+    let base = spec(roots, &a, kind)?;
     // The output files first: a bad --out fails before a server starts.
     let outs: Vec<Option<PathBuf>> = configs
         .iter()
@@ -214,8 +216,10 @@ pub fn run(roots: &Roots, a: ProbeArgs) -> CliResult {
                 named(cfg)
             );
         }
-        let mut spec = spec(roots, &a, kind)?;
-        spec.config = cfg.clone();
+        let spec = ProbeSpec {
+            config: cfg.clone(),
+            ..base.clone()
+        };
         let mut loaded = load_ebpf(&roots.sysfs_root)?;
         let r = probe::run(&spec, loaded.as_mut());
         drop(loaded);
