@@ -148,9 +148,17 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             a.ctx
         ));
     }
+    // The memory peaks are measured in: this machine's GPU when it has one, else RAM (also
+    // with --capacity-gib, which sizes the memory but does not move it).
+    let machine = machine_capacity(roots);
+    let place = if machine.2 {
+        memory::Place::Gpu
+    } else {
+        memory::Place::Ram
+    };
     let (capacity, capacity_source, has_gpu) = match capacity_override {
         Some(c) => (Some(c), "--capacity-gib".to_string(), true),
-        None => machine_capacity(roots),
+        None => machine,
     };
     if !has_gpu && cfg.gpu_layers.is_some() {
         notes
@@ -163,7 +171,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
     if let Some(p) = &a.records {
         records.extend(read_records(p)?);
     }
-    let predictor = Predictor::train(&records, Some(&host_id));
+    let predictor = Predictor::train(&records, Some(&host_id), place);
     let prediction = predictor.predict(&shape, &cfg, capacity);
     if a.json {
         let out = Output {

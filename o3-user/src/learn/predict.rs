@@ -2,10 +2,9 @@
 //! memory model alone (cold start) or from random forests trained on stored records.
 //!
 //! - **Cold start** (fewer than [`MIN_RECORDS`] records, or only successes or only failures):
-//!   P(success) is a steep logistic of the memory model's load ratio,
-//!   `1 / (1 + exp((ratio − 1) / 0.03))` (0.5 at a ratio of 1, 0.034 at 1.1, 0.966 at 0.9);
-//!   0.5 when the capacity is unknown. Rates need only successes: they are predicted in cold
-//!   start too wherever there are [`MIN_RATE_RECORDS`] successful records to learn them from.
+//!   P(success) is the memory model's: the chance that the peak, somewhere in the estimate's
+//!   range, is under the capacity ([`memory_model_p`]); 0.5 when the capacity is unknown.
+//!   Rates need only successes: they are predicted in cold start too wherever there are [`MIN_RATE_RECORDS`] successful records to learn them from.
 //! - **Trained**: P(success) = 0.8 × the vote share of a random forest of [`N_TREES`] trees on
 //!   [`FEATURE_NAMES`] + 0.2 × the memory model's logistic (capacity known; the forest alone
 //!   otherwise). The memory model's share is a floor: a configuration it says fits (ratio ≤ 1)
@@ -30,7 +29,7 @@ use smartcore::ensemble::random_forest_regressor::{
 };
 use smartcore::linalg::basic::matrix::DenseMatrix;
 
-use super::memory::{self, ComputeFit, Estimate};
+use super::memory::{self, Estimate, Fill, MemoryFit, Place};
 use super::{ModelShape, Record};
 use crate::backend::ProbeConfig;
 
@@ -42,8 +41,9 @@ pub const THIS_HOST_WEIGHT: usize = 3;
 pub const N_TREES: u16 = 64;
 /// Share of the memory model's logistic in a trained P(success) (capacity known).
 pub const MEMORY_MODEL_WEIGHT: f64 = 0.2;
-/// Width of the cold-start logistic in load-ratio units.
-pub const LOGISTIC_WIDTH: f64 = 0.03;
+/// The narrowest the memory model's P(success) goes from 0.5 to 0.15 or 0.85, in load-ratio
+/// units: the granularity of allocations and of run-to-run noise.
+pub const MIN_WIDTH: f64 = 0.005;
 /// Fewest successful single-stream records a rate regressor needs.
 pub const MIN_RATE_RECORDS: usize = 3;
 /// Base seed of every forest.
@@ -98,7 +98,7 @@ impl Features {
         shape: &ModelShape,
         cfg: &ProbeConfig,
         capacity: Option<u64>,
-        fit: &ComputeFit,
+        fit: &MemoryFit,
     ) -> (Features, Estimate) {
         let e = memory::estimate(shape, cfg, capacity, fit);
         let type_bytes = |t: &Option<String>| {
@@ -159,17 +159,27 @@ pub fn features(
     shape: &ModelShape,
     cfg: &ProbeConfig,
     capacity: Option<u64>,
-    fit: &ComputeFit,
+    fit: &MemoryFit,
 ) -> Vec<f64> {
     Features::of(shape, cfg, capacity, fit).0.to_vec()
 }
 
-/// The memory model's P(success): a steep logistic of the load ratio, 0.5 when unknown.
-pub fn memory_model_p(load_ratio: Option<f64>) -> f64 {
-    match load_ratio {
-        Some(r) if r.is_finite() => 1.0 / (1.0 + ((r - 1.0) / LOGISTIC_WIDTH).exp()),
-        _ => 0.5,
-    }
+/// The memory model's P(success): the chance that the peak is under the capacity, the peak
+/// taken as normal around the estimate with a standard deviation of half the distance to the
+/// range's bound on that side (the range as ±2 sd; at least [`MIN_WIDTH`] of the capacity);
+/// Φ by its logistic approximation, 1 / (1 + exp(−1.702 z)). 0.5 when the capacity is unknown.
+pub fn memory_model_p(e: &Estimate) -> f64 {
+    let Some(cap) = e.capacity_bytes.filter(|&c| c > 0) else {
+        return 0.5;
+    };
+    let (cap, total) = (cap as f64, e.total_bytes as f64);
+    let bound = if total <= cap {
+        e.high_bytes as f64
+    } else {
+        e.low_bytes as f64
+    };
+    let sd = ((bound - total).abs() / 2.0).max(MIN_WIDTH * cap);
+    1.0 / (1.0 + (-1.702 * (cap - total) / sd).exp())
 }
 
 /// A prediction for one configuration.
@@ -243,7 +253,7 @@ impl Rates {
 
 /// Predicts configurations of one model from past records (see the module docs).
 pub struct Predictor {
-    fit: ComputeFit,
+    fit: MemoryFit,
     records: usize,
     this_host: usize,
     /// Why the predictor is in cold start; `None` when trained.
@@ -300,7 +310,7 @@ struct Rows {
 }
 
 impl Rows {
-    fn of(records: &[Record], this_host: Option<&str>, fit: &ComputeFit) -> Rows {
+    fn of(records: &[Record], this_host: Option<&str>, fit: &MemoryFit) -> Rows {
         let mut rows = Rows::default();
         for r in records {
             let copies = if this_host.is_some_and(|h| r.host_id == h) {
@@ -369,11 +379,24 @@ fn distinct(rows: &[Vec<f64>]) -> usize {
     d.len()
 }
 
+/// The memory law of `place` from this host's peaks where it has enough, else every host's.
+fn memory_fit(records: &[Record], this_host: Option<&str>, place: Place) -> MemoryFit {
+    if let Some(h) = this_host {
+        let own: Vec<Record> = records.iter().filter(|r| r.host_id == h).cloned().collect();
+        let fit = memory::fit(&own, place);
+        if fit.fitted.is_some() {
+            return fit;
+        }
+    }
+    memory::fit(records, place)
+}
+
 impl Predictor {
-    /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times).
-    /// The compute fit comes from the same records ([`memory::fit_compute`]).
-    pub fn train(records: &[Record], this_host: Option<&str>) -> Predictor {
-        let fit = memory::fit_compute(records);
+    /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times)
+    /// for estimates of memory at `place`. The memory law is fitted to this host's peaks where
+    /// it has enough ([`memory::MIN_FIT_SAMPLES`]), else to every host's ([`memory::fit`]).
+    pub fn train(records: &[Record], this_host: Option<&str>, place: Place) -> Predictor {
+        let fit = memory_fit(records, this_host, place);
         let mut rows = Rows::of(records, this_host, &fit);
         let mut p = Predictor {
             records: records.len(),
@@ -398,8 +421,8 @@ impl Predictor {
         self.records
     }
 
-    /// The compute-buffer fit the estimates use.
-    pub fn compute_fit(&self) -> &ComputeFit {
+    /// The memory law the estimates use.
+    pub fn memory_fit(&self) -> &MemoryFit {
         &self.fit
     }
 
@@ -415,10 +438,27 @@ impl Predictor {
         cfg: &ProbeConfig,
         capacity: Option<u64>,
     ) -> Prediction {
-        let (feat, estimate) = Features::of(shape, cfg, capacity, &self.fit);
+        self.predict_at(shape, cfg, capacity, Fill::Full)
+    }
+
+    /// As [`Predictor::predict`], with the memory estimated for `fill` context tokens in use
+    /// (a probe's prompts, to set beside its measured peak); P(success) and the rates are the
+    /// configuration's, as ever.
+    pub fn predict_at(
+        &self,
+        shape: &ModelShape,
+        cfg: &ProbeConfig,
+        capacity: Option<u64>,
+        fill: Fill,
+    ) -> Prediction {
+        let (feat, full) = Features::of(shape, cfg, capacity, &self.fit);
         let blend = Blend {
-            p_memory: memory_model_p(estimate.load_ratio),
-            capacity_known: estimate.load_ratio.is_some(),
+            p_memory: memory_model_p(&full),
+            capacity_known: full.load_ratio.is_some(),
+        };
+        let estimate = match fill {
+            Fill::Full => full,
+            Fill::Tokens(_) => memory::estimate_at(shape, cfg, capacity, &self.fit, fill),
         };
         let x = feat.to_vec();
         let mut p = match &self.forests {
@@ -435,7 +475,8 @@ impl Predictor {
         let p_memory = blend.p_memory;
         let mut reasons = vec![memory_reason(&estimate)];
         reasons.push(format!(
-            "P(success) {p_memory:.3} from the memory model's logistic (0.5 at load 1.0){}",
+            "P(success) {p_memory:.3} from the memory model (the chance that the peak, within \
+             its range, is under the capacity){}",
             if blend.capacity_known {
                 ""
             } else {
@@ -643,15 +684,17 @@ mod tests {
     }
 
     /// The synthetic truth: the memory model with this compute law is exact.
-    fn truth_fit() -> ComputeFit {
-        ComputeFit {
-            base_bytes: 300.0 * f64::from(1 << 20),
-            per_ubatch_bytes: 520_000.0,
-            per_ctx_bytes: 200.0,
-            per_ctx_ubatch_bytes: 2.0,
-            samples: 0,
-            residual: None,
-        }
+    fn truth_fit() -> MemoryFit {
+        MemoryFit::known(
+            Place::Gpu,
+            memory::Law {
+                overhead_bytes: 300.0 * f64::from(1 << 20),
+                kv_scale: 1.0,
+                per_ubatch_bytes: 520_000.0,
+                per_token_bytes: 0.0,
+                per_token_ubatch_bytes: 2.0,
+            },
+        )
     }
 
     fn cfg(ctx: u32, batch: u32, kv: &str) -> ProbeConfig {
@@ -729,16 +772,15 @@ mod tests {
     #[test]
     fn cold_start_is_the_memory_model() {
         let recs: Vec<Record> = training().into_iter().take(MIN_RECORDS - 1).collect();
-        let p = Predictor::train(&recs, Some("a"));
+        let p = Predictor::train(&recs, Some("a"), Place::Gpu);
         assert!(p.is_cold());
         assert_eq!(p.records(), MIN_RECORDS - 1);
         for ctx in [4096, 32768, 65536, 131072] {
             let c = cfg(ctx, 512, "f16");
             let pr = p.predict(&shape(), &c, Some(CAP));
-            let e = memory::estimate(&shape(), &c, Some(CAP), p.compute_fit());
+            let e = memory::estimate(&shape(), &c, Some(CAP), p.memory_fit());
             assert_eq!(pr.estimate, e);
-            let r = e.load_ratio.unwrap();
-            assert_eq!(pr.p_success, 1.0 / (1.0 + ((r - 1.0) / 0.03).exp()));
+            assert_eq!(pr.p_success, memory_model_p(&e));
             assert_eq!(pr.basis, "cold start: memory model only");
             // Rates need only successes: learned here wherever three distinct ones exist.
             let learned = pr
@@ -757,14 +799,11 @@ mod tests {
                 pr.reasons
             );
         }
-        assert_eq!(memory_model_p(Some(1.0)), 0.5);
-        assert!(memory_model_p(Some(1.1)) < 0.04);
-        assert!(memory_model_p(Some(0.9)) > 0.96);
         // Unknown capacity: a coin toss.
         let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), None);
         assert_eq!(pr.p_success, 0.5);
         // Two records are too few for rates, and the reason says so.
-        let two = Predictor::train(&recs[..2], Some("a"));
+        let two = Predictor::train(&recs[..2], Some("a"), Place::Gpu);
         let pr = two.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
         assert_eq!(
             (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
@@ -780,7 +819,7 @@ mod tests {
         // Only one outcome: cold start too, whatever the count.
         let all_ok: Vec<Record> = training().into_iter().filter(|r| r.success).collect();
         assert!(all_ok.len() >= MIN_RECORDS);
-        let p = Predictor::train(&all_ok, None);
+        let p = Predictor::train(&all_ok, None, Place::Gpu);
         assert!(p.is_cold());
         let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
         assert!(
@@ -799,14 +838,49 @@ mod tests {
         ctx
     }
 
+    /// The memory model's P(success) is the chance the peak, within the estimate's range, is
+    /// under the capacity: 0.5 at the estimate, about 0.98 at the range's upper bound, 0.02
+    /// at its lower one, and steep where the range is narrow.
+    #[test]
+    fn memory_p_follows_the_range() {
+        let e = |total: u64, low: u64, high: u64, cap: Option<u64>| Estimate {
+            weights_bytes: 0,
+            kv_bytes: 0,
+            compute_bytes: 0,
+            overhead_bytes: total,
+            total_bytes: total,
+            low_bytes: low,
+            high_bytes: high,
+            place: Place::Gpu,
+            fitted_points: 0,
+            residual: None,
+            held_out: None,
+            capacity_bytes: cap,
+            load_ratio: None,
+            fits: None,
+            notes: Vec::new(),
+        };
+        let at = |cap| memory_model_p(&e(1000, 900, 1200, Some(cap)));
+        assert!((at(1000) - 0.5).abs() < 1e-12);
+        assert!((at(1200) - 0.968).abs() < 0.001, "{}", at(1200));
+        assert!((at(900) - 0.032).abs() < 0.001, "{}", at(900));
+        assert!(at(1100) > 0.8 && at(950) < 0.2);
+        // Narrow (±0.5 %, so the sd is MIN_WIDTH): 2 % over the estimate is nearly sure.
+        assert!(memory_model_p(&e(1000, 995, 1005, Some(1020))) > 0.99);
+        // Never steeper than MIN_WIDTH of the capacity.
+        let exact = memory_model_p(&e(1000, 1000, 1000, Some(1002)));
+        assert!(exact < 0.85 && exact > 0.5, "{exact}");
+        assert_eq!(memory_model_p(&e(1000, 900, 1200, None)), 0.5);
+    }
+
     #[test]
     fn trained_on_a_sharp_boundary() {
         let recs = training();
         assert!(recs.iter().any(|r| r.success) && recs.iter().any(|r| !r.success));
-        let p = Predictor::train(&recs, Some("a"));
+        let p = Predictor::train(&recs, Some("a"), Place::Gpu);
         assert!(!p.is_cold());
         assert_eq!(
-            p.compute_fit().samples,
+            p.memory_fit().usable,
             recs.iter().filter(|r| r.success).count()
         );
         for b in BATCHES {
@@ -855,7 +929,7 @@ mod tests {
             .enumerate()
             .partition(|(i, _)| i % 5 == 2);
         let recs: Vec<Record> = train.into_iter().map(|(_, c)| probe("a", c, CAP)).collect();
-        let p = Predictor::train(&recs, None);
+        let p = Predictor::train(&recs, None, Place::Gpu);
         let mut checked = 0;
         let mut worst: f64 = 0.0;
         for (_, c) in held {
@@ -890,7 +964,7 @@ mod tests {
             .collect();
         let (held, train): (Vec<_>, Vec<_>) = ok.into_iter().partition(|(i, _)| i % 4 == 1);
         let recs: Vec<Record> = train.into_iter().map(|(_, c)| probe("a", c, CAP)).collect();
-        let p = Predictor::train(&recs, None);
+        let p = Predictor::train(&recs, None, Place::Gpu);
         assert!(p.is_cold(), "all succeeded: the classifier cannot train");
         assert!(!held.is_empty());
         for (_, c) in held {
@@ -921,7 +995,7 @@ mod tests {
         for r in &mut recs {
             r.trusted = false;
         }
-        let p = Predictor::train(&recs, None);
+        let p = Predictor::train(&recs, None, Place::Gpu);
         assert!(!p.is_cold());
         let pr = p.predict(&shape(), &cfg(4096, 512, "f16"), Some(CAP));
         assert_eq!(
@@ -929,7 +1003,7 @@ mod tests {
             (None, None)
         );
         // Nor the compute fit.
-        assert_eq!(p.compute_fit().samples, 0);
+        assert_eq!(p.memory_fit().usable, 0);
     }
 
     /// Two hosts with the same memory disagree about the same configurations: the one
@@ -954,8 +1028,8 @@ mod tests {
             }
         }
         let c = cfg(32768, 512, "f16");
-        let for_a = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
-        let for_b = Predictor::train(&recs, Some("b")).predict(&shape(), &c, Some(CAP));
+        let for_a = Predictor::train(&recs, Some("a"), Place::Gpu).predict(&shape(), &c, Some(CAP));
+        let for_b = Predictor::train(&recs, Some("b"), Place::Gpu).predict(&shape(), &c, Some(CAP));
         assert!(
             for_a.p_success > for_b.p_success + 0.3,
             "a {} b {}",
@@ -971,8 +1045,8 @@ mod tests {
     fn training_is_deterministic() {
         let recs = training();
         let c = cfg(40000, 512, "q8_0");
-        let a = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
-        let b = Predictor::train(&recs, Some("a")).predict(&shape(), &c, Some(CAP));
+        let a = Predictor::train(&recs, Some("a"), Place::Gpu).predict(&shape(), &c, Some(CAP));
+        let b = Predictor::train(&recs, Some("a"), Place::Gpu).predict(&shape(), &c, Some(CAP));
         assert_eq!(a.p_success, b.p_success);
         assert_eq!(a.decode_tokens_per_s, b.decode_tokens_per_s);
         assert_eq!(a.reasons, b.reasons);
@@ -980,7 +1054,7 @@ mod tests {
 
     #[test]
     fn reasons_name_the_driving_features() {
-        let p = Predictor::train(&training(), Some("a"));
+        let p = Predictor::train(&training(), Some("a"), Place::Gpu);
         let best = optimum(512, "f16");
         let pr = p.predict(&shape(), &cfg(best * 2, 512, "f16"), Some(CAP));
         let named: Vec<&String> = pr
@@ -1024,7 +1098,7 @@ mod tests {
             cache_type_v: Some("f16".into()),
             threads: None,
         };
-        let (f, e) = Features::of(&shape(), &c, Some(24 * GIB), &ComputeFit::DEFAULT);
+        let (f, e) = Features::of(&shape(), &c, Some(24 * GIB), &MemoryFit::prior(Place::Gpu));
         assert_eq!(f.load_ratio, e.load_ratio.unwrap());
         assert_eq!(
             (f.ctx, f.batch, f.ubatch, f.slots),
@@ -1043,7 +1117,7 @@ mod tests {
             &ModelShape::default(),
             &ProbeConfig::default(),
             None,
-            &ComputeFit::DEFAULT,
+            &MemoryFit::prior(Place::Gpu),
         );
         assert_eq!(unknown[0], -1.0);
         assert_eq!(unknown[10], -1.0);

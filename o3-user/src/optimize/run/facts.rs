@@ -146,6 +146,20 @@ fn capacity(h: &Host) -> Option<u64> {
         .or(Some(h.ram_bytes).filter(|&r| r > 0))
 }
 
+/// Where the peaks that [`capacity`] bounds are measured: the GPU's memory when the capacity
+/// is a GPU's, else RAM.
+pub(super) fn place(h: &Host) -> crate::learn::memory::Place {
+    let gpu = h
+        .gpus
+        .iter()
+        .any(|g| if g.apu { g.gtt_bytes } else { g.vram_bytes }.is_some());
+    if gpu {
+        crate::learn::memory::Place::Gpu
+    } else {
+        crate::learn::memory::Place::Ram
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +182,21 @@ mod tests {
             ram_bytes: ram,
             ..simulated_host(&SimModel::default())
         }
+    }
+
+    #[test]
+    fn the_place_is_the_gpu_whose_memory_is_the_capacity() {
+        use crate::learn::memory::Place;
+        let apu = host_with(vec![gpu(true, Some(512 << 20), Some(120 << 30))], 128 << 30);
+        assert_eq!(place(&apu), Place::Gpu);
+        let card = host_with(vec![gpu(false, Some(24 << 30), None)], 64 << 30);
+        assert_eq!(place(&card), Place::Gpu);
+        assert_eq!(place(&host_with(vec![], 64 << 30)), Place::Ram);
+        // A GPU whose memory is unknown bounds nothing: RAM.
+        assert_eq!(
+            place(&host_with(vec![gpu(false, None, None)], 8 << 30)),
+            Place::Ram
+        );
     }
 
     #[test]

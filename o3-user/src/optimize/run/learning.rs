@@ -119,7 +119,7 @@ fn reuse_learned(rf: &mut RunFile, ids: &Ids) {
 /// earlier runs is trusted to gallop from it.
 fn predict_start(rf: &mut RunFile, ids: &Ids) {
     let records = ids.store.records(None, Some(ids.model)).unwrap_or_default();
-    let p = Predictor::train(&records, Some(ids.host));
+    let p = Predictor::train(&records, Some(ids.host), super::facts::place(&rf.host));
     rf.start_context = start_context(rf, &p);
     rf.gallop = rf.start_context.is_some() && !p.is_cold();
     if let Some(s) = rf.start_context {
@@ -204,5 +204,10 @@ pub(super) fn trained_predictor(store: Option<&Store>, rf: &RunFile) -> Option<P
         return None;
     }
     let records = st.records(None, Some(&r.model_id)).unwrap_or_default();
-    Some(Predictor::train(&records, Some(&r.host_id))).filter(|p| !p.is_cold())
+    Some(Predictor::train(
+        &records,
+        Some(&r.host_id),
+        super::facts::place(&rf.host),
+    ))
+    .filter(|p| !p.is_cold())
 }
