@@ -28,6 +28,7 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let db = dir.path().join("o3.db");
     let out = o3()
         .args([
             "optimize",
@@ -43,10 +44,13 @@ fn a_short_optimization_produces_presets_and_artefacts() {
         .arg(&model)
         .arg("--out")
         .arg(&run)
+        .arg("--db")
+        .arg(&db)
         .output()
         .unwrap();
     let s: Value = last_json(&out);
     assert_eq!(out.status.code(), Some(0), "{s}");
+    predictions_match_the_measurements(&db, &s);
     // The tiny model loads at every context of 512..4096 on any machine: the search ends at
     // the top of the range, within its probe bound. Validation confirms it, unless the machine
     // is so busy that the rates vary beyond validation.max_cv (timing, not the model): then it
@@ -174,6 +178,75 @@ fn a_short_optimization_produces_presets_and_artefacts() {
     let yaml = std::fs::read_to_string(run.join("presets.yaml")).unwrap();
     assert!(yaml.contains("max_context:") && yaml.contains("fast_response:"));
     assert_no_server_left(&bin);
+}
+
+/// After one run, the memory model matches what the run measured on the real server: the law
+/// fitted to the run's peaks reproduces each within 5 %, fitted without a context it predicts
+/// that context's peaks within 10 %, and every cold-start prediction made during the run (no
+/// law fitted yet) had the measured peak inside its range. The run stored one prediction per
+/// probe, and summary.json sums them up.
+fn predictions_match_the_measurements(db: &Path, s: &Value) {
+    use o3::learn::memory::{self, Place};
+    let p = &s["predictions"];
+    assert_eq!(p["predictions"], s["probes"]["ran_now"], "{p}");
+    assert!(p["summary"].as_str().unwrap().starts_with("last "), "{p}");
+    let store = o3::learn::store::Store::open(db).unwrap();
+    let checked = store.checked_predictions(None, None, None, 1000).unwrap();
+    assert_eq!(
+        checked.len() as u64,
+        s["probes"]["ran_now"].as_u64().unwrap()
+    );
+    // No GPU on this machine kind: peaks are the server's RSS.
+    assert!(checked.iter().all(|c| c.predicted.place == Place::Ram));
+    let records = store.records(None, None).unwrap();
+    let peaks: Vec<_> = records
+        .iter()
+        .filter(|r| r.success && r.rss_peak_bytes.is_some())
+        .collect();
+    assert!(peaks.len() >= 5, "{} peaks", peaks.len());
+    let fit = memory::fit(&records, Place::Ram);
+    assert_eq!(fit.fitted.as_ref().unwrap().samples, peaks.len());
+    let err = |r: &o3::learn::Record, fit: &memory::MemoryFit| {
+        let e = memory::estimate_at(&r.model, &r.config, None, fit, memory::fill_of(r));
+        let m = r.rss_peak_bytes.unwrap() as f64;
+        (e.total_bytes as f64 - m) / m
+    };
+    for r in &peaks {
+        let e = err(r, &fit);
+        assert!(
+            e.abs() <= 0.05,
+            "{:?} ({:?} tokens): fitted {e:+.3}",
+            r.config,
+            r.prompt_tokens
+        );
+        let others: Vec<_> = records
+            .iter()
+            .filter(|o| o.config.ctx != r.config.ctx)
+            .cloned()
+            .collect();
+        let held = err(r, &memory::fit(&others, Place::Ram));
+        assert!(
+            held.abs() <= 0.10,
+            "{:?}: context held out {held:+.3}",
+            r.config
+        );
+    }
+    let cold: Vec<_> = checked
+        .iter()
+        .filter(|c| c.predicted.fitted_points == 0)
+        .collect();
+    assert!(!cold.is_empty(), "the first probes are predicted cold");
+    for c in cold {
+        let m = c.measured_peak_bytes.unwrap();
+        let pr = &c.predicted;
+        assert!(
+            pr.peak_low_bytes <= m && m <= pr.peak_high_bytes,
+            "{:?}: {m} outside {}..{}",
+            c.config,
+            pr.peak_low_bytes,
+            pr.peak_high_bytes
+        );
+    }
 }
 
 /// One HTTP/1.1 exchange on 127.0.0.1:`port` (the tests need no HTTP client beyond this):

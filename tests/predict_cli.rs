@@ -180,6 +180,8 @@ fn tiny_model_estimate_terms_are_exact() {
         "P(success) ",
         "(cold start: memory model only)",
         "KV cache: 4096 ctx × 1 slot(s) × 2048 B/token (K f16, V f16)",
+        "  range     ",
+        "record    no earlier prediction of this model on this machine to check\n",
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
@@ -215,7 +217,7 @@ fn llama31_8b_fixture_fits_small_contexts_not_the_trained_one() {
     let (_, law) = prior_of(e, &ModelShape::from_gguf(&info));
     assert_eq!(
         u(&e["compute_bytes"]),
-        (law.compute_bytes(512.0, 8192.0) + (8192 * 512 * (32 * 4 + 2)) as f64).round() as u64
+        (law.compute_bytes(512.0, 8192.0) + f64::from(8192 * 512 * (32 * 4 + 2))).round() as u64
     );
     assert!(v["prediction"]["p_success"].as_f64().unwrap() > 0.9, "{v}");
 
@@ -376,8 +378,23 @@ fn trained_from_the_store_with_this_hosts_records() {
         let run = store
             .begin_run(&host_id, &model_id, "llama-server", "run", "{}")
             .unwrap();
+        // What runs predicted before each probe: 2 % over each measured peak, P 0.9.
         for r in &recs {
-            store.add_probe(run, "context", r, None).unwrap();
+            let id = store.add_probe(run, "context", r, None).unwrap();
+            let peak = r.rss_peak_bytes.unwrap_or(GIB) * 102 / 100;
+            let row = o3::learn::store::PredictionRow {
+                // The records carry the same RSS and GPU peak: either place compares.
+                place: Place::Ram,
+                peak_bytes: peak,
+                peak_low_bytes: peak - MIB,
+                peak_high_bytes: peak + MIB,
+                fitted_points: 3,
+                p_success: 0.9,
+                prefill_tokens_per_s: None,
+                decode_tokens_per_s: None,
+                basis: "cold start: memory model only".into(),
+            };
+            store.add_prediction(id, &row).unwrap();
         }
     }
     let out = common::o3()
@@ -412,6 +429,23 @@ fn trained_from_the_store_with_this_hosts_records() {
     let successes = recs.iter().filter(|r| r.success).count();
     assert_eq!(p["estimate"]["fitted_points"], successes, "{v}");
     assert!(p["reasons"].as_array().unwrap().len() >= 2, "{v}");
+    // The running error of the last (at most 20) predictions of this model on this machine.
+    let running = &v["running_error"];
+    assert_eq!(running["predictions"], n, "{v}");
+    let summary = running["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "last {n} predictions: memory median error +2.0 %, worst +2.0 %"
+        )),
+        "{summary}"
+    );
+    let text = common::o3()
+        .args(["predict", "--model", m, "--ctx", "16384", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("record    {summary}\n")), "{text}");
 }
 
 #[test]

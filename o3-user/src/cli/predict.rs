@@ -11,6 +11,7 @@ use crate::backend::http::{Blocking, HttpError, Reply};
 use crate::backend::{ollama, FlashAttnChoice, ProbeConfig};
 use crate::learn::memory::{self, Estimate};
 use crate::learn::predict::{Prediction, Predictor};
+use crate::learn::running::RunningError;
 use crate::learn::store::{self, Store};
 use crate::learn::{fingerprint, gguf, ModelShape, Record};
 use crate::telemetry::gpu::source::{GpuOptions, GpuSelect, GpuSource};
@@ -99,6 +100,9 @@ struct Output<'a> {
     /// Training records of this model (all hosts).
     records: usize,
     prediction: &'a Prediction,
+    /// The last predictions o3 made for this model on this machine during runs, against what
+    /// the probes then measured (`None`: none yet).
+    running_error: Option<&'a RunningError>,
     /// What the command assumed or could not find.
     notes: &'a [String],
 }
@@ -148,18 +152,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             a.ctx
         ));
     }
-    // The memory peaks are measured in: this machine's GPU when it has one, else RAM (also
-    // with --capacity-gib, which sizes the memory but does not move it).
-    let machine = machine_capacity(roots);
-    let place = if machine.2 {
-        memory::Place::Gpu
-    } else {
-        memory::Place::Ram
-    };
-    let (capacity, capacity_source, has_gpu) = match capacity_override {
-        Some(c) => (Some(c), "--capacity-gib".to_string(), true),
-        None => machine,
-    };
+    let (capacity, capacity_source, has_gpu, place) = capacity_and_place(roots, capacity_override);
     if !has_gpu && cfg.gpu_layers.is_some() {
         notes
             .push("no GPU found: --gpu-layers ignored, everything is counted in system RAM".into());
@@ -167,7 +160,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
     }
     let host_id = fingerprint::host(&roots.procfs_root, &roots.sysfs_root, &roots.dev_root).id();
     let model_id = store::model_id(&a.model, &digest);
-    let mut records = store_records(a.db.as_deref(), &model_id, &mut notes)?;
+    let (mut records, running) = store_records(a.db.as_deref(), &model_id, &host_id, &mut notes)?;
     if let Some(p) = &a.records {
         records.extend(read_records(p)?);
     }
@@ -185,6 +178,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             host_id: &host_id,
             records: predictor.records(),
             prediction: &prediction,
+            running_error: running.as_ref(),
             notes: &notes,
         };
         super::stdout::line(serde_json::to_string(&out).expect("prediction serialises"))?;
@@ -194,6 +188,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             &cfg,
             &capacity_source,
             &prediction,
+            running.as_ref(),
             &notes,
         ))?;
     }
@@ -248,6 +243,25 @@ fn config(a: &PredictArgs) -> Result<ProbeConfig, (anyhow::Error, i32)> {
     })
 }
 
+/// The capacity (given, else this machine's), where it comes from, whether GPU layers mean
+/// anything, and where peaks are measured: this machine's GPU when it has one, else RAM (also
+/// with `--capacity-gib`, which sizes the memory but does not move it).
+fn capacity_and_place(
+    roots: &Roots,
+    given: Option<u64>,
+) -> (Option<u64>, String, bool, memory::Place) {
+    let machine = machine_capacity(roots);
+    let place = if machine.2 {
+        memory::Place::Gpu
+    } else {
+        memory::Place::Ram
+    };
+    match given {
+        Some(c) => (Some(c), "--capacity-gib".to_string(), true, place),
+        None => (machine.0, machine.1, machine.2, place),
+    }
+}
+
 /// This machine's capacity: the GPUs' usable memory (GTT on an APU, VRAM on a discrete card;
 /// summed over GPUs), else MemTotal. Returns (bytes, source in words, whether a GPU was found).
 fn machine_capacity(roots: &Roots) -> (Option<u64>, String, bool) {
@@ -296,23 +310,33 @@ fn machine_capacity(roots: &Roots) -> (Option<u64>, String, bool) {
     }
 }
 
-/// The store's records of this model (all hosts). A missing store is no records.
+/// How many of the last predictions the running error sums up.
+const RUNNING_ERROR_OF: usize = 20;
+
+/// The store's records of this model (all hosts), and the running error of the last
+/// predictions runs made for it on this host. A missing store is no records.
 fn store_records(
     db: Option<&Path>,
     model_id: &str,
+    host_id: &str,
     notes: &mut Vec<String>,
-) -> Result<Vec<Record>, (anyhow::Error, i32)> {
+) -> Result<(Vec<Record>, Option<RunningError>), (anyhow::Error, i32)> {
     let path = db.map_or_else(store::default_path, Path::to_path_buf);
     if !path.exists() {
         notes.push(format!(
             "no results store at {}: no measurements to learn from yet",
             path.display()
         ));
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let s = Store::open(&path).map_err(|e| failure(e.to_string()))?;
-    s.records(None, Some(model_id))
-        .map_err(|e| failure(e.to_string()))
+    let records = s
+        .records(None, Some(model_id))
+        .map_err(|e| failure(e.to_string()))?;
+    let checked = s
+        .checked_predictions(Some(host_id), Some(model_id), None, RUNNING_ERROR_OF)
+        .map_err(|e| failure(e.to_string()))?;
+    Ok((records, RunningError::of(&checked)))
 }
 
 /// Records from a JSON Lines file; blank lines are skipped.
@@ -381,6 +405,7 @@ fn render(
     cfg: &ProbeConfig,
     capacity_source: &str,
     p: &Prediction,
+    running: Option<&RunningError>,
     notes: &[String],
 ) -> String {
     let e: &Estimate = &p.estimate;
@@ -404,6 +429,19 @@ fn render(
             gib(e.total_bytes)
         ),
     };
+    out += &format!(
+        "  range     {} – {} ({})\n",
+        gib(e.low_bytes),
+        gib(e.high_bytes),
+        if e.fitted_points > 0 {
+            format!(
+                "what the law fitted to {} measured peak(s) missed on points it did not see",
+                e.fitted_points
+            )
+        } else {
+            "the prior's bounds: no law fitted yet".to_string()
+        }
+    );
     for (name, v) in [
         ("weights", e.weights_bytes),
         ("KV cache", e.kv_bytes),
@@ -423,6 +461,13 @@ fn render(
         } else {
             ""
         }
+    );
+    out += &format!(
+        "record    {}\n",
+        running.map_or_else(
+            || "no earlier prediction of this model on this machine to check".to_string(),
+            |r| r.summary.clone()
+        )
     );
     out += "why:\n";
     for r in &p.reasons {

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod legacy;
 pub mod memory;
 pub mod predict;
+pub mod running;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

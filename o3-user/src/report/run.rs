@@ -193,6 +193,7 @@ const SUMMARY_KEYS: &[(&str, Want)] = &[
     ("simulated_s", Want::Number),
     ("wall_s", Want::Number),
     ("interrupted", Want::Bool),
+    ("predictions", Want::Object),
     ("finished_unix_ns", Want::Count),
 ];
 

@@ -271,10 +271,11 @@ fn solve(mut a: [[f64; TERMS]; TERMS], mut b: [f64; TERMS]) -> [f64; TERMS] {
         if p == 0.0 {
             continue;
         }
+        let pivot_row = a[col];
         for row in col + 1..TERMS {
             let f = a[row][col] / p;
-            for k in col..TERMS {
-                a[row][k] -= f * a[col][k];
+            for (v, pv) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                *v -= f * pv;
             }
             b[row] -= f * b[col];
         }

@@ -308,33 +308,8 @@ fn notes(
         ),
         None => "weights: unknown size, counted as 0".into(),
     });
-    let (k, v, types_known) = &p.kv_types;
-    if !types_known {
-        notes.push(format!(
-            "KV cache: unknown cache type (K {:?}, V {:?}), f16 assumed",
-            cfg.cache_type_k, cfg.cache_type_v
-        ));
-    }
     let fitted = fit.fitted.as_ref();
-    notes.push(match p.kv_per_token {
-        Some(per_token) => format!(
-            "KV cache: {} ctx × {} slot(s) × {per_token:.0} B/token (K {}, V {}){} × {:.3} ({})",
-            cfg.ctx,
-            slots(cfg),
-            k.as_deref().unwrap_or("f16"),
-            v.as_deref().unwrap_or("f16"),
-            offloaded(p.fraction),
-            law.kv_scale,
-            if fitted.is_some() {
-                "fitted"
-            } else {
-                "per-cell bookkeeping, measured"
-            }
-        ),
-        None => "KV cache: unknown (the model's block count or attention heads are unknown), \
-                 counted as 0"
-            .into(),
-    });
+    notes.extend(kv_notes(cfg, law, p, fitted.is_some()));
     let ubatch = effective_ubatch(cfg);
     notes.push(format!(
         "compute buffer: {} at ubatch {ubatch}{}, {:.0} context token(s) in use",
@@ -396,6 +371,47 @@ fn notes(
     {
         notes.push(n);
     }
+    notes
+}
+
+/// The KV cache's notes: an unknown cache type, then the term.
+fn kv_notes(cfg: &ProbeConfig, law: &Law, p: &Parts, fitted: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    let offloaded = |f: f64| {
+        if f < 1.0 {
+            format!(" × {f:.3} offloaded")
+        } else {
+            String::new()
+        }
+    };
+    let (k, v, types_known) = &p.kv_types;
+    if !types_known {
+        notes.push(format!(
+            "KV cache: unknown cache type (K {:?}, V {:?}), f16 assumed",
+            cfg.cache_type_k, cfg.cache_type_v
+        ));
+    }
+    notes.push(match p.kv_per_token {
+        Some(per_token) => format!(
+            "KV cache: {} ctx × {} slot(s) × {per_token:.0} B/token (K {}, V {}){} × {:.3} ({})",
+            cfg.ctx,
+            slots(cfg),
+            k.as_deref().unwrap_or("f16"),
+            v.as_deref().unwrap_or("f16"),
+            offloaded(p.fraction),
+            law.kv_scale,
+            if fitted {
+                "fitted"
+            } else if law.kv_scale == 1.0 {
+                "the prior: exact"
+            } else {
+                "the prior: per-cell bookkeeping, measured"
+            }
+        ),
+        None => "KV cache: unknown (the model's block count or attention heads are unknown), \
+                 counted as 0"
+            .into(),
+    });
     notes
 }
 

@@ -10,9 +10,11 @@
 //! migrates it, opening a file of a newer o3 is refused with both versions named.
 //!
 //! Here: opening, checking and migrating the file, and the rows the store hands out. What it
-//! writes is in `write`, what it reads back in `read`, its errors in `error`.
+//! writes is in `write`, what it reads back in `read`, predictions beside their measurements
+//! in `predictions`, its errors in `error`.
 
 mod error;
+mod predictions;
 mod read;
 pub mod schema;
 mod write;
@@ -24,6 +26,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 
 pub use error::StoreError;
+pub use predictions::{Checked, PredictionRow};
 
 use super::fingerprint::{self, Host};
 use super::Record;

@@ -116,8 +116,25 @@ ALTER TABLE runs_v4 RENAME TO runs;
 CREATE INDEX runs_host_model ON runs(host_id, model_id, status, finished_unix_s);
 ";
 
+/// Version 5: what o3 predicted for each probe just before it ran (from everything stored
+/// before it), beside the measurement that followed: the running error of predictions.
+const V5: &str = "
+CREATE TABLE predictions (
+    probe_id INTEGER PRIMARY KEY REFERENCES probes(id) ON DELETE CASCADE,
+    place TEXT NOT NULL CHECK (place IN ('ram', 'gpu')),  -- the peak it is set beside
+    peak_bytes INTEGER NOT NULL,        -- the memory model at the probe's fill
+    peak_low_bytes INTEGER NOT NULL,    -- the estimate's range
+    peak_high_bytes INTEGER NOT NULL,
+    fitted_points INTEGER NOT NULL,     -- measured peaks the law was fitted to (0: the prior)
+    p_success REAL NOT NULL,
+    prefill_tokens_per_s REAL,          -- single-stream rates; NULL: none predicted
+    decode_tokens_per_s REAL,
+    basis TEXT NOT NULL                 -- cold start or trained, in words
+);
+";
+
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this o3 writes.
 pub const LATEST: u32 = MIGRATIONS.len() as u32;

@@ -420,6 +420,69 @@ fn depth_and_timing_are_stored_and_seed_the_next_run() {
     assert_eq!(row.max_context_proven, Some(false));
 }
 
+/// A prediction is stored beside its probe and read back with the probe's measurement in the
+/// prediction's place, newest first, by host, model or run; deleting the run removes it.
+#[test]
+fn predictions_are_kept_beside_their_probes() {
+    use crate::learn::memory::Place;
+    use crate::learn::store::PredictionRow;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(&d.path().join("o3.db")).unwrap();
+    let (h, m, run) = setup(&s);
+    let other = s.begin_run(&h, &m, "ollama", "/tmp/run2", "{}").unwrap();
+    let row = |place, peak: u64| PredictionRow {
+        place,
+        peak_bytes: peak,
+        peak_low_bytes: peak - 10,
+        peak_high_bytes: peak + 10,
+        fitted_points: 3,
+        p_success: 0.75,
+        prefill_tokens_per_s: Some(500.0),
+        decode_tokens_per_s: None,
+        basis: "cold start: memory model only".into(),
+    };
+    let a = s
+        .add_probe(run, "context", &rec(4096, true, 10), None)
+        .unwrap();
+    let b = s
+        .add_probe(run, "context", &rec(8192, false, 20), None)
+        .unwrap();
+    let c = s
+        .add_probe(other, "batch", &rec(2048, true, 30), None)
+        .unwrap();
+    assert!(a < b && b < c);
+    s.add_prediction(a, &row(Place::Gpu, 7 << 30)).unwrap();
+    s.add_prediction(b, &row(Place::Ram, 2 << 30)).unwrap();
+    s.add_prediction(c, &row(Place::Gpu, 5 << 30)).unwrap();
+    // A second prediction of the same probe replaces the first.
+    s.add_prediction(c, &row(Place::Gpu, 6 << 30)).unwrap();
+    let all = s.checked_predictions(Some(&h), Some(&m), None, 10).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].stage, "batch");
+    assert_eq!(all[0].predicted.peak_bytes, 6 << 30);
+    // The measurement of the prediction's place: GPU 6 GiB, RSS 1 GiB (rec's peaks).
+    assert_eq!(all[0].measured_peak_bytes, Some(6 << 30));
+    assert_eq!(all[1].measured_peak_bytes, Some(1 << 30));
+    assert!(!all[1].success);
+    assert_eq!(all[2].predicted, row(Place::Gpu, 7 << 30));
+    assert_eq!(all[2].config.ctx, 4096);
+    assert_eq!(
+        all[2].prefill_tokens_per_s,
+        rec(4096, true, 10).prefill_tokens_per_s
+    );
+    let first = s.checked_predictions(None, None, Some(run), 10).unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(s.checked_predictions(None, None, None, 1).unwrap().len(), 1);
+    assert!(s
+        .checked_predictions(Some("nobody"), None, None, 10)
+        .unwrap()
+        .is_empty());
+    s.conn()
+        .execute("DELETE FROM runs WHERE id = ?1", [other])
+        .unwrap();
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM predictions"), 2);
+}
+
 #[test]
 fn a_file_of_a_newer_o3_is_refused_naming_both_versions() {
     let d = tempfile::tempdir().unwrap();

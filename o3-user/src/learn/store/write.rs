@@ -141,7 +141,7 @@ impl Store {
         rec: &Record,
         trusted: bool,
         raw: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let cfg = serde_json::to_string(&rec.config).map_err(self.data_err("probe config"))?;
         let timing = if rec.timing.is_empty() {
             None
@@ -177,7 +177,7 @@ impl Store {
             ],
         )
         .map_err(|e| self.no_run_or(run_id, "storing a probe", e))?;
-        Ok(())
+        Ok(conn.last_insert_rowid())
     }
 
     fn no_run_or(&self, run_id: i64, op: &'static str, e: rusqlite::Error) -> StoreError {
@@ -190,15 +190,15 @@ impl Store {
         }
     }
 
-    /// Stores one probe of a run; committed (durable) before this returns. The host and model
-    /// are the run's (`rec.host_id` / `rec.model_id` are not read).
+    /// Stores one probe of a run; committed (durable) before this returns; returns its id. The
+    /// host and model are the run's (`rec.host_id` / `rec.model_id` are not read).
     pub fn add_probe(
         &self,
         run_id: i64,
         stage: &str,
         rec: &Record,
         raw: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         self.insert_probe(&self.conn, run_id, stage, rec, rec.trusted, raw)
     }
 

@@ -259,8 +259,9 @@ fn search_and_finish<E: Events>(
             "probe traces incomplete: {e} (the results are not affected)"
         ));
     }
-    let summary = outputs::summary(rf, dir, searched, &prober, backend.as_ref(), started);
+    let mut summary = outputs::summary(rf, dir, searched, &prober, backend.as_ref(), started);
     if let (Some(st), Some(r)) = (store, &rf.store) {
+        summary.predictions = outputs::predictions(st, r);
         outputs::finish_store(st, r, &summary)?;
     }
     let json = outputs::write(dir, &summary)?;

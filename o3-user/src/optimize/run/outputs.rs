@@ -8,7 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::ProbeConfig;
-use crate::learn::store::Store;
+use crate::learn::running::RunningError;
+use crate::learn::store::{Checked, Store};
 use crate::optimize::search::{self, Measured, Report};
 use crate::optimize::target::BackendKind;
 use crate::optimize::{artefacts, plan, presets, prune};
@@ -68,7 +69,34 @@ pub struct Summary {
     /// Why a run that was not interrupted has nothing to serve (no preset has a
     /// configuration): the run is stored as failed and o3 exits with status 3.
     pub failure: Option<String>,
+    /// What o3 predicted for this run's probes before each ran, against what they measured
+    /// (`None`: results not stored, or nothing run now).
+    pub predictions: Option<PredictionsOut>,
     pub finished_unix_ns: u64,
+}
+
+/// The run's predictions beside their measurements: the running error and the rows.
+#[derive(Debug, Serialize)]
+pub struct PredictionsOut {
+    #[serde(flatten)]
+    pub running: RunningError,
+    /// Newest first, at most [`PREDICTION_ROWS`].
+    pub rows: Vec<Checked>,
+}
+
+/// Predictions a summary lists.
+pub const PREDICTION_ROWS: usize = 50;
+
+/// This run's predictions from the store (`None` when there are none or they cannot be read:
+/// they are a view of the store, never needed to serve).
+pub(super) fn predictions(st: &Store, r: &StoreRef) -> Option<PredictionsOut> {
+    let rows = st
+        .checked_predictions(None, None, Some(r.run_id), PREDICTION_ROWS)
+        .ok()?;
+    Some(PredictionsOut {
+        running: RunningError::of(&rows)?,
+        rows,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -153,6 +181,7 @@ pub(super) fn summary(
         wall_s: started.elapsed().as_secs_f64(),
         interrupted,
         failure,
+        predictions: None,
         finished_unix_ns: crate::util::system::unix_now_ns(),
     }
 }

@@ -2,7 +2,9 @@
 //! hiccup, the heat guard, the predictor's pruning and the journal (which also hands each
 //! finished probe to the results store), and the search's inputs from run.json.
 
-use crate::learn::store::Store;
+use crate::learn::memory;
+use crate::learn::predict::Predictor;
+use crate::learn::store::{PredictionRow, Store};
 use crate::optimize::heat;
 use crate::optimize::journal::{Journal, Journaled, Sink};
 use crate::optimize::learned;
@@ -134,15 +136,25 @@ fn seeded_time_model(rf: &RunFile) -> Option<TimeModel> {
     Some(m)
 }
 
-/// Each probe run now, as a record of the results store.
+/// Each probe run now, as a record of the results store, with what o3 would have predicted for
+/// it from everything stored before it (its running error: `o3 predict`, the report).
 fn store_sink<'a>(st: &'a Store, r: &'a StoreRef, rf: &RunFile) -> Sink<'a> {
     let (shape, cap) = (rf.shape.clone(), rf.capacity_bytes);
     let prompt = rf.config.prompt.clone();
+    let place = super::facts::place(&rf.host);
     Box::new(move |req, out, raw| {
         let depth = prompt.depth_tokens(req.config.ctx);
         let rec = learned::record_of(req, out, depth, &r.host_id, &r.model_id, &shape, cap);
+        let before = st.records(None, Some(&r.model_id))?;
+        let predicted = Predictor::train(&before, Some(&r.host_id), place).predict_at(
+            &shape,
+            &rec.config,
+            cap,
+            memory::fill_of(&rec),
+        );
         let raw = raw.map(|v| v.to_string());
-        st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())?;
+        let id = st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())?;
+        st.add_prediction(id, &PredictionRow::of(&predicted))?;
         Ok(())
     })
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::optimize::prober::Stage;
 
-use super::cells::{describe, str_of};
+use super::cells::{describe, f0, opt_bytes, str_of};
 use super::{ReportDoc, Run};
 
 pub(super) fn learning(d: &mut ReportDoc, run: &Run, s: &Value) {
@@ -73,6 +73,75 @@ pub(super) fn learning(d: &mut ReportDoc, run: &Run, s: &Value) {
     }
     d.h2("Learning: reused and predicted");
     d.list(items);
+}
+
+/// What o3 predicted for each probe before it ran, beside what the probe measured: the
+/// running error in a line, then the probes (summary.json `predictions`).
+pub(super) fn predictions(d: &mut ReportDoc, s: &Value) {
+    let p = &s["predictions"];
+    let Some(line) = p["summary"].as_str() else {
+        return;
+    };
+    d.h2("Predictions against measurements");
+    d.para(format!(
+        "Before each probe, o3 predicted it from everything stored before it: {line}. Errors \
+         are (predicted − measured) ÷ measured; P(success) is scored against what happened."
+    ));
+    let rows: Vec<Vec<String>> = p["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let pr = &r["predicted"];
+            let (peak, measured) = (pr["peak_bytes"].as_u64(), r["measured_peak_bytes"].as_u64());
+            let err = match (peak, measured) {
+                (Some(p), Some(m)) if m > 0 => {
+                    format!("{:+.1} %", (p as f64 - m as f64) / m as f64 * 100.0)
+                }
+                _ => "–".into(),
+            };
+            vec![
+                str_of(&r["stage"]),
+                describe(&r["config"]),
+                format!(
+                    "{} ({} – {})",
+                    opt_bytes(peak),
+                    opt_bytes(pr["peak_low_bytes"].as_u64()),
+                    opt_bytes(pr["peak_high_bytes"].as_u64())
+                ),
+                opt_bytes(measured),
+                err,
+                format!("{:.2}", pr["p_success"].as_f64().unwrap_or(0.0)),
+                if r["success"].as_bool() == Some(true) {
+                    "ok".into()
+                } else {
+                    "failed".into()
+                },
+                // Rates are predicted for one stream.
+                match r["concurrency"].as_u64() {
+                    Some(n) if n > 1 => format!("– ({n} streams)"),
+                    _ => format!(
+                        "{} / {}",
+                        f0(pr["decode_tokens_per_s"].as_f64()),
+                        f0(r["decode_tokens_per_s"].as_f64())
+                    ),
+                },
+            ]
+        })
+        .collect();
+    d.table(
+        &[
+            "stage",
+            "configuration",
+            "peak predicted (range)",
+            "peak measured",
+            "error",
+            "P(success)",
+            "outcome",
+            "decode tok/s predicted / measured",
+        ],
+        rows,
+    );
 }
 
 pub(super) fn notes(d: &mut ReportDoc, run: &Run, s: &Value) {

@@ -46,6 +46,7 @@ pub fn build(run: &Run) -> ReportDoc {
     resources::resources(&mut d, run, s);
     statistics::statistics(&mut d, s);
     learning::learning(&mut d, run, s);
+    learning::predictions(&mut d, s);
     learning::notes(&mut d, run, s);
     d
 }

@@ -443,3 +443,36 @@ fn statistics_show_the_numbers_the_verdict_used() {
         .unwrap();
     assert!(low > 0.0, "{}", rows[0][dec]);
 }
+
+/// summary.json's `predictions` (what o3 predicted for each probe, beside what it measured)
+/// becomes a section: the running error in words, then one row per probe.
+#[test]
+fn predictions_are_set_beside_their_measurements() {
+    let mut r = search_run();
+    r.summary.as_mut().unwrap()["predictions"] = json!({
+        "predictions": 2,
+        "summary": "last 2 predictions: memory median error +1.0 %, worst −3.0 % (2 of 2 peaks in the predicted range); P(success) Brier score 0.010",
+        "rows": [
+            {"predicted": {"place": "ram", "peak_bytes": 103_000_000u64, "peak_low_bytes": 98_000_000u64,
+                           "peak_high_bytes": 110_000_000u64, "fitted_points": 5, "p_success": 0.93,
+                           "prefill_tokens_per_s": 800.0, "decode_tokens_per_s": 80.0, "basis": "cold start: memory model only"},
+             "stage": "context", "config": {"ctx": 4096, "batch": 64}, "concurrency": 1, "success": true,
+             "measured_peak_bytes": 100_000_000u64, "prefill_tokens_per_s": 850.0, "decode_tokens_per_s": 84.0, "unix_s": 1}
+        ]
+    });
+    let md = super::super::doc::markdown(&build(&r), "plots");
+    assert!(md.contains("## Predictions against measurements"), "{md}");
+    assert!(
+        md.contains(
+            "from everything stored before it: last 2 predictions: memory median error +1.0 %"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| context | ctx 4096 · batch 64 | 98.2 MiB (93.5 MiB – 104.9 MiB) | 95.4 MiB | +3.0 % | 0.93 | ok | 80 / 84 |"),
+        "{md}"
+    );
+    // No predictions, no section.
+    let md = super::super::doc::markdown(&build(&search_run()), "plots");
+    assert!(!md.contains("Predictions against measurements"), "{md}");
+}
