@@ -82,16 +82,27 @@ pub fn run(_roots: &Roots, a: AccuracyArgs) -> CliResult {
     .map(|()| 0)
 }
 
+/// A ratio in percent to one decimal (no negative zero).
 fn pct(v: f64) -> f64 {
-    (v * 1000.0).round() / 10.0
+    (v * 1000.0).round() / 10.0 + 0.0
+}
+
+/// A signed percentage: "+4.1 %", "-4.9 %", "0.0 %".
+fn signed(v: f64) -> String {
+    let p = pct(v);
+    if p == 0.0 {
+        "0.0 %".into()
+    } else {
+        format!("{p:+.1} %")
+    }
 }
 
 /// "median 1.1 %, worst +4.1 %"
 fn errors(r: &Residual) -> String {
     format!(
-        "median {:.1} %, worst {:+.1} %",
-        r.median_abs * 100.0,
-        r.worst * 100.0
+        "median {:.1} %, worst {}",
+        pct(r.median_abs),
+        signed(r.worst)
     )
 }
 
@@ -251,6 +262,12 @@ mod tests {
         assert_eq!(
             render("llama3.1:8b", Some(&figures())),
             "model llama3.1:8b (GPU memory; 140 records)\n  memory: 21 measured peak(s); fitted: median 1.1 %, worst +4.1 %; a context held out (7 contexts): median 1.7 %, worst -4.9 %, 20 of 21 in range\n  rates (leave one out, 14 measurements): prefill median 6.0 %, worst -18.0 %; decode not predicted\n  P(success) (leave one out, 60 of 140 records, evenly spread; 25 succeeded): Brier 0.040; memory model alone 0.071\n"
+        );
+        let mut tiny = figures();
+        tiny.memory.fitted = Some(residual(0.0001, -0.0004, 21));
+        assert!(
+            render("x", Some(&tiny)).contains("fitted: median 0.0 %, worst 0.0 %;"),
+            "no negative zero"
         );
         assert_eq!(
             render("x", None),
