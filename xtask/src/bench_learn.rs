@@ -5,6 +5,8 @@
 //! `reuse_learned_configs` and `store_results` off), then with learning on one store: a first
 //! run (memory model only), a second run on the same machine (verification of what the first
 //! learned), and a run on a different machine (more memory) predicted from the first two.
+//! Then `o3 accuracy --json` on that store: how well the memory model, the rates and P(success)
+//! predict the store's own records (each held out of its own prediction).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -190,6 +192,59 @@ struct Runs {
     first: Out,
     second: Out,
     other: Out,
+    /// The store's model in `o3 accuracy --json` after the three runs.
+    accuracy: Value,
+}
+
+/// `o3 accuracy --json --db DB`: the figures of the store's (one) model.
+fn accuracy(o3: &Path, db: &Path) -> Result<Value> {
+    let o = Command::new(o3)
+        .args(["accuracy", "--json", "--db"])
+        .arg(db)
+        .output()
+        .context("running o3 accuracy")?;
+    if !o.status.success() {
+        bail!(
+            "o3 accuracy --db {} failed: {}",
+            db.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).context("reading o3 accuracy --json")?;
+    Ok(v["models"][0].clone())
+}
+
+/// A percentage cell ("1.1 %", "+4.1 %" signed; "-" when absent).
+fn pct(v: &Value, signed: bool) -> String {
+    match v.as_f64() {
+        Some(x) if signed && (x * 10.0).round() == 0.0 => "0.0 %".into(),
+        Some(x) if signed => format!("{x:+.1} %"),
+        Some(x) => format!("{x:.1} %"),
+        None => "-".into(),
+    }
+}
+
+/// The scenario's accuracy cells: memory on measured points and on held-out contexts
+/// (median / worst), rates (prefill / decode median), Brier (predictor / memory model alone).
+fn accuracy_cells(a: &Value) -> String {
+    let m = &a["memory"];
+    let r = &a["rates"];
+    let brier = |k: &str| {
+        a["success"][k]
+            .as_f64()
+            .map_or("-".into(), |b| format!("{b:.3}"))
+    };
+    format!(
+        "{} / {} | {} / {} | {} / {} | {} / {}",
+        pct(&m["fitted_median_abs_error_pct"], false),
+        pct(&m["fitted_worst_error_pct"], true),
+        pct(&m["held_out_median_abs_error_pct"], false),
+        pct(&m["held_out_worst_error_pct"], true),
+        pct(&r["prefill_median_abs_error_pct"], false),
+        pct(&r["decode_median_abs_error_pct"], false),
+        brier("brier_predictor"),
+        brier("brier_memory_model"),
+    )
 }
 
 impl Runs {
@@ -208,6 +263,7 @@ impl Runs {
             first,
             second,
             other,
+            accuracy: accuracy(o3, &db)?,
         })
     }
 
@@ -219,6 +275,7 @@ impl Runs {
             first,
             second,
             other,
+            accuracy: acc,
         } = self;
         let show = |o: &Out| format!("{} ({})", o.total, o.search);
         let saved = format!(
@@ -228,7 +285,7 @@ impl Runs {
             base_b.total as i64 - other.total as i64
         );
         format!(
-            "| {what} | {} / {} | {} / {} | {} | {} | {} (reused {}) | {} | {} ({} skipped) | {} |\n",
+            "| {what} | {} / {} | {} / {} | {} | {} | {} (reused {}) | {} | {} ({} skipped) | {} | {} |\n",
             m.ta.expected(m.batch),
             m.tb.expected(m.batch),
             first.validated.map_or("-".into(), |v| v.to_string()),
@@ -241,6 +298,7 @@ impl Runs {
             show(other),
             other.skipped.len(),
             saved,
+            accuracy_cells(acc),
         )
     }
 }
@@ -252,6 +310,11 @@ struct Tally {
     skipped_optimum: usize,
     wrong: usize,
     skips_total: usize,
+    /// The largest held-out memory error in size over the scenarios (percent), if any.
+    worst_held_out: Option<f64>,
+    /// Scenarios with both Brier scores, and of them those where the predictor's is lower.
+    briers: usize,
+    brier_better: usize,
 }
 
 impl Tally {
@@ -272,6 +335,18 @@ impl Tally {
             self.skips_total += o.skipped.len();
             self.skipped_optimum += o.skipped.iter().filter(|s| t.fits(&s["config"])).count();
         }
+        if let Some(w) = r.accuracy["memory"]["held_out_worst_error_pct"].as_f64() {
+            let w = w.abs();
+            self.worst_held_out = Some(self.worst_held_out.map_or(w, |o| o.max(w)));
+        }
+        let s = &r.accuracy["success"];
+        if let (Some(p), Some(m)) = (
+            s["brier_predictor"].as_f64(),
+            s["brier_memory_model"].as_f64(),
+        ) {
+            self.briers += 1;
+            self.brier_better += usize::from(p < m);
+        }
     }
 }
 
@@ -286,13 +361,22 @@ off (`learning.*: false`) on machine A and on machine B (50 % more memory), then
 one store: a first run on A (the memory model alone picks the first probe), a second run on A \
 (verifies what the first learned), a run on B (nothing to reuse; the predictor trained on A's \
 probes picks the first probe and skips configurations under P = 0.05). Cells: probes in total \
-(context-search probes).\n\n\
-| model, machines | truth A / B | found A / B | A, no learning | A, first | A, second | B, no learning | B, predicted | probes saved vs no learning (A first / A second / B) |\n\
-|---|---|---|---|---|---|---|---|---|\n{rows}\n\
+(context-search probes). The last four columns are `o3 accuracy` on the store after the three \
+runs, each record predicted by what the others teach: the memory model's relative error on the \
+measured peaks (law fitted to all; median of sizes / worst, signed: + over), with every probe of \
+one context held out of the fit (median / worst), the rates' median error (prefill / decode; \
+predictor trained without the record) and the Brier score of P(success) (0 exact, 0.25 a coin; \
+the predictor / the memory model alone).\n\n\
+| model, machines | truth A / B | found A / B | A, no learning | A, first | A, second | B, no learning | B, predicted | probes saved vs no learning (A first / A second / B) | memory error, measured peaks | memory error, context held out | rate error, prefill / decode | Brier, predictor / memory model |\n\
+|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{rows}\n\
 - Second run on the same machine: at most {worst_second} context-search probes (target ≤ 3): {second_ok}.\n\
 - Answers against the truth: {wrong_txt}.\n\
 - Configurations the predictor skipped: {skips_total}; of them would have fit: {skipped_optimum} \
-(target: never skip one that fits, in particular the optimum): {skip_ok}.\n{END}\n",
+(target: never skip one that fits, in particular the optimum): {skip_ok}.\n\
+- Memory error with a context held out: at most {held_txt} in size over the scenarios (target \
+≤ 5 %): {held_ok}.\n\
+- Brier score of the predictor below the memory model's alone: {brier_better} of {briers} \
+scenarios (target: all): {brier_ok}.\n{END}\n",
         worst_second = tally.worst_second,
         skips_total = tally.skips_total,
         skipped_optimum = tally.skipped_optimum,
@@ -306,6 +390,21 @@ probes picks the first probe and skips configurations under P = 0.05). Cells: pr
             format!("{} runs differ", tally.wrong)
         },
         skip_ok = if tally.skipped_optimum == 0 { "met" } else { "not met" },
+        held_txt = tally
+            .worst_held_out
+            .map_or("-".into(), |w| format!("{w:.1} %")),
+        held_ok = if tally.worst_held_out.is_some_and(|w| w <= 5.0) {
+            "met"
+        } else {
+            "not met"
+        },
+        briers = tally.briers,
+        brier_better = tally.brier_better,
+        brier_ok = if tally.briers > 0 && tally.brier_better == tally.briers {
+            "met"
+        } else {
+            "not met"
+        },
     )
 }
 

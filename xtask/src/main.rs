@@ -15,7 +15,8 @@
 //!                  failing on any of them (root for the full disk; docs/faults.md);
 //!                  `faults NAME...` runs the scenarios whose names contain a NAME
 //!   bench record   measure o3 record's overhead and peak accuracy -> docs/benchmarks.md
-//!   bench learn    probes learning saves on simulated machines -> docs/benchmarks.md
+//!   bench learn    probes learning saves and prediction accuracy on simulated machines
+//!                  -> docs/benchmarks.md
 //!   server         setup, then serve the test model in the foreground (OpenAI-compatible, at
 //!                  http://127.0.0.1:8000/v1) for manual use
 //!   dist-docs      build the release binary and write its shell completions and man pages

@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand, thin; the work is in the stages below.
 
+mod accuracy;
 mod analyze;
 mod config;
 mod docs;
@@ -97,6 +98,10 @@ pub enum Command {
     /// List the runs in the results store per host and model (imported legacy runs are marked
     /// untrusted).
     History(history::HistoryArgs),
+    /// How good the predictions are, per model in the results store: the memory model's error
+    /// on measured peaks and on contexts held out, the rates' error and the Brier score of
+    /// P(success), each record predicted without it.
+    Accuracy(accuracy::AccuracyArgs),
     /// List the hosts in the results store and the best presets learned per model.
     Profiles(profiles::ProfilesArgs),
     /// Import the legacy O3 tool's logs/*.jsonl and defaults/*.yaml into the results store, as
@@ -152,6 +157,7 @@ pub fn main() -> i32 {
         Command::Config(a) => config::run(&cli.roots, a),
         Command::Predict(a) => predict::run(&cli.roots, a),
         Command::History(a) => history::run(&cli.roots, a),
+        Command::Accuracy(a) => accuracy::run(&cli.roots, a),
         Command::Profiles(a) => profiles::run(&cli.roots, a),
         Command::ImportLegacy(a) => import_legacy::run(&cli.roots, a),
         Command::Export(a) => export::run(&cli.roots, a),

@@ -3,6 +3,7 @@
 //! The types here are what the stages of learning exchange: the store keeps [`Record`]s, the
 //! memory model and the predictor read them, the optimizer writes them.
 
+pub mod accuracy;
 pub mod fingerprint;
 pub mod gguf;
 pub mod legacy;

@@ -87,6 +87,20 @@ impl Store {
             .collect()
     }
 
+    /// Every model in the store as (id, name), by name then id.
+    pub fn models(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut s = self
+            .conn
+            .prepare("SELECT id, name FROM models ORDER BY name, id")
+            .map_err(self.err("reading models"))?;
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err("reading models"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.err("reading models"))?;
+        Ok(rows)
+    }
+
     /// The spans of work stored with this host's and model's probes, newest probes first, at
     /// most `limit` probes' worth: a new run's time model starts from them.
     pub fn timing(

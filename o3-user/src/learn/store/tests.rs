@@ -268,6 +268,12 @@ fn models_are_identified_by_digest_and_keep_their_shape() {
     let c = s.upsert_model("llama3.1:8b", "", &shape()).unwrap();
     assert_ne!(a, c);
     assert_eq!(c, model_id("llama3.1:8b", ""));
+    // Listed once each, by name.
+    let models = s.models().unwrap();
+    assert_eq!(models.len(), 2, "{models:?}");
+    assert!(models.contains(&(c, "llama3.1:8b".into())), "{models:?}");
+    assert!(models.iter().any(|(id, _)| id == &a), "{models:?}");
+    assert!(models.windows(2).all(|w| w[0].1 <= w[1].1), "{models:?}");
 }
 
 #[test]
