@@ -69,6 +69,9 @@ pub struct PredictArgs {
     /// on/off).
     #[arg(long, value_enum, value_name = "on|off|auto")]
     pub flash_attn: Option<FlashAttnChoice>,
+    /// Prompt tokens the rates are predicted for (default: 90 % of --ctx, o3's probe fill).
+    #[arg(long, value_name = "TOKENS")]
+    pub depth: Option<u64>,
     /// Memory the configuration may use, in GiB (default: this machine's GPU-usable memory,
     /// else its RAM).
     #[arg(long, value_name = "GIB", allow_negative_numbers = true)]
@@ -165,7 +168,10 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
         records.extend(read_records(p)?);
     }
     let predictor = Predictor::train(&records, Some(&host_id), place);
-    let prediction = predictor.predict(&shape, &cfg, capacity);
+    let depth = a
+        .depth
+        .unwrap_or_else(|| crate::learn::predict::default_depth(cfg.ctx));
+    let prediction = predictor.predict_at(&shape, &cfg, capacity, memory::Fill::Full, depth);
     if a.json {
         let out = Output {
             schema_version: 1,
@@ -453,9 +459,10 @@ fn render(
     out += &format!("P(success) {:.3}  ({})\n", p.p_success, p.basis);
     let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
     out += &format!(
-        "rates     prefill {} tok/s, decode {} tok/s{}\n",
+        "rates     prefill {} tok/s, decode {} tok/s at a {}-token prompt{}\n",
         rate(p.prefill_tokens_per_s),
         rate(p.decode_tokens_per_s),
+        p.rates_depth_tokens,
         if p.decode_tokens_per_s.is_none() && p.prefill_tokens_per_s.is_none() {
             " (fewer than 3 successful single-stream measurements of this model to learn them from)"
         } else {

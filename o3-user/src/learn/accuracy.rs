@@ -220,10 +220,13 @@ fn held_out_predictions(
             .filter(|&(j, _)| j != i)
             .map(|(_, r)| r.clone())
             .collect();
-        let p = Predictor::train(&rest, Some(&r.host_id), place).predict(
+        let predictor = Predictor::train(&rest, Some(&r.host_id), place);
+        let p = predictor.predict_at(
             &r.model,
             &r.config,
             r.capacity_bytes,
+            crate::learn::memory::fill_of(r),
+            crate::learn::predict::depth_of(r),
         );
         if for_rates.contains(&i) {
             let measured = |v: Option<f64>| v.filter(|v| *v > 0.0 && v.is_finite());
@@ -240,8 +243,16 @@ fn held_out_predictions(
         }
         if for_success.contains(&i) {
             h.predictor.push((p.p_success, r.success));
-            h.memory_model
-                .push((predict::memory_model_p(&p.estimate), r.success));
+            h.memory_model.push((
+                // As the predictor weighs it: the configuration's whole context.
+                predict::memory_model_p(&memory::estimate(
+                    &r.model,
+                    &r.config,
+                    r.capacity_bytes,
+                    predictor.memory_fit(),
+                )),
+                r.success,
+            ));
         }
     }
     let rates = (!rate_idx.is_empty()).then(|| RateAccuracy {

@@ -3,7 +3,7 @@
 //! finished probe to the results store), and the search's inputs from run.json.
 
 use crate::learn::memory;
-use crate::learn::predict::Predictor;
+use crate::learn::predict::{self, Predictor};
 use crate::learn::store::{PredictionRow, Store};
 use crate::optimize::heat;
 use crate::optimize::journal::{Journal, Journaled, Sink};
@@ -151,6 +151,7 @@ fn store_sink<'a>(st: &'a Store, r: &'a StoreRef, rf: &RunFile) -> Sink<'a> {
             &rec.config,
             cap,
             memory::fill_of(&rec),
+            predict::depth_of(&rec),
         );
         let raw = raw.map(|v| v.to_string());
         let id = st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())?;

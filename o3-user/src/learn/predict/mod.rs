@@ -4,21 +4,29 @@
 //! - **Cold start** (fewer than [`MIN_RECORDS`] records, or only successes or only failures):
 //!   P(success) is the memory model's: the chance that the peak, somewhere in the estimate's
 //!   range, is under the capacity ([`memory_model_p`]); 0.5 when the capacity is unknown.
-//!   Rates need only successes: they are predicted in cold start too wherever there are [`MIN_RATE_RECORDS`] successful records to learn them from.
-//! - **Trained**: P(success) = 0.8 × the vote share of a random forest of [`N_TREES`] trees on
-//!   [`FEATURE_NAMES`] + 0.2 × the memory model's logistic (capacity known; the forest alone
-//!   otherwise). The memory model's share is a floor: a configuration it says fits (ratio ≤ 1)
-//!   keeps P ≥ 0.1 whatever the forest says, so the optimizer, which skips P < 0.05, never skips
-//!   it on the forest's word alone (a forest splits halfway between the largest success and the
-//!   smallest failure it saw, which can fall below the true limit). Decode and prefill rates
-//!   come from random-forest regressors on the logarithm of the rate (successful, trusted,
-//!   single-stream records only: imported legacy rates are not measurements).
+//!   Rates need only successes: they are predicted in cold start too wherever there are
+//!   [`MIN_RATE_RECORDS`] successful records to learn them from.
+//! - **Trained**: P(success) = (1 − w) × the vote share of a random forest of [`N_TREES`] trees
+//!   on [`FEATURE_NAMES`] + w × the memory model's P (capacity known; the forest alone
+//!   otherwise), w chosen by cross-validation on the training records (`blend`): 1 where the
+//!   memory model explains every outcome, down to [`MEMORY_MODEL_WEIGHT`] where the trees see
+//!   what it cannot. That floor keeps a configuration the memory model says fits (ratio ≤ 1)
+//!   at P ≥ 0.1 whatever the forest says, so the optimizer, which skips P < 0.05, never skips
+//!   it on the forest's word alone (a forest splits halfway between the largest success and
+//!   the smallest failure it saw, which can fall below the true limit).
+//! - **Rates**: random-forest regressors on the logarithm of the rate, from successful,
+//!   trusted, single-stream records (imported legacy rates are not measurements), with the
+//!   prompt's depth as a feature beside the configuration's: a rate is predicted for a depth
+//!   (prefill and decode slow as the context fills; [`DEFAULT_DEPTH_FILL`] of the context
+//!   when none is given).
 //!
 //! smartcore has no sample weights, so the records of this host are duplicated
 //! ([`THIS_HOST_WEIGHT`] copies); and its classifier exposes only the majority vote, so the
 //! forest is [`N_TREES`] single-tree `RandomForestClassifier`s (each a bootstrap sample and
 //! random feature subsets, as in one forest) whose votes are counted. Every seed is fixed:
 //! training is deterministic.
+
+mod blend;
 
 use serde::Serialize;
 use smartcore::ensemble::random_forest_classifier::{
@@ -32,6 +40,7 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 use super::memory::{self, Estimate, Fill, MemoryFit, Place};
 use super::{ModelShape, Record};
 use crate::backend::ProbeConfig;
+use blend::{Blend, Stacking};
 
 /// Fewest records a trained prediction needs; below this the memory model decides alone.
 pub const MIN_RECORDS: usize = 8;
@@ -39,7 +48,8 @@ pub const MIN_RECORDS: usize = 8;
 pub const THIS_HOST_WEIGHT: usize = 3;
 /// Trees of the success forest and of each rate forest.
 pub const N_TREES: u16 = 64;
-/// Share of the memory model's logistic in a trained P(success) (capacity known).
+/// The least share of the memory model in a trained P(success) (capacity known); the share
+/// itself is chosen by cross-validation (`blend`).
 pub const MEMORY_MODEL_WEIGHT: f64 = 0.2;
 /// The narrowest the memory model's P(success) goes from 0.5 to 0.15 or 0.85, in load-ratio
 /// units: the granularity of allocations and of run-to-run noise.
@@ -48,6 +58,21 @@ pub const MIN_WIDTH: f64 = 0.005;
 pub const MIN_RATE_RECORDS: usize = 3;
 /// Base seed of every forest.
 const SEED: u64 = 0x03_5EED;
+/// The share of the context a prompt fills when a depth is not given (o3's `prompt.fill`
+/// default): the depth [`Predictor::predict`]'s rates are for.
+pub const DEFAULT_DEPTH_FILL: f64 = 0.9;
+
+/// The depth of a record's rates: its requests' prompt tokens, else the default fill of its
+/// context.
+pub fn depth_of(r: &Record) -> u64 {
+    r.prompt_tokens
+        .unwrap_or_else(|| default_depth(r.config.ctx))
+}
+
+/// [`DEFAULT_DEPTH_FILL`] of a context, tokens.
+pub fn default_depth(ctx: u32) -> u64 {
+    (f64::from(ctx) * DEFAULT_DEPTH_FILL) as u64
+}
 
 /// The features, in [`features`] order.
 pub const FEATURE_NAMES: &[&str] = &[
@@ -188,6 +213,8 @@ pub struct Prediction {
     pub p_success: f64,
     pub prefill_tokens_per_s: Option<f64>,
     pub decode_tokens_per_s: Option<f64>,
+    /// The prompt depth the rates are for, tokens (a single stream).
+    pub rates_depth_tokens: u64,
     pub estimate: Estimate,
     /// "cold start: memory model only" or "random forest on N records (M from this host)"
     pub basis: String,
@@ -206,6 +233,8 @@ struct Forests {
     trees: Vec<Classifier>,
     /// Mean of each feature over the training rows (for the reasons).
     means: Vec<f64>,
+    /// How much the memory model weighs against the vote.
+    stacking: Stacking,
 }
 
 /// ln(rate) regressors, trained on successful records alone (`None`: too few to learn from).
@@ -227,16 +256,17 @@ impl Rates {
         }
     }
 
-    /// (prefill, decode) at `x`.
-    fn at(&self, x: &[f64]) -> (Option<f64>, Option<f64>) {
+    /// (prefill, decode) at features `x` and a prompt of `depth` tokens.
+    fn at(&self, x: &[f64], depth: u64) -> (Option<f64>, Option<f64>) {
+        let x = rate_row(x, depth);
         (
-            Forests::rate(self.prefill.as_ref(), x),
-            Forests::rate(self.decode.as_ref(), x),
+            Forests::rate(self.prefill.as_ref(), &x),
+            Forests::rate(self.decode.as_ref(), &x),
         )
     }
 
     /// What the rates come from, for the reasons.
-    fn reason(&self) -> String {
+    fn reason(&self, depth: u64) -> String {
         if self.decode.is_none() && self.prefill.is_none() {
             format!(
                 "rates: {} successful single-stream measurement(s); at least {MIN_RATE_RECORDS} distinct ones are needed",
@@ -244,7 +274,8 @@ impl Rates {
             )
         } else {
             format!(
-                "rates: random forest on {} successful single-stream measurement(s)",
+                "rates: random forest on {} successful single-stream measurement(s), at a \
+                 {depth}-token prompt",
                 self.learned_from
             )
         }
@@ -304,6 +335,10 @@ struct Rows {
     /// Every record's features and success.
     x: Vec<Vec<f64>>,
     y: Vec<u32>,
+    /// Each row's record (a record's copies share it) and the memory model's P(success) for
+    /// it (`None`: capacity unknown).
+    record: Vec<usize>,
+    p_memory: Vec<Option<f64>>,
     /// ln(rate) of successful, trusted, single-stream records.
     decode: (Vec<Vec<f64>>, Vec<f64>),
     prefill: (Vec<Vec<f64>>, Vec<f64>),
@@ -312,14 +347,17 @@ struct Rows {
 impl Rows {
     fn of(records: &[Record], this_host: Option<&str>, fit: &MemoryFit) -> Rows {
         let mut rows = Rows::default();
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             let copies = if this_host.is_some_and(|h| r.host_id == h) {
                 THIS_HOST_WEIGHT
             } else {
                 1
             };
-            let row = features(&r.model, &r.config, r.capacity_bytes, fit);
+            let (f, e) = Features::of(&r.model, &r.config, r.capacity_bytes, fit);
+            let (row, p) = (f.to_vec(), e.load_ratio.map(|_| memory_model_p(&e)));
             for _ in 0..copies {
+                rows.record.push(i);
+                rows.p_memory.push(p);
                 rows.add(r, &row);
             }
         }
@@ -333,12 +371,13 @@ impl Rows {
             return;
         }
         let usable = |v: Option<f64>| v.filter(|v| *v > 0.0 && v.is_finite());
+        let row = rate_row(row, depth_of(r));
         if let Some(v) = usable(r.decode_tokens_per_s) {
-            self.decode.0.push(row.to_vec());
+            self.decode.0.push(row.clone());
             self.decode.1.push(v.ln());
         }
         if let Some(v) = usable(r.prefill_tokens_per_s) {
-            self.prefill.0.push(row.to_vec());
+            self.prefill.0.push(row);
             self.prefill.1.push(v.ln());
         }
     }
@@ -360,7 +399,7 @@ fn regressor((rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64) -> Option<Regressor
     }
     let params = RandomForestRegressorParameters::default()
         .with_n_trees(usize::from(N_TREES))
-        .with_m(FEATURE_NAMES.len())
+        .with_m(FEATURE_NAMES.len() + 1)
         .with_seed(seed);
     Regressor::fit(&matrix(&rx)?, &ry, params).ok()
 }
@@ -389,6 +428,14 @@ fn memory_fit(records: &[Record], this_host: Option<&str>, place: Place) -> Memo
         }
     }
     memory::fit(records, place)
+}
+
+/// A rate regressor's row: the configuration's features and the prompt's depth (a rate at 100
+/// tokens and at 50,000 are not the same measurement: prefill and decode slow with depth).
+fn rate_row(x: &[f64], depth: u64) -> Vec<f64> {
+    let mut row = x.to_vec();
+    row.push(depth as f64);
+    row
 }
 
 impl Predictor {
@@ -438,23 +485,28 @@ impl Predictor {
         cfg: &ProbeConfig,
         capacity: Option<u64>,
     ) -> Prediction {
-        self.predict_at(shape, cfg, capacity, Fill::Full)
+        self.predict_at(shape, cfg, capacity, Fill::Full, default_depth(cfg.ctx))
     }
 
     /// As [`Predictor::predict`], with the memory estimated for `fill` context tokens in use
-    /// (a probe's prompts, to set beside its measured peak); P(success) and the rates are the
-    /// configuration's, as ever.
+    /// and the rates for a prompt of `depth` tokens (a probe's, to set beside what it
+    /// measured); P(success) is the configuration's, as ever.
     pub fn predict_at(
         &self,
         shape: &ModelShape,
         cfg: &ProbeConfig,
         capacity: Option<u64>,
         fill: Fill,
+        depth: u64,
     ) -> Prediction {
         let (feat, full) = Features::of(shape, cfg, capacity, &self.fit);
         let blend = Blend {
             p_memory: memory_model_p(&full),
             capacity_known: full.load_ratio.is_some(),
+            stacking: self
+                .forests
+                .as_ref()
+                .map_or_else(Stacking::default, |f| f.stacking),
         };
         let estimate = match fill {
             Fill::Full => full,
@@ -465,8 +517,9 @@ impl Predictor {
             None => self.cold_prediction(estimate, &blend),
             Some(f) => self.trained_prediction(f, &x, estimate, &blend),
         };
-        (p.prefill_tokens_per_s, p.decode_tokens_per_s) = self.rates.at(&x);
-        p.reasons.push(self.rates.reason());
+        (p.prefill_tokens_per_s, p.decode_tokens_per_s) = self.rates.at(&x, depth);
+        p.rates_depth_tokens = depth;
+        p.reasons.push(self.rates.reason(depth));
         p
     }
 
@@ -488,6 +541,7 @@ impl Predictor {
             p_success: p_memory,
             prefill_tokens_per_s: None,
             decode_tokens_per_s: None,
+            rates_depth_tokens: 0,
             estimate,
             basis: "cold start: memory model only".into(),
             reasons,
@@ -511,6 +565,7 @@ impl Predictor {
             p_success,
             prefill_tokens_per_s: None,
             decode_tokens_per_s: None,
+            rates_depth_tokens: 0,
             estimate,
             basis: format!(
                 "random forest on {} records ({} from this host)",
@@ -521,52 +576,41 @@ impl Predictor {
     }
 }
 
-/// How a forest vote and the memory model make P(success).
-struct Blend {
-    /// The memory model's logistic.
-    p_memory: f64,
-    capacity_known: bool,
+/// `n` single-tree forests on rows `x` with outcomes `y`, seeds from `seed`.
+fn trees(x: &[Vec<f64>], y: &[u32], n: u16, seed: u64) -> Result<Vec<Classifier>, TrainError> {
+    let xm = matrix(x).ok_or(TrainError::Rows)?;
+    let y = y.to_vec();
+    (0..u64::from(n))
+        .map(|i| {
+            let params = RandomForestClassifierParameters::default()
+                .with_n_trees(1)
+                .with_m(FEATURE_NAMES.len())
+                .with_seed(seed + i);
+            Classifier::fit(&xm, &y, params).map_err(TrainError::Trees)
+        })
+        .collect()
 }
 
-impl Blend {
-    /// P(success) from a forest vote: [`MEMORY_MODEL_WEIGHT`] of the memory model where the
-    /// capacity is known, the vote alone otherwise.
-    fn of(&self, forest_p: f64) -> f64 {
-        if self.capacity_known {
-            (1.0 - MEMORY_MODEL_WEIGHT) * forest_p + MEMORY_MODEL_WEIGHT * self.p_memory
-        } else {
-            forest_p
-        }
-    }
-
-    fn reason(&self, p_success: f64, forest_p: f64) -> String {
-        if self.capacity_known {
-            format!(
-                "P(success) {p_success:.3} = 0.8 × forest vote {forest_p:.3} + 0.2 × memory \
-                 model {:.3}",
-                self.p_memory
-            )
-        } else {
-            format!("P(success) {p_success:.3}: forest vote (capacity unknown)")
-        }
-    }
+/// Share of `trees` voting success at `x`.
+fn vote_of(trees: &[Classifier], x: &[f64]) -> f64 {
+    let Some(m) = matrix(&[x.to_vec()]) else {
+        return 0.5;
+    };
+    let yes = trees
+        .iter()
+        .filter(|t| t.predict(&m).is_ok_and(|v| v.first() == Some(&1)))
+        .count();
+    yes as f64 / trees.len().max(1) as f64
 }
 
 impl Forests {
     /// The success trees, the rate regressors and the feature means from `rows`.
     fn fit(rows: Rows) -> Result<Forests, TrainError> {
-        let xm = matrix(&rows.x).ok_or(TrainError::Rows)?;
-        let mut trees = Vec::with_capacity(usize::from(N_TREES));
-        for i in 0..u64::from(N_TREES) {
-            let params = RandomForestClassifierParameters::default()
-                .with_n_trees(1)
-                .with_m(FEATURE_NAMES.len())
-                .with_seed(SEED + i);
-            trees.push(Classifier::fit(&xm, &rows.y, params).map_err(TrainError::Trees)?);
-        }
+        let trees = trees(&rows.x, &rows.y, N_TREES, SEED)?;
         Ok(Forests {
             trees,
             means: rows.means(),
+            stacking: Stacking::choose(&rows),
         })
     }
 
@@ -616,15 +660,7 @@ impl Forests {
 
     /// Share of the trees voting success.
     fn vote(&self, x: &[f64]) -> f64 {
-        let Some(m) = matrix(&[x.to_vec()]) else {
-            return 0.5;
-        };
-        let yes = self
-            .trees
-            .iter()
-            .filter(|t| t.predict(&m).is_ok_and(|v| v.first() == Some(&1)))
-            .count();
-        yes as f64 / self.trees.len().max(1) as f64
+        vote_of(&self.trees, x)
     }
 }
 
@@ -1052,11 +1088,49 @@ mod tests {
         assert_eq!(a.reasons, b.reasons);
     }
 
+    /// The training grid where every context from 16k fails for a reason the memory model
+    /// does not see (the server times out there), though most of it fits.
+    fn timeouts_from_16k() -> Vec<Record> {
+        training()
+            .into_iter()
+            .map(|mut r| {
+                if r.config.ctx >= 16384 {
+                    r.success = false;
+                    r.outcome = OutcomeClass::Timeout;
+                    r.gpu_used_peak_bytes = None;
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// Cross-validation weighs the memory model by how well it explains the outcomes: wholly
+    /// where it explains every one, at the floor where the trees see what it cannot.
+    #[test]
+    fn the_memory_model_weighs_what_it_explains() {
+        let exact = Predictor::train(&training(), Some("a"), Place::Gpu);
+        let s = exact.forests.as_ref().unwrap().stacking;
+        assert_eq!(s.memory_weight, 1.0, "{s:?}");
+        assert!(s.scored_rows > 0 && s.brier.unwrap() < 0.01, "{s:?}");
+        let blind = Predictor::train(&timeouts_from_16k(), Some("a"), Place::Gpu);
+        let s = blind.forests.as_ref().unwrap().stacking;
+        assert!(s.memory_weight <= 0.5, "{s:?}");
+        // It fits, and the trees say it times out: P follows the trees, above the floor.
+        let pr = blind.predict(&shape(), &cfg(32768, 64, "q8_0"), Some(CAP));
+        assert!(pr.estimate.fits == Some(true), "{:?}", pr.estimate);
+        assert!(pr.p_success < 0.5 && pr.p_success >= 0.1, "{pr:?}");
+        assert!(
+            pr.reasons[1].contains("cross-validation"),
+            "{:?}",
+            pr.reasons
+        );
+    }
+
     #[test]
     fn reasons_name_the_driving_features() {
-        let p = Predictor::train(&training(), Some("a"), Place::Gpu);
-        let best = optimum(512, "f16");
-        let pr = p.predict(&shape(), &cfg(best * 2, 512, "f16"), Some(CAP));
+        // Below the timeouts: at the training mean context (above 16k) the trees say fail.
+        let p = Predictor::train(&timeouts_from_16k(), Some("a"), Place::Gpu);
+        let pr = p.predict(&shape(), &cfg(12288, 64, "q8_0"), Some(CAP));
         let named: Vec<&String> = pr
             .reasons
             .iter()
