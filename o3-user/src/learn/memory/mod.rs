@@ -153,14 +153,22 @@ fn offload_fraction(shape: &ModelShape, cfg: &ProbeConfig) -> (f64, Option<Strin
 
 /// Attention scores llama.cpp materializes without flash attention: one layer's KQ matrix in
 /// f32 (`tokens` × ubatch × head_count × 4 bytes) plus the mask in f32 instead of f16 (2 more
-/// bytes per token·ubatch). Measured on llama.cpp's CPU backend within 2 %. Zero with flash
-/// attention on or unset (llama.cpp's default `auto` turns it on where the backend has it).
-fn attention_scores_bytes(shape: &ModelShape, cfg: &ProbeConfig, tokens: f64) -> f64 {
+/// bytes per token·ubatch): the compute buffer's growth, within 2 % of llama.cpp's log. In
+/// RAM the CPU backend also converts the f32 scores to f16 for the product with V, in a work
+/// buffer beside the compute buffer (2 bytes per score): 50 bytes per token·ubatch for 8
+/// heads, where the test model's RSS grew by 96 MB at 3678 tokens × ubatch 512 (94 MB
+/// predicted; the compute buffer alone, 64 MB). Zero with flash attention on or unset
+/// (llama.cpp's default `auto` turns it on where the backend has it).
+fn attention_scores_bytes(shape: &ModelShape, cfg: &ProbeConfig, place: Place, tokens: f64) -> f64 {
     if cfg.flash_attn != Some(crate::backend::FlashAttn::Off) {
         return 0.0;
     }
     let heads = f64::from(shape.head_count.unwrap_or(0));
-    tokens * f64::from(effective_ubatch(cfg)) * (heads * 4.0 + 2.0)
+    let per_score = match place {
+        Place::Ram => 6.0,
+        Place::Gpu => 4.0,
+    };
+    tokens * f64::from(effective_ubatch(cfg)) * (heads * per_score + 2.0)
 }
 
 /// What a configuration's terms are computed from.
@@ -202,7 +210,7 @@ pub(crate) fn parts(shape: &ModelShape, cfg: &ProbeConfig, place: Place, fill: F
     Parts {
         weights: shape.weights_bytes.map_or(0.0, |w| w as f64) * fraction,
         kv_exact: kv_per_token.map_or(0.0, |p| p * ctx_total * fraction),
-        scores: attention_scores_bytes(shape, cfg, tokens),
+        scores: attention_scores_bytes(shape, cfg, place, tokens),
         ubatch: f64::from(effective_ubatch(cfg)),
         tokens,
         fraction,
@@ -323,8 +331,9 @@ fn notes(
     ));
     if p.scores > 0.0 {
         notes.push(format!(
-            "flash attention off: {} of attention scores (tokens × ubatch × (4·heads + 2) B)",
-            gib(p.scores)
+            "flash attention off: {} of attention scores (tokens × ubatch × ({}·heads + 2) B)",
+            gib(p.scores),
+            if fit.place == Place::Ram { 6 } else { 4 }
         ));
     }
     if cfg.flash_attn.is_none() {
