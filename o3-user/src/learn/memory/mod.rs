@@ -316,8 +316,7 @@ fn notes(
         ),
         None => "weights: unknown size, counted as 0".into(),
     });
-    let fitted = fit.fitted.as_ref();
-    notes.extend(kv_notes(cfg, law, p, fitted.is_some()));
+    notes.extend(kv_notes(cfg, law, p, fit.fitted.is_some()));
     let ubatch = effective_ubatch(cfg);
     notes.push(format!(
         "compute buffer: {} at ubatch {ubatch}{}, {:.0} context token(s) in use",
@@ -352,7 +351,19 @@ fn notes(
             ""
         }
     ));
-    notes.push(match fitted {
+    notes.push(fit_note(fit, prior));
+    if let Some(n) = offload_fraction(shape, cfg)
+        .1
+        .filter(|_| fit.place == Place::Gpu)
+    {
+        notes.push(n);
+    }
+    notes
+}
+
+/// How the law was found: fitted, with how well, or the prior alone.
+fn fit_note(fit: &MemoryFit, prior: &Prior) -> String {
+    match fit.fitted.as_ref() {
         Some(f) => format!(
             "{}: law fitted to {} measured peak(s), which it reproduces within a median {:.1} %, \
              worst {:+.1} %{}",
@@ -373,14 +384,7 @@ fn notes(
             fit.usable,
             prior.source
         ),
-    });
-    if let Some(n) = offload_fraction(shape, cfg)
-        .1
-        .filter(|_| fit.place == Place::Gpu)
-    {
-        notes.push(n);
     }
-    notes
 }
 
 /// The KV cache's notes: an unknown cache type, then the term.
