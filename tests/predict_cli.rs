@@ -88,7 +88,7 @@ fn prior_of(e: &Value, shape: &ModelShape) -> (Place, Law) {
 
 /// The memory model's P(success) from an estimate's JSON, as documented: the peak normal
 /// around the estimate, its sd half the distance to the range's bound on the capacity's side
-/// (at least 0.5 % of the capacity), Φ as 1 / (1 + exp(−1.702 z)).
+/// (at least 0.1 % of the capacity), Φ as 1 / (1 + exp(−1.702 z)).
 fn memory_p(e: &Value) -> f64 {
     let (total, cap) = (u(&e["total_bytes"]) as f64, u(&e["capacity_bytes"]) as f64);
     let bound = if total <= cap {
@@ -96,7 +96,7 @@ fn memory_p(e: &Value) -> f64 {
     } else {
         u(&e["low_bytes"])
     } as f64;
-    let sd = ((bound - total).abs() / 2.0).max(0.005 * cap);
+    let sd = ((bound - total).abs() / 2.0).max(0.001 * cap);
     1.0 / (1.0 + (-1.702 * (cap - total) / sd).exp())
 }
 

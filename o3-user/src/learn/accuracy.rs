@@ -506,3 +506,4 @@ mod tests {
         assert_eq!(a.success.unwrap().evaluated, recs.len());
     }
 }
+

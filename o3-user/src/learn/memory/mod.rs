@@ -32,8 +32,12 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// (llama.cpp's default `-ub`; Ollama's default `num_batch`).
 pub const DEFAULT_UBATCH: u32 = 512;
 
-/// The narrowest a fitted range is on either side of its estimate: run-to-run noise of a peak.
-const MIN_BAND: f64 = 0.01;
+/// The narrowest a fitted range is on either side of its estimate, relative: what a law
+/// reproducing its points exactly still cannot promise (allocator rounding, driver state).
+const MIN_BAND: f64 = 0.002;
+/// ... and in bytes: twice the run-to-run noise of a peak (±0.3 MB measured on llama-server),
+/// which dominates for a small model.
+const MIN_BAND_BYTES: f64 = 1024.0 * 1024.0;
 /// The narrowest range of a fit too small to hold a point out (relative, either side).
 const SMALL_FIT_BAND: f64 = 0.05;
 
@@ -279,10 +283,10 @@ pub fn estimate_at(
 
 /// The range a fitted estimate's peak is expected in: measured = estimate ÷ (1 + error), for
 /// the errors the fit made on points it did not see (its own points' when too few to hold one
-/// out, with a wider floor).
+/// out, with a wider floor), at least [`MIN_BAND`] or [`MIN_BAND_BYTES`] either side.
 fn band(total: f64, held_out: Option<&Residual>, own: &Residual) -> (f64, f64) {
     let (r, floor) = match held_out {
-        Some(h) => (h, MIN_BAND),
+        Some(h) => (h, MIN_BAND.max(MIN_BAND_BYTES / total.max(1.0))),
         None => (own, SMALL_FIT_BAND),
     };
     let over = r.highest.max(floor);
