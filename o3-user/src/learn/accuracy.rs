@@ -506,4 +506,3 @@ mod tests {
         assert_eq!(a.success.unwrap().evaluated, recs.len());
     }
 }
-

@@ -460,7 +460,10 @@ fn a_fitted_range_comes_from_the_held_out_errors() {
     // At least 1 MiB either side: a 40 MB peak's run-to-run noise.
     let (lo, hi) = band(4e7, Some(&own), &own);
     let f = 1048576.0 / 4e7;
-    assert!(close(lo, 4e7 / (1.0 + f)) && close(hi, 4e7 / (1.0 - f)), "{lo} {hi}");
+    assert!(
+        close(lo, 4e7 / (1.0 + f)) && close(hi, 4e7 / (1.0 - f)),
+        "{lo} {hi}"
+    );
 }
 
 /// Every law within the prior's bounds gives a peak within the cold-start range (the terms

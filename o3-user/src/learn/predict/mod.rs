@@ -27,20 +27,20 @@
 //! training is deterministic.
 
 mod blend;
+mod rates;
 
 use serde::Serialize;
 use smartcore::ensemble::random_forest_classifier::{
     RandomForestClassifier, RandomForestClassifierParameters,
 };
-use smartcore::ensemble::random_forest_regressor::{
-    RandomForestRegressor, RandomForestRegressorParameters,
-};
+use smartcore::ensemble::random_forest_regressor::RandomForestRegressor;
 use smartcore::linalg::basic::matrix::DenseMatrix;
 
 use super::memory::{self, Estimate, Fill, MemoryFit, Place};
 use super::{ModelShape, Record};
 use crate::backend::ProbeConfig;
 use blend::{Blend, Stacking};
+use rates::{rate_row, Rates};
 
 /// Fewest records a trained prediction needs; below this the memory model decides alone.
 pub const MIN_RECORDS: usize = 8;
@@ -237,51 +237,6 @@ struct Forests {
     stacking: Stacking,
 }
 
-/// ln(rate) regressors, trained on successful records alone (`None`: too few to learn from).
-#[derive(Default)]
-struct Rates {
-    decode: Option<Regressor>,
-    prefill: Option<Regressor>,
-    /// Distinct successful, trusted, single-stream records with a rate.
-    learned_from: usize,
-}
-
-impl Rates {
-    fn of(rows: &mut Rows) -> Rates {
-        let learned_from = distinct(&rows.decode.0).max(distinct(&rows.prefill.0));
-        Rates {
-            decode: regressor(std::mem::take(&mut rows.decode), SEED + 1000),
-            prefill: regressor(std::mem::take(&mut rows.prefill), SEED + 2000),
-            learned_from,
-        }
-    }
-
-    /// (prefill, decode) at features `x` and a prompt of `depth` tokens.
-    fn at(&self, x: &[f64], depth: u64) -> (Option<f64>, Option<f64>) {
-        let x = rate_row(x, depth);
-        (
-            Forests::rate(self.prefill.as_ref(), &x),
-            Forests::rate(self.decode.as_ref(), &x),
-        )
-    }
-
-    /// What the rates come from, for the reasons.
-    fn reason(&self, depth: u64) -> String {
-        if self.decode.is_none() && self.prefill.is_none() {
-            format!(
-                "rates: {} successful single-stream measurement(s); at least {MIN_RATE_RECORDS} distinct ones are needed",
-                self.learned_from
-            )
-        } else {
-            format!(
-                "rates: random forest on {} successful single-stream measurement(s), at a \
-                 {depth}-token prompt",
-                self.learned_from
-            )
-        }
-    }
-}
-
 /// Predicts configurations of one model from past records (see the module docs).
 pub struct Predictor {
     fit: MemoryFit,
@@ -291,6 +246,9 @@ pub struct Predictor {
     cold: Option<String>,
     forests: Option<Forests>,
     rates: Rates,
+    /// The server's time model for this model and host: carries rates past the deepest prompt
+    /// measured.
+    time: Option<crate::timing::TimeModel>,
 }
 
 fn matrix(rows: &[Vec<f64>]) -> Option<Matrix> {
@@ -391,19 +349,6 @@ impl Rows {
     }
 }
 
-/// A ln(rate) regressor, where there are at least [`MIN_RATE_RECORDS`] distinct records (not
-/// copies) to learn from.
-fn regressor((rx, ry): (Vec<Vec<f64>>, Vec<f64>), seed: u64) -> Option<Regressor> {
-    if distinct(&rx) < MIN_RATE_RECORDS {
-        return None;
-    }
-    let params = RandomForestRegressorParameters::default()
-        .with_n_trees(usize::from(N_TREES))
-        .with_m(FEATURE_NAMES.len() + 1)
-        .with_seed(seed);
-    Regressor::fit(&matrix(&rx)?, &ry, params).ok()
-}
-
 /// Distinct rows (this host's copies counted once).
 fn distinct(rows: &[Vec<f64>]) -> usize {
     let mut d = rows.to_vec();
@@ -430,14 +375,6 @@ fn memory_fit(records: &[Record], this_host: Option<&str>, place: Place) -> Memo
     memory::fit(records, place)
 }
 
-/// A rate regressor's row: the configuration's features and the prompt's depth (a rate at 100
-/// tokens and at 50,000 are not the same measurement: prefill and decode slow with depth).
-fn rate_row(x: &[f64], depth: u64) -> Vec<f64> {
-    let mut row = x.to_vec();
-    row.push(depth as f64);
-    row
-}
-
 impl Predictor {
     /// Trains on `records` (any hosts; those of `this_host` count [`THIS_HOST_WEIGHT`] times)
     /// for estimates of memory at `place`. The memory law is fitted to this host's peaks where
@@ -451,6 +388,7 @@ impl Predictor {
             cold: cold_reason(records),
             forests: None,
             rates: Rates::of(&mut rows),
+            time: None,
             fit,
         };
         if p.cold.is_some() {
@@ -461,6 +399,13 @@ impl Predictor {
             Err(e) => p.cold = Some(e.to_string()),
         }
         p
+    }
+
+    /// With the server's time model for this model and host (fitted to its spans of work),
+    /// which carries rates past the deepest prompt the records measured.
+    pub fn with_time_model(mut self, m: crate::timing::TimeModel) -> Predictor {
+        self.time = Some(m);
+        self
     }
 
     /// Records trained on (distinct records, before this host's duplication).
@@ -517,9 +462,10 @@ impl Predictor {
             None => self.cold_prediction(estimate, &blend),
             Some(f) => self.trained_prediction(f, &x, estimate, &blend),
         };
-        (p.prefill_tokens_per_s, p.decode_tokens_per_s) = self.rates.at(&x, depth);
+        let time = self.time.as_ref();
+        (p.prefill_tokens_per_s, p.decode_tokens_per_s) = self.rates.at(&x, depth, time);
         p.rates_depth_tokens = depth;
-        p.reasons.push(self.rates.reason(depth));
+        p.reasons.push(self.rates.reason(depth, time));
         p
     }
 
@@ -650,12 +596,6 @@ impl Forests {
                 )
             })
             .collect()
-    }
-
-    /// A regressor's rate at `x` (it predicts the logarithm).
-    fn rate(m: Option<&Regressor>, x: &[f64]) -> Option<f64> {
-        let v = m?.predict(&matrix(&[x.to_vec()])?).ok()?;
-        v.first().map(|l| l.exp()).filter(|r| r.is_finite())
     }
 
     /// Share of the trees voting success.
@@ -1023,6 +963,59 @@ mod tests {
                 pr.reasons
             );
         }
+    }
+
+    /// Past the deepest prompt measured a forest answers the deepest rate it saw; the time
+    /// model's law (fitted to spans that follow the truth's) carries it to the depth asked.
+    #[test]
+    fn rates_past_the_deepest_measured_prompt_follow_the_time_model() {
+        use crate::timing::{Obs, Prior, TimeModel};
+        let recs: Vec<Record> = grid()
+            .into_iter()
+            .filter(|c| c.ctx <= 16384)
+            .map(|c| probe("a", c, CAP))
+            .collect();
+        let p = Predictor::train(&recs, Some("a"), Place::Gpu);
+        let c = cfg(65536, 512, "f16");
+        let (_, want) = truth_rates(&c);
+        let flat = p.predict(&shape(), &c, Some(CAP));
+        let err = |got: f64| (got - want).abs() / want;
+        assert!(err(flat.decode_tokens_per_s.unwrap()) > 0.3, "{flat:?}");
+        assert!(
+            flat.reasons
+                .last()
+                .unwrap()
+                .contains("an upper bound (no time model"),
+            "{:?}",
+            flat.reasons
+        );
+        // Decode spans at the measured depths, from the truth's law (depth = 0.9 × ctx).
+        let spans: Vec<Obs> = [1843u64, 3686, 7373, 14745]
+            .iter()
+            .map(|&d| Obs::Decode {
+                depth: d,
+                tokens: 1,
+                s: (1.0 + d as f64 / 0.9 / 65536.0) / 60.0,
+            })
+            .collect();
+        let mut time = TimeModel::new(Prior::from_size(None, None));
+        time.observe(&spans);
+        let carried = p.with_time_model(time).predict(&shape(), &c, Some(CAP));
+        let got = carried.decode_tokens_per_s.unwrap();
+        assert!(
+            err(got) < 0.1,
+            "decode {got} vs {want}: {:?}",
+            carried.reasons
+        );
+        assert!(
+            carried
+                .reasons
+                .last()
+                .unwrap()
+                .contains("carried by the time model's law"),
+            "{:?}",
+            carried.reasons
+        );
     }
 
     #[test]

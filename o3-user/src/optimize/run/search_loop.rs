@@ -146,13 +146,17 @@ fn store_sink<'a>(st: &'a Store, r: &'a StoreRef, rf: &RunFile) -> Sink<'a> {
         let depth = prompt.depth_tokens(req.config.ctx);
         let rec = learned::record_of(req, out, depth, &r.host_id, &r.model_id, &shape, cap);
         let before = st.records(None, Some(&r.model_id))?;
-        let predicted = Predictor::train(&before, Some(&r.host_id), place).predict_at(
-            &shape,
-            &rec.config,
-            cap,
-            memory::fill_of(&rec),
-            predict::depth_of(&rec),
-        );
+        let mut time = TimeModel::new(Prior::from_size(shape.parameters, shape.weights_bytes));
+        time.observe(&st.timing(&r.host_id, &r.model_id, 64)?);
+        let predicted = Predictor::train(&before, Some(&r.host_id), place)
+            .with_time_model(time)
+            .predict_at(
+                &shape,
+                &rec.config,
+                cap,
+                memory::fill_of(&rec),
+                predict::depth_of(&rec),
+            );
         let raw = raw.map(|v| v.to_string());
         let id = st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())?;
         st.add_prediction(id, &PredictionRow::of(&predicted))?;
