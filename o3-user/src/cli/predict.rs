@@ -120,17 +120,7 @@ fn failure(msg: String) -> (anyhow::Error, i32) {
 
 pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
     let mut cfg = config(&a)?;
-    let capacity_override = match a.capacity_gib {
-        None => None,
-        Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => {
-            Some((g * (1u64 << 30) as f64).round() as u64)
-        }
-        Some(g) => {
-            return Err(usage(format!(
-                "--capacity-gib {g} is not a memory size: give a positive number of GiB"
-            )))
-        }
-    };
+    let capacity_override = capacity_gib(a.capacity_gib)?;
     let mut notes = Vec::new();
     let backend = a.backend.unwrap_or(
         match crate::optimize::target::choose_backend(None, Some(&a.model), false).0 {
@@ -138,16 +128,7 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
             _ => ShapeFrom::LlamaServer,
         },
     );
-    let (shape, digest) = match backend {
-        ShapeFrom::LlamaServer => {
-            let path = Path::new(&a.model);
-            let info = gguf::read(path).map_err(|e| failure(e.to_string()))?;
-            let digest = fingerprint::model_digest(path)
-                .map_err(|e| failure(format!("cannot read model file {}: {e}", path.display())))?;
-            (ModelShape::from_gguf(&info), digest)
-        }
-        ShapeFrom::Ollama => ollama_shape(&a.url, &a.model)?,
-    };
+    let (shape, digest) = model_shape(&a, backend)?;
     if let Some(trained) = shape.trained_context.filter(|&t| a.ctx > t) {
         notes.push(format!(
             "--ctx {} is above the model's trained context {trained}: Ollama clamps it, \
@@ -163,11 +144,15 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
     }
     let host_id = fingerprint::host(&roots.procfs_root, &roots.sysfs_root, &roots.dev_root).id();
     let model_id = store::model_id(&a.model, &digest);
-    let (mut records, running) = store_records(a.db.as_deref(), &model_id, &host_id, &mut notes)?;
+    let Stored {
+        mut records,
+        running,
+        spans,
+    } = store_records(a.db.as_deref(), &model_id, &host_id, &mut notes)?;
     if let Some(p) = &a.records {
         records.extend(read_records(p)?);
     }
-    let predictor = Predictor::train(&records, Some(&host_id), place);
+    let predictor = trained(&records, &spans, &shape, &host_id, place);
     let depth = a
         .depth
         .unwrap_or_else(|| crate::learn::predict::default_depth(cfg.ctx));
@@ -199,6 +184,57 @@ pub fn run(roots: &Roots, a: PredictArgs) -> CliResult {
         ))?;
     }
     Ok(0)
+}
+
+/// `--capacity-gib` in bytes, checked.
+fn capacity_gib(g: Option<f64>) -> Result<Option<u64>, (anyhow::Error, i32)> {
+    match g {
+        None => Ok(None),
+        Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => {
+            Ok(Some((g * (1u64 << 30) as f64).round() as u64))
+        }
+        Some(g) => Err(usage(format!(
+            "--capacity-gib {g} is not a memory size: give a positive number of GiB"
+        ))),
+    }
+}
+
+/// The model's shape and its digest (the store's model id): from the GGUF header, or from a
+/// running Ollama.
+fn model_shape(
+    a: &PredictArgs,
+    backend: ShapeFrom,
+) -> Result<(ModelShape, String), (anyhow::Error, i32)> {
+    match backend {
+        ShapeFrom::LlamaServer => {
+            let path = Path::new(&a.model);
+            let info = gguf::read(path).map_err(|e| failure(e.to_string()))?;
+            let digest = fingerprint::model_digest(path)
+                .map_err(|e| failure(format!("cannot read model file {}: {e}", path.display())))?;
+            Ok((ModelShape::from_gguf(&info), digest))
+        }
+        ShapeFrom::Ollama => ollama_shape(&a.url, &a.model),
+    }
+}
+
+/// The predictor of `records`, with the time model of this host's `spans` when there are any.
+fn trained(
+    records: &[Record],
+    spans: &[crate::timing::Obs],
+    shape: &ModelShape,
+    host_id: &str,
+    place: memory::Place,
+) -> Predictor {
+    let p = Predictor::train(records, Some(host_id), place);
+    if spans.is_empty() {
+        return p;
+    }
+    let mut m = crate::timing::TimeModel::new(crate::timing::Prior::from_size(
+        shape.parameters,
+        shape.weights_bytes,
+    ));
+    m.observe(spans);
+    p.with_time_model(m)
 }
 
 /// The configuration from the flags, checked: one line naming a bad value.
@@ -319,21 +355,35 @@ fn machine_capacity(roots: &Roots) -> (Option<u64>, String, bool) {
 /// How many of the last predictions the running error sums up.
 const RUNNING_ERROR_OF: usize = 20;
 
-/// The store's records of this model (all hosts), and the running error of the last
-/// predictions runs made for it on this host. A missing store is no records.
+/// Probes of this host and model whose spans of work the time model is fitted to, at most
+/// (the newest), as `o3 optimize` seeds its own.
+const TIME_MODEL_PROBES: u32 = 64;
+
+/// What the store holds for a prediction.
+#[derive(Default)]
+struct Stored {
+    /// This model's records (all hosts).
+    records: Vec<Record>,
+    /// The last predictions runs made for it on this host, against what followed.
+    running: Option<RunningError>,
+    /// This host's spans of work with this model (the time model's input).
+    spans: Vec<crate::timing::Obs>,
+}
+
+/// What the store holds for this model and host. A missing store is nothing.
 fn store_records(
     db: Option<&Path>,
     model_id: &str,
     host_id: &str,
     notes: &mut Vec<String>,
-) -> Result<(Vec<Record>, Option<RunningError>), (anyhow::Error, i32)> {
+) -> Result<Stored, (anyhow::Error, i32)> {
     let path = db.map_or_else(store::default_path, Path::to_path_buf);
     if !path.exists() {
         notes.push(format!(
             "no results store at {}: no measurements to learn from yet",
             path.display()
         ));
-        return Ok((Vec::new(), None));
+        return Ok(Stored::default());
     }
     let s = Store::open(&path).map_err(|e| failure(e.to_string()))?;
     let records = s
@@ -342,7 +392,14 @@ fn store_records(
     let checked = s
         .checked_predictions(Some(host_id), Some(model_id), None, RUNNING_ERROR_OF)
         .map_err(|e| failure(e.to_string()))?;
-    Ok((records, RunningError::of(&checked)))
+    let spans = s
+        .timing(host_id, model_id, TIME_MODEL_PROBES)
+        .map_err(|e| failure(e.to_string()))?;
+    Ok(Stored {
+        records,
+        running: RunningError::of(&checked),
+        spans,
+    })
 }
 
 /// Records from a JSON Lines file; blank lines are skipped.

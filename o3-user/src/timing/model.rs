@@ -303,6 +303,18 @@ impl TimeModel {
         }
     }
 
+    /// The deepest prompt any measured span reached (prefill or decode), tokens.
+    pub fn deepest_measured(&self) -> Option<u64> {
+        self.obs
+            .iter()
+            .filter_map(|o| match *o {
+                Obs::Prefill { to, .. } => Some(to),
+                Obs::Decode { depth, tokens, .. } => Some(depth + tokens),
+                Obs::Load { .. } => None,
+            })
+            .max()
+    }
+
     /// The half-rate depth of prefill (`h`), when measured.
     pub fn prefill_half_depth(&self) -> Option<f64> {
         let f = self.prefill.as_ref().filter(|f| f.depth_measured)?;

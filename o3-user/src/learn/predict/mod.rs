@@ -1000,7 +1000,15 @@ mod tests {
             .collect();
         let mut time = TimeModel::new(Prior::from_size(None, None));
         time.observe(&spans);
-        let carried = p.with_time_model(time).predict(&shape(), &c, Some(CAP));
+        let p = p.with_time_model(time);
+        // More than 4 times past the deepest span the law is not trusted: the forests' answer.
+        let far = p.predict(&shape(), &cfg(131072, 512, "f16"), Some(CAP));
+        assert!(
+            far.reasons.last().unwrap().contains("an upper bound"),
+            "{:?}",
+            far.reasons
+        );
+        let carried = p.predict(&shape(), &c, Some(CAP));
         let got = carried.decode_tokens_per_s.unwrap();
         assert!(
             err(got) < 0.1,

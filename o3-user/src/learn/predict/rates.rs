@@ -7,6 +7,9 @@ use smartcore::ensemble::random_forest_regressor::RandomForestRegressorParameter
 use super::{distinct, matrix, Regressor, Rows, FEATURE_NAMES, MIN_RATE_RECORDS, N_TREES, SEED};
 use crate::timing::TimeModel;
 
+/// How far past its deepest span the time model's law is trusted to carry a rate.
+pub const MAX_CARRY: u64 = 4;
+
 /// ln(rate) regressors, trained on successful records alone (`None`: too few to learn from).
 #[derive(Default)]
 pub(super) struct Rates {
@@ -55,10 +58,16 @@ impl Rates {
     }
 
     /// The depth the forests are asked at, and the factors the time model carries their
-    /// answers deeper by (1 within the measured depths, or without a time model).
+    /// answers deeper by (1 within the measured depths, without a time model, or where its
+    /// spans reach less than 1/[`MAX_CARRY`] of the depth: a law fitted on short prompts of a
+    /// loaded machine is no guide to one eight times longer).
     fn carried(&self, depth: u64, time: Option<&TimeModel>) -> (u64, (f64, f64)) {
+        let reaches = |t: &TimeModel| {
+            t.deepest_measured()
+                .is_some_and(|d| d.saturating_mul(MAX_CARRY) >= depth)
+        };
         match (self.deepest, time) {
-            (Some(deep), Some(t)) if depth > deep && deep > 0 => {
+            (Some(deep), Some(t)) if depth > deep && deep > 0 && reaches(t) => {
                 let mean_prefill = |d: u64| d as f64 / t.fill(0, d).expected_s;
                 let ratio = |a: f64, b: f64| if b > 0.0 && a.is_finite() { a / b } else { 1.0 };
                 (
@@ -94,7 +103,8 @@ impl Rates {
             ),
             (Some(deep), _) if depth > deep => format!(
                 "{base}: past the deepest measured ({deep} tokens) the forests answer for it, \
-                 an upper bound (no time model to carry them deeper)"
+                 an upper bound (no time model whose spans reach a quarter of that depth to \
+                 carry them deeper)"
             ),
             _ => base,
         }
