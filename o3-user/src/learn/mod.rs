@@ -36,6 +36,22 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
+    /// Llama 3.1 8B Q4_K_M (32 blocks, 32 heads, 8 KV heads of 128): the tests' model.
+    #[cfg(test)]
+    pub(crate) fn llama31_8b() -> ModelShape {
+        ModelShape {
+            architecture: Some("llama".into()),
+            parameters: Some(8_030_261_248),
+            weights_bytes: Some(4_920_734_720),
+            trained_context: Some(131072),
+            block_count: Some(32),
+            embedding_length: Some(4096),
+            head_count: Some(32),
+            head_count_kv: Some(8),
+            ..ModelShape::default()
+        }
+    }
+
     pub fn from_ollama(i: &crate::backend::ollama::ModelInfo) -> ModelShape {
         ModelShape {
             architecture: i.architecture.clone(),

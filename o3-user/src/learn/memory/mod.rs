@@ -305,13 +305,6 @@ fn notes(
     compute: f64,
 ) -> Vec<String> {
     let mut notes = Vec::new();
-    let offloaded = |f: f64| {
-        if f < 1.0 {
-            format!(" × {f:.3} offloaded")
-        } else {
-            String::new()
-        }
-    };
     notes.push(match shape.weights_bytes {
         Some(w) => format!(
             "weights: {} of tensor data{}",
@@ -391,16 +384,18 @@ fn fit_note(fit: &MemoryFit, prior: &Prior) -> String {
     }
 }
 
+/// ` × 0.250 offloaded` for a fraction of the layers, nothing for all of them.
+fn offloaded(f: f64) -> String {
+    if f < 1.0 {
+        format!(" × {f:.3} offloaded")
+    } else {
+        String::new()
+    }
+}
+
 /// The KV cache's notes: an unknown cache type, then the term.
 fn kv_notes(cfg: &ProbeConfig, law: &Law, p: &Parts, fitted: bool) -> Vec<String> {
     let mut notes = Vec::new();
-    let offloaded = |f: f64| {
-        if f < 1.0 {
-            format!(" × {f:.3} offloaded")
-        } else {
-            String::new()
-        }
-    };
     let (k, v, types_known) = &p.kv_types;
     if !types_known {
         notes.push(format!(

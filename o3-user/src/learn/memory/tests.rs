@@ -7,17 +7,7 @@ use crate::learn::Record;
 
 /// Llama 3.1 8B: 32 blocks, 32 heads, 8 KV heads, head dimension 128.
 fn llama8b() -> ModelShape {
-    ModelShape {
-        architecture: Some("llama".into()),
-        parameters: Some(8_030_261_248),
-        weights_bytes: Some(4_920_734_720),
-        trained_context: Some(131072),
-        block_count: Some(32),
-        embedding_length: Some(4096),
-        head_count: Some(32),
-        head_count_kv: Some(8),
-        ..ModelShape::default()
-    }
+    ModelShape::llama31_8b()
 }
 
 /// The test model (o3-tiny-llama.gguf): 4 blocks, 8 heads, 4 KV heads of 32, 10.2 MiB of f32.

@@ -646,17 +646,7 @@ mod tests {
 
     /// Llama 3.1 8B Q4_K_M.
     fn shape() -> ModelShape {
-        ModelShape {
-            architecture: Some("llama".into()),
-            parameters: Some(8_030_261_248),
-            weights_bytes: Some(4_920_734_720),
-            trained_context: Some(131072),
-            block_count: Some(32),
-            embedding_length: Some(4096),
-            head_count: Some(32),
-            head_count_kv: Some(8),
-            ..ModelShape::default()
-        }
+        ModelShape::llama31_8b()
     }
 
     /// The synthetic truth: the memory model with this compute law is exact.
