@@ -130,6 +130,42 @@ fn intermittent_failures_make_validation_step_down_to_the_stable_context() {
     }
 }
 
+/// A zone that fails validation far below the memory limit (20 granules): after three
+/// failures in a row a granule apart, the proof bisects, so it reaches the stable context in a
+/// few validations instead of one per granule (each a fill at depth, minutes to an hour on the
+/// target machines).
+#[test]
+fn a_flaky_zone_far_below_the_memory_limit_is_bisected_not_stepped_through() {
+    let g = 1024;
+    let mut cfg = Config::default();
+    cfg.search.granularity = g;
+    cfg.batch.enabled = false;
+    cfg.concurrency.enabled = false;
+    let m = SimModel {
+        flaky_above: Some(40_000),
+        flaky_every: 3,
+        ..model(12.0)
+    };
+    let batch0 = cfg.batch.initial_for(Some(m.parameters));
+    let stable_truth = m.max_stable_context(Some(batch0), 1);
+    let mut sim = Sim::new(m.clone());
+    let r = search::run(&inputs(&cfg, &m), &mut sim, &mut Silent);
+    let passing = r.context.max_passing.expect("something passes");
+    assert!(
+        (passing - stable_truth) / g >= 15,
+        "{passing} {stable_truth}"
+    );
+    assert_eq!(r.context.validated, Some(stable_truth / g * g));
+    let proofs = r.context.proofs.len() as u32;
+    // Three granule steps, then a bisection of the rest (at most log2 of it, plus one).
+    let rest = (passing - stable_truth) / g;
+    assert!(
+        proofs <= 3 + 32 - rest.leading_zeros() + 2,
+        "{proofs} validations for {rest} granules: {:?}",
+        r.context.proofs
+    );
+}
+
 #[test]
 fn noisy_rates_still_validate() {
     let mut cfg = Config::default();

@@ -1,12 +1,16 @@
 //! Stage 3, the proof of the maximum: validation filled to depth at the largest context that
 //! loads. A batch that does not load there falls back down the ladder; a context that loads but
-//! fails filled is bisected with filled probes; one that fails validation steps down a granule.
+//! fails filled is bisected with filled probes; one that fails validation steps down a granule,
+//! and after three such failures in a row bisects too.
 
 use crate::backend::OutcomeClass;
 use crate::optimize::prober::Prober;
 
 use super::state::Search;
 use super::{batch_ladder, ContextProbe, Measured, Observer, Report};
+
+/// Validations failing in a row (a granule apart) before the proof bisects instead.
+const STEPS_BEFORE_BISECTING: u32 = 3;
 
 /// How a filled validation failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,8 +46,11 @@ struct Proof {
     hi: i64,
     /// The next to validate.
     k: i64,
-    /// A fill failed: later failures bisect instead of stepping down a granule.
+    /// A fill failed, or validation failed [`STEPS_BEFORE_BISECTING`] times in a row: later
+    /// failures bisect instead of stepping down a granule.
     bisect: bool,
+    /// Validations failed in a row (unstable, not a failed fill).
+    unstable_in_a_row: u32,
     /// Validations counted against `search.max_iterations`.
     attempts: u32,
 }
@@ -57,6 +64,7 @@ impl Proof {
             hi: i64::from(kmax),
             k: i64::from(kmax),
             bisect: false,
+            unstable_in_a_row: 0,
             attempts: 0,
         }
     }
@@ -77,6 +85,7 @@ impl Proof {
 
     /// `k` passed; whether the proof is done.
     fn passed(&mut self) -> bool {
+        self.unstable_in_a_row = 0;
         self.lo = self.k;
         if self.lo >= self.hi {
             return true;
@@ -92,8 +101,15 @@ impl Proof {
         self.k = self.mid();
     }
 
-    /// `k` failed validation: a granule down (bisecting once a fill failed).
+    /// `k` failed validation: a granule down, bisecting once a fill failed or after
+    /// [`STEPS_BEFORE_BISECTING`] failures in a row (a zone that fails validation far below
+    /// the memory limit would otherwise cost one filled validation, minutes to an hour at
+    /// depth, per granule).
     fn failed_validation(&mut self) {
+        self.unstable_in_a_row += 1;
+        if self.unstable_in_a_row >= STEPS_BEFORE_BISECTING {
+            self.bisect = true;
+        }
         self.hi = self.k - 1;
         self.k = if self.bisect { self.mid() } else { self.hi };
     }
