@@ -136,30 +136,57 @@ fn seeded_time_model(rf: &RunFile) -> Option<TimeModel> {
     Some(m)
 }
 
-/// Each probe run now, as a record of the results store, with what o3 would have predicted for
-/// it from everything stored before it (its running error: `o3 predict`, the report).
+/// Each probe run now, as a record of the results store, with what o3 predicted for it from
+/// what was stored before it (its running error: `o3 predict`, the report).
 fn store_sink<'a>(st: &'a Store, r: &'a StoreRef, rf: &RunFile) -> Sink<'a> {
     let (shape, cap) = (rf.shape.clone(), rf.capacity_bytes);
     let prompt = rf.config.prompt.clone();
     let place = super::facts::place(&rf.host);
+    let mut cached: Option<(usize, Predictor)> = None;
     Box::new(move |req, out, raw| {
         let depth = prompt.depth_tokens(req.config.ctx);
         let rec = learned::record_of(req, out, depth, &r.host_id, &r.model_id, &shape, cap);
         let before = st.records(None, Some(&r.model_id))?;
-        let mut time = TimeModel::new(Prior::from_size(shape.parameters, shape.weights_bytes));
-        time.observe(&st.timing(&r.host_id, &r.model_id, 64)?);
-        let predicted = Predictor::train(&before, Some(&r.host_id), place)
-            .with_time_model(time)
-            .predict_at(
-                &shape,
-                &rec.config,
-                cap,
-                memory::fill_of(&rec),
-                predict::depth_of(&rec),
-            );
+        if cached.as_ref().is_none_or(|(n, _)| stale(*n, before.len())) {
+            let mut time = TimeModel::new(Prior::from_size(shape.parameters, shape.weights_bytes));
+            time.observe(&st.timing(&r.host_id, &r.model_id, 64)?);
+            let p = Predictor::train(&before, Some(&r.host_id), place).with_time_model(time);
+            cached = Some((before.len(), p));
+        }
+        let Some((_, predictor)) = cached.as_ref() else {
+            unreachable!("trained above")
+        };
+        let predicted = predictor.predict_at(
+            &shape,
+            &rec.config,
+            cap,
+            memory::fill_of(&rec),
+            predict::depth_of(&rec),
+        );
         let raw = raw.map(|v| v.to_string());
         let id = st.add_probe(r.run_id, req.stage.name(), &rec, raw.as_deref())?;
         st.add_prediction(id, &PredictionRow::of(&predicted))?;
         Ok(())
     })
+}
+
+/// Whether a predictor trained on `trained` records is to be trained again now that there are
+/// `now`: after every new record while there are few, after a tenth more once there are many
+/// (training costs a second on a thousand records; a sweep can run a thousand probes).
+fn stale(trained: usize, now: usize) -> bool {
+    now >= trained + (trained / 10).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_predictor_is_retrained_after_each_new_record_then_each_tenth_more() {
+        use super::stale;
+        assert!(!stale(0, 0));
+        assert!(stale(0, 1));
+        assert!(stale(9, 10));
+        assert!(!stale(100, 109));
+        assert!(stale(100, 110));
+        assert!(!stale(1000, 1099));
+    }
 }
