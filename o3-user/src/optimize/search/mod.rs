@@ -6,7 +6,8 @@
 //! 3. **Proof of the maximum**: validation with prompts filled to `prompt.fill` of it (the
 //!    first request reads the whole prompt, the others reuse that prefix). A context that loads
 //!    but fails filled is searched again with filled probes (bisection); one that fails
-//!    validation steps down a granule (bisecting after three such failures in a row).
+//!    validation steps down a granule (after three such failures in a row 2, 4, 8 …, then
+//!    bisecting).
 //! 4. **The presets' own contexts**, proven the same way.
 //! 5. **Concurrency levels** with as many server slots, every stream filled to depth.
 //!

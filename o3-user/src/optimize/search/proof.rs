@@ -1,7 +1,8 @@
 //! Stage 3, the proof of the maximum: validation filled to depth at the largest context that
 //! loads. A batch that does not load there falls back down the ladder; a context that loads but
 //! fails filled is bisected with filled probes; one that fails validation steps down a granule,
-//! and after three such failures in a row bisects too.
+//! and after three such failures in a row 2, 4, 8 … granules, bisecting the gap above the first
+//! that passes.
 
 use crate::backend::OutcomeClass;
 use crate::optimize::prober::Prober;
@@ -9,8 +10,8 @@ use crate::optimize::prober::Prober;
 use super::state::Search;
 use super::{batch_ladder, ContextProbe, Measured, Observer, Report};
 
-/// Validations failing in a row (a granule apart) before the proof bisects instead.
-const STEPS_BEFORE_BISECTING: u32 = 3;
+/// Validations failing in a row (a granule apart) before the proof's steps down double.
+const STEPS_BEFORE_GALLOPING: u32 = 3;
 
 /// How a filled validation failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,11 +47,14 @@ struct Proof {
     hi: i64,
     /// The next to validate.
     k: i64,
-    /// A fill failed, or validation failed [`STEPS_BEFORE_BISECTING`] times in a row: later
-    /// failures bisect instead of stepping down a granule.
+    /// A fill failed, or a pass followed a gallop down: later failures bisect instead of
+    /// stepping down.
     bisect: bool,
     /// Validations failed in a row (unstable, not a failed fill).
     unstable_in_a_row: u32,
+    /// Granules the next step down spans: 1, then doubling after [`STEPS_BEFORE_GALLOPING`]
+    /// failures in a row.
+    stride: i64,
     /// Validations counted against `search.max_iterations`.
     attempts: u32,
 }
@@ -65,6 +69,7 @@ impl Proof {
             k: i64::from(kmax),
             bisect: false,
             unstable_in_a_row: 0,
+            stride: 1,
             attempts: 0,
         }
     }
@@ -86,6 +91,8 @@ impl Proof {
     /// `k` passed; whether the proof is done.
     fn passed(&mut self) -> bool {
         self.unstable_in_a_row = 0;
+        // Galloped past the boundary: the gap above is bisected.
+        self.bisect |= self.stride > 1;
         self.lo = self.k;
         if self.lo >= self.hi {
             return true;
@@ -101,17 +108,21 @@ impl Proof {
         self.k = self.mid();
     }
 
-    /// `k` failed validation: a granule down, bisecting once a fill failed or after
-    /// [`STEPS_BEFORE_BISECTING`] failures in a row (a zone that fails validation far below
-    /// the memory limit would otherwise cost one filled validation, minutes to an hour at
-    /// depth, per granule).
+    /// `k` failed validation: a granule down; after [`STEPS_BEFORE_GALLOPING`] failures in a
+    /// row 2, 4, 8 … granules (a zone that fails validation far below the memory limit would
+    /// otherwise cost one filled validation, minutes to an hour at depth, per granule); once a
+    /// fill failed or a gallop passed, bisecting.
     fn failed_validation(&mut self) {
         self.unstable_in_a_row += 1;
-        if self.unstable_in_a_row >= STEPS_BEFORE_BISECTING {
-            self.bisect = true;
-        }
         self.hi = self.k - 1;
-        self.k = if self.bisect { self.mid() } else { self.hi };
+        if self.bisect {
+            self.k = self.mid();
+            return;
+        }
+        if self.unstable_in_a_row >= STEPS_BEFORE_GALLOPING {
+            self.stride *= 2;
+        }
+        self.k = (self.hi - (self.stride - 1)).max(self.lo + 1);
     }
 }
 
