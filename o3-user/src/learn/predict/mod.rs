@@ -649,7 +649,7 @@ mod tests {
         ModelShape::llama31_8b()
     }
 
-    /// The synthetic truth: the memory model with this compute law is exact.
+    /// The synthetic truth: the memory model with this law is exact.
     fn truth_fit() -> MemoryFit {
         MemoryFit::known(
             Place::Gpu,
@@ -1029,7 +1029,7 @@ mod tests {
             (pr.decode_tokens_per_s, pr.prefill_tokens_per_s),
             (None, None)
         );
-        // Nor the compute fit.
+        // Nor the memory law.
         assert_eq!(p.memory_fit().usable, 0);
     }
 
