@@ -276,8 +276,7 @@ fn held_out_predictions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{FlashAttn, OutcomeClass, ProbeConfig};
-    use crate::learn::memory::{Law, MemoryFit};
+    use crate::backend::{OutcomeClass, ProbeConfig};
     use crate::learn::ModelShape;
 
     const GIB: u64 = 1 << 30;
@@ -288,30 +287,7 @@ mod tests {
         ModelShape::llama31_8b()
     }
 
-    /// The truth: the memory model with this law is exact on the GPU.
-    fn truth() -> MemoryFit {
-        MemoryFit::known(
-            Place::Gpu,
-            Law {
-                overhead_bytes: 300.0 * f64::from(1 << 20),
-                kv_scale: 1.0,
-                per_ubatch_bytes: 520_000.0,
-                per_token_bytes: 0.0,
-                per_token_ubatch_bytes: 2.0,
-            },
-        )
-    }
-
-    fn cfg(ctx: u32, batch: u32, kv: &str) -> ProbeConfig {
-        ProbeConfig {
-            ctx,
-            batch: Some(batch),
-            flash_attn: Some(FlashAttn::On),
-            cache_type_k: Some(kv.into()),
-            cache_type_v: Some(kv.into()),
-            ..ProbeConfig::default()
-        }
-    }
+    use crate::learn::predict::testing::{cfg, truth_fit as truth};
 
     /// A probe of `c` on a host with `capacity`: succeeds iff the true estimate fits, at the
     /// rates `rates` gives.

@@ -28,6 +28,8 @@
 
 mod blend;
 mod rates;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use serde::Serialize;
 use smartcore::ensemble::random_forest_classifier::{
@@ -649,30 +651,7 @@ mod tests {
         ModelShape::llama31_8b()
     }
 
-    /// The synthetic truth: the memory model with this law is exact.
-    fn truth_fit() -> MemoryFit {
-        MemoryFit::known(
-            Place::Gpu,
-            memory::Law {
-                overhead_bytes: 300.0 * f64::from(1 << 20),
-                kv_scale: 1.0,
-                per_ubatch_bytes: 520_000.0,
-                per_token_bytes: 0.0,
-                per_token_ubatch_bytes: 2.0,
-            },
-        )
-    }
-
-    fn cfg(ctx: u32, batch: u32, kv: &str) -> ProbeConfig {
-        ProbeConfig {
-            ctx,
-            batch: Some(batch),
-            flash_attn: Some(crate::backend::FlashAttn::On),
-            cache_type_k: Some(kv.into()),
-            cache_type_v: Some(kv.into()),
-            ..ProbeConfig::default()
-        }
-    }
+    use super::testing::{cfg, truth_fit};
 
     /// Decode slows with context and KV precision, prefill grows with the batch.
     fn truth_rates(c: &ProbeConfig) -> (f64, f64) {
