@@ -70,6 +70,22 @@ pub struct SimModel {
     pub seed: u64,
     /// Output tokens per request (as in the configuration).
     pub output_tokens: u32,
+    /// What a quantized KV cache (q8_0 and smaller) does to the prefill and decode rates
+    /// against f16. Default: Strix Halo, Vulkan RADV, Qwen3.6-35B-A3B at 32K (q8_0: prefill
+    /// 1023 against 1217 tok/s, decode 54.6 against 51.0; hogeheer499 strix-halo-guide,
+    /// `data/filled_kv_decode.csv`).
+    pub kv_quant_prefill_factor: f64,
+    pub kv_quant_decode_factor: f64,
+    /// What flash attention off does to prefill and decode against on. Default: RADV, where
+    /// turning it on gains 3.7 % of pp512 and costs about 1 % of tg (kyuz0's Strix Halo
+    /// benchmarks, "Impact of Flash Attention"); ROCm without rocWMMA is the other way round
+    /// (on: −21 %).
+    pub fa_off_prefill_factor: f64,
+    pub fa_off_decode_factor: f64,
+    /// Bytes per context token per micro-batch token that flash attention off adds: one
+    /// layer's f32 attention scores and an f32 mask, `4 × heads + 2` (llama.cpp; 130 for 32
+    /// heads).
+    pub fa_off_bytes_per_ctx_ubatch: u64,
 }
 
 impl Default for SimModel {
@@ -99,6 +115,11 @@ impl Default for SimModel {
             prefix_reuse: true,
             seed: 1,
             output_tokens: 64,
+            kv_quant_prefill_factor: 1023.0 / 1217.0,
+            kv_quant_decode_factor: 54.6 / 51.0,
+            fa_off_prefill_factor: 1.0 / 1.037,
+            fa_off_decode_factor: 1.01,
+            fa_off_bytes_per_ctx_ubatch: 4 * 32 + 2,
         }
     }
 }
@@ -128,7 +149,67 @@ impl SimModel {
     }
 
     fn fits(&self, c: &ProbeConfig) -> bool {
-        c.ctx <= self.max_context(c.batch, c.parallel.unwrap_or(1))
+        c.ctx <= self.max_context_of(c)
+    }
+
+    /// What a configuration holds at load: weights, its KV cache (by its cache types), the
+    /// compute buffer by its micro-batch, and with flash attention off the attention scores.
+    pub fn bytes_of(&self, c: &ProbeConfig) -> u64 {
+        let ctx_total = u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1));
+        self.weights_bytes
+            + self.kv_bytes_of(c) * ctx_total
+            + self.extra_bytes_per_token(c) * ctx_total
+            + self.compute_bytes(ubatch_of(c))
+    }
+
+    /// KV bytes per token at the configuration's cache types (the model's figure is f16).
+    fn kv_bytes_of(&self, c: &ProbeConfig) -> u64 {
+        let bytes = |t: &Option<String>| {
+            crate::learn::memory::cache_type_bytes(t.as_deref().unwrap_or("f16")).unwrap_or(2.0)
+        };
+        let factor = (bytes(&c.cache_type_k) + bytes(&c.cache_type_v)) / 4.0;
+        (self.kv_bytes_per_token as f64 * factor).round() as u64
+    }
+
+    /// Bytes per context token beyond the KV cache: the attention scores with flash attention
+    /// off (per micro-batch token), nothing with it on or unset.
+    fn extra_bytes_per_token(&self, c: &ProbeConfig) -> u64 {
+        if c.flash_attn == Some(crate::backend::FlashAttn::Off) {
+            self.fa_off_bytes_per_ctx_ubatch * u64::from(ubatch_of(c))
+        } else {
+            0
+        }
+    }
+
+    /// The truth for a whole configuration: the largest context per slot that loads with its
+    /// cache types, micro-batch and flash-attention setting.
+    pub fn max_context_of(&self, c: &ProbeConfig) -> u32 {
+        let fixed = self.weights_bytes + self.compute_bytes(ubatch_of(c));
+        if fixed >= self.capacity_bytes {
+            return 0;
+        }
+        let per_token = (self.kv_bytes_of(c) + self.extra_bytes_per_token(c))
+            * u64::from(c.parallel.unwrap_or(1));
+        ((self.capacity_bytes - fixed) / per_token.max(1)).min(u64::from(self.trained_context))
+            as u32
+    }
+
+    /// (prefill, decode) rate factors of a configuration's cache types and flash attention.
+    pub fn rate_factors(&self, c: &ProbeConfig) -> (f64, f64) {
+        let quantized = |t: &Option<String>| {
+            crate::learn::memory::cache_type_bytes(t.as_deref().unwrap_or("f16"))
+                .is_some_and(|b| b < 2.0)
+        };
+        let (mut p, mut d) = (1.0, 1.0);
+        if quantized(&c.cache_type_k) || quantized(&c.cache_type_v) {
+            p *= self.kv_quant_prefill_factor;
+            d *= self.kv_quant_decode_factor;
+        }
+        if c.flash_attn == Some(crate::backend::FlashAttn::Off) {
+            p *= self.fa_off_prefill_factor;
+            d *= self.fa_off_decode_factor;
+        }
+        (p, d)
     }
 
     /// Prefill rate at depth 0 at this batch, tokens/s.
@@ -163,6 +244,16 @@ impl SimModel {
     /// Prefill rate at depth `d` (for tests and reports).
     pub fn prefill_rate(&self, c: &ProbeConfig, d: u64) -> f64 {
         self.r0(c.batch) / (1.0 + d as f64 / self.prefill_half_depth)
+    }
+}
+
+/// The micro-batch a configuration computes with: `ubatch`, else `batch`, else 512 (as
+/// llama.cpp caps `-ub` at `-b`).
+fn ubatch_of(c: &ProbeConfig) -> u32 {
+    match (c.ubatch, c.batch) {
+        (Some(u), Some(b)) => u.min(b),
+        (Some(u), None) => u,
+        (None, b) => b.unwrap_or(512),
     }
 }
 
@@ -292,11 +383,7 @@ impl<'a> Probe<'a> {
         out.timing.push(Obs::Load {
             s: m.load_ms / 1000.0,
         });
-        out.gpu_used_peak_bytes = Some(
-            m.weights_bytes
-                + m.kv_bytes_per_token * u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1))
-                + m.compute_bytes(c.batch.unwrap_or(512)),
-        );
+        out.gpu_used_peak_bytes = Some(m.bytes_of(c));
         if filled && m.prefix_reuse && !reuse {
             out.notes.push("prompt too short to reuse a prefix".into());
         }
@@ -355,7 +442,11 @@ impl<'a> Probe<'a> {
             0
         };
         let c = &self.req.config;
-        (cached, self.m.fill_s(c.batch, cached, self.prompt) / np)
+        let factor = self.m.rate_factors(c).0;
+        (
+            cached,
+            self.m.fill_s(c.batch, cached, self.prompt) / np / factor,
+        )
     }
 
     /// Stream `k`'s request after its read: its observation; returns its end-to-end time, s.
@@ -363,7 +454,7 @@ impl<'a> Probe<'a> {
         let (m, c) = (self.m, &self.req.config);
         let out_tokens = u64::from(m.output_tokens);
         let nd = (1.0 + m.noise_cv * self.rng.normal()).max(0.1);
-        let decode_s = m.decode_s(self.prompt, out_tokens) / nd / self.share;
+        let decode_s = m.decode_s(self.prompt, out_tokens) / nd / self.share / m.rate_factors(c).1;
         // Streams sharing the server wait for every prompt of the round.
         let ttft = read_all.max(read_s) + decode_s / out_tokens.max(1) as f64;
         let e2e = read_all.max(read_s) + decode_s;
@@ -519,5 +610,117 @@ mod tests {
             .unwrap();
         assert_eq!(filled.outcome, OutcomeClass::Oom);
         assert!(!filled.observations[0].ok);
+    }
+
+    fn with(ctx: u32, f: impl FnOnce(&mut ProbeConfig)) -> ProbeConfig {
+        let mut c = ProbeConfig {
+            ctx,
+            batch: Some(512),
+            ..ProbeConfig::default()
+        };
+        f(&mut c);
+        c
+    }
+
+    /// What users tune changes the memory truth as llama.cpp allocates it: a q8_0 KV cache
+    /// holds 34/64 of f16's, q4_0 18/64 (longer contexts fit), a smaller micro-batch a smaller
+    /// compute buffer, and flash attention off adds the attention scores per context token.
+    #[test]
+    fn kv_type_ubatch_and_flash_attention_move_the_memory_limit() {
+        let m = SimModel::default();
+        let f16 = m.max_context_of(&with(0, |_| {}));
+        assert_eq!(f16, m.max_context(Some(512), 1), "unset is f16, FA on");
+        let q8 = m.max_context_of(&with(0, |c| {
+            c.cache_type_k = Some("q8_0".into());
+            c.cache_type_v = Some("q8_0".into());
+        }));
+        let q4 = m.max_context_of(&with(0, |c| {
+            c.cache_type_k = Some("q4_0".into());
+            c.cache_type_v = Some("q4_0".into());
+        }));
+        let ratio = |a: u32, b: u32| f64::from(a) / f64::from(b);
+        assert!((ratio(q8, f16) - 64.0 / 34.0).abs() < 0.01, "{q8} {f16}");
+        // The trained context caps q4_0 here: 131072.
+        assert!(q4 > q8 && q4 <= m.trained_context, "{q4} {q8}");
+        let small_ub = m.max_context_of(&with(0, |c| c.ubatch = Some(64)));
+        let freed = m.compute_per_batch_bytes * (512 - 64);
+        assert_eq!(
+            u64::from(small_ub - f16),
+            freed / m.kv_bytes_per_token,
+            "{small_ub} {f16}"
+        );
+        let fa_off = m.max_context_of(&with(0, |c| {
+            c.flash_attn = Some(crate::backend::FlashAttn::Off);
+        }));
+        assert!(fa_off < f16, "{fa_off} {f16}");
+        // A probe loads at the limit and holds what bytes_of says; one granule above is oom.
+        let c = with(q8, |c| {
+            c.cache_type_k = Some("q8_0".into());
+            c.cache_type_v = Some("q8_0".into());
+        });
+        let mut sim = Sim::new(m.clone());
+        let load = |sim: &mut Sim, c: &ProbeConfig| {
+            sim.probe(&ProbeRequest {
+                stage: Stage::Context,
+                config: c.clone(),
+                depth: Depth::Load,
+                rounds: 1,
+                concurrency: 1,
+            })
+            .unwrap()
+        };
+        let ok = load(&mut sim, &c);
+        assert!(ok.passed());
+        assert_eq!(ok.gpu_used_peak_bytes, Some(m.bytes_of(&c)));
+        assert!(m.bytes_of(&c) <= m.capacity_bytes);
+        let over = load(
+            &mut sim,
+            &ProbeConfig {
+                ctx: q8 + 1024,
+                ..c.clone()
+            },
+        );
+        assert_eq!(over.outcome, OutcomeClass::Oom);
+    }
+
+    /// Quantized KV caches read prompts slower and decode faster (Strix Halo RADV), flash
+    /// attention off reads slower: the simulated rates move by the model's factors.
+    #[test]
+    fn kv_type_and_flash_attention_move_the_rates() {
+        let m = SimModel {
+            noise_cv: 0.0,
+            ..SimModel::default()
+        };
+        assert_eq!(m.rate_factors(&with(8192, |_| {})), (1.0, 1.0));
+        let q8 = with(8192, |c| {
+            c.cache_type_k = Some("q8_0".into());
+            c.cache_type_v = Some("q8_0".into());
+        });
+        let (p, d) = m.rate_factors(&q8);
+        assert!(p < 1.0 && d > 1.0, "{p} {d}");
+        let off = with(8192, |c| {
+            c.flash_attn = Some(crate::backend::FlashAttn::Off);
+        });
+        assert!(m.rate_factors(&off).0 < 1.0);
+        let rates = |c: &ProbeConfig| {
+            let out = Sim::new(m.clone())
+                .probe(&ProbeRequest {
+                    stage: Stage::Validate,
+                    config: c.clone(),
+                    depth: Depth::Fresh { tokens: 4096 },
+                    rounds: 1,
+                    concurrency: 1,
+                })
+                .unwrap();
+            let o = &out.observations[0];
+            (
+                o.prefill_tokens_per_s.unwrap(),
+                o.decode_tokens_per_s.unwrap(),
+            )
+        };
+        let (p16, d16) = rates(&with(8192, |_| {}));
+        let (p8, d8) = rates(&q8);
+        assert!((p8 / p16 - p).abs() < 0.01, "{p8} {p16}");
+        assert!((d8 / d16 - d).abs() < 0.01, "{d8} {d16}");
     }
 }
