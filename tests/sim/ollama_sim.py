@@ -633,7 +633,7 @@ class Handler(BaseHTTPRequestHandler):
             return
 
         m, load_s = sim.acquire(options, keep_alive)
-        died = False
+        released = False
         try:
             with sim.cond:
                 concurrent = sim.active
@@ -703,7 +703,10 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 if oom_at is not None and i == oom_at:
-                    died = True
+                    # The runner is gone before the server reports it (as Ollama's is): a
+                    # client that reads the error and asks /api/ps sees no model loaded.
+                    sim.release(m, keep_alive, died=True)
+                    released = True
                     if stream:
                         self.write_line({"error": c["oom_mid_request_text"]})
                         self.end_stream()
@@ -737,7 +740,8 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if "slot" in locals() and slot is not None:
                 sim.put_slot(m, slot, "")
-            sim.release(m, keep_alive, died=died)
+            if not released:
+                sim.release(m, keep_alive)
 
 
 KNOWN_OPTIONS = INT_OPTIONS + (
