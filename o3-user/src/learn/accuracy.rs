@@ -276,18 +276,11 @@ fn held_out_predictions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{OutcomeClass, ProbeConfig};
-    use crate::learn::ModelShape;
+    use crate::backend::ProbeConfig;
+
+    use crate::learn::predict::testing::{cfg, CAP};
 
     const GIB: u64 = 1 << 30;
-    const CAP: u64 = 12 * GIB;
-
-    /// Llama 3.1 8B Q4_K_M.
-    fn shape() -> ModelShape {
-        ModelShape::llama31_8b()
-    }
-
-    use crate::learn::predict::testing::{cfg, truth_fit as truth};
 
     /// A probe of `c` on a host with `capacity`: succeeds iff the true estimate fits, at the
     /// rates `rates` gives.
@@ -296,33 +289,7 @@ mod tests {
         capacity: Option<u64>,
         rates: fn(&ProbeConfig) -> (f64, f64),
     ) -> Record {
-        let e = memory::estimate(&shape(), &c, Some(capacity.unwrap_or(CAP)), &truth());
-        let ok = e.total_bytes <= capacity.unwrap_or(CAP);
-        let (prefill, decode) = rates(&c);
-        Record {
-            host_id: "a".into(),
-            model_id: "m".into(),
-            config: c,
-            concurrency: 1,
-            outcome: if ok {
-                OutcomeClass::Ok
-            } else {
-                OutcomeClass::Oom
-            },
-            success: ok,
-            prefill_tokens_per_s: ok.then_some(prefill),
-            decode_tokens_per_s: ok.then_some(decode),
-            ttft_ms: None,
-            rss_peak_bytes: None,
-            gpu_used_peak_bytes: ok.then_some(e.total_bytes),
-            capacity_bytes: capacity,
-            model: shape(),
-            trusted: true,
-            unix_s: 0,
-            prompt_tokens: None,
-            proven_at_depth: None,
-            timing: Vec::new(),
-        }
+        crate::learn::predict::testing::probe("a", c, capacity, rates)
     }
 
     fn constant(_: &ProbeConfig) -> (f64, f64) {

@@ -651,7 +651,7 @@ mod tests {
         ModelShape::llama31_8b()
     }
 
-    use super::testing::{cfg, truth_fit};
+    use super::testing::cfg;
 
     /// Decode slows with context and KV precision, prefill grows with the batch.
     fn truth_rates(c: &ProbeConfig) -> (f64, f64) {
@@ -663,33 +663,7 @@ mod tests {
 
     /// A probe of `c` on a host with `capacity`: succeeds iff the true estimate fits.
     fn probe(host: &str, c: ProbeConfig, capacity: u64) -> Record {
-        let e = memory::estimate(&shape(), &c, Some(capacity), &truth_fit());
-        let ok = e.total_bytes <= capacity;
-        let (prefill, decode) = truth_rates(&c);
-        Record {
-            host_id: host.into(),
-            model_id: "llama31-8b".into(),
-            config: c,
-            concurrency: 1,
-            outcome: if ok {
-                OutcomeClass::Ok
-            } else {
-                OutcomeClass::Oom
-            },
-            success: ok,
-            prefill_tokens_per_s: ok.then_some(prefill),
-            decode_tokens_per_s: ok.then_some(decode),
-            ttft_ms: None,
-            rss_peak_bytes: None,
-            gpu_used_peak_bytes: ok.then_some(e.total_bytes),
-            capacity_bytes: Some(capacity),
-            model: shape(),
-            trusted: true,
-            unix_s: 0,
-            prompt_tokens: None,
-            proven_at_depth: None,
-            timing: Vec::new(),
-        }
+        super::testing::probe(host, c, Some(capacity), truth_rates)
     }
 
     const CAP: u64 = 12 * GIB;
