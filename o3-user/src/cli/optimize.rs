@@ -558,8 +558,14 @@ fn preset_row(s: &Summary, pr: &crate::optimize::presets::Preset) -> String {
         }
         _ => "",
     };
+    // Where variants were compared, the settings a preset needs beside context and batch.
+    let variant = if s.variants.is_empty() {
+        String::new()
+    } else {
+        format!("[{}] ", search::variant_label(c))
+    };
     format!(
-        "{:<14} {:>8} {:>6} {:>6} {:>8.1} {:>7.0} ms {:>11.0}%  {}{depth}",
+        "{:<14} {:>8} {:>6} {:>6} {:>8.1} {:>7.0} ms {:>11.0}%  {variant}{}{depth}",
         pr.name,
         c.ctx,
         c.batch.map_or("-".into(), |b| b.to_string()),
@@ -569,6 +575,47 @@ fn preset_row(s: &Summary, pr: &crate::optimize::presets::Preset) -> String {
         m.map_or(0.0, |m| m.validation.success_rate * 100.0),
         pr.why
     )
+}
+
+/// The variants compared, one line each: the largest context that loads, the rates at the
+/// ranking depth, and the role (or why it was not measured).
+fn variant_lines(s: &Summary) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(r) = s.variants.iter().find(|o| o.rate_ctx.is_some()) {
+        v.push(format!(
+            "variants: {} compared; rates at ctx {} with fresh {}-token prompts",
+            s.variants.len(),
+            r.rate_ctx.unwrap_or(0),
+            r.rate_tokens.unwrap_or(0)
+        ));
+    } else if !s.variants.is_empty() {
+        v.push(format!(
+            "variants: {} compared; none ranked",
+            s.variants.len()
+        ));
+    }
+    for o in &s.variants {
+        let rates = match (o.prefill_tokens_per_s, o.decode_tokens_per_s) {
+            (Some(p), Some(d)) => format!(", prefill {p:.1} tok/s, decode {d:.1} tok/s"),
+            _ => String::new(),
+        };
+        let role = if o.roles.is_empty() {
+            o.skipped.clone().unwrap_or_default()
+        } else {
+            o.roles.join(", ")
+        };
+        v.push(format!(
+            "  {:<34} loads {:>8}{rates}{}",
+            o.label,
+            o.max_loads.map_or("-".into(), |m| m.to_string()),
+            if role.is_empty() {
+                String::new()
+            } else {
+                format!("  [{role}]")
+            }
+        ));
+    }
+    v
 }
 
 /// The context search in a line, what failed filled, and the prompt cap's warning.
@@ -586,6 +633,7 @@ fn context_lines(s: &Summary) -> Vec<String> {
         c.max_passing.map_or("none".into(), |x| x.to_string()),
         c.validated.map_or("none".into(), |x| x.to_string())
     )];
+    v.extend(variant_lines(s));
     if let Some(f) = &c.fails_filled {
         v.push(format!(
             "  loads at {} but fails filled: {}",

@@ -59,6 +59,13 @@ pub(crate) enum Rule {
     Percent,
     /// A share of one (`0.9` or `90%`).
     Fraction(FractionRange),
+    /// A list of names from `allowed`, each once (empty: none).
+    Names(&'static [&'static str]),
+    /// A list of whole numbers in `min..=max`, each once (empty: none).
+    Ints {
+        min: u64,
+        max: u64,
+    },
     /// A duration in `min..=max` of `unit`: a bare number of the unit, or a duration with a
     /// unit (`2m`).
     Time {
@@ -103,6 +110,11 @@ const CTX: Rule = int(CONTEXT_MIN, CONTEXT_MAX);
 const BATCH: Rule = int(1, 65_536);
 const WEIGHT: Rule = num(0.0, 1.0);
 const PERCENT: Rule = Rule::Percent;
+
+/// The KV cache types a variant may name (llama.cpp's `--cache-type-k/v`).
+pub(crate) const KV_CACHE_TYPES: &[&str] = &[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
+];
 
 /// Every key of the current layout with its rule, in the order of config/o3.yaml.
 pub(crate) const FIELDS: &[(&str, Rule)] = &[
@@ -196,6 +208,16 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
             unit: TimeUnit::Ms,
         },
     ),
+    ("variants.cache_types", Rule::Names(KV_CACHE_TYPES)),
+    ("variants.flash_attn", Rule::Names(&["on", "off", "auto"])),
+    (
+        "variants.ubatch",
+        Rule::Ints {
+            min: 1,
+            max: 65_536,
+        },
+    ),
+    ("variants.max_variants", int(1, 64)),
 ];
 
 /// The rule of a current-layout key.
@@ -239,6 +261,8 @@ impl Rule {
             Rule::Percent | Rule::Fraction(_) | Rule::Time { .. } => {
                 format!("allowed {}", self.expected())
             }
+            Rule::Names(names) => format!("allowed a list of {}, each once", names.join(", ")),
+            Rule::Ints { min, max } => format!("allowed a list, each {min} to {max} and once"),
         }
     }
 
@@ -259,6 +283,14 @@ impl Rule {
                 format!("a list of two whole numbers [low, high], each {min} to {max}")
             }
             Rule::Percent => "a percent from 1 to 100 (85 or 85%)".into(),
+            Rule::Names(names) => format!(
+                "a list of names from {}, e.g. [{}]",
+                names.join(", "),
+                names[..2].join(", ")
+            ),
+            Rule::Ints { min, max } => {
+                format!("a list of whole numbers {min} to {max}, e.g. [512, 256]")
+            }
             Rule::Fraction(r) => r.words(),
             Rule::Time { min, max, unit } => format!(
                 "a duration from {} to {} (a number of {}, or a number with a unit, e.g. {})",

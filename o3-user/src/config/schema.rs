@@ -22,6 +22,7 @@ pub struct Config {
     pub prompt: Prompt,
     pub learning: Learning,
     pub monitoring: Monitoring,
+    pub variants: Variants,
 }
 
 /// The context search (bisection on measured results), in tokens.
@@ -111,6 +112,46 @@ impl Batch {
             Some(p) if p < Self::SMALL_PARAMETERS => self.initial_small,
             _ => self.initial_medium,
         }
+    }
+}
+
+/// Optional search stages over what users tune beside context and batch: each list names the
+/// settings to compare (empty: the one the user fixed, or the server's). Every combination is a
+/// variant; each gets its own largest loading context and its rates at a moderate depth, and
+/// only the winners are proven at depth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Variants {
+    /// KV cache types, K and V alike (`f16`, `q8_0`, `q4_0`, …).
+    pub cache_types: Vec<String>,
+    /// Flash attention: `on`, `off`, `auto` (the server decides).
+    pub flash_attn: Vec<String>,
+    /// Physical batches (llama.cpp `--ubatch-size`), tokens.
+    pub ubatch: Vec<u32>,
+    /// Most variants one run compares (the product of the lists).
+    pub max_variants: u32,
+}
+
+impl Default for Variants {
+    fn default() -> Variants {
+        Variants {
+            cache_types: Vec::new(),
+            flash_attn: Vec::new(),
+            ubatch: Vec::new(),
+            max_variants: 12,
+        }
+    }
+}
+
+impl Variants {
+    /// How many variants the lists make (1: none compared).
+    pub fn count(&self) -> usize {
+        self.cache_types.len().max(1) * self.flash_attn.len().max(1) * self.ubatch.len().max(1)
+    }
+
+    /// Whether any setting is compared.
+    pub fn any(&self) -> bool {
+        !(self.cache_types.is_empty() && self.flash_attn.is_empty() && self.ubatch.is_empty())
     }
 }
 

@@ -265,6 +265,8 @@ fn bad_values(rule: &Rule) -> Vec<String> {
             format!("[{}, {}]", min + 1, min),
         ],
         Rule::Percent => vec!["0.5".into(), "0".into(), "150".into(), "\"150%\"".into()],
+        Rule::Names(names) => vec!["[nonsense]".into(), format!("[{}, {}]", names[0], names[0])],
+        Rule::Ints { min, max } => vec![format!("[{}]", max + 1), format!("[{min}, {min}]")],
         Rule::Fraction(r) => {
             let low = if r.above { r.lo } else { r.lo - 0.01 };
             vec![
@@ -521,7 +523,7 @@ fn unknown_keys_list_the_known_ones() {
     );
     assert_eq!(
         err("# top\nsearh:\n  granularity: 512\n").to_string(),
-        "t.yaml:2: searh: unknown key; known top-level keys: search, batch, presets, validation, concurrency, timeouts, plan, safety, prompt, learning, monitoring"
+        "t.yaml:2: searh: unknown key; known top-level keys: search, batch, presets, validation, concurrency, timeouts, plan, safety, prompt, learning, monitoring, variants"
     );
     assert_eq!(
         err("presets:\n  slo:\n    ttft_ms: 3\n").to_string(),
@@ -1102,5 +1104,15 @@ fn the_current_layout_still_refuses_unknown_keys() {
     assert_eq!(
         err("learning:\n  enabled: true\n").to_string(),
         "t.yaml:2: learning.enabled: unknown key; known keys here: store_results, reuse_learned_configs, predict, max_age_days, min_p_success, exploration_probes, db"
+    );
+}
+
+#[test]
+fn variant_lists_that_make_too_many_variants_are_refused_with_the_product() {
+    let text = "variants:\n  cache_types: [f16, q8_0, q4_0]\n  flash_attn: [on, off]\n  ubatch: [512, 256]\n  max_variants: 8\n";
+    let s = err(text).to_string();
+    assert_eq!(
+        s,
+        "t.yaml:5: variants.max_variants: the lists make 12 variants (3 cache types × 2 flash attention settings × 2 ubatches), more than 8; shorten a list or raise variants.max_variants"
     );
 }

@@ -113,6 +113,8 @@ fn check_rule(ctx: &Ctx, key: &str, rule: &Rule, v: &Value) -> Result<(), Config
         Rule::Num { min, above, max } => check_num(ctx, key, v, (*min, *above, *max), rule),
         Rule::Ascending { min, max } => check_ascending(ctx, key, v, *min, *max),
         Rule::Pair { min, max } => check_pair(ctx, key, v, *min, *max),
+        Rule::Names(names) => check_names(ctx, key, v, names),
+        Rule::Ints { min, max } => check_ints(ctx, key, v, *min, *max),
         Rule::Percent | Rule::Fraction(_) => check_share(ctx, key, v, rule),
         Rule::Time { min, max, unit } => {
             let t = v.as_f64().unwrap_or(f64::NAN);
@@ -217,6 +219,55 @@ fn check_ascending(ctx: &Ctx, key: &str, v: &Value, min: u64, max: u64) -> Resul
     Ok(())
 }
 
+/// A list of names from `names`, each once.
+fn check_names(ctx: &Ctx, key: &str, v: &Value, names: &[&str]) -> Result<(), ConfigError> {
+    let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
+    for (i, item) in items.iter().enumerate() {
+        let name = item.as_str().unwrap_or_default();
+        if !names.contains(&name) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{} is not one of them", value_text(item)),
+                format!("name each from {}", names.join(", ")),
+            ));
+        }
+        if items[..i].contains(item) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{name} is listed twice"),
+                "list each once",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A list of whole numbers in range, each once.
+fn check_ints(ctx: &Ctx, key: &str, v: &Value, min: u64, max: u64) -> Result<(), ConfigError> {
+    let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
+    for (i, item) in items.iter().enumerate() {
+        if !item.as_u64().is_some_and(|n| (min..=max).contains(&n)) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{} is out of range", value_text(item)),
+                format!("each allowed {min} to {max}"),
+            ));
+        }
+        if items[..i].contains(item) {
+            return Err(ctx.err(
+                key,
+                &[],
+                format!("{} is listed twice", value_text(item)),
+                "list each once",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `[low, high]`, each in range, low <= high.
 fn check_pair(ctx: &Ctx, key: &str, v: &Value, min: u64, max: u64) -> Result<(), ConfigError> {
     let items = v.as_sequence().map(Vec::as_slice).unwrap_or_default();
@@ -259,7 +310,36 @@ fn cross_checks(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
     search_bounds(c, ctx)?;
     batch_bounds(c, ctx)?;
     preset_weights(c, ctx)?;
-    preset_targets(c, ctx)
+    preset_targets(c, ctx)?;
+    variant_count(c, ctx)
+}
+
+/// The lists' combinations fit `variants.max_variants`.
+fn variant_count(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
+    let v = &c.variants;
+    let n = v.count();
+    if n > v.max_variants as usize {
+        return Err(ctx.err(
+            "variants.max_variants",
+            &[
+                "variants.cache_types",
+                "variants.flash_attn",
+                "variants.ubatch",
+            ],
+            format!(
+                "the lists make {n} variants ({} cache types × {} flash attention settings × {} ubatches), more than {}",
+                v.cache_types.len().max(1),
+                v.flash_attn.len().max(1),
+                v.ubatch.len().max(1),
+                v.max_variants
+            ),
+            format!(
+                "shorten a list or raise {}",
+                ctx.name("variants.max_variants")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// min <= initial <= max context.

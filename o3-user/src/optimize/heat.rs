@@ -662,6 +662,7 @@ mod tests {
             ..SimModel::default()
         };
         let inputs = Inputs {
+            variants: Vec::new(),
             config: &cfg,
             base: ProbeConfig::default(),
             trained_context: Some(m.trained_context),

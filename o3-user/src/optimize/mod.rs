@@ -23,3 +23,5 @@ pub mod target;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod variant_tests;

@@ -71,6 +71,9 @@ pub fn floor(model: &TimeModel, tokens: u64, output_tokens: u32) -> Estimate {
 pub enum Priority {
     /// The context search and the proof of the maximum: never cut.
     Required,
+    /// Comparing the variants the user asked for (`variants.*`): a context search of load
+    /// probes and a ranking at a moderate depth each.
+    Variant,
     /// Ranking batches: cheap (a moderate depth), and a better batch speeds every fill after
     /// it, the proof included.
     Batch,

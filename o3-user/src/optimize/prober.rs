@@ -25,6 +25,8 @@ pub enum Stage {
     Concurrency,
     /// Re-measuring a configuration an earlier run found (reuse of learned results).
     Verify,
+    /// Ranking a variant (KV cache type, flash attention, micro-batch) at a moderate depth.
+    Variant,
 }
 
 impl Stage {
@@ -35,6 +37,7 @@ impl Stage {
             Stage::Batch => "batch",
             Stage::Concurrency => "concurrency",
             Stage::Verify => "verify",
+            Stage::Variant => "variant",
         }
     }
 }
@@ -101,6 +104,18 @@ pub fn describe_config(c: &ProbeConfig) -> String {
     }
     if let Some(p) = c.parallel {
         s.push_str(&format!(" · {p} slot{}", if p == 1 { "" } else { "s" }));
+    }
+    match (&c.cache_type_k, &c.cache_type_v) {
+        (None, None) => {}
+        (Some(k), Some(v)) if k == v => s.push_str(&format!(" · kv {k}")),
+        (k, v) => s.push_str(&format!(
+            " · kv {}/{}",
+            k.as_deref().unwrap_or("default"),
+            v.as_deref().unwrap_or("default")
+        )),
+    }
+    if let Some(f) = c.flash_attn {
+        s.push_str(&format!(" · fa {}", f.name()));
     }
     s
 }

@@ -176,6 +176,7 @@ mod tests {
         let chance = Truthy { m: m.clone(), bias };
         let mut sim = Sim::new(m.clone());
         let inp = Inputs {
+            variants: Vec::new(),
             config: &cfg,
             base: ProbeConfig::default(),
             trained_context: Some(m.trained_context),
@@ -210,6 +211,7 @@ mod tests {
             let m = SimModel::default();
             let mut sim = Sim::new(m.clone());
             let inp = Inputs {
+                variants: Vec::new(),
                 config: &cfg,
                 base: ProbeConfig::default(),
                 trained_context: Some(m.trained_context),

@@ -209,6 +209,13 @@ impl SimModel {
             p *= self.fa_off_prefill_factor;
             d *= self.fa_off_decode_factor;
         }
+        // A micro-batch below the batch computes in smaller steps: below the knee, prefill
+        // follows the micro-batch as it follows the batch.
+        if c.ubatch.is_some() {
+            let knee = f64::from(self.batch_knee.max(1));
+            let share = |n: u32| (f64::from(n) / knee).min(1.0).sqrt();
+            p *= share(ubatch_of(c)) / share(c.batch.unwrap_or(512));
+        }
         (p, d)
     }
 
@@ -702,6 +709,18 @@ mod tests {
             c.flash_attn = Some(crate::backend::FlashAttn::Off);
         });
         assert!(m.rate_factors(&off).0 < 1.0);
+        // A micro-batch under the knee slows prefill as a batch that small would; one at or
+        // above it changes nothing.
+        let small = with(8192, |c| {
+            c.batch = Some(512);
+            c.ubatch = Some(128);
+        });
+        assert!((m.rate_factors(&small).0 - 0.5).abs() < 1e-12);
+        let large = with(8192, |c| {
+            c.batch = Some(1024);
+            c.ubatch = Some(512);
+        });
+        assert_eq!(m.rate_factors(&large), (1.0, 1.0));
         let rates = |c: &ProbeConfig| {
             let out = Sim::new(m.clone())
                 .probe(&ProbeRequest {

@@ -9,8 +9,9 @@ use super::sim::{Sim, SimModel};
 use crate::backend::{OutcomeClass, ProbeConfig};
 use crate::config::Config;
 
-fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
+pub(super) fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
     Inputs {
+        variants: Vec::new(),
         config: cfg,
         base: ProbeConfig::default(),
         trained_context: Some(m.trained_context),
@@ -24,7 +25,7 @@ fn inputs<'a>(cfg: &'a Config, m: &SimModel) -> Inputs<'a> {
     }
 }
 
-fn model(capacity_gib: f64) -> SimModel {
+pub(super) fn model(capacity_gib: f64) -> SimModel {
     SimModel {
         capacity_bytes: (capacity_gib * (1u64 << 30) as f64) as u64,
         noise_cv: 0.02,
@@ -34,7 +35,7 @@ fn model(capacity_gib: f64) -> SimModel {
 
 /// The grid answer the search must return: the largest multiple of the granularity at or
 /// below the truth, within the searched range.
-fn expected(truth: u32, cfg: &Config, trained: u32) -> Option<u32> {
+pub(super) fn expected(truth: u32, cfg: &Config, trained: u32) -> Option<u32> {
     let g = cfg.search.granularity;
     let top = truth.min(cfg.search.max_context).min(trained);
     let k = top / g;

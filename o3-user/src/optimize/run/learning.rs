@@ -65,7 +65,14 @@ pub(super) fn at_start(
         seed_time_model(rf, &ids);
     }
     if l.reuse_learned_configs && !req.no_reuse && binary {
-        reuse_learned(rf, &ids);
+        if rf.variants.is_empty() {
+            reuse_learned(rf, &ids);
+        } else {
+            rf.learning_notes.push(
+                "nothing reused: variants are compared (variants.*), so every one is measured"
+                    .into(),
+            );
+        }
     }
     if l.predict && rf.learned.is_none() && binary {
         predict_start(rf, &ids);
@@ -120,6 +127,7 @@ fn reuse_learned(rf: &mut RunFile, ids: &Ids) {
 fn predict_start(rf: &mut RunFile, ids: &Ids) {
     let records = ids.store.records(None, Some(ids.model)).unwrap_or_default();
     let p = Predictor::train(&records, Some(ids.host), super::facts::place(&rf.host));
+    predict_variants(rf, &p);
     rf.start_context = start_context(rf, &p);
     rf.gallop = rf.start_context.is_some() && !p.is_cold();
     if let Some(s) = rf.start_context {
@@ -131,6 +139,55 @@ fn predict_start(rf: &mut RunFile, ids: &Ids) {
                 "trained on earlier runs"
             }
         ));
+    }
+}
+
+/// Below this chance of loading even the smallest context, a variant is not probed.
+const PRUNE_BELOW: f64 = 0.02;
+
+/// Each variant's largest context predicted to load; a variant predicted not to load even the
+/// smallest context is pruned (with the prediction's words).
+fn predict_variants(rf: &mut RunFile, p: &Predictor) {
+    let c = rf.config.clone();
+    let chance = Predicted {
+        predictor: p,
+        shape: &rf.shape,
+        capacity: rf.capacity_bytes,
+    };
+    let top = rf
+        .shape
+        .trained_context
+        .map_or(c.search.max_context, |t| t.min(c.search.max_context));
+    let batch = Some(c.batch.initial_for(rf.shape.parameters));
+    for v in &mut rf.variants {
+        let base = ProbeConfig {
+            batch,
+            ubatch: v
+                .base
+                .ubatch
+                .or(c.batch.ubatch)
+                .map(|u| batch.map_or(u, |b| u.min(b))),
+            ..v.base.clone()
+        };
+        let smallest = ProbeConfig {
+            ctx: c.search.min_context,
+            ..base.clone()
+        };
+        let (p_min, why) = chance.p_success(&smallest);
+        if p_min < PRUNE_BELOW {
+            v.pruned = Some(format!(
+                "predicted not to load ctx {} (P = {p_min:.3}: {why})",
+                c.search.min_context
+            ));
+            continue;
+        }
+        v.predicted = prune::start_context(
+            &chance,
+            &base,
+            c.search.min_context,
+            top,
+            c.search.granularity,
+        );
     }
 }
 

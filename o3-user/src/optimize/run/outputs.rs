@@ -47,6 +47,9 @@ pub struct Summary {
     pub output_tokens: u32,
     pub presets: Vec<PresetOut>,
     pub context: search::ContextSearch,
+    /// The variants compared (`variants.*`): each one's largest loading context and rates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<search::VariantOut>,
     pub configurations: Vec<Measured>,
     pub notes: Vec<String>,
     /// Learned configurations verified and reused instead of searched.
@@ -150,6 +153,7 @@ pub(super) fn summary(
         interrupted,
         reused,
         plan,
+        variants,
         ..
     } = report;
     let failure = failure(&presets, &configurations, interrupted);
@@ -167,6 +171,7 @@ pub(super) fn summary(
         output_tokens: cfg.prompt.output_tokens,
         presets,
         context,
+        variants,
         configurations,
         notes,
         reused,

@@ -93,6 +93,10 @@ pub(super) struct RunFile {
     /// What the server binary says of itself (`llama-server --version`), for the run header.
     #[serde(default)]
     pub server_version: Option<String>,
+    /// The variants compared (`variants.*`), with the memory model's predictions for each
+    /// (empty: none compared).
+    #[serde(default)]
+    pub variants: Vec<search::VariantIn>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +118,19 @@ impl RunFile {
     ) -> RunFile {
         let (shape, model_digest) = facts::model(&target);
         let (host, capacity_bytes) = facts::host(roots, target.simulate.as_ref());
-        RunFile {
+        let variants = if loaded.config.variants.any() {
+            search::expand_variants(&loaded.config.variants, &target.base)
+                .into_iter()
+                .map(|base| search::VariantIn {
+                    base,
+                    predicted: None,
+                    pruned: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut rf = RunFile {
             schema_version: SCHEMA_VERSION,
             o3_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ns: crate::util::system::unix_now_ns(),
@@ -132,7 +148,10 @@ impl RunFile {
             time_seed: Vec::new(),
             store: None,
             server_version,
-        }
+            variants: Vec::new(),
+        };
+        rf.variants = variants;
+        rf
     }
 }
 

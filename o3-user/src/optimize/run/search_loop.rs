@@ -118,6 +118,7 @@ fn inputs(rf: &RunFile, strategy: Strategy) -> Inputs<'_> {
         strategy,
         learned: rf.learned.clone(),
         time_model: seeded_time_model(rf),
+        variants: rf.variants.clone(),
     }
 }
 

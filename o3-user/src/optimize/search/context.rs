@@ -4,7 +4,7 @@
 use crate::optimize::prober::{ProbeRequest, Prober, Stage};
 
 use super::state::Search;
-use super::{ceil_log2, ContextProbe, Observer, Report, Strategy};
+use super::{ceil_log2, ContextProbe, ContextSearch, Observer, Strategy};
 
 /// Where the context search stands, in grid indices (multiples of the granularity).
 #[derive(Debug, Clone)]
@@ -96,8 +96,9 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
     /// Stage 1: bisection for the largest grid index that loads. `Some(None)`: nothing loads.
     pub(super) fn find_context(
         &mut self,
-        report: &mut Report,
+        cs: &mut ContextSearch,
         start_ctx: u32,
+        gallop: bool,
     ) -> Option<Option<u32>> {
         let (g, lo_k, hi_k) = (self.g, self.lo_k, self.hi_k);
         if hi_k < lo_k {
@@ -105,12 +106,11 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
             return Some(None);
         }
         let start_k = (f64::from(start_ctx) / f64::from(g)).round() as i64;
-        let gallop = self.inp.gallop && self.inp.start_context.is_some();
         let mut b = Bracket::new(lo_k, hi_k, start_k, self.inp.strategy, gallop);
         let max_iterations = self.cfg().search.max_iterations;
         while !b.converged() {
             if b.iterations >= max_iterations && b.strategy == Strategy::Binary {
-                report.context.cut_short = true;
+                cs.cut_short = true;
                 self.note(format!(
                     "context search stopped after {} probes (search.max_iterations); the answer lies in {}..{}",
                     b.iterations,
@@ -120,20 +120,20 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
                 break;
             }
             let mid = b.next();
-            let passed = self.context_probe(report, &b, mid)?;
+            let passed = self.context_probe(cs, &b, mid)?;
             b.record(mid, passed);
         }
         self.todo.search = 0;
         if b.lo < i64::from(lo_k) {
-            self.note_nothing_loads(report);
+            self.note_nothing_loads(cs);
             return Some(None);
         }
-        report.context.max_passing = Some(b.lo as u32 * g);
+        cs.max_passing = Some(b.lo as u32 * g);
         Some(Some(b.lo as u32))
     }
 
     /// One search probe at grid index `mid`, kept in the report; whether it passed.
-    fn context_probe(&mut self, report: &mut Report, b: &Bracket, mid: i64) -> Option<bool> {
+    fn context_probe(&mut self, cs: &mut ContextSearch, b: &Bracket, mid: i64) -> Option<bool> {
         let ctx = mid as u32 * self.g;
         self.todo.search = b.probes_left();
         self.todo.max_ctx = ((b.lo + b.hi + 1) / 2).max(i64::from(self.lo_k)) as u32 * self.g;
@@ -146,7 +146,7 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
         };
         let out = self.ask(req)?;
         let passed = out.passed();
-        report.context.probes.push(ContextProbe {
+        cs.probes.push(ContextProbe {
             ctx,
             passed,
             outcome: out.outcome,
@@ -170,9 +170,8 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
     }
 
     /// Not even the smallest context loads: why, from the first failure.
-    fn note_nothing_loads(&mut self, report: &Report) {
-        let why = report
-            .context
+    fn note_nothing_loads(&mut self, cs: &ContextSearch) {
+        let why = cs
             .probes
             .iter()
             .find(|p| !p.passed)

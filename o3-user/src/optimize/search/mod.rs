@@ -25,6 +25,7 @@ mod context;
 mod contexts;
 mod proof;
 mod state;
+mod variants;
 mod verify;
 
 use serde::Serialize;
@@ -38,6 +39,8 @@ use super::prober::{Depth, ProbeOutcome, ProbeRequest, Prober, Stage};
 use super::stats::Validation;
 
 use state::{Search, Todo};
+
+pub use variants::{expand as expand_variants, label as variant_label, VariantIn, VariantOut};
 
 /// What the search starts from.
 #[derive(Debug, Clone)]
@@ -66,6 +69,8 @@ pub struct Inputs<'a> {
     /// What is known of the server's speed before the first probe (`None`: a prior from the
     /// model's size).
     pub time_model: Option<TimeModel>,
+    /// Variants to compare (`variants.*`; empty: only `base`).
+    pub variants: Vec<VariantIn>,
 }
 
 /// Results of an earlier run to verify.
@@ -221,6 +226,10 @@ pub struct Report {
     pub plan: plan::Report,
     /// The time model at the end.
     pub time_model: TimeModel,
+    /// Each variant's largest loading context and rates at a moderate depth (empty: no
+    /// variants compared).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantOut>,
 }
 
 pub fn config_id(c: &ProbeConfig) -> String {
@@ -264,6 +273,7 @@ pub fn run<P: Prober, O: Observer + ?Sized>(inp: &Inputs, prober: &mut P, obs: &
         reused: Vec::new(),
         plan: plan::Report::default(),
         time_model: TimeModel::new(Prior::from_size(None, None)),
+        variants: Vec::new(),
     };
     let mut s = Search::new(inp, &report.context, prober, obs);
     let start_ctx = report.context.start;
@@ -349,6 +359,8 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
             plan: plan::Report::default(),
             fixed,
             batch0,
+            base: inp.base.clone(),
+            fast_variant: None,
             lo_k: range.low / g,
             hi_k: range.high / g,
             g,
@@ -411,7 +423,16 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
             }
             None => start_ctx,
         };
-        let Some(kmax) = self.find_context(report, start_ctx)? else {
+        let found = if self.inp.variants.is_empty() {
+            let gallop = self.inp.gallop && self.inp.start_context.is_some();
+            let mut cs = report.context.clone();
+            let k = self.find_context(&mut cs, start_ctx, gallop)?;
+            report.context = cs;
+            k
+        } else {
+            self.compare_variants(report, start_ctx)?
+        };
+        let Some(kmax) = found else {
             self.todo = Todo::default();
             return Some(());
         };
@@ -426,13 +447,14 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
         // maximum last: each stream there fills the whole depth).
         let mut proven = vec![(vk * self.g, proof_batch)];
         proven.extend(self.prove_contexts(&contexts[1..], best)?);
+        self.prove_fastest(&contexts[1..], best)?;
         self.concurrency(&mut proven)
     }
 
     /// Learned results to verify (o3's own search only).
     fn learned(&self) -> Option<Learned> {
         match (&self.inp.learned, self.inp.strategy) {
-            (Some(l), Strategy::Binary) => Some(l.clone()),
+            (Some(l), Strategy::Binary) if self.inp.variants.is_empty() => Some(l.clone()),
             _ => None,
         }
     }
@@ -453,6 +475,9 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
                 .start_context
                 .unwrap_or(self.hi_k * self.g)
                 .max(self.lo_k * self.g),
+            variants: (1..self.inp.variants.len())
+                .filter(|&i| self.inp.variants[i].pruned.is_none())
+                .collect(),
             ..Todo::default()
         };
         self.plan_maximum(self.todo.max_ctx);
@@ -506,7 +531,15 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
             self.note(n);
         }
         self.todo.contexts = contexts[1..].to_vec();
+        self.todo.fast_contexts = self.fast_contexts(&contexts[1..]);
         self.todo.concurrency = self.concurrency_plan(&contexts);
         contexts
+    }
+
+    /// The presets' contexts the fastest variant loads (none without one).
+    fn fast_contexts(&self, contexts: &[u32]) -> Vec<u32> {
+        self.fast_variant.as_ref().map_or(Vec::new(), |(_, max)| {
+            contexts.iter().copied().filter(|c| c <= max).collect()
+        })
     }
 }

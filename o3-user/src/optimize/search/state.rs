@@ -27,6 +27,10 @@ pub(super) struct Todo {
     pub concurrency: Vec<(u32, u32)>,
     /// Learned configurations to verify: (context, streams).
     pub verify: Vec<(u32, u32)>,
+    /// Variants (indices into `Inputs::variants`) whose search and ranking are left.
+    pub variants: Vec<usize>,
+    /// Preset contexts to prove with the fastest variant.
+    pub fast_contexts: Vec<u32>,
     /// The maximum (known or predicted), for the floor and what counts as "at max".
     pub max_ctx: u32,
 }
@@ -55,6 +59,11 @@ pub(super) struct Search<'a, 'b, P: Prober, O: Observer + ?Sized> {
     pub lo_k: u32,
     pub hi_k: u32,
     pub g: u32,
+    /// The settings probes use beside context, batch and slots: `Inputs::base`, or the variant
+    /// being measured.
+    pub base: ProbeConfig,
+    /// The fastest variant, where it is not the longest, and its largest loading context.
+    pub fast_variant: Option<(ProbeConfig, u32)>,
 }
 
 impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
@@ -73,14 +82,17 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
         let ubatch = if self.fixed.contains(&"ubatch") {
             None
         } else {
-            c.batch.ubatch.map(|u| batch.map_or(u, |b| u.min(b)))
+            self.base
+                .ubatch
+                .or(c.batch.ubatch)
+                .map(|u| batch.map_or(u, |b| u.min(b)))
         };
         ProbeConfig {
             ctx,
             batch,
             ubatch,
             parallel,
-            ..self.inp.base.clone()
+            ..self.base.clone()
         }
     }
 
@@ -151,6 +163,9 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
                 cost: one.times(f64::from(t.search)),
             });
         }
+        for &i in &t.variants {
+            v.push(self.variant_item(i));
+        }
         if t.rank > 0 {
             let one = self.cost(self.rank_depth(t.rank_ctx), c.batch.rank_samples.max(1), 1);
             v.push(Item {
@@ -175,6 +190,9 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
                 priority: Priority::PresetContext,
                 cost: self.cost(self.filled(ctx), self.samples(), 1),
             });
+        }
+        for &ctx in &t.fast_contexts {
+            v.push(self.fast_item(ctx));
         }
         for &(ctx, level) in &t.concurrency {
             v.push(Item {
@@ -336,8 +354,13 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
             _ => false,
         };
         let ttft = validation.ttft_ms.as_ref();
+        let tag = if self.inp.variants.is_empty() {
+            String::new()
+        } else {
+            super::variants::id_tag(&config)
+        };
         Measured {
-            id: measured_id(&config, depth),
+            id: measured_id(&config, depth) + &tag,
             stage,
             config,
             depth,

@@ -3,7 +3,7 @@
 //! resources over time. Pure: a `Run` in, a `ReportDoc` out.
 //!
 //! One module per section, in the order [`build`] writes them: `overview` (the run and its
-//! time plan), `presets`, `context` (the context search), `sweeps` (batch size and
+//! time plan), `presets`, `variants` (the variants compared), `context` (the context search), `sweeps` (batch size and
 //! concurrency), `resources` (memory and CPU timelines, with `gpu`), `statistics`, `learning`
 //! (with the notes). `cells` formats values as table cells; `metrics` reads the probes.
 
@@ -19,6 +19,7 @@ mod statistics;
 mod sweeps;
 #[cfg(test)]
 mod tests;
+mod variants;
 
 use serde_json::Value;
 
@@ -40,6 +41,7 @@ pub fn build(run: &Run) -> ReportDoc {
     overview::overview(&mut d, run, s);
     overview::time(&mut d, s);
     presets::presets(&mut d, s);
+    variants::variants(&mut d, s);
     context::context(&mut d, run, s);
     sweeps::batch(&mut d, run);
     sweeps::concurrency(&mut d, run);

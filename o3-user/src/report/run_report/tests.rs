@@ -476,3 +476,79 @@ fn predictions_are_set_beside_their_measurements() {
     let md = super::super::doc::markdown(&build(&search_run()), "plots");
     assert!(!md.contains("Predictions against measurements"), "{md}");
 }
+
+#[test]
+fn variants_are_drawn_by_their_largest_context_against_their_decode_rate() {
+    let mut r = search_run();
+    let v = |label: &str,
+             max: Option<u32>,
+             decode: Option<f64>,
+             roles: &[&str],
+             skipped: Option<&str>| {
+        json!({"label": label, "config": {"ctx": 0}, "predicted_max": max, "max_loads": max,
+               "search_probes": 2, "rate_ctx": 51200, "rate_tokens": 2048,
+               "prefill_tokens_per_s": decode.map(|d| d * 3.0), "decode_tokens_per_s": decode,
+               "request_s": decode.map(|d| 2048.0 / (d * 3.0) + 64.0 / d),
+               "roles": roles, "skipped": skipped})
+    };
+    r.summary.as_mut().unwrap()["variants"] = json!([
+        v(
+            "kv f16 · fa on · ub default",
+            Some(51200),
+            Some(4.8),
+            &["fastest"],
+            None
+        ),
+        v(
+            "kv q8_0 · fa on · ub default",
+            Some(97280),
+            Some(5.3),
+            &[],
+            None
+        ),
+        v(
+            "kv q4_0 · fa on · ub default",
+            Some(131072),
+            Some(5.3),
+            &["longest"],
+            None
+        ),
+        v(
+            "kv q4_0 · fa off · ub default",
+            None,
+            None,
+            &[],
+            Some("cut by the budget: …")
+        ),
+    ]);
+    let d = build(&r);
+    let ch = chart(&d, "variants");
+    assert_eq!(
+        points(series(ch, "longest (proven at depth)")),
+        [(131072.0, 5.3)]
+    );
+    assert_eq!(
+        points(series(ch, "fastest (proven at the presets' contexts)")),
+        [(51200.0, 4.8)]
+    );
+    assert_eq!(points(series(ch, "ranked")), [(97280.0, 5.3)]);
+    assert_eq!(
+        series(ch, "ranked").labels[0].2,
+        "kv q8_0 · fa on · ub default"
+    );
+    let md = super::super::doc::markdown(&d, "plots");
+    assert!(md.contains("## Variants"), "{md}");
+    assert!(
+        md.contains("ranked at ctx 51200 with fresh 2048-token prompts"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| kv q4_0 · fa off · ub default | – | – | 2 | – | – | – | cut by the budget: … |"
+        ),
+        "{md}"
+    );
+    // No variants, no section.
+    let md = super::super::doc::markdown(&build(&search_run()), "plots");
+    assert!(!md.contains("## Variants"), "{md}");
+}
