@@ -602,3 +602,211 @@ fn a_server_killed_once_mid_probe_is_retried_and_the_answer_stands() {
     assert_eq!(s["context"]["max_passing"], 4096, "{}", s["context"]);
     assert_no_server_left(&bin);
 }
+
+/// The variant stage against the real server: two KV cache types compared on one workload.
+const VARIANTS_CONFIG: &str = "\
+search:
+  initial_context: 8192
+  granularity: 1024
+  min_context: 1024
+  max_context: 8192
+batch:
+  enabled: false
+validation:
+  samples: 3
+  max_cv: 0.5
+concurrency:
+  enabled: false
+presets:
+  balanced:
+    target_context_range: [2048, 4096]
+  fast_response:
+    target_context_min: 1024
+prompt:
+  output_tokens: 16
+timeouts:
+  load_s: 2m
+safety:
+  max_cpu_percent: 100
+plan:
+  min_budget_s: 10m
+variants:
+  cache_types: [f16, q8_0]
+";
+
+#[test]
+fn kv_cache_variants_are_ranked_on_the_real_server_and_a_quantized_cache_holds_less() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("variants.yaml");
+    std::fs::write(&cfg, VARIANTS_CONFIG).unwrap();
+    let run = dir.path().join("run");
+    let out = o3()
+        .args(["optimize", "--backend", "llama-server", "--quiet", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--server-bin")
+        .arg(&bin)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(dir.path().join("o3.db"))
+        .output()
+        .unwrap();
+    let s: Value = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let vs = s["variants"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(vs.len(), 2, "{s}");
+    // The tiny model loads every context of the range with either cache type.
+    for v in vs {
+        assert_eq!(v["max_loads"], 8192, "{v}");
+        assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // Both ranked at the same context and depth; the quantized cache held less at its peak
+    // (exact peaks, eBPF): about 7.4 MiB less KV cache at 8192 tokens for this model.
+    let ranked: Vec<&Value> = s["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["stage"] == "variant")
+        .collect();
+    assert_eq!(ranked.len(), 2, "{s}");
+    assert_eq!(ranked[0]["config"]["ctx"], ranked[1]["config"]["ctx"]);
+    assert_eq!(ranked[0]["depth"], ranked[1]["depth"]);
+    let peak = |t: &str| {
+        ranked
+            .iter()
+            .find(|m| m["config"]["cache_type_k"] == t)
+            .and_then(|m| m["rss_peak_bytes"].as_u64())
+            .unwrap_or_else(|| panic!("no peak for {t}: {s}"))
+    };
+    assert!(
+        peak("f16") >= peak("q8_0") + (3 << 20),
+        "f16 {} against q8_0 {}",
+        peak("f16"),
+        peak("q8_0")
+    );
+    // One variant is the longest (a tie here: the faster request decides); the maximum is
+    // proven with its cache type, and every filled proof uses it.
+    let longest: Vec<&Value> = vs
+        .iter()
+        .filter(|v| {
+            v["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "longest")
+        })
+        .collect();
+    assert_eq!(longest.len(), 1, "{s}");
+    let kind = &longest[0]["config"]["cache_type_k"];
+    let proofs = s["configurations"].as_array().unwrap().iter();
+    for p in proofs
+        .filter(|m| m["stage"] == "validate" && m["config"]["ctx"] == s["context"]["validated"])
+    {
+        assert_eq!(&p["config"]["cache_type_k"], kind, "{p}");
+    }
+    assert_no_server_left(&bin);
+}
+
+/// A second "build": the same server behind a script that logs each start (its arguments),
+/// so a test can see which binary every probe launched. Returns the script and its log.
+fn logging_build(dir: &Path, bin: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let log = dir.join("launches.log");
+    let other = dir.join("llama-server-other");
+    std::fs::write(
+        &other,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&other).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&other, perms).unwrap();
+    (other, log)
+}
+
+#[test]
+fn two_server_builds_are_compared_and_each_probe_runs_the_build_it_names() {
+    let Some((bin, model)) = server() else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (other, log) = logging_build(dir.path(), &bin);
+    let cfg = dir.path().join("builds.yaml");
+    let text = VARIANTS_CONFIG.replace("variants:\n  cache_types: [f16, q8_0]\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let run = dir.path().join("run");
+    let out = o3()
+        .args(["optimize", "--backend", "llama-server", "--quiet", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--server-bin")
+        .arg(&bin)
+        .arg("--server-bin")
+        .arg(&other)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let s: Value = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let vs = s["variants"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(vs.len(), 2, "{s}");
+    for v in vs {
+        assert_eq!(v["max_loads"], 8192, "{v}");
+        assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // Every probe that names the other build launched it (a retry launches again), and no
+    // other probe did.
+    let other_s = other.to_string_lossy();
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let named = journal
+        .lines()
+        .filter(|l| {
+            let j: Value = serde_json::from_str(l).unwrap();
+            j["request"]["config"]["server_bin"] == *other_s
+        })
+        .count();
+    let launches = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("--ctx-size") || l.contains("-c "))
+        .count();
+    assert!(named >= 2, "{named} probes named the other build: {s}");
+    assert!(launches >= named, "{launches} launches for {named} probes");
+    assert!(
+        launches <= named * 2,
+        "{launches} launches for {named} probes"
+    );
+    // The presets serve with the build they were measured on.
+    for p in s["presets"].as_array().unwrap() {
+        let (Some(c), Some(cmd)) = (
+            p["config"].as_object(),
+            p["artefacts"]["command_line"].as_str(),
+        ) else {
+            continue;
+        };
+        let want = c
+            .get("server_bin")
+            .and_then(Value::as_str)
+            .map_or(bin.to_string_lossy().into_owned(), str::to_string);
+        assert!(
+            cmd.starts_with(&want) || cmd.contains(&want),
+            "{cmd} does not run {want}"
+        );
+    }
+    assert_no_server_left(&bin);
+}

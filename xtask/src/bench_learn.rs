@@ -146,7 +146,7 @@ pub fn learn_bench() -> Result<()> {
         rows += &runs.row(what, &m);
     }
     let section = section_text(&rows, &tally, started.elapsed().as_secs_f64());
-    write_section(&section)?;
+    write_section(START, END, &section)?;
     eprint!("{section}");
     if tally.wrong > 0 || tally.skipped_optimum > 0 {
         bail!("learning changed an answer or skipped a configuration that fits");
@@ -440,7 +440,7 @@ failures are not memory's): {brier_ok}.\n{END}\n",
     )
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -448,12 +448,14 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn write_section(section: &str) -> Result<()> {
+/// Writes `section` between the markers `start` and `end` of docs/benchmarks.md (replacing
+/// what was there, else at the end).
+pub(crate) fn write_section(start: &str, end: &str, section: &str) -> Result<()> {
     let path: PathBuf = root().join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(START), old.find(END)) {
+    let new = match (old.find(start), old.find(end)) {
         (Some(a), Some(b)) if a < b => {
-            let mut end = b + END.len();
+            let mut end = b + end.len();
             if old[end..].starts_with('\n') {
                 end += 1;
             }

@@ -27,6 +27,7 @@
 mod bench;
 mod bench_learn;
 mod bench_optimize;
+mod bench_variants;
 mod faults;
 mod setup;
 
@@ -307,11 +308,12 @@ fn main() -> ExitCode {
         ["bench", "record"] => bench::record(),
         ["bench", "optimize"] => bench_optimize::optimize_bench(),
         ["bench", "learn"] => bench_learn::learn_bench(),
+        ["bench", "variants"] => bench_variants::variants_bench(),
         ["server"] => server(),
         ["dist-docs"] => dist_docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | run | test | lint | faults [SCENARIO]... | bench record|optimize|learn | server | dist-docs"
+                "usage: cargo xtask setup | run | test | lint | faults [SCENARIO]... | bench record|optimize|learn|variants | server | dist-docs"
             );
             return ExitCode::from(2);
         }

@@ -975,6 +975,7 @@ mod tests {
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
+            server_bin: None,
         };
         let args = command_args(&f, Path::new("/models/m.gguf"), &cfg, "127.0.0.1", 8089).unwrap();
         assert_eq!(

@@ -32,6 +32,10 @@ pub struct ProbeConfig {
     pub cache_type_k: Option<String>,
     pub cache_type_v: Option<String>,
     pub threads: Option<u32>,
+    /// The llama-server build, where builds are compared (`--server-bin` given more than
+    /// once); `None`: the run's one binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_bin: Option<String>,
 }
 
 /// Flash attention asked on or off, written `"on"`/`"off"` (llama.cpp's spelling). Files

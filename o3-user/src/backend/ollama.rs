@@ -620,6 +620,7 @@ mod tests {
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
+            server_bin: None,
         };
         let body = generate_request("llama3.2:3b", "Hello", &c, 64, 7);
         assert_eq!(body["model"], "llama3.2:3b");
@@ -666,6 +667,7 @@ mod tests {
             cache_type_k: Some("f16".into()),
             cache_type_v: Some("f16".into()),
             threads: Some(4),
+            server_bin: None,
         };
         assert_eq!(
             fixed_by_server(&c, false),

@@ -65,9 +65,10 @@ pub struct OptimizeArgs {
     /// it the server at --url is used and its slots stay as they are.
     #[arg(long, value_name = "CMD")]
     pub ollama_serve: Option<String>,
-    /// The llama-server binary.
-    #[arg(long, value_name = "PATH", default_value = "llama-server")]
-    pub server_bin: String,
+    /// The llama-server binary. Given more than once (a Vulkan and a ROCm build, say), the
+    /// builds are compared on the same workload as variants (see docs/optimizer.md).
+    #[arg(long, value_name = "PATH", default_value = "llama-server", action = clap::ArgAction::Append)]
+    pub server_bin: Vec<String>,
     /// Command line that starts an OpenAI-compatible server (see `o3 probe --help`).
     #[arg(long, value_name = "TEMPLATE")]
     pub launch: Option<String>,
@@ -188,7 +189,12 @@ fn request(a: &OptimizeArgs, backend: BackendKind) -> Request {
             backend,
             model: a.model.clone(),
             url: a.url.clone(),
-            server_bin: a.server_bin.clone(),
+            server_bin: a.server_bin[0].clone(),
+            server_bins: if a.server_bin.len() > 1 {
+                a.server_bin.clone()
+            } else {
+                Vec::new()
+            },
             launch: a.launch.clone(),
             ready: a.ready.clone(),
             tokenize: a.tokenize.clone(),

@@ -282,6 +282,7 @@ fn config(a: &PredictArgs) -> Result<ProbeConfig, (anyhow::Error, i32)> {
         cache_type_k: a.cache_type_k.clone(),
         cache_type_v: a.cache_type_v.clone(),
         threads: None,
+        server_bin: None,
     })
 }
 

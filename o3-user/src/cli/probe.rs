@@ -416,6 +416,7 @@ fn config(a: &ProbeArgs) -> ProbeConfig {
         cache_type_k: a.cache_type_k.clone(),
         cache_type_v: a.cache_type_v.clone(),
         threads: a.threads,
+        server_bin: None,
     }
 }
 

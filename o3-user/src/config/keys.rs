@@ -218,6 +218,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
         },
     ),
     ("variants.max_variants", int(1, 64)),
+    ("variants.extra_floors", num(0.0, 100.0)),
 ];
 
 /// The rule of a current-layout key.

@@ -130,6 +130,9 @@ pub struct Variants {
     pub ubatch: Vec<u32>,
     /// Most variants one run compares (the product of the lists).
     pub max_variants: u32,
+    /// Floors added to a budget set in floors (`plan.floor_multiple`) when variants are
+    /// compared: each costs its own context search and a ranking.
+    pub extra_floors: f64,
 }
 
 impl Default for Variants {
@@ -139,6 +142,7 @@ impl Default for Variants {
             flash_attn: Vec::new(),
             ubatch: Vec::new(),
             max_variants: 12,
+            extra_floors: 1.0,
         }
     }
 }

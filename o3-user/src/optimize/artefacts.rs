@@ -147,6 +147,7 @@ mod tests {
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("q8_0".into()),
             threads: Some(8),
+            server_bin: None,
         }
     }
 

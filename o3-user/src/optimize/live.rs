@@ -45,6 +45,8 @@ pub struct Live {
     model: Option<TimeModel>,
     /// Other processes' share of the CPUs just before each probe (see `noise`).
     pub busy: Vec<f64>,
+    /// The backend of each build compared (`--server-bin` given more than once), by path.
+    builds: Vec<(String, BackendSpec)>,
 }
 
 impl Live {
@@ -64,7 +66,23 @@ impl Live {
             trace_error: None,
             model: None,
             busy: Vec::new(),
+            builds: Vec::new(),
         }
+    }
+
+    /// The backends of the builds compared, by path: a probe whose configuration names a
+    /// build runs that build's binary (with the flags its own `--help` lists).
+    pub fn with_builds(mut self, builds: Vec<(String, BackendSpec)>) -> Live {
+        self.builds = builds;
+        self
+    }
+
+    /// The backend a configuration runs on: its build's, else the run's.
+    fn backend_for(&self, c: &crate::backend::ProbeConfig) -> BackendSpec {
+        c.server_bin
+            .as_ref()
+            .and_then(|b| self.builds.iter().find(|(p, _)| p == b))
+            .map_or_else(|| self.backend.clone(), |(_, s)| s.clone())
     }
 
     /// Reads the machine's procfs under `root` (`--procfs-root`).
@@ -121,7 +139,7 @@ impl Live {
             ),
         };
         ProbeSpec {
-            backend: self.backend.clone(),
+            backend: self.backend_for(&req.config),
             config: req.config.clone(),
             samples: req.rounds,
             concurrency: req.concurrency,

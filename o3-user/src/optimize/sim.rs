@@ -86,6 +86,22 @@ pub struct SimModel {
     /// layer's f32 attention scores and an f32 mask, `4 × heads + 2` (llama.cpp; 130 for 32
     /// heads).
     pub fa_off_bytes_per_ctx_ubatch: u64,
+    /// Server builds (`--server-bin` paths) and what each does to the rates and memory; a
+    /// build not listed runs as the model says.
+    pub builds: Vec<SimBuild>,
+}
+
+/// One server build of a simulated server: its rates against the model's, and the memory it
+/// holds beyond it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimBuild {
+    /// The path given to `--server-bin`.
+    pub bin: String,
+    pub prefill_factor: f64,
+    pub decode_factor: f64,
+    #[serde(default)]
+    pub extra_bytes: u64,
 }
 
 impl Default for SimModel {
@@ -120,6 +136,7 @@ impl Default for SimModel {
             fa_off_prefill_factor: 1.0 / 1.037,
             fa_off_decode_factor: 1.01,
             fa_off_bytes_per_ctx_ubatch: 4 * 32 + 2,
+            builds: Vec::new(),
         }
     }
 }
@@ -156,7 +173,8 @@ impl SimModel {
     /// compute buffer by its micro-batch, and with flash attention off the attention scores.
     pub fn bytes_of(&self, c: &ProbeConfig) -> u64 {
         let ctx_total = u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1));
-        self.weights_bytes
+        self.build_of(c).map_or(0, |b| b.extra_bytes)
+            + self.weights_bytes
             + self.kv_bytes_of(c) * ctx_total
             + self.extra_bytes_per_token(c) * ctx_total
             + self.compute_bytes(ubatch_of(c))
@@ -184,7 +202,9 @@ impl SimModel {
     /// The truth for a whole configuration: the largest context per slot that loads with its
     /// cache types, micro-batch and flash-attention setting.
     pub fn max_context_of(&self, c: &ProbeConfig) -> u32 {
-        let fixed = self.weights_bytes + self.compute_bytes(ubatch_of(c));
+        let fixed = self.weights_bytes
+            + self.compute_bytes(ubatch_of(c))
+            + self.build_of(c).map_or(0, |b| b.extra_bytes);
         if fixed >= self.capacity_bytes {
             return 0;
         }
@@ -194,13 +214,22 @@ impl SimModel {
             as u32
     }
 
-    /// (prefill, decode) rate factors of a configuration's cache types and flash attention.
+    /// The build a configuration runs, where the model lists it.
+    fn build_of(&self, c: &ProbeConfig) -> Option<&SimBuild> {
+        let bin = c.server_bin.as_ref()?;
+        self.builds.iter().find(|b| &b.bin == bin)
+    }
+
+    /// (prefill, decode) rate factors of a configuration's build, cache types and flash
+    /// attention.
     pub fn rate_factors(&self, c: &ProbeConfig) -> (f64, f64) {
         let quantized = |t: &Option<String>| {
             crate::learn::memory::cache_type_bytes(t.as_deref().unwrap_or("f16"))
                 .is_some_and(|b| b < 2.0)
         };
-        let (mut p, mut d) = (1.0, 1.0);
+        let (mut p, mut d) = self
+            .build_of(c)
+            .map_or((1.0, 1.0), |b| (b.prefill_factor, b.decode_factor));
         if quantized(&c.cache_type_k) || quantized(&c.cache_type_v) {
             p *= self.kv_quant_prefill_factor;
             d *= self.kv_quant_decode_factor;

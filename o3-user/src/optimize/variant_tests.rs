@@ -22,8 +22,13 @@ fn config(set: impl FnOnce(&mut Config)) -> Config {
 
 /// The search over the variants the configuration's lists make, on the simulator.
 fn run(cfg: &Config, m: &SimModel, pruned: &[usize]) -> Report {
+    run_builds(cfg, m, pruned, &[])
+}
+
+/// As [`run`], comparing the builds `bins` too.
+fn run_builds(cfg: &Config, m: &SimModel, pruned: &[usize], bins: &[String]) -> Report {
     let mut inp = inputs(cfg, m);
-    inp.variants = search::expand_variants(&cfg.variants, &ProbeConfig::default())
+    inp.variants = search::expand_variants(&cfg.variants, &ProbeConfig::default(), bins)
         .into_iter()
         .enumerate()
         .map(|(i, base)| VariantIn {
@@ -173,5 +178,54 @@ fn under_a_budget_every_variant_is_measured_or_said_to_be_cut() {
         }
         // The first variant is always measured: the run needs an answer.
         assert!(r.variants[0].max_loads.is_some());
+    }
+}
+
+#[test]
+fn of_two_builds_at_equal_memory_the_faster_is_chosen_and_each_runs_its_own_binary() {
+    // ROCm reads prompts faster, Vulkan RADV decodes faster (serving-time.md, section B); at
+    // equal memory the one serving a request at the ranking depth sooner wins.
+    let bins = [
+        "/opt/vulkan/llama-server".to_string(),
+        "/opt/rocm/llama-server".to_string(),
+    ];
+    let m = SimModel {
+        builds: vec![
+            super::sim::SimBuild {
+                bin: bins[0].clone(),
+                prefill_factor: 0.7,
+                decode_factor: 1.1,
+                extra_bytes: 0,
+            },
+            super::sim::SimBuild {
+                bin: bins[1].clone(),
+                prefill_factor: 1.0,
+                decode_factor: 1.0,
+                extra_bytes: 0,
+            },
+        ],
+        ..model(12.0)
+    };
+    let cfg = config(|_| {});
+    let r = run_builds(&cfg, &m, &[], &bins);
+    let [vulkan, rocm] = [&r.variants[0], &r.variants[1]];
+    assert_eq!(vulkan.max_loads, rocm.max_loads);
+    assert!(vulkan.decode_tokens_per_s > rocm.decode_tokens_per_s);
+    assert!(rocm.prefill_tokens_per_s > vulkan.prefill_tokens_per_s);
+    assert!(rocm.request_s < vulkan.request_s);
+    assert!(rocm.roles.contains(&"longest"), "{:?}", r.variants);
+    assert_eq!(r.context.validated, truth(&cfg, &m, &rocm.config));
+    // Every measurement after the comparison runs the winning build.
+    let after = r
+        .configurations
+        .iter()
+        .filter(|c| c.stage != super::prober::Stage::Variant);
+    for c in after {
+        assert_eq!(
+            c.config.server_bin.as_deref(),
+            Some(bins[1].as_str()),
+            "{}",
+            c.id
+        );
     }
 }

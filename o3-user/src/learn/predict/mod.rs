@@ -1115,6 +1115,7 @@ mod tests {
             cache_type_k: Some("q8_0".into()),
             cache_type_v: Some("f16".into()),
             threads: None,
+            server_bin: None,
         };
         let (f, e) = Features::of(&shape(), &c, Some(24 * GIB), &MemoryFit::prior(Place::Gpu));
         assert_eq!(f.load_ratio, e.load_ratio.unwrap());

@@ -72,6 +72,9 @@ pub struct NewRun {
     pub model: Option<String>,
     pub url: String,
     pub server_bin: String,
+    /// llama-server builds to compare (`--server-bin` given more than once; the first is
+    /// `server_bin`); empty: one build.
+    pub server_bins: Vec<String>,
     pub launch: Option<String>,
     pub ready: String,
     pub tokenize: String,
@@ -161,6 +164,8 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("{0}")]
+    Variants(String),
 }
 
 impl RunError {
@@ -174,6 +179,7 @@ impl RunError {
             | RunError::SimParse { .. }
             | RunError::AlreadyARun { .. }
             | RunError::ModelFile(_)
+            | RunError::Variants(_)
             | RunError::Preflight(_) => true,
             RunError::Target(t) => t.is_usage(),
             _ => false,

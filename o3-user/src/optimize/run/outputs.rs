@@ -257,7 +257,10 @@ fn artefacts_for(backend: Option<&BackendSpec>, cfg: &ProbeConfig) -> Option<art
             ..
         } => artefacts::ollama(model, &crate::backend::ollama::pinned(cfg)).ok(),
         BackendSpec::Ollama { model, .. } => artefacts::ollama(model, cfg).ok(),
+        // A build compared (`--server-bin` twice) serves with its own binary; the flags' names
+        // are the run's first build's (llama-server builds of one source share them).
         BackendSpec::LlamaServer { bin, model, flags } => {
+            let bin = cfg.server_bin.as_deref().unwrap_or(bin);
             artefacts::llama_server(bin, flags, Path::new(model), cfg, "127.0.0.1", 8080).ok()
         }
         BackendSpec::OpenAi {

@@ -148,10 +148,31 @@ pub(super) fn choose<E: Events>(
     sweep_servers(&dir.join("servers"), ev);
     let traces = dir.join("traces");
     let live = Live::new(spec.clone(), rf.config.clone(), roots.sysfs.clone(), ebpf)
+        .with_builds(builds(rf, integrated)?)
         .with_procfs_root(roots.procfs.clone())
         .with_traces(traces.clone())
         .map_err(|e| RunError::io("create", &traces, e))?;
     Ok((Any::Live(Box::new(live)), Some(spec)))
+}
+
+/// The backend of each llama-server build compared, by path (none with one build).
+fn builds(rf: &RunFile, integrated: bool) -> Result<Vec<(String, BackendSpec)>, RunError> {
+    if rf.target.server_bins.len() < 2 {
+        return Ok(Vec::new());
+    }
+    rf.target
+        .server_bins
+        .iter()
+        .map(|b| {
+            let t = super::runfile::Target {
+                server_bin: b.clone(),
+                ..rf.target.clone()
+            };
+            let mut spec = backend_spec(t.flags())?;
+            pin_load_mode(&mut spec, integrated);
+            Ok((b.clone(), spec))
+        })
+        .collect()
 }
 
 /// Whether eBPF can measure the server's peaks; where it cannot, procfs polling does (with a

@@ -32,6 +32,9 @@ pub(super) struct Target {
     pub ollama_serve: Option<String>,
     pub base: ProbeConfig,
     pub simulate: Option<SimModel>,
+    /// llama-server builds compared (empty: the one `server_bin`).
+    #[serde(default)]
+    pub server_bins: Vec<String>,
 }
 
 impl Target {
@@ -47,6 +50,7 @@ impl Target {
             ollama_serve: n.ollama_serve.clone(),
             base: n.base.clone(),
             simulate,
+            server_bins: n.server_bins.clone(),
         }
     }
 
@@ -118,8 +122,8 @@ impl RunFile {
     ) -> RunFile {
         let (shape, model_digest) = facts::model(&target);
         let (host, capacity_bytes) = facts::host(roots, target.simulate.as_ref());
-        let variants = if loaded.config.variants.any() {
-            search::expand_variants(&loaded.config.variants, &target.base)
+        let variants = if loaded.config.variants.any() || target.server_bins.len() > 1 {
+            search::expand_variants(&loaded.config.variants, &target.base, &target.server_bins)
                 .into_iter()
                 .map(|base| search::VariantIn {
                     base,
@@ -183,6 +187,7 @@ pub(super) fn create(
         Some(_) => preflight::Passed::default(),
         None => preflight::check(&target.flags())?,
     };
+    check_builds(&target, &loaded.config)?;
     let opened = learning::open_store(n.db.as_deref(), &loaded.config)?;
     let mut rf = RunFile::new(target, loaded, roots, passed.server_version);
     std::fs::create_dir_all(&dir).map_err(|e| RunError::io("create", &dir, e))?;
@@ -190,6 +195,42 @@ pub(super) fn create(
     let text = serde_json::to_string_pretty(&rf).expect("run file serialises");
     write_file(&dir.join("run.json"), text.as_bytes())?;
     Ok((dir, rf))
+}
+
+/// Builds compared only with llama-server, each one a binary that runs, and no more variants
+/// than `variants.max_variants`.
+fn check_builds(target: &Target, c: &Config) -> Result<(), RunError> {
+    let bins = &target.server_bins;
+    if bins.len() < 2 {
+        return Ok(());
+    }
+    if target.simulate.is_none()
+        && target.backend != crate::optimize::target::BackendKind::LlamaServer
+    {
+        return Err(RunError::Variants(format!(
+            "--server-bin is given {} times, but only llama-server builds can be compared: give it once, or use --backend llama-server",
+            bins.len()
+        )));
+    }
+    let n = c.variants.count() * bins.len();
+    if n > c.variants.max_variants as usize {
+        return Err(RunError::Variants(format!(
+            "{} builds × {} variants of the configuration make {n} variants, more than variants.max_variants ({}): give fewer --server-bin or shorten the variants.* lists",
+            bins.len(),
+            c.variants.count(),
+            c.variants.max_variants
+        )));
+    }
+    if target.simulate.is_none() {
+        for b in &bins[1..] {
+            let t = Target {
+                server_bin: b.clone(),
+                ..target.clone()
+            };
+            preflight::check(&t.flags())?;
+        }
+    }
+    Ok(())
 }
 
 /// The configuration file, or the defaults.

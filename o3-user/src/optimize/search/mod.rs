@@ -351,7 +351,13 @@ impl<'a, 'b, P: Prober, O: Observer + ?Sized> Search<'a, 'b, P, O> {
             todo: Todo::default(),
             budget: Budget {
                 fixed_s: c.plan.budget_s,
-                floor_multiple: c.plan.floor_multiple,
+                // Variants are work the user asked for on top of the answer: a budget in floors
+                // grows by `variants.extra_floors` (a run with no budget stays without one).
+                floor_multiple: if c.plan.floor_multiple > 0.0 && !inp.variants.is_empty() {
+                    c.plan.floor_multiple + c.variants.extra_floors
+                } else {
+                    c.plan.floor_multiple
+                },
                 min_s: c.plan.min_budget_s,
             },
             floor_measured: None,

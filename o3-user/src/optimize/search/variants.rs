@@ -64,10 +64,19 @@ pub struct VariantOut {
     pub skipped: Option<String>,
 }
 
-/// Every combination of the lists over `base` (one: `base` itself, when no list is set), in
-/// the lists' order.
-pub fn expand(v: &VariantLists, base: &ProbeConfig) -> Vec<ProbeConfig> {
+/// Every combination of the lists and the builds (where more than one) over `base` (one:
+/// `base` itself, when nothing is compared), builds outermost, then the lists' order.
+pub fn expand(v: &VariantLists, base: &ProbeConfig, bins: &[String]) -> Vec<ProbeConfig> {
     let mut out = vec![base.clone()];
+    if bins.len() > 1 {
+        out = bins
+            .iter()
+            .map(|b| ProbeConfig {
+                server_bin: Some(b.clone()),
+                ..base.clone()
+            })
+            .collect();
+    }
     if !v.cache_types.is_empty() {
         out = out
             .iter()
@@ -122,7 +131,11 @@ pub fn label(c: &ProbeConfig) -> String {
     };
     let fa = c.flash_attn.map_or("auto", FlashAttn::name);
     let ub = c.ubatch.map_or("default".into(), |u| u.to_string());
-    format!("kv {kv} · fa {fa} · ub {ub}")
+    let build = c
+        .server_bin
+        .as_ref()
+        .map_or(String::new(), |b| format!(" · build {b}"));
+    format!("kv {kv} · fa {fa} · ub {ub}{build}")
 }
 
 /// The suffix of a measurement's id in a variant run (`-kq8_0-faon-u256`).
@@ -130,7 +143,18 @@ pub(super) fn id_tag(c: &ProbeConfig) -> String {
     let kv = c.cache_type_k.as_deref().unwrap_or("d");
     let fa = c.flash_attn.map_or("auto", FlashAttn::name);
     let ub = c.ubatch.map_or("d".into(), |u| u.to_string());
-    format!("-k{kv}-fa{fa}-u{ub}")
+    let build = c
+        .server_bin
+        .as_ref()
+        .map_or(String::new(), |b| format!("-s{:08x}", fnv1a(b)));
+    format!("-k{kv}-fa{fa}-u{ub}{build}")
+}
+
+/// A short, stable fingerprint of a build's path (two builds' binaries often share a name).
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl VariantOut {
@@ -426,13 +450,13 @@ mod tests {
             cache_types: vec!["f16".into(), "q8_0".into()],
             flash_attn: vec!["on".into(), "auto".into()],
             ubatch: vec![512],
-            max_variants: 12,
+            ..VariantLists::default()
         };
         let base = ProbeConfig {
             threads: Some(4),
             ..ProbeConfig::default()
         };
-        let v = expand(&lists, &base);
+        let v = expand(&lists, &base, &[]);
         let labels: Vec<String> = v.iter().map(label).collect();
         assert_eq!(
             labels,
@@ -445,8 +469,30 @@ mod tests {
         );
         assert!(v.iter().all(|c| c.threads == Some(4)));
         assert_eq!(v.len(), lists.count());
-        // No list: the base alone.
-        assert_eq!(expand(&VariantLists::default(), &base), vec![base]);
+        // No list: the base alone; one build is no comparison.
+        assert_eq!(
+            expand(&VariantLists::default(), &base, &[]),
+            vec![base.clone()]
+        );
+        let one = ["/opt/vulkan/llama-server".to_string()];
+        assert_eq!(
+            expand(&VariantLists::default(), &base, &one),
+            vec![base.clone()]
+        );
+        // Builds are the outermost dimension; their ids differ where their names do not.
+        let bins = one
+            .iter()
+            .cloned()
+            .chain(["/opt/rocm/llama-server".to_string()])
+            .collect::<Vec<_>>();
+        let v = expand(&lists, &base, &bins);
+        assert_eq!(v.len(), 8);
+        assert_eq!(
+            label(&v[4]),
+            "kv f16 · fa on · ub 512 · build /opt/rocm/llama-server"
+        );
+        assert_ne!(id_tag(&v[0]), id_tag(&v[4]));
+        assert!(id_tag(&v[0]).starts_with("-kf16-faon-u512-s"));
     }
 
     #[test]
