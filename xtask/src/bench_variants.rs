@@ -28,7 +28,7 @@ struct Case {
     bins: &'static [&'static str],
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
     Case {
         key: "kv",
         label: "dense 70B Q4_K_M on a 64 GB Strix Halo: KV cache f16 / q8_0 / q4_0 × flash attention on / off",
@@ -49,6 +49,13 @@ const CASES: [Case; 3] = [
         file: "strix-halo-128gib-30b-a3b-builds.json",
         config: "strix-halo.yaml",
         bins: &["llama-server-vulkan", "llama-server-rocm"],
+    },
+    Case {
+        key: "offload",
+        label: "dense 70B Q4_K_M on a 24 GB NVIDIA GPU (it does not fit whole): GPU layers 999 / 44 / 40 / 32 of 80",
+        file: "nvidia-24gib-70b-offload.json",
+        config: "variants-gpu-layers.yaml",
+        bins: &[],
     },
 ];
 
@@ -99,6 +106,17 @@ impl Variant<'_> {
 }
 
 impl Model<'_> {
+    /// The share of the layers on the device (`gpu_layers` of `block_count`).
+    fn offloaded(&self, v: &Variant) -> f64 {
+        let blocks = f(self.m, "block_count", 0.0);
+        match v.c()["gpu_layers"].as_f64() {
+            Some(n) if blocks > 0.0 && n >= 0.0 && n < blocks => n / blocks,
+            _ => 1.0,
+        }
+    }
+}
+
+impl Model<'_> {
     fn build(&self, v: &Variant) -> Option<&Value> {
         let bin = v.bin()?;
         self.m["builds"]
@@ -127,13 +145,15 @@ impl Model<'_> {
     fn loads(&self, v: &Variant, batch: f64) -> f64 {
         let m = self.m;
         let ub = self.ubatch(v, batch);
-        let fixed = f(m, "weights_bytes", 0.0)
+        let on = self.offloaded(v);
+        let fixed = (f(m, "weights_bytes", 0.0) * on).round()
             + f(m, "compute_base_bytes", 64.0 * 1048576.0)
             + f(m, "compute_per_batch_bytes", 524288.0) * ub
             + self.build(v).map_or(0.0, |b| f(b, "extra_bytes", 0.0));
         let kv = (f(m, "kv_bytes_per_token", 131072.0)
             * (type_bytes(v.kv("cache_type_k")) + type_bytes(v.kv("cache_type_v")))
-            / 4.0)
+            / 4.0
+            * on)
             .round();
         let scores = if v.fa_off() {
             f(m, "fa_off_bytes_per_ctx_ubatch", 130.0) * ub
@@ -174,6 +194,10 @@ impl Model<'_> {
             p *= f(m, "fa_off_prefill_factor", 1.0 / 1.037);
             d *= f(m, "fa_off_decode_factor", 1.01);
         }
+        let on = self.offloaded(v);
+        let offload = 1.0 / (on + (1.0 - on) * f(m, "cpu_layer_slowdown", 10.0));
+        p *= offload;
+        d *= offload;
         if v.c()["ubatch"].is_number() {
             let knee = f(m, "batch_knee", 512.0);
             let share = |n: f64| (n / knee).min(1.0).sqrt();
@@ -295,29 +319,7 @@ fn judge(s: &Value, rf: &Value) -> Result<Outcome> {
         if measured.is_some() && measured != t {
             exact = false;
         }
-        rows += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            v["label"].as_str().unwrap_or("?"),
-            t.map_or("none".into(), |x| x.to_string()),
-            measured.map_or("–".into(), |x| x.to_string()),
-            rank_tokens.map_or("–".into(), |t| format!(
-                "{:.1}",
-                model.request_s(&Variant { v }, batch, t)
-            )),
-            v["request_s"]
-                .as_f64()
-                .map_or("–".into(), |x| format!("{x:.1}")),
-            v["roles"]
-                .as_array()
-                .filter(|r| !r.is_empty())
-                .map(|r| r
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .or_else(|| v["skipped"].as_str().map(str::to_string))
-                .unwrap_or_default(),
-        );
+        rows += &row(&model, v, t, batch, rank_tokens);
     }
     let winner = vs.iter().find(|v| {
         v["roles"]
@@ -351,6 +353,36 @@ fn judge(s: &Value, rf: &Value) -> Result<Outcome> {
         floors,
         line,
     })
+}
+
+/// A variant's row: the truth against what o3 measured, and its role.
+fn row(model: &Model, v: &Value, t: Option<u64>, batch: f64, rank_tokens: Option<f64>) -> String {
+    let measured = v["max_loads"].as_u64();
+    format!(
+        "| {} | {} | {} | {} | {} | {} |\n",
+        v["label"].as_str().unwrap_or("?"),
+        t.map_or("none".into(), |x| x.to_string()),
+        measured.map_or("–".into(), |x| x.to_string()),
+        rank_tokens
+            .filter(|_| t.is_some())
+            .map_or("–".into(), |r| format!(
+                "{:.1}",
+                model.request_s(&Variant { v }, batch, r)
+            )),
+        v["request_s"]
+            .as_f64()
+            .map_or("–".into(), |x| format!("{x:.1}")),
+        v["roles"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|r| r
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .or_else(|| v["skipped"].as_str().map(str::to_string))
+            .unwrap_or_default(),
+    )
 }
 
 pub fn variants_bench() -> Result<()> {
@@ -387,8 +419,8 @@ pub fn variants_bench() -> Result<()> {
     let section = format!(
         "{START}\n## variants: KV cache type, flash attention, micro-batch and server builds (`cargo xtask bench variants`)\n\n\
 Measured on {machine}, {date}; this run took {took:.1} s. Each case is one `o3 optimize --simulate` run with its default budget (twice the floor) and the variant stages on. \
-The truth is computed by the bench from the profile (the simulator's model): a variant's largest loading context is (capacity − weights − compute_base − compute_per_batch × micro-batch − the build's extra bytes) / (KV bytes per token × (bytes(K) + bytes(V)) / 4 + with flash attention off 130 × micro-batch), capped by the trained context, on the search's grid; \
-its rates are the profile's times the build's factors, quantized KV (prefill × 0.84, decode × 1.07), flash attention off (× 1/1.037, × 1.01) and a micro-batch under the knee (× √(ub/knee) / √(b/knee)). \
+The truth is computed by the bench from the profile (the simulator's model): a variant's largest loading context is (capacity − weights × s − compute_base − compute_per_batch × micro-batch − the build's extra bytes) / (KV bytes per token × s × (bytes(K) + bytes(V)) / 4 + with flash attention off 130 × micro-batch), capped by the trained context, on the search's grid, where s is the share of the layers on the device (`gpu_layers` of `block_count`, else 1); \
+its rates are the profile's times the build's factors, quantized KV (prefill × 0.84, decode × 1.07), flash attention off (× 1/1.037, × 1.01), a micro-batch under the knee (× √(ub/knee) / √(b/knee)) and layers in system RAM (× 1 / (s + (1 − s) × cpu_layer_slowdown)). \
 The variant that must win has the longest answer, ties going to the faster request at the ranking depth. The floor is that of the answer with the winning variant (one load, one prompt of 90 % of it, one decode, at the fastest batch of the ladder that loads there).\n\n\
 {body}\
 - **Every variant measured found its largest loading context exactly: {}** ({exact} of {n} cases).\n\

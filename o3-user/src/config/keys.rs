@@ -217,6 +217,7 @@ pub(crate) const FIELDS: &[(&str, Rule)] = &[
             max: 65_536,
         },
     ),
+    ("variants.gpu_layers", Rule::Ints { min: 0, max: 999 }),
     ("variants.max_variants", int(1, 64)),
     ("variants.extra_floors", num(0.0, 100.0)),
 ];

@@ -128,6 +128,8 @@ pub struct Variants {
     pub flash_attn: Vec<String>,
     /// Physical batches (llama.cpp `--ubatch-size`), tokens.
     pub ubatch: Vec<u32>,
+    /// Layers offloaded to the GPU (`-ngl`; 999: all), for a model that does not fit whole.
+    pub gpu_layers: Vec<u32>,
     /// Most variants one run compares (the product of the lists).
     pub max_variants: u32,
     /// Floors added to a budget set in floors (`plan.floor_multiple`) when variants are
@@ -141,6 +143,7 @@ impl Default for Variants {
             cache_types: Vec::new(),
             flash_attn: Vec::new(),
             ubatch: Vec::new(),
+            gpu_layers: Vec::new(),
             max_variants: 12,
             extra_floors: 1.0,
         }
@@ -150,12 +153,18 @@ impl Default for Variants {
 impl Variants {
     /// How many variants the lists make (1: none compared).
     pub fn count(&self) -> usize {
-        self.cache_types.len().max(1) * self.flash_attn.len().max(1) * self.ubatch.len().max(1)
+        self.cache_types.len().max(1)
+            * self.flash_attn.len().max(1)
+            * self.ubatch.len().max(1)
+            * self.gpu_layers.len().max(1)
     }
 
     /// Whether any setting is compared.
     pub fn any(&self) -> bool {
-        !(self.cache_types.is_empty() && self.flash_attn.is_empty() && self.ubatch.is_empty())
+        !(self.cache_types.is_empty()
+            && self.flash_attn.is_empty()
+            && self.ubatch.is_empty()
+            && self.gpu_layers.is_empty())
     }
 }
 

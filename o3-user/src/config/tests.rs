@@ -1113,6 +1113,6 @@ fn variant_lists_that_make_too_many_variants_are_refused_with_the_product() {
     let s = err(text).to_string();
     assert_eq!(
         s,
-        "t.yaml:5: variants.max_variants: the lists make 12 variants (3 cache types × 2 flash attention settings × 2 ubatches), more than 8; shorten a list or raise variants.max_variants"
+        "t.yaml:5: variants.max_variants: the lists make 12 variants (3 cache types × 2 flash attention settings × 2 ubatches × 1 GPU layer counts), more than 8; shorten a list or raise variants.max_variants"
     );
 }

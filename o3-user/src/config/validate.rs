@@ -325,12 +325,14 @@ fn variant_count(c: &Config, ctx: &Ctx) -> Result<(), ConfigError> {
                 "variants.cache_types",
                 "variants.flash_attn",
                 "variants.ubatch",
+                "variants.gpu_layers",
             ],
             format!(
-                "the lists make {n} variants ({} cache types × {} flash attention settings × {} ubatches), more than {}",
+                "the lists make {n} variants ({} cache types × {} flash attention settings × {} ubatches × {} GPU layer counts), more than {}",
                 v.cache_types.len().max(1),
                 v.flash_attn.len().max(1),
                 v.ubatch.len().max(1),
+                v.gpu_layers.len().max(1),
                 v.max_variants
             ),
             format!(

@@ -89,6 +89,15 @@ pub struct SimModel {
     /// Server builds (`--server-bin` paths) and what each does to the rates and memory; a
     /// build not listed runs as the model says.
     pub builds: Vec<SimBuild>,
+    /// Layers of the model (0: offloading not modelled, `gpu_layers` ignored). With
+    /// `gpu_layers` n below it, the device holds n / block_count of the weights and of the KV
+    /// cache (llama.cpp keeps the rest's in system RAM).
+    pub block_count: u32,
+    /// How much slower a layer runs in system RAM than on the device (time per token): the
+    /// ratio of memory bandwidths, decode being bandwidth-bound (dual-channel DDR5 about 90
+    /// GB/s against about 1 TB/s of GDDR6X: 10); prefill is slowed alike (a simplification:
+    /// llama.cpp moves large batches' CPU-layer work to the GPU, so prefill loses less).
+    pub cpu_layer_slowdown: f64,
 }
 
 /// One server build of a simulated server: its rates against the model's, and the memory it
@@ -137,6 +146,8 @@ impl Default for SimModel {
             fa_off_decode_factor: 1.01,
             fa_off_bytes_per_ctx_ubatch: 4 * 32 + 2,
             builds: Vec::new(),
+            block_count: 0,
+            cpu_layer_slowdown: 10.0,
         }
     }
 }
@@ -174,19 +185,35 @@ impl SimModel {
     pub fn bytes_of(&self, c: &ProbeConfig) -> u64 {
         let ctx_total = u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1));
         self.build_of(c).map_or(0, |b| b.extra_bytes)
-            + self.weights_bytes
+            + self.weights_on_device(c)
             + self.kv_bytes_of(c) * ctx_total
             + self.extra_bytes_per_token(c) * ctx_total
             + self.compute_bytes(ubatch_of(c))
     }
 
-    /// KV bytes per token at the configuration's cache types (the model's figure is f16).
+    /// The share of the layers on the device: all, or `gpu_layers / block_count` below it.
+    fn offloaded(&self, c: &ProbeConfig) -> f64 {
+        match c.gpu_layers {
+            Some(n) if self.block_count > 0 && n >= 0 && (n as u32) < self.block_count => {
+                f64::from(n as u32) / f64::from(self.block_count)
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// The weights' bytes on the device.
+    fn weights_on_device(&self, c: &ProbeConfig) -> u64 {
+        (self.weights_bytes as f64 * self.offloaded(c)).round() as u64
+    }
+
+    /// KV bytes per token on the device at the configuration's cache types (the model's
+    /// figure is f16, for every layer).
     fn kv_bytes_of(&self, c: &ProbeConfig) -> u64 {
         let bytes = |t: &Option<String>| {
             crate::learn::memory::cache_type_bytes(t.as_deref().unwrap_or("f16")).unwrap_or(2.0)
         };
         let factor = (bytes(&c.cache_type_k) + bytes(&c.cache_type_v)) / 4.0;
-        (self.kv_bytes_per_token as f64 * factor).round() as u64
+        (self.kv_bytes_per_token as f64 * factor * self.offloaded(c)).round() as u64
     }
 
     /// Bytes per context token beyond the KV cache: the attention scores with flash attention
@@ -202,7 +229,7 @@ impl SimModel {
     /// The truth for a whole configuration: the largest context per slot that loads with its
     /// cache types, micro-batch and flash-attention setting.
     pub fn max_context_of(&self, c: &ProbeConfig) -> u32 {
-        let fixed = self.weights_bytes
+        let fixed = self.weights_on_device(c)
             + self.compute_bytes(ubatch_of(c))
             + self.build_of(c).map_or(0, |b| b.extra_bytes);
         if fixed >= self.capacity_bytes {
@@ -238,6 +265,11 @@ impl SimModel {
             p *= self.fa_off_prefill_factor;
             d *= self.fa_off_decode_factor;
         }
+        // Layers left in system RAM run `cpu_layer_slowdown` times slower per token.
+        let f = self.offloaded(c);
+        let offload = 1.0 / (f + (1.0 - f) * self.cpu_layer_slowdown);
+        p *= offload;
+        d *= offload;
         // A micro-batch below the batch computes in smaller steps: below the knee, prefill
         // follows the micro-batch as it follows the batch.
         if c.ubatch.is_some() {
@@ -750,6 +782,20 @@ mod tests {
             c.ubatch = Some(512);
         });
         assert_eq!(m.rate_factors(&large), (1.0, 1.0));
+        // Half the layers in system RAM, 10× slower there: 1 / (0.5 + 5) of the rates; the
+        // device holds half the weights and half the KV cache.
+        let layered = SimModel {
+            block_count: 32,
+            ..m.clone()
+        };
+        let half = with(8192, |c| c.gpu_layers = Some(16));
+        let (hp, hd) = layered.rate_factors(&half);
+        assert!((hp - 1.0 / 5.5).abs() < 1e-12 && (hd - 1.0 / 5.5).abs() < 1e-12);
+        let all = with(8192, |c| c.gpu_layers = Some(999));
+        assert_eq!(
+            layered.bytes_of(&all) - layered.bytes_of(&half),
+            m.weights_bytes / 2 + m.kv_bytes_per_token * 8192 / 2
+        );
         let rates = |c: &ProbeConfig| {
             let out = Sim::new(m.clone())
                 .probe(&ProbeRequest {

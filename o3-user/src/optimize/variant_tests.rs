@@ -229,3 +229,35 @@ fn of_two_builds_at_equal_memory_the_faster_is_chosen_and_each_runs_its_own_bina
         );
     }
 }
+
+#[test]
+fn fewer_gpu_layers_are_the_way_to_serve_a_model_larger_than_the_device() {
+    // A dense 70B Q4_K_M (42.5 GB of weights, 80 layers) on a 24 GiB GPU: whole, it does not
+    // load; each layer left in system RAM frees device memory for context and slows the rates.
+    let cfg = config(|c| c.variants.gpu_layers = vec![999, 44, 40, 32]);
+    let m = SimModel {
+        weights_bytes: 42_520_000_000,
+        kv_bytes_per_token: 327_680,
+        parameters: 70_553_706_496,
+        block_count: 80,
+        ..model(24.0)
+    };
+    let r = run(&cfg, &m, &[]);
+    assert_eq!(r.variants[0].max_loads, None, "{:?}", r.variants[0]);
+    for v in &r.variants {
+        assert_eq!(v.max_loads, truth(&cfg, &m, &v.config), "{}", v.label);
+    }
+    let role = |n: i32| {
+        let v = r.variants.iter().find(|v| v.config.gpu_layers == Some(n));
+        v.unwrap().roles.clone()
+    };
+    // The fewest layers on the device loads the longest context; the most that load is the
+    // fastest, and is proven at the presets' own contexts too.
+    assert_eq!(role(32), ["longest"]);
+    assert_eq!(role(44), ["fastest"]);
+    assert_eq!(r.context.validated, truth(&cfg, &m, &r.variants[3].config));
+    assert!(r
+        .configurations
+        .iter()
+        .any(|c| c.filled() && c.stable && c.config.gpu_layers == Some(44)));
+}

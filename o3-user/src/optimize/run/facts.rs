@@ -25,17 +25,22 @@ pub(super) fn model(t: &Target) -> (ModelShape, String) {
     }
 }
 
-/// The simulated KV cache as one layer with one f16 K/V head pair of this size: layers × KV
-/// heads × (K + V lengths) × 2 bytes is exactly its bytes per token. The digest is the
-/// model's identity, not the simulated device's (capacity belongs to the host).
+/// The simulated KV cache as its layers (one where offloading is not modelled) with one f16
+/// K/V head pair each: layers × KV heads × (K + V lengths) × 2 bytes is exactly its bytes per
+/// token. The digest is the model's identity, not the simulated device's (capacity belongs to
+/// the host).
 fn simulated_model(m: &SimModel) -> (ModelShape, String) {
-    let half = (m.kv_bytes_per_token / 4) as u32;
+    let blocks = match u64::from(m.block_count) {
+        b if b > 0 && m.kv_bytes_per_token % (4 * b) == 0 => b,
+        _ => 1,
+    };
+    let half = (m.kv_bytes_per_token / (4 * blocks)) as u32;
     let shape = ModelShape {
         architecture: Some("simulated".into()),
         parameters: Some(m.parameters),
         weights_bytes: Some(m.weights_bytes),
         trained_context: Some(m.trained_context),
-        block_count: Some(1),
+        block_count: Some(blocks as u32),
         head_count: Some(1),
         head_count_kv: Some(1),
         key_length: Some(half),
@@ -245,5 +250,17 @@ mod tests {
             ..m.clone()
         };
         assert_eq!(simulated_model(&bigger).1, digest);
+        // Layers where offloading is modelled, the bytes per token still exact.
+        let layered = SimModel {
+            block_count: 80,
+            kv_bytes_per_token: 327_680,
+            ..m.clone()
+        };
+        let (shape, _) = simulated_model(&layered);
+        assert_eq!(shape.block_count, Some(80));
+        assert_eq!(
+            80 * u64::from(shape.key_length.unwrap() + shape.value_length.unwrap()) * 2,
+            327_680
+        );
     }
 }

@@ -174,7 +174,10 @@ fn predict_variants(rf: &mut RunFile, p: &Predictor) {
             ..base.clone()
         };
         let (p_min, why) = chance.p_success(&smallest);
-        if p_min < PRUNE_BELOW {
+        // With the layer count unknown the memory model counts every layer: no verdict on a
+        // variant that offloads only some.
+        let layers_unknown = base.gpu_layers.is_some() && rf.shape.block_count.is_none();
+        if p_min < PRUNE_BELOW && !layers_unknown {
             v.pruned = Some(format!(
                 "predicted not to load ctx {} (P = {p_min:.3}: {why})",
                 c.search.min_context

@@ -115,6 +115,17 @@ pub fn expand(v: &VariantLists, base: &ProbeConfig, bins: &[String]) -> Vec<Prob
             })
             .collect();
     }
+    if !v.gpu_layers.is_empty() {
+        out = out
+            .iter()
+            .flat_map(|c| {
+                v.gpu_layers.iter().map(move |&n| ProbeConfig {
+                    gpu_layers: Some(n as i32),
+                    ..c.clone()
+                })
+            })
+            .collect();
+    }
     out
 }
 
@@ -135,7 +146,10 @@ pub fn label(c: &ProbeConfig) -> String {
         .server_bin
         .as_ref()
         .map_or(String::new(), |b| format!(" · build {b}"));
-    format!("kv {kv} · fa {fa} · ub {ub}{build}")
+    let ngl = c
+        .gpu_layers
+        .map_or(String::new(), |n| format!(" · ngl {n}"));
+    format!("kv {kv} · fa {fa} · ub {ub}{ngl}{build}")
 }
 
 /// The suffix of a measurement's id in a variant run (`-kq8_0-faon-u256`).
@@ -147,7 +161,8 @@ pub(super) fn id_tag(c: &ProbeConfig) -> String {
         .server_bin
         .as_ref()
         .map_or(String::new(), |b| format!("-s{:08x}", fnv1a(b)));
-    format!("-k{kv}-fa{fa}-u{ub}{build}")
+    let ngl = c.gpu_layers.map_or(String::new(), |n| format!("-g{n}"));
+    format!("-k{kv}-fa{fa}-u{ub}{ngl}{build}")
 }
 
 /// A short, stable fingerprint of a build's path (two builds' binaries often share a name).
@@ -240,6 +255,10 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
         let mut first: Option<(u32, Option<u32>)> = None;
         for (i, v) in variants.iter().enumerate() {
             self.todo.variants.retain(|&j| j != i);
+            // The floor (and a budget in floors) is planned at the longest answer still
+            // possible: a variant not yet measured may load more than any measured so far.
+            let horizon = self.horizon(&outs, first, i);
+            self.plan_maximum(horizon);
             if let Some(why) = &v.pruned {
                 self.note(format!("variant {}: not probed, {why}", outs[i].label));
                 continue;
@@ -263,10 +282,10 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
                 first = k.map(|k| (k * self.g, v.predicted));
             }
             searches[i] = Some(cs);
-            // The work ahead is planned at the longest context found so far.
-            if let Some(longest) = outs.iter().filter_map(|o| o.max_loads).max() {
-                self.plan_maximum(longest);
-            }
+        }
+        // The work ahead is planned at the longest context found.
+        if let Some(longest) = outs.iter().filter_map(|o| o.max_loads).max() {
+            self.plan_maximum(longest);
         }
         self.rank_variants(&mut outs)?;
         let (longest, fastest) = winners(&outs, self.cfg().batch.min_gain);
@@ -286,6 +305,24 @@ impl<P: Prober, O: Observer + ?Sized> Search<'_, '_, P, O> {
         });
         report.variants = outs;
         Some(chosen.flatten())
+    }
+
+    /// The longest answer still possible before variant `i` is searched: the longest measured,
+    /// or a variant from `i` on (not pruned) as long as its prediction scaled by the first
+    /// answer (the top of the range where it has none).
+    fn horizon(&self, outs: &[VariantOut], first: Option<(u32, Option<u32>)>, i: usize) -> u32 {
+        let top = self.hi_k * self.g;
+        let measured = outs.iter().filter_map(|o| o.max_loads).max().unwrap_or(0);
+        let ahead = self.inp.variants[i..]
+            .iter()
+            .filter(|v| v.pruned.is_none())
+            .map(|v| match v.predicted {
+                Some(p) => start_for(first, Some(p), top).min(top),
+                None => top,
+            })
+            .max()
+            .unwrap_or(0);
+        measured.max(ahead).max(self.lo_k * self.g)
     }
 
     /// Whether the plan admits variant `i`'s context search and ranking.
