@@ -634,6 +634,44 @@ variants:
   cache_types: [f16, q8_0]
 ";
 
+/// `o3 optimize` of the test model with `config` and the builds `bins`, in `dir`: it ends well
+/// and compares two variants, each loading every context of the range (the tiny model does)
+/// and ranked with real rates. Returns the summary and the run directory.
+fn variant_run(
+    dir: &Path,
+    config: &str,
+    bins: &[&Path],
+    model: &Path,
+) -> (Value, std::path::PathBuf) {
+    let cfg = dir.join("variants.yaml");
+    std::fs::write(&cfg, config).unwrap();
+    let run = dir.join("run");
+    let mut cmd = o3();
+    cmd.args(["optimize", "--backend", "llama-server", "--quiet", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(&run)
+        .arg("--db")
+        .arg(dir.join("o3.db"));
+    for b in bins {
+        cmd.arg("--server-bin").arg(b);
+    }
+    let out = cmd.output().unwrap();
+    let s: Value = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let vs = s["variants"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(vs.len(), 2, "{s}");
+    for v in vs {
+        assert_eq!(v["max_loads"], 8192, "{v}");
+        assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    (s, run)
+}
+
 #[test]
 fn kv_cache_variants_are_ranked_on_the_real_server_and_a_quantized_cache_holds_less() {
     let Some((bin, model)) = server() else {
@@ -641,33 +679,8 @@ fn kv_cache_variants_are_ranked_on_the_real_server_and_a_quantized_cache_holds_l
     };
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("variants.yaml");
-    std::fs::write(&cfg, VARIANTS_CONFIG).unwrap();
-    let run = dir.path().join("run");
-    let out = o3()
-        .args(["optimize", "--backend", "llama-server", "--quiet", "--json"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--server-bin")
-        .arg(&bin)
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&run)
-        .arg("--db")
-        .arg(dir.path().join("o3.db"))
-        .output()
-        .unwrap();
-    let s: Value = last_json(&out);
-    assert_eq!(out.status.code(), Some(0), "{s}");
-    let vs = s["variants"].as_array().unwrap_or_else(|| panic!("{s}"));
-    assert_eq!(vs.len(), 2, "{s}");
-    // The tiny model loads every context of the range with either cache type.
-    for v in vs {
-        assert_eq!(v["max_loads"], 8192, "{v}");
-        assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
-        assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
-    }
+    let (s, _) = variant_run(dir.path(), VARIANTS_CONFIG, &[&bin], &model);
+    let vs = s["variants"].as_array().unwrap();
     // Both ranked at the same context and depth; the quantized cache held less at its peak
     // (exact peaks, eBPF): about 7.4 MiB less KV cache at 8192 tokens for this model.
     let ranked: Vec<&Value> = s["configurations"]
@@ -743,32 +756,8 @@ fn two_server_builds_are_compared_and_each_probe_runs_the_build_it_names() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (other, log) = logging_build(dir.path(), &bin);
-    let cfg = dir.path().join("builds.yaml");
     let text = VARIANTS_CONFIG.replace("variants:\n  cache_types: [f16, q8_0]\n", "");
-    std::fs::write(&cfg, text).unwrap();
-    let run = dir.path().join("run");
-    let out = o3()
-        .args(["optimize", "--backend", "llama-server", "--quiet", "--json"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--server-bin")
-        .arg(&bin)
-        .arg("--server-bin")
-        .arg(&other)
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    let s: Value = last_json(&out);
-    assert_eq!(out.status.code(), Some(0), "{s}");
-    let vs = s["variants"].as_array().unwrap_or_else(|| panic!("{s}"));
-    assert_eq!(vs.len(), 2, "{s}");
-    for v in vs {
-        assert_eq!(v["max_loads"], 8192, "{v}");
-        assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
-    }
+    let (s, run) = variant_run(dir.path(), &text, &[&bin, &other], &model);
     // Every probe that names the other build launched it (a retry launches again), and no
     // other probe did.
     let other_s = other.to_string_lossy();

@@ -148,71 +148,74 @@ const PRUNE_BELOW: f64 = 0.02;
 /// Each variant's largest context predicted to load; a variant predicted not to load even the
 /// smallest context is pruned (with the prediction's words).
 fn predict_variants(rf: &mut RunFile, p: &Predictor) {
-    let c = rf.config.clone();
-    let chance = Predicted {
+    let c = &rf.config;
+    let chance = chance(rf, p);
+    let batch = Some(c.batch.initial_for(rf.shape.parameters));
+    let verdicts: Vec<(Option<u32>, Option<String>)> = rf
+        .variants
+        .iter()
+        .map(|v| {
+            let base = ProbeConfig {
+                batch,
+                ubatch: v
+                    .base
+                    .ubatch
+                    .or(c.batch.ubatch)
+                    .map(|u| batch.map_or(u, |b| u.min(b))),
+                ..v.base.clone()
+            };
+            let smallest = ProbeConfig {
+                ctx: c.search.min_context,
+                ..base.clone()
+            };
+            let (p_min, why) = chance.p_success(&smallest);
+            // With the layer count unknown the memory model counts every layer: no verdict
+            // on a variant that offloads only some.
+            let layers_unknown = base.gpu_layers.is_some() && rf.shape.block_count.is_none();
+            if p_min < PRUNE_BELOW && !layers_unknown {
+                let why = format!(
+                    "predicted not to load ctx {} (P = {p_min:.3}: {why})",
+                    c.search.min_context
+                );
+                return (None, Some(why));
+            }
+            (predicted_start(rf, &chance, &base), None)
+        })
+        .collect();
+    for (v, (predicted, pruned)) in rf.variants.iter_mut().zip(verdicts) {
+        v.predicted = predicted;
+        v.pruned = pruned;
+    }
+}
+
+/// The predictor as the search's chance of success on this run's model and machine.
+fn chance<'a>(rf: &'a RunFile, p: &'a Predictor) -> Predicted<'a> {
+    Predicted {
         predictor: p,
         shape: &rf.shape,
         capacity: rf.capacity_bytes,
-    };
-    let top = rf
-        .shape
-        .trained_context
-        .map_or(c.search.max_context, |t| t.min(c.search.max_context));
-    let batch = Some(c.batch.initial_for(rf.shape.parameters));
-    for v in &mut rf.variants {
-        let base = ProbeConfig {
-            batch,
-            ubatch: v
-                .base
-                .ubatch
-                .or(c.batch.ubatch)
-                .map(|u| batch.map_or(u, |b| u.min(b))),
-            ..v.base.clone()
-        };
-        let smallest = ProbeConfig {
-            ctx: c.search.min_context,
-            ..base.clone()
-        };
-        let (p_min, why) = chance.p_success(&smallest);
-        // With the layer count unknown the memory model counts every layer: no verdict on a
-        // variant that offloads only some.
-        let layers_unknown = base.gpu_layers.is_some() && rf.shape.block_count.is_none();
-        if p_min < PRUNE_BELOW && !layers_unknown {
-            v.pruned = Some(format!(
-                "predicted not to load ctx {} (P = {p_min:.3}: {why})",
-                c.search.min_context
-            ));
-            continue;
-        }
-        v.predicted = prune::start_context(
-            &chance,
-            &base,
-            c.search.min_context,
-            top,
-            c.search.granularity,
-        );
     }
 }
 
 /// The largest context of the search's range that `p` predicts to work at the initial batch.
 fn start_context(rf: &RunFile, p: &Predictor) -> Option<u32> {
-    let c = &rf.config;
-    let chance = Predicted {
-        predictor: p,
-        shape: &rf.shape,
-        capacity: rf.capacity_bytes,
+    let base = ProbeConfig {
+        batch: Some(rf.config.batch.initial_for(rf.shape.parameters)),
+        ..rf.target.base.clone()
     };
+    predicted_start(rf, &chance(rf, p), &base)
+}
+
+/// The largest context of the search's range that `chance` predicts to work with `base`.
+fn predicted_start(rf: &RunFile, chance: &Predicted, base: &ProbeConfig) -> Option<u32> {
+    let c = &rf.config;
     let top = rf
         .shape
         .trained_context
         .map_or(c.search.max_context, |t| t.min(c.search.max_context));
-    let base = ProbeConfig {
-        batch: Some(c.batch.initial_for(rf.shape.parameters)),
-        ..rf.target.base.clone()
-    };
     prune::start_context(
-        &chance,
-        &base,
+        chance,
+        base,
         c.search.min_context,
         top,
         c.search.granularity,

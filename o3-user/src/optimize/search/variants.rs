@@ -67,66 +67,44 @@ pub struct VariantOut {
 /// Every combination of the lists and the builds (where more than one) over `base` (one:
 /// `base` itself, when nothing is compared), builds outermost, then the lists' order.
 pub fn expand(v: &VariantLists, base: &ProbeConfig, bins: &[String]) -> Vec<ProbeConfig> {
-    let mut out = vec![base.clone()];
-    if bins.len() > 1 {
-        out = bins
-            .iter()
-            .map(|b| ProbeConfig {
-                server_bin: Some(b.clone()),
-                ..base.clone()
-            })
-            .collect();
+    let bins = if bins.len() > 1 { bins } else { &[] };
+    let out = cross(vec![base.clone()], bins, |c, b| {
+        c.server_bin = Some(b.clone());
+    });
+    let out = cross(out, &v.cache_types, |c, t| {
+        c.cache_type_k = Some(t.clone());
+        c.cache_type_v = Some(t.clone());
+    });
+    let out = cross(out, &v.flash_attn, |c, f| {
+        c.flash_attn = match f.as_str() {
+            "on" => Some(FlashAttn::On),
+            "off" => Some(FlashAttn::Off),
+            _ => None,
+        };
+    });
+    let out = cross(out, &v.ubatch, |c, &u| c.ubatch = Some(u));
+    cross(out, &v.gpu_layers, |c, &n| c.gpu_layers = Some(n as i32))
+}
+
+/// Each configuration of `out` with each of `items` set by `set` (`out` itself where there
+/// are none).
+fn cross<T>(
+    out: Vec<ProbeConfig>,
+    items: &[T],
+    set: impl Fn(&mut ProbeConfig, &T),
+) -> Vec<ProbeConfig> {
+    if items.is_empty() {
+        return out;
     }
-    if !v.cache_types.is_empty() {
-        out = out
-            .iter()
-            .flat_map(|c| {
-                v.cache_types.iter().map(move |t| ProbeConfig {
-                    cache_type_k: Some(t.clone()),
-                    cache_type_v: Some(t.clone()),
-                    ..c.clone()
-                })
+    out.iter()
+        .flat_map(|c| {
+            items.iter().map(|x| {
+                let mut c = c.clone();
+                set(&mut c, x);
+                c
             })
-            .collect();
-    }
-    if !v.flash_attn.is_empty() {
-        out = out
-            .iter()
-            .flat_map(|c| {
-                v.flash_attn.iter().map(move |f| ProbeConfig {
-                    flash_attn: match f.as_str() {
-                        "on" => Some(FlashAttn::On),
-                        "off" => Some(FlashAttn::Off),
-                        _ => None,
-                    },
-                    ..c.clone()
-                })
-            })
-            .collect();
-    }
-    if !v.ubatch.is_empty() {
-        out = out
-            .iter()
-            .flat_map(|c| {
-                v.ubatch.iter().map(move |&u| ProbeConfig {
-                    ubatch: Some(u),
-                    ..c.clone()
-                })
-            })
-            .collect();
-    }
-    if !v.gpu_layers.is_empty() {
-        out = out
-            .iter()
-            .flat_map(|c| {
-                v.gpu_layers.iter().map(move |&n| ProbeConfig {
-                    gpu_layers: Some(n as i32),
-                    ..c.clone()
-                })
-            })
-            .collect();
-    }
-    out
+        })
+        .collect()
 }
 
 /// The settings a variant run compares, in words (`kv q8_0 · fa on · ub 256`).
