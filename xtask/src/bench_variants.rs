@@ -418,7 +418,7 @@ pub fn variants_bench() -> Result<()> {
     let yes = |k: usize| if k == n { "met" } else { "not met" };
     let section = format!(
         "{START}\n## variants: KV cache type, flash attention, micro-batch and server builds (`cargo xtask bench variants`)\n\n\
-Measured on {machine}, {date}; this run took {took:.1} s. Each case is one `o3 optimize --simulate` run with its default budget (twice the floor) and the variant stages on. \
+Measured on {machine}, {date}; this run took {took:.1} s. Each case is one `o3 optimize --simulate` run with its default budget (three floors while variants are compared: `plan.floor_multiple` 2 + `variants.extra_floors` 1) and the variant stages on. \
 The truth is computed by the bench from the profile (the simulator's model): a variant's largest loading context is (capacity − weights × s − compute_base − compute_per_batch × micro-batch − the build's extra bytes) / (KV bytes per token × s × (bytes(K) + bytes(V)) / 4 + with flash attention off 130 × micro-batch), capped by the trained context, on the search's grid, where s is the share of the layers on the device (`gpu_layers` of `block_count`, else 1); \
 its rates are the profile's times the build's factors, quantized KV (prefill × 0.84, decode × 1.07), flash attention off (× 1/1.037, × 1.01), a micro-batch under the knee (× √(ub/knee) / √(b/knee)) and layers in system RAM (× 1 / (s + (1 − s) × cpu_layer_slowdown)). \
 The variant that must win has the longest answer, ties going to the faster request at the ranking depth. The floor is that of the answer with the winning variant (one load, one prompt of 90 % of it, one decode, at the fastest batch of the ladder that loads there).\n\n\
