@@ -105,6 +105,12 @@ impl Batch {
     /// Models under this many parameters start with `initial_small`.
     pub const SMALL_PARAMETERS: u64 = 3_000_000_000;
 
+    /// The micro-batch at `batch`: `set` (a variant's), else `ubatch`, capped at the batch as
+    /// llama.cpp caps `-ub` at `-b`; `None` leaves the server's default.
+    pub fn ubatch_at(&self, set: Option<u32>, batch: Option<u32>) -> Option<u32> {
+        set.or(self.ubatch).map(|u| batch.map_or(u, |b| u.min(b)))
+    }
+
     /// The first batch for a model of `parameters` parameters (unknown size: medium).
     pub fn initial_for(&self, parameters: Option<u64>) -> u32 {
         match parameters {

@@ -94,6 +94,20 @@ impl ProbeRequest {
     }
 }
 
+/// The KV cache types set, in words: `q8_0` for both alike, `q8_0/default` where they differ;
+/// `None` where neither is set.
+pub fn kv_types(c: &ProbeConfig) -> Option<String> {
+    match (&c.cache_type_k, &c.cache_type_v) {
+        (None, None) => None,
+        (Some(k), Some(v)) if k == v => Some(k.clone()),
+        (k, v) => Some(format!(
+            "{}/{}",
+            k.as_deref().unwrap_or("default"),
+            v.as_deref().unwrap_or("default")
+        )),
+    }
+}
+
 pub fn describe_config(c: &ProbeConfig) -> String {
     let mut s = format!("ctx {}", c.ctx);
     if let Some(b) = c.batch {
@@ -105,14 +119,8 @@ pub fn describe_config(c: &ProbeConfig) -> String {
     if let Some(p) = c.parallel {
         s.push_str(&format!(" · {p} slot{}", if p == 1 { "" } else { "s" }));
     }
-    match (&c.cache_type_k, &c.cache_type_v) {
-        (None, None) => {}
-        (Some(k), Some(v)) if k == v => s.push_str(&format!(" · kv {k}")),
-        (k, v) => s.push_str(&format!(
-            " · kv {}/{}",
-            k.as_deref().unwrap_or("default"),
-            v.as_deref().unwrap_or("default")
-        )),
+    if let Some(kv) = kv_types(c) {
+        s.push_str(&format!(" · kv {kv}"));
     }
     if let Some(f) = c.flash_attn {
         s.push_str(&format!(" · fa {}", f.name()));

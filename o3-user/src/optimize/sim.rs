@@ -157,15 +157,14 @@ impl SimModel {
         self.compute_base_bytes + self.compute_per_batch_bytes * u64::from(batch)
     }
 
-    /// The truth: the largest context per slot that loads at this batch and slot count.
+    /// The truth: the largest context per slot that loads at this batch and slot count (the
+    /// server's other settings at their defaults).
     pub fn max_context(&self, batch: Option<u32>, slots: u32) -> u32 {
-        let fixed = self.weights_bytes + self.compute_bytes(batch.unwrap_or(512));
-        if fixed >= self.capacity_bytes {
-            return 0;
-        }
-        let by_memory =
-            (self.capacity_bytes - fixed) / (self.kv_bytes_per_token * u64::from(slots));
-        by_memory.min(u64::from(self.trained_context)) as u32
+        self.max_context_of(&ProbeConfig {
+            batch,
+            parallel: Some(slots),
+            ..ProbeConfig::default()
+        })
     }
 
     /// The largest context that also passes validation filled (below the flaky zone and the
@@ -184,11 +183,21 @@ impl SimModel {
     /// compute buffer by its micro-batch, and with flash attention off the attention scores.
     pub fn bytes_of(&self, c: &ProbeConfig) -> u64 {
         let ctx_total = u64::from(c.ctx) * u64::from(c.parallel.unwrap_or(1));
-        self.build_of(c).map_or(0, |b| b.extra_bytes)
-            + self.weights_on_device(c)
-            + self.kv_bytes_of(c) * ctx_total
-            + self.extra_bytes_per_token(c) * ctx_total
+        self.fixed_bytes(c) + self.bytes_per_token(c) * ctx_total
+    }
+
+    /// What a configuration holds whatever its context: the weights on the device, the
+    /// compute buffer by its micro-batch, and its build's own bytes.
+    fn fixed_bytes(&self, c: &ProbeConfig) -> u64 {
+        self.weights_on_device(c)
             + self.compute_bytes(ubatch_of(c))
+            + self.build_of(c).map_or(0, |b| b.extra_bytes)
+    }
+
+    /// What each token of context (one slot) adds: its KV cache and, with flash attention
+    /// off, its attention scores.
+    fn bytes_per_token(&self, c: &ProbeConfig) -> u64 {
+        self.kv_bytes_of(c) + self.extra_bytes_per_token(c)
     }
 
     /// The share of the layers on the device: all, or `gpu_layers / block_count` below it.
@@ -229,14 +238,11 @@ impl SimModel {
     /// The truth for a whole configuration: the largest context per slot that loads with its
     /// cache types, micro-batch and flash-attention setting.
     pub fn max_context_of(&self, c: &ProbeConfig) -> u32 {
-        let fixed = self.weights_on_device(c)
-            + self.compute_bytes(ubatch_of(c))
-            + self.build_of(c).map_or(0, |b| b.extra_bytes);
+        let fixed = self.fixed_bytes(c);
         if fixed >= self.capacity_bytes {
             return 0;
         }
-        let per_token = (self.kv_bytes_of(c) + self.extra_bytes_per_token(c))
-            * u64::from(c.parallel.unwrap_or(1));
+        let per_token = self.bytes_per_token(c) * u64::from(c.parallel.unwrap_or(1));
         ((self.capacity_bytes - fixed) / per_token.max(1)).min(u64::from(self.trained_context))
             as u32
     }

@@ -157,11 +157,7 @@ fn predict_variants(rf: &mut RunFile, p: &Predictor) {
         .map(|v| {
             let base = ProbeConfig {
                 batch,
-                ubatch: v
-                    .base
-                    .ubatch
-                    .or(c.batch.ubatch)
-                    .map(|u| batch.map_or(u, |b| u.min(b))),
+                ubatch: c.batch.ubatch_at(v.base.ubatch, batch),
                 ..v.base.clone()
             };
             let smallest = ProbeConfig {

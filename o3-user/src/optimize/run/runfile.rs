@@ -134,7 +134,7 @@ impl RunFile {
         } else {
             Vec::new()
         };
-        let mut rf = RunFile {
+        RunFile {
             schema_version: SCHEMA_VERSION,
             o3_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ns: crate::util::system::unix_now_ns(),
@@ -152,10 +152,8 @@ impl RunFile {
             time_seed: Vec::new(),
             store: None,
             server_version,
-            variants: Vec::new(),
-        };
-        rf.variants = variants;
-        rf
+            variants,
+        }
     }
 }
 

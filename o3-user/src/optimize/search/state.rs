@@ -82,10 +82,7 @@ impl<'a, P: Prober, O: Observer + ?Sized> Search<'a, '_, P, O> {
         let ubatch = if self.fixed.contains(&"ubatch") {
             None
         } else {
-            self.base
-                .ubatch
-                .or(c.batch.ubatch)
-                .map(|u| batch.map_or(u, |b| u.min(b)))
+            c.batch.ubatch_at(self.base.ubatch, batch)
         };
         ProbeConfig {
             ctx,

@@ -109,15 +109,7 @@ fn cross<T>(
 
 /// The settings a variant run compares, in words (`kv q8_0 · fa on · ub 256`).
 pub fn label(c: &ProbeConfig) -> String {
-    let kv = match (&c.cache_type_k, &c.cache_type_v) {
-        (Some(k), Some(v)) if k == v => k.clone(),
-        (None, None) => "default".into(),
-        (k, v) => format!(
-            "{}/{}",
-            k.as_deref().unwrap_or("default"),
-            v.as_deref().unwrap_or("default")
-        ),
-    };
+    let kv = crate::optimize::prober::kv_types(c).unwrap_or_else(|| "default".into());
     let fa = c.flash_attn.map_or("auto", FlashAttn::name);
     let ub = c.ubatch.map_or("default".into(), |u| u.to_string());
     let build = c
